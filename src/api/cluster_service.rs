@@ -1,0 +1,135 @@
+//! `ClusterService`: membership and a cluster-wide status.
+//!
+//! `Status` asks every member for its own view (`RaftService.NodeMetrics`) in
+//! parallel with a short timeout, so one command shows each node's role, term
+//! and indexes — a node that does not answer is shown as unreachable rather
+//! than delaying the answer.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use tonic::{Request, Response, Status};
+
+use super::{to_status, Api};
+use crate::node::NodeReport;
+use crate::proto as pb;
+use crate::proto::cluster_service_server::ClusterService;
+
+/// How long the status probe of one member may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+fn role(report: &NodeReport) -> pb::NodeRole {
+    match report.role.as_str() {
+        "leader" => pb::NodeRole::Leader,
+        "follower" => pb::NodeRole::Follower,
+        "candidate" => pb::NodeRole::Candidate,
+        "learner" => pb::NodeRole::Learner,
+        "shutdown" => pb::NodeRole::Shutdown,
+        _ => pb::NodeRole::Unspecified,
+    }
+}
+
+impl Api {
+    async fn cluster_status(&self) -> pb::ClusterStatus {
+        let own = self.node.report();
+        let probes = self
+            .node
+            .members()
+            .into_iter()
+            .map(|(id, (addr, voter))| async move {
+                let report = if id == self.node.id {
+                    Ok(self.node.report())
+                } else {
+                    self.node.probe(&addr, PROBE_TIMEOUT).await
+                };
+                match report {
+                    Ok(r) => pb::NodeStatus {
+                        id,
+                        grpc_addr: addr,
+                        role: role(&r) as i32,
+                        voter,
+                        term: r.term,
+                        commit_index: r.commit_index,
+                        applied_index: r.applied_index,
+                        last_log_index: r.last_log_index,
+                        snapshot_index: r.snapshot_index,
+                    },
+                    Err(_) => pb::NodeStatus {
+                        id,
+                        grpc_addr: addr,
+                        role: pb::NodeRole::Unreachable as i32,
+                        voter,
+                        ..Default::default()
+                    },
+                }
+            });
+        pb::ClusterStatus {
+            answered_by: self.node.id,
+            leader_id: own.leader.unwrap_or(0),
+            term: own.term,
+            nodes: join_all(probes).await,
+        }
+    }
+}
+
+fn check_addr(addr: &str) -> Result<(), Status> {
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if port_ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "grpc_addr: {addr:?} is not host:port"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for Api {
+    async fn status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.observed("ClusterStatus", async {
+            Ok(Response::new(self.cluster_status().await))
+        })
+        .await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.observed("AddNode", async {
+            let req = request.into_inner();
+            if req.node_id == 0 {
+                return Err(Status::invalid_argument(
+                    "node_id: must be a positive integer",
+                ));
+            }
+            check_addr(&req.grpc_addr)?;
+            self.node
+                .add_node(req.node_id, req.grpc_addr)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(self.cluster_status().await))
+        })
+        .await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        self.observed("RemoveNode", async {
+            let req = request.into_inner();
+            self.node
+                .remove_node(req.node_id)
+                .await
+                .map_err(to_status)?;
+            Ok(Response::new(self.cluster_status().await))
+        })
+        .await
+    }
+}

@@ -1,0 +1,487 @@
+//! Conversion between protobuf messages and domain types — the only place on
+//! the server where `pb` types meet the core.
+//!
+//! Input conversion refuses what cannot be represented (negative durations,
+//! unknown enum values, a schedule that is missing) with `InvalidArgument`
+//! naming the field; range and format checks are left to
+//! [`crate::scheduler::validate`], which runs right after. Unset policy fields
+//! (zero, unspecified) take the defaults of DESIGN.md.
+
+use pbjson_types::{Duration as PbDuration, Timestamp as PbTimestamp};
+
+use crate::error::{Error, Result};
+use crate::proto as pb;
+use crate::scheduler::job::{
+    Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
+};
+use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, ScheduleSpec};
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// A protobuf duration as milliseconds; negative durations are refused.
+pub fn duration_ms(d: &PbDuration, field: &str) -> Result<u64> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid(format!("{field}: must not be negative")));
+    }
+    (d.seconds as u64)
+        .checked_mul(1000)
+        .map(|ms| ms + d.nanos as u64 / 1_000_000)
+        .ok_or_else(|| invalid(format!("{field}: too large")))
+}
+
+/// Milliseconds as a protobuf duration.
+pub fn ms_duration(ms: u64) -> PbDuration {
+    PbDuration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+/// A protobuf timestamp as Unix milliseconds.
+pub fn timestamp_ms(t: &PbTimestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
+}
+
+/// Unix milliseconds as a protobuf timestamp.
+pub fn ms_timestamp(ms: i64) -> PbTimestamp {
+    PbTimestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn optional_ms(d: Option<&PbDuration>, field: &str, default: u64) -> Result<u64> {
+    match d {
+        Some(d) => match duration_ms(d, field)? {
+            0 => Ok(default),
+            ms => Ok(ms),
+        },
+        None => Ok(default),
+    }
+}
+
+/// The schedule of a job message: `schedule_spec` when set, else the `schedule`
+/// cron shorthand (UTC).
+pub fn schedule_from_pb(job: &pb::ScheduledJob) -> Result<ScheduleSpec> {
+    use pb::schedule_spec::Kind;
+    match job.schedule_spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(Kind::Cron(c)) => Ok(ScheduleSpec::Cron {
+            expr: c.expr.clone(),
+            timezone: c.timezone.clone(),
+        }),
+        Some(Kind::At(t)) => Ok(ScheduleSpec::At {
+            at_ms: timestamp_ms(t),
+        }),
+        Some(Kind::Every(e)) => Ok(ScheduleSpec::Every {
+            interval_ms: duration_ms(
+                e.interval.as_ref().unwrap_or(&PbDuration::default()),
+                "schedule_spec.every.interval",
+            )?,
+            phase_ms: duration_ms(
+                e.phase.as_ref().unwrap_or(&PbDuration::default()),
+                "schedule_spec.every.phase",
+            )?,
+        }),
+        None if !job.schedule.trim().is_empty() => Ok(ScheduleSpec::Cron {
+            expr: job.schedule.trim().to_string(),
+            timezone: String::new(),
+        }),
+        None => Err(invalid(
+            "schedule: required (set `schedule` to a cron expression or `schedule_spec`)",
+        )),
+    }
+}
+
+fn schedule_to_pb(spec: &ScheduleSpec) -> pb::ScheduleSpec {
+    use pb::schedule_spec::Kind;
+    let kind = match spec {
+        ScheduleSpec::Cron { expr, timezone } => Kind::Cron(pb::CronSchedule {
+            expr: expr.clone(),
+            timezone: timezone.clone(),
+        }),
+        ScheduleSpec::At { at_ms } => Kind::At(ms_timestamp(*at_ms)),
+        ScheduleSpec::Every {
+            interval_ms,
+            phase_ms,
+        } => Kind::Every(pb::IntervalSchedule {
+            interval: Some(ms_duration(*interval_ms)),
+            phase: (*phase_ms > 0).then(|| ms_duration(*phase_ms)),
+        }),
+    };
+    pb::ScheduleSpec { kind: Some(kind) }
+}
+
+fn metadata_from_pb(m: Option<&pb::Metadata>) -> Result<Metadata> {
+    let Some(m) = m else {
+        return Ok(Metadata::default());
+    };
+    let fields_json = match &m.fields {
+        Some(fields) if !fields.fields.is_empty() => {
+            serde_json::to_string(fields).map_err(|e| invalid(format!("metadata.fields: {e}")))?
+        }
+        _ => String::new(),
+    };
+    Ok(Metadata {
+        labels: m
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        fields_json,
+    })
+}
+
+fn metadata_to_pb(m: &Metadata) -> pb::Metadata {
+    let fields = if m.fields_json.is_empty() {
+        None
+    } else {
+        serde_json::from_str(&m.fields_json).ok()
+    };
+    pb::Metadata {
+        labels: m
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        fields,
+    }
+}
+
+fn overlap_from_pb(v: i32) -> Result<Overlap> {
+    use pb::OverlapPolicy as P;
+    Ok(
+        match P::try_from(v).map_err(|_| invalid(format!("policies.overlap: unknown value {v}")))? {
+            P::Unspecified | P::Skip => Overlap::Skip,
+            P::BufferOne => Overlap::BufferOne,
+            P::BufferAll => Overlap::BufferAll,
+            P::CancelOther => Overlap::CancelOther,
+            P::AllowAll => Overlap::AllowAll,
+        },
+    )
+}
+
+fn overlap_to_pb(o: Overlap) -> pb::OverlapPolicy {
+    use pb::OverlapPolicy as P;
+    match o {
+        Overlap::Skip => P::Skip,
+        Overlap::BufferOne => P::BufferOne,
+        Overlap::BufferAll => P::BufferAll,
+        Overlap::CancelOther => P::CancelOther,
+        Overlap::AllowAll => P::AllowAll,
+    }
+}
+
+fn catchup_from_pb(v: i32) -> Result<Catchup> {
+    use pb::CatchupPolicy as P;
+    Ok(
+        match P::try_from(v).map_err(|_| invalid(format!("policies.catchup: unknown value {v}")))? {
+            P::Unspecified | P::Latest => Catchup::Latest,
+            P::All => Catchup::All,
+            P::None => Catchup::None,
+        },
+    )
+}
+
+fn catchup_to_pb(c: Catchup) -> pb::CatchupPolicy {
+    match c {
+        Catchup::Latest => pb::CatchupPolicy::Latest,
+        Catchup::All => pb::CatchupPolicy::All,
+        Catchup::None => pb::CatchupPolicy::None,
+    }
+}
+
+/// Resolved policies from the message; unset fields take their defaults.
+pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
+    let d = Policies::default();
+    let Some(p) = p else { return Ok(d) };
+    let retry = match &p.retry {
+        None => d.retry.clone(),
+        Some(r) => {
+            let initial = optional_ms(
+                r.initial_interval.as_ref(),
+                "policies.retry.initial_interval",
+                d.retry.initial_interval_ms,
+            )?;
+            RetryPolicy {
+                max_attempts: if r.max_attempts == 0 {
+                    d.retry.max_attempts
+                } else {
+                    r.max_attempts
+                },
+                initial_interval_ms: initial,
+                backoff_coefficient: if r.backoff_coefficient == 0.0 {
+                    d.retry.backoff_coefficient
+                } else {
+                    r.backoff_coefficient
+                },
+                max_interval_ms: optional_ms(
+                    r.max_interval.as_ref(),
+                    "policies.retry.max_interval",
+                    initial.saturating_mul(100),
+                )?,
+                jitter: if r.jitter == 0.0 {
+                    d.retry.jitter
+                } else {
+                    r.jitter
+                },
+                non_retryable_errors: r.non_retryable_errors.clone(),
+            }
+        }
+    };
+    let timeouts = match &p.timeouts {
+        None => d.timeouts.clone(),
+        Some(t) => Timeouts {
+            start_deadline_ms: optional_ms(
+                t.start_deadline.as_ref(),
+                "policies.timeouts.start_deadline",
+                d.timeouts.start_deadline_ms,
+            )?,
+            attempt_timeout_ms: optional_ms(
+                t.attempt_timeout.as_ref(),
+                "policies.timeouts.attempt_timeout",
+                d.timeouts.attempt_timeout_ms,
+            )?,
+            heartbeat_timeout_ms: optional_ms(
+                t.heartbeat_timeout.as_ref(),
+                "policies.timeouts.heartbeat_timeout",
+                d.timeouts.heartbeat_timeout_ms,
+            )?,
+        },
+    };
+    let history = match &p.history {
+        None => d.history.clone(),
+        Some(h) => HistoryLimits {
+            keep_succeeded: if h.keep_succeeded == 0 {
+                d.history.keep_succeeded
+            } else {
+                h.keep_succeeded
+            },
+            keep_failed: if h.keep_failed == 0 {
+                d.history.keep_failed
+            } else {
+                h.keep_failed
+            },
+        },
+    };
+    Ok(Policies {
+        overlap: overlap_from_pb(p.overlap)?,
+        catchup: catchup_from_pb(p.catchup)?,
+        catchup_window_ms: optional_ms(
+            p.catchup_window.as_ref(),
+            "policies.catchup_window",
+            d.catchup_window_ms,
+        )?,
+        max_catchup: if p.max_catchup == 0 {
+            d.max_catchup
+        } else {
+            p.max_catchup
+        },
+        retry,
+        timeouts,
+        history,
+    })
+}
+
+fn policies_to_pb(p: &Policies) -> pb::Policies {
+    pb::Policies {
+        overlap: overlap_to_pb(p.overlap) as i32,
+        catchup: catchup_to_pb(p.catchup) as i32,
+        catchup_window: Some(ms_duration(p.catchup_window_ms)),
+        max_catchup: p.max_catchup,
+        retry: Some(pb::RetryPolicy {
+            max_attempts: p.retry.max_attempts,
+            initial_interval: Some(ms_duration(p.retry.initial_interval_ms)),
+            backoff_coefficient: p.retry.backoff_coefficient,
+            max_interval: Some(ms_duration(p.retry.max_interval_ms)),
+            jitter: p.retry.jitter,
+            non_retryable_errors: p.retry.non_retryable_errors.clone(),
+        }),
+        timeouts: Some(pb::Timeouts {
+            start_deadline: Some(ms_duration(p.timeouts.start_deadline_ms)),
+            attempt_timeout: Some(ms_duration(p.timeouts.attempt_timeout_ms)),
+            heartbeat_timeout: Some(ms_duration(p.timeouts.heartbeat_timeout_ms)),
+        }),
+        history: Some(pb::HistoryLimits {
+            keep_succeeded: p.history.keep_succeeded,
+            keep_failed: p.history.keep_failed,
+        }),
+    }
+}
+
+/// The spec of a job to create.
+pub fn spec_from_pb(job: &pb::ScheduledJob) -> Result<JobSpec> {
+    Ok(JobSpec {
+        job_type: job.r#type.clone(),
+        owner_service: job.owner_service.clone(),
+        schedule: schedule_from_pb(job)?,
+        payload: job.payload.to_vec(),
+        metadata: metadata_from_pb(job.metadata.as_ref())?,
+        policies: policies_from_pb(job.policies.as_ref())?,
+        paused: job.paused,
+    })
+}
+
+/// Field names an update mask may contain (snake_case or the JSON camelCase).
+pub const UPDATABLE_FIELDS: [&str; 8] = [
+    "type",
+    "owner_service",
+    "schedule",
+    "schedule_spec",
+    "payload",
+    "metadata",
+    "policies",
+    "paused",
+];
+
+/// The patch an update asks for: the masked fields of `job`, or all updatable
+/// fields when the mask is empty.
+pub fn patch_from_pb(job: &pb::ScheduledJob, mask: &[String]) -> Result<JobPatch> {
+    let all: Vec<String> = UPDATABLE_FIELDS.iter().map(|s| s.to_string()).collect();
+    let paths = if mask.is_empty() { &all[..] } else { mask };
+    let mut patch = JobPatch::default();
+    for path in paths {
+        match path.as_str() {
+            "type" => patch.job_type = Some(job.r#type.clone()),
+            "owner_service" | "ownerService" => {
+                patch.owner_service = Some(job.owner_service.clone())
+            }
+            "schedule" | "schedule_spec" | "scheduleSpec" => {
+                patch.schedule = Some(schedule_from_pb(job)?)
+            }
+            "payload" => patch.payload = Some(job.payload.to_vec()),
+            "metadata" => patch.metadata = Some(metadata_from_pb(job.metadata.as_ref())?),
+            "policies" => patch.policies = Some(policies_from_pb(job.policies.as_ref())?),
+            "paused" => patch.paused = Some(job.paused),
+            other => {
+                return Err(invalid(format!(
+                    "update_mask: {other:?} is not an updatable field (one of: {})",
+                    UPDATABLE_FIELDS.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(patch)
+}
+
+/// A job status filter from the message (`None` for unspecified).
+pub fn status_filter(v: i32) -> Result<Option<JobStatus>> {
+    use pb::JobStatus as P;
+    Ok(
+        match P::try_from(v).map_err(|_| invalid(format!("status: unknown value {v}")))? {
+            P::Unspecified => None,
+            P::Active => Some(JobStatus::Active),
+            P::Paused => Some(JobStatus::Paused),
+            P::Completed => Some(JobStatus::Completed),
+        },
+    )
+}
+
+fn status_to_pb(s: JobStatus) -> pb::JobStatus {
+    match s {
+        JobStatus::Active => pb::JobStatus::Active,
+        JobStatus::Paused => pb::JobStatus::Paused,
+        JobStatus::Completed => pb::JobStatus::Completed,
+    }
+}
+
+/// The message form of a stored job.
+pub fn job_to_pb(job: &Job) -> pb::ScheduledJob {
+    let status = job.status();
+    pb::ScheduledJob {
+        id: job.id.clone(),
+        r#type: job.spec.job_type.clone(),
+        owner_service: job.spec.owner_service.clone(),
+        schedule: job.spec.schedule.describe(),
+        status: status_to_pb(status) as i32,
+        metadata: Some(metadata_to_pb(&job.spec.metadata)),
+        last_run: job.last_fired_ms.map(ms_timestamp),
+        next_run: if status == JobStatus::Active {
+            job.next_fire_ms.map(ms_timestamp)
+        } else {
+            None
+        },
+        created_by: job.created_by.clone(),
+        updated_by: job.updated_by.clone(),
+        schedule_spec: Some(schedule_to_pb(&job.spec.schedule)),
+        payload: job.spec.payload.clone().into(),
+        policies: Some(policies_to_pb(&job.spec.policies)),
+        paused: job.spec.paused,
+        version: job.version,
+        created_at: Some(ms_timestamp(job.created_at_ms)),
+        updated_at: Some(ms_timestamp(job.updated_at_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_message() -> pb::ScheduledJob {
+        pb::ScheduledJob {
+            id: "a".into(),
+            r#type: "noop".into(),
+            schedule: "*/5 * * * *".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_the_spec() {
+        let spec = spec_from_pb(&job_message()).unwrap();
+        assert_eq!(spec.policies, Policies::default());
+        let job = Job {
+            id: "a".into(),
+            spec: spec.clone(),
+            version: 3,
+            created_at_ms: 1_000,
+            updated_at_ms: 2_500,
+            created_by: "u".into(),
+            updated_by: "v".into(),
+            last_fired_ms: None,
+            next_fire_ms: Some(300_000),
+        };
+        let message = job_to_pb(&job);
+        assert_eq!(spec_from_pb(&message).unwrap(), spec);
+        assert_eq!(message.version, 3);
+        assert_eq!(message.updated_at.map(|t| timestamp_ms(&t)), Some(2_500));
+    }
+
+    #[test]
+    fn missing_schedule_and_negative_duration_are_named() {
+        let mut m = job_message();
+        m.schedule.clear();
+        let err = spec_from_pb(&m).unwrap_err();
+        assert!(err.to_string().starts_with("schedule: required"), "{err}");
+        let d = PbDuration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert!(duration_ms(&d, "policies.catchup_window")
+            .unwrap_err()
+            .to_string()
+            .contains("policies.catchup_window"));
+    }
+
+    #[test]
+    fn unknown_mask_path_is_refused() {
+        let err = patch_from_pb(&job_message(), &["version".into()]).unwrap_err();
+        assert!(
+            err.to_string().contains("update_mask: \"version\""),
+            "{err}"
+        );
+        let patch = patch_from_pb(&job_message(), &["ownerService".into()]).unwrap();
+        assert_eq!(patch.owner_service.as_deref(), Some(""));
+        assert!(patch.schedule.is_none());
+    }
+
+    #[test]
+    fn timestamps_before_1970_round_trip() {
+        for ms in [-1_500i64, -1, 0, 1, 1_767_225_600_123] {
+            assert_eq!(timestamp_ms(&ms_timestamp(ms)), ms);
+        }
+    }
+}

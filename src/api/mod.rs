@@ -1,0 +1,123 @@
+//! The gRPC face of a node: `JobService`, `ClusterService` and the peer
+//! `RaftService`, all on `--grpc-addr`.
+//!
+//! Handlers convert protobuf to domain types ([`convert`]), validate, and call
+//! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
+//! here ([`to_status`]). A refused write never reaches the Raft log.
+//!
+//! Limits: a job message may be at most [`MAX_API_MESSAGE_BYTES`] (the payload
+//! limit plus room for the rest); tonic refuses larger or malformed messages
+//! with an error status before any handler runs, so they cannot crash a node.
+
+pub mod cluster_service;
+pub mod convert;
+pub mod job_service;
+pub mod raft_service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::proto::cluster_service_server::ClusterServiceServer;
+use crate::proto::job_service_server::JobServiceServer;
+use crate::proto::raft_service_server::RaftServiceServer;
+use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+
+/// Largest accepted client message, bytes (1 MiB payload + 1 MiB for the rest).
+pub const MAX_API_MESSAGE_BYTES: usize = 2 << 20;
+/// gRPC metadata key naming the caller (until RBAC lands).
+pub const PRINCIPAL_HEADER: &str = "x-kairos-principal";
+/// gRPC metadata key carrying the leader's address on `UNAVAILABLE`.
+pub const LEADER_HEADER: &str = "x-kairos-leader";
+
+/// Serves all gRPC services on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let api = Api {
+        node: node.clone(),
+        metrics,
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            JobServiceServer::new(api.clone())
+                .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
+        )
+        .add_service(ClusterServiceServer::new(api))
+        .add_service(
+            RaftServiceServer::new(raft_service::PeerApi { node })
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}
+
+/// State shared by the public services.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+    metrics: Arc<Metrics>,
+}
+
+impl Api {
+    /// Runs a handler, recording its status code and latency.
+    async fn observed<T>(
+        &self,
+        method: &str,
+        handler: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = handler.await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.metrics.observe_api(method, code, started.elapsed());
+        if let Err(status) = &result {
+            tracing::debug!(method, code = ?status.code(), message = status.message(), "request refused");
+        }
+        result
+    }
+}
+
+/// The caller's principal from request metadata, or `anonymous`.
+pub fn principal<T>(request: &tonic::Request<T>) -> String {
+    request
+        .metadata()
+        .get(PRINCIPAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| "anonymous".to_string(), str::to_string)
+}
+
+/// The gRPC status of an error: the client's errors keep their class, the
+/// node's become `UNAVAILABLE` (retry, maybe elsewhere) or `INTERNAL`.
+pub fn to_status(error: Error) -> Status {
+    match error {
+        Error::InvalidArgument(m) => Status::invalid_argument(m),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::AlreadyExists(m) => Status::already_exists(m),
+        Error::Aborted(m) => Status::aborted(m),
+        Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::Unavailable { message, leader } => {
+            let mut status = Status::unavailable(message);
+            if let Some(value) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {
+                status.metadata_mut().insert(LEADER_HEADER, value);
+            }
+            status
+        }
+        Error::Internal(m) => Status::internal(m),
+    }
+}

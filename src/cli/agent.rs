@@ -1,0 +1,163 @@
+//! `kairos agent`: one node, from configuration to clean shutdown.
+//!
+//! [`run`] binds both listeners first (a busy port fails fast with a clear
+//! message), starts the node, serves gRPC and HTTP, and waits for the shutdown
+//! token; it then stops the servers, shuts Raft down and waits for every task.
+//! SIGTERM and Ctrl-C cancel the token.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentArgs, AgentConfig, LogFormat};
+use crate::metrics::Metrics;
+use crate::node::{Node, NodeOptions};
+
+/// Parses the agent's configuration, sets up logging and signals, and runs it.
+pub async fn run_from_args(args: AgentArgs) -> anyhow::Result<()> {
+    let config = AgentConfig::resolve(args)?;
+    init_logging(config.log_format);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run(config, shutdown).await
+}
+
+/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C (SIGINT).
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+/// Runs a node until `shutdown` is cancelled.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("--grpc-addr {}", config.grpc_addr))?;
+    let http = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("--http-addr {}", config.http_addr))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
+
+    let options = NodeOptions {
+        id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        advertise_addr: config.advertise_addr.clone(),
+        initial_cluster: config.initial_cluster.clone(),
+        tuning: config.tuning.clone(),
+    };
+    let node = Node::start(&options).await?;
+    let metrics = Metrics::new();
+    tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr,
+        data_dir = %config.data_dir.display(), "kairos node started");
+
+    let tasks = TaskTracker::new();
+    let grpc_task = {
+        let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(grpc, node, metrics, shutdown.clone()).await {
+                tracing::error!("gRPC server failed: {e}");
+                shutdown.cancel();
+            }
+        })
+    };
+    let http_task = {
+        let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(http, node, metrics, shutdown.clone()).await {
+                tracing::error!("HTTP server failed: {e}");
+                shutdown.cancel();
+            }
+        })
+    };
+    tasks.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(node = config.node_id, "stopping servers");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    })
+    .await;
+    node.shutdown().await;
+    tasks.wait().await;
+    tracing::info!(node = config.node_id, "stopped");
+    Ok(())
+}
+
+/// `kairos debug ...`: internal diagnostics.
+#[derive(clap::Args, Debug)]
+pub struct DebugCommand {
+    /// Which diagnostic.
+    #[command(subcommand)]
+    pub what: DebugWhat,
+}
+
+/// Internal diagnostics.
+#[derive(clap::Subcommand, Debug)]
+pub enum DebugWhat {
+    /// Append `entries` log entries one at a time, printing `acked N` after each
+    /// acknowledgement (run under strace to see the fsync before each ack).
+    LogAppend {
+        /// Data directory for a throw-away log.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How many entries to append.
+        #[arg(long, default_value_t = 3)]
+        entries: u64,
+    },
+}
+
+/// Runs a diagnostic.
+pub async fn debug(cmd: DebugCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    match cmd.what {
+        DebugWhat::LogAppend { data_dir, entries } => {
+            let (mut log, _sm) = crate::raft::open_storage(&data_dir)?;
+            for index in 1..=entries {
+                let entry = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Blank,
+                };
+                log.blocking_append([entry]).await?;
+                // One write(2) per line so the trace shows each acknowledgement.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "acked {index}")?;
+                out.flush()?;
+            }
+            Ok(())
+        }
+    }
+}

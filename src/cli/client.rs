@@ -1,0 +1,129 @@
+//! The client side of the CLI: which node to talk to, and how to print.
+//!
+//! [`Client::call`] tries the endpoints in order. A node that cannot be reached,
+//! or that answers `UNAVAILABLE`, is skipped; if its answer names the leader
+//! (`x-kairos-leader`), the leader is tried next. Every other status is final:
+//! a validation error from one node would be the same from any other.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use super::DEV_ENDPOINTS;
+use crate::api::{LEADER_HEADER, PRINCIPAL_HEADER};
+
+/// Flags shared by every client command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Comma-separated gRPC addresses of cluster nodes.
+    #[arg(long, env = "KAIROS_ENDPOINTS", default_value = DEV_ENDPOINTS, global = true)]
+    pub endpoints: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+    /// Give up on a request after this long (e.g. 10s, 1m).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    /// Who you are, recorded as created_by / updated_by.
+    #[arg(long, env = "KAIROS_PRINCIPAL", global = true)]
+    pub principal: Option<String>,
+}
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned, human-readable.
+    Table,
+    /// The protobuf JSON mapping (stable field names), pretty-printed.
+    Json,
+}
+
+/// A connection-less client of a Kairos cluster.
+pub struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    principal: String,
+}
+
+impl Client {
+    /// A client for the given flags.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let endpoints: Vec<String> = args
+            .endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            anyhow::bail!("--endpoints: no address given");
+        }
+        let principal = args
+            .principal
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "anonymous".into());
+        Ok(Client {
+            endpoints,
+            timeout: args.timeout,
+            principal,
+        })
+    }
+
+    /// Wraps a message in a request carrying the principal and deadline.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        if let Ok(value) = self.principal.parse() {
+            request.metadata_mut().insert(PRINCIPAL_HEADER, value);
+        }
+        request
+    }
+
+    fn channel(addr: &str) -> Result<Channel, Status> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2));
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// Calls `f` against the endpoints until one gives a definite answer.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut queue: Vec<String> = self.endpoints.clone();
+        let mut tried = Vec::new();
+        let mut last_error = Status::unavailable("no endpoint answered");
+        while let Some(addr) = (!queue.is_empty()).then(|| queue.remove(0)) {
+            if tried.contains(&addr) {
+                continue;
+            }
+            tried.push(addr.clone());
+            match f(Self::channel(&addr)?).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if status.code() == Code::Unavailable => {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(LEADER_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        queue.insert(0, leader.to_string());
+                    }
+                    last_error = Status::unavailable(format!("{addr}: {}", status.message()));
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last_error)
+    }
+}
+
+/// One line describing a failed call: the status code and message.
+pub fn describe(status: &Status) -> String {
+    let message = status.message().lines().next().unwrap_or("").to_string();
+    format!("{:?}: {message}", status.code())
+}

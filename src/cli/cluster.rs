@@ -1,0 +1,123 @@
+//! `kairos cluster status|add-node|remove-node`.
+
+use super::client::{describe, Client, ClientArgs};
+use super::output;
+use crate::proto as pb;
+use crate::proto::cluster_service_client::ClusterServiceClient;
+
+/// `kairos cluster`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterCommand {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    action: ClusterAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterAction {
+    /// Every member's role, term and log indexes.
+    Status,
+    /// Add a running node (started without --initial-cluster): learner, then voter.
+    AddNode {
+        /// The new node's --node-id.
+        #[arg(long)]
+        node_id: u64,
+        /// The new node's gRPC address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+    },
+}
+
+fn print_status(status: &pb::ClusterStatus) {
+    let leader = if status.leader_id == 0 {
+        "none".to_string()
+    } else {
+        status.leader_id.to_string()
+    };
+    println!(
+        "leader: {leader}   term: {}   (answered by node {})",
+        status.term, status.answered_by
+    );
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            let role = pb::NodeRole::try_from(n.role)
+                .map(|r| {
+                    r.as_str_name()
+                        .trim_start_matches("NODE_ROLE_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default();
+            let unreachable = n.role == pb::NodeRole::Unreachable as i32;
+            let num = |v: u64| {
+                if unreachable {
+                    "-".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            vec![
+                n.id.to_string(),
+                n.grpc_addr.clone(),
+                role,
+                if n.voter { "voter" } else { "learner" }.to_string(),
+                num(n.term),
+                num(n.commit_index),
+                num(n.applied_index),
+                num(n.last_log_index),
+                num(n.snapshot_index),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT",
+        ],
+        &rows,
+    );
+}
+
+/// Runs a `kairos cluster` command.
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    let client = Client::new(&cmd.client)?;
+    let status = match cmd.action {
+        ClusterAction::Status => {
+            client
+                .call(|ch| {
+                    let req = client.request(pb::ClusterStatusRequest {});
+                    async move { ClusterServiceClient::new(ch).status(req).await }
+                })
+                .await
+        }
+        ClusterAction::AddNode { node_id, addr } => {
+            let req = pb::AddNodeRequest {
+                node_id,
+                grpc_addr: addr,
+            };
+            client
+                .call(|ch| {
+                    let req = client.request(req.clone());
+                    async move { ClusterServiceClient::new(ch).add_node(req).await }
+                })
+                .await
+        }
+        ClusterAction::RemoveNode { node_id } => {
+            client
+                .call(|ch| {
+                    let req = client.request(pb::RemoveNodeRequest { node_id });
+                    async move { ClusterServiceClient::new(ch).remove_node(req).await }
+                })
+                .await
+        }
+    }
+    .map_err(|s| anyhow::anyhow!(describe(&s)))?;
+    output::print(cmd.client.output, &status, print_status)
+}

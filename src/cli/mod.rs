@@ -1,0 +1,63 @@
+//! The `kairos` command: one binary for the server and its clients.
+//!
+//! - `agent`: run one node ([`agent`]).
+//! - `dev`: run a local three-node cluster as child processes ([`dev`]).
+//! - `job`, `cluster`: gRPC clients ([`job`], [`cluster`]) that try the
+//!   `--endpoints` in turn and follow a leader hint.
+//! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
+//!
+//! Errors end the process with a non-zero code and one line on stderr.
+
+pub mod agent;
+pub mod client;
+pub mod cluster;
+pub mod cron;
+pub mod dev;
+pub mod job;
+pub mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::AgentArgs;
+
+/// Default endpoints: the `kairos dev` cluster.
+pub const DEV_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+/// Kairos: a distributed job scheduler.
+#[derive(Parser, Debug)]
+#[command(name = "kairos", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Agent(Box<AgentArgs>),
+    /// Run a local three-node cluster (data under ./kairos-data) until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Create, inspect and change jobs.
+    Job(job::JobCommand),
+    /// Inspect and change cluster membership.
+    Cluster(cluster::ClusterCommand),
+    /// Evaluate cron expressions.
+    Cron(cron::CronCommand),
+    /// Internal diagnostics (used by the durability test).
+    #[command(hide = true)]
+    Debug(agent::DebugCommand),
+}
+
+/// Runs a parsed command line; `Err` carries the one-line reason.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(args) => agent::run_from_args(*args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Job(cmd) => job::run(cmd).await,
+        Command::Cluster(cmd) => cluster::run(cmd).await,
+        Command::Cron(cmd) => cron::run(cmd),
+        Command::Debug(cmd) => agent::debug(cmd).await,
+    }
+}

@@ -1,0 +1,272 @@
+//! Agent configuration: flags, then `KAIROS_*` environment variables, then a
+//! TOML file (`--config`), then defaults — the first one that sets a value wins.
+//!
+//! The TOML file uses the flag names in snake_case, e.g.
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "/var/lib/kairos"
+//! grpc_addr = "10.0.0.1:7101"
+//! initial_cluster = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
+//! ```
+//!
+//! Unknown keys in the file are an error, so a typo does not silently fall back
+//! to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::raft::{NodeId, RaftTuning};
+
+/// Output format of the node's logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+macro_rules! agent_settings {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal; )*) => {
+        /// `kairos agent` flags. Every flag can also come from the environment
+        /// variable named in its help, or from the `--config` file.
+        #[derive(clap::Args, Clone, Debug, Default)]
+        pub struct AgentArgs {
+            /// TOML file with the same settings (snake_case keys).
+            #[arg(long, env = "KAIROS_CONFIG")]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $field: Option<$ty>, )*
+        }
+
+        /// The settings a `--config` file may hold.
+        #[derive(Deserialize, Debug, Default)]
+        #[serde(deny_unknown_fields)]
+        struct FileSettings {
+            $( $field: Option<$ty>, )*
+        }
+
+        impl AgentArgs {
+            /// Fills every setting not given as a flag or variable from the file.
+            fn merge(mut self, file: FileSettings) -> AgentArgs {
+                $( if self.$field.is_none() { self.$field = file.$field; } )*
+                self
+            }
+        }
+    };
+}
+
+agent_settings! {
+    /// Unique, never reused id of this node (positive integer).
+    node_id: NodeId, env = "KAIROS_NODE_ID";
+    /// Directory of this node's log and state (default ./kairos-data/node-<id>).
+    data_dir: PathBuf, env = "KAIROS_DATA_DIR";
+    /// gRPC listen address for clients and peers (default 127.0.0.1:7101).
+    grpc_addr: String, env = "KAIROS_GRPC_ADDR";
+    /// HTTP listen address for /livez, /readyz, /metrics (default 127.0.0.1:7201).
+    http_addr: String, env = "KAIROS_HTTP_ADDR";
+    /// Worker-cluster (ractor_cluster) listen address (default 127.0.0.1:7301).
+    cluster_addr: String, env = "KAIROS_CLUSTER_ADDR";
+    /// gRPC address peers use to reach this node (default: its --initial-cluster entry, else --grpc-addr).
+    advertise_addr: String, env = "KAIROS_ADVERTISE_ADDR";
+    /// Members of a new cluster, `id=host:port,...` (gRPC addresses); same on every node.
+    initial_cluster: String, env = "KAIROS_INITIAL_CLUSTER";
+    /// Shared secret of the worker cluster.
+    cluster_cookie: String, env = "KAIROS_CLUSTER_COOKIE";
+    /// Log output: text or json.
+    log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
+    /// Raft leader heartbeat period in ms (default 100).
+    heartbeat_ms: u64, env = "KAIROS_HEARTBEAT_MS";
+    /// Raft minimum election timeout in ms (default 400; the maximum is twice it).
+    election_timeout_ms: u64, env = "KAIROS_ELECTION_TIMEOUT_MS";
+    /// Build a snapshot every this many log entries (default 10000).
+    snapshot_logs: u64, env = "KAIROS_SNAPSHOT_LOGS";
+    /// Log entries kept behind a snapshot for slow followers (default 1000).
+    snapshot_keep_logs: u64, env = "KAIROS_SNAPSHOT_KEEP_LOGS";
+}
+
+/// A node's complete, validated configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// Worker-cluster listen address (used by the scheduling engine).
+    pub cluster_addr: SocketAddr,
+    /// Address peers reach this node at.
+    pub advertise_addr: String,
+    /// Members of a new cluster; empty to wait to be added.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Worker-cluster secret, if set.
+    pub cluster_cookie: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Raft timing and compaction.
+    pub tuning: RaftTuning,
+}
+
+fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr> {
+    value.parse().map_err(|e| {
+        Error::InvalidArgument(format!(
+            "--{flag}: {value:?} is not an ip:port address ({e})"
+        ))
+    })
+}
+
+/// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
+pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<NodeId, String>> {
+    let mut members = BTreeMap::new();
+    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad =
+            || Error::InvalidArgument(format!("--initial-cluster: {part:?} is not id=host:port"));
+        let (id, addr) = part.split_once('=').ok_or_else(bad)?;
+        let id: NodeId = id.trim().parse().map_err(|_| bad())?;
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if id == 0 || !port_ok {
+            return Err(bad());
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "--initial-cluster: node id {id} appears twice"
+            )));
+        }
+    }
+    Ok(members)
+}
+
+impl AgentConfig {
+    /// Resolves flags, environment, file and defaults into a configuration.
+    pub fn resolve(args: AgentArgs) -> Result<AgentConfig> {
+        let args = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::InvalidArgument(format!("--config {}: {e}", path.display()))
+                })?;
+                let file: FileSettings = toml::from_str(&text).map_err(|e| {
+                    Error::InvalidArgument(format!("--config {}: {e}", path.display()))
+                })?;
+                args.clone().merge(file)
+            }
+            None => args,
+        };
+        let node_id = args
+            .node_id
+            .ok_or_else(|| Error::InvalidArgument("--node-id: required".into()))?;
+        if node_id == 0 {
+            return Err(Error::InvalidArgument(
+                "--node-id: must be a positive integer".into(),
+            ));
+        }
+        let grpc_addr = socket_addr(
+            "grpc-addr",
+            args.grpc_addr.as_deref().unwrap_or("127.0.0.1:7101"),
+        )?;
+        let initial_cluster = parse_initial_cluster(args.initial_cluster.as_deref().unwrap_or(""))?;
+        let advertise_addr = args
+            .advertise_addr
+            .or_else(|| initial_cluster.get(&node_id).cloned())
+            .unwrap_or_else(|| grpc_addr.to_string());
+        let defaults = RaftTuning::default();
+        Ok(AgentConfig {
+            node_id,
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(format!("kairos-data/node-{node_id}"))),
+            grpc_addr,
+            http_addr: socket_addr(
+                "http-addr",
+                args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"),
+            )?,
+            cluster_addr: socket_addr(
+                "cluster-addr",
+                args.cluster_addr.as_deref().unwrap_or("127.0.0.1:7301"),
+            )?,
+            advertise_addr,
+            initial_cluster,
+            cluster_cookie: args.cluster_cookie,
+            log_format: args.log_format.unwrap_or_default(),
+            tuning: RaftTuning {
+                heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
+                election_timeout_ms: args
+                    .election_timeout_ms
+                    .unwrap_or(defaults.election_timeout_ms),
+                snapshot_logs: args.snapshot_logs.unwrap_or(defaults.snapshot_logs),
+                snapshot_keep_logs: args
+                    .snapshot_keep_logs
+                    .unwrap_or(defaults.snapshot_keep_logs),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_refuses_garbage() {
+        let m =
+            parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=localhost:7103").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&3], "localhost:7103");
+        for bad in [
+            "1",
+            "x=127.0.0.1:1",
+            "0=127.0.0.1:1",
+            "1=127.0.0.1",
+            "1=a:1,1=b:2",
+        ] {
+            let err = parse_initial_cluster(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--initial-cluster"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kairos.toml");
+        std::fs::write(
+            &path,
+            "node_id = 2\ngrpc_addr = \"127.0.0.1:9102\"\nhttp_addr = \"127.0.0.1:9202\"\n",
+        )
+        .unwrap();
+        let args = AgentArgs {
+            config: Some(path),
+            http_addr: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args).unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:9102");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.data_dir, PathBuf::from("kairos-data/node-2"));
+        assert_eq!(c.advertise_addr, "127.0.0.1:9102");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kairos.toml");
+        std::fs::write(&path, "node_id = 1\ngrpc_adr = \"x\"\n").unwrap();
+        let err = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("grpc_adr"), "{err}");
+    }
+}

@@ -1,0 +1,30 @@
+//! Kairos: a self-hosted distributed job scheduler.
+//!
+//! Three (or five) copies of one binary form a cluster. Job definitions live in
+//! a Raft-replicated state machine (openraft) stored on local disk (sled), so
+//! there is no external database and failover is built in. Clients talk gRPC
+//! (tonic) to any node: writes are forwarded to the leader, reads are
+//! linearizable by default (ReadIndex), and every node serves health and
+//! Prometheus metrics over HTTP.
+//!
+//! Module map, from the core outwards:
+//! - [`scheduler`]: the deterministic core (jobs, schedules, validation, `State::apply`).
+//! - [`raft`]: openraft wiring — sled log store with fsync, state machine, snapshots, peer network.
+//! - [`node`]: a running node — bootstrap, write forwarding, read barriers, shutdown.
+//! - [`api`]: gRPC services and protobuf ↔ domain conversion.
+//! - [`http`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`cli`]: the `kairos` command (agent, dev, job, cluster, cron).
+//! - [`config`]: agent configuration from flags, `KAIROS_*` variables and TOML.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod proto;
+pub mod raft;
+pub mod scheduler;
+
+pub use error::{Error, Result};

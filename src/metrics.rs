@@ -1,0 +1,159 @@
+//! Prometheus metrics of a node, served at `/metrics` in the text format.
+//!
+//! Raft gauges (term, leader, commit and applied index, ...) are refreshed from
+//! openraft's metrics at scrape time, so they are never stale and cost nothing
+//! between scrapes. API metrics are recorded by the gRPC services per call:
+//! requests by method and status code, and a latency histogram by method.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+/// Labels of an API request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// gRPC method, e.g. `CreateJob`.
+    pub method: String,
+    /// gRPC status code name, e.g. `Ok`, `InvalidArgument`.
+    pub code: String,
+}
+
+/// Labels of the API latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// gRPC method.
+    pub method: String,
+}
+
+/// All metrics of a node.
+pub struct Metrics {
+    registry: Registry,
+    api_requests: Family<RequestLabels, Counter>,
+    api_latency: Family<MethodLabels, Histogram>,
+    raft_term: Gauge,
+    raft_leader_id: Gauge,
+    raft_is_leader: Gauge,
+    raft_commit_index: Gauge,
+    raft_applied_index: Gauge,
+    raft_last_log_index: Gauge,
+    raft_snapshot_index: Gauge,
+    jobs_stored: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("kairos");
+        let api_requests = Family::<RequestLabels, Counter>::default();
+        let api_latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let m = Metrics {
+            api_requests,
+            api_latency,
+            raft_term: Gauge::default(),
+            raft_leader_id: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_snapshot_index: Gauge::default(),
+            jobs_stored: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "api_requests",
+            "gRPC API requests by method and status code",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_request_duration_seconds",
+            "gRPC API latency by method",
+            m.api_latency.clone(),
+        );
+        registry.register("raft_term", "Current Raft term", m.raft_term.clone());
+        registry.register(
+            "raft_leader_id",
+            "Id of the leader this node knows (0 = none)",
+            m.raft_leader_id.clone(),
+        );
+        registry.register(
+            "raft_is_leader",
+            "1 when this node is the leader",
+            m.raft_is_leader.clone(),
+        );
+        registry.register(
+            "raft_commit_index",
+            "Committed log index",
+            m.raft_commit_index.clone(),
+        );
+        registry.register(
+            "raft_applied_index",
+            "Last applied log index",
+            m.raft_applied_index.clone(),
+        );
+        registry.register(
+            "raft_last_log_index",
+            "Last log index",
+            m.raft_last_log_index.clone(),
+        );
+        registry.register(
+            "raft_snapshot_index",
+            "Log index of the latest snapshot",
+            m.raft_snapshot_index.clone(),
+        );
+        registry.register(
+            "jobs_stored",
+            "Jobs in the applied state",
+            m.jobs_stored.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Records one finished API call.
+    pub fn observe_api(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let code = format!("{code:?}");
+        self.api_requests
+            .get_or_create(&RequestLabels {
+                method: method.into(),
+                code,
+            })
+            .inc();
+        self.api_latency
+            .get_or_create(&MethodLabels {
+                method: method.into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the node gauges and renders everything in the Prometheus text format.
+    pub fn render(&self, node: &Node) -> String {
+        let report = node.report();
+        let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft_term.set(as_gauge(report.term));
+        self.raft_leader_id
+            .set(as_gauge(report.leader.unwrap_or(0)));
+        self.raft_is_leader
+            .set(i64::from(report.leader == Some(node.id)));
+        self.raft_commit_index.set(as_gauge(report.commit_index));
+        self.raft_applied_index.set(as_gauge(report.applied_index));
+        self.raft_last_log_index
+            .set(as_gauge(report.last_log_index));
+        self.raft_snapshot_index
+            .set(as_gauge(report.snapshot_index));
+        self.jobs_stored
+            .set(as_gauge(node.state.read().job_count() as u64));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,519 @@
+//! A running Kairos node: Raft, storage, and the rules for reaching the leader.
+//!
+//! [`Node`] is what the API calls. It hides where the leader is:
+//!
+//! - **Writes** ([`Node::write`]) are proposed locally when this node leads and
+//!   otherwise forwarded to the leader over the peer `RaftService.Forward` RPC.
+//!   The leader stamps its clock into the command (the state machine never reads
+//!   a clock). While there is no leader, or the leader moved, the node waits for
+//!   the next one and retries, up to [`ROUTE_TIMEOUT`].
+//! - **Reads** pass a barrier first ([`Node::read_barrier`]). Linearizable reads
+//!   use ReadIndex: the leader confirms it still leads with a quorum
+//!   (`get_read_log_id`) and names a log index; this node waits until it has
+//!   applied that index and then reads its own state. Stale reads skip the
+//!   barrier.
+//! - **Membership** changes are forwarded like writes; adding a node makes it a
+//!   learner, waits until it has caught up, then promotes it to voter.
+//!
+//! Bootstrap: a node started with `--initial-cluster` on an empty data dir
+//! initializes Raft with that membership. Every member does the same with the
+//! same list, which openraft accepts (the first log entry is identical
+//! everywhere), so no manual step is needed; an election follows once a
+//! majority is up. A node restarted on its data dir is already initialized and
+//! ignores the flag.
+//!
+//! IMPLEMENTATION CAVEATS: a forwarded write whose connection breaks after it was
+//! sent has an unknown outcome; it is retried, which is harmless for creates
+//! carrying a `request_id` (the CLI always sends one) and shows up as `ABORTED`
+//! or `NOT_FOUND` for a retried update or delete that had in fact succeeded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::error::{Error, Result};
+use crate::proto::raft_service_client::RaftServiceClient;
+use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
+use crate::raft::network::{peer_client, PeerNetwork};
+use crate::raft::state_machine::StateHandle;
+use crate::raft::{decode, encode, open_storage, raft_config, NodeId, Raft, RaftTuning};
+use crate::scheduler::{Command, Request, Response};
+
+/// How long a write or read may wait for a leader before giving up.
+pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a peer call (forward, read index, status probe) may take.
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// This node's id (unique in the cluster, never reused).
+    pub id: NodeId,
+    /// Where sled keeps the log and state.
+    pub data_dir: PathBuf,
+    /// The gRPC address peers and clients use to reach this node.
+    pub advertise_addr: String,
+    /// Members of a new cluster (id → gRPC address); empty to wait to be added.
+    pub initial_cluster: BTreeMap<NodeId, String>,
+    /// Raft timing and compaction.
+    pub tuning: RaftTuning,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Linearizable via ReadIndex.
+    #[default]
+    Linearizable,
+    /// Whatever this node has applied.
+    Stale,
+}
+
+/// A request a follower forwards to the leader.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Forwarded {
+    /// A state machine command on behalf of `principal`.
+    Write {
+        /// Who asked.
+        principal: String,
+        /// What to do.
+        command: Command,
+    },
+    /// Add a node as learner, then voter.
+    AddNode {
+        /// New node id.
+        id: NodeId,
+        /// Its gRPC address.
+        addr: String,
+    },
+    /// Remove a node from the membership.
+    RemoveNode {
+        /// Node to remove.
+        id: NodeId,
+    },
+}
+
+/// One node's view of itself, as answered to `NodeMetrics`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub id: NodeId,
+    /// "leader", "follower", "candidate", "learner" or "shutdown".
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Leader as this node knows it.
+    pub leader: Option<NodeId>,
+    /// Committed index as saved by this node.
+    pub commit_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Last index in the log.
+    pub last_log_index: u64,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: u64,
+}
+
+/// A started node.
+pub struct Node {
+    /// This node's id.
+    pub id: NodeId,
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Read access to the applied state.
+    pub state: StateHandle,
+    /// Committed index as last saved by the log store.
+    committed: Arc<AtomicU64>,
+    /// The committed index found on disk at start; `/readyz` waits until it is applied.
+    startup_commit: u64,
+    /// Cached peer clients by address.
+    peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+}
+
+impl Node {
+    /// Opens storage, starts Raft and bootstraps a new cluster if asked to.
+    pub async fn start(options: &NodeOptions) -> Result<Arc<Node>> {
+        let (log_store, state_machine) = open_storage(&options.data_dir)?;
+        let committed = log_store.committed_handle();
+        let startup_commit = log_store.committed_index();
+        let state = state_machine.state_handle();
+        let config = Arc::new(raft_config(&options.tuning)?);
+        let raft = Raft::new(options.id, config, PeerNetwork, log_store, state_machine)
+            .await
+            .map_err(|e| Error::internal(format!("start raft: {e}")))?;
+        let node = Arc::new(Node {
+            id: options.id,
+            raft,
+            state,
+            committed,
+            startup_commit,
+            peers: Mutex::default(),
+        });
+        node.bootstrap(options).await?;
+        Ok(node)
+    }
+
+    async fn bootstrap(&self, options: &NodeOptions) -> Result<()> {
+        let initialized = self.raft.is_initialized().await.map_err(Error::internal)?;
+        if initialized {
+            tracing::info!(
+                node = self.id,
+                "restarted on existing data; --initial-cluster ignored"
+            );
+            return Ok(());
+        }
+        if options.initial_cluster.is_empty() {
+            tracing::info!(
+                node = self.id,
+                "no --initial-cluster: waiting to be added with `kairos cluster add-node`"
+            );
+            return Ok(());
+        }
+        if !options.initial_cluster.contains_key(&self.id) {
+            return Err(Error::InvalidArgument(format!(
+                "--initial-cluster does not contain this node's id {}",
+                self.id
+            )));
+        }
+        let members: BTreeMap<NodeId, BasicNode> = options
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| (*id, BasicNode::new(addr)))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node = self.id, members = ?options.initial_cluster, "initialized new cluster")
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(node = self.id, "already initialized: {e}")
+            }
+            Err(e) => return Err(Error::internal(format!("initialize cluster: {e}"))),
+        }
+        Ok(())
+    }
+
+    /// Stops Raft. Pending requests fail with `Unavailable`.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+    }
+
+    /// The committed index as last saved by this node.
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` when the node knows a leader and has applied what was committed
+    /// when it started; otherwise the reason it is not ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader.is_none() {
+            return Err("no known leader".into());
+        }
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        if applied < self.startup_commit {
+            return Err(format!(
+                "applied index {applied} is behind the startup commit index {}",
+                self.startup_commit
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's own view of the cluster.
+    pub fn report(&self) -> NodeReport {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        NodeReport {
+            id: self.id,
+            role: role.into(),
+            term: m.current_term,
+            leader: m.current_leader,
+            commit_index: self.committed_index(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+        }
+    }
+
+    /// Members of the current membership: id → (gRPC address, is voter).
+    pub fn members(&self) -> BTreeMap<NodeId, (String, bool)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let voters: Vec<NodeId> = m.membership().voter_ids().collect();
+        m.membership()
+            .nodes()
+            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .collect()
+    }
+
+    fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
+        Some((leader, addr))
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = peers.get(addr) {
+            return Ok(client.clone());
+        }
+        let client =
+            peer_client(addr).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
+        peers.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Proposes `command` through the leader, wherever it is.
+    pub async fn write(&self, principal: &str, command: Command) -> Result<Response> {
+        self.route(Forwarded::Write {
+            principal: principal.to_string(),
+            command,
+        })
+        .await
+    }
+
+    /// Adds a node: learner first, voter once it has caught up.
+    pub async fn add_node(&self, id: NodeId, addr: String) -> Result<()> {
+        self.route(Forwarded::AddNode { id, addr })
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes a node from the membership.
+    pub async fn remove_node(&self, id: NodeId) -> Result<()> {
+        self.route(Forwarded::RemoveNode { id }).await.map(|_| ())
+    }
+
+    async fn route(&self, request: Forwarded) -> Result<Response> {
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        loop {
+            let result = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.execute(request.clone()).await,
+                Some((_, addr)) => self.forward(&addr, &request).await,
+                None => Err(Error::unavailable("no leader is elected yet")),
+            };
+            match result {
+                Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
+                    self.wait_for_leader_change(deadline).await
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits (bounded by `deadline`) until a leader other than a failed one is known.
+    async fn wait_for_leader_change(&self, deadline: Instant) {
+        let before = self.raft.metrics().borrow().current_leader;
+        let mut metrics = self.raft.metrics();
+        let changed = async {
+            loop {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+                let now = metrics.borrow().current_leader;
+                if now.is_some() && now != before {
+                    return;
+                }
+            }
+        };
+        // A short pause at least, so a leader that is merely slow is retried without a storm.
+        let retry_after = (Instant::now() + Duration::from_millis(100)).min(deadline);
+        tokio::select! {
+            _ = changed => {}
+            _ = tokio::time::sleep_until(retry_after) => {}
+        }
+    }
+
+    async fn forward(&self, addr: &str, request: &Forwarded) -> Result<Response> {
+        let mut client = self.client(addr)?;
+        let mut call = tonic::Request::new(RaftPayload {
+            data: encode(request)?,
+        });
+        call.set_timeout(PEER_CALL_TIMEOUT);
+        let reply = client
+            .forward(call)
+            .await
+            .map_err(|status| Error::Unavailable {
+                message: format!(
+                    "forwarding to the leader at {addr} failed: {}",
+                    status.message()
+                ),
+                leader: Some(addr.to_string()),
+            })?;
+        decode::<Result<Response>>(&reply.into_inner().data)?
+    }
+
+    /// Executes a forwarded request on this node, which must be the leader.
+    pub async fn execute(&self, request: Forwarded) -> Result<Response> {
+        match request {
+            Forwarded::Write { principal, command } => {
+                let request = Request {
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    principal,
+                    command,
+                };
+                match self.raft.client_write(request).await {
+                    Ok(reply) => reply.data,
+                    Err(e) => Err(self.write_error(e)),
+                }
+            }
+            Forwarded::AddNode { id, addr } => {
+                if self
+                    .members()
+                    .get(&id)
+                    .is_some_and(|(a, voter)| *a == addr && *voter)
+                {
+                    return Ok(Response::Empty);
+                }
+                tracing::info!(node = id, %addr, "adding learner and waiting for it to catch up");
+                self.raft
+                    .add_learner(id, BasicNode::new(&addr), true)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                tracing::info!(node = id, "promoting learner to voter");
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                Ok(Response::Empty)
+            }
+            Forwarded::RemoveNode { id } => {
+                let members = self.members();
+                let Some((_, voter)) = members.get(&id) else {
+                    return Err(Error::NotFound(format!("node {id} is not a member")));
+                };
+                if *voter && members.values().filter(|(_, v)| *v).count() == 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "node {id} is the last voter"
+                    )));
+                }
+                let change = if *voter {
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                self.raft
+                    .change_membership(change, false)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                Ok(Response::Empty)
+            }
+        }
+    }
+
+    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
+                message: match f.leader_id {
+                    Some(id) => format!("node {} is not the leader; node {id} is", self.id),
+                    None => format!("node {} is not the leader and knows none", self.id),
+                },
+                leader: f.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                Error::FailedPrecondition(format!("membership change refused: {e}"))
+            }
+            RaftError::Fatal(e) => {
+                Error::unavailable(format!("node {} is shutting down: {e}", self.id))
+            }
+        }
+    }
+
+    /// Waits until a read at `consistency` may be served from this node's state.
+    pub async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
+        if consistency == Consistency::Stale {
+            return Ok(());
+        }
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        loop {
+            let index = match self.leader() {
+                Some((leader, _)) if leader == self.id => self.read_index().await,
+                Some((_, addr)) => self.remote_read_index(&addr).await,
+                None => Err(Error::unavailable("no leader is elected yet")),
+            };
+            match index {
+                Ok(index) => return self.wait_applied(index, deadline).await,
+                Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
+                    self.wait_for_leader_change(deadline).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Leader side of ReadIndex: confirms leadership with a quorum and returns
+    /// the index a linearizable read must have applied.
+    pub async fn read_index(&self) -> Result<u64> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Err(e) => Err(Error::Unavailable {
+                message: format!("node {} cannot serve a linearizable read: {e}", self.id),
+                leader: self.leader().map(|(_, addr)| addr),
+            }),
+        }
+    }
+
+    async fn remote_read_index(&self, addr: &str) -> Result<u64> {
+        let mut client = self.client(addr)?;
+        let mut call = tonic::Request::new(ReadIndexRequest {});
+        call.set_timeout(PEER_CALL_TIMEOUT);
+        match client.read_index(call).await {
+            Ok(reply) => Ok(reply.into_inner().index),
+            Err(status) => Err(Error::Unavailable {
+                message: format!(
+                    "read index from the leader at {addr} failed: {}",
+                    status.message()
+                ),
+                leader: Some(addr.to_string()),
+            }),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<()> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "node {} did not apply index {index} in time: {e}",
+                    self.id
+                ))
+            })
+    }
+
+    /// Asks the node at `addr` for its own report (for cluster status).
+    pub async fn probe(&self, addr: &str, timeout: Duration) -> Result<NodeReport> {
+        let mut client = self.client(addr)?;
+        let mut call = tonic::Request::new(NodeMetricsRequest {});
+        call.set_timeout(timeout);
+        let reply = tokio::time::timeout(timeout, client.node_metrics(call))
+            .await
+            .map_err(|_| Error::unavailable(format!("{addr} did not answer in {timeout:?}")))?
+            .map_err(|s| Error::unavailable(format!("{addr}: {}", s.message())))?;
+        decode(&reply.into_inner().data)
+    }
+}

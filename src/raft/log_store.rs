@@ -1,0 +1,233 @@
+//! The Raft log, vote and committed log id, stored in sled.
+//!
+//! Layout (one sled database shared with the state machine):
+//! - tree `raft_log`: key = log index as 8 big-endian bytes (so sled's key order
+//!   is log order), value = the postcard-encoded openraft entry;
+//! - tree `raft_meta`: `vote`, `committed`, `last_purged`.
+//!
+//! Invariants openraft relies on and this store keeps:
+//! - `append` reports completion (`LogFlushed::log_io_completed`) only after
+//!   the entries are durable ([`Disk::sync`]), and `save_vote` returns only after
+//!   the vote is durable. One sync covers a whole batch of entries.
+//! - The log has no holes: entries arrive in order, `truncate` removes a suffix,
+//!   `purge` a prefix, and `last_purged` is written before the prefix is removed
+//!   so a crash in between leaves a consistent (if longer) log.
+//! - Writes are serialized: openraft calls these methods from one task; the
+//!   log reader handed to replication only reads.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+
+use super::durability::Disk;
+use super::{decode, encode, NodeId, StorageError, TypeConfig};
+use crate::error::{Error, Result};
+
+const VOTE_KEY: &[u8] = b"vote";
+const COMMITTED_KEY: &[u8] = b"committed";
+const LAST_PURGED_KEY: &[u8] = b"last_purged";
+
+/// The sled key of log index `index`: big-endian so that byte order is index order.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn io_read(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_logs(AnyError::error(e)).into()
+}
+
+fn io_write(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_logs(AnyError::error(e)).into()
+}
+
+/// sled-backed Raft log storage. Cloning shares the same trees.
+#[derive(Clone)]
+pub struct LogStore {
+    disk: Disk,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// Latest committed index openraft told us about, for metrics and `/readyz`.
+    committed: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    /// Opens the log trees of `disk`.
+    pub fn open(disk: Disk) -> Result<LogStore> {
+        let log = disk.db.open_tree("raft_log").map_err(Error::internal)?;
+        let meta = disk.db.open_tree("raft_meta").map_err(Error::internal)?;
+        let store = LogStore {
+            disk,
+            log,
+            meta,
+            committed: Arc::new(AtomicU64::new(0)),
+        };
+        let committed: Option<LogId<NodeId>> =
+            store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
+        store
+            .committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The committed index as last saved (0 before anything was committed).
+    pub fn committed_index(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    /// A shared handle to the committed index, updated as openraft saves it.
+    pub fn committed_handle(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key).map_err(io_read)? {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(io_read)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageError> {
+        self.meta
+            .insert(key, encode(value).map_err(io_write)?)
+            .map_err(io_write)?;
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        self.disk.sync_async().await.map_err(io_write)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => log_key(i),
+            Bound::Excluded(&i) => log_key(i + 1),
+            Bound::Unbounded => log_key(0),
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Bound::Included(log_key(i)),
+            Bound::Excluded(&i) => Bound::Excluded(log_key(i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.log
+            .range((Bound::Included(start), end))
+            .map(|item| {
+                let (_, value) = item.map_err(io_read)?;
+                decode(&value).map_err(io_read)
+            })
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
+        let last_log_id = match self.log.last().map_err(io_read)? {
+            Some((_, value)) => Some(decode::<Entry<TypeConfig>>(&value).map_err(io_read)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(VOTE_KEY, vote)?;
+        self.sync().await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(VOTE_KEY)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError> {
+        // Not synced: a lost committed index is recomputed by the leader; it only
+        // lets a restarted node apply what it already knows is committed sooner.
+        self.write_meta(COMMITTED_KEY, &committed)?;
+        self.committed
+            .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(
+                &log_key(entry.log_id.index),
+                encode(&entry).map_err(io_write)?,
+            );
+        }
+        self.log.apply_batch(batch).map_err(io_write)?;
+        let synced = self.disk.sync_async().await;
+        let failed = synced.as_ref().err().map(|e| io_write(e));
+        callback.log_io_completed(synced);
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(log_key(log_id.index)..).keys() {
+            batch.remove(key.map_err(io_read)?);
+        }
+        self.log.apply_batch(batch).map_err(io_write)?;
+        self.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(LAST_PURGED_KEY, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(..=log_key(log_id.index)).keys() {
+            batch.remove(key.map_err(io_read)?);
+        }
+        self.log.apply_batch(batch).map_err(io_write)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_like_indexes() {
+        let indexes = [0u64, 1, 255, 256, 65_535, 1 << 32, u64::MAX - 1];
+        for pair in indexes.windows(2) {
+            assert!(log_key(pair[0]) < log_key(pair[1]), "{pair:?}");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The state machine adapter: committed entries in, [`State`] out, persisted in
+//! sled tables, with snapshots.
+//!
+//! The authoritative in-memory [`State`] is shared with readers through a
+//! [`StateHandle`]. Every `apply` call writes the keys it changed, together with
+//! the last applied log id and membership, in one atomic sled batch to the tree
+//! `sm`:
+//!
+//! - `job/<id>` → a job, `req/<request id>` → a create's idempotency record,
+//! - `meta/applied` → last applied log id, `meta/membership` → stored membership.
+//!
+//! On start the state is rebuilt from those tables, so a restart does not replay
+//! more than the entries after the last persisted batch. The tables are not
+//! fsynced on every apply (the log is, and sled recovers a prefix of its writes,
+//! so the tables can only lag the log, and openraft re-applies the rest).
+//!
+//! Snapshots are the postcard encoding of the whole [`State`], stored in the tree
+//! `snapshot` as 1 MiB chunks plus a `meta` record, written in one batch and
+//! fsynced. Installing a snapshot first stores it, then rewrites the tables; if
+//! the node crashes in between, [`StateMachineStore::open`] notices that the
+//! stored snapshot is newer than the tables and reloads from it.
+//!
+//! IMPLEMENTATION CAVEATS: a snapshot is built in memory (the encoded state must
+//! fit in RAM twice) and sent with openraft's chunked transfer. Good enough for
+//! a few hundred MB of state; streaming from a file is future work.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::durability::Disk;
+use super::{decode, encode, NodeId, StorageError, TypeConfig};
+use crate::error::{Error, Result};
+use crate::scheduler::{Changes, CommandResult, Job, RequestRecord, Response, State};
+
+const JOB_PREFIX: &str = "job/";
+const REQUEST_PREFIX: &str = "req/";
+const APPLIED_KEY: &[u8] = b"meta/applied";
+const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+/// Snapshot chunk size in sled, below sled's inline-value limit.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+type Membership = StoredMembership<NodeId, BasicNode>;
+type Meta = SnapshotMeta<NodeId, BasicNode>;
+
+fn sm_read(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_state_machine(AnyError::error(e)).into()
+}
+fn sm_write(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(AnyError::error(e)).into()
+}
+fn snap_write(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::error(e)).into()
+}
+fn snap_read(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_snapshot(None, AnyError::error(e)).into()
+}
+
+/// Shared read access to the applied state, for the API.
+#[derive(Clone, Default)]
+pub struct StateHandle(Arc<RwLock<State>>);
+
+impl StateHandle {
+    /// A read guard on the state. Hold it briefly: `apply` waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What is stored under `snapshot/meta`.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshotMeta {
+    meta: Meta,
+    chunks: u32,
+    bytes: u64,
+}
+
+/// openraft state machine over [`State`] and sled.
+pub struct StateMachineStore {
+    disk: Disk,
+    tables: sled::Tree,
+    snapshots: sled::Tree,
+    state: StateHandle,
+    last_applied: Option<LogId<NodeId>>,
+    membership: Membership,
+    /// Counter making snapshot ids unique within this process.
+    snapshot_seq: u64,
+}
+
+impl StateMachineStore {
+    /// Opens the tables of `disk` and rebuilds the state from them (or from a
+    /// newer stored snapshot, after an interrupted install).
+    pub fn open(disk: Disk) -> Result<StateMachineStore> {
+        let tables = disk.db.open_tree("sm").map_err(Error::internal)?;
+        let snapshots = disk.db.open_tree("snapshot").map_err(Error::internal)?;
+        let mut store = StateMachineStore {
+            disk,
+            tables,
+            snapshots,
+            state: StateHandle::default(),
+            last_applied: None,
+            membership: Membership::default(),
+            snapshot_seq: 0,
+        };
+        store.load_tables().map_err(Error::internal)?;
+        if let Some(snapshot) = store.read_snapshot().map_err(Error::internal)? {
+            if snapshot.meta.last_log_id > store.last_applied {
+                tracing::warn!(snapshot = ?snapshot.meta.last_log_id, tables = ?store.last_applied,
+                    "state tables are older than the stored snapshot (interrupted install); reloading");
+                let data = snapshot.snapshot.into_inner();
+                store
+                    .replace_state(&snapshot.meta, &data)
+                    .map_err(Error::internal)?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// A handle for reading the applied state.
+    pub fn state_handle(&self) -> StateHandle {
+        self.state.clone()
+    }
+
+    fn load_tables(&mut self) -> Result<(), StorageError> {
+        let mut jobs = Vec::new();
+        let mut requests = Vec::new();
+        for item in self.tables.iter() {
+            let (key, value) = item.map_err(sm_read)?;
+            if let Some(_id) = key.strip_prefix(JOB_PREFIX.as_bytes()) {
+                jobs.push(decode::<Job>(&value).map_err(sm_read)?);
+            } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX.as_bytes()) {
+                let rid = String::from_utf8(rid.to_vec()).map_err(sm_read)?;
+                requests.push((rid, decode::<RequestRecord>(&value).map_err(sm_read)?));
+            } else if &*key == APPLIED_KEY {
+                self.last_applied = decode(&value).map_err(sm_read)?;
+            } else if &*key == MEMBERSHIP_KEY {
+                self.membership = decode(&value).map_err(sm_read)?;
+            }
+        }
+        *self.state.write() = State::from_parts(jobs, requests);
+        Ok(())
+    }
+
+    /// Replaces the state with a snapshot's: stores the snapshot first, then
+    /// rewrites the tables, then syncs.
+    fn replace_state(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+        let mut state: State = decode(data).map_err(snap_read)?;
+        state.rebuild_indexes();
+        store_snapshot(&self.snapshots, meta, data)?;
+
+        let mut batch = sled::Batch::default();
+        for key in self.tables.iter().keys() {
+            batch.remove(key.map_err(sm_read)?);
+        }
+        for job in state.jobs() {
+            batch.insert(job_key(&job.id), encode(job).map_err(sm_write)?);
+        }
+        for (rid, record) in state.requests_iter() {
+            batch.insert(request_key(rid), encode(record).map_err(sm_write)?);
+        }
+        batch.insert(APPLIED_KEY, encode(&meta.last_log_id).map_err(sm_write)?);
+        batch.insert(
+            MEMBERSHIP_KEY,
+            encode(&meta.last_membership).map_err(sm_write)?,
+        );
+        self.tables.apply_batch(batch).map_err(sm_write)?;
+        self.disk.sync().map_err(sm_write)?;
+
+        *self.state.write() = state;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(meta_bytes) = self.snapshots.get(SNAPSHOT_META_KEY).map_err(snap_read)? else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshotMeta = decode(&meta_bytes).map_err(snap_read)?;
+        let mut data = Vec::with_capacity(stored.bytes as usize);
+        for n in 0..stored.chunks {
+            let chunk = self
+                .snapshots
+                .get(chunk_key(n))
+                .map_err(snap_read)?
+                .ok_or_else(|| {
+                    snap_read(format!(
+                        "snapshot chunk {n} of {} is missing",
+                        stored.chunks
+                    ))
+                })?;
+            data.extend_from_slice(&chunk);
+        }
+        if data.len() as u64 != stored.bytes {
+            return Err(snap_read(format!(
+                "snapshot has {} bytes, expected {}",
+                data.len(),
+                stored.bytes
+            )));
+        }
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+fn job_key(id: &str) -> Vec<u8> {
+    [JOB_PREFIX.as_bytes(), id.as_bytes()].concat()
+}
+
+fn request_key(request_id: &str) -> Vec<u8> {
+    [REQUEST_PREFIX.as_bytes(), request_id.as_bytes()].concat()
+}
+
+fn chunk_key(n: u32) -> Vec<u8> {
+    [SNAPSHOT_CHUNK_PREFIX, &n.to_be_bytes()].concat()
+}
+
+/// Writes a snapshot (chunks + meta) in one batch, replacing the previous one, and syncs.
+fn store_snapshot(tree: &sled::Tree, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
+    let mut batch = sled::Batch::default();
+    for key in tree.iter().keys() {
+        batch.remove(key.map_err(snap_read)?);
+    }
+    let chunks: Vec<&[u8]> = data.chunks(SNAPSHOT_CHUNK_BYTES).collect();
+    for (n, chunk) in chunks.iter().enumerate() {
+        batch.insert(chunk_key(n as u32), *chunk);
+    }
+    let stored = StoredSnapshotMeta {
+        meta: meta.clone(),
+        chunks: chunks.len() as u32,
+        bytes: data.len() as u64,
+    };
+    batch.insert(SNAPSHOT_META_KEY, encode(&stored).map_err(snap_write)?);
+    tree.apply_batch(batch).map_err(snap_write)?;
+    Ok(())
+}
+
+/// Builds a snapshot from a state encoded while the state machine was paused.
+pub struct SnapshotBuilder {
+    disk: Disk,
+    snapshots: sled::Tree,
+    meta: Meta,
+    data: Vec<u8>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let data = std::mem::take(&mut self.data);
+        let (disk, tree, meta) = (self.disk.clone(), self.snapshots.clone(), self.meta.clone());
+        let data = tokio::task::spawn_blocking(move || {
+            store_snapshot(&tree, &meta, &data)?;
+            disk.sync().map_err(snap_write)?;
+            Ok::<_, StorageError>(data)
+        })
+        .await
+        .map_err(snap_write)??;
+        tracing::info!(last_log_id = ?self.meta.last_log_id, bytes = data.len(), "snapshot built");
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, Membership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut results = Vec::new();
+        let mut changes = Changes::default();
+        let mut batch = sled::Batch::default();
+        {
+            let mut state = self.state.write();
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                let result = match entry.payload {
+                    EntryPayload::Blank => Ok(Response::Empty),
+                    EntryPayload::Normal(request) => state.apply(&request, &mut changes),
+                    EntryPayload::Membership(membership) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Ok(Response::Empty)
+                    }
+                };
+                results.push(result);
+            }
+            for id in &changes.jobs {
+                match state.job(id) {
+                    Some(job) => batch.insert(job_key(id), encode(job).map_err(sm_write)?),
+                    None => batch.remove(job_key(id)),
+                }
+            }
+            for rid in &changes.requests {
+                match state.request(rid) {
+                    Some(record) => {
+                        batch.insert(request_key(rid), encode(record).map_err(sm_write)?)
+                    }
+                    None => batch.remove(request_key(rid)),
+                }
+            }
+        }
+        batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);
+        batch.insert(MEMBERSHIP_KEY, encode(&self.membership).map_err(sm_write)?);
+        self.tables.apply_batch(batch).map_err(sm_write)?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Encode now, while openraft does not apply: the snapshot is exactly the
+        // state at `last_applied`. Writing it out happens in `build_snapshot`.
+        self.snapshot_seq += 1;
+        let data = encode(&*self.state.read()).expect("encoding the state cannot fail");
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
+            None => format!("0-0-{}", self.snapshot_seq),
+        };
+        SnapshotBuilder {
+            disk: self.disk.clone(),
+            snapshots: self.snapshots.clone(),
+            meta: Meta {
+                last_log_id: self.last_applied,
+                last_membership: self.membership.clone(),
+                snapshot_id,
+            },
+            data,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "installing snapshot");
+        self.replace_state(meta, &data)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        self.read_snapshot()
+    }
+}

@@ -1,0 +1,290 @@
+//! Jobs: what a client asks Kairos to run, when, and under which policies.
+//!
+//! A [`Job`] is the stored record; its user-controlled part is the [`JobSpec`], and
+//! everything else (version, timestamps, principals, fire bookkeeping) is derived
+//! by the state machine from the commands it applies. Times are Unix
+//! milliseconds (`i64`) stamped by the leader into each command, never read from
+//! a clock here.
+//!
+//! Policies are stored *resolved*: defaults are filled in when the job is
+//! created or updated, so a later change of a default never changes the meaning
+//! of a stored job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use super::schedule::ScheduleSpec;
+
+/// A job id: 1-128 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub type JobId = String;
+
+/// Largest accepted `payload`, in bytes (1 MiB).
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// Longest accepted job id, in characters.
+pub const MAX_ID_LEN: usize = 128;
+
+/// The fields of a job a client controls.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Handler name (e.g. `http`, `noop`).
+    pub job_type: String,
+    /// The service that owns the job; free text, used for filtering.
+    pub owner_service: String,
+    /// When the job fires.
+    pub schedule: ScheduleSpec,
+    /// Opaque handler input, at most [`MAX_PAYLOAD_BYTES`].
+    pub payload: Vec<u8>,
+    /// Labels and free-form fields, not interpreted by Kairos.
+    pub metadata: Metadata,
+    /// Overlap, catch-up, retry, timeout and history policies (resolved).
+    pub policies: Policies,
+    /// A paused job keeps its definition but does not fire.
+    pub paused: bool,
+}
+
+/// Owner-supplied annotations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Small key/value labels.
+    pub labels: BTreeMap<String, String>,
+    /// Free-form fields as compact JSON object text; empty when there are none.
+    pub fields_json: String,
+}
+
+/// A stored job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Client-chosen unique id.
+    pub id: JobId,
+    /// The client-controlled fields.
+    pub spec: JobSpec,
+    /// Incremented on every change; updates must name the current one.
+    pub version: u64,
+    /// When the job was created (leader time, Unix ms).
+    pub created_at_ms: i64,
+    /// When the job last changed (leader time, Unix ms).
+    pub updated_at_ms: i64,
+    /// Principal that created the job.
+    pub created_by: String,
+    /// Principal of the latest change.
+    pub updated_by: String,
+    /// Nominal time of the latest fire, if any (Unix ms).
+    pub last_fired_ms: Option<i64>,
+    /// Next nominal fire time, or `None` when the schedule is exhausted (Unix ms).
+    pub next_fire_ms: Option<i64>,
+}
+
+/// Lifecycle state shown to clients; derived, never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobStatus {
+    /// Fires on its schedule.
+    Active,
+    /// Paused by a client.
+    Paused,
+    /// The schedule has no future fire.
+    Completed,
+}
+
+impl Job {
+    /// The job's lifecycle state.
+    pub fn status(&self) -> JobStatus {
+        if self.spec.paused {
+            JobStatus::Paused
+        } else if self.next_fire_ms.is_none() {
+            JobStatus::Completed
+        } else {
+            JobStatus::Active
+        }
+    }
+}
+
+/// What to do when a fire is due while a run of the same job is still going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Overlap {
+    /// Drop the new fire (counted as skipped).
+    #[default]
+    Skip,
+    /// Keep one pending fire, run it when the current run ends.
+    BufferOne,
+    /// Keep every pending fire, run them in order.
+    BufferAll,
+    /// Cancel the running run and start the new one.
+    CancelOther,
+    /// Run concurrently.
+    AllowAll,
+}
+
+/// What to do with fires missed while the cluster had no leader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Catchup {
+    /// Run the most recent missed fire once.
+    #[default]
+    Latest,
+    /// Run every missed fire, bounded by `max_catchup`.
+    All,
+    /// Run none; missed fires are only counted.
+    None,
+}
+
+/// Retry of failed attempts with exponential back-off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in total including the first.
+    pub max_attempts: u32,
+    /// Delay before the first retry, ms.
+    pub initial_interval_ms: u64,
+    /// Multiplier per retry (>= 1).
+    pub backoff_coefficient: f64,
+    /// Upper bound of a delay, ms.
+    pub max_interval_ms: u64,
+    /// Random spread of each delay, fraction in [0, 1].
+    pub jitter: f64,
+    /// Error kinds that fail a run without retrying.
+    pub non_retryable_errors: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_interval_ms: 1_000,
+            backoff_coefficient: 2.0,
+            max_interval_ms: 100_000,
+            jitter: 0.1,
+            non_retryable_errors: Vec::new(),
+        }
+    }
+}
+
+/// Time limits of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Longest wait from nominal time to dispatch, ms.
+    pub start_deadline_ms: u64,
+    /// Longest single attempt, ms.
+    pub attempt_timeout_ms: u64,
+    /// Longest silence of a running attempt before its lease expires, ms.
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            start_deadline_ms: 60_000,
+            attempt_timeout_ms: 600_000,
+            heartbeat_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// How many finished runs are kept per job (counters are never truncated).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryLimits {
+    /// Succeeded runs kept.
+    pub keep_succeeded: u32,
+    /// Failed runs kept.
+    pub keep_failed: u32,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            keep_succeeded: 20,
+            keep_failed: 20,
+        }
+    }
+}
+
+/// All policies of a job, resolved (no "unset" values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policies {
+    /// Overlap policy.
+    pub overlap: Overlap,
+    /// Catch-up policy.
+    pub catchup: Catchup,
+    /// How far back missed fires are considered, ms.
+    pub catchup_window_ms: u64,
+    /// Cap on fires caught up with [`Catchup::All`].
+    pub max_catchup: u32,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// History retention.
+    pub history: HistoryLimits,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            overlap: Overlap::default(),
+            catchup: Catchup::default(),
+            catchup_window_ms: 3_600_000,
+            max_catchup: 100,
+            retry: RetryPolicy::default(),
+            timeouts: Timeouts::default(),
+            history: HistoryLimits::default(),
+        }
+    }
+}
+
+/// A partial update of a job's spec: `Some` fields replace the stored ones.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobPatch {
+    /// New handler name.
+    pub job_type: Option<String>,
+    /// New owner.
+    pub owner_service: Option<String>,
+    /// New schedule (takes effect from the update time; never retroactive).
+    pub schedule: Option<ScheduleSpec>,
+    /// New payload.
+    pub payload: Option<Vec<u8>>,
+    /// New metadata.
+    pub metadata: Option<Metadata>,
+    /// New policies.
+    pub policies: Option<Policies>,
+    /// Pause or resume.
+    pub paused: Option<bool>,
+}
+
+impl JobPatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == JobPatch::default()
+    }
+
+    /// Applies the patch to `spec` in place.
+    pub fn apply_to(self, spec: &mut JobSpec) {
+        let JobPatch {
+            job_type,
+            owner_service,
+            schedule,
+            payload,
+            metadata,
+            policies,
+            paused,
+        } = self;
+        if let Some(v) = job_type {
+            spec.job_type = v;
+        }
+        if let Some(v) = owner_service {
+            spec.owner_service = v;
+        }
+        if let Some(v) = schedule {
+            spec.schedule = v;
+        }
+        if let Some(v) = payload {
+            spec.payload = v;
+        }
+        if let Some(v) = metadata {
+            spec.metadata = v;
+        }
+        if let Some(v) = policies {
+            spec.policies = v;
+        }
+        if let Some(v) = paused {
+            spec.paused = v;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The deterministic core of Kairos: jobs, schedules, validation and the state
+//! machine.
+//!
+//! Nothing in this module does I/O, spawns tasks or reads a clock. Time arrives
+//! inside each [`Request`], stamped by the Raft leader when it proposed the
+//! command, so every replica applying the same log reaches the same state. That
+//! makes the core unit-testable with plain table tests and keeps the
+//! replication layer (`crate::raft`) free of scheduling logic.
+//!
+//! - [`job`]: the job record, its spec, policies and partial updates.
+//! - [`schedule`]: cron / one-shot / interval schedules and their fire times.
+//! - [`validate`]: input checks done before a command is proposed.
+//! - [`state`]: the replicated state and `State::apply`.
+
+pub mod job;
+pub mod schedule;
+pub mod state;
+pub mod validate;
+
+pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
+pub use schedule::{Schedule, ScheduleSpec};
+pub use state::{
+    Changes, Command, CommandResult, JobFilter, JobPage, Request, RequestRecord, Response, State,
+};

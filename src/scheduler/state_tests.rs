@@ -1,0 +1,383 @@
+//! Table tests of `State::apply`: time is passed in, nothing else is needed.
+
+use super::*;
+use crate::scheduler::job::{Metadata, Policies, ScheduleSpec};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+fn spec(expr: &str) -> JobSpec {
+    JobSpec {
+        job_type: "noop".into(),
+        owner_service: "billing".into(),
+        schedule: ScheduleSpec::Cron {
+            expr: expr.into(),
+            timezone: String::new(),
+        },
+        payload: b"{}".to_vec(),
+        metadata: Metadata::default(),
+        policies: Policies::default(),
+        paused: false,
+    }
+}
+
+fn req(at_ms: i64, command: Command) -> Request {
+    Request {
+        at_ms,
+        principal: "alice".into(),
+        command,
+    }
+}
+
+fn create(id: &str, expr: &str, request_id: Option<&str>) -> Command {
+    Command::CreateJob {
+        id: id.into(),
+        spec: spec(expr),
+        request_id: request_id.map(Into::into),
+    }
+}
+
+fn apply(state: &mut State, at_ms: i64, command: Command) -> CommandResult {
+    state.apply(&req(at_ms, command), &mut Changes::default())
+}
+
+fn job(result: CommandResult) -> Job {
+    match result {
+        Ok(Response::Job(job)) => *job,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+#[test]
+fn create_sets_version_times_principal_and_next_fire() {
+    let mut state = State::default();
+    let mut changes = Changes::default();
+    let j = job(state.apply(&req(T0 + 1, create("a", "*/5 * * * *", None)), &mut changes));
+    assert_eq!(j.version, 1);
+    assert_eq!((j.created_at_ms, j.updated_at_ms), (T0 + 1, T0 + 1));
+    assert_eq!(
+        (j.created_by.as_str(), j.updated_by.as_str()),
+        ("alice", "alice")
+    );
+    assert_eq!(j.next_fire_ms, Some(T0 + 5 * 60_000));
+    assert_eq!(j.status(), JobStatus::Active);
+    assert_eq!(changes.jobs.iter().collect::<Vec<_>>(), vec!["a"]);
+    assert_eq!(state.job("a"), Some(&j));
+}
+
+#[test]
+fn duplicate_id_is_refused_and_changes_nothing() {
+    let mut state = State::default();
+    let first = job(apply(&mut state, T0, create("a", "* * * * *", None)));
+    let err = apply(&mut state, T0 + 1, create("a", "*/2 * * * *", None)).unwrap_err();
+    assert!(
+        matches!(err, Error::AlreadyExists(ref m) if m.contains("\"a\" already exists")),
+        "{err:?}"
+    );
+    assert_eq!(state.job("a"), Some(&first));
+}
+
+#[test]
+fn request_id_replays_first_result_and_refuses_other_body() {
+    let mut state = State::default();
+    let first = job(apply(&mut state, T0, create("a", "* * * * *", Some("r1"))));
+    // Same id and body: the first result, even after the job changed.
+    apply(
+        &mut state,
+        T0 + 5,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+    )
+    .unwrap();
+    let again = job(apply(
+        &mut state,
+        T0 + 10,
+        create("a", "* * * * *", Some("r1")),
+    ));
+    assert_eq!(again, first);
+    // Same request id, different body.
+    let err = apply(&mut state, T0 + 20, create("b", "* * * * *", Some("r1"))).unwrap_err();
+    assert!(
+        matches!(err, Error::AlreadyExists(ref m) if m.contains("request_id")),
+        "{err:?}"
+    );
+    assert!(state.job("b").is_none());
+}
+
+#[test]
+fn request_ids_expire_after_a_day() {
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "* * * * *", Some("r1"))).unwrap();
+    let mut changes = Changes::default();
+    let later = T0 + REQUEST_ID_TTL_MS + 1;
+    state
+        .apply(
+            &req(later, create("b", "* * * * *", Some("r2"))),
+            &mut changes,
+        )
+        .unwrap();
+    assert!(state.request("r1").is_none());
+    assert!(changes.requests.contains("r1") && changes.requests.contains("r2"));
+    // Once expired, the request id can be reused for another body.
+    job(apply(
+        &mut state,
+        later + 1,
+        create("c", "* * * * *", Some("r1")),
+    ));
+}
+
+#[test]
+fn update_requires_current_version() {
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "* * * * *", None)).unwrap();
+    let patch = JobPatch {
+        owner_service: Some("search".into()),
+        ..Default::default()
+    };
+    let stale = Command::UpdateJob {
+        id: "a".into(),
+        expected_version: 7,
+        patch: patch.clone(),
+    };
+    let err = apply(&mut state, T0 + 1, stale).unwrap_err();
+    assert!(
+        matches!(err, Error::Aborted(ref m) if m.contains("version 1, not 7")),
+        "{err:?}"
+    );
+    assert_eq!(state.job("a").unwrap().spec.owner_service, "billing");
+
+    let ok = Command::UpdateJob {
+        id: "a".into(),
+        expected_version: 1,
+        patch,
+    };
+    let j = job(apply(&mut state, T0 + 2, ok));
+    assert_eq!(
+        (j.version, j.spec.owner_service.as_str(), j.updated_at_ms),
+        (2, "search", T0 + 2)
+    );
+}
+
+#[test]
+fn schedule_update_is_not_retroactive() {
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "0 0 * * *", None)).unwrap();
+    let at = T0 + 90 * 60_000; // 01:30
+    let patch = JobPatch {
+        schedule: Some(ScheduleSpec::Cron {
+            expr: "0 * * * *".into(),
+            timezone: String::new(),
+        }),
+        ..Default::default()
+    };
+    let j = job(apply(
+        &mut state,
+        at,
+        Command::UpdateJob {
+            id: "a".into(),
+            expected_version: 1,
+            patch,
+        },
+    ));
+    assert_eq!(
+        j.next_fire_ms,
+        Some(T0 + 2 * 3_600_000),
+        "next fire is 02:00, not 01:00"
+    );
+}
+
+#[test]
+fn pause_and_resume_skip_paused_time() {
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "0 * * * *", None)).unwrap();
+    let paused = job(apply(
+        &mut state,
+        T0 + 1,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+    ));
+    assert_eq!((paused.status(), paused.version), (JobStatus::Paused, 2));
+    // Pausing twice changes nothing.
+    let again = job(apply(
+        &mut state,
+        T0 + 2,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+    ));
+    assert_eq!(again.version, 2);
+    let resume_at = T0 + 5 * 3_600_000 + 1;
+    let resumed = job(apply(
+        &mut state,
+        resume_at,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: false,
+        },
+    ));
+    assert_eq!(resumed.status(), JobStatus::Active);
+    assert_eq!(resumed.next_fire_ms, Some(T0 + 6 * 3_600_000));
+}
+
+#[test]
+fn delete_honours_version_and_unknown_jobs_are_not_found() {
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "* * * * *", None)).unwrap();
+    let err = apply(
+        &mut state,
+        T0,
+        Command::DeleteJob {
+            id: "a".into(),
+            expected_version: Some(9),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Aborted(_)));
+    assert_eq!(
+        apply(
+            &mut state,
+            T0,
+            Command::DeleteJob {
+                id: "a".into(),
+                expected_version: Some(1)
+            }
+        ),
+        Ok(Response::Deleted)
+    );
+    for command in [
+        Command::DeleteJob {
+            id: "a".into(),
+            expected_version: None,
+        },
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+        Command::UpdateJob {
+            id: "a".into(),
+            expected_version: 1,
+            patch: JobPatch::default(),
+        },
+    ] {
+        let err = apply(&mut state, T0, command).unwrap_err();
+        assert!(
+            matches!(err, Error::NotFound(ref m) if m.contains("\"a\" not found")),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn one_shot_in_the_past_is_completed() {
+    let mut state = State::default();
+    let mut s = spec("* * * * *");
+    s.schedule = ScheduleSpec::At { at_ms: T0 - 1 };
+    let j = job(apply(
+        &mut state,
+        T0,
+        Command::CreateJob {
+            id: "once".into(),
+            spec: s,
+            request_id: None,
+        },
+    ));
+    assert_eq!((j.next_fire_ms, j.status()), (None, JobStatus::Completed));
+}
+
+#[test]
+fn list_pages_and_filters() {
+    let mut state = State::default();
+    for i in 0..25 {
+        let mut command = create(&format!("job-{i:02}"), "* * * * *", None);
+        if let Command::CreateJob { spec, .. } = &mut command {
+            spec.owner_service = if i % 2 == 0 {
+                "even".into()
+            } else {
+                "odd".into()
+            };
+        }
+        apply(&mut state, T0, command).unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = state.list(&JobFilter::default(), token.as_deref(), 10);
+        assert!(page.jobs.len() <= 10);
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+
+    let filter = JobFilter {
+        owner_service: Some("odd".into()),
+        ..Default::default()
+    };
+    let mut odd = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let page = state.list(&filter, token.as_deref(), 4);
+        assert!(page.jobs.iter().all(|j| j.spec.owner_service == "odd"));
+        odd += page.jobs.len();
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(odd, 12);
+}
+
+#[test]
+fn replicas_applying_the_same_log_agree() {
+    let log = vec![
+        req(T0, create("a", "* * * * *", Some("r"))),
+        req(T0 + 1, create("b", "*/3 * * * *", None)),
+        req(
+            T0 + 2,
+            Command::SetPaused {
+                id: "a".into(),
+                paused: true,
+            },
+        ),
+        req(
+            T0 + 3,
+            Command::UpdateJob {
+                id: "b".into(),
+                expected_version: 1,
+                patch: JobPatch {
+                    payload: Some(vec![1]),
+                    ..Default::default()
+                },
+            },
+        ),
+        req(
+            T0 + 4,
+            Command::DeleteJob {
+                id: "zzz".into(),
+                expected_version: None,
+            },
+        ),
+    ];
+    let run = || {
+        let mut s = State::default();
+        let results: Vec<_> = log
+            .iter()
+            .map(|r| s.apply(r, &mut Changes::default()))
+            .collect();
+        (s, results)
+    };
+    let (a, ra) = run();
+    let (b, rb) = run();
+    assert_eq!(a, b);
+    assert_eq!(ra, rb);
+    // A rebuilt state (as after a restart) equals the live one.
+    let rebuilt = State::from_parts(a.jobs.values().cloned(), a.requests.clone());
+    assert_eq!(rebuilt, a);
+}

@@ -1,0 +1,364 @@
+//! Validation of client input, before anything is proposed to Raft.
+//!
+//! Validation is a pure function of the input: it never looks at stored state,
+//! so it can run on any node before a command is proposed, and a refused request
+//! never reaches the log. State-dependent checks (does the job exist, is the
+//! version current, is the id taken) belong to [`super::State::apply`].
+//!
+//! Every message names the field and the problem, e.g.
+//! `id: "a b" contains ' ' (allowed: letters, digits, '.', '_', '-')`.
+
+use super::job::{JobPatch, JobSpec, Metadata, Policies, MAX_ID_LEN, MAX_PAYLOAD_BYTES};
+use super::schedule::Schedule;
+use crate::error::{Error, Result};
+
+/// Most labels a job may carry.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key.
+pub const MAX_LABEL_KEY_LEN: usize = 63;
+/// Longest label value.
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+/// Largest free-form metadata object, as JSON text.
+pub const MAX_FIELDS_JSON_BYTES: usize = 64 * 1024;
+/// Longest handler type name.
+pub const MAX_TYPE_LEN: usize = 64;
+/// Longest owner service name.
+pub const MAX_OWNER_LEN: usize = 128;
+/// Longest request id.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Checks a job id: 1-128 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(invalid("id: must not be empty"));
+    }
+    let len = id.chars().count();
+    if len > MAX_ID_LEN {
+        return Err(invalid(format!(
+            "id: {len} characters is too long (at most {MAX_ID_LEN})"
+        )));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(format!(
+            "id: {id:?} contains {bad:?} (allowed: letters, digits, '.', '_', '-')"
+        )));
+    }
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid(format!(
+            "id: {id:?} must start with a letter or digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key of a create.
+pub fn validate_request_id(request_id: &str) -> Result<()> {
+    if request_id.len() > MAX_REQUEST_ID_LEN {
+        return Err(invalid(format!(
+            "request_id: longer than {MAX_REQUEST_ID_LEN} bytes"
+        )));
+    }
+    if request_id.chars().any(char::is_control) {
+        return Err(invalid("request_id: must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a complete spec (create).
+pub fn validate_spec(spec: &JobSpec) -> Result<()> {
+    validate_type(&spec.job_type)?;
+    validate_owner(&spec.owner_service)?;
+    Schedule::compile(&spec.schedule).map_err(|e| invalid(e.to_string()))?;
+    validate_payload(&spec.payload)?;
+    validate_metadata(&spec.metadata)?;
+    validate_policies(&spec.policies)
+}
+
+/// Checks the fields a patch sets (update). Fields are independent, so checking
+/// each one alone is the same as checking the patched spec.
+pub fn validate_patch(patch: &JobPatch) -> Result<()> {
+    if patch.is_empty() {
+        return Err(invalid("update_mask: the update changes no field"));
+    }
+    if let Some(v) = &patch.job_type {
+        validate_type(v)?;
+    }
+    if let Some(v) = &patch.owner_service {
+        validate_owner(v)?;
+    }
+    if let Some(v) = &patch.schedule {
+        Schedule::compile(v).map_err(|e| invalid(e.to_string()))?;
+    }
+    if let Some(v) = &patch.payload {
+        validate_payload(v)?;
+    }
+    if let Some(v) = &patch.metadata {
+        validate_metadata(v)?;
+    }
+    if let Some(v) = &patch.policies {
+        validate_policies(v)?;
+    }
+    Ok(())
+}
+
+fn validate_type(job_type: &str) -> Result<()> {
+    if job_type.is_empty() {
+        return Err(invalid("type: must not be empty (e.g. \"http\", \"noop\")"));
+    }
+    if job_type.len() > MAX_TYPE_LEN {
+        return Err(invalid(format!(
+            "type: longer than {MAX_TYPE_LEN} characters"
+        )));
+    }
+    let ok_start = job_type.starts_with(|c: char| c.is_ascii_lowercase());
+    let ok_chars = job_type
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+    if !ok_start || !ok_chars {
+        return Err(invalid(format!(
+            "type: {job_type:?} must start with a lowercase letter and contain only a-z, 0-9, '_', '-', '.'"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_owner(owner: &str) -> Result<()> {
+    if owner.len() > MAX_OWNER_LEN {
+        return Err(invalid(format!(
+            "owner_service: longer than {MAX_OWNER_LEN} characters"
+        )));
+    }
+    if owner.chars().any(char::is_control) {
+        return Err(invalid(
+            "owner_service: must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_payload(payload: &[u8]) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(invalid(format!(
+            "payload: {} bytes is over the limit of {MAX_PAYLOAD_BYTES} bytes (1 MiB)",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_metadata(metadata: &Metadata) -> Result<()> {
+    if metadata.labels.len() > MAX_LABELS {
+        return Err(invalid(format!(
+            "metadata.labels: {} labels, at most {MAX_LABELS}",
+            metadata.labels.len()
+        )));
+    }
+    for (key, value) in &metadata.labels {
+        let key_ok = !key.is_empty()
+            && key.len() <= MAX_LABEL_KEY_LEN
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok {
+            return Err(invalid(format!(
+                "metadata.labels: key {key:?} must be 1-{MAX_LABEL_KEY_LEN} characters of a-z, A-Z, 0-9, '.', '_', '-', '/'"
+            )));
+        }
+        if value.len() > MAX_LABEL_VALUE_LEN {
+            return Err(invalid(format!(
+                "metadata.labels: value of {key:?} is longer than {MAX_LABEL_VALUE_LEN} bytes"
+            )));
+        }
+    }
+    if metadata.fields_json.len() > MAX_FIELDS_JSON_BYTES {
+        return Err(invalid(format!(
+            "metadata.fields: larger than {MAX_FIELDS_JSON_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_policies(p: &Policies) -> Result<()> {
+    let r = &p.retry;
+    if r.max_attempts == 0 || r.max_attempts > 100 {
+        return Err(invalid(format!(
+            "policies.retry.max_attempts: {} is not in 1..=100",
+            r.max_attempts
+        )));
+    }
+    if !(r.backoff_coefficient.is_finite() && (1.0..=100.0).contains(&r.backoff_coefficient)) {
+        return Err(invalid(format!(
+            "policies.retry.backoff_coefficient: {} is not in [1, 100]",
+            r.backoff_coefficient
+        )));
+    }
+    if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+        return Err(invalid(format!(
+            "policies.retry.jitter: {} is not in [0, 1]",
+            r.jitter
+        )));
+    }
+    if r.initial_interval_ms == 0 {
+        return Err(invalid("policies.retry.initial_interval: must be positive"));
+    }
+    if r.max_interval_ms < r.initial_interval_ms {
+        return Err(invalid(
+            "policies.retry.max_interval: must not be smaller than initial_interval",
+        ));
+    }
+    let t = &p.timeouts;
+    for (name, value) in [
+        ("start_deadline", t.start_deadline_ms),
+        ("attempt_timeout", t.attempt_timeout_ms),
+        ("heartbeat_timeout", t.heartbeat_timeout_ms),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!(
+                "policies.timeouts.{name}: must be positive"
+            )));
+        }
+    }
+    if p.catchup_window_ms > 30 * 24 * 3_600_000 {
+        return Err(invalid("policies.catchup_window: longer than 30 days"));
+    }
+    if p.max_catchup > 10_000 {
+        return Err(invalid(format!(
+            "policies.max_catchup: {} is over 10000",
+            p.max_catchup
+        )));
+    }
+    if p.history.keep_succeeded > 1_000 || p.history.keep_failed > 1_000 {
+        return Err(invalid(
+            "policies.history: at most 1000 runs of each kind are kept",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::job::ScheduleSpec;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            job_type: "noop".into(),
+            owner_service: "billing".into(),
+            schedule: ScheduleSpec::Cron {
+                expr: "*/5 * * * *".into(),
+                timezone: String::new(),
+            },
+            payload: vec![],
+            metadata: Metadata::default(),
+            policies: Policies::default(),
+            paused: false,
+        }
+    }
+
+    fn message(r: Result<()>) -> String {
+        match r {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "job-1", "A.b_c-9", &"x".repeat(MAX_ID_LEN)] {
+            validate_id(ok).unwrap();
+        }
+        let table = [
+            ("", "must not be empty"),
+            ("a b", "contains ' '"),
+            ("-a", "must start with a letter or digit"),
+            ("jöb", "contains 'ö'"),
+            ("a/b", "contains '/'"),
+        ];
+        for (id, want) in table {
+            let m = message(validate_id(id));
+            assert!(m.starts_with("id: ") && m.contains(want), "{id:?}: {m}");
+        }
+        let m = message(validate_id(&"x".repeat(MAX_ID_LEN + 1)));
+        assert!(m.contains("too long"), "{m}");
+    }
+
+    #[test]
+    fn spec_fields_name_the_field() {
+        validate_spec(&spec()).unwrap();
+        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+            (Box::new(|s| s.job_type.clear()), "type: must not be empty"),
+            (Box::new(|s| s.job_type = "Http".into()), "type: \"Http\""),
+            (
+                Box::new(|s| s.payload = vec![0; MAX_PAYLOAD_BYTES + 1]),
+                "payload: 1048577 bytes is over the limit",
+            ),
+            (
+                Box::new(|s| {
+                    s.schedule = ScheduleSpec::Cron {
+                        expr: "61 * * * *".into(),
+                        timezone: String::new(),
+                    }
+                }),
+                "schedule",
+            ),
+            (
+                Box::new(|s| {
+                    s.schedule = ScheduleSpec::Cron {
+                        expr: "* * * * *".into(),
+                        timezone: "Mars/Base".into(),
+                    }
+                }),
+                "Mars/Base",
+            ),
+            (
+                Box::new(|s| s.policies.retry.max_attempts = 0),
+                "policies.retry.max_attempts",
+            ),
+            (
+                Box::new(|s| s.policies.retry.jitter = 2.0),
+                "policies.retry.jitter",
+            ),
+            (
+                Box::new(|s| s.policies.timeouts.attempt_timeout_ms = 0),
+                "policies.timeouts.attempt_timeout",
+            ),
+            (
+                Box::new(|s| {
+                    s.metadata.labels.insert("bad key".into(), "v".into());
+                }),
+                "metadata.labels",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            let m = message(validate_spec(&s));
+            assert!(m.contains(want), "want {want:?} in {m:?}");
+        }
+    }
+
+    #[test]
+    fn payload_at_limit_is_accepted() {
+        let mut s = spec();
+        s.payload = vec![7; MAX_PAYLOAD_BYTES];
+        validate_spec(&s).unwrap();
+    }
+
+    #[test]
+    fn empty_patch_is_refused() {
+        let m = message(validate_patch(&JobPatch::default()));
+        assert!(m.contains("changes no field"), "{m}");
+        validate_patch(&JobPatch {
+            paused: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+}
