@@ -8,8 +8,6 @@ use crate::proto::cluster_service_client::ClusterServiceClient;
 /// `kairos cluster`.
 #[derive(clap::Args, Debug)]
 pub struct ClusterCommand {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     action: ClusterAction,
 }
@@ -86,8 +84,8 @@ fn print_status(status: &pb::ClusterStatus) {
 }
 
 /// Runs a `kairos cluster` command.
-pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
-    let client = Client::new(&cmd.client)?;
+pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
     let status = match cmd.action {
         ClusterAction::Status => {
             client
@@ -119,5 +117,5 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         }
     }
     .map_err(|s| anyhow::anyhow!(describe(&s)))?;
-    output::print(cmd.client.output, &status, print_status)
+    output::print(args.output, &status, print_status)
 }

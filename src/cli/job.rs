@@ -20,8 +20,6 @@ use crate::proto::job_service_client::JobServiceClient;
 /// `kairos job`.
 #[derive(clap::Args, Debug)]
 pub struct JobCommand {
-    #[command(flatten)]
-    client: ClientArgs,
     #[command(subcommand)]
     action: JobAction,
 }
@@ -380,9 +378,9 @@ fn print_job(job: &pb::ScheduledJob) {
 }
 
 /// Runs a `kairos job` command.
-pub async fn run(cmd: JobCommand) -> anyhow::Result<()> {
-    let client = Client::new(&cmd.client)?;
-    let out = cmd.client.output;
+pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
+    let client = Client::new(args)?;
+    let out = args.output;
     let fail = |s: tonic::Status| anyhow::anyhow!(describe(&s));
     let get = |id: String, stale: bool| {
         let consistency = if stale {

@@ -25,8 +25,11 @@ pub const DEV_ENDPOINTS: &str = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
 
 /// Kairos: a distributed job scheduler.
 #[derive(Parser, Debug)]
-#[command(name = "kairos", version, about, propagate_version = true)]
+#[command(name = "kairos", version, about)]
 pub struct Cli {
+    /// Connection and output flags of the client commands.
+    #[command(flatten)]
+    pub client: client::ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -55,8 +58,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run_from_args(*args).await,
         Command::Dev(args) => dev::run(args).await,
-        Command::Job(cmd) => job::run(cmd).await,
-        Command::Cluster(cmd) => cluster::run(cmd).await,
+        Command::Job(cmd) => job::run(cmd, &cli.client).await,
+        Command::Cluster(cmd) => cluster::run(cmd, &cli.client).await,
         Command::Cron(cmd) => cron::run(cmd),
         Command::Debug(cmd) => agent::debug(cmd).await,
     }

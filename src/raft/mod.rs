@@ -118,3 +118,7 @@ impl Default for RaftTuning {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "suite_tests.rs"]
+mod suite_tests;
