@@ -120,6 +120,8 @@ pub struct NodeReport {
     pub last_log_index: u64,
     /// Index covered by the latest snapshot.
     pub snapshot_index: u64,
+    /// Highest index purged from the log.
+    pub purged_index: u64,
 }
 
 /// A started node.
@@ -248,6 +250,7 @@ impl Node {
             applied_index: m.last_applied.map_or(0, |l| l.index),
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
         }
     }
 

@@ -53,6 +53,7 @@ impl Api {
                         applied_index: r.applied_index,
                         last_log_index: r.last_log_index,
                         snapshot_index: r.snapshot_index,
+                        purged_index: r.purged_index,
                     },
                     Err(_) => pb::NodeStatus {
                         id,

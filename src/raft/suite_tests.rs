@@ -35,7 +35,10 @@ fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     let spec = JobSpec {
         job_type: "noop".into(),
         owner_service: String::new(),
-        schedule: ScheduleSpec::Every { interval_ms: 60_000, phase_ms: 0 },
+        schedule: ScheduleSpec::Every {
+            interval_ms: 60_000,
+            phase_ms: 0,
+        },
         payload: vec![],
         metadata: Metadata::default(),
         policies: Policies::default(),
@@ -44,9 +47,16 @@ fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     let request = Request {
         at_ms: 1_000 * index as i64,
         principal: "t".into(),
-        command: Command::CreateJob { id: id.into(), spec, request_id: None },
+        command: Command::CreateJob {
+            id: id.into(),
+            spec,
+            request_id: None,
+        },
     };
-    Entry { log_id: log_id(index), payload: EntryPayload::Normal(request) }
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(request),
+    }
 }
 
 #[tokio::test]
@@ -54,20 +64,28 @@ async fn log_vote_and_state_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, mut sm) = open_storage(dir.path()).unwrap();
-        let entries: Vec<_> = (1..=3).map(|i| create_entry(i, &format!("job-{i}"))).collect();
+        let entries: Vec<_> = (1..=3)
+            .map(|i| create_entry(i, &format!("job-{i}")))
+            .collect();
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_vote(&Vote::new(4, 2)).await.unwrap();
         sm.apply(entries.into_iter().take(2)).await.unwrap();
     }
     let (mut log, mut sm) = open_storage(dir.path()).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
-    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(3)));
+    assert_eq!(
+        log.get_log_state().await.unwrap().last_log_id,
+        Some(log_id(3))
+    );
     assert_eq!(log.try_get_log_entries(2..4).await.unwrap().len(), 2);
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(2)));
     let state = sm.state_handle();
     assert!(state.read().job("job-2").is_some());
-    assert!(state.read().job("job-3").is_none(), "entry 3 was not applied");
+    assert!(
+        state.read().job("job-3").is_none(),
+        "entry 3 was not applied"
+    );
 }
 
 #[tokio::test]
@@ -75,20 +93,35 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
     use openraft::RaftSnapshotBuilder;
     let source_dir = tempfile::tempdir().unwrap();
     let (_, mut source) = open_storage(source_dir.path()).unwrap();
-    source.apply((1..=5).map(|i| create_entry(i, &format!("snap-{i}")))).await.unwrap();
-    let snapshot = source.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    source
+        .apply((1..=5).map(|i| create_entry(i, &format!("snap-{i}"))))
+        .await
+        .unwrap();
+    let snapshot = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     {
         let (_, mut target) = open_storage(dir.path()).unwrap();
         target.apply([create_entry(1, "old-job")]).await.unwrap();
-        target.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        target
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
         assert!(target.state_handle().read().job("old-job").is_none());
     }
     let (_, mut target) = open_storage(dir.path()).unwrap();
     let (applied, _) = target.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(5)));
     assert_eq!(target.state_handle().read().job_count(), 5);
-    let current = target.get_current_snapshot().await.unwrap().expect("stored snapshot");
+    let current = target
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("stored snapshot");
     assert_eq!(current.meta.last_log_id, Some(log_id(5)));
 }

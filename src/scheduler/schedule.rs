@@ -1,83 +1,268 @@
-//! TEMPORARY placeholder until the full schedule module lands.
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use std::str::FromStr;
+//! Schedules: turning a job's [`ScheduleSpec`] into fire times.
+//!
+//! A job says *when* it runs with a [`ScheduleSpec`], which is stored in the
+//! replicated state and therefore must mean exactly the same thing on every
+//! node, forever. [`Schedule::compile`] validates a spec once and turns it into
+//! a compact [`Schedule`]; [`Schedule::next_after`] then answers "what is the
+//! first fire time strictly after this instant?" in well under a microsecond in
+//! the common case. The module is a pure function of its inputs: it never
+//! reads a clock, does no IO and keeps no global state, so every node computes
+//! identical fire times for the same spec and the same `after`.
+//!
+//! There are three kinds of spec:
+//!
+//! * `At { at_ms }` fires once, at `at_ms` (unix milliseconds), if that is
+//!   strictly after `after`.
+//! * `Every { interval_ms, phase_ms }` fires at every `phase + k * interval`
+//!   (unix milliseconds, any integer `k`), i.e. aligned to the unix epoch, so
+//!   the fire times do not depend on when the job was created or last ran.
+//!   `interval >= 1s`, `phase < interval`.
+//! * `Cron { expr, timezone }` is a cron expression evaluated in the wall-clock
+//!   time of an IANA time zone ("" = UTC). Fires are always on whole seconds.
+//!
+//! Cron dialect. The expression is Vixie cron (the dialect of `crontab(5)`)
+//! with an optional leading seconds field. Concretely:
+//!
+//! * 5 fields `minute hour day-of-month month day-of-week` mean second 0.
+//!   6 fields are `second minute hour day-of-month month day-of-week`.
+//!   Any other count is rejected; in particular a 7th (year) field is NOT
+//!   accepted (Quartz/`cron`-crate style), so that "7 fields" is never silently
+//!   misread.
+//! * Each field is a comma list of items; an item is `*`, `N`, `A-B`, each
+//!   optionally followed by `/STEP`. `N/STEP` means `N-MAX/STEP` (as in
+//!   Quartz and the `cron` crate; Vixie has no such form).
+//!   Ranges must not be backwards (`5-1` is an error, write `5,0-1`). Steps
+//!   count from the start of their range; `*` spans the whole field
+//!   (0-7 for day-of-week, so `*/2` is Sun,Tue,Thu,Sat as in Vixie).
+//! * Day-of-week is 0-7 with both 0 and 7 meaning Sunday; month and
+//!   day-of-week also accept the three-letter names JAN..DEC and SUN..SAT in
+//!   any case, also inside ranges and steps (`MON-FRI/2`). `?` is accepted as
+//!   a synonym of `*` in day-of-month and day-of-week. Quartz `L`, `W`, `#`
+//!   and full day/month names are rejected.
+//! * Day matching follows Vixie exactly: if the day-of-month or the
+//!   day-of-week field *begins with `*`* (this includes `*/2` and `?`), a day
+//!   matches when it matches BOTH fields (so a plain `*` simply doesn't
+//!   restrict); otherwise a day matches when it matches EITHER field
+//!   (`0 0 13 * 5` = every 13th and every Friday). Consequently
+//!   `0 0 1-7 * */2` means "days 1-7 that are Sun/Tue/Thu/Sat".
+//! * Macros: `@yearly`/`@annually` = `0 0 1 1 *`, `@monthly` = `0 0 1 * *`,
+//!   `@weekly` = `0 0 * * 0`, `@daily`/`@midnight` = `0 0 * * *`,
+//!   `@hourly` = `0 * * * *` (case-insensitive, then treated exactly like the
+//!   expansion). `@every <duration>` (humantime syntax: `30s`, `1m30s`, `2h`)
+//!   is the same as `Every { interval, phase: 0 }`: epoch-aligned, at least
+//!   1s, whole milliseconds, and the time zone is validated but irrelevant.
+//!   `@reboot` is rejected.
+//! * A schedule whose fields match no calendar date at all (`0 0 30 2 *`) is
+//!   rejected at compile time. The check is exact: the Gregorian calendar
+//!   repeats every 400 years, so a pattern that matches nothing in 401 years
+//!   matches nothing ever; leap-day-only schedules are accepted.
+//!
+//! Time zones and DST. Fields are matched against wall-clock time in the
+//! zone. Wall time is not a function of real time near offset transitions,
+//! so the rule depends on the kind of job:
+//!
+//! * Fixed-time jobs, whose minute AND hour fields both contain neither `*`
+//!   nor `/` (e.g. `30 2 * * *`, `0,30 1-3 * * *`, `@daily`), fire once per
+//!   matching wall time W, at the first instant that shows W. A W that occurs
+//!   twice in a fall-back fold fires only at its first occurrence; a W that
+//!   does not exist in a spring-forward gap fires at the first instant after
+//!   the gap (Europe/Berlin `30 2 * * *` fires at 03:00 CEST on 2026-03-29).
+//!   Several wall times in one gap collapse into that single fire.
+//!   (Vixie only looks at the first character; we treat steps such as
+//!   `0-30/15` as wildcard too, so every step-driven job follows real time.)
+//! * Wildcard jobs (minute or hour contains `*` or `/`, e.g. `*/15 * * * *`,
+//!   `0 * * * *`, `@hourly`) fire at every instant whose wall time matches:
+//!   in a fold they fire in both passes of the repeated wall times, in a gap
+//!   nothing is invented for the wall times that do not exist.
+//!
+//! The seconds field never influences the classification.
+//!
+//! Invariants:
+//!
+//! * `next_after(a)`, when `Some(t)`, satisfies `t > a`, and no fire time lies
+//!   in `(a, t)`. The set of fire times depends only on the spec, never on
+//!   `after`, so `upcoming` (iterated `next_after`) yields each fire once.
+//! * Cron fire times are whole seconds; `Every`/`At` are whole milliseconds.
+//! * `None` means the schedule never fires again (or only beyond chrono's
+//!   representable range, year ±262143).
+//! * A `Schedule` is immutable, `Send + Sync`, holds no heap data (a few
+//!   dozen bytes) and is cheap to clone; compile once per spec change.
+//! * `compile` checks the expression before the time zone, so a spec with
+//!   both wrong reports the expression.
+//!
+//! Algorithm. A compiled cron is six bitmasks plus flags. `next_wall` finds
+//! the first matching *wall-clock* second at or after a given wall second by
+//! jumping field by field: months via the month mask, days via a per-month
+//! day mask computed in O(1) from the weekday of the 1st, then hour, minute,
+//! second via `trailing_zeros`. So even a leap-day schedule costs a few
+//! dozen operations, never a minute-by-minute scan. In a zone, `next_zoned`
+//! keeps an instant `t` (initially `after`+1s, floored to whole seconds) with
+//! offset `o`, asks for the first matching wall `w >= t + o` and proposes
+//! `c = w - o`. The proposal is right unless the offset changes in `(t, c]`;
+//! it probes the offset at `min(c, t + H)` and binary-searches the change if
+//! there is one, then restarts at the transition; if `c` is more than
+//! `H = 48h` away it skips to `c - H` (no fire can hide between
+//! `t + H` and `c - H`: offsets span at most 26h). Fixed-time jobs
+//! additionally fire at a transition instant when the gap it opens contains a
+//! matching wall time, and skip the second pass of a fold.
+//!
+//! IMPLEMENTATION CAVEATS
+//!
+//! * chrono-tz does not expose its transition table, so transitions are found
+//!   by probing offsets. That is exact provided no zone has two offset
+//!   changes within 48h and no change exceeds 26h. Checked against the tzdb
+//!   compiled into chrono-tz 0.10.4: since 1900 the closest transitions are
+//!   7 days apart and the largest jump is 24h (Samoa etc.). Before 1900 (LMT
+//!   era) results are best effort.
+//! * chrono-tz lists transitions only up to 2099; after that every zone stays
+//!   on its last offset (usually standard time), so DST stops in 2100.
+//! * The `cron` crate (0.17) is deliberately not used for evaluation: it
+//!   rejects 5-field expressions, numbers Sunday 1, ANDs day-of-month with
+//!   day-of-week, only knows years 1970-2100, skips wall times in a gap and
+//!   fires twice in a fold for every job. Fields are parsed and evaluated here.
+//! * Leap seconds do not exist (chrono/unix time). `@every` ignores the time
+//!   zone. `describe` collapses whitespace runs of the expression to one
+//!   space; it is meant for humans and logs, not for round-tripping.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, MappedLocalTime, NaiveDate, NaiveDateTime, Offset};
+use chrono::{SecondsFormat, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// How a job's fire times are described; stored in the replicated state (serde).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ScheduleSpec {
+    /// A cron expression (5-field, 6-field seconds-first, @macro, or "@every <duration>") in an IANA zone ("" = UTC).
     Cron { expr: String, timezone: String },
+    /// Fire once at this instant (unix milliseconds).
     At { at_ms: i64 },
+    /// Fire every `interval_ms`, aligned to the unix epoch plus `phase_ms` (0 <= phase < interval).
     Every { interval_ms: u64, phase_ms: u64 },
 }
 
-impl ScheduleSpec {
-    pub fn describe(&self) -> String {
-        match self {
-            ScheduleSpec::Cron { expr, .. } => expr.clone(),
-            ScheduleSpec::At { at_ms } => format!("@at {at_ms}"),
-            ScheduleSpec::Every { interval_ms, .. } => format!("@every {interval_ms}ms"),
-        }
-    }
+/// Why a [`ScheduleSpec`] was rejected. Every message starts with the spec
+/// field at fault (`schedule.cron`, `schedule.timezone`, `schedule.every`,
+/// `schedule.at`) followed by the problem in plain words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// The cron expression is malformed, unsupported or can never fire.
+    #[error("schedule.cron: {0}")]
+    Cron(String),
+    /// The time zone is not an IANA zone name known to chrono-tz.
+    #[error("schedule.timezone: unknown IANA time zone {0:?}")]
+    UnknownTimeZone(String),
+    /// The interval or phase of an `Every` spec is invalid.
+    #[error("schedule.every: {0}")]
+    Every(String),
+    /// The instant of an `At` spec cannot be represented.
+    #[error("schedule.at: {0}")]
+    At(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("schedule: {0}")]
-pub struct ScheduleError(String);
+/// A compiled schedule: parse once, ask for fire times many times.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    kind: Kind,
+}
 
-pub struct Schedule(ScheduleSpec, Option<cron::Schedule>, chrono_tz::Tz);
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    At(DateTime<Utc>),
+    Every { interval_ms: i64, phase_ms: i64 },
+    Cron(Cron),
+}
+
+/// A compiled cron expression: one bit per allowed value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cron {
+    seconds: u64,  // bits 0..=59
+    minutes: u64,  // bits 0..=59
+    hours: u64,    // bits 0..=23
+    days: u64,     // bits 1..=31
+    months: u64,   // bits 1..=12
+    weekdays: u64, // bits 0..=6, 0 = Sunday
+    /// Vixie: day-of-month or day-of-week began with `*` => AND, else OR.
+    and_days: bool,
+    /// Minute and hour are both free of `*` and `/` (see module docs).
+    fixed_time: bool,
+    /// `None` = UTC (fast path, no offset lookups).
+    zone: Option<Tz>,
+}
+
+/// Probe window for offset transitions (see module docs).
+const H: i64 = 2 * 86_400;
+/// The wall time the never-fires check starts from.
+const CHECK_FROM_WALL: i64 = 946_684_800; // 2000-01-01T00:00:00
+/// Years `next_wall` searches before giving up; one full Gregorian cycle.
+const HORIZON_YEARS: i32 = 401;
 
 impl Schedule {
+    /// Validates `spec` and compiles it for fast evaluation.
     pub fn compile(spec: &ScheduleSpec) -> Result<Schedule, ScheduleError> {
-        match spec {
+        let kind = match spec {
             ScheduleSpec::Cron { expr, timezone } => {
-                let tz = if timezone.is_empty() {
-                    chrono_tz::UTC
-                } else {
-                    timezone.parse().map_err(|_| {
-                        ScheduleError(format!("timezone: unknown IANA time zone {timezone:?}"))
-                    })?
-                };
-                let e = if expr.split_whitespace().count() == 5 {
-                    format!("0 {expr}")
-                } else {
-                    expr.clone()
-                };
-                let c = cron::Schedule::from_str(&e)
-                    .map_err(|err| ScheduleError(format!("cron: {err}")))?;
-                Ok(Schedule(spec.clone(), Some(c), tz))
+                let kind = parse_cron(expr)?;
+                let zone = parse_zone(timezone)?;
+                match kind {
+                    Kind::Cron(cron) => Kind::Cron(Cron { zone, ..cron }),
+                    other => other,
+                }
             }
-            _ => Ok(Schedule(spec.clone(), None, chrono_tz::UTC)),
-        }
-    }
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match &self.0 {
-            ScheduleSpec::Cron { .. } => self
-                .1
-                .as_ref()?
-                .after(&after.with_timezone(&self.2))
-                .next()
-                .map(|t| t.with_timezone(&Utc)),
-            ScheduleSpec::At { at_ms } => (*at_ms > after.timestamp_millis())
-                .then(|| DateTime::from_timestamp_millis(*at_ms))
-                .flatten(),
+            ScheduleSpec::At { at_ms } => match DateTime::from_timestamp_millis(*at_ms) {
+                Some(at) => Kind::At(at),
+                None => {
+                    let msg = format!("{at_ms} ms is outside the supported time range");
+                    return Err(ScheduleError::At(msg));
+                }
+            },
             ScheduleSpec::Every {
                 interval_ms,
                 phase_ms,
+            } => every(*interval_ms, *phase_ms).map_err(ScheduleError::Every)?,
+        };
+        Ok(Schedule { kind })
+    }
+
+    /// The first fire time strictly after `after`, or None if the schedule never fires again.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match &self.kind {
+            Kind::At(at) => (*at > after).then_some(*at),
+            Kind::Every {
+                interval_ms,
+                phase_ms,
             } => {
-                let (i, p) = (*interval_ms as i64, *phase_ms as i64);
-                let a = after.timestamp_millis();
-                DateTime::from_timestamp_millis(((a - p).div_euclid(i) + 1) * i + p)
+                // Fire times are integers, so "> after" == "> floor(after in ms)".
+                let (a, i, p) = (
+                    i128::from(after.timestamp_millis()),
+                    i128::from(*interval_ms),
+                    i128::from(*phase_ms),
+                );
+                let t = p + ((a - p).div_euclid(i) + 1) * i;
+                DateTime::from_timestamp_millis(i64::try_from(t).ok()?)
+            }
+            Kind::Cron(cron) => {
+                // First whole second strictly after `after` (timestamp() floors).
+                let lb = after.timestamp().checked_add(1)?;
+                let secs = match cron.zone {
+                    None => cron.next_wall(lb)?,
+                    Some(tz) => cron.next_zoned(tz, lb)?,
+                };
+                DateTime::from_timestamp(secs, 0)
             }
         }
     }
+
+    /// Up to `count` fire times strictly after `after`, in order.
     pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
-        let mut out = Vec::new();
-        let mut t = after;
+        let mut out = Vec::with_capacity(count.min(256));
+        let mut cursor = after;
         while out.len() < count {
-            match self.next_after(t) {
-                Some(n) => {
-                    out.push(n);
-                    t = n;
+            match self.next_after(cursor) {
+                Some(t) => {
+                    out.push(t);
+                    cursor = t;
                 }
                 None => break,
             }
@@ -85,3 +270,466 @@ impl Schedule {
         out
     }
 }
+
+impl ScheduleSpec {
+    /// A one-line canonical human form: the cron expression as written (plus " (TZ)" suffix when timezone is not UTC/empty), "@every 10s" (plus "+phase" if nonzero), "@at 2026-01-02T03:04:05Z" (RFC 3339).
+    pub fn describe(&self) -> String {
+        match self {
+            ScheduleSpec::Cron { expr, timezone } => {
+                let expr = expr.split_whitespace().collect::<Vec<_>>().join(" ");
+                if timezone.is_empty() || timezone == "UTC" {
+                    expr
+                } else {
+                    format!("{expr} ({timezone})")
+                }
+            }
+            ScheduleSpec::At { at_ms } => match DateTime::from_timestamp_millis(*at_ms) {
+                Some(at) => format!("@at {}", at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+                None => format!("@at {at_ms}ms"),
+            },
+            ScheduleSpec::Every {
+                interval_ms,
+                phase_ms,
+            } => {
+                let mut s = format!("@every {}", fmt_ms(*interval_ms));
+                if *phase_ms != 0 {
+                    s.push('+');
+                    s.push_str(&fmt_ms(*phase_ms));
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Compact humantime rendering: 90_000 ms -> "1m30s".
+fn fmt_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_millis(ms))
+        .to_string()
+        .replace(' ', "")
+}
+
+/// Validates an epoch-aligned interval; errors are the text after "schedule.every: ".
+fn every(interval_ms: u64, phase_ms: u64) -> Result<Kind, String> {
+    if interval_ms < 1000 {
+        return Err("interval must be at least 1s".into());
+    }
+    let interval = i64::try_from(interval_ms)
+        .map_err(|_| format!("interval {interval_ms} ms is too large"))?;
+    if phase_ms >= interval_ms {
+        return Err(format!(
+            "phase {} must be smaller than the interval {}",
+            fmt_ms(phase_ms),
+            fmt_ms(interval_ms)
+        ));
+    }
+    Ok(Kind::Every {
+        interval_ms: interval,
+        phase_ms: phase_ms as i64, // < interval <= i64::MAX
+    })
+}
+
+/// "" (and "UTC") is UTC; otherwise an exact IANA name known to chrono-tz.
+fn parse_zone(name: &str) -> Result<Option<Tz>, ScheduleError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    match name.parse::<Tz>() {
+        Ok(Tz::UTC) | Ok(Tz::Etc__UTC) => Ok(None),
+        Ok(tz) => Ok(Some(tz)),
+        Err(_) => Err(ScheduleError::UnknownTimeZone(name.to_string())),
+    }
+}
+
+fn cron_err(msg: impl Into<String>) -> ScheduleError {
+    ScheduleError::Cron(msg.into())
+}
+
+/// Parses a cron expression or macro; the zone is filled in by the caller.
+fn parse_cron(expr: &str) -> Result<Kind, ScheduleError> {
+    let expr = expr.trim();
+    if expr.is_empty() {
+        return Err(cron_err("expression is empty"));
+    }
+    let expanded;
+    let text = if let Some(body) = expr.strip_prefix('@') {
+        let (word, arg) = body.split_once(char::is_whitespace).unwrap_or((body, ""));
+        let (word, arg) = (word.to_ascii_lowercase(), arg.trim());
+        if word == "every" {
+            return parse_every(arg);
+        }
+        expanded = match word.as_str() {
+            "yearly" | "annually" => "0 0 1 1 *",
+            "monthly" => "0 0 1 * *",
+            "weekly" => "0 0 * * 0",
+            "daily" | "midnight" => "0 0 * * *",
+            "hourly" => "0 * * * *",
+            _ => {
+                return Err(cron_err(format!(
+                    "unknown macro \"@{word}\" (expected @yearly, @annually, @monthly, \
+                     @weekly, @daily, @midnight, @hourly or @every <duration>)"
+                )))
+            }
+        };
+        if !arg.is_empty() {
+            return Err(cron_err(format!(
+                "\"@{word}\" takes no arguments, got {arg:?}"
+            )));
+        }
+        expanded
+    } else {
+        expr
+    };
+
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let (second, rest) = match fields.len() {
+        5 => ("0", &fields[..]),
+        6 => (fields[0], &fields[1..]),
+        n => {
+            let hint = if n == 7 {
+                " (a year field is not supported)"
+            } else {
+                ""
+            };
+            return Err(cron_err(format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week) \
+                 or 6 with seconds first, got {n}{hint}"
+            )));
+        }
+    };
+    let (minute, hour, dom, month, dow) = (rest[0], rest[1], rest[2], rest[3], rest[4]);
+    let weekdays = parse_field(dow, &DOW)?;
+    let cron = Cron {
+        seconds: parse_field(second, &SECOND)?,
+        minutes: parse_field(minute, &MINUTE)?,
+        hours: parse_field(hour, &HOUR)?,
+        days: parse_field(dom, &DOM)?,
+        months: parse_field(month, &MONTH)?,
+        weekdays: (weekdays & 0x7f) | (weekdays >> 7 & 1), // 7 -> Sunday (0)
+        and_days: dom.starts_with(['*', '?']) || dow.starts_with(['*', '?']),
+        fixed_time: ![minute, hour].iter().any(|f| f.contains(['*', '/'])),
+        zone: None,
+    };
+    if cron.next_wall(CHECK_FROM_WALL).is_none() {
+        return Err(cron_err(format!(
+            "{:?} can never fire: no calendar date matches its day-of-month, month \
+             and day-of-week fields",
+            fields.join(" ")
+        )));
+    }
+    Ok(Kind::Cron(cron))
+}
+
+/// `@every <duration>`: epoch-aligned interval, phase 0.
+fn parse_every(arg: &str) -> Result<Kind, ScheduleError> {
+    if arg.is_empty() {
+        return Err(cron_err("\"@every\" needs a duration like \"@every 30s\""));
+    }
+    let d = humantime::parse_duration(arg).map_err(|_| {
+        cron_err(format!(
+            "\"@every {arg}\": {arg:?} is not a duration; use e.g. 30s, 1m30s, 2h"
+        ))
+    })?;
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(cron_err(format!(
+            "\"@every {arg}\": the interval must be a whole number of milliseconds"
+        )));
+    }
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    every(ms, 0).map_err(|msg| cron_err(format!("\"@every {arg}\": {msg}")))
+}
+
+/// Static description of one cron field.
+struct FieldSpec {
+    name: &'static str,
+    min: u32,
+    max: u32,
+    /// Three-letter names for `min`, `min + 1`, ...
+    names: &'static [&'static str],
+    /// Accept `?` as `*` (day-of-month, day-of-week).
+    question: bool,
+}
+
+const SECOND: FieldSpec = FieldSpec {
+    name: "second",
+    min: 0,
+    max: 59,
+    names: &[],
+    question: false,
+};
+const MINUTE: FieldSpec = FieldSpec {
+    name: "minute",
+    min: 0,
+    max: 59,
+    names: &[],
+    question: false,
+};
+const HOUR: FieldSpec = FieldSpec {
+    name: "hour",
+    min: 0,
+    max: 23,
+    names: &[],
+    question: false,
+};
+const DOM: FieldSpec = FieldSpec {
+    name: "day-of-month",
+    min: 1,
+    max: 31,
+    names: &[],
+    question: true,
+};
+const MONTH: FieldSpec = FieldSpec {
+    name: "month",
+    min: 1,
+    max: 12,
+    names: &[
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ],
+    question: false,
+};
+const DOW: FieldSpec = FieldSpec {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    names: &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
+    question: true,
+};
+
+/// Parses one field into a bitmask of allowed values.
+fn parse_field(text: &str, f: &FieldSpec) -> Result<u64, ScheduleError> {
+    // `item` is the offending piece; when it is the whole field, say it once.
+    let fail = |item: &str, problem: String| {
+        if item == text {
+            cron_err(format!("{} field {text:?} {problem}", f.name))
+        } else {
+            cron_err(format!("{} field {text:?}: {item:?} {problem}", f.name))
+        }
+    };
+    let value = |tok: &str| -> Result<u32, ScheduleError> {
+        if !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_digit()) {
+            return match tok.parse::<u32>() {
+                Ok(v) if (f.min..=f.max).contains(&v) => Ok(v),
+                _ => Err(fail(tok, format!("is out of range {}-{}", f.min, f.max))),
+            };
+        }
+        if let Some(i) = f.names.iter().position(|n| n.eq_ignore_ascii_case(tok)) {
+            return Ok(f.min + i as u32);
+        }
+        let problem = match f.names {
+            [] if tok.is_empty() => "is missing a number".to_string(),
+            [] => "is not a number".to_string(),
+            [first, .., last] => format!(
+                "is not a number {}-{} or a name {first}-{last}",
+                f.min, f.max
+            ),
+            [_] => unreachable!("name lists have several entries"),
+        };
+        Err(fail(tok, problem))
+    };
+
+    let mut bits = 0u64;
+    for item in text.split(',') {
+        if item.is_empty() {
+            return Err(fail(text, "has an empty list item".into()));
+        }
+        let (range, step) = match item.split_once('/') {
+            None => (item, None),
+            Some((range, step)) => match step.parse::<u32>() {
+                Ok(0) => return Err(fail(item, "has a step of 0 (must be at least 1)".into())),
+                Ok(s) if step.bytes().all(|b| b.is_ascii_digit()) => (range, Some(s)),
+                _ => return Err(fail(step, "is not a valid step (a positive number)".into())),
+            },
+        };
+        let (lo, hi) = if range == "*" || (range == "?" && f.question) {
+            (f.min, f.max)
+        } else if let Some((a, b)) = range.split_once('-') {
+            let (a, b) = (value(a)?, value(b)?);
+            if a > b {
+                return Err(fail(
+                    range,
+                    "is a backwards range (the start must not exceed the end)".into(),
+                ));
+            }
+            (a, b)
+        } else {
+            let v = value(range)?;
+            (v, if step.is_some() { f.max } else { v })
+        };
+        let mut v = lo;
+        while v <= hi {
+            bits |= 1 << v;
+            v = v.saturating_add(step.unwrap_or(1));
+        }
+    }
+    Ok(bits)
+}
+
+/// First set bit at position >= `from`.
+fn next_bit(mask: u64, from: u32) -> Option<u32> {
+    if from >= 64 {
+        return None;
+    }
+    let m = mask & (u64::MAX << from);
+    (m != 0).then(|| m.trailing_zeros())
+}
+
+fn naive(secs: i64) -> Option<NaiveDateTime> {
+    DateTime::from_timestamp(secs, 0).map(|d| d.naive_utc())
+}
+
+fn days_in_month(y: i32, m: u32) -> u32 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days 1, 8, 15, 22, 29 (36 is masked off later).
+const WEEKLY: u64 = (1 << 1) | (1 << 8) | (1 << 15) | (1 << 22) | (1 << 29) | (1 << 36);
+
+impl Cron {
+    /// Bitmask (bits 1..=31) of the matching days of month `m` of year `y`.
+    fn day_mask(&self, y: i32, m: u32) -> Option<u64> {
+        let first = NaiveDate::from_ymd_opt(y, m, 1)?;
+        let valid = (u64::MAX >> (63 - days_in_month(y, m))) & !1;
+        let w1 = first.weekday().num_days_from_sunday();
+        let mut by_weekday = 0;
+        for wd in 0..7 {
+            if self.weekdays >> wd & 1 == 1 {
+                by_weekday |= WEEKLY << ((wd + 7 - w1) % 7);
+            }
+        }
+        let (dom, dow) = (self.days & valid, by_weekday & valid);
+        Some(if self.and_days { dom & dow } else { dom | dow })
+    }
+
+    /// First matching date on or after `date`, searching up to year `limit`.
+    fn next_day(&self, date: NaiveDate, limit: i32) -> Option<NaiveDate> {
+        let (mut y, mut m, mut d) = (date.year(), date.month(), date.day());
+        while y <= limit {
+            if self.months >> m & 1 == 1 {
+                let mask = self.day_mask(y, m)? & (u64::MAX << d);
+                if mask != 0 {
+                    return NaiveDate::from_ymd_opt(y, m, mask.trailing_zeros());
+                }
+            }
+            d = 1;
+            m += 1;
+            if m > 12 {
+                m = 1;
+                y += 1;
+            }
+        }
+        None
+    }
+
+    /// First matching time of day at or after `h:m:s`.
+    fn next_time(&self, h: u32, m: u32, s: u32) -> Option<(u32, u32, u32)> {
+        let (first_m, first_s) = (self.minutes.trailing_zeros(), self.seconds.trailing_zeros());
+        if self.hours >> h & 1 == 1 {
+            if self.minutes >> m & 1 == 1 {
+                if let Some(s) = next_bit(self.seconds, s) {
+                    return Some((h, m, s));
+                }
+            }
+            if let Some(m) = next_bit(self.minutes, m + 1) {
+                return Some((h, m, first_s));
+            }
+        }
+        Some((next_bit(self.hours, h + 1)?, first_m, first_s))
+    }
+
+    /// First matching wall-clock second `>= from`. Wall seconds are a naive
+    /// local date-time encoded as if it were UTC.
+    fn next_wall(&self, from: i64) -> Option<i64> {
+        let start = naive(from)?;
+        let limit = start.year().checked_add(HORIZON_YEARS)?;
+        let mut date = start.date();
+        loop {
+            date = self.next_day(date, limit)?;
+            let (h, m, s) = if date == start.date() {
+                (start.hour(), start.minute(), start.second())
+            } else {
+                (0, 0, 0)
+            };
+            if let Some((h, m, s)) = self.next_time(h, m, s) {
+                return Some(date.and_hms_opt(h, m, s)?.and_utc().timestamp());
+            }
+            date = date.succ_opt()?;
+        }
+    }
+
+    /// First fire instant `>= lb` in zone `tz` (see module docs for the rules).
+    fn next_zoned(&self, tz: Tz, lb: i64) -> Option<i64> {
+        let mut t = lb;
+        loop {
+            let o = offset(tz, t);
+            if self.fixed_time {
+                // Entering a spring-forward gap at `t`: fixed wall times inside
+                // the gap fire at its end, which is `t` itself.
+                let prev = offset(tz, t - 1);
+                if prev < o && self.next_wall(t + prev)? < t + o {
+                    return Some(t);
+                }
+            }
+            let w = self.next_wall(t + o)?;
+            let c = w - o;
+            if let Some(tr) = first_change(tz, t, o, c.min(t + H)) {
+                t = tr; // the proposal assumed a constant offset; restart there
+                continue;
+            }
+            if c > t + H {
+                t = c - H; // nothing can fire in between (module docs)
+                continue;
+            }
+            if self.fixed_time {
+                if let MappedLocalTime::Ambiguous(e, l) = tz.from_local_datetime(&naive(w)?) {
+                    let (e, l) = (e.timestamp(), l.timestamp());
+                    if c == l && e < l {
+                        // Second pass of a fold: skip all of it.
+                        t = match first_change(tz, e, offset(tz, e), l) {
+                            Some(tr) => tr + (l - e),
+                            None => c + 1,
+                        };
+                        continue;
+                    }
+                }
+            }
+            return Some(c);
+        }
+    }
+}
+
+/// UTC offset (seconds) of zone `tz` at unix second `t`.
+fn offset(tz: Tz, t: i64) -> i64 {
+    let t = t.clamp(
+        DateTime::<Utc>::MIN_UTC.timestamp(),
+        DateTime::<Utc>::MAX_UTC.timestamp(),
+    );
+    let utc = naive(t).unwrap_or_default();
+    i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc())
+}
+
+/// The first instant in `(a, b]` whose offset differs from `oa` (the offset
+/// at `a`), assuming at most one transition in the window.
+fn first_change(tz: Tz, a: i64, oa: i64, b: i64) -> Option<i64> {
+    if b <= a || offset(tz, b) == oa {
+        return None;
+    }
+    let (mut lo, mut hi) = (a, b);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if offset(tz, mid) == oa {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(hi)
+}
+
+#[cfg(test)]
+#[path = "schedule_tests.rs"]
+mod tests;

@@ -1,0 +1,312 @@
+//! Test harness: real `kairos agent` processes on free loopback ports, each with
+//! its own temporary data directory, stopped (killed if need be) on drop.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use kairos::proto as pb;
+use kairos::proto::cluster_service_client::ClusterServiceClient;
+use kairos::proto::job_service_client::JobServiceClient;
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// Path of the binary under test.
+pub const KAIROS: &str = env!("CARGO_BIN_EXE_kairos");
+
+/// A free loopback port (bound and released; the race with other tests is tiny
+/// and a clash shows up as a node failing to start).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One node process.
+pub struct TestNode {
+    pub id: u64,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// A cluster of node processes.
+pub struct TestCluster {
+    _dir: TempDir,
+    pub nodes: Vec<TestNode>,
+    initial_cluster: String,
+    extra_args: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes forming a new cluster.
+    pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<TestNode> = (1..=n)
+            .map(|id| {
+                let data_dir = dir.path().join(format!("node-{id}"));
+                std::fs::create_dir_all(&data_dir).unwrap();
+                TestNode {
+                    id,
+                    grpc: format!("127.0.0.1:{}", free_port()),
+                    http: format!("127.0.0.1:{}", free_port()),
+                    log: dir.path().join(format!("node-{id}.log")),
+                    data_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = TestCluster {
+            _dir: dir,
+            nodes,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// (Re)starts node `id` on its data directory.
+    pub fn spawn(&mut self, id: u64) {
+        let initial = self.initial_cluster.clone();
+        let extra = self.extra_args.clone();
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .unwrap();
+        let child = Command::new(KAIROS)
+            .arg("agent")
+            .arg(format!("--node-id={id}"))
+            .arg(format!("--data-dir={}", node.data_dir.display()))
+            .arg(format!("--grpc-addr={}", node.grpc))
+            .arg(format!("--http-addr={}", node.http))
+            .arg(format!("--cluster-addr=127.0.0.1:{}", free_port()))
+            .arg(format!("--initial-cluster={initial}"))
+            .args(&extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start kairos agent");
+        node.child = Some(child);
+    }
+
+    /// kill -9 node `id`.
+    pub fn kill(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit cleanly.
+    pub fn stop(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(mut child) = node.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "node {id} exited with {status} after SIGTERM"
+                    );
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    child.kill().unwrap();
+                    panic!("node {id} did not stop within 15 s of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for id in self.running() {
+            let node = self.node(id);
+            loop {
+                if let Ok((200, _)) = kairos::http::fetch(&node.http, "/readyz").await {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {id} not ready in {timeout:?}; log:\n{}",
+                    self.log(id)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub async fn jobs(&self, id: u64) -> JobServiceClient<Channel> {
+        JobServiceClient::connect(format!("http://{}", self.node(id).grpc))
+            .await
+            .unwrap()
+    }
+
+    pub async fn cluster_client(&self, id: u64) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc))
+            .await
+            .unwrap()
+    }
+
+    /// Cluster status as node `id` sees it.
+    pub async fn status(&self, id: u64) -> pb::ClusterStatus {
+        self.cluster_client(id)
+            .await
+            .status(pb::ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until every running node agrees on one leader that is running, and returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = BTreeSet::new();
+            for id in self.running() {
+                match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await
+                {
+                    Ok(mut c) => match c.status(pb::ClusterStatusRequest {}).await {
+                        Ok(s) => seen.insert(s.into_inner().leader_id),
+                        Err(_) => seen.insert(0),
+                    },
+                    Err(_) => seen.insert(0),
+                };
+            }
+            if seen.len() == 1 {
+                let leader = *seen.first().unwrap();
+                if leader != 0 && self.running().contains(&leader) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?} (saw {seen:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// All job ids node `id` returns, paging through a listing at `consistency`.
+    pub async fn list_ids(&self, id: u64, consistency: pb::ReadConsistency) -> BTreeSet<String> {
+        let mut client = self.jobs(id).await;
+        let mut ids = BTreeSet::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    consistency: consistency as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            if page.next_page_token.is_empty() {
+                return ids;
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A minimal valid job message.
+pub fn job(id: &str) -> pb::ScheduledJob {
+    pb::ScheduledJob {
+        id: id.to_string(),
+        r#type: "noop".into(),
+        owner_service: "tests".into(),
+        schedule: "*/5 * * * *".into(),
+        payload: b"{}".to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// Creates `id` through node `via` with a request id, retrying while the
+/// cluster is unavailable (a retried create with the same request id is
+/// idempotent). Returns whether the write was acknowledged.
+pub async fn create(cluster: &TestCluster, via: u64, id: &str) -> bool {
+    let request = pb::CreateJobRequest {
+        job: Some(job(id)),
+        request_id: format!("req-{id}"),
+    };
+    for _ in 0..20 {
+        let Ok(mut client) =
+            JobServiceClient::connect(format!("http://{}", cluster.node(via).grpc)).await
+        else {
+            return false;
+        };
+        match client.create_job(request.clone()).await {
+            Ok(reply) => {
+                assert_eq!(reply.into_inner().id, id);
+                return true;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("create {id} via node {via}: {s:?}"),
+        }
+    }
+    false
+}

@@ -1,0 +1,133 @@
+//! A three-node cluster of real processes survives a leader crash, catches a
+//! restarted node up by snapshot, and keeps every acknowledged job across a
+//! full-cluster restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{create, TestCluster};
+use kairos::proto as pb;
+
+const READY: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_job() {
+    // Snapshot every 50 entries and keep only 5 behind it, so the log is purged
+    // past a dead node's position while it is down.
+    let mut cluster = TestCluster::start(3, &["--snapshot-logs=50", "--snapshot-keep-logs=5"]);
+    cluster.wait_ready(READY).await;
+
+    // 200 creates through the nodes in turn (a follower forwards to the leader).
+    let mut acked = BTreeSet::new();
+    for i in 0..200u64 {
+        let id = format!("job-{i:03}");
+        if create(&cluster, 1 + i % 3, &id).await {
+            acked.insert(id);
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        200,
+        "a healthy cluster acknowledges every create"
+    );
+
+    // kill -9 the leader.
+    let old_leader = cluster.wait_leader(READY).await;
+    let killed_at = cluster
+        .status(old_leader)
+        .await
+        .nodes
+        .iter()
+        .find(|n| n.id == old_leader)
+        .unwrap()
+        .last_log_index;
+    cluster.kill(old_leader);
+    let leader = cluster.wait_leader(READY).await;
+    assert_ne!(leader, old_leader);
+
+    // Writes continue through the survivors.
+    let survivors = cluster.running();
+    for i in 200..320u64 {
+        let id = format!("job-{i:03}");
+        if create(&cluster, survivors[(i % 2) as usize], &id).await {
+            acked.insert(id);
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        320,
+        "two of three nodes are a majority: writes go on"
+    );
+
+    // Every acknowledged job is readable from every survivor, linearizably.
+    for &id in &survivors {
+        let ids = cluster
+            .list_ids(id, pb::ReadConsistency::Linearizable)
+            .await;
+        assert!(
+            acked.is_subset(&ids),
+            "node {id} misses {:?}",
+            acked.difference(&ids).collect::<Vec<_>>()
+        );
+    }
+
+    // The leader has purged its log past the dead node's last entry, so the
+    // restarted node can only catch up by installing a snapshot.
+    let status = cluster.status(leader).await;
+    let leader_view = status.nodes.iter().find(|n| n.id == leader).unwrap();
+    assert!(
+        leader_view.purged_index > killed_at,
+        "leader purged up to {} but the dead node had {killed_at}",
+        leader_view.purged_index
+    );
+    cluster.spawn(old_leader);
+    cluster.wait_ready(READY).await;
+    wait_applied(&cluster, old_leader, leader_view.commit_index).await;
+    let ids = cluster
+        .list_ids(old_leader, pb::ReadConsistency::Stale)
+        .await;
+    assert!(
+        acked.is_subset(&ids),
+        "restarted node misses {:?}",
+        acked.difference(&ids).collect::<Vec<_>>()
+    );
+    assert!(
+        cluster.log(old_leader).contains("installing snapshot"),
+        "the restarted node installed a snapshot"
+    );
+
+    // Stop all three cleanly, start them again on their data: nothing is lost.
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_ready(READY).await;
+    for id in 1..=3 {
+        let ids = cluster
+            .list_ids(id, pb::ReadConsistency::Linearizable)
+            .await;
+        assert_eq!(ids, acked, "node {id} after a full restart");
+    }
+}
+
+/// Waits until node `id` reports an applied index of at least `index`.
+async fn wait_applied(cluster: &TestCluster, id: u64, index: u64) {
+    let deadline = tokio::time::Instant::now() + READY;
+    loop {
+        let status = cluster.status(id).await;
+        let me = status.nodes.iter().find(|n| n.id == id).unwrap();
+        if me.applied_index >= index {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node {id} applied {} < {index}",
+            me.applied_index
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
