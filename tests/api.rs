@@ -1,0 +1,358 @@
+//! The job API on a real three-node cluster: follower-side writes, optimistic
+//! concurrency, idempotent creates, and bad input that is refused with a clear
+//! error and changes nothing. Also the CLI's exit codes and the HTTP endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{job, TestCluster, KAIROS};
+use kairos::proto as pb;
+use tonic::Code;
+
+const READY: Duration = Duration::from_secs(30);
+
+fn follower_of(cluster: &TestCluster, leader: u64) -> u64 {
+    cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap()
+}
+
+async fn job_count(cluster: &TestCluster, via: u64) -> usize {
+    cluster
+        .list_ids(via, pb::ReadConsistency::Linearizable)
+        .await
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_api_semantics_on_a_three_node_cluster() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_ready(READY).await;
+    let leader = cluster.wait_leader(READY).await;
+    let follower = follower_of(&cluster, leader);
+    let mut on_follower = cluster.jobs(follower).await;
+    let mut on_leader = cluster.jobs(leader).await;
+
+    // A write on a follower is forwarded to the leader and is then visible to
+    // a linearizable read on any node.
+    let created = on_follower
+        .create_job(pb::CreateJobRequest {
+            job: Some(job("report")),
+            request_id: "r-1".into(),
+        })
+        .await
+        .expect("follower-side create")
+        .into_inner();
+    assert_eq!(
+        (created.version, created.status),
+        (1, pb::JobStatus::Active as i32)
+    );
+    assert!(created.next_run.is_some());
+    let read = on_leader
+        .get_job(pb::GetJobRequest {
+            id: "report".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, created);
+
+    // The same request id and body replays the first result; another body is refused.
+    let replay = on_leader
+        .create_job(pb::CreateJobRequest {
+            job: Some(job("report")),
+            request_id: "r-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replay, created);
+    let mut other = job("report-2");
+    other.owner_service = "other".into();
+    let err = on_follower
+        .create_job(pb::CreateJobRequest {
+            job: Some(other),
+            request_id: "r-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // Update with the current version succeeds; with a stale one it is ABORTED
+    // and changes nothing.
+    let mut change = created.clone();
+    change.owner_service = "billing".into();
+    let mask = pbjson_types::FieldMask {
+        paths: vec!["owner_service".into()],
+    };
+    let updated = on_follower
+        .update_job(pb::UpdateJobRequest {
+            job: Some(change.clone()),
+            update_mask: Some(mask.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (updated.version, updated.owner_service.as_str()),
+        (2, "billing")
+    );
+    change.owner_service = "stale".into();
+    let err = on_follower
+        .update_job(pb::UpdateJobRequest {
+            job: Some(change),
+            update_mask: Some(mask),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(
+        err.message().contains("version 2, not 1"),
+        "{}",
+        err.message()
+    );
+    let now = on_leader
+        .get_job(pb::GetJobRequest {
+            id: "report".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now, updated);
+
+    // Bad input: refused with INVALID_ARGUMENT naming the field; nothing stored.
+    let before = job_count(&cluster, leader).await;
+    let mut cases: Vec<(pb::ScheduledJob, &str)> = Vec::new();
+    let mut j = job("bad-cron");
+    j.schedule = "61 * * * *".into();
+    cases.push((j, "schedule.cron"));
+    let mut j = job("bad-tz");
+    j.schedule_spec = Some(pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
+            expr: "* * * * *".into(),
+            timezone: "Mars/Base".into(),
+        })),
+    });
+    cases.push((j, "schedule.timezone"));
+    let mut j = job("no-type");
+    j.r#type.clear();
+    cases.push((j, "type: must not be empty"));
+    cases.push((job(&"x".repeat(129)), "id: 129 characters is too long"));
+    cases.push((job("a b"), "id: \"a b\" contains ' '"));
+    let mut j = job("too-big");
+    j.payload = vec![0u8; (1 << 20) + 1].into();
+    cases.push((j, "payload: 1048577 bytes is over the limit"));
+    for (bad, want) in cases {
+        let id = bad.id.clone();
+        let err = on_follower
+            .create_job(pb::CreateJobRequest {
+                job: Some(bad),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{id}: {err:?}");
+        assert!(
+            err.message().contains(want),
+            "{id}: want {want:?} in {:?}",
+            err.message()
+        );
+    }
+    let dup = on_leader
+        .create_job(pb::CreateJobRequest {
+            job: Some(job("report")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    let missing = on_follower
+        .get_job(pb::GetJobRequest {
+            id: "nope".into(),
+            consistency: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let missing = on_follower
+        .delete_job(pb::DeleteJobRequest {
+            id: "nope".into(),
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // An oversized message and a malformed one are refused; the node lives on.
+    let mut huge = job("huge");
+    huge.payload = vec![0u8; 3 << 20].into();
+    let err = on_follower
+        .create_job(pb::CreateJobRequest {
+            job: Some(huge),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    let garbage = send_garbage(&cluster.node(follower).grpc).await;
+    assert_ne!(garbage, Code::Ok);
+    assert_eq!(
+        job_count(&cluster, follower).await,
+        before,
+        "refused requests stored nothing"
+    );
+
+    // Pause, resume, delete with a version.
+    let paused = on_follower
+        .pause_job(pb::PauseJobRequest {
+            id: "report".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (paused.status, paused.next_run),
+        (pb::JobStatus::Paused as i32, None)
+    );
+    let resumed = on_follower
+        .resume_job(pb::ResumeJobRequest {
+            id: "report".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.status, pb::JobStatus::Active as i32);
+    let err = on_follower
+        .delete_job(pb::DeleteJobRequest {
+            id: "report".into(),
+            version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Aborted);
+    on_follower
+        .delete_job(pb::DeleteJobRequest {
+            id: "report".into(),
+            version: resumed.version,
+        })
+        .await
+        .unwrap();
+    assert_eq!(job_count(&cluster, leader).await, 0);
+
+    // Health and metrics on every node.
+    for id in 1..=3 {
+        let http = &cluster.node(id).http;
+        assert_eq!(kairos::http::fetch(http, "/livez").await.unwrap().0, 200);
+        assert_eq!(kairos::http::fetch(http, "/readyz").await.unwrap().0, 200);
+        let (code, body) = kairos::http::fetch(http, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        for metric in [
+            "kairos_raft_term",
+            "kairos_raft_leader_id",
+            "kairos_raft_commit_index",
+            "kairos_raft_applied_index",
+            "kairos_jobs_stored",
+        ] {
+            assert!(body.contains(metric), "node {id} metrics lack {metric}");
+        }
+        if id == follower {
+            assert!(
+                body.contains(
+                    "kairos_api_requests_total{method=\"CreateJob\",code=\"InvalidArgument\"}"
+                ),
+                "{body}"
+            );
+            assert!(
+                body.contains("kairos_api_request_duration_seconds_bucket"),
+                "{body}"
+            );
+        }
+    }
+
+    // The CLI: success prints the job, failure exits non-zero with one line.
+    let endpoints = format!(
+        "{},{}",
+        cluster.node(follower).grpc,
+        cluster.node(leader).grpc
+    );
+    let ok = cli(
+        &endpoints,
+        &[
+            "job",
+            "create",
+            "cli-job",
+            "--type",
+            "noop",
+            "--schedule",
+            "@hourly",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(printed["id"], "cli-job");
+    assert_eq!(printed["status"], "JOB_STATUS_ACTIVE");
+    let bad = cli(
+        &endpoints,
+        &[
+            "job",
+            "create",
+            "cli-bad",
+            "--type",
+            "noop",
+            "--schedule",
+            "* * *",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: InvalidArgument: schedule.cron"),
+        "{stderr}"
+    );
+}
+
+fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(KAIROS)
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Sends bytes that are not a `CreateJobRequest` to `CreateJob` and returns the status code.
+async fn send_garbage(addr: &str) -> Code {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    // A RaftPayload's field 1 is bytes; CreateJobRequest's field 1 is a message,
+    // so these bytes must parse as a ScheduledJob — and they do not.
+    let message = pb::RaftPayload {
+        data: vec![0xff, 0xff, 0xff, 0xff, 0x0f, 0x00, 0x07],
+    };
+    let path = http::uri::PathAndQuery::from_static("/kairos.v1.JobService/CreateJob");
+    let codec = tonic_prost::ProstCodec::<pb::RaftPayload, pb::RaftPayload>::default();
+    match grpc.unary(tonic::Request::new(message), path, codec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
