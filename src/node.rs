@@ -85,7 +85,7 @@ pub enum Forwarded {
         /// Who asked.
         principal: String,
         /// What to do.
-        command: Command,
+        command: Box<Command>,
     },
     /// Add a node as learner, then voter.
     AddNode {
@@ -291,7 +291,7 @@ impl Node {
     pub async fn write(&self, principal: &str, command: Command) -> Result<Response> {
         self.route(Forwarded::Write {
             principal: principal.to_string(),
-            command,
+            command: Box::new(command),
         })
         .await
     }
@@ -374,7 +374,7 @@ impl Node {
                 let request = Request {
                     at_ms: chrono::Utc::now().timestamp_millis(),
                     principal,
-                    command,
+                    command: *command,
                 };
                 match self.raft.client_write(request).await {
                     Ok(reply) => reply.data,

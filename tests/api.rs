@@ -145,7 +145,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     cases.push((job(&"x".repeat(129)), "id: 129 characters is too long"));
     cases.push((job("a b"), "id: \"a b\" contains ' '"));
     let mut j = job("too-big");
-    j.payload = vec![0u8; (1 << 20) + 1].into();
+    j.payload = vec![0u8; (1 << 20) + 1];
     cases.push((j, "payload: 1048577 bytes is over the limit"));
     for (bad, want) in cases {
         let id = bad.id.clone();
@@ -190,7 +190,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
 
     // An oversized message and a malformed one are refused; the node lives on.
     let mut huge = job("huge");
-    huge.payload = vec![0u8; 3 << 20].into();
+    huge.payload = vec![0u8; 3 << 20];
     let err = on_follower
         .create_job(pb::CreateJobRequest {
             job: Some(huge),

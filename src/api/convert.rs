@@ -407,7 +407,7 @@ pub fn job_to_pb(job: &Job) -> pb::ScheduledJob {
         created_by: job.created_by.clone(),
         updated_by: job.updated_by.clone(),
         schedule_spec: Some(schedule_to_pb(&job.spec.schedule)),
-        payload: job.spec.payload.clone().into(),
+        payload: job.spec.payload.clone(),
         policies: Some(policies_to_pb(&job.spec.policies)),
         paused: job.spec.paused,
         version: job.version,

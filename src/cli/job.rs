@@ -234,13 +234,12 @@ impl JobFields {
             mask.push("schedule_spec");
         }
         if let Some(text) = &self.payload {
-            job.payload = text.clone().into_bytes().into();
+            job.payload = text.clone().into_bytes();
             mask.push("payload");
         }
         if let Some(path) = &self.payload_file {
             job.payload = std::fs::read(path)
-                .with_context(|| format!("--payload-file {}", path.display()))?
-                .into();
+                .with_context(|| format!("--payload-file {}", path.display()))?;
             mask.push("payload");
         }
         if !self.labels.is_empty() || self.fields.is_some() {

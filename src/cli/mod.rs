@@ -43,7 +43,7 @@ pub enum Command {
     /// Run a local three-node cluster (data under ./kairos-data) until Ctrl-C.
     Dev(dev::DevArgs),
     /// Create, inspect and change jobs.
-    Job(job::JobCommand),
+    Job(Box<job::JobCommand>),
     /// Inspect and change cluster membership.
     Cluster(cluster::ClusterCommand),
     /// Evaluate cron expressions.
@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run_from_args(*args).await,
         Command::Dev(args) => dev::run(args).await,
-        Command::Job(cmd) => job::run(cmd, &cli.client).await,
+        Command::Job(cmd) => job::run(*cmd, &cli.client).await,
         Command::Cluster(cmd) => cluster::run(cmd, &cli.client).await,
         Command::Cron(cmd) => cron::run(cmd),
         Command::Debug(cmd) => agent::debug(cmd).await,

@@ -194,7 +194,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         self.log.apply_batch(batch).map_err(io_write)?;
         let synced = self.disk.sync_async().await;
-        let failed = synced.as_ref().err().map(|e| io_write(e));
+        let failed = synced.as_ref().err().map(io_write);
         callback.log_io_completed(synced);
         failed.map_or(Ok(()), Err)
     }

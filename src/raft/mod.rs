@@ -24,6 +24,8 @@
 //! 8 MiB segments, so values up to ~2 MiB stay inline; job payloads are capped at
 //! 1 MiB and snapshots are stored in 1 MiB chunks to stay below that.
 
+#![allow(clippy::result_large_err)] // openraft's trait signatures fix `StorageError`.
+
 pub mod durability;
 pub mod log_store;
 pub mod network;

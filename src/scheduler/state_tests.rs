@@ -336,7 +336,7 @@ fn list_pages_and_filters() {
 
 #[test]
 fn replicas_applying_the_same_log_agree() {
-    let log = vec![
+    let log = [
         req(T0, create("a", "* * * * *", Some("r"))),
         req(T0 + 1, create("b", "*/3 * * * *", None)),
         req(

@@ -292,7 +292,8 @@ mod tests {
     #[test]
     fn spec_fields_name_the_field() {
         validate_spec(&spec()).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut JobSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.job_type.clear()), "type: must not be empty"),
             (Box::new(|s| s.job_type = "Http".into()), "type: \"Http\""),
             (

@@ -278,7 +278,7 @@ pub fn job(id: &str) -> pb::ScheduledJob {
         r#type: "noop".into(),
         owner_service: "tests".into(),
         schedule: "*/5 * * * *".into(),
-        payload: b"{}".to_vec().into(),
+        payload: b"{}".to_vec(),
         ..Default::default()
     }
 }
