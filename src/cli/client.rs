@@ -89,6 +89,18 @@ impl Client {
         Ok(endpoint.connect_lazy())
     }
 
+    /// Sends `message` through `rpc` (a generated client method wrapped in a
+    /// closure) to the first endpoint that gives a definite answer.
+    pub async fn send<M, T, F, Fut>(&self, message: &M, rpc: F) -> Result<T, Status>
+    where
+        M: Clone,
+        F: Fn(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call(|channel| rpc(channel, self.request(message.clone())))
+            .await
+    }
+
     /// Calls `f` against the endpoints until one gives a definite answer.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where

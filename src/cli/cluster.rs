@@ -89,9 +89,8 @@ pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
     let status = match cmd.action {
         ClusterAction::Status => {
             client
-                .call(|ch| {
-                    let req = client.request(pb::ClusterStatusRequest {});
-                    async move { ClusterServiceClient::new(ch).status(req).await }
+                .send(&pb::ClusterStatusRequest {}, |ch, r| async move {
+                    ClusterServiceClient::new(ch).status(r).await
                 })
                 .await
         }
@@ -101,17 +100,15 @@ pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 grpc_addr: addr,
             };
             client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { ClusterServiceClient::new(ch).add_node(req).await }
+                .send(&req, |ch, r| async move {
+                    ClusterServiceClient::new(ch).add_node(r).await
                 })
                 .await
         }
         ClusterAction::RemoveNode { node_id } => {
             client
-                .call(|ch| {
-                    let req = client.request(pb::RemoveNodeRequest { node_id });
-                    async move { ClusterServiceClient::new(ch).remove_node(req).await }
+                .send(&pb::RemoveNodeRequest { node_id }, |ch, r| async move {
+                    ClusterServiceClient::new(ch).remove_node(r).await
                 })
                 .await
         }

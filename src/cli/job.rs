@@ -391,9 +391,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
         let client = &client;
         async move {
             client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).get_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).get_job(r).await
                 })
                 .await
         }
@@ -414,9 +413,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 request_id: request_id.unwrap_or_else(fresh_request_id),
             };
             let created = client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).create_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).create_job(r).await
                 })
                 .await
                 .map_err(fail)?;
@@ -456,9 +454,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
             let mut all = pb::ListJobsResponse::default();
             loop {
                 let page = client
-                    .call(|ch| {
-                        let req = client.request(req.clone());
-                        async move { JobServiceClient::new(ch).list_jobs(req).await }
+                    .send(&req, |ch, r| async move {
+                        JobServiceClient::new(ch).list_jobs(r).await
                     })
                     .await
                     .map_err(fail)?;
@@ -518,9 +515,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 update_mask: Some(FieldMask { paths: mask }),
             };
             let updated = client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).update_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).update_job(r).await
                 })
                 .await
                 .map_err(fail)?;
@@ -532,9 +528,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 version: version.unwrap_or(0),
             };
             let reply = client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).delete_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).delete_job(r).await
                 })
                 .await
                 .map_err(fail)?;
@@ -543,9 +538,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
         JobAction::Pause { id } => {
             let req = pb::PauseJobRequest { id };
             let job = client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).pause_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).pause_job(r).await
                 })
                 .await
                 .map_err(fail)?;
@@ -554,9 +548,8 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
         JobAction::Resume { id } => {
             let req = pb::ResumeJobRequest { id };
             let job = client
-                .call(|ch| {
-                    let req = client.request(req.clone());
-                    async move { JobServiceClient::new(ch).resume_job(req).await }
+                .send(&req, |ch, r| async move {
+                    JobServiceClient::new(ch).resume_job(r).await
                 })
                 .await
                 .map_err(fail)?;

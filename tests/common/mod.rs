@@ -91,9 +91,36 @@ impl TestCluster {
         &self.nodes[(id - 1) as usize]
     }
 
-    /// (Re)starts node `id` on its data directory.
+    /// (Re)starts node `id` on its data directory, with `--initial-cluster`.
     pub fn spawn(&mut self, id: u64) {
-        let initial = self.initial_cluster.clone();
+        self.spawn_with(id, true);
+    }
+
+    /// Adds a node process that is not in `--initial-cluster` (to be added with
+    /// `cluster add-node`) and returns its id.
+    pub fn spawn_new_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        let data_dir = self._dir.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        self.nodes.push(TestNode {
+            id,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            log: self._dir.path().join(format!("node-{id}.log")),
+            data_dir,
+            child: None,
+        });
+        self.spawn_with(id, false);
+        id
+    }
+
+    /// (Re)starts node `id`, with or without `--initial-cluster`.
+    pub fn spawn_with(&mut self, id: u64, initial_cluster: bool) {
+        let initial = if initial_cluster {
+            format!("--initial-cluster={}", self.initial_cluster)
+        } else {
+            String::new()
+        };
         let extra = self.extra_args.clone();
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
@@ -109,7 +136,7 @@ impl TestCluster {
             .arg(format!("--grpc-addr={}", node.grpc))
             .arg(format!("--http-addr={}", node.http))
             .arg(format!("--cluster-addr=127.0.0.1:{}", free_port()))
-            .arg(format!("--initial-cluster={initial}"))
+            .args((!initial.is_empty()).then_some(initial))
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())

@@ -1,0 +1,237 @@
+//! Operating a cluster: growing and shrinking it with the CLI, restarting a
+//! node without `--initial-cluster`, `kairos dev`, and `kairos cron next`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{create, free_port, TestCluster, KAIROS};
+use kairos::proto as pb;
+
+const READY: Duration = Duration::from_secs(30);
+
+fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+    Command::new(KAIROS)
+        .arg("--endpoints")
+        .arg(endpoints)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn voters(status: &pb::ClusterStatus) -> Vec<u64> {
+    status
+        .nodes
+        .iter()
+        .filter(|n| n.voter)
+        .map(|n| n.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
+    let mut cluster = TestCluster::start(3, &[]);
+    cluster.wait_ready(READY).await;
+    for i in 0..20 {
+        assert!(create(&cluster, 1 + i % 3, &format!("pre-{i}")).await);
+    }
+
+    // A node started without --initial-cluster waits to be added: no leader, not ready.
+    let new = cluster.spawn_new_node();
+    let (code, body) = loop {
+        if let Ok(reply) = kairos::http::fetch(&cluster.node(new).http, "/readyz").await {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+
+    let endpoints = cluster.node(1).grpc.clone();
+    let added = cli(
+        &endpoints,
+        &[
+            "cluster",
+            "add-node",
+            "--node-id",
+            &new.to_string(),
+            "--addr",
+            &cluster.node(new).grpc,
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let status = cluster.status(1).await;
+    assert_eq!(voters(&status), vec![1, 2, 3, new]);
+    cluster.wait_ready(READY).await;
+    let ids = cluster
+        .list_ids(new, pb::ReadConsistency::Linearizable)
+        .await;
+    assert_eq!(ids.len(), 20, "the new node serves every job");
+
+    // Removing an unknown node fails with one line; removing the new one shrinks the cluster.
+    let unknown = cli(&endpoints, &["cluster", "remove-node", "--node-id", "42"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr)
+        .starts_with("error: NotFound: node 42 is not a member"));
+    let removed = cli(
+        &endpoints,
+        &["cluster", "remove-node", "--node-id", &new.to_string()],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(voters(&cluster.status(1).await), vec![1, 2, 3]);
+    cluster.stop(new);
+
+    // A member restarted on its data dir without --initial-cluster rejoins.
+    cluster.stop(2);
+    cluster.spawn_with(2, false);
+    cluster.wait_ready(READY).await;
+    assert!(create(&cluster, 2, "after-restart").await);
+    assert_eq!(
+        cluster
+            .list_ids(2, pb::ReadConsistency::Linearizable)
+            .await
+            .len(),
+        21
+    );
+}
+
+/// A base port B such that B+1..=B+3, B+101..=B+103 and B+201..=B+203 are free now.
+fn free_dev_base() -> u16 {
+    for _ in 0..50 {
+        let base = free_port().saturating_sub(300).max(1024);
+        let ports: Vec<u16> = [1, 2, 3, 101, 102, 103, 201, 202, 203]
+            .iter()
+            .map(|o| base + o)
+            .collect();
+        let held: Vec<_> = ports
+            .iter()
+            .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
+            .collect();
+        if held.len() == ports.len() {
+            return base;
+        }
+    }
+    panic!("no free block of dev ports");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_dev_base();
+    let mut dev = Command::new(KAIROS)
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Some(Ok(line)) = lines.next() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kairos dev did not report ready in 60 s");
+        if line.contains("Kairos dev cluster is ready") {
+            break;
+        }
+    }
+
+    let endpoints: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    let created = cli(
+        &endpoints.join(","),
+        &[
+            "job",
+            "create",
+            "dev-job",
+            "--type",
+            "noop",
+            "--schedule",
+            "@daily",
+        ],
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "kairos dev exited with {status}");
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("All nodes stopped")),
+        "{rest:?}"
+    );
+    for endpoint in &endpoints {
+        TcpListener::bind(endpoint.as_str())
+            .unwrap_or_else(|e| panic!("{endpoint} still in use after dev stopped: {e}"));
+    }
+}
+
+#[test]
+fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
+    let out = Command::new(KAIROS)
+        .args([
+            "cron",
+            "next",
+            "30 2 * * *",
+            "--tz",
+            "Europe/Berlin",
+            "--after",
+            "2026-03-28T00:00:00Z",
+            "--count",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // 02:30 does not exist on 2026-03-29: the fire moves to the first instant after the gap.
+    assert_eq!(
+        lines,
+        [
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-30T02:30:00+02:00"
+        ]
+    );
+
+    let bad = Command::new(KAIROS)
+        .args(["cron", "next", "* * *"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).starts_with("error: schedule.cron: expected 5 fields")
+    );
+}
