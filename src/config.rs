@@ -117,19 +117,16 @@ pub struct AgentConfig {
 }
 
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr> {
-    value.parse().map_err(|e| {
-        Error::InvalidArgument(format!(
-            "--{flag}: {value:?} is not an ip:port address ({e})"
-        ))
-    })
+    value
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("--{flag}: {value:?} is not an ip:port address ({e})")))
 }
 
 /// Parses `1=127.0.0.1:7101,2=127.0.0.1:7102`.
 pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<NodeId, String>> {
     let mut members = BTreeMap::new();
     for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad =
-            || Error::InvalidArgument(format!("--initial-cluster: {part:?} is not id=host:port"));
+        let bad = || Error::InvalidArgument(format!("--initial-cluster: {part:?} is not id=host:port"));
         let (id, addr) = part.split_once('=').ok_or_else(bad)?;
         let id: NodeId = id.trim().parse().map_err(|_| bad())?;
         let addr = addr.trim();
@@ -153,12 +150,10 @@ impl AgentConfig {
     pub fn resolve(args: AgentArgs) -> Result<AgentConfig> {
         let args = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::InvalidArgument(format!("--config {}: {e}", path.display()))
-                })?;
-                let file: FileSettings = toml::from_str(&text).map_err(|e| {
-                    Error::InvalidArgument(format!("--config {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::InvalidArgument(format!("--config {}: {e}", path.display())))?;
+                let file: FileSettings = toml::from_str(&text)
+                    .map_err(|e| Error::InvalidArgument(format!("--config {}: {e}", path.display())))?;
                 args.clone().merge(file)
             }
             None => args,
@@ -171,10 +166,7 @@ impl AgentConfig {
                 "--node-id: must be a positive integer".into(),
             ));
         }
-        let grpc_addr = socket_addr(
-            "grpc-addr",
-            args.grpc_addr.as_deref().unwrap_or("127.0.0.1:7101"),
-        )?;
+        let grpc_addr = socket_addr("grpc-addr", args.grpc_addr.as_deref().unwrap_or("127.0.0.1:7101"))?;
         let initial_cluster = parse_initial_cluster(args.initial_cluster.as_deref().unwrap_or(""))?;
         let advertise_addr = args
             .advertise_addr
@@ -187,10 +179,7 @@ impl AgentConfig {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(format!("kairos-data/node-{node_id}"))),
             grpc_addr,
-            http_addr: socket_addr(
-                "http-addr",
-                args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"),
-            )?,
+            http_addr: socket_addr("http-addr", args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"))?,
             cluster_addr: socket_addr(
                 "cluster-addr",
                 args.cluster_addr.as_deref().unwrap_or("127.0.0.1:7301"),
@@ -201,13 +190,9 @@ impl AgentConfig {
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
-                election_timeout_ms: args
-                    .election_timeout_ms
-                    .unwrap_or(defaults.election_timeout_ms),
+                election_timeout_ms: args.election_timeout_ms.unwrap_or(defaults.election_timeout_ms),
                 snapshot_logs: args.snapshot_logs.unwrap_or(defaults.snapshot_logs),
-                snapshot_keep_logs: args
-                    .snapshot_keep_logs
-                    .unwrap_or(defaults.snapshot_keep_logs),
+                snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(defaults.snapshot_keep_logs),
             },
         })
     }
@@ -219,8 +204,7 @@ mod tests {
 
     #[test]
     fn initial_cluster_parses_and_refuses_garbage() {
-        let m =
-            parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=localhost:7103").unwrap();
+        let m = parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=localhost:7103").unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!(m[&3], "localhost:7103");
         for bad in [

@@ -45,20 +45,14 @@ pub async fn serve(
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     match app.node.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {reason}\n"),
-        ),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
     }
 }
 
 async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
     let body = app.metrics.render(&app.node);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
     )
 }

@@ -111,11 +111,7 @@ impl Metrics {
             "Log index of the latest snapshot",
             m.raft_snapshot_index.clone(),
         );
-        registry.register(
-            "jobs_stored",
-            "Jobs in the applied state",
-            m.jobs_stored.clone(),
-        );
+        registry.register("jobs_stored", "Jobs in the applied state", m.jobs_stored.clone());
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -140,16 +136,12 @@ impl Metrics {
         let report = node.report();
         let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.raft_term.set(as_gauge(report.term));
-        self.raft_leader_id
-            .set(as_gauge(report.leader.unwrap_or(0)));
-        self.raft_is_leader
-            .set(i64::from(report.leader == Some(node.id)));
+        self.raft_leader_id.set(as_gauge(report.leader.unwrap_or(0)));
+        self.raft_is_leader.set(i64::from(report.leader == Some(node.id)));
         self.raft_commit_index.set(as_gauge(report.commit_index));
         self.raft_applied_index.set(as_gauge(report.applied_index));
-        self.raft_last_log_index
-            .set(as_gauge(report.last_log_index));
-        self.raft_snapshot_index
-            .set(as_gauge(report.snapshot_index));
+        self.raft_last_log_index.set(as_gauge(report.last_log_index));
+        self.raft_snapshot_index.set(as_gauge(report.snapshot_index));
         self.jobs_stored
             .set(as_gauge(node.state.read().job_count() as u64));
         let mut out = String::new();

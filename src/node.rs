@@ -267,12 +267,7 @@ impl Node {
     fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&leader)?
-            .addr
-            .clone();
+        let addr = m.membership_config.membership().get_node(&leader)?.addr.clone();
         Some((leader, addr))
     }
 
@@ -281,8 +276,7 @@ impl Node {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client =
-            peer_client(addr).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
+        let client = peer_client(addr).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -298,9 +292,7 @@ impl Node {
 
     /// Adds a node: learner first, voter once it has caught up.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<()> {
-        self.route(Forwarded::AddNode { id, addr })
-            .await
-            .map(|_| ())
+        self.route(Forwarded::AddNode { id, addr }).await.map(|_| ())
     }
 
     /// Removes a node from the membership.
@@ -354,16 +346,10 @@ impl Node {
             data: encode(request)?,
         });
         call.set_timeout(PEER_CALL_TIMEOUT);
-        let reply = client
-            .forward(call)
-            .await
-            .map_err(|status| Error::Unavailable {
-                message: format!(
-                    "forwarding to the leader at {addr} failed: {}",
-                    status.message()
-                ),
-                leader: Some(addr.to_string()),
-            })?;
+        let reply = client.forward(call).await.map_err(|status| Error::Unavailable {
+            message: format!("forwarding to the leader at {addr} failed: {}", status.message()),
+            leader: Some(addr.to_string()),
+        })?;
         decode::<Result<Response>>(&reply.into_inner().data)?
     }
 
@@ -407,9 +393,7 @@ impl Node {
                     return Err(Error::NotFound(format!("node {id} is not a member")));
                 };
                 if *voter && members.values().filter(|(_, v)| *v).count() == 1 {
-                    return Err(Error::FailedPrecondition(format!(
-                        "node {id} is the last voter"
-                    )));
+                    return Err(Error::FailedPrecondition(format!("node {id} is the last voter")));
                 }
                 let change = if *voter {
                     ChangeMembers::RemoveVoters([id].into())
@@ -437,9 +421,7 @@ impl Node {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 Error::FailedPrecondition(format!("membership change refused: {e}"))
             }
-            RaftError::Fatal(e) => {
-                Error::unavailable(format!("node {} is shutting down: {e}", self.id))
-            }
+            RaftError::Fatal(e) => Error::unavailable(format!("node {} is shutting down: {e}", self.id)),
         }
     }
 

@@ -13,11 +13,7 @@ use tonic::Code;
 const READY: Duration = Duration::from_secs(30);
 
 fn follower_of(cluster: &TestCluster, leader: u64) -> u64 {
-    cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap()
+    cluster.running().into_iter().find(|&id| id != leader).unwrap()
 }
 
 async fn job_count(cluster: &TestCluster, via: u64) -> usize {
@@ -97,10 +93,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (updated.version, updated.owner_service.as_str()),
-        (2, "billing")
-    );
+    assert_eq!((updated.version, updated.owner_service.as_str()), (2, "billing"));
     change.owner_service = "stale".into();
     let err = on_follower
         .update_job(pb::UpdateJobRequest {
@@ -110,11 +103,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
-    assert!(
-        err.message().contains("version 2, not 1"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("version 2, not 1"), "{}", err.message());
     let now = on_leader
         .get_job(pb::GetJobRequest {
             id: "report".into(),
@@ -212,9 +201,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
 
     // Pause, resume, delete with a version.
     let paused = on_follower
-        .pause_job(pb::PauseJobRequest {
-            id: "report".into(),
-        })
+        .pause_job(pb::PauseJobRequest { id: "report".into() })
         .await
         .unwrap()
         .into_inner();
@@ -223,9 +210,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         (pb::JobStatus::Paused as i32, None)
     );
     let resumed = on_follower
-        .resume_job(pb::ResumeJobRequest {
-            id: "report".into(),
-        })
+        .resume_job(pb::ResumeJobRequest { id: "report".into() })
         .await
         .unwrap()
         .into_inner();
@@ -265,9 +250,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         }
         if id == follower {
             assert!(
-                body.contains(
-                    "kairos_api_requests_total{method=\"CreateJob\",code=\"InvalidArgument\"}"
-                ),
+                body.contains("kairos_api_requests_total{method=\"CreateJob\",code=\"InvalidArgument\"}"),
                 "{body}"
             );
             assert!(
@@ -278,11 +261,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     }
 
     // The CLI: success prints the job, failure exits non-zero with one line.
-    let endpoints = format!(
-        "{},{}",
-        cluster.node(follower).grpc,
-        cluster.node(leader).grpc
-    );
+    let endpoints = format!("{},{}", cluster.node(follower).grpc, cluster.node(leader).grpc);
     let ok = cli(
         &endpoints,
         &[
@@ -297,11 +276,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
             "json",
         ],
     );
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let printed: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(printed["id"], "cli-job");
     assert_eq!(printed["status"], "JOB_STATUS_ACTIVE");

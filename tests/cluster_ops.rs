@@ -23,12 +23,7 @@ fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
 }
 
 fn voters(status: &pb::ClusterStatus) -> Vec<u64> {
-    status
-        .nodes
-        .iter()
-        .filter(|n| n.voter)
-        .map(|n| n.id)
-        .collect()
+    status.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,16 +64,13 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     let status = cluster.status(1).await;
     assert_eq!(voters(&status), vec![1, 2, 3, new]);
     cluster.wait_ready(READY).await;
-    let ids = cluster
-        .list_ids(new, pb::ReadConsistency::Linearizable)
-        .await;
+    let ids = cluster.list_ids(new, pb::ReadConsistency::Linearizable).await;
     assert_eq!(ids.len(), 20, "the new node serves every job");
 
     // Removing an unknown node fails with one line; removing the new one shrinks the cluster.
     let unknown = cli(&endpoints, &["cluster", "remove-node", "--node-id", "42"]);
     assert_eq!(unknown.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&unknown.stderr)
-        .starts_with("error: NotFound: node 42 is not a member"));
+    assert!(String::from_utf8_lossy(&unknown.stderr).starts_with("error: NotFound: node 42 is not a member"));
     let removed = cli(
         &endpoints,
         &["cluster", "remove-node", "--node-id", &new.to_string()],
@@ -97,10 +89,7 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     cluster.wait_ready(READY).await;
     assert!(create(&cluster, 2, "after-restart").await);
     assert_eq!(
-        cluster
-            .list_ids(2, pb::ReadConsistency::Linearizable)
-            .await
-            .len(),
+        cluster.list_ids(2, pb::ReadConsistency::Linearizable).await.len(),
         21
     );
 }
@@ -180,10 +169,7 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
     let status = dev.wait().unwrap();
     assert!(status.success(), "kairos dev exited with {status}");
     let rest: Vec<String> = rx.iter().collect();
-    assert!(
-        rest.iter().any(|l| l.contains("All nodes stopped")),
-        "{rest:?}"
-    );
+    assert!(rest.iter().any(|l| l.contains("All nodes stopped")), "{rest:?}");
     for endpoint in &endpoints {
         TcpListener::bind(endpoint.as_str())
             .unwrap_or_else(|e| panic!("{endpoint} still in use after dev stopped: {e}"));
@@ -206,11 +192,7 @@ fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -231,7 +213,5 @@ fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).starts_with("error: schedule.cron: expected 5 fields")
-    );
+    assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: schedule.cron: expected 5 fields"));
 }

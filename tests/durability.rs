@@ -38,9 +38,7 @@ fn parse(trace: &str) -> Vec<Event> {
             pending.insert(pid.to_string(), on_data_file);
         } else if is_sync_call && rest.ends_with("= 0") && on_data_file {
             events.push(Event::DataFileSynced);
-        } else if rest.starts_with("<... fdatasync resumed>")
-            || rest.starts_with("<... fsync resumed>")
-        {
+        } else if rest.starts_with("<... fdatasync resumed>") || rest.starts_with("<... fsync resumed>") {
             if pending.remove(pid) == Some(true) && rest.ends_with("= 0") {
                 events.push(Event::DataFileSynced);
             }

@@ -27,11 +27,7 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
             acked.insert(id);
         }
     }
-    assert_eq!(
-        acked.len(),
-        200,
-        "a healthy cluster acknowledges every create"
-    );
+    assert_eq!(acked.len(), 200, "a healthy cluster acknowledges every create");
 
     // kill -9 the leader.
     let old_leader = cluster.wait_leader(READY).await;
@@ -63,9 +59,7 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
 
     // Every acknowledged job is readable from every survivor, linearizably.
     for &id in &survivors {
-        let ids = cluster
-            .list_ids(id, pb::ReadConsistency::Linearizable)
-            .await;
+        let ids = cluster.list_ids(id, pb::ReadConsistency::Linearizable).await;
         assert!(
             acked.is_subset(&ids),
             "node {id} misses {:?}",
@@ -85,9 +79,7 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
     cluster.spawn(old_leader);
     cluster.wait_ready(READY).await;
     wait_applied(&cluster, old_leader, leader_view.commit_index).await;
-    let ids = cluster
-        .list_ids(old_leader, pb::ReadConsistency::Stale)
-        .await;
+    let ids = cluster.list_ids(old_leader, pb::ReadConsistency::Stale).await;
     assert!(
         acked.is_subset(&ids),
         "restarted node misses {:?}",
@@ -107,9 +99,7 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
     }
     cluster.wait_ready(READY).await;
     for id in 1..=3 {
-        let ids = cluster
-            .list_ids(id, pb::ReadConsistency::Linearizable)
-            .await;
+        let ids = cluster.list_ids(id, pb::ReadConsistency::Linearizable).await;
         assert_eq!(ids, acked, "node {id} after a full restart");
     }
 }

@@ -105,9 +105,7 @@ impl ClusterService for Api {
         self.observed("AddNode", async {
             let req = request.into_inner();
             if req.node_id == 0 {
-                return Err(Status::invalid_argument(
-                    "node_id: must be a positive integer",
-                ));
+                return Err(Status::invalid_argument("node_id: must be a positive integer"));
             }
             check_addr(&req.grpc_addr)?;
             self.node
@@ -125,10 +123,7 @@ impl ClusterService for Api {
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         self.observed("RemoveNode", async {
             let req = request.into_inner();
-            self.node
-                .remove_node(req.node_id)
-                .await
-                .map_err(to_status)?;
+            self.node.remove_node(req.node_id).await.map_err(to_status)?;
             Ok(Response::new(self.cluster_status().await))
         })
         .await

@@ -11,9 +11,7 @@ use pbjson_types::{Duration as PbDuration, Timestamp as PbTimestamp};
 
 use crate::error::{Error, Result};
 use crate::proto as pb;
-use crate::scheduler::job::{
-    Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
-};
+use crate::scheduler::job::{Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts};
 use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, ScheduleSpec};
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -126,11 +124,7 @@ fn metadata_from_pb(m: Option<&pb::Metadata>) -> Result<Metadata> {
         _ => String::new(),
     };
     Ok(Metadata {
-        labels: m
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         fields_json,
     })
 }
@@ -142,11 +136,7 @@ fn metadata_to_pb(m: &Metadata) -> pb::Metadata {
         serde_json::from_str(&m.fields_json).ok()
     };
     pb::Metadata {
-        labels: m
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         fields,
     }
 }
@@ -223,11 +213,7 @@ pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
                     "policies.retry.max_interval",
                     initial.saturating_mul(100),
                 )?,
-                jitter: if r.jitter == 0.0 {
-                    d.retry.jitter
-                } else {
-                    r.jitter
-                },
+                jitter: if r.jitter == 0.0 { d.retry.jitter } else { r.jitter },
                 non_retryable_errors: r.non_retryable_errors.clone(),
             }
         }
@@ -346,12 +332,8 @@ pub fn patch_from_pb(job: &pb::ScheduledJob, mask: &[String]) -> Result<JobPatch
     for path in paths {
         match path.as_str() {
             "type" => patch.job_type = Some(job.r#type.clone()),
-            "owner_service" | "ownerService" => {
-                patch.owner_service = Some(job.owner_service.clone())
-            }
-            "schedule" | "schedule_spec" | "scheduleSpec" => {
-                patch.schedule = Some(schedule_from_pb(job)?)
-            }
+            "owner_service" | "ownerService" => patch.owner_service = Some(job.owner_service.clone()),
+            "schedule" | "schedule_spec" | "scheduleSpec" => patch.schedule = Some(schedule_from_pb(job)?),
             "payload" => patch.payload = Some(job.payload.to_vec()),
             "metadata" => patch.metadata = Some(metadata_from_pb(job.metadata.as_ref())?),
             "policies" => patch.policies = Some(policies_from_pb(job.policies.as_ref())?),
@@ -469,10 +451,7 @@ mod tests {
     #[test]
     fn unknown_mask_path_is_refused() {
         let err = patch_from_pb(&job_message(), &["version".into()]).unwrap_err();
-        assert!(
-            err.to_string().contains("update_mask: \"version\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("update_mask: \"version\""), "{err}");
         let patch = patch_from_pb(&job_message(), &["ownerService".into()]).unwrap();
         assert_eq!(patch.owner_service.as_deref(), Some(""));
         assert!(patch.schedule.is_none());

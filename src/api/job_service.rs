@@ -57,9 +57,7 @@ impl JobService for Api {
         self.observed("CreateJob", async {
             let principal = principal(&request);
             let req = request.into_inner();
-            let job = req
-                .job
-                .ok_or_else(|| Status::invalid_argument("job: required"))?;
+            let job = req.job.ok_or_else(|| Status::invalid_argument("job: required"))?;
             required_id(&job.id)?;
             validate_request_id(&req.request_id).map_err(to_status)?;
             let spec = spec_from_pb(&job).map_err(to_status)?;
@@ -132,9 +130,7 @@ impl JobService for Api {
         self.observed("UpdateJob", async {
             let principal = principal(&request);
             let req = request.into_inner();
-            let job = req
-                .job
-                .ok_or_else(|| Status::invalid_argument("job: required"))?;
+            let job = req.job.ok_or_else(|| Status::invalid_argument("job: required"))?;
             required_id(&job.id)?;
             if job.version == 0 {
                 return Err(Status::invalid_argument(
@@ -180,14 +176,7 @@ impl JobService for Api {
             let principal = principal(&request);
             let id = request.into_inner().id;
             required_id(&id)?;
-            job_reply(
-                write(
-                    &self.node,
-                    &principal,
-                    Command::SetPaused { id, paused: true },
-                )
-                .await?,
-            )
+            job_reply(write(&self.node, &principal, Command::SetPaused { id, paused: true }).await?)
         })
         .await
     }
@@ -200,14 +189,7 @@ impl JobService for Api {
             let principal = principal(&request);
             let id = request.into_inner().id;
             required_id(&id)?;
-            job_reply(
-                write(
-                    &self.node,
-                    &principal,
-                    Command::SetPaused { id, paused: false },
-                )
-                .await?,
-            )
+            job_reply(write(&self.node, &principal, Command::SetPaused { id, paused: false }).await?)
         })
         .await
     }

@@ -41,10 +41,7 @@ impl RaftService for PeerApi {
         payload(&self.node.raft.append_entries(rpc).await)
     }
 
-    async fn vote(
-        &self,
-        request: Request<pb::RaftPayload>,
-    ) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = decode_payload(request)?;
         payload(&self.node.raft.vote(rpc).await)
     }
@@ -57,10 +54,7 @@ impl RaftService for PeerApi {
         payload(&self.node.raft.install_snapshot(rpc).await)
     }
 
-    async fn forward(
-        &self,
-        request: Request<pb::RaftPayload>,
-    ) -> Result<Response<pb::RaftPayload>, Status> {
+    async fn forward(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let forwarded: Forwarded = decode_payload(request)?;
         payload(&self.node.execute(forwarded).await)
     }

@@ -118,11 +118,7 @@ impl Client {
             match f(Self::channel(&addr)?).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if status.code() == Code::Unavailable => {
-                    if let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                    {
+                    if let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
                         queue.insert(0, leader.to_string());
                     }
                     last_error = Status::unavailable(format!("{addr}: {}", status.message()));

@@ -48,11 +48,7 @@ fn print_status(status: &pb::ClusterStatus) {
         .iter()
         .map(|n| {
             let role = pb::NodeRole::try_from(n.role)
-                .map(|r| {
-                    r.as_str_name()
-                        .trim_start_matches("NODE_ROLE_")
-                        .to_lowercase()
-                })
+                .map(|r| r.as_str_name().trim_start_matches("NODE_ROLE_").to_lowercase())
                 .unwrap_or_default();
             let unreachable = n.role == pb::NodeRole::Unreachable as i32;
             let num = |v: u64| {

@@ -131,10 +131,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for node in &mut nodes {
         node.stop().await;
     }
-    println!(
-        "All nodes stopped. Data kept in {}.",
-        args.data_dir.display()
-    );
+    println!("All nodes stopped. Data kept in {}.", args.data_dir.display());
     Ok(())
 }
 

@@ -218,9 +218,7 @@ impl JobFields {
                 timezone: self.tz.clone().unwrap_or_default(),
             }))
         } else if let Some(at) = self.at {
-            Some(pb::schedule_spec::Kind::At(ms_timestamp(
-                at.timestamp_millis(),
-            )))
+            Some(pb::schedule_spec::Kind::At(ms_timestamp(at.timestamp_millis())))
         } else {
             self.every.map(|every| {
                 pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
@@ -238,16 +236,15 @@ impl JobFields {
             mask.push("payload");
         }
         if let Some(path) = &self.payload_file {
-            job.payload = std::fs::read(path)
-                .with_context(|| format!("--payload-file {}", path.display()))?;
+            job.payload =
+                std::fs::read(path).with_context(|| format!("--payload-file {}", path.display()))?;
             mask.push("payload");
         }
         if !self.labels.is_empty() || self.fields.is_some() {
             let metadata = job.metadata.get_or_insert_with(Default::default);
             metadata.labels.extend(self.labels.iter().cloned());
             if let Some(fields) = &self.fields {
-                metadata.fields =
-                    Some(serde_json::from_str(fields).context("--fields: not a JSON object")?);
+                metadata.fields = Some(serde_json::from_str(fields).context("--fields: not a JSON object")?);
             }
             mask.push("metadata");
         }
@@ -302,9 +299,7 @@ impl JobFields {
             }
         }
         if let Some(d) = self.attempt_timeout {
-            p.timeouts
-                .get_or_insert_with(Default::default)
-                .attempt_timeout = Some(ms_duration(ms(d)));
+            p.timeouts.get_or_insert_with(Default::default).attempt_timeout = Some(ms_duration(ms(d)));
         }
         *p != before
     }
@@ -326,11 +321,7 @@ fn time(t: &Option<pbjson_types::Timestamp>) -> String {
 
 fn status_name(v: i32) -> String {
     pb::JobStatus::try_from(v)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("JOB_STATUS_")
-                .to_lowercase()
-        })
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATUS_").to_lowercase())
         .unwrap_or_else(|_| v.to_string())
 }
 
@@ -391,9 +382,10 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
         let client = &client;
         async move {
             client
-                .send(&req, |ch, r| async move {
-                    JobServiceClient::new(ch).get_job(r).await
-                })
+                .send(
+                    &req,
+                    |ch, r| async move { JobServiceClient::new(ch).get_job(r).await },
+                )
                 .await
         }
     };
@@ -487,9 +479,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 output::table(
-                    &[
-                        "ID", "TYPE", "OWNER", "SCHEDULE", "STATUS", "NEXT RUN", "VERSION",
-                    ],
+                    &["ID", "TYPE", "OWNER", "SCHEDULE", "STATUS", "NEXT RUN", "VERSION"],
                     &rows,
                 );
                 if !all.next_page_token.is_empty() {
@@ -497,11 +487,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 }
             })
         }
-        JobAction::Update {
-            id,
-            version,
-            fields,
-        } => {
+        JobAction::Update { id, version, fields } => {
             let mut job = get(id, false).await.map_err(fail)?;
             if let Some(v) = version {
                 job.version = v;

@@ -41,11 +41,7 @@ pub fn fields(pairs: &[(&str, String)]) {
 }
 
 /// Prints in the chosen format: JSON of `value`, or the table printer.
-pub fn print<T: Serialize>(
-    output: Output,
-    value: &T,
-    as_table: impl FnOnce(&T),
-) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(output: Output, value: &T, as_table: impl FnOnce(&T)) -> anyhow::Result<()> {
     match output {
         Output::Json => json(value),
         Output::Table => {

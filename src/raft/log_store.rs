@@ -65,8 +65,7 @@ impl LogStore {
             meta,
             committed: Arc::new(AtomicU64::new(0)),
         };
-        let committed: Option<LogId<NodeId>> =
-            store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
+        let committed: Option<LogId<NodeId>> = store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
         store
             .committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
@@ -83,10 +82,7 @@ impl LogStore {
         self.committed.clone()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StorageError> {
+    fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         match self.meta.get(key).map_err(io_read)? {
             Some(bytes) => Ok(Some(decode(&bytes).map_err(io_read)?)),
             None => Ok(None),
@@ -158,10 +154,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(VOTE_KEY)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         // Not synced: a lost committed index is recomputed by the leader; it only
         // lets a restarted node apply what it already knows is committed sooner.
         self.write_meta(COMMITTED_KEY, &committed)?;
@@ -171,26 +164,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        Ok(self
-            .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?
-            .flatten())
+        Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(
-                &log_key(entry.log_id.index),
-                encode(&entry).map_err(io_write)?,
-            );
+            batch.insert(&log_key(entry.log_id.index), encode(&entry).map_err(io_write)?);
         }
         self.log.apply_batch(batch).map_err(io_write)?;
         let synced = self.disk.sync_async().await;

@@ -69,9 +69,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Opens (or creates) the node's sled database under `data_dir` and returns the
 /// log store and state machine that share it.
-pub fn open_storage(
-    data_dir: &Path,
-) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
+pub fn open_storage(data_dir: &Path) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
     let disk = durability::Disk::open(&data_dir.join("sled"))?;
     let log = log_store::LogStore::open(disk.clone())?;
     let sm = state_machine::StateMachineStore::open(disk)?;

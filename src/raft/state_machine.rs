@@ -29,8 +29,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
-    SnapshotMeta, StorageIOError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,15 +71,11 @@ pub struct StateHandle(Arc<RwLock<State>>);
 impl StateHandle {
     /// A read guard on the state. Hold it briefly: `apply` waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.0
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -175,10 +171,7 @@ impl StateMachineStore {
             batch.insert(request_key(rid), encode(record).map_err(sm_write)?);
         }
         batch.insert(APPLIED_KEY, encode(&meta.last_log_id).map_err(sm_write)?);
-        batch.insert(
-            MEMBERSHIP_KEY,
-            encode(&meta.last_membership).map_err(sm_write)?,
-        );
+        batch.insert(MEMBERSHIP_KEY, encode(&meta.last_membership).map_err(sm_write)?);
         self.tables.apply_batch(batch).map_err(sm_write)?;
         self.disk.sync().map_err(sm_write)?;
 
@@ -199,12 +192,7 @@ impl StateMachineStore {
                 .snapshots
                 .get(chunk_key(n))
                 .map_err(snap_read)?
-                .ok_or_else(|| {
-                    snap_read(format!(
-                        "snapshot chunk {n} of {} is missing",
-                        stored.chunks
-                    ))
-                })?;
+                .ok_or_else(|| snap_read(format!("snapshot chunk {n} of {} is missing", stored.chunks)))?;
             data.extend_from_slice(&chunk);
         }
         if data.len() as u64 != stored.bytes {
@@ -317,9 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             for rid in &changes.requests {
                 match state.request(rid) {
-                    Some(record) => {
-                        batch.insert(request_key(rid), encode(record).map_err(sm_write)?)
-                    }
+                    Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
                     None => batch.remove(request_key(rid)),
                 }
             }

@@ -64,28 +64,20 @@ async fn log_vote_and_state_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, mut sm) = open_storage(dir.path()).unwrap();
-        let entries: Vec<_> = (1..=3)
-            .map(|i| create_entry(i, &format!("job-{i}")))
-            .collect();
+        let entries: Vec<_> = (1..=3).map(|i| create_entry(i, &format!("job-{i}"))).collect();
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_vote(&Vote::new(4, 2)).await.unwrap();
         sm.apply(entries.into_iter().take(2)).await.unwrap();
     }
     let (mut log, mut sm) = open_storage(dir.path()).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
-    assert_eq!(
-        log.get_log_state().await.unwrap().last_log_id,
-        Some(log_id(3))
-    );
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(3)));
     assert_eq!(log.try_get_log_entries(2..4).await.unwrap().len(), 2);
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(2)));
     let state = sm.state_handle();
     assert!(state.read().job("job-2").is_some());
-    assert!(
-        state.read().job("job-3").is_none(),
-        "entry 3 was not applied"
-    );
+    assert!(state.read().job("job-3").is_none(), "entry 3 was not applied");
 }
 
 #[tokio::test]

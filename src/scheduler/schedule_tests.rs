@@ -193,12 +193,7 @@ fn every_alignment_and_phase() {
             &["2026-01-01T00:00:10Z", "2026-01-01T00:00:20Z"],
         ),
         (10_000, 0, "2026-01-01T00:00:10Z", &["2026-01-01T00:00:20Z"]),
-        (
-            10_000,
-            0,
-            "2026-01-01T00:00:09.9995Z",
-            &["2026-01-01T00:00:10Z"],
-        ),
+        (10_000, 0, "2026-01-01T00:00:09.9995Z", &["2026-01-01T00:00:10Z"]),
         (
             60_000,
             15_000,
@@ -225,12 +220,7 @@ fn every_alignment_and_phase() {
         ),
         // Before the epoch: still aligned to it.
         (10_000, 0, "1969-12-31T23:59:55Z", &["1970-01-01T00:00:00Z"]),
-        (
-            7_000,
-            1_000,
-            "1969-12-31T23:59:59Z",
-            &["1970-01-01T00:00:01Z"],
-        ),
+        (7_000, 1_000, "1969-12-31T23:59:59Z", &["1970-01-01T00:00:01Z"]),
     ];
     for (interval_ms, phase_ms, after, want) in rows {
         let spec = ScheduleSpec::Every {
@@ -311,10 +301,7 @@ fn errors_name_the_field() {
     };
     let other_rows = [
         (every(0, 0), "schedule.every: interval must be at least 1s"),
-        (
-            every(999, 0),
-            "schedule.every: interval must be at least 1s",
-        ),
+        (every(999, 0), "schedule.every: interval must be at least 1s"),
         (
             every(10_000, 20_000),
             "schedule.every: phase 20s must be smaller than the interval 10s",
@@ -359,10 +346,7 @@ fn describe_is_canonical() {
         (every(90_000, 5_000), "@every 1m30s+5s"),
         (every(1_500, 0), "@every 1s500ms"),
         (at("2026-01-02T03:04:05Z"), "@at 2026-01-02T03:04:05Z"),
-        (
-            at("2026-01-02T03:04:05.250Z"),
-            "@at 2026-01-02T03:04:05.250Z",
-        ),
+        (at("2026-01-02T03:04:05.250Z"), "@at 2026-01-02T03:04:05.250Z"),
     ];
     for (spec, want) in rows {
         assert_eq!(spec.describe(), want, "{spec:?}");
@@ -383,12 +367,7 @@ fn wall(date: &str, time: &str) -> NaiveDateTime {
 fn dst_dates_match_chrono_tz() {
     // (zone, gap wall date and time, first instant after the gap)
     let gaps = [
-        (
-            "Europe/Berlin",
-            "2026-03-29",
-            "02:30:00",
-            "2026-03-29T01:00:00Z",
-        ),
+        ("Europe/Berlin", "2026-03-29", "02:30:00", "2026-03-29T01:00:00Z"),
         (
             "America/New_York",
             "2026-03-08",
@@ -486,37 +465,14 @@ fn dst_wildcard_follows_real_time() {
     let rows = [
         ("*/15 * * * *", "Europe/Berlin", "2026-10-24T23:50:00Z", 15),
         ("*/15 * * * *", "Europe/Berlin", "2026-03-28T23:50:00Z", 15),
-        (
-            "*/10 * * * *",
-            "America/New_York",
-            "2026-11-01T04:50:00Z",
-            10,
-        ),
-        (
-            "*/10 * * * *",
-            "America/New_York",
-            "2026-03-08T05:50:00Z",
-            10,
-        ),
-        (
-            "*/10 * * * *",
-            "Australia/Lord_Howe",
-            "2026-04-04T13:50:00Z",
-            10,
-        ),
-        (
-            "*/10 * * * *",
-            "Australia/Lord_Howe",
-            "2026-10-03T14:50:00Z",
-            10,
-        ),
+        ("*/10 * * * *", "America/New_York", "2026-11-01T04:50:00Z", 10),
+        ("*/10 * * * *", "America/New_York", "2026-03-08T05:50:00Z", 10),
+        ("*/10 * * * *", "Australia/Lord_Howe", "2026-04-04T13:50:00Z", 10),
+        ("*/10 * * * *", "Australia/Lord_Howe", "2026-10-03T14:50:00Z", 10),
     ];
     for (expr, tz, after, step) in rows {
         let fires = compile(&cron_spec(expr, tz)).upcoming(utc(after), 24);
-        let gaps: Vec<i64> = fires
-            .windows(2)
-            .map(|w| (w[1] - w[0]).num_minutes())
-            .collect();
+        let gaps: Vec<i64> = fires.windows(2).map(|w| (w[1] - w[0]).num_minutes()).collect();
         assert!(
             gaps.iter().all(|g| *g == step),
             "{expr} {tz} after {after}: {gaps:?}"
@@ -564,9 +520,7 @@ fn oracle(expr: &str, tz: Tz, from: i64, until: i64) -> Vec<i64> {
             if matches(w) {
                 out.push(match tz.from_local_datetime(&w) {
                     MappedLocalTime::Single(t) | MappedLocalTime::Ambiguous(t, _) => t.timestamp(),
-                    MappedLocalTime::None => {
-                        GapInfo::new(&w, &tz).unwrap().end.unwrap().timestamp()
-                    }
+                    MappedLocalTime::None => GapInfo::new(&w, &tz).unwrap().end.unwrap().timestamp(),
                 });
             }
             w += Span::minutes(1);
@@ -608,10 +562,7 @@ fn matches_brute_force_oracle_around_transitions() {
     ];
     // (zone, instants around which to compare)
     let windows = [
-        (
-            "Europe/Berlin",
-            ["2026-03-29T01:00:00Z", "2026-10-25T01:00:00Z"],
-        ),
+        ("Europe/Berlin", ["2026-03-29T01:00:00Z", "2026-10-25T01:00:00Z"]),
         (
             "America/New_York",
             ["2026-03-08T07:00:00Z", "2026-11-01T06:00:00Z"],
@@ -626,14 +577,8 @@ fn matches_brute_force_oracle_around_transitions() {
             ["2026-04-05T03:00:00Z", "2026-09-06T04:00:00Z"],
         ),
         // Samoa skipped 2011-12-30 entirely; DST began 2011-09-24.
-        (
-            "Pacific/Apia",
-            ["2011-12-30T10:00:00Z", "2011-09-24T14:00:00Z"],
-        ),
-        (
-            "Asia/Tokyo",
-            ["2026-01-01T00:00:00Z", "2026-07-01T00:00:00Z"],
-        ),
+        ("Pacific/Apia", ["2011-12-30T10:00:00Z", "2011-09-24T14:00:00Z"]),
+        ("Asia/Tokyo", ["2026-01-01T00:00:00Z", "2026-07-01T00:00:00Z"]),
     ];
     let at = |t: i64| DateTime::from_timestamp(t, 0).unwrap();
     for (zone, centers) in windows {
@@ -729,4 +674,20 @@ fn random_sweep_matches_oracle() {
             .collect();
         assert_eq!(got, want, "{expr} in {} around {}", tz.name(), at(center));
     }
+}
+
+/// The `cron` crate only knows 1970-2100; other years go through twin years
+/// (module docs). Crossing 1970, 2100 and the skipped leap days of 1900/2200.
+#[test]
+fn outside_the_cron_crate_years() {
+    check_table(&[
+        "0 0 29 2 */7 | | 1890-01-01T00:00:00Z -> 1920-02-29T00:00:00Z 1948-02-29T00:00:00Z 1976-02-29T00:00:00Z 2004-02-29T00:00:00Z",
+        "0 0 29 2 1 | | 1899-12-31T00:00:00Z -> 1900-02-05T00:00:00Z 1900-02-12T00:00:00Z 1900-02-19T00:00:00Z",
+        "59 23 31 12 * | Europe/Berlin | 1969-12-30T00:00:00Z -> 1969-12-31T22:59:00Z 1970-12-31T22:59:00Z",
+        "0 12 * * SUN | | 2100-12-25T00:00:00Z -> 2100-12-26T12:00:00Z 2101-01-02T12:00:00Z",
+        "0 0 1 3 * | | 2199-06-01T00:00:00Z -> 2200-03-01T00:00:00Z 2201-03-01T00:00:00Z 2202-03-01T00:00:00Z",
+        "0 0 29 2 * | | 2196-03-01T00:00:00Z -> 2204-02-29T00:00:00Z 2208-02-29T00:00:00Z",
+        "0 0 13 * 5 | | 2200-02-10T00:00:00Z -> 2200-02-13T00:00:00Z 2200-02-14T00:00:00Z 2200-02-21T00:00:00Z 2200-02-28T00:00:00Z",
+        "30 2 * * * | America/New_York | 2101-03-01T00:00:00Z -> 2101-03-01T07:30:00Z",
+    ]);
 }

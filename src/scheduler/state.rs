@@ -147,10 +147,7 @@ impl JobFilter {
         self.owner_service
             .as_ref()
             .is_none_or(|o| *o == job.spec.owner_service)
-            && self
-                .job_type
-                .as_ref()
-                .is_none_or(|t| *t == job.spec.job_type)
+            && self.job_type.as_ref().is_none_or(|t| *t == job.spec.job_type)
             && self.status.is_none_or(|s| s == job.status())
     }
 }
@@ -257,11 +254,7 @@ impl State {
         let at_ms = request.at_ms;
         let principal = request.principal.as_str();
         match &request.command {
-            Command::CreateJob {
-                id,
-                spec,
-                request_id,
-            } => {
+            Command::CreateJob { id, spec, request_id } => {
                 self.expire_requests(at_ms, changes);
                 self.create(id, spec, request_id.as_deref(), at_ms, principal, changes)
             }
@@ -271,10 +264,7 @@ impl State {
                 patch,
             } => {
                 let job = self.job_at_version(id, Some(*expected_version))?;
-                let schedule_changed = patch
-                    .schedule
-                    .as_ref()
-                    .is_some_and(|s| *s != job.spec.schedule);
+                let schedule_changed = patch.schedule.as_ref().is_some_and(|s| *s != job.spec.schedule);
                 let resumed = job.spec.paused && patch.paused == Some(false);
                 let mut updated = job.clone();
                 patch.clone().apply_to(&mut updated.spec);
@@ -283,10 +273,7 @@ impl State {
                 }
                 self.store_change(updated, at_ms, principal, changes)
             }
-            Command::DeleteJob {
-                id,
-                expected_version,
-            } => {
+            Command::DeleteJob { id, expected_version } => {
                 self.job_at_version(id, *expected_version)?;
                 self.jobs.remove(id);
                 changes.jobs.insert(id.clone());

@@ -54,10 +54,7 @@ fn create_sets_version_times_principal_and_next_fire() {
     let j = job(state.apply(&req(T0 + 1, create("a", "*/5 * * * *", None)), &mut changes));
     assert_eq!(j.version, 1);
     assert_eq!((j.created_at_ms, j.updated_at_ms), (T0 + 1, T0 + 1));
-    assert_eq!(
-        (j.created_by.as_str(), j.updated_by.as_str()),
-        ("alice", "alice")
-    );
+    assert_eq!((j.created_by.as_str(), j.updated_by.as_str()), ("alice", "alice"));
     assert_eq!(j.next_fire_ms, Some(T0 + 5 * 60_000));
     assert_eq!(j.status(), JobStatus::Active);
     assert_eq!(changes.jobs.iter().collect::<Vec<_>>(), vec!["a"]);
@@ -90,11 +87,7 @@ fn request_id_replays_first_result_and_refuses_other_body() {
         },
     )
     .unwrap();
-    let again = job(apply(
-        &mut state,
-        T0 + 10,
-        create("a", "* * * * *", Some("r1")),
-    ));
+    let again = job(apply(&mut state, T0 + 10, create("a", "* * * * *", Some("r1"))));
     assert_eq!(again, first);
     // Same request id, different body.
     let err = apply(&mut state, T0 + 20, create("b", "* * * * *", Some("r1"))).unwrap_err();
@@ -112,19 +105,12 @@ fn request_ids_expire_after_a_day() {
     let mut changes = Changes::default();
     let later = T0 + REQUEST_ID_TTL_MS + 1;
     state
-        .apply(
-            &req(later, create("b", "* * * * *", Some("r2"))),
-            &mut changes,
-        )
+        .apply(&req(later, create("b", "* * * * *", Some("r2"))), &mut changes)
         .unwrap();
     assert!(state.request("r1").is_none());
     assert!(changes.requests.contains("r1") && changes.requests.contains("r2"));
     // Once expired, the request id can be reused for another body.
-    job(apply(
-        &mut state,
-        later + 1,
-        create("c", "* * * * *", Some("r1")),
-    ));
+    job(apply(&mut state, later + 1, create("c", "* * * * *", Some("r1"))));
 }
 
 #[test]
@@ -294,11 +280,7 @@ fn list_pages_and_filters() {
     for i in 0..25 {
         let mut command = create(&format!("job-{i:02}"), "* * * * *", None);
         if let Command::CreateJob { spec, .. } = &mut command {
-            spec.owner_service = if i % 2 == 0 {
-                "even".into()
-            } else {
-                "odd".into()
-            };
+            spec.owner_service = if i % 2 == 0 { "even".into() } else { "odd".into() };
         }
         apply(&mut state, T0, command).unwrap();
     }
@@ -367,10 +349,7 @@ fn replicas_applying_the_same_log_agree() {
     ];
     let run = || {
         let mut s = State::default();
-        let results: Vec<_> = log
-            .iter()
-            .map(|r| s.apply(r, &mut Changes::default()))
-            .collect();
+        let results: Vec<_> = log.iter().map(|r| s.apply(r, &mut Changes::default())).collect();
         (s, results)
     };
     let (a, ra) = run();

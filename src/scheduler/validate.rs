@@ -51,9 +51,7 @@ pub fn validate_id(id: &str) -> Result<()> {
         )));
     }
     if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(invalid(format!(
-            "id: {id:?} must start with a letter or digit"
-        )));
+        return Err(invalid(format!("id: {id:?} must start with a letter or digit")));
     }
     Ok(())
 }
@@ -113,9 +111,7 @@ fn validate_type(job_type: &str) -> Result<()> {
         return Err(invalid("type: must not be empty (e.g. \"http\", \"noop\")"));
     }
     if job_type.len() > MAX_TYPE_LEN {
-        return Err(invalid(format!(
-            "type: longer than {MAX_TYPE_LEN} characters"
-        )));
+        return Err(invalid(format!("type: longer than {MAX_TYPE_LEN} characters")));
     }
     let ok_start = job_type.starts_with(|c: char| c.is_ascii_lowercase());
     let ok_chars = job_type
@@ -136,9 +132,7 @@ fn validate_owner(owner: &str) -> Result<()> {
         )));
     }
     if owner.chars().any(char::is_control) {
-        return Err(invalid(
-            "owner_service: must not contain control characters",
-        ));
+        return Err(invalid("owner_service: must not contain control characters"));
     }
     Ok(())
 }
@@ -220,9 +214,7 @@ fn validate_policies(p: &Policies) -> Result<()> {
         ("heartbeat_timeout", t.heartbeat_timeout_ms),
     ] {
         if value == 0 {
-            return Err(invalid(format!(
-                "policies.timeouts.{name}: must be positive"
-            )));
+            return Err(invalid(format!("policies.timeouts.{name}: must be positive")));
         }
     }
     if p.catchup_window_ms > 30 * 24 * 3_600_000 {

@@ -165,10 +165,7 @@ impl TestCluster {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             loop {
                 if let Some(status) = child.try_wait().unwrap() {
-                    assert!(
-                        status.success(),
-                        "node {id} exited with {status} after SIGTERM"
-                    );
+                    assert!(status.success(), "node {id} exited with {status} after SIGTERM");
                     break;
                 }
                 if std::time::Instant::now() > deadline {
@@ -239,8 +236,7 @@ impl TestCluster {
         loop {
             let mut seen = BTreeSet::new();
             for id in self.running() {
-                match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await
-                {
+                match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await {
                     Ok(mut c) => match c.status(pb::ClusterStatusRequest {}).await {
                         Ok(s) => seen.insert(s.into_inner().leader_id),
                         Err(_) => seen.insert(0),
@@ -319,8 +315,7 @@ pub async fn create(cluster: &TestCluster, via: u64, id: &str) -> bool {
         request_id: format!("req-{id}"),
     };
     for _ in 0..20 {
-        let Ok(mut client) =
-            JobServiceClient::connect(format!("http://{}", cluster.node(via).grpc)).await
+        let Ok(mut client) = JobServiceClient::connect(format!("http://{}", cluster.node(via).grpc)).await
         else {
             return false;
         };
