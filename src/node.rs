@@ -432,13 +432,26 @@ impl Node {
         }
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         loop {
-            let index = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.read_index().await,
-                Some((_, addr)) => self.remote_read_index(&addr).await,
+            let barrier = match self.leader() {
+                // On the leader: a quorum confirms leadership, then applied catches up.
+                Some((leader, _)) if leader == self.id => self
+                    .raft
+                    .ensure_linearizable()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::Unavailable {
+                        message: format!("node {} cannot serve a linearizable read: {e}", self.id),
+                        leader: None,
+                    }),
+                // Elsewhere: ReadIndex from the leader, then wait to apply it here.
+                Some((_, addr)) => match self.remote_read_index(&addr).await {
+                    Ok(index) => self.wait_applied(index, deadline).await,
+                    Err(e) => Err(e),
+                },
                 None => Err(Error::unavailable("no leader is elected yet")),
             };
-            match index {
-                Ok(index) => return self.wait_applied(index, deadline).await,
+            match barrier {
+                Ok(()) => return Ok(()),
                 Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
                     self.wait_for_leader_change(deadline).await
                 }

@@ -48,6 +48,22 @@ fn required_id(id: &str) -> Result<(), Status> {
     validate_id(id).map_err(to_status)
 }
 
+impl Api {
+    async fn set_paused(
+        &self,
+        method: &str,
+        principal: &str,
+        id: String,
+        paused: bool,
+    ) -> Result<Response<pb::ScheduledJob>, Status> {
+        self.observed(method, async {
+            required_id(&id)?;
+            job_reply(write(&self.node, principal, Command::SetPaused { id, paused }).await?)
+        })
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for Api {
     async fn create_job(
@@ -172,25 +188,17 @@ impl JobService for Api {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed("PauseJob", async {
-            let principal = principal(&request);
-            let id = request.into_inner().id;
-            required_id(&id)?;
-            job_reply(write(&self.node, &principal, Command::SetPaused { id, paused: true }).await?)
-        })
-        .await
+        let principal = principal(&request);
+        self.set_paused("PauseJob", &principal, request.into_inner().id, true)
+            .await
     }
 
     async fn resume_job(
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed("ResumeJob", async {
-            let principal = principal(&request);
-            let id = request.into_inner().id;
-            required_id(&id)?;
-            job_reply(write(&self.node, &principal, Command::SetPaused { id, paused: false }).await?)
-        })
-        .await
+        let principal = principal(&request);
+        self.set_paused("ResumeJob", &principal, request.into_inner().id, false)
+            .await
     }
 }

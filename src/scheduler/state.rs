@@ -38,6 +38,10 @@ pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;
 pub const MAX_PAGE_SIZE: usize = 1_000;
 /// Page size when the client names none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Most jobs one page may examine: a filter that matches little returns a
+/// short (even empty) page with a continuation token instead of scanning
+/// everything under the state lock.
+pub const MAX_SCAN_PER_PAGE: usize = 50_000;
 
 /// One entry of the Raft log: a command with its context.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,7 +226,8 @@ impl State {
         self.requests.get(request_id)
     }
 
-    /// Jobs in id order, starting after `page_token`, filtered, at most `page_size`.
+    /// Jobs in id order, starting after `page_token`, filtered, at most
+    /// `page_size`; a page stops early after [`MAX_SCAN_PER_PAGE`] jobs examined.
     pub fn list(&self, filter: &JobFilter, page_token: Option<&str>, page_size: usize) -> JobPage {
         let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let start = match page_token {
@@ -231,8 +236,8 @@ impl State {
         };
         let mut jobs = Vec::new();
         let mut last_seen = None;
-        for (id, job) in self.jobs.range((start, Bound::Unbounded)) {
-            if jobs.len() == page_size {
+        for (scanned, (id, job)) in self.jobs.range((start, Bound::Unbounded)).enumerate() {
+            if jobs.len() == page_size || scanned == MAX_SCAN_PER_PAGE {
                 return JobPage {
                     jobs,
                     next_page_token: last_seen,

@@ -360,3 +360,32 @@ fn replicas_applying_the_same_log_agree() {
     let rebuilt = State::from_parts(a.jobs.values().cloned(), a.requests.clone());
     assert_eq!(rebuilt, a);
 }
+
+#[test]
+fn a_sparse_filter_pages_instead_of_scanning_everything() {
+    let mut state = State::default();
+    let total = MAX_SCAN_PER_PAGE + 10;
+    for i in 0..total {
+        let mut command = create(&format!("job-{i:06}"), "* * * * *", None);
+        if let Command::CreateJob { spec, .. } = &mut command {
+            spec.owner_service = if i == total - 1 {
+                "rare".into()
+            } else {
+                "common".into()
+            };
+        }
+        state.apply(&req(T0, command), &mut Changes::default()).unwrap();
+    }
+    let filter = JobFilter {
+        owner_service: Some("rare".into()),
+        ..Default::default()
+    };
+    let first = state.list(&filter, None, 10);
+    assert!(first.jobs.is_empty());
+    let token = first
+        .next_page_token
+        .expect("a continuation token after the scan limit");
+    let second = state.list(&filter, Some(&token), 10);
+    assert_eq!(second.jobs.len(), 1);
+    assert_eq!(second.next_page_token, None);
+}
