@@ -143,9 +143,8 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
     }
 
     let endpoints: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
-    let created = cli(
-        &endpoints.join(","),
-        &[
+    let created = Command::new(KAIROS)
+        .args([
             "job",
             "create",
             "dev-job",
@@ -153,8 +152,10 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
             "noop",
             "--schedule",
             "@daily",
-        ],
-    );
+        ])
+        .env("KAIROS_ENDPOINTS", endpoints.join(","))
+        .output()
+        .unwrap();
     assert!(
         created.status.success(),
         "{}",
@@ -214,4 +215,25 @@ fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: schedule.cron: expected 5 fields"));
+}
+
+#[test]
+fn agent_settings_come_from_kairos_environment_variables() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut command = Command::new(KAIROS);
+        command.arg("agent").env_remove("KAIROS_CONFIG");
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let out = run(&[("KAIROS_NODE_ID", "0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: --node-id: must be a positive integer"
+    );
+    let out = run(&[("KAIROS_NODE_ID", "1"), ("KAIROS_GRPC_ADDR", "nope")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grpc-addr: \"nope\" is not an ip:port"));
 }

@@ -39,8 +39,13 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
         .find(|n| n.id == old_leader)
         .unwrap()
         .last_log_index;
+    let killed = std::time::Instant::now();
     cluster.kill(old_leader);
     let leader = cluster.wait_leader(READY).await;
+    eprintln!(
+        "new leader {leader} agreed {:?} after kill -9 of {old_leader}",
+        killed.elapsed()
+    );
     assert_ne!(leader, old_leader);
 
     // Writes continue through the survivors.
