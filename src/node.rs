@@ -49,8 +49,11 @@ use crate::scheduler::{Command, Request, Response};
 
 /// How long a write or read may wait for a leader before giving up.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(8);
-/// How long a peer call (forward, read index, status probe) may take.
+/// How long a peer call (forwarded write, read index, status probe) may take.
 const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a forwarded membership change may take: adding a node waits until
+/// it has caught up, which for a large state means shipping a snapshot.
+const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -345,7 +348,10 @@ impl Node {
         let mut call = tonic::Request::new(RaftPayload {
             data: encode(request)?,
         });
-        call.set_timeout(PEER_CALL_TIMEOUT);
+        call.set_timeout(match request {
+            Forwarded::Write { .. } => PEER_CALL_TIMEOUT,
+            Forwarded::AddNode { .. } | Forwarded::RemoveNode { .. } => MEMBERSHIP_CALL_TIMEOUT,
+        });
         let reply = client.forward(call).await.map_err(|status| Error::Unavailable {
             message: format!("forwarding to the leader at {addr} failed: {}", status.message()),
             leader: Some(addr.to_string()),
