@@ -27,6 +27,9 @@ pub enum Error {
     /// Optimistic concurrency failed: the stored version moved on.
     #[error("{0}")]
     Aborted(String),
+    /// A bound was reached (e.g. the queue of runs waiting for a worker).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The cluster is not in a state that allows the operation (e.g. membership change in progress).
     #[error("{0}")]
     FailedPrecondition(String),

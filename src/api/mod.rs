@@ -111,6 +111,7 @@ pub fn to_status(error: Error) -> Status {
         Error::AlreadyExists(m) => Status::already_exists(m),
         Error::Aborted(m) => Status::aborted(m),
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         Error::Unavailable { message, leader } => {
             let mut status = Status::unavailable(message);
             if let Some(value) = leader.and_then(|l| MetadataValue::try_from(l).ok()) {

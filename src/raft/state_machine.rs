@@ -7,7 +7,9 @@
 //! `sm`:
 //!
 //! - `job/<id>` → a job, `req/<request id>` → a create's idempotency record,
-//! - `meta/applied` → last applied log id, `meta/membership` → stored membership.
+//! - `run/<id, 8 bytes big-endian>` → a run, `cnt/<job id>` → a job's counters,
+//! - `meta/applied` → last applied log id, `meta/membership` → stored membership,
+//!   `meta/next_run_id` → the run id counter.
 //!
 //! On start the state is rebuilt from those tables, so a restart does not replay
 //! more than the entries after the last persisted batch. The tables are not
@@ -37,10 +39,15 @@ use serde::{Deserialize, Serialize};
 use super::durability::Disk;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
+use crate::scheduler::run::{JobCounters, Run};
+use crate::scheduler::state::StateParts;
 use crate::scheduler::{Changes, CommandResult, Job, RequestRecord, Response, State};
 
 const JOB_PREFIX: &str = "job/";
 const REQUEST_PREFIX: &str = "req/";
+const RUN_PREFIX: &str = "run/";
+const COUNTERS_PREFIX: &str = "cnt/";
+const NEXT_RUN_ID_KEY: &[u8] = b"meta/next_run_id";
 const APPLIED_KEY: &[u8] = b"meta/applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
@@ -134,22 +141,32 @@ impl StateMachineStore {
     }
 
     fn load_tables(&mut self) -> Result<(), StorageError> {
-        let mut jobs = Vec::new();
-        let mut requests = Vec::new();
+        let mut parts = StateParts::default();
         for item in self.tables.iter() {
             let (key, value) = item.map_err(sm_read)?;
-            if let Some(_id) = key.strip_prefix(JOB_PREFIX.as_bytes()) {
-                jobs.push(decode::<Job>(&value).map_err(sm_read)?);
+            if key.starts_with(JOB_PREFIX.as_bytes()) {
+                parts.jobs.push(decode::<Job>(&value).map_err(sm_read)?);
             } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX.as_bytes()) {
                 let rid = String::from_utf8(rid.to_vec()).map_err(sm_read)?;
-                requests.push((rid, decode::<RequestRecord>(&value).map_err(sm_read)?));
+                parts
+                    .requests
+                    .push((rid, decode::<RequestRecord>(&value).map_err(sm_read)?));
+            } else if key.starts_with(RUN_PREFIX.as_bytes()) {
+                parts.runs.push(decode::<Run>(&value).map_err(sm_read)?);
+            } else if let Some(job_id) = key.strip_prefix(COUNTERS_PREFIX.as_bytes()) {
+                let job_id = String::from_utf8(job_id.to_vec()).map_err(sm_read)?;
+                parts
+                    .counters
+                    .push((job_id, decode::<JobCounters>(&value).map_err(sm_read)?));
+            } else if &*key == NEXT_RUN_ID_KEY {
+                parts.next_run_id = decode(&value).map_err(sm_read)?;
             } else if &*key == APPLIED_KEY {
                 self.last_applied = decode(&value).map_err(sm_read)?;
             } else if &*key == MEMBERSHIP_KEY {
                 self.membership = decode(&value).map_err(sm_read)?;
             }
         }
-        *self.state.write() = State::from_parts(jobs, requests);
+        *self.state.write() = State::from_parts(parts);
         Ok(())
     }
 
@@ -170,6 +187,13 @@ impl StateMachineStore {
         for (rid, record) in state.requests_iter() {
             batch.insert(request_key(rid), encode(record).map_err(sm_write)?);
         }
+        for run in state.runs() {
+            batch.insert(run_key(run.id), encode(run).map_err(sm_write)?);
+        }
+        for (job_id, counters) in state.counters_iter() {
+            batch.insert(counters_key(job_id), encode(counters).map_err(sm_write)?);
+        }
+        batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
         batch.insert(APPLIED_KEY, encode(&meta.last_log_id).map_err(sm_write)?);
         batch.insert(MEMBERSHIP_KEY, encode(&meta.last_membership).map_err(sm_write)?);
         self.tables.apply_batch(batch).map_err(sm_write)?;
@@ -215,6 +239,14 @@ fn job_key(id: &str) -> Vec<u8> {
 
 fn request_key(request_id: &str) -> Vec<u8> {
     [REQUEST_PREFIX.as_bytes(), request_id.as_bytes()].concat()
+}
+
+fn run_key(id: u64) -> Vec<u8> {
+    [RUN_PREFIX.as_bytes(), &id.to_be_bytes()].concat()
+}
+
+fn counters_key(job_id: &str) -> Vec<u8> {
+    [COUNTERS_PREFIX.as_bytes(), job_id.as_bytes()].concat()
 }
 
 fn chunk_key(n: u32) -> Vec<u8> {
@@ -289,7 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => Ok(Response::Empty),
-                    EntryPayload::Normal(request) => state.apply(&request, &mut changes),
+                    EntryPayload::Normal(request) => state.apply(entry.log_id.index, &request, &mut changes),
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Ok(Response::Empty)
@@ -308,6 +340,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
                     None => batch.remove(request_key(rid)),
                 }
+            }
+            for &id in &changes.runs {
+                match state.run(id) {
+                    Some(run) => batch.insert(run_key(id), encode(run).map_err(sm_write)?),
+                    None => batch.remove(run_key(id)),
+                }
+            }
+            for job_id in &changes.counters {
+                match state.counters(job_id) {
+                    Some(counters) => batch.insert(counters_key(job_id), encode(counters).map_err(sm_write)?),
+                    None => batch.remove(counters_key(job_id)),
+                }
+            }
+            if !changes.runs.is_empty() {
+                batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
             }
         }
         batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);

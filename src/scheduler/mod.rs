@@ -12,7 +12,9 @@
 //! - [`validate`]: input checks done before a command is proposed.
 //! - [`state`]: the replicated state and `State::apply`.
 
+pub mod firing;
 pub mod job;
+pub mod run;
 pub mod schedule;
 pub mod state;
 pub mod validate;

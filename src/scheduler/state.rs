@@ -29,8 +29,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::job::{Job, JobId, JobPatch, JobSpec, JobStatus};
+use super::run::{AttemptOutcome, JobCounters, Run, RunId};
 use super::schedule::Schedule;
 use crate::error::Error;
+
+#[path = "state_runs.rs"]
+mod runs;
 
 /// How long a create's `request_id` is remembered, ms (24 h).
 pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;
@@ -89,6 +93,65 @@ pub enum Command {
         /// The new paused flag.
         paused: bool,
     },
+    /// Fire every listed job whose next fire is the listed time (proposed by
+    /// the leader's timer, one entry per tick).
+    FireBatch {
+        /// `(job id, the job's next_fire_ms as the timer saw it)`.
+        fires: Vec<(JobId, i64)>,
+    },
+    /// Run a job now (nominal time = the command's time).
+    TriggerJob {
+        /// Which job.
+        id: JobId,
+    },
+    /// Create runs for the job's fire times in `[start_ms, end_ms)`.
+    Backfill {
+        /// Which job.
+        id: JobId,
+        /// Range start, inclusive, Unix ms.
+        start_ms: i64,
+        /// Range end, exclusive, Unix ms.
+        end_ms: i64,
+    },
+    /// Start attempt `attempt` of a pending run on `node`; the entry's log
+    /// index becomes the attempt's fencing token.
+    StartAttempt {
+        /// Which run.
+        run_id: RunId,
+        /// Executing node.
+        node: u64,
+        /// Must be the run's attempt count plus one.
+        attempt: u32,
+    },
+    /// A worker's lease renewal for the attempt with fencing token `token`.
+    Heartbeat {
+        /// Which run.
+        run_id: RunId,
+        /// The attempt's fencing token.
+        token: u64,
+    },
+    /// A worker's result for the attempt with fencing token `token`.
+    FinishAttempt {
+        /// Which run.
+        run_id: RunId,
+        /// The attempt's fencing token.
+        token: u64,
+        /// Success or failure.
+        outcome: AttemptOutcome,
+        /// Last output of the handler (truncated to 4 KiB).
+        output_tail: String,
+    },
+    /// Time out attempts whose lease or time limit expired and runs that
+    /// missed their start deadline (each is re-checked against the command time).
+    ExpireRuns {
+        /// Candidate runs, as the leader's timer saw them.
+        run_ids: Vec<RunId>,
+    },
+    /// Cancel a run that has not finished.
+    CancelRun {
+        /// Which run.
+        run_id: RunId,
+    },
 }
 
 impl Command {
@@ -99,6 +162,14 @@ impl Command {
             Command::UpdateJob { .. } => "update_job",
             Command::DeleteJob { .. } => "delete_job",
             Command::SetPaused { .. } => "set_paused",
+            Command::FireBatch { .. } => "fire_batch",
+            Command::TriggerJob { .. } => "trigger_job",
+            Command::Backfill { .. } => "backfill",
+            Command::StartAttempt { .. } => "start_attempt",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::FinishAttempt { .. } => "finish_attempt",
+            Command::ExpireRuns { .. } => "expire_runs",
+            Command::CancelRun { .. } => "cancel_run",
         }
     }
 }
@@ -110,6 +181,21 @@ pub enum Response {
     Job(Box<Job>),
     /// The job was deleted.
     Deleted,
+    /// A run as it is after the command.
+    Run(Box<Run>),
+    /// Runs created by a fire batch, trigger or backfill, and fires refused as
+    /// duplicates or stale.
+    Fired {
+        /// New runs, in creation order.
+        created: Vec<RunId>,
+        /// Listed fires that did not match a job's next fire (already fired, paused, deleted).
+        refused: u32,
+    },
+    /// A heartbeat was accepted; `cancelled` tells the worker to stop.
+    Lease {
+        /// The run was cancelled: abort the attempt.
+        cancelled: bool,
+    },
     /// A Raft-internal entry (blank or membership) that carries no command.
     Empty,
 }
@@ -124,6 +210,10 @@ pub struct Changes {
     pub jobs: BTreeSet<JobId>,
     /// Request-id records added or expired.
     pub requests: BTreeSet<String>,
+    /// Runs created, changed or removed.
+    pub runs: BTreeSet<RunId>,
+    /// Jobs whose counters changed.
+    pub counters: BTreeSet<JobId>,
 }
 
 /// What a `request_id` remembers: the first create's result.
@@ -175,18 +265,35 @@ pub struct State {
     /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
     #[serde(skip)]
     request_expiry: BTreeSet<(i64, String)>,
+    /// Every run still kept, by id.
+    runs: BTreeMap<RunId, Run>,
+    /// The id the next run gets.
+    next_run_id: RunId,
+    /// Per-job counters (kept after history retention drops runs).
+    counters: BTreeMap<JobId, JobCounters>,
+    /// `(next_fire_ms, job id)` of every job that can fire (not paused) — the
+    /// timer's earliest-next-fire index (derived).
+    #[serde(skip)]
+    fire_index: BTreeSet<(i64, JobId)>,
+    /// Run ids of each job (derived).
+    #[serde(skip)]
+    runs_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
+    /// `(deadline_ms, run id)` of every run with a lease, time limit or start
+    /// deadline the timer must enforce (derived).
+    #[serde(skip)]
+    deadline_index: BTreeSet<(i64, RunId)>,
 }
 
 impl State {
-    /// Rebuilds a state from stored jobs and request records.
-    pub fn from_parts(
-        jobs: impl IntoIterator<Item = Job>,
-        requests: impl IntoIterator<Item = (String, RequestRecord)>,
-    ) -> State {
+    /// Rebuilds a state from its stored parts.
+    pub fn from_parts(parts: StateParts) -> State {
         let mut state = State {
-            jobs: jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
-            requests: requests.into_iter().collect(),
-            request_expiry: BTreeSet::new(),
+            jobs: parts.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
+            requests: parts.requests.into_iter().collect(),
+            runs: parts.runs.into_iter().map(|r| (r.id, r)).collect(),
+            counters: parts.counters.into_iter().collect(),
+            next_run_id: parts.next_run_id,
+            ..State::default()
         };
         state.rebuild_indexes();
         state
@@ -199,6 +306,103 @@ impl State {
             .iter()
             .map(|(id, r)| (r.at_ms, id.clone()))
             .collect();
+        self.fire_index = self.jobs.values().filter_map(fire_entry).collect();
+        self.runs_by_job.clear();
+        self.deadline_index.clear();
+        let runs: Vec<Run> = self.runs.values().cloned().collect();
+        for run in runs {
+            self.index_run(&run);
+        }
+    }
+
+    /// Inserts or replaces a job, keeping the fire index right.
+    fn put_job(&mut self, job: Job, changes: &mut Changes) {
+        if let Some(old) = self.jobs.get(&job.id).and_then(fire_entry) {
+            self.fire_index.remove(&old);
+        }
+        if let Some(entry) = fire_entry(&job) {
+            self.fire_index.insert(entry);
+        }
+        changes.jobs.insert(job.id.clone());
+        self.jobs.insert(job.id.clone(), job);
+    }
+
+    /// Removes a job with its runs and counters.
+    fn remove_job(&mut self, id: &str, changes: &mut Changes) {
+        if let Some(entry) = self.jobs.remove(id).as_ref().and_then(fire_entry) {
+            self.fire_index.remove(&entry);
+        }
+        changes.jobs.insert(id.to_string());
+        for run_id in self.runs_by_job.get(id).cloned().unwrap_or_default() {
+            self.remove_run(run_id, changes);
+        }
+        if self.counters.remove(id).is_some() {
+            changes.counters.insert(id.to_string());
+        }
+    }
+
+    /// The next run id, as stored.
+    pub fn next_run_id(&self) -> RunId {
+        self.next_run_id
+    }
+
+    /// A job's counters (`None` before its first run, or once it is deleted).
+    pub fn counters(&self, job_id: &str) -> Option<&JobCounters> {
+        self.counters.get(job_id)
+    }
+
+    /// Every job's counters, by job id.
+    pub fn counters_iter(&self) -> impl Iterator<Item = (&JobId, &JobCounters)> {
+        self.counters.iter()
+    }
+
+    /// Every kept run, by id.
+    pub fn runs(&self) -> impl Iterator<Item = &Run> {
+        self.runs.values()
+    }
+
+    /// A run by id.
+    pub fn run(&self, id: RunId) -> Option<&Run> {
+        self.runs.get(&id)
+    }
+
+    /// The runs of a job, oldest first.
+    pub fn job_runs(&self, job_id: &str) -> impl Iterator<Item = &Run> {
+        self.runs_by_job
+            .get(job_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    /// The earliest next fire of any job that can fire.
+    pub fn earliest_fire(&self) -> Option<i64> {
+        self.fire_index.first().map(|(t, _)| *t)
+    }
+
+    /// Jobs due at `at_ms` with the next fire the timer should name, at most `limit`.
+    pub fn due_fires(&self, at_ms: i64, limit: usize) -> Vec<(JobId, i64)> {
+        self.fire_index
+            .iter()
+            .take_while(|(t, _)| *t <= at_ms)
+            .take(limit)
+            .map(|(t, id)| (id.clone(), *t))
+            .collect()
+    }
+
+    /// The earliest lease, time limit or start deadline the timer must enforce.
+    pub fn earliest_deadline(&self) -> Option<i64> {
+        self.deadline_index.first().map(|(t, _)| *t)
+    }
+
+    /// Runs whose deadline passed at `at_ms`, at most `limit`.
+    pub fn expired_runs(&self, at_ms: i64, limit: usize) -> Vec<RunId> {
+        self.deadline_index
+            .iter()
+            .take_while(|(t, _)| *t <= at_ms)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// Number of stored jobs.
@@ -254,8 +458,9 @@ impl State {
         }
     }
 
-    /// Applies one command; the result is the same on every replica.
-    pub fn apply(&mut self, request: &Request, changes: &mut Changes) -> CommandResult {
+    /// Applies one command, the entry at log index `index`; the result is the
+    /// same on every replica.
+    pub fn apply(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
         let at_ms = request.at_ms;
         let principal = request.principal.as_str();
         match &request.command {
@@ -280,8 +485,7 @@ impl State {
             }
             Command::DeleteJob { id, expected_version } => {
                 self.job_at_version(id, *expected_version)?;
-                self.jobs.remove(id);
-                changes.jobs.insert(id.clone());
+                self.remove_job(id, changes);
                 Ok(Response::Deleted)
             }
             Command::SetPaused { id, paused } => {
@@ -298,6 +502,25 @@ impl State {
                 }
                 self.store_change(updated, at_ms, principal, changes)
             }
+            Command::FireBatch { fires } => Ok(self.fire_batch(fires, at_ms, changes)),
+            Command::TriggerJob { id } => self.trigger(id, at_ms, changes),
+            Command::Backfill { id, start_ms, end_ms } => {
+                self.backfill(id, *start_ms, *end_ms, at_ms, changes)
+            }
+            Command::StartAttempt {
+                run_id,
+                node,
+                attempt,
+            } => self.start_attempt(*run_id, *node, *attempt, index, at_ms, changes),
+            Command::Heartbeat { run_id, token } => self.heartbeat(*run_id, *token, at_ms, changes),
+            Command::FinishAttempt {
+                run_id,
+                token,
+                outcome,
+                output_tail,
+            } => self.finish_attempt(*run_id, *token, outcome, output_tail, at_ms, changes),
+            Command::ExpireRuns { run_ids } => Ok(self.expire_runs(run_ids, at_ms, changes)),
+            Command::CancelRun { run_id } => self.cancel_run(*run_id, at_ms, changes),
         }
     }
 
@@ -346,8 +569,7 @@ impl State {
             self.request_expiry.insert((at_ms, rid.to_string()));
             changes.requests.insert(rid.to_string());
         }
-        self.jobs.insert(job.id.clone(), job.clone());
-        changes.jobs.insert(job.id.clone());
+        self.put_job(job.clone(), changes);
         Ok(Response::Job(Box::new(job)))
     }
 
@@ -376,8 +598,7 @@ impl State {
         job.version += 1;
         job.updated_at_ms = at_ms;
         job.updated_by = principal.to_string();
-        changes.jobs.insert(job.id.clone());
-        self.jobs.insert(job.id.clone(), job.clone());
+        self.put_job(job.clone(), changes);
         Ok(Response::Job(Box::new(job)))
     }
 
@@ -393,6 +614,29 @@ impl State {
             changes.requests.insert(rid);
         }
     }
+}
+
+/// The fire-index entry of a job, if it can fire.
+fn fire_entry(job: &Job) -> Option<(i64, JobId)> {
+    if job.spec.paused {
+        return None;
+    }
+    job.next_fire_ms.map(|t| (t, job.id.clone()))
+}
+
+/// The stored parts a [`State`] is rebuilt from.
+#[derive(Default)]
+pub struct StateParts {
+    /// Every job.
+    pub jobs: Vec<Job>,
+    /// Remembered create request ids.
+    pub requests: Vec<(String, RequestRecord)>,
+    /// Every kept run.
+    pub runs: Vec<Run>,
+    /// Per-job counters.
+    pub counters: Vec<(JobId, JobCounters)>,
+    /// The id the next run gets.
+    pub next_run_id: RunId,
 }
 
 /// The first fire of `spec` strictly after `at_ms`, or `None` if there is none

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::scheduler::job::{Metadata, Policies, ScheduleSpec};
+use crate::scheduler::state;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
@@ -37,7 +38,7 @@ fn create(id: &str, expr: &str, request_id: Option<&str>) -> Command {
 }
 
 fn apply(state: &mut State, at_ms: i64, command: Command) -> CommandResult {
-    state.apply(&req(at_ms, command), &mut Changes::default())
+    state.apply(0, &req(at_ms, command), &mut Changes::default())
 }
 
 fn job(result: CommandResult) -> Job {
@@ -51,7 +52,7 @@ fn job(result: CommandResult) -> Job {
 fn create_sets_version_times_principal_and_next_fire() {
     let mut state = State::default();
     let mut changes = Changes::default();
-    let j = job(state.apply(&req(T0 + 1, create("a", "*/5 * * * *", None)), &mut changes));
+    let j = job(state.apply(0, &req(T0 + 1, create("a", "*/5 * * * *", None)), &mut changes));
     assert_eq!(j.version, 1);
     assert_eq!((j.created_at_ms, j.updated_at_ms), (T0 + 1, T0 + 1));
     assert_eq!((j.created_by.as_str(), j.updated_by.as_str()), ("alice", "alice"));
@@ -105,7 +106,7 @@ fn request_ids_expire_after_a_day() {
     let mut changes = Changes::default();
     let later = T0 + REQUEST_ID_TTL_MS + 1;
     state
-        .apply(&req(later, create("b", "* * * * *", Some("r2"))), &mut changes)
+        .apply(0, &req(later, create("b", "* * * * *", Some("r2"))), &mut changes)
         .unwrap();
     assert!(state.request("r1").is_none());
     assert!(changes.requests.contains("r1") && changes.requests.contains("r2"));
@@ -349,7 +350,10 @@ fn replicas_applying_the_same_log_agree() {
     ];
     let run = || {
         let mut s = State::default();
-        let results: Vec<_> = log.iter().map(|r| s.apply(r, &mut Changes::default())).collect();
+        let results: Vec<_> = log
+            .iter()
+            .map(|r| s.apply(0, r, &mut Changes::default()))
+            .collect();
         (s, results)
     };
     let (a, ra) = run();
@@ -357,7 +361,11 @@ fn replicas_applying_the_same_log_agree() {
     assert_eq!(a, b);
     assert_eq!(ra, rb);
     // A rebuilt state (as after a restart) equals the live one.
-    let rebuilt = State::from_parts(a.jobs.values().cloned(), a.requests.clone());
+    let rebuilt = State::from_parts(state::StateParts {
+        jobs: a.jobs.values().cloned().collect(),
+        requests: a.requests.clone().into_iter().collect(),
+        ..Default::default()
+    });
     assert_eq!(rebuilt, a);
 }
 
@@ -374,7 +382,9 @@ fn a_sparse_filter_pages_instead_of_scanning_everything() {
                 "common".into()
             };
         }
-        state.apply(&req(T0, command), &mut Changes::default()).unwrap();
+        state
+            .apply(0, &req(T0, command), &mut Changes::default())
+            .unwrap();
     }
     let filter = JobFilter {
         owner_service: Some("rare".into()),

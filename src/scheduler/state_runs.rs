@@ -1,0 +1,614 @@
+//! Run commands of the state machine: firing, triggering, backfilling,
+//! attempts with leases and fencing tokens, retries, expiry, cancellation and
+//! history retention. A child module of `state`, so it shares `State`'s
+//! private fields; everything here is deterministic in the command's time.
+//!
+//! Overlap policies are applied when a run is created (`skip`, `buffer_one`,
+//! `cancel_other` decide there) and when it is dispatched: except under
+//! `allow_all`, a job's oldest pending run may start only while no other run
+//! of the job is queued or running, so `buffer_*` runs wait their turn.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use super::{Changes, CommandResult, Response, State};
+use crate::error::Error;
+use crate::scheduler::firing::plan_fires;
+use crate::scheduler::job::{JobId, Overlap};
+use crate::scheduler::run::{
+    retry_delay_ms, AttemptOutcome, Run, RunCause, RunId, RunStatus, MAX_OUTPUT_TAIL,
+};
+use crate::scheduler::schedule::Schedule;
+
+/// Most runs that may wait for dispatch cluster-wide; past it triggers and
+/// backfills are refused with `ResourceExhausted` instead of growing the queue.
+pub const MAX_PENDING_RUNS: usize = 100_000;
+/// Most runs one backfill may create.
+pub const MAX_BACKFILL_RUNS: usize = 10_000;
+
+/// Why an attempt ended without success.
+struct AttemptFailure {
+    /// False when a retry cannot help.
+    retryable: bool,
+    /// Error kind, matched against `non_retryable_errors`.
+    kind: String,
+    /// Message recorded on the run.
+    error: String,
+    /// Terminal status when no retry is allowed.
+    give_up: RunStatus,
+}
+
+fn not_found(run_id: RunId) -> Error {
+    Error::NotFound(format!("run {run_id} not found"))
+}
+
+impl State {
+    /// The deadline the timer must enforce for `run`, if any.
+    fn deadline(&self, run: &Run) -> Option<i64> {
+        let policies = &self.jobs.get(&run.job_id)?.spec.policies;
+        match run.status {
+            RunStatus::Pending if run.attempt == 0 && run.cause != RunCause::Backfill => Some(
+                run.nominal_ms
+                    .saturating_add(policies.timeouts.start_deadline_ms as i64),
+            ),
+            RunStatus::Queued | RunStatus::Running => {
+                let started = run.started_at_ms.unwrap_or(run.lease_expires_ms);
+                Some(
+                    run.lease_expires_ms
+                        .min(started.saturating_add(policies.timeouts.attempt_timeout_ms as i64)),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Adds `run` to the derived indexes.
+    pub(super) fn index_run(&mut self, run: &Run) {
+        self.runs_by_job
+            .entry(run.job_id.clone())
+            .or_default()
+            .insert(run.id);
+        if let Some(deadline) = self.deadline(run) {
+            self.deadline_index.insert((deadline, run.id));
+        }
+    }
+
+    fn unindex_run(&mut self, run: &Run) {
+        if let Some(deadline) = self.deadline(run) {
+            self.deadline_index.remove(&(deadline, run.id));
+        }
+        if let Some(ids) = self.runs_by_job.get_mut(&run.job_id) {
+            ids.remove(&run.id);
+            if ids.is_empty() {
+                self.runs_by_job.remove(&run.job_id);
+            }
+        }
+    }
+
+    /// Inserts or replaces a run, keeping the indexes right.
+    fn put_run(&mut self, run: Run, changes: &mut Changes) {
+        if let Some(old) = self.runs.get(&run.id).cloned() {
+            self.unindex_run(&old);
+        }
+        self.index_run(&run);
+        changes.runs.insert(run.id);
+        self.runs.insert(run.id, run);
+    }
+
+    pub(super) fn remove_run(&mut self, run_id: RunId, changes: &mut Changes) {
+        if let Some(run) = self.runs.remove(&run_id) {
+            self.unindex_run(&run);
+            changes.runs.insert(run_id);
+        }
+    }
+
+    fn count(
+        &mut self,
+        job_id: &str,
+        changes: &mut Changes,
+        f: impl FnOnce(&mut crate::scheduler::run::JobCounters),
+    ) {
+        f(self.counters.entry(job_id.to_string()).or_default());
+        changes.counters.insert(job_id.to_string());
+    }
+
+    fn pending_runs(&self) -> usize {
+        self.runs
+            .values()
+            .filter(|r| r.status == RunStatus::Pending)
+            .count()
+    }
+
+    /// Creates a run of `job_id` for `nominal_ms`, applying the overlap policy.
+    fn create_run(
+        &mut self,
+        job_id: &str,
+        nominal_ms: i64,
+        cause: RunCause,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> RunId {
+        let overlap = self
+            .jobs
+            .get(job_id)
+            .map_or(Overlap::Skip, |j| j.spec.policies.overlap);
+        let open: Vec<Run> = self
+            .job_runs(job_id)
+            .filter(|r| !r.status.is_terminal())
+            .cloned()
+            .collect();
+        let waiting = open.iter().any(|r| r.status == RunStatus::Pending);
+        let skip = match overlap {
+            _ if cause == RunCause::Backfill => false,
+            Overlap::Skip => !open.is_empty(),
+            Overlap::BufferOne => waiting,
+            Overlap::BufferAll | Overlap::AllowAll | Overlap::CancelOther => false,
+        };
+        if overlap == Overlap::CancelOther && cause != RunCause::Backfill {
+            for run in open {
+                self.finish(
+                    run,
+                    RunStatus::Cancelled,
+                    "cancelled by a newer fire (overlap: cancel_other)",
+                    at_ms,
+                    changes,
+                );
+            }
+        }
+        let id = self.next_run_id;
+        self.next_run_id += 1;
+        let mut run = Run {
+            id,
+            job_id: job_id.to_string(),
+            nominal_ms,
+            cause,
+            status: RunStatus::Pending,
+            attempt: 0,
+            token: 0,
+            node: None,
+            not_before_ms: nominal_ms,
+            lease_expires_ms: 0,
+            started_at_ms: None,
+            finished_at_ms: None,
+            error: String::new(),
+            output_tail: String::new(),
+        };
+        self.count(job_id, changes, |c| c.runs_created += 1);
+        if skip {
+            run.status = RunStatus::Skipped;
+            run.finished_at_ms = Some(at_ms);
+            run.error = format!("skipped: a run of the job is still open (overlap: {overlap:?})");
+            self.count(job_id, changes, |c| c.skipped += 1);
+            self.put_run(run, changes);
+            self.retain_history(job_id, changes);
+        } else {
+            self.put_run(run, changes);
+        }
+        id
+    }
+
+    /// Moves `run` to a terminal status.
+    fn finish(&mut self, mut run: Run, status: RunStatus, error: &str, at_ms: i64, changes: &mut Changes) {
+        let job_id = run.job_id.clone();
+        run.status = status;
+        run.finished_at_ms = Some(at_ms);
+        if !error.is_empty() {
+            run.error = error.to_string();
+        }
+        self.count(&job_id, changes, |c| match status {
+            RunStatus::Succeeded => c.succeeded += 1,
+            RunStatus::Failed => c.failed += 1,
+            RunStatus::TimedOut => c.timed_out += 1,
+            RunStatus::Cancelled => c.cancelled += 1,
+            _ => {}
+        });
+        self.put_run(run, changes);
+        self.retain_history(&job_id, changes);
+    }
+
+    /// Retries `run` after a failed attempt if the policy allows, else ends it
+    /// with `failure.give_up`.
+    fn retry_or(&mut self, mut run: Run, failure: AttemptFailure, at_ms: i64, changes: &mut Changes) {
+        let AttemptFailure {
+            retryable,
+            kind,
+            error,
+            give_up,
+        } = failure;
+        let policy = self
+            .jobs
+            .get(&run.job_id)
+            .map(|j| j.spec.policies.retry.clone())
+            .unwrap_or_default();
+        let allowed =
+            retryable && !policy.non_retryable_errors.contains(&kind) && run.attempt < policy.max_attempts;
+        if allowed {
+            let job_id = run.job_id.clone();
+            run.status = RunStatus::Pending;
+            run.node = None;
+            run.not_before_ms = at_ms.saturating_add(retry_delay_ms(&policy, run.attempt, run.id) as i64);
+            run.error = error;
+            self.count(&job_id, changes, |c| c.retries += 1);
+            self.put_run(run, changes);
+        } else {
+            self.finish(run, give_up, &error, at_ms, changes);
+        }
+    }
+
+    /// Drops the oldest finished runs of a job beyond its history limits.
+    fn retain_history(&mut self, job_id: &str, changes: &mut Changes) {
+        let Some(limits) = self.jobs.get(job_id).map(|j| j.spec.policies.history.clone()) else {
+            return;
+        };
+        let (succeeded, other): (Vec<&Run>, Vec<&Run>) = self
+            .job_runs(job_id)
+            .filter(|r| r.status.is_terminal())
+            .partition(|r| r.status == RunStatus::Succeeded);
+        let drop_oldest = |runs: Vec<&Run>, keep: u32| -> Vec<RunId> {
+            let excess = runs.len().saturating_sub(keep as usize);
+            runs.iter().take(excess).map(|r| r.id).collect()
+        };
+        let mut doomed = drop_oldest(succeeded, limits.keep_succeeded);
+        doomed.extend(drop_oldest(other, limits.keep_failed));
+        for id in doomed {
+            self.remove_run(id, changes);
+        }
+    }
+
+    /// `FireBatch`: each listed job fires if its next fire is the listed one.
+    pub(super) fn fire_batch(
+        &mut self,
+        fires: &[(JobId, i64)],
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Response {
+        let mut created = Vec::new();
+        let mut refused = 0;
+        let unique: BTreeSet<&(JobId, i64)> = fires.iter().collect();
+        refused += (fires.len() - unique.len()) as u32;
+        for (job_id, expected) in unique {
+            let Some(job) = self.jobs.get(job_id).cloned() else {
+                refused += 1;
+                continue;
+            };
+            if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > at_ms {
+                refused += 1;
+                continue;
+            }
+            let Ok(schedule) = Schedule::compile(&job.spec.schedule) else {
+                refused += 1;
+                continue;
+            };
+            let plan = plan_fires(&schedule, *expected, &job.spec.policies, at_ms);
+            let mut job = job;
+            job.last_fired_ms = plan.last_due.max(job.last_fired_ms);
+            job.next_fire_ms = plan.next_fire;
+            self.put_job(job, changes);
+            if plan.missed > 0 {
+                self.count(job_id, changes, |c| c.missed += plan.missed);
+            }
+            for nominal in plan.run {
+                created.push(self.create_run(job_id, nominal, RunCause::Schedule, at_ms, changes));
+            }
+        }
+        Response::Fired { created, refused }
+    }
+
+    /// `TriggerJob`: one run now.
+    pub(super) fn trigger(&mut self, id: &str, at_ms: i64, changes: &mut Changes) -> CommandResult {
+        if !self.jobs.contains_key(id) {
+            return Err(Error::NotFound(format!("job {id:?} not found")));
+        }
+        if self.pending_runs() >= MAX_PENDING_RUNS {
+            return Err(Error::ResourceExhausted(format!(
+                "{MAX_PENDING_RUNS} runs are already waiting for a worker; try again later"
+            )));
+        }
+        let run_id = self.create_run(id, at_ms, RunCause::Trigger, at_ms, changes);
+        Ok(Response::Fired {
+            created: vec![run_id],
+            refused: 0,
+        })
+    }
+
+    /// The fire times of job `id` in `[start_ms, end_ms)`, for a backfill.
+    pub fn backfill_times(&self, id: &str, start_ms: i64, end_ms: i64) -> Result<Vec<i64>, Error> {
+        let job = self
+            .jobs
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("job {id:?} not found")))?;
+        if start_ms >= end_ms {
+            return Err(Error::InvalidArgument(
+                "backfill: start must be before end".into(),
+            ));
+        }
+        let schedule =
+            Schedule::compile(&job.spec.schedule).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let mut times = Vec::new();
+        let mut cursor = DateTime::<Utc>::from_timestamp_millis(start_ms - 1);
+        while let Some(t) = cursor
+            .and_then(|c| schedule.next_after(c))
+            .filter(|t| t.timestamp_millis() < end_ms)
+        {
+            if times.len() == MAX_BACKFILL_RUNS {
+                return Err(Error::InvalidArgument(format!(
+                    "backfill: the range holds more than {MAX_BACKFILL_RUNS} fire times; split it"
+                )));
+            }
+            times.push(t.timestamp_millis());
+            cursor = Some(t);
+        }
+        Ok(times)
+    }
+
+    /// `Backfill`: one run per fire time in the range not already run.
+    pub(super) fn backfill(
+        &mut self,
+        id: &str,
+        start_ms: i64,
+        end_ms: i64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        let times = self.backfill_times(id, start_ms, end_ms)?;
+        if self.pending_runs() + times.len() > MAX_PENDING_RUNS {
+            return Err(Error::ResourceExhausted(format!(
+                "a backfill of {} runs would exceed the queue bound",
+                times.len()
+            )));
+        }
+        let existing: BTreeSet<i64> = self.job_runs(id).map(|r| r.nominal_ms).collect();
+        let mut created = Vec::new();
+        let mut refused = 0;
+        for nominal in times {
+            if existing.contains(&nominal) {
+                refused += 1;
+            } else {
+                created.push(self.create_run(id, nominal, RunCause::Backfill, at_ms, changes));
+            }
+        }
+        Ok(Response::Fired { created, refused })
+    }
+
+    /// Pending runs that may start now, oldest first, at most `limit`.
+    pub fn dispatchable_runs(&self, at_ms: i64, limit: usize) -> Vec<&Run> {
+        let mut out = Vec::new();
+        for (job_id, ids) in &self.runs_by_job {
+            let allow_all = self
+                .jobs
+                .get(job_id)
+                .is_some_and(|j| j.spec.policies.overlap == Overlap::AllowAll);
+            let runs = ids.iter().filter_map(|id| self.runs.get(id));
+            if !allow_all && runs.clone().any(|r| r.status.is_active()) {
+                continue;
+            }
+            let ready = runs.filter(|r| r.status == RunStatus::Pending && r.not_before_ms <= at_ms);
+            if allow_all {
+                out.extend(ready);
+            } else {
+                out.extend(ready.take(1));
+            }
+        }
+        out.sort_by_key(|r| (r.not_before_ms, r.id));
+        out.truncate(limit);
+        out
+    }
+
+    /// `StartAttempt`: the dispatcher assigns a pending run to a node.
+    pub(super) fn start_attempt(
+        &mut self,
+        run_id: RunId,
+        node: u64,
+        attempt: u32,
+        index: u64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
+        if run.status != RunStatus::Pending || run.attempt + 1 != attempt {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} is {:?} at attempt {}; cannot start attempt {attempt}",
+                run.status, run.attempt
+            )));
+        }
+        let Some(policies) = self.jobs.get(&run.job_id).map(|j| j.spec.policies.clone()) else {
+            return Err(Error::NotFound(format!(
+                "job {:?} of run {run_id} not found",
+                run.job_id
+            )));
+        };
+        if self.deadline(&run).is_some_and(|d| at_ms > d) {
+            self.finish(
+                run.clone(),
+                RunStatus::TimedOut,
+                "start deadline exceeded before dispatch",
+                at_ms,
+                changes,
+            );
+            return Ok(Response::Run(Box::new(
+                self.runs.get(&run_id).cloned().unwrap_or(run),
+            )));
+        }
+        let overlap_blocks = policies.overlap != Overlap::AllowAll
+            && self
+                .job_runs(&run.job_id)
+                .any(|r| r.id != run_id && r.status.is_active());
+        if overlap_blocks {
+            return Err(Error::FailedPrecondition(format!(
+                "another run of job {:?} is still running",
+                run.job_id
+            )));
+        }
+        let mut run = run;
+        run.attempt = attempt;
+        run.status = RunStatus::Queued;
+        run.token = index;
+        run.node = Some(node);
+        run.started_at_ms = Some(at_ms);
+        run.lease_expires_ms = at_ms.saturating_add(policies.timeouts.heartbeat_timeout_ms as i64);
+        self.put_run(run.clone(), changes);
+        Ok(Response::Run(Box::new(run)))
+    }
+
+    /// Checks `token` against the run's current attempt.
+    fn fenced(&self, run_id: RunId, token: u64) -> Result<Run, Error> {
+        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
+        if run.token != token {
+            return Err(Error::FailedPrecondition(format!(
+                "stale fencing token {token} for run {run_id}: the current attempt's token is {}",
+                run.token
+            )));
+        }
+        Ok(run)
+    }
+
+    /// `Heartbeat`: extends the lease of the fenced attempt.
+    pub(super) fn heartbeat(
+        &mut self,
+        run_id: RunId,
+        token: u64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        let mut run = self.fenced(run_id, token)?;
+        if run.status == RunStatus::Cancelled {
+            return Ok(Response::Lease { cancelled: true });
+        }
+        if !run.status.is_active() {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} is {:?}; no lease to extend",
+                run.status
+            )));
+        }
+        let timeout = self
+            .jobs
+            .get(&run.job_id)
+            .map_or(0, |j| j.spec.policies.timeouts.heartbeat_timeout_ms);
+        run.status = RunStatus::Running;
+        run.lease_expires_ms = at_ms.saturating_add(timeout as i64);
+        self.put_run(run, changes);
+        Ok(Response::Lease { cancelled: false })
+    }
+
+    /// `FinishAttempt`: records the fenced attempt's result. A repeat of an
+    /// already recorded result is acknowledged without change, so workers can
+    /// resend until they see a commit.
+    pub(super) fn finish_attempt(
+        &mut self,
+        run_id: RunId,
+        token: u64,
+        outcome: &AttemptOutcome,
+        output_tail: &str,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        let mut run = self.fenced(run_id, token)?;
+        if run.status.is_terminal() {
+            return Ok(Response::Run(Box::new(run)));
+        }
+        if !run.status.is_active() {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} is {:?}; no attempt is running",
+                run.status
+            )));
+        }
+        run.output_tail = tail(output_tail);
+        match outcome {
+            AttemptOutcome::Succeeded => self.finish(run, RunStatus::Succeeded, "", at_ms, changes),
+            AttemptOutcome::Failed {
+                kind,
+                message,
+                retryable,
+            } => {
+                let error = format!("attempt {}: {message}", run.attempt);
+                run.token = token;
+                let failure = AttemptFailure {
+                    retryable: *retryable,
+                    kind: kind.clone(),
+                    error,
+                    give_up: RunStatus::Failed,
+                };
+                self.retry_or(run, failure, at_ms, changes)
+            }
+        }
+        Ok(Response::Run(Box::new(
+            self.runs.get(&run_id).cloned().expect("just stored"),
+        )))
+    }
+
+    /// `ExpireRuns`: times out what is really past its deadline at `at_ms`.
+    pub(super) fn expire_runs(&mut self, run_ids: &[RunId], at_ms: i64, changes: &mut Changes) -> Response {
+        let mut expired = Vec::new();
+        for &run_id in run_ids {
+            let Some(run) = self.runs.get(&run_id).cloned() else {
+                continue;
+            };
+            let Some(deadline) = self.deadline(&run) else {
+                continue;
+            };
+            if at_ms < deadline {
+                continue;
+            }
+            expired.push(run_id);
+            if run.status == RunStatus::Pending {
+                self.finish(
+                    run,
+                    RunStatus::TimedOut,
+                    "start deadline exceeded before dispatch",
+                    at_ms,
+                    changes,
+                );
+            } else {
+                let why = if at_ms >= run.lease_expires_ms {
+                    "lease expired (no heartbeat)"
+                } else {
+                    "attempt timeout"
+                };
+                let error = format!("attempt {} on node {}: {why}", run.attempt, run.node.unwrap_or(0));
+                let failure = AttemptFailure {
+                    retryable: true,
+                    kind: "timeout".into(),
+                    error,
+                    give_up: RunStatus::TimedOut,
+                };
+                self.retry_or(run, failure, at_ms, changes);
+            }
+        }
+        Response::Fired {
+            created: expired,
+            refused: 0,
+        }
+    }
+
+    /// `CancelRun`.
+    pub(super) fn cancel_run(&mut self, run_id: RunId, at_ms: i64, changes: &mut Changes) -> CommandResult {
+        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
+        if run.status.is_terminal() {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} already finished ({:?})",
+                run.status
+            )));
+        }
+        self.finish(run, RunStatus::Cancelled, "cancelled by a client", at_ms, changes);
+        Ok(Response::Run(Box::new(
+            self.runs.get(&run_id).cloned().expect("just stored"),
+        )))
+    }
+}
+
+/// The last [`MAX_OUTPUT_TAIL`] bytes of `output`, cut at a character boundary.
+fn tail(output: &str) -> String {
+    if output.len() <= MAX_OUTPUT_TAIL {
+        return output.to_string();
+    }
+    let mut start = output.len() - MAX_OUTPUT_TAIL;
+    while !output.is_char_boundary(start) {
+        start += 1;
+    }
+    output[start..].to_string()
+}
+
+#[cfg(test)]
+#[path = "state_runs_tests.rs"]
+mod tests;

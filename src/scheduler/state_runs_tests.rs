@@ -1,0 +1,538 @@
+//! Deterministic tests of the run commands: the state machine alone, time
+//! passed in, log indexes chosen by the test.
+
+use super::super::StateParts;
+use super::*;
+use crate::scheduler::job::{Catchup, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
+use crate::scheduler::run::{AttemptOutcome, RunStatus};
+use crate::scheduler::{Command, Request};
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const SEC: i64 = 1_000;
+
+/// A state machine under test with a log index counter.
+struct Sm {
+    state: State,
+    index: u64,
+}
+
+impl Sm {
+    fn new() -> Sm {
+        Sm {
+            state: State::default(),
+            index: 0,
+        }
+    }
+
+    fn apply(&mut self, at_ms: i64, command: Command) -> CommandResult {
+        self.index += 1;
+        let request = Request {
+            at_ms,
+            principal: "t".into(),
+            command,
+        };
+        self.state.apply(self.index, &request, &mut Changes::default())
+    }
+
+    /// Creates job `id` firing every second, with `tweak` applied to its policies.
+    fn job(&mut self, id: &str, at_ms: i64, tweak: impl FnOnce(&mut Policies)) {
+        let mut policies = Policies::default();
+        tweak(&mut policies);
+        let spec = JobSpec {
+            job_type: "noop".into(),
+            owner_service: String::new(),
+            schedule: ScheduleSpec::Every {
+                interval_ms: 1_000,
+                phase_ms: 0,
+            },
+            payload: vec![],
+            metadata: Metadata::default(),
+            policies,
+            paused: false,
+        };
+        self.apply(
+            at_ms,
+            Command::CreateJob {
+                id: id.into(),
+                spec,
+                request_id: None,
+            },
+        )
+        .unwrap();
+    }
+
+    /// Proposes a fire batch as the timer would at `at_ms`.
+    fn tick(&mut self, at_ms: i64) -> (Vec<RunId>, u32) {
+        let fires = self.state.due_fires(at_ms, 1_000);
+        match self.apply(at_ms, Command::FireBatch { fires }).unwrap() {
+            Response::Fired { created, refused } => (created, refused),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn start(&mut self, run_id: RunId, at_ms: i64) -> u64 {
+        let attempt = self.state.run(run_id).unwrap().attempt + 1;
+        let run = match self
+            .apply(
+                at_ms,
+                Command::StartAttempt {
+                    run_id,
+                    node: 1,
+                    attempt,
+                },
+            )
+            .unwrap()
+        {
+            Response::Run(run) => run,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(run.status, RunStatus::Queued);
+        run.token
+    }
+
+    fn finish(&mut self, run_id: RunId, token: u64, at_ms: i64, outcome: AttemptOutcome) -> CommandResult {
+        self.apply(
+            at_ms,
+            Command::FinishAttempt {
+                run_id,
+                token,
+                outcome,
+                output_tail: "out".into(),
+            },
+        )
+    }
+
+    fn status(&self, run_id: RunId) -> RunStatus {
+        self.state.run(run_id).unwrap().status
+    }
+
+    fn counters(&self, job: &str) -> crate::scheduler::run::JobCounters {
+        self.state.counters(job).cloned().unwrap_or_default()
+    }
+}
+
+fn failed(retryable: bool) -> AttemptOutcome {
+    AttemptOutcome::Failed {
+        kind: "boom".into(),
+        message: "it broke".into(),
+        retryable,
+    }
+}
+
+#[test]
+fn each_nominal_time_fires_once_and_a_duplicate_batch_is_refused() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |_| {});
+    assert_eq!(sm.state.earliest_fire(), Some(T0));
+    let fires = sm.state.due_fires(T0 + 2, 10);
+    assert_eq!(fires, vec![("a".to_string(), T0)]);
+    let first = sm
+        .apply(T0 + 2, Command::FireBatch { fires: fires.clone() })
+        .unwrap();
+    assert!(matches!(first, Response::Fired { ref created, refused: 0 } if created.len() == 1));
+    // The same batch again (a retried proposal, a second leader): nothing new.
+    let again = sm.apply(T0 + 3, Command::FireBatch { fires }).unwrap();
+    assert_eq!(
+        again,
+        Response::Fired {
+            created: vec![],
+            refused: 1
+        }
+    );
+    let job = sm.state.job("a").unwrap();
+    assert_eq!((job.last_fired_ms, job.next_fire_ms), (Some(T0), Some(T0 + SEC)));
+    assert_eq!(sm.state.job_runs("a").count(), 1);
+    assert_eq!(sm.state.job_runs("a").next().unwrap().nominal_ms, T0);
+}
+
+#[test]
+fn catch_up_after_a_leaderless_gap_follows_the_policy() {
+    for (catchup, want_runs) in [(Catchup::All, 6), (Catchup::Latest, 1), (Catchup::None, 1)] {
+        let mut sm = Sm::new();
+        sm.job("a", T0 - 500, |p| {
+            p.catchup = catchup;
+            p.overlap = Overlap::AllowAll;
+        });
+        // No leader for 5.5 s: fires T0..=T0+5s are due at once.
+        let (created, _) = sm.tick(T0 + 5 * SEC + 500);
+        assert_eq!(created.len(), want_runs, "{catchup:?}");
+        assert_eq!(
+            sm.counters("a").missed,
+            6 - want_runs as u64,
+            "{catchup:?}: the rest is counted"
+        );
+        assert_eq!(sm.state.job("a").unwrap().next_fire_ms, Some(T0 + 6 * SEC));
+    }
+}
+
+#[test]
+fn overlap_skip_drops_fires_while_a_run_is_open() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |_| {});
+    let (first, _) = sm.tick(T0);
+    let token = sm.start(first[0], T0 + 1);
+    let (second, _) = sm.tick(T0 + SEC);
+    assert_eq!(sm.status(second[0]), RunStatus::Skipped);
+    assert_eq!(sm.counters("a").skipped, 1);
+    sm.finish(first[0], token, T0 + SEC + 5, AttemptOutcome::Succeeded)
+        .unwrap();
+    let (third, _) = sm.tick(T0 + 2 * SEC);
+    assert_eq!(sm.status(third[0]), RunStatus::Pending);
+}
+
+#[test]
+fn overlap_buffer_one_keeps_one_waiting_run() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.overlap = Overlap::BufferOne);
+    let (r1, _) = sm.tick(T0);
+    let token = sm.start(r1[0], T0 + 1);
+    let (r2, _) = sm.tick(T0 + SEC);
+    let (r3, _) = sm.tick(T0 + 2 * SEC);
+    assert_eq!(
+        (sm.status(r2[0]), sm.status(r3[0])),
+        (RunStatus::Pending, RunStatus::Skipped)
+    );
+    assert!(
+        sm.state.dispatchable_runs(T0 + 3 * SEC, 10).is_empty(),
+        "waits for the running one"
+    );
+    sm.finish(r1[0], token, T0 + 3 * SEC, AttemptOutcome::Succeeded)
+        .unwrap();
+    let ready: Vec<RunId> = sm
+        .state
+        .dispatchable_runs(T0 + 3 * SEC, 10)
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ready, vec![r2[0]]);
+}
+
+#[test]
+fn overlap_buffer_all_runs_every_fire_in_order_and_allow_all_runs_them_together() {
+    let mut sm = Sm::new();
+    sm.job("buffer", T0 - 500, |p| p.overlap = Overlap::BufferAll);
+    sm.job("allow", T0 - 500, |p| p.overlap = Overlap::AllowAll);
+    for s in 0..3 {
+        sm.tick(T0 + s * SEC);
+    }
+    let ready = sm.state.dispatchable_runs(T0 + 3 * SEC, 10);
+    let buffer: Vec<i64> = ready
+        .iter()
+        .filter(|r| r.job_id == "buffer")
+        .map(|r| r.nominal_ms)
+        .collect();
+    let allow: Vec<i64> = ready
+        .iter()
+        .filter(|r| r.job_id == "allow")
+        .map(|r| r.nominal_ms)
+        .collect();
+    assert_eq!(buffer, vec![T0], "one at a time, oldest first");
+    assert_eq!(allow, vec![T0, T0 + SEC, T0 + 2 * SEC]);
+}
+
+#[test]
+fn overlap_cancel_other_cancels_the_open_run() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.overlap = Overlap::CancelOther);
+    let (r1, _) = sm.tick(T0);
+    let token = sm.start(r1[0], T0 + 1);
+    let (r2, _) = sm.tick(T0 + SEC);
+    assert_eq!(
+        (sm.status(r1[0]), sm.status(r2[0])),
+        (RunStatus::Cancelled, RunStatus::Pending)
+    );
+    // The cancelled attempt's worker learns it on its next heartbeat.
+    let lease = sm
+        .apply(T0 + SEC + 1, Command::Heartbeat { run_id: r1[0], token })
+        .unwrap();
+    assert_eq!(lease, Response::Lease { cancelled: true });
+}
+
+#[test]
+fn failures_retry_with_backoff_until_attempts_run_out() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.retry.max_attempts = 2;
+        p.retry.jitter = 0.0;
+        p.retry.initial_interval_ms = 5_000;
+    });
+    let (r, _) = sm.tick(T0);
+    let t1 = sm.start(r[0], T0 + 1);
+    sm.finish(r[0], t1, T0 + 100, failed(true)).unwrap();
+    let run = sm.state.run(r[0]).unwrap().clone();
+    assert_eq!(
+        (run.status, run.not_before_ms),
+        (RunStatus::Pending, T0 + 100 + 5_000)
+    );
+    assert!(
+        sm.state.dispatchable_runs(T0 + 5_000, 10).is_empty(),
+        "not before the back-off"
+    );
+    assert_eq!(sm.state.dispatchable_runs(T0 + 5_100, 10).len(), 1);
+    let t2 = sm.start(r[0], T0 + 5_100);
+    assert!(t2 > t1, "a new attempt gets a new fencing token");
+    sm.finish(r[0], t2, T0 + 5_200, failed(true)).unwrap();
+    assert_eq!(
+        sm.status(r[0]),
+        RunStatus::Failed,
+        "dead letter after max_attempts"
+    );
+    assert_eq!((sm.counters("a").retries, sm.counters("a").failed), (1, 1));
+}
+
+#[test]
+fn non_retryable_errors_fail_at_once() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.retry.non_retryable_errors = vec!["boom".into()]
+    });
+    let (r, _) = sm.tick(T0);
+    let t = sm.start(r[0], T0 + 1);
+    sm.finish(r[0], t, T0 + 2, failed(true)).unwrap();
+    assert_eq!(sm.status(r[0]), RunStatus::Failed);
+    let (r2, _) = sm.tick(T0 + SEC);
+    let t = sm.start(r2[0], T0 + SEC + 1);
+    sm.finish(
+        r2[0],
+        t,
+        T0 + SEC + 2,
+        AttemptOutcome::Failed {
+            kind: "x".into(),
+            message: "4xx".into(),
+            retryable: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(sm.status(r2[0]), RunStatus::Failed);
+}
+
+#[test]
+fn an_expired_lease_times_out_the_attempt_and_fences_the_old_worker() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.timeouts.heartbeat_timeout_ms = 10_000;
+        p.retry.jitter = 0.0;
+        p.retry.initial_interval_ms = 1_000;
+    });
+    let (r, _) = sm.tick(T0);
+    let old = sm.start(r[0], T0 + 1);
+    sm.apply(
+        T0 + 5_000,
+        Command::Heartbeat {
+            run_id: r[0],
+            token: old,
+        },
+    )
+    .unwrap();
+    assert_eq!(sm.status(r[0]), RunStatus::Running);
+    // The lease now ends at T0 + 15 s; an early expiry proposal changes nothing.
+    assert!(sm.state.expired_runs(T0 + 14_000, 10).is_empty());
+    sm.apply(T0 + 14_000, Command::ExpireRuns { run_ids: vec![r[0]] })
+        .unwrap();
+    assert_eq!(sm.status(r[0]), RunStatus::Running);
+    assert_eq!(sm.state.expired_runs(T0 + 15_000, 10), vec![r[0]]);
+    sm.apply(T0 + 15_000, Command::ExpireRuns { run_ids: vec![r[0]] })
+        .unwrap();
+    let run = sm.state.run(r[0]).unwrap().clone();
+    assert_eq!(run.status, RunStatus::Pending);
+    assert!(run.error.contains("lease expired"), "{}", run.error);
+    let new = sm.start(r[0], T0 + 16_000);
+    // The old worker comes back: its heartbeat and result are refused.
+    for command in [
+        Command::Heartbeat {
+            run_id: r[0],
+            token: old,
+        },
+        Command::FinishAttempt {
+            run_id: r[0],
+            token: old,
+            outcome: AttemptOutcome::Succeeded,
+            output_tail: String::new(),
+        },
+    ] {
+        let err = sm.apply(T0 + 16_500, command).unwrap_err();
+        assert!(
+            matches!(err, Error::FailedPrecondition(ref m) if m.contains("stale fencing token")),
+            "{err:?}"
+        );
+    }
+    sm.finish(r[0], new, T0 + 17_000, AttemptOutcome::Succeeded)
+        .unwrap();
+    // A resent result for the same attempt is acknowledged without change.
+    let resent = sm
+        .finish(r[0], new, T0 + 17_500, AttemptOutcome::Succeeded)
+        .unwrap();
+    assert!(matches!(resent, Response::Run(ref run) if run.status == RunStatus::Succeeded));
+    assert_eq!((sm.counters("a").succeeded, sm.counters("a").retries), (1, 1));
+}
+
+#[test]
+fn a_run_not_dispatched_before_its_start_deadline_times_out() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.timeouts.start_deadline_ms = 2_000);
+    let (r, _) = sm.tick(T0);
+    assert_eq!(sm.state.expired_runs(T0 + 2_000, 10), vec![r[0]]);
+    sm.apply(T0 + 2_000, Command::ExpireRuns { run_ids: vec![r[0]] })
+        .unwrap();
+    assert_eq!(sm.status(r[0]), RunStatus::TimedOut);
+}
+
+#[test]
+fn paused_jobs_do_not_fire_and_resume_does_not_catch_up() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |_| {});
+    sm.apply(
+        T0 - 100,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        sm.state.earliest_fire(),
+        None,
+        "a paused job leaves the fire index"
+    );
+    let stale = vec![("a".to_string(), T0)];
+    assert_eq!(
+        sm.apply(T0, Command::FireBatch { fires: stale }).unwrap(),
+        Response::Fired {
+            created: vec![],
+            refused: 1
+        }
+    );
+    sm.apply(
+        T0 + 10 * SEC + 500,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(sm.state.earliest_fire(), Some(T0 + 11 * SEC));
+    assert_eq!(
+        sm.counters("a").missed,
+        0,
+        "paused time is neither run nor missed"
+    );
+}
+
+#[test]
+fn backfill_creates_each_fire_once_and_trigger_runs_now() {
+    let mut sm = Sm::new();
+    sm.job("a", T0, |p| p.overlap = Overlap::BufferAll);
+    assert_eq!(
+        sm.state.backfill_times("a", T0 - 3 * SEC, T0).unwrap(),
+        vec![T0 - 3 * SEC, T0 - 2 * SEC, T0 - SEC]
+    );
+    let first = sm
+        .apply(
+            T0 + 1,
+            Command::Backfill {
+                id: "a".into(),
+                start_ms: T0 - 3 * SEC,
+                end_ms: T0,
+            },
+        )
+        .unwrap();
+    assert!(matches!(first, Response::Fired { ref created, refused: 0 } if created.len() == 3));
+    let again = sm
+        .apply(
+            T0 + 2,
+            Command::Backfill {
+                id: "a".into(),
+                start_ms: T0 - 5 * SEC,
+                end_ms: T0,
+            },
+        )
+        .unwrap();
+    assert!(matches!(again, Response::Fired { ref created, refused: 3 } if created.len() == 2));
+    let triggered = sm.apply(T0 + 3, Command::TriggerJob { id: "a".into() }).unwrap();
+    let Response::Fired { created, .. } = triggered else {
+        panic!()
+    };
+    assert_eq!(sm.state.run(created[0]).unwrap().nominal_ms, T0 + 3);
+    let err = sm
+        .apply(T0 + 4, Command::TriggerJob { id: "zzz".into() })
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)));
+    let err = sm.state.backfill_times("a", T0, T0 + 20_000 * SEC).unwrap_err();
+    assert!(err.to_string().contains("more than 10000"), "{err}");
+}
+
+#[test]
+fn history_keeps_the_last_runs_and_counters_keep_counting() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.history.keep_succeeded = 2;
+        p.history.keep_failed = 1;
+        p.retry.max_attempts = 1;
+    });
+    for s in 0..5 {
+        let (r, _) = sm.tick(T0 + s * SEC);
+        let t = sm.start(r[0], T0 + s * SEC + 1);
+        let outcome = if s % 2 == 0 {
+            AttemptOutcome::Succeeded
+        } else {
+            failed(true)
+        };
+        sm.finish(r[0], t, T0 + s * SEC + 2, outcome).unwrap();
+    }
+    let kept: Vec<(i64, RunStatus)> = sm
+        .state
+        .job_runs("a")
+        .map(|r| ((r.nominal_ms - T0) / SEC, r.status))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (2, RunStatus::Succeeded),
+            (3, RunStatus::Failed),
+            (4, RunStatus::Succeeded)
+        ]
+    );
+    assert_eq!((sm.counters("a").succeeded, sm.counters("a").failed), (3, 2));
+}
+
+#[test]
+fn cancel_and_delete() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |_| {});
+    let (r, _) = sm.tick(T0);
+    let cancelled = sm.apply(T0 + 1, Command::CancelRun { run_id: r[0] }).unwrap();
+    assert!(matches!(cancelled, Response::Run(ref run) if run.status == RunStatus::Cancelled));
+    let err = sm.apply(T0 + 2, Command::CancelRun { run_id: r[0] }).unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition(_)));
+    sm.apply(
+        T0 + 3,
+        Command::DeleteJob {
+            id: "a".into(),
+            expected_version: None,
+        },
+    )
+    .unwrap();
+    assert!(sm.state.run(r[0]).is_none() && sm.state.counters("a").is_none());
+    assert_eq!(sm.state.earliest_fire(), None);
+}
+
+#[test]
+fn a_rebuilt_state_has_the_same_indexes() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.overlap = Overlap::AllowAll);
+    sm.job("b", T0 - 500, |_| {});
+    let (r, _) = sm.tick(T0 + 2 * SEC);
+    sm.start(r[0], T0 + 2 * SEC + 1);
+    let s = &sm.state;
+    let rebuilt = State::from_parts(StateParts {
+        jobs: s.jobs().cloned().collect(),
+        requests: vec![],
+        runs: s.runs().cloned().collect(),
+        counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        next_run_id: s.next_run_id(),
+    });
+    assert_eq!(rebuilt.fire_index, s.fire_index);
+    assert_eq!(rebuilt.deadline_index, s.deadline_index);
+    assert_eq!(rebuilt.runs_by_job, s.runs_by_job);
+    assert_eq!(rebuilt, *s);
+}
