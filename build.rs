@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("kairos_descriptor.bin");
     let protos = [
         "proto/kairos/v1/job.proto",
+        "proto/kairos/v1/run.proto",
         "proto/kairos/v1/cluster.proto",
         "proto/kairos/v1/raft.proto",
     ];

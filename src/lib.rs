@@ -11,11 +11,13 @@
 //! - [`scheduler`]: the deterministic core (jobs, schedules, validation, `State::apply`).
 //! - [`raft`]: openraft wiring — sled log store with fsync, state machine, snapshots, peer network.
 //! - [`node`]: a running node — bootstrap, write forwarding, read barriers, shutdown.
+//! - [`actors`]: leader-only actors (the timer that fires due jobs).
 //! - [`api`]: gRPC services and protobuf ↔ domain conversion.
 //! - [`http`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`cli`]: the `kairos` command (agent, dev, job, cluster, cron).
 //! - [`config`]: agent configuration from flags, `KAIROS_*` variables and TOML.
 
+pub mod actors;
 pub mod api;
 pub mod cli;
 pub mod config;

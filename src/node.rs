@@ -293,6 +293,16 @@ impl Node {
         .await
     }
 
+    /// Proposes `command` only if this node is the leader (no forwarding):
+    /// for the leader-only actors, whose proposals are pointless elsewhere.
+    pub async fn propose_local(&self, principal: &str, command: Command) -> Result<Response> {
+        self.execute(Forwarded::Write {
+            principal: principal.to_string(),
+            command: Box::new(command),
+        })
+        .await
+    }
+
     /// Adds a node: learner first, voter once it has caught up.
     pub async fn add_node(&self, id: NodeId, addr: String) -> Result<()> {
         self.route(Forwarded::AddNode { id, addr }).await.map(|_| ())

@@ -12,7 +12,8 @@ use pbjson_types::{Duration as PbDuration, Timestamp as PbTimestamp};
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::scheduler::job::{Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts};
-use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, ScheduleSpec};
+use crate::scheduler::run::{JobCounters, RunCause};
+use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, Run, RunStatus, ScheduleSpec};
 
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
@@ -395,6 +396,75 @@ pub fn job_to_pb(job: &Job) -> pb::ScheduledJob {
         version: job.version,
         created_at: Some(ms_timestamp(job.created_at_ms)),
         updated_at: Some(ms_timestamp(job.updated_at_ms)),
+    }
+}
+
+fn run_status_to_pb(s: RunStatus) -> pb::RunStatus {
+    match s {
+        RunStatus::Pending => pb::RunStatus::Pending,
+        RunStatus::Queued => pb::RunStatus::Queued,
+        RunStatus::Running => pb::RunStatus::Running,
+        RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Failed => pb::RunStatus::Failed,
+        RunStatus::TimedOut => pb::RunStatus::TimedOut,
+        RunStatus::Cancelled => pb::RunStatus::Cancelled,
+        RunStatus::Skipped => pb::RunStatus::Skipped,
+    }
+}
+
+/// A run status filter from the message (`None` for unspecified).
+pub fn run_status_filter(v: i32) -> Result<Option<RunStatus>> {
+    use pb::RunStatus as P;
+    Ok(
+        match P::try_from(v).map_err(|_| invalid(format!("status: unknown value {v}")))? {
+            P::Unspecified => None,
+            P::Pending => Some(RunStatus::Pending),
+            P::Queued => Some(RunStatus::Queued),
+            P::Running => Some(RunStatus::Running),
+            P::Succeeded => Some(RunStatus::Succeeded),
+            P::Failed => Some(RunStatus::Failed),
+            P::TimedOut => Some(RunStatus::TimedOut),
+            P::Cancelled => Some(RunStatus::Cancelled),
+            P::Skipped => Some(RunStatus::Skipped),
+        },
+    )
+}
+
+/// The message form of a run.
+pub fn run_to_pb(run: &Run) -> pb::Run {
+    pb::Run {
+        id: run.id,
+        job_id: run.job_id.clone(),
+        nominal_time: Some(ms_timestamp(run.nominal_ms)),
+        status: run_status_to_pb(run.status) as i32,
+        attempt: run.attempt,
+        node_id: run.node.unwrap_or(0),
+        started_at: run.started_at_ms.map(ms_timestamp),
+        finished_at: run.finished_at_ms.map(ms_timestamp),
+        error: run.error.clone(),
+        output_tail: run.output_tail.clone(),
+        cause: match run.cause {
+            RunCause::Schedule => pb::RunCause::Schedule,
+            RunCause::Trigger => pb::RunCause::Trigger,
+            RunCause::Backfill => pb::RunCause::Backfill,
+        } as i32,
+        fencing_token: run.token,
+        idempotency_key: run.idempotency_key(),
+        not_before: (run.status == RunStatus::Pending).then(|| ms_timestamp(run.not_before_ms)),
+    }
+}
+
+/// The message form of a job's counters.
+pub fn counters_to_pb(c: &JobCounters) -> pb::JobCounters {
+    pb::JobCounters {
+        runs_created: c.runs_created,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        timed_out: c.timed_out,
+        cancelled: c.cancelled,
+        skipped: c.skipped,
+        missed: c.missed,
+        retries: c.retries,
     }
 }
 

@@ -16,7 +16,7 @@ use crate::scheduler::state::DEFAULT_PAGE_SIZE;
 use crate::scheduler::validate::{validate_id, validate_patch, validate_request_id, validate_spec};
 use crate::scheduler::{Command, JobFilter, Response as CommandResponse};
 
-fn consistency(v: i32) -> Result<Consistency, Status> {
+pub(super) fn consistency(v: i32) -> Result<Consistency, Status> {
     match pb::ReadConsistency::try_from(v) {
         Ok(pb::ReadConsistency::Stale) => Ok(Consistency::Stale),
         Ok(_) => Ok(Consistency::Linearizable),
@@ -44,7 +44,7 @@ async fn write(node: &Node, principal: &str, command: Command) -> Result<Command
     result.map_err(to_status)
 }
 
-fn required_id(id: &str) -> Result<(), Status> {
+pub(super) fn required_id(id: &str) -> Result<(), Status> {
     validate_id(id).map_err(to_status)
 }
 

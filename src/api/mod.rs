@@ -1,5 +1,5 @@
-//! The gRPC face of a node: `JobService`, `ClusterService` and the peer
-//! `RaftService`, all on `--grpc-addr`.
+//! The gRPC face of a node: `JobService`, `RunService`, `ClusterService` and
+//! the peer `RaftService`, all on `--grpc-addr`.
 //!
 //! Handlers convert protobuf to domain types ([`convert`]), validate, and call
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
@@ -13,6 +13,7 @@ pub mod cluster_service;
 pub mod convert;
 pub mod job_service;
 pub mod raft_service;
+pub mod run_service;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::node::Node;
 use crate::proto::cluster_service_server::ClusterServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::raft_service_server::RaftServiceServer;
+use crate::proto::run_service_server::RunServiceServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
 
 /// Largest accepted client message, bytes (1 MiB payload + 1 MiB for the rest).
@@ -57,6 +59,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
         )
+        .add_service(RunServiceServer::new(api.clone()))
         .add_service(ClusterServiceServer::new(api))
         .add_service(
             RaftServiceServer::new(raft_service::PeerApi { node })

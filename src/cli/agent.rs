@@ -98,6 +98,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
         })
     };
+    tasks.spawn(crate::actors::run_leader_actors(node.clone(), shutdown.clone()));
     tasks.close();
 
     shutdown.cancelled().await;

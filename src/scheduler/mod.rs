@@ -10,7 +10,9 @@
 //! - [`job`]: the job record, its spec, policies and partial updates.
 //! - [`schedule`]: cron / one-shot / interval schedules and their fire times.
 //! - [`validate`]: input checks done before a command is proposed.
-//! - [`state`]: the replicated state and `State::apply`.
+//! - [`run`]: runs, attempt outcomes, counters and retry back-off.
+//! - [`firing`]: which due fires run under the catch-up policy.
+//! - [`state`]: the replicated state and `State::apply` (jobs, and runs in `state_runs.rs`).
 
 pub mod firing;
 pub mod job;
@@ -20,7 +22,8 @@ pub mod state;
 pub mod validate;
 
 pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
+pub use run::{Run, RunId, RunStatus};
 pub use schedule::{Schedule, ScheduleSpec};
 pub use state::{
-    Changes, Command, CommandResult, JobFilter, JobPage, Request, RequestRecord, Response, State,
+    Changes, Command, CommandResult, JobFilter, JobPage, Request, RequestRecord, Response, RunFilter, State,
 };

@@ -35,6 +35,7 @@ use crate::error::Error;
 
 #[path = "state_runs.rs"]
 mod runs;
+pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
 
 /// How long a create's `request_id` is remembered, ms (24 h).
 pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;

@@ -27,6 +27,28 @@ pub const MAX_PENDING_RUNS: usize = 100_000;
 /// Most runs one backfill may create.
 pub const MAX_BACKFILL_RUNS: usize = 10_000;
 
+/// Filters of a run listing; `None` matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only runs of this job.
+    pub job_id: Option<JobId>,
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// Only runs with a nominal time at or after this, Unix ms.
+    pub nominal_after: Option<i64>,
+    /// Only runs with a nominal time before this, Unix ms.
+    pub nominal_before: Option<i64>,
+}
+
+impl RunFilter {
+    fn matches(&self, run: &Run) -> bool {
+        self.job_id.as_ref().is_none_or(|j| *j == run.job_id)
+            && self.status.is_none_or(|s| s == run.status)
+            && self.nominal_after.is_none_or(|t| run.nominal_ms >= t)
+            && self.nominal_before.is_none_or(|t| run.nominal_ms < t)
+    }
+}
+
 /// Why an attempt ended without success.
 struct AttemptFailure {
     /// False when a retry cannot help.
@@ -306,10 +328,9 @@ impl State {
             )));
         }
         let run_id = self.create_run(id, at_ms, RunCause::Trigger, at_ms, changes);
-        Ok(Response::Fired {
-            created: vec![run_id],
-            refused: 0,
-        })
+        Ok(Response::Run(Box::new(
+            self.runs.get(&run_id).cloned().expect("just created"),
+        )))
     }
 
     /// The fire times of job `id` in `[start_ms, end_ms)`, for a backfill.
@@ -393,6 +414,40 @@ impl State {
         out.sort_by_key(|r| (r.not_before_ms, r.id));
         out.truncate(limit);
         out
+    }
+
+    /// Runs in id (creation) order after `after`, filtered, at most
+    /// `page_size`, and the token of the next page. Like job listings, a page
+    /// stops early after examining [`super::MAX_SCAN_PER_PAGE`] runs.
+    pub fn list_runs(
+        &self,
+        filter: &RunFilter,
+        after: Option<RunId>,
+        page_size: usize,
+    ) -> (Vec<Run>, Option<RunId>) {
+        let page_size = page_size.clamp(1, super::MAX_PAGE_SIZE);
+        let start = after.map_or(0, |a| a.saturating_add(1));
+        let ids: Box<dyn Iterator<Item = RunId> + '_> = match &filter.job_id {
+            Some(job) => Box::new(
+                self.runs_by_job
+                    .get(job)
+                    .into_iter()
+                    .flat_map(move |ids| ids.range(start..).copied()),
+            ),
+            None => Box::new(self.runs.range(start..).map(|(id, _)| *id)),
+        };
+        let mut runs = Vec::new();
+        let mut last_seen = None;
+        for (scanned, id) in ids.enumerate() {
+            if runs.len() == page_size || scanned == super::MAX_SCAN_PER_PAGE {
+                return (runs, last_seen);
+            }
+            last_seen = Some(id);
+            if let Some(run) = self.runs.get(&id).filter(|r| filter.matches(r)) {
+                runs.push(run.clone());
+            }
+        }
+        (runs, None)
     }
 
     /// `StartAttempt`: the dispatcher assigns a pending run to a node.

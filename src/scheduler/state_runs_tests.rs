@@ -449,10 +449,10 @@ fn backfill_creates_each_fire_once_and_trigger_runs_now() {
         .unwrap();
     assert!(matches!(again, Response::Fired { ref created, refused: 3 } if created.len() == 2));
     let triggered = sm.apply(T0 + 3, Command::TriggerJob { id: "a".into() }).unwrap();
-    let Response::Fired { created, .. } = triggered else {
-        panic!()
+    let Response::Run(run) = triggered else {
+        panic!("{triggered:?}")
     };
-    assert_eq!(sm.state.run(created[0]).unwrap().nominal_ms, T0 + 3);
+    assert_eq!((run.nominal_ms, run.status), (T0 + 3, RunStatus::Pending));
     let err = sm
         .apply(T0 + 4, Command::TriggerJob { id: "zzz".into() })
         .unwrap_err();
