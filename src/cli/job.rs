@@ -16,6 +16,7 @@ use super::output;
 use crate::api::convert::{ms_duration, ms_timestamp, timestamp_ms};
 use crate::proto as pb;
 use crate::proto::job_service_client::JobServiceClient;
+use crate::proto::run_service_client::RunServiceClient;
 
 /// `kairos job`.
 #[derive(clap::Args, Debug)]
@@ -93,6 +94,30 @@ enum JobAction {
     },
     /// Resume a paused job (paused time is not caught up).
     Resume {
+        /// Job id.
+        id: String,
+    },
+    /// Run a job now.
+    Trigger {
+        /// Job id.
+        id: String,
+    },
+    /// Create runs for the job's fire times in [--start, --end).
+    Backfill {
+        /// Job id.
+        id: String,
+        /// Range start (RFC 3339), inclusive.
+        #[arg(long)]
+        start: DateTime<Utc>,
+        /// Range end (RFC 3339), exclusive.
+        #[arg(long)]
+        end: DateTime<Utc>,
+        /// Only list the fire times.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// A job with its next fire times, counters and recent runs.
+    Describe {
         /// Job id.
         id: String,
     },
@@ -540,6 +565,79 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(fail)?;
             output::print(out, &job, print_job)
+        }
+        JobAction::Trigger { id } => {
+            let req = pb::TriggerJobRequest { id };
+            let run = client
+                .send(&req, |ch, r| async move {
+                    RunServiceClient::new(ch).trigger_job(r).await
+                })
+                .await
+                .map_err(fail)?;
+            output::print(out, &run, super::run::print_run)
+        }
+        JobAction::Backfill {
+            id,
+            start,
+            end,
+            dry_run,
+        } => {
+            let req = pb::BackfillJobRequest {
+                id,
+                start: Some(ms_timestamp(start.timestamp_millis())),
+                end: Some(ms_timestamp(end.timestamp_millis())),
+                dry_run,
+            };
+            let reply = client
+                .send(&req, |ch, r| async move {
+                    RunServiceClient::new(ch).backfill_job(r).await
+                })
+                .await
+                .map_err(fail)?;
+            output::print(out, &reply, |r| {
+                for t in &r.nominal_times {
+                    println!("{}", time(&Some(*t)));
+                }
+                if dry_run {
+                    println!("{} fire times (dry run: nothing created)", r.nominal_times.len());
+                } else {
+                    println!(
+                        "{} runs created, {} already present",
+                        r.run_ids.len(),
+                        r.already_present
+                    );
+                }
+            })
+        }
+        JobAction::Describe { id } => {
+            let req = pb::DescribeJobRequest { id, consistency: 0 };
+            let d = client
+                .send(&req, |ch, r| async move {
+                    RunServiceClient::new(ch).describe_job(r).await
+                })
+                .await
+                .map_err(fail)?;
+            output::print(out, &d, |d| {
+                if let Some(job) = &d.job {
+                    print_job(job);
+                }
+                let c = d.counters.clone().unwrap_or_default();
+                println!(
+                    "counters: created {} succeeded {} failed {} timed_out {} cancelled {} skipped {} missed {} retries {}",
+                    c.runs_created, c.succeeded, c.failed, c.timed_out, c.cancelled, c.skipped, c.missed, c.retries
+                );
+                let next: Vec<String> = d.next_fire_times.iter().map(|t| time(&Some(*t))).collect();
+                println!(
+                    "next fires: {}",
+                    if next.is_empty() {
+                        "-".into()
+                    } else {
+                        next.join(", ")
+                    }
+                );
+                println!("recent runs:");
+                super::run::print_runs(&d.recent_runs);
+            })
         }
     }
 }

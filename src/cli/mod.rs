@@ -2,7 +2,7 @@
 //!
 //! - `agent`: run one node ([`agent`]).
 //! - `dev`: run a local three-node cluster as child processes ([`dev`]).
-//! - `job`, `cluster`: gRPC clients ([`job`], [`cluster`]) that try the
+//! - `job`, `run`, `cluster`: gRPC clients ([`job`], [`run`], [`cluster`]) that try the
 //!   `--endpoints` in turn and follow a leader hint.
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
@@ -15,6 +15,7 @@ pub mod cron;
 pub mod dev;
 pub mod job;
 pub mod output;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +45,8 @@ pub enum Command {
     Dev(dev::DevArgs),
     /// Create, inspect and change jobs.
     Job(Box<job::JobCommand>),
+    /// List, inspect and cancel runs.
+    Run(run::RunCommand),
     /// Inspect and change cluster membership.
     Cluster(cluster::ClusterCommand),
     /// Evaluate cron expressions.
@@ -59,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run_from_args(*args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Job(cmd) => job::run(*cmd, &cli.client).await,
+        Command::Run(cmd) => run::run(cmd, &cli.client).await,
         Command::Cluster(cmd) => cluster::run(cmd, &cli.client).await,
         Command::Cron(cmd) => cron::run(cmd),
         Command::Debug(cmd) => agent::debug(cmd).await,
