@@ -34,7 +34,7 @@ pub enum LogFormat {
 }
 
 macro_rules! agent_settings {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal; )*) => {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal $([$($extra:tt)*])?; )*) => {
         /// `kairos agent` flags. Every flag can also come from the environment
         /// variable named in its help, or from the `--config` file.
         #[derive(clap::Args, Clone, Debug, Default)]
@@ -42,7 +42,7 @@ macro_rules! agent_settings {
             /// TOML file with the same settings (snake_case keys).
             #[arg(long, env = "KAIROS_CONFIG")]
             pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] pub $field: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
         }
 
         /// The settings a `--config` file may hold.
@@ -77,8 +77,12 @@ agent_settings! {
     advertise_addr: String, env = "KAIROS_ADVERTISE_ADDR";
     /// Members of a new cluster, `id=host:port,...` (gRPC addresses); same on every node.
     initial_cluster: String, env = "KAIROS_INITIAL_CLUSTER";
-    /// Shared secret of the worker cluster.
+    /// Shared secret of the worker network (required).
     cluster_cookie: String, env = "KAIROS_CLUSTER_COOKIE";
+    /// Worker actors on this node (default 4 x CPU cores).
+    workers: usize, env = "KAIROS_WORKERS";
+    /// Enable the `exec` job type on this node (runs programs; off by default).
+    allow_exec: bool, env = "KAIROS_ALLOW_EXEC" [num_args = 0..=1, default_missing_value = "true"];
     /// Log output: text or json.
     log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
     /// Raft leader heartbeat period in ms (default 100).
@@ -108,8 +112,12 @@ pub struct AgentConfig {
     pub advertise_addr: String,
     /// Members of a new cluster; empty to wait to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
-    /// Worker-cluster secret, if set.
-    pub cluster_cookie: Option<String>,
+    /// Worker-network secret.
+    pub cluster_cookie: String,
+    /// Worker actors on this node.
+    pub workers: usize,
+    /// Whether the `exec` handler is enabled.
+    pub allow_exec: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -172,6 +180,22 @@ impl AgentConfig {
             .advertise_addr
             .or_else(|| initial_cluster.get(&node_id).cloned())
             .unwrap_or_else(|| grpc_addr.to_string());
+        let cluster_cookie = args
+            .cluster_cookie
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "--cluster-cookie: required (the shared secret of the worker network)".into(),
+                )
+            })?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = args.workers.unwrap_or(4 * cores);
+        if workers == 0 || workers > 10_000 {
+            return Err(Error::InvalidArgument(format!(
+                "--workers: {workers} is not in 1..=10000"
+            )));
+        }
         let defaults = RaftTuning::default();
         Ok(AgentConfig {
             node_id,
@@ -186,7 +210,9 @@ impl AgentConfig {
             )?,
             advertise_addr,
             initial_cluster,
-            cluster_cookie: args.cluster_cookie,
+            cluster_cookie,
+            workers,
+            allow_exec: args.allow_exec.unwrap_or(false),
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
@@ -231,6 +257,7 @@ mod tests {
         let args = AgentArgs {
             config: Some(path),
             http_addr: Some("127.0.0.1:9999".into()),
+            cluster_cookie: Some("secret".into()),
             ..Default::default()
         };
         let c = AgentConfig::resolve(args).unwrap();
@@ -239,6 +266,16 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9999");
         assert_eq!(c.data_dir, PathBuf::from("kairos-data/node-2"));
         assert_eq!(c.advertise_addr, "127.0.0.1:9102");
+    }
+
+    #[test]
+    fn the_cluster_cookie_is_required() {
+        let args = AgentArgs {
+            node_id: Some(1),
+            ..Default::default()
+        };
+        let err = AgentConfig::resolve(args).unwrap_err().to_string();
+        assert!(err.starts_with("--cluster-cookie: required"), "{err}");
     }
 
     #[test]

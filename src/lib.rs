@@ -12,6 +12,7 @@
 //! - [`raft`]: openraft wiring — sled log store with fsync, state machine, snapshots, peer network.
 //! - [`node`]: a running node — bootstrap, write forwarding, read barriers, shutdown.
 //! - [`actors`]: leader-only actors (the timer that fires due jobs).
+//! - [`handlers`]: job types (noop, sleep, http, exec) behind one trait.
 //! - [`api`]: gRPC services and protobuf ↔ domain conversion.
 //! - [`http`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`cli`]: the `kairos` command (agent, dev, job, cluster, cron).
@@ -22,6 +23,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod node;

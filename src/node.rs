@@ -68,6 +68,8 @@ pub struct NodeOptions {
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// Raft timing and compaction.
     pub tuning: RaftTuning,
+    /// The worker network (ractor_cluster) address, reported to peers.
+    pub cluster_addr: String,
 }
 
 /// How fresh a read must be.
@@ -125,6 +127,8 @@ pub struct NodeReport {
     pub snapshot_index: u64,
     /// Highest index purged from the log.
     pub purged_index: u64,
+    /// Address of this node's worker network (ractor_cluster) listener.
+    pub cluster_addr: String,
 }
 
 /// A started node.
@@ -141,6 +145,8 @@ pub struct Node {
     startup_commit: u64,
     /// Cached peer clients by address.
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// The worker network address, reported in [`NodeReport`].
+    cluster_addr: String,
 }
 
 impl Node {
@@ -161,6 +167,7 @@ impl Node {
             committed,
             startup_commit,
             peers: Mutex::default(),
+            cluster_addr: options.cluster_addr.clone(),
         });
         node.bootstrap(options).await?;
         Ok(node)
@@ -254,6 +261,7 @@ impl Node {
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
+            cluster_addr: self.cluster_addr.clone(),
         }
     }
 

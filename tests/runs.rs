@@ -3,8 +3,8 @@
 //! while there was no leader follow the job's catch-up policy. Also the run
 //! API (trigger, backfill, describe, list, cancel).
 //!
-//! Runs are not executed yet (no workers): the jobs use `allow_all` overlap
-//! and a long start deadline so every run stays pending and visible.
+//! The jobs use `allow_all` overlap, a long start deadline and a long history
+//! so that every run stays visible whatever state execution leaves it in.
 
 mod common;
 
@@ -29,6 +29,10 @@ fn every_second_job(id: &str, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
             timeouts: Some(pb::Timeouts {
                 start_deadline: Some(ms_duration(600_000)),
                 ..Default::default()
+            }),
+            history: Some(pb::HistoryLimits {
+                keep_succeeded: 1000,
+                keep_failed: 1000,
             }),
             ..Default::default()
         }),
@@ -154,6 +158,9 @@ async fn trigger_backfill_describe_and_cancel() {
     let mut jobs = cluster.jobs(follower).await;
     let mut job = every_second_job("hourly", pb::CatchupPolicy::Latest);
     job.schedule = "0 * * * *".into();
+    // A long sleep, so the triggered run is still open when it is cancelled.
+    job.r#type = "sleep".into();
+    job.payload = br#"{"ms": 600000}"#.to_vec();
     jobs.create_job(pb::CreateJobRequest {
         job: Some(job),
         request_id: String::new(),

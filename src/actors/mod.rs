@@ -10,13 +10,16 @@
 //!
 //! - [`timer::Timer`]: proposes one `FireBatch` for every job due in a tick and
 //!   an `ExpireRuns` for every run past its lease, time limit or start deadline.
+//! - [`dispatcher::Dispatcher`]: starts attempts of dispatchable runs on the
+//!   least-loaded worker pool.
 //!
-//! IMPLEMENTATION CAVEATS: the dispatcher and the per-node worker pools of
-//! DESIGN.md are not built yet, so runs are created and recorded but nothing
-//! executes them; a run that is never dispatched ends `timed_out` when its
-//! start deadline passes.
+//! Every node also runs a [`worker::WorkerPool`] (not leader-only), reachable
+//! from other nodes over the worker network of [`cluster`].
 
+pub mod cluster;
+pub mod dispatcher;
 pub mod timer;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -30,32 +33,54 @@ use crate::node::Node;
 /// it does not, until `shutdown` is cancelled.
 pub async fn run_leader_actors(node: Arc<Node>, shutdown: CancellationToken) {
     let mut metrics = node.raft.metrics();
-    let mut timer: Option<ActorRef<timer::TimerMsg>> = None;
+    let mut actors: Option<LeaderActors> = None;
     loop {
         let leading = metrics.borrow().state == ServerState::Leader;
-        match (leading, &timer) {
-            (true, None) => {
-                match Actor::spawn(None, timer::Timer, timer::TimerArgs { node: node.clone() }).await {
-                    Ok((actor, _)) => {
-                        tracing::info!(node = node.id, "became leader: timer started");
-                        timer = Some(actor);
-                    }
-                    Err(e) => tracing::error!(node = node.id, "cannot start the timer: {e}"),
+        if leading && actors.is_none() {
+            match LeaderActors::start(&node).await {
+                Ok(started) => {
+                    tracing::info!(node = node.id, "became leader: timer and dispatcher started");
+                    actors = Some(started);
                 }
+                Err(e) => tracing::error!(node = node.id, "cannot start the leader actors: {e}"),
             }
-            (false, Some(actor)) => {
-                tracing::info!(node = node.id, "no longer leader: timer stopped");
-                let _ = actor.stop_and_wait(None, None).await;
-                timer = None;
+        } else if !leading {
+            if let Some(stopping) = actors.take() {
+                tracing::info!(node = node.id, "no longer leader: timer and dispatcher stopped");
+                stopping.stop().await;
             }
-            _ => {}
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { break },
             _ = shutdown.cancelled() => break,
         }
     }
-    if let Some(actor) = timer {
-        let _ = actor.stop_and_wait(None, None).await;
+    if let Some(actors) = actors {
+        actors.stop().await;
+    }
+}
+
+/// The actors that run only on the leader.
+struct LeaderActors {
+    timer: ActorRef<timer::TimerMsg>,
+    dispatcher: ActorRef<dispatcher::DispatcherMsg>,
+}
+
+impl LeaderActors {
+    async fn start(node: &Arc<Node>) -> Result<LeaderActors, ractor::SpawnErr> {
+        let (timer, _) = Actor::spawn(None, timer::Timer, timer::TimerArgs { node: node.clone() }).await?;
+        let args = dispatcher::DispatcherArgs { node: node.clone() };
+        match Actor::spawn(None, dispatcher::Dispatcher, args).await {
+            Ok((dispatcher, _)) => Ok(LeaderActors { timer, dispatcher }),
+            Err(e) => {
+                timer.stop(None);
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.timer.stop_and_wait(None, None).await;
+        let _ = self.dispatcher.stop_and_wait(None, None).await;
     }
 }

@@ -36,8 +36,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 /// The timer actor.
 pub struct Timer;
 
-/// Messages of the timer.
-#[derive(Debug)]
+/// Messages of the timer (local only).
+#[derive(Debug, ractor_cluster::RactorMessage)]
 pub enum TimerMsg {
     /// Look at the state: fire what is due, expire what is overdue, re-arm.
     Tick,

@@ -49,6 +49,29 @@ pub(super) fn required_id(id: &str) -> Result<(), Status> {
 }
 
 impl Api {
+    /// Checks the job type and payload an update leaves the job with.
+    fn validate_handler_patch(&self, id: &str, patch: &crate::scheduler::JobPatch) -> Result<(), Status> {
+        if patch.job_type.is_none() && patch.payload.is_none() {
+            return Ok(());
+        }
+        let (job_type, payload) = {
+            let state = self.node.state.read();
+            let current = state.job(id);
+            let job_type = patch
+                .job_type
+                .clone()
+                .or_else(|| current.map(|j| j.spec.job_type.clone()));
+            let payload = patch
+                .payload
+                .clone()
+                .or_else(|| current.map(|j| j.spec.payload.clone()));
+            (job_type.unwrap_or_default(), payload.unwrap_or_default())
+        };
+        self.registry
+            .validate(&job_type, &payload)
+            .map_err(Status::invalid_argument)
+    }
+
     async fn set_paused(
         &self,
         method: &str,
@@ -78,6 +101,9 @@ impl JobService for Api {
             validate_request_id(&req.request_id).map_err(to_status)?;
             let spec = spec_from_pb(&job).map_err(to_status)?;
             validate_spec(&spec).map_err(to_status)?;
+            self.registry
+                .validate(&spec.job_type, &spec.payload)
+                .map_err(Status::invalid_argument)?;
             let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
             let command = Command::CreateJob {
                 id: job.id,
@@ -156,6 +182,7 @@ impl JobService for Api {
             let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
             let patch = patch_from_pb(&job, &mask).map_err(to_status)?;
             validate_patch(&patch).map_err(to_status)?;
+            self.validate_handler_patch(&job.id, &patch)?;
             let command = Command::UpdateJob {
                 id: job.id,
                 expected_version: job.version,

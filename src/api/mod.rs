@@ -26,6 +26,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::error::Error;
+use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::proto::cluster_service_server::ClusterServiceServer;
@@ -46,11 +47,13 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let api = Api {
         node: node.clone(),
         metrics,
+        registry,
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -75,6 +78,8 @@ pub async fn serve(
 pub struct Api {
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    /// Job types this node knows, for validating creates and updates.
+    registry: Arc<Registry>,
 }
 
 impl Api {

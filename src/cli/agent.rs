@@ -7,11 +7,15 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actors::worker::{PoolArgs, WorkerPool};
 use crate::config::{AgentArgs, AgentConfig, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
@@ -30,8 +34,10 @@ pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
     });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -73,17 +79,34 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         advertise_addr: config.advertise_addr.clone(),
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
+        cluster_addr: config.cluster_addr.to_string(),
     };
     let node = Node::start(&options).await?;
     let metrics = Metrics::new();
+    let (node_server, _) = crate::actors::cluster::start_node_server(
+        config.node_id,
+        config.cluster_addr,
+        config.cluster_cookie.clone(),
+    )
+    .await?;
+    let registry = Arc::new(crate::handlers::Registry::builtin(config.allow_exec));
+    let pool_args = PoolArgs {
+        node: node.clone(),
+        registry: registry.clone(),
+        workers: config.workers,
+    };
+    let (pool, _) = Actor::spawn(None, WorkerPool, pool_args)
+        .await
+        .context("start the worker pool")?;
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr,
         data_dir = %config.data_dir.display(), "kairos node started");
 
     let tasks = TaskTracker::new();
     let grpc_task = {
         let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
+        let registry = registry.clone();
         tasks.spawn(async move {
-            if let Err(e) = crate::api::serve(grpc, node, metrics, shutdown.clone()).await {
+            if let Err(e) = crate::api::serve(grpc, node, metrics, registry, shutdown.clone()).await {
                 tracing::error!("gRPC server failed: {e}");
                 shutdown.cancel();
             }
@@ -99,6 +122,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         })
     };
     tasks.spawn(crate::actors::run_leader_actors(node.clone(), shutdown.clone()));
+    tasks.spawn(crate::actors::cluster::run_connector(
+        node.clone(),
+        node_server.clone(),
+        shutdown.clone(),
+    ));
     tasks.close();
 
     shutdown.cancelled().await;
@@ -108,8 +136,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         let _ = http_task.await;
     })
     .await;
-    node.shutdown().await;
     tasks.wait().await;
+    let _ = pool
+        .stop_and_wait(None, Some(std::time::Duration::from_secs(5)))
+        .await;
+    node_server.stop(None);
+    node.shutdown().await;
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
 }

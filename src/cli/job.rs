@@ -621,7 +621,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 if let Some(job) = &d.job {
                     print_job(job);
                 }
-                let c = d.counters.clone().unwrap_or_default();
+                let c = d.counters.unwrap_or_default();
                 println!(
                     "counters: created {} succeeded {} failed {} timed_out {} cancelled {} skipped {} missed {} retries {}",
                     c.runs_created, c.succeeded, c.failed, c.timed_out, c.cancelled, c.skipped, c.missed, c.retries

@@ -136,6 +136,7 @@ impl TestCluster {
             .arg(format!("--grpc-addr={}", node.grpc))
             .arg(format!("--http-addr={}", node.http))
             .arg(format!("--cluster-addr=127.0.0.1:{}", free_port()))
+            .arg("--cluster-cookie=kairos-test")
             .args((!initial.is_empty()).then_some(initial))
             .args(&extra)
             .env("RUST_LOG", "info,openraft=warn")

@@ -1,0 +1,223 @@
+//! The dispatcher: assigns dispatchable runs to worker pools, on the leader only.
+//!
+//! On every tick it asks the state machine for the runs that may start now
+//! (pending, past their retry back-off, not blocked by the overlap policy),
+//! picks for each the node with the most free workers (capacity from the
+//! pool, load from the replicated state: the runs queued or running there),
+//! proposes `StartAttempt` — whose log index becomes the attempt's fencing
+//! token — and sends the work item to that node's pool through
+//! ractor_cluster. If the send is lost, the attempt's lease expires and the
+//! run is retried elsewhere; nothing is assigned without a committed entry.
+//!
+//! IMPLEMENTATION CAVEATS: one Raft entry per started attempt (no batching
+//! yet); no per-type concurrency or rate limits yet; pools are found only on
+//! nodes this leader has a worker-network session with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::task::JoinHandle;
+
+use super::worker::{encode_item, group, WorkItem, WorkerPoolMsg};
+use crate::node::Node;
+use crate::scheduler::{Command, Response, RunStatus};
+
+/// Principal recorded for the dispatcher's proposals.
+const PRINCIPAL: &str = "kairos-dispatcher";
+/// How often the dispatcher looks for work even without state changes (retries come due).
+const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long a pool's capacity answer is trusted.
+const CAPACITY_TTL: Duration = Duration::from_secs(5);
+
+/// The dispatcher actor.
+pub struct Dispatcher;
+
+/// Messages of the dispatcher (local only).
+#[derive(Debug, ractor_cluster::RactorMessage)]
+pub enum DispatcherMsg {
+    /// Look for dispatchable runs.
+    Tick,
+}
+
+/// What the dispatcher needs.
+pub struct DispatcherArgs {
+    /// The local node (must be the leader).
+    pub node: Arc<Node>,
+}
+
+/// The dispatcher's state.
+pub struct DispatcherState {
+    node: Arc<Node>,
+    /// Pool capacity by Raft node id, with when it was asked.
+    capacity: BTreeMap<u64, (u64, tokio::time::Instant)>,
+    watcher: JoinHandle<()>,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let mut applied = args.node.raft.data_metrics();
+        let me = myself.clone();
+        let watcher = tokio::spawn(async move {
+            while applied.changed().await.is_ok() {
+                if me.send_message(DispatcherMsg::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        myself.send_interval(POLL_EVERY, || DispatcherMsg::Tick);
+        Ok(DispatcherState {
+            node: args.node,
+            capacity: BTreeMap::new(),
+            watcher,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<DispatcherMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.watcher.abort();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<DispatcherMsg>,
+        _: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        let pools = pools(&state.node.members().into_keys().collect::<Vec<_>>());
+        if pools.is_empty() {
+            return Ok(());
+        }
+        let mut free = BTreeMap::new();
+        for (&id, pool) in &pools {
+            let cap = capacity(state, id, pool).await;
+            let load = state
+                .node
+                .state
+                .read()
+                .runs()
+                .filter(|r| r.node == Some(id) && r.status.is_active())
+                .count() as u64;
+            free.insert(id, cap.saturating_sub(load));
+        }
+        let total: u64 = free.values().sum();
+        if total == 0 {
+            return Ok(());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let runs: Vec<(u64, u32)> = state
+            .node
+            .state
+            .read()
+            .dispatchable_runs(now, total as usize)
+            .iter()
+            .map(|r| (r.id, r.attempt + 1))
+            .collect();
+        for (run_id, attempt) in runs {
+            let Some((&target, _)) = free
+                .iter()
+                .filter(|(_, f)| **f > 0)
+                .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)))
+            else {
+                break;
+            };
+            let command = Command::StartAttempt {
+                run_id,
+                node: target,
+                attempt,
+            };
+            match state.node.propose_local(PRINCIPAL, command).await {
+                Ok(Response::Run(run)) if run.status == RunStatus::Queued => {
+                    let Some(item) = work_item(&state.node, &run) else {
+                        continue;
+                    };
+                    if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
+                        tracing::warn!(
+                            run = run_id,
+                            node = target,
+                            "sending work failed ({e}); the lease will expire"
+                        );
+                    }
+                    tracing::debug!(
+                        run = run_id,
+                        attempt,
+                        node = target,
+                        token = run.token,
+                        "dispatched"
+                    );
+                    *free.get_mut(&target).expect("chosen from free") -= 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(run = run_id, "not dispatched: {e}");
+                    if matches!(e, crate::error::Error::Unavailable { .. }) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The worker pool of each member that has one reachable.
+fn pools(members: &[u64]) -> BTreeMap<u64, ActorRef<WorkerPoolMsg>> {
+    members
+        .iter()
+        .filter_map(|&id| {
+            ractor::pg::get_members(&group(id))
+                .into_iter()
+                .next()
+                .map(|cell| (id, ActorRef::from(cell)))
+        })
+        .collect()
+}
+
+async fn capacity(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerPoolMsg>) -> u64 {
+    if let Some((cap, at)) = state.capacity.get(&id) {
+        if at.elapsed() < CAPACITY_TTL {
+            return *cap;
+        }
+    }
+    match ractor::call_t!(pool, WorkerPoolMsg::Capacity, 500) {
+        Ok(cap) => {
+            state.capacity.insert(id, (cap, tokio::time::Instant::now()));
+            cap
+        }
+        Err(e) => {
+            tracing::debug!(node = id, "worker pool did not answer: {e}");
+            state.capacity.remove(&id);
+            0
+        }
+    }
+}
+
+fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
+    let state = node.state.read();
+    let job = state.job(&run.job_id)?;
+    Some(WorkItem {
+        run_id: run.id,
+        token: run.token,
+        attempt: run.attempt,
+        job_id: run.job_id.clone(),
+        job_type: job.spec.job_type.clone(),
+        payload: job.spec.payload.clone(),
+        nominal_ms: run.nominal_ms,
+        idempotency_key: run.idempotency_key(),
+        attempt_timeout_ms: job.spec.policies.timeouts.attempt_timeout_ms,
+        heartbeat_timeout_ms: job.spec.policies.timeouts.heartbeat_timeout_ms,
+    })
+}

@@ -1,0 +1,383 @@
+//! Worker pools: every node runs one `WorkerPool` supervising `N` `Worker`s.
+//!
+//! The pool joins the process group `kairos-workers/<raft node id>`, which
+//! ractor_cluster synchronizes to every connected node, so the leader's
+//! dispatcher can send it work wherever it runs. A work item is one attempt
+//! of a run, carrying its fencing token.
+//!
+//! A worker runs the handler on its own task and, while it runs, heartbeats
+//! the attempt's lease through Raft (`Heartbeat`, forwarded to the leader). A
+//! refused heartbeat (stale token) or a cancelled run cancels the handler. The
+//! result is reported with `FinishAttempt` and re-sent with back-off until a
+//! leader commits it, so a result that lands during a failover is not lost; a
+//! repeat of a committed result is acknowledged by the state machine.
+//!
+//! A handler that panics fails its attempt with the panic message (retried by
+//! policy); the worker then fails on purpose and its pool restarts it.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::handlers::{HandlerError, Registry, RunContext};
+use crate::node::Node;
+use crate::raft::{decode, encode};
+use crate::scheduler::run::{AttemptOutcome, RunId};
+use crate::scheduler::{Command, Response};
+
+/// Most work items a pool queues beyond its busy workers.
+const MAX_QUEUED_ITEMS: usize = 10_000;
+/// Principal recorded for worker proposals.
+const PRINCIPAL: &str = "kairos-worker";
+/// How long a worker keeps re-sending an unacknowledged result.
+const REPORT_FOR: Duration = Duration::from_secs(600);
+
+/// The process group of the worker pool of Raft node `id`.
+pub fn group(id: u64) -> String {
+    format!("kairos-workers/{id}")
+}
+
+/// One attempt of a run, as sent to a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkItem {
+    /// The run.
+    pub run_id: RunId,
+    /// The attempt's fencing token.
+    pub token: u64,
+    /// Attempt number (1-based).
+    pub attempt: u32,
+    /// The job.
+    pub job_id: String,
+    /// Handler name.
+    pub job_type: String,
+    /// Handler input.
+    pub payload: Vec<u8>,
+    /// Nominal fire time, Unix ms.
+    pub nominal_ms: i64,
+    /// `job_id:nominal_time`.
+    pub idempotency_key: String,
+    /// Longest the attempt may take, ms.
+    pub attempt_timeout_ms: u64,
+    /// Lease length, ms (heartbeats go out three times per lease).
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// Messages of a pool; `Execute` and `Capacity` may come from another node.
+#[derive(ractor_cluster::RactorClusterMessage)]
+pub enum WorkerPoolMsg {
+    /// Run an attempt: a postcard-encoded [`WorkItem`].
+    Execute(Vec<u8>),
+    /// How many workers the pool has.
+    #[rpc]
+    Capacity(RpcReplyPort<u64>),
+    /// Worker `n` is free again (local).
+    WorkerIdle(u64),
+}
+
+/// Messages of a worker (local).
+#[derive(ractor_cluster::RactorMessage)]
+pub enum WorkerMsg {
+    /// Run this attempt.
+    Run(WorkItem),
+}
+
+/// What a pool needs.
+pub struct PoolArgs {
+    /// The local node (to heartbeat and report through Raft).
+    pub node: Arc<Node>,
+    /// Handlers by job type.
+    pub registry: Arc<Registry>,
+    /// Number of workers.
+    pub workers: usize,
+}
+
+/// The pool supervisor.
+pub struct WorkerPool;
+
+/// A pool's state.
+pub struct PoolState {
+    node: Arc<Node>,
+    registry: Arc<Registry>,
+    workers: Vec<ActorRef<WorkerMsg>>,
+    /// What each worker is running, if anything.
+    running: Vec<Option<WorkItem>>,
+    idle: VecDeque<usize>,
+    queue: VecDeque<WorkItem>,
+}
+
+impl PoolState {
+    fn dispatch(&mut self) {
+        while let (Some(&n), false) = (self.idle.front(), self.queue.is_empty()) {
+            let item = self.queue.pop_front().expect("not empty");
+            self.idle.pop_front();
+            self.running[n] = Some(item.clone());
+            if self.workers[n].send_message(WorkerMsg::Run(item)).is_err() {
+                tracing::warn!(worker = n, "worker mailbox closed; its supervisor restarts it");
+            }
+        }
+    }
+}
+
+async fn spawn_worker(
+    pool: &ActorRef<WorkerPoolMsg>,
+    state_args: (&Arc<Node>, &Arc<Registry>),
+    n: usize,
+) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
+    let args = WorkerArgs {
+        index: n,
+        pool: pool.clone(),
+        node: state_args.0.clone(),
+        registry: state_args.1.clone(),
+    };
+    let (worker, _) = Actor::spawn_linked(None, Worker, args, pool.get_cell()).await?;
+    Ok(worker)
+}
+
+impl Actor for WorkerPool {
+    type Msg = WorkerPoolMsg;
+    type State = PoolState;
+    type Arguments = PoolArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerPoolMsg>,
+        args: PoolArgs,
+    ) -> Result<PoolState, ActorProcessingErr> {
+        let mut workers = Vec::with_capacity(args.workers);
+        for n in 0..args.workers {
+            workers.push(spawn_worker(&myself, (&args.node, &args.registry), n).await?);
+        }
+        ractor::pg::join(group(args.node.id), vec![myself.get_cell()]);
+        tracing::info!(node = args.node.id, workers = args.workers, "worker pool started");
+        Ok(PoolState {
+            node: args.node,
+            registry: args.registry,
+            running: vec![None; workers.len()],
+            idle: (0..workers.len()).collect(),
+            workers,
+            queue: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<WorkerPoolMsg>,
+        msg: WorkerPoolMsg,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerPoolMsg::Execute(bytes) => match decode::<WorkItem>(&bytes) {
+                Ok(item) if state.queue.len() < MAX_QUEUED_ITEMS => {
+                    tracing::debug!(run = item.run_id, attempt = item.attempt, "work item received");
+                    state.queue.push_back(item);
+                    state.dispatch();
+                }
+                Ok(item) => tracing::warn!(
+                    run = item.run_id,
+                    "pool queue full; the attempt's lease will expire"
+                ),
+                Err(e) => tracing::warn!("undecodable work item: {e}"),
+            },
+            WorkerPoolMsg::Capacity(reply) => {
+                let _ = reply.send(state.workers.len() as u64);
+            }
+            WorkerPoolMsg::WorkerIdle(n) => {
+                let n = n as usize;
+                if n < state.running.len() && state.running[n].take().is_some() {
+                    state.idle.push_back(n);
+                }
+                state.dispatch();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<WorkerPoolMsg>,
+        event: SupervisionEvent,
+        state: &mut PoolState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason): (ActorCell, String) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(n) = state.workers.iter().position(|w| w.get_id() == cell.get_id()) else {
+            return Ok(());
+        };
+        tracing::warn!(worker = n, %reason, "worker died; restarting it");
+        // The worker reports its own panics; an item it never finished times out by lease.
+        state.running[n] = None;
+        state.workers[n] = spawn_worker(&myself, (&state.node, &state.registry), n).await?;
+        state.idle.push_back(n);
+        state.dispatch();
+        Ok(())
+    }
+}
+
+/// What a worker needs.
+pub struct WorkerArgs {
+    index: usize,
+    pool: ActorRef<WorkerPoolMsg>,
+    node: Arc<Node>,
+    registry: Arc<Registry>,
+}
+
+/// One worker: runs one attempt at a time.
+pub struct Worker;
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = WorkerArgs;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Run(item) = msg;
+        let (outcome, output, panic) = execute(&state.node, &state.registry, &item).await;
+        tokio::spawn(report(
+            state.node.clone(),
+            item.run_id,
+            item.token,
+            outcome,
+            output,
+        ));
+        let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
+        match panic {
+            Some(message) => Err(format!("handler panicked: {message}").into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Runs one attempt with heartbeats; returns the outcome, the output tail and,
+/// if the handler panicked, the panic message.
+async fn execute(
+    node: &Node,
+    registry: &Registry,
+    item: &WorkItem,
+) -> (AttemptOutcome, String, Option<String>) {
+    let failed = |kind: &str, message: String, retryable: bool| AttemptOutcome::Failed {
+        kind: kind.into(),
+        message,
+        retryable,
+    };
+    let Some(handler) = registry.get(&item.job_type) else {
+        let message = format!("no handler for job type {:?} on node {}", item.job_type, node.id);
+        return (failed("unknown_type", message, true), String::new(), None);
+    };
+    let timeout = Duration::from_millis(item.attempt_timeout_ms);
+    let ctx = RunContext {
+        job_id: item.job_id.clone(),
+        run_id: item.run_id,
+        attempt: item.attempt,
+        nominal_ms: item.nominal_ms,
+        idempotency_key: item.idempotency_key.clone(),
+        payload: item.payload.clone(),
+        timeout,
+    };
+    let cancel = CancellationToken::new();
+    let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
+    let mut beat = tokio::time::interval(Duration::from_millis((item.heartbeat_timeout_ms / 3).max(50)));
+    let deadline = tokio::time::sleep(timeout + Duration::from_secs(1));
+    tokio::pin!(deadline);
+    let joined = loop {
+        tokio::select! {
+            joined = &mut task => break joined,
+            _ = beat.tick() => {
+                let command = Command::Heartbeat { run_id: item.run_id, token: item.token };
+                match node.write(PRINCIPAL, command).await {
+                    Ok(Response::Lease { cancelled: true }) => cancel.cancel(),
+                    Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
+                        tracing::info!(run = item.run_id, "lease lost ({m}); cancelling the attempt");
+                        cancel.cancel();
+                    }
+                    _ => {}
+                }
+            }
+            _ = &mut deadline => {
+                cancel.cancel();
+                task.abort();
+                return (failed("timeout", format!("attempt exceeded {timeout:?}"), true), String::new(), None);
+            }
+        }
+    };
+    match joined {
+        Ok(Ok(output)) => (AttemptOutcome::Succeeded, output, None),
+        Ok(Err(HandlerError {
+            kind,
+            message,
+            retryable,
+            output,
+        })) => (failed(&kind, message, retryable), output, None),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            (
+                failed("panic", format!("handler panicked: {message}"), true),
+                String::new(),
+                Some(message),
+            )
+        }
+        Err(e) => (failed("aborted", e.to_string(), true), String::new(), None),
+    }
+}
+
+/// Reports an attempt's result, re-sending until a leader commits it.
+async fn report(node: Arc<Node>, run_id: RunId, token: u64, outcome: AttemptOutcome, output: String) {
+    let give_up = tokio::time::Instant::now() + REPORT_FOR;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let command = Command::FinishAttempt {
+            run_id,
+            token,
+            outcome: outcome.clone(),
+            output_tail: output.clone(),
+        };
+        match node.write(PRINCIPAL, command).await {
+            Ok(_) => return,
+            Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
+                tracing::info!(run = run_id, "result not recorded: {m}");
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() < give_up => {
+                tracing::debug!(run = run_id, "result not committed yet ({e}); re-sending");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!(run = run_id, "giving up reporting the result: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes a work item for [`WorkerPoolMsg::Execute`].
+pub fn encode_item(item: &WorkItem) -> Vec<u8> {
+    encode(item).expect("encoding a work item cannot fail")
+}

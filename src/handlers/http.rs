@@ -1,0 +1,390 @@
+//! `http`: calls a webhook and classifies the answer.
+//!
+//! Payload: `{"url", "method" (default POST), "headers": {..}, "body": string
+//! (default ""), "timeout_ms"}`. Every request also carries the attempt's
+//! identity so the receiver can dedupe and log: `Idempotency-Key`,
+//! `X-Kairos-Job`, `X-Kairos-Run`, `X-Kairos-Attempt` and
+//! `X-Kairos-Nominal-Time` (RFC 3339, UTC, ms). Payload headers may not
+//! override those, nor the framing headers the client computes.
+//!
+//! Outcome: 2xx succeeds with `status line + "\n" + body tail`; 408, 429 and
+//! 5xx fail retryably as `http_<code>`; every other status (including 3xx,
+//! since redirects are not followed) fails non-retryably; transport errors are
+//! `http_connect` and running out of time is `timeout`, both retryable. The
+//! whole exchange, body included, is bounded by `min(timeout_ms, ctx.timeout)`.
+
+use std::collections::BTreeMap;
+use std::sync::{Once, OnceLock};
+
+use chrono::{DateTime, SecondsFormat};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    effective_timeout, error_chain, tail, Fields, Handler, HandlerError, HandlerResult, RunContext, TailBuf,
+    MAX_OUTPUT_TAIL, MAX_PAYLOAD_MS,
+};
+
+/// Fields an `http` payload may contain.
+const FIELDS: &[&str] = &["url", "method", "headers", "body", "timeout_ms"];
+/// Methods accepted in `payload.method` (case-insensitive, sent upper-case).
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Prefix of the attempt-identity headers Kairos sets; payloads may not use it.
+const KAIROS_HEADER_PREFIX: &str = "x-kairos-";
+/// Framing headers the client computes; a payload value would corrupt the request.
+const FRAMING_HEADERS: &[&str] = &["content-length", "transfer-encoding", "connection"];
+/// `User-Agent` sent with every request, so receivers can tell who called.
+const USER_AGENT: &str = concat!("kairos/", env!("CARGO_PKG_VERSION"));
+
+/// A validated `http` payload.
+#[derive(Debug)]
+struct HttpPayload {
+    /// Target; http or https only.
+    url: Url,
+    /// Request method; POST unless the payload says otherwise.
+    method: Method,
+    /// Extra headers from the payload, already checked.
+    headers: HeaderMap,
+    /// Request body sent verbatim.
+    body: String,
+    /// Optional per-job cap, in ms, on top of the attempt timeout.
+    timeout_ms: Option<u64>,
+}
+
+/// Parses and checks a payload; errors name the field.
+fn parse(payload: &[u8]) -> Result<HttpPayload, String> {
+    let mut f = Fields::parse(payload, FIELDS)?;
+    let raw_url: String = f.require("url")?;
+    let url = Url::parse(&raw_url).map_err(|e| format!("payload.url: invalid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err("payload.url: must be an http:// or https:// URL with a host".into());
+    }
+    let method = match f.take::<String>("method")? {
+        None => Method::POST,
+        Some(m) => {
+            let upper = m.to_ascii_uppercase();
+            if !METHODS.contains(&upper.as_str()) {
+                return Err(format!(
+                    "payload.method: unsupported method {m:?} (expected one of {})",
+                    METHODS.join(", ")
+                ));
+            }
+            Method::from_bytes(upper.as_bytes()).map_err(|e| format!("payload.method: {e}"))?
+        }
+    };
+    let mut headers = HeaderMap::new();
+    let raw_headers: BTreeMap<String, String> = f.take("headers")?.unwrap_or_default();
+    for (k, v) in raw_headers {
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| format!("payload.headers.{k}: invalid header name"))?;
+        if is_reserved(name.as_str()) {
+            return Err(format!("payload.headers.{k}: reserved header, set by Kairos"));
+        }
+        let value =
+            HeaderValue::from_str(&v).map_err(|_| format!("payload.headers.{k}: invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(HttpPayload {
+        url,
+        method,
+        headers,
+        body: f.take("body")?.unwrap_or_default(),
+        timeout_ms: f.take_ms("timeout_ms", 1, MAX_PAYLOAD_MS)?,
+    })
+}
+
+/// Identity headers (`Idempotency-Key`, `X-Kairos-*`) and framing headers are Kairos's.
+fn is_reserved(lower_name: &str) -> bool {
+    lower_name == "idempotency-key"
+        || lower_name.starts_with(KAIROS_HEADER_PREFIX)
+        || FRAMING_HEADERS.contains(&lower_name)
+}
+
+/// Makes aws-lc-rs the process-wide rustls provider (reqwest needs one; ring is not linked).
+fn install_crypto_provider() {
+    /// Guards the one-time installation.
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means another provider was installed first; keep that one.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
+/// The `http` job type; holds one connection-pooling client.
+#[derive(Debug, Default)]
+pub struct HttpHandler {
+    /// Built on first use, so constructing a registry never touches TLS.
+    client: OnceLock<Result<reqwest::Client, String>>,
+}
+
+impl HttpHandler {
+    /// A handler whose client is built from [`Self::client_builder`] on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The client configuration every `http` job uses: aws-lc-rs TLS, no redirects, Kairos user agent.
+    pub fn client_builder() -> reqwest::ClientBuilder {
+        install_crypto_provider();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+    }
+
+    /// A handler using `client` (e.g. one built with `client_builder().no_proxy()`).
+    pub fn with_client(client: reqwest::Client) -> Self {
+        Self {
+            client: OnceLock::from(Ok(client)),
+        }
+    }
+
+    /// The shared client, or a non-retryable error if it cannot be built.
+    fn client(&self) -> Result<reqwest::Client, HandlerError> {
+        self.client
+            .get_or_init(|| Self::client_builder().build().map_err(|e| error_chain(&e)))
+            .clone()
+            .map_err(|e| HandlerError::new("http_client", e, false))
+    }
+}
+
+impl Handler for HttpHandler {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn validate(&self, payload: &[u8]) -> Result<(), String> {
+        parse(payload).map(|_| ())
+    }
+
+    fn run(&self, ctx: RunContext, cancel: CancellationToken) -> BoxFuture<'static, HandlerResult> {
+        let client = self.client();
+        async move {
+            if cancel.is_cancelled() {
+                return Err(HandlerError::cancelled());
+            }
+            let client = client?;
+            let p = parse(&ctx.payload).map_err(HandlerError::invalid_payload)?;
+            let limit = effective_timeout(ctx.timeout, p.timeout_ms);
+            let req = build_request(&client, p, &ctx)?;
+            tracing::debug!(job_id = %ctx.job_id, run_id = ctx.run_id, attempt = ctx.attempt,
+                method = %req.method(), "http attempt");
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(HandlerError::cancelled()),
+                r = tokio::time::timeout(limit, execute(&client, req)) => {
+                    r.unwrap_or_else(|_| Err(HandlerError::timeout(limit)))
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Builds the request: payload headers plus the attempt-identity headers.
+fn build_request(
+    client: &reqwest::Client,
+    p: HttpPayload,
+    ctx: &RunContext,
+) -> Result<reqwest::Request, HandlerError> {
+    let bad_ctx = |what: &str| HandlerError::new("invalid_context", what.to_string(), false);
+    let nominal = DateTime::from_timestamp_millis(ctx.nominal_ms)
+        .ok_or_else(|| bad_ctx("nominal_ms out of range"))?
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    let value = |s: &str, what: &str| {
+        HeaderValue::from_str(s).map_err(|_| bad_ctx(&format!("{what} is not a valid header value")))
+    };
+    let mut headers = p.headers;
+    headers.insert("idempotency-key", value(&ctx.idempotency_key, "idempotency_key")?);
+    headers.insert("x-kairos-job", value(&ctx.job_id, "job_id")?);
+    headers.insert("x-kairos-run", HeaderValue::from(ctx.run_id));
+    headers.insert("x-kairos-attempt", HeaderValue::from(ctx.attempt));
+    headers.insert("x-kairos-nominal-time", value(&nominal, "nominal time")?);
+    client
+        .request(p.method, p.url)
+        .headers(headers)
+        .body(p.body)
+        .build()
+        .map_err(|e| HandlerError::new("http_client", error_chain(&e.without_url()), false))
+}
+
+/// Sends the request, reads the body into a bounded tail, classifies the status.
+async fn execute(client: &reqwest::Client, req: reqwest::Request) -> HandlerResult {
+    let mut resp = client.execute(req).await.map_err(transport_error)?;
+    let status = resp.status();
+    let status_line = format!("{:?} {status}", resp.version());
+    let mut body = TailBuf::new(MAX_OUTPUT_TAIL);
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        body.push(&chunk);
+    }
+    let output = tail(
+        &format!("{status_line}\n{}", body.to_string_lossy()),
+        MAX_OUTPUT_TAIL,
+    );
+    classify(status, output)
+}
+
+/// 2xx succeeds; 408, 429 and 5xx are retryable; everything else is final.
+fn classify(status: StatusCode, output: String) -> HandlerResult {
+    if status.is_success() {
+        return Ok(output);
+    }
+    let code = status.as_u16();
+    let retryable = matches!(code, 408 | 429) || status.is_server_error();
+    Err(HandlerError::new(
+        format!("http_{code}"),
+        format!("server answered {status}"),
+        retryable,
+    )
+    .with_output(output))
+}
+
+/// Any transport-level failure (refused, reset, TLS, truncated body): retryable.
+/// (No reqwest-level timeouts are configured; the attempt timeout wraps the call.)
+fn transport_error(e: reqwest::Error) -> HandlerError {
+    HandlerError::new("http_connect", error_chain(&e.without_url()), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::testutil::{assert_table, class, serve, test_ctx};
+    use std::time::{Duration, Instant};
+    use tokio::net::TcpListener;
+
+    /// Runs the handler (proxy-free client) with `payload` and a 30 s attempt timeout.
+    async fn call(payload: &str) -> HandlerResult {
+        call_with(payload, Duration::from_secs(30), CancellationToken::new()).await
+    }
+
+    /// Runs the handler with an explicit attempt timeout and token.
+    async fn call_with(payload: &str, timeout: Duration, cancel: CancellationToken) -> HandlerResult {
+        let h = HttpHandler::with_client(HttpHandler::client_builder().no_proxy().build().unwrap());
+        h.run(test_ctx(payload, timeout), cancel).await
+    }
+
+    #[test]
+    fn validation_table() {
+        let good = [
+            r#"{"url":"http://example.com"}"#,
+            r#"{"url":"https://example.com/x?y=1","method":"get","headers":{"X-A":"b"},"body":"","timeout_ms":5000}"#,
+            r#"{"url":"http://127.0.0.1:8080/","method":"DELETE","headers":null}"#,
+        ];
+        let bad = r#"
+                                                      => payload.url: required
+            {"method":"GET"}                          => payload.url: required
+            {"url":5}                                 => payload.url: invalid type
+            {"url":"not a url"}                       => payload.url: invalid URL
+            {"url":"ftp://x"}                         => payload.url: must be an http
+            {"url":"http://x","method":"FETCH"}       => payload.method: unsupported method
+            {"url":"http://x","headers":{"X-A":1}}    => payload.headers: invalid type
+            {"url":"http://x","headers":{"A B":"v"}}  => payload.headers.A B: invalid header name
+            {"url":"http://x","headers":{"X-A":"a\nb"}} => payload.headers.X-A: invalid header value
+            {"url":"http://x","headers":{"Idempotency-Key":"k"}} => payload.headers.Idempotency-Key: reserved
+            {"url":"http://x","headers":{"X-Kairos-Run":"7"}}     => payload.headers.X-Kairos-Run: reserved
+            {"url":"http://x","headers":{"Content-Length":"1"}}  => payload.headers.Content-Length: reserved
+            {"url":"http://x","body":{}}              => payload.body: invalid type
+            {"url":"http://x","timeout_ms":0}         => payload.timeout_ms: must be an integer between 1 and
+            {"url":"http://x","retries":3}            => payload.retries: unknown field
+        "#;
+        assert_table(|p| HttpHandler::new().validate(p), &good, bad);
+    }
+
+    #[tokio::test]
+    async fn success_sends_identity_headers() {
+        let (base, mut rx) = serve(200, "accepted".into()).await;
+        let payload =
+            format!(r#"{{"url":"{base}/hook?x=1","headers":{{"X-Custom":"v"}},"body":"{{\"a\":1}}"}}"#);
+        let out = call(&payload).await.unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\naccepted");
+        let seen = rx.recv().await.unwrap();
+        assert_eq!(seen.line, "POST /hook?x=1 HTTP/1.1");
+        assert_eq!(seen.body, r#"{"a":1}"#);
+        let h = |k: &str| seen.headers.get(k).map(String::as_str);
+        assert_eq!(h("idempotency-key"), Some("job-1:2023-11-14T22:13:20.123Z"));
+        assert_eq!(h("x-kairos-job"), Some("job-1"));
+        assert_eq!(h("x-kairos-run"), Some("42"));
+        assert_eq!(h("x-kairos-attempt"), Some("3"));
+        assert_eq!(h("x-kairos-nominal-time"), Some("2023-11-14T22:13:20.123Z"));
+        assert_eq!(h("x-custom"), Some("v"));
+        assert_eq!(h("user-agent"), Some(USER_AGENT));
+    }
+
+    #[tokio::test]
+    async fn status_codes_are_classified() {
+        let retryable = [(503, true), (429, true), (408, true), (500, true)];
+        let fatal = [(404, false), (400, false), (302, false)];
+        for (status, retryable) in retryable.into_iter().chain(fatal) {
+            let (base, mut rx) = serve(status, format!("body-{status}")).await;
+            let err = call(&format!(r#"{{"url":"{base}/","method":"PUT"}}"#))
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, format!("http_{status}"));
+            assert_eq!(err.retryable, retryable, "status {status}");
+            assert!(err.output.ends_with(&format!("body-{status}")), "{err:?}");
+            assert!(rx.recv().await.unwrap().line.starts_with("PUT / "));
+        }
+    }
+
+    #[tokio::test]
+    async fn output_tail_is_bounded() {
+        let body = format!("{}END", "x".repeat(10_000));
+        let (base, _rx) = serve(200, body).await;
+        let out = call(&format!(r#"{{"url":"{base}/","method":"GET"}}"#))
+            .await
+            .unwrap();
+        assert!(out.len() <= MAX_OUTPUT_TAIL, "{}", out.len());
+        assert!(out.ends_with("xEND"));
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_retryable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = call(&format!(r#"{{"url":"http://{addr}/"}}"#)).await.unwrap_err();
+        assert_eq!(class(&err), ("http_connect", true), "{err:?}");
+        // Same through the default (lazily built, aws-lc-rs TLS) client, over https.
+        let ctx = test_ctx(
+            &format!(r#"{{"url":"https://{addr}/"}}"#),
+            Duration::from_secs(30),
+        );
+        let err = HttpHandler::new().run(ctx, CancellationToken::new()).await;
+        assert_eq!(class(&err.unwrap_err()), ("http_connect", true));
+    }
+
+    #[tokio::test]
+    async fn times_out_on_silent_server() {
+        // Once via payload timeout_ms, once via the attempt timeout.
+        for (extra, ctx_timeout) in [(r#","timeout_ms":200"#, 30_000), ("", 200)] {
+            let (base, mut rx) = serve(0, String::new()).await;
+            let start = Instant::now();
+            let payload = format!(r#"{{"url":"{base}/"{extra}}}"#);
+            let limit = Duration::from_millis(ctx_timeout);
+            let err = call_with(&payload, limit, CancellationToken::new()).await;
+            let err = err.unwrap_err();
+            assert_eq!(class(&err), ("timeout", true));
+            assert!(start.elapsed() < Duration::from_secs(5));
+            rx.recv().await.expect("request never reached the server");
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_aborts_in_flight_request() {
+        let (base, mut rx) = serve(0, String::new()).await;
+        let cancel = CancellationToken::new();
+        let payload = format!(r#"{{"url":"{base}/"}}"#);
+        let token = cancel.clone();
+        let call = tokio::spawn(async move { call_with(&payload, Duration::from_secs(60), token).await });
+        rx.recv().await.unwrap(); // the request is in flight and will never be answered
+        cancel.cancel();
+        let err = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(class(&err), ("cancelled", false));
+    }
+}
