@@ -34,8 +34,23 @@ pub struct MethodLabels {
     pub method: String,
 }
 
+/// Labels of the attempt outcome counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Job type (handler name).
+    pub job_type: String,
+    /// `succeeded`, or the failure kind (e.g. `http_503`, `timeout`, `panic`).
+    pub outcome: String,
+}
+
 /// All metrics of a node.
 pub struct Metrics {
+    fire_lateness: Histogram,
+    attempts: Family<OutcomeLabels, Counter>,
+    busy_workers: Gauge,
+    runs_pending: Gauge,
+    fires_missed: Gauge,
+    fires_skipped: Gauge,
     registry: Registry,
     api_requests: Family<RequestLabels, Counter>,
     api_latency: Family<MethodLabels, Histogram>,
@@ -68,6 +83,12 @@ impl Metrics {
             raft_last_log_index: Gauge::default(),
             raft_snapshot_index: Gauge::default(),
             jobs_stored: Gauge::default(),
+            fire_lateness: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
+            attempts: Family::default(),
+            busy_workers: Gauge::default(),
+            runs_pending: Gauge::default(),
+            fires_missed: Gauge::default(),
+            fires_skipped: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +133,36 @@ impl Metrics {
             m.raft_snapshot_index.clone(),
         );
         registry.register("jobs_stored", "Jobs in the applied state", m.jobs_stored.clone());
+        registry.register(
+            "fire_lateness_seconds",
+            "Nominal fire time to handler start, for attempts started on this node",
+            m.fire_lateness.clone(),
+        );
+        registry.register(
+            "attempts",
+            "Attempts finished on this node by job type and outcome",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "busy_workers",
+            "Workers of this node running an attempt",
+            m.busy_workers.clone(),
+        );
+        registry.register(
+            "runs_pending",
+            "Runs waiting for dispatch (the cluster's queue depth)",
+            m.runs_pending.clone(),
+        );
+        registry.register(
+            "fires_missed",
+            "Fires not run under the catch-up policy, all jobs",
+            m.fires_missed.clone(),
+        );
+        registry.register(
+            "fires_skipped",
+            "Fires dropped by the overlap policy, all jobs",
+            m.fires_skipped.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -131,6 +182,26 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Records that a handler started `lateness` after its nominal time.
+    pub fn observe_fire_lateness(&self, lateness: Duration) {
+        self.fire_lateness.observe(lateness.as_secs_f64());
+    }
+
+    /// Records a finished attempt.
+    pub fn observe_attempt(&self, job_type: &str, outcome: &str) {
+        self.attempts
+            .get_or_create(&OutcomeLabels {
+                job_type: job_type.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the number of busy workers.
+    pub fn set_busy_workers(&self, busy: usize) {
+        self.busy_workers.set(busy as i64);
+    }
+
     /// Refreshes the node gauges and renders everything in the Prometheus text format.
     pub fn render(&self, node: &Node) -> String {
         let report = node.report();
@@ -142,8 +213,20 @@ impl Metrics {
         self.raft_applied_index.set(as_gauge(report.applied_index));
         self.raft_last_log_index.set(as_gauge(report.last_log_index));
         self.raft_snapshot_index.set(as_gauge(report.snapshot_index));
-        self.jobs_stored
-            .set(as_gauge(node.state.read().job_count() as u64));
+        {
+            let state = node.state.read();
+            self.jobs_stored.set(as_gauge(state.job_count() as u64));
+            let pending = state
+                .runs()
+                .filter(|r| r.status == crate::scheduler::RunStatus::Pending)
+                .count();
+            self.runs_pending.set(as_gauge(pending as u64));
+            let (missed, skipped) = state
+                .counters_iter()
+                .fold((0u64, 0u64), |(m, s), (_, c)| (m + c.missed, s + c.skipped));
+            self.fires_missed.set(as_gauge(missed));
+            self.fires_skipped.set(as_gauge(skipped));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -200,6 +200,22 @@ async fn every_second_webhook_is_delivered_once_across_a_leader_kill() {
             _ => assert_eq!(seconds.len() as u64 + counters.missed, span, "{job}: {seconds:?}"),
         }
     }
+
+    // The survivors' metrics show the executions and their lateness.
+    let mut executed = 0.0;
+    for id in cluster.running() {
+        let (_, body) = kairos::http::fetch(&cluster.node(id).http, "/metrics")
+            .await
+            .unwrap();
+        assert!(body.contains("kairos_fire_lateness_seconds_bucket"), "{body}");
+        assert!(body.contains("kairos_runs_pending"), "{body}");
+        executed += body
+            .lines()
+            .filter(|l| l.starts_with("kairos_attempts_total{job_type=\"http\",outcome=\"succeeded\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(executed > 0.0, "the surviving nodes executed webhook attempts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

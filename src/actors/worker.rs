@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::handlers::{HandlerError, Registry, RunContext};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::raft::{decode, encode};
 use crate::scheduler::run::{AttemptOutcome, RunId};
@@ -88,6 +89,8 @@ pub enum WorkerMsg {
 
 /// What a pool needs.
 pub struct PoolArgs {
+    /// Where lateness, outcomes and busy workers are recorded.
+    pub metrics: Arc<Metrics>,
     /// The local node (to heartbeat and report through Raft).
     pub node: Arc<Node>,
     /// Handlers by job type.
@@ -101,8 +104,7 @@ pub struct WorkerPool;
 
 /// A pool's state.
 pub struct PoolState {
-    node: Arc<Node>,
-    registry: Arc<Registry>,
+    env: WorkerEnv,
     workers: Vec<ActorRef<WorkerMsg>>,
     /// What each worker is running, if anything.
     running: Vec<Option<WorkItem>>,
@@ -112,6 +114,13 @@ pub struct PoolState {
 
 impl PoolState {
     fn dispatch(&mut self) {
+        self.assign();
+        self.env
+            .metrics
+            .set_busy_workers(self.workers.len() - self.idle.len());
+    }
+
+    fn assign(&mut self) {
         while let (Some(&n), false) = (self.idle.front(), self.queue.is_empty()) {
             let item = self.queue.pop_front().expect("not empty");
             self.idle.pop_front();
@@ -123,16 +132,26 @@ impl PoolState {
     }
 }
 
+/// What every worker of a pool shares.
+#[derive(Clone)]
+pub struct WorkerEnv {
+    /// The local node (to heartbeat and report through Raft).
+    node: Arc<Node>,
+    /// Handlers by job type.
+    registry: Arc<Registry>,
+    /// Where lateness and outcomes are recorded.
+    metrics: Arc<Metrics>,
+}
+
 async fn spawn_worker(
     pool: &ActorRef<WorkerPoolMsg>,
-    state_args: (&Arc<Node>, &Arc<Registry>),
+    env: &WorkerEnv,
     n: usize,
 ) -> Result<ActorRef<WorkerMsg>, ActorProcessingErr> {
     let args = WorkerArgs {
+        env: env.clone(),
         index: n,
         pool: pool.clone(),
-        node: state_args.0.clone(),
-        registry: state_args.1.clone(),
     };
     let (worker, _) = Actor::spawn_linked(None, Worker, args, pool.get_cell()).await?;
     Ok(worker)
@@ -148,15 +167,19 @@ impl Actor for WorkerPool {
         myself: ActorRef<WorkerPoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
+        let env = WorkerEnv {
+            node: args.node.clone(),
+            registry: args.registry,
+            metrics: args.metrics,
+        };
         let mut workers = Vec::with_capacity(args.workers);
         for n in 0..args.workers {
-            workers.push(spawn_worker(&myself, (&args.node, &args.registry), n).await?);
+            workers.push(spawn_worker(&myself, &env, n).await?);
         }
         ractor::pg::join(group(args.node.id), vec![myself.get_cell()]);
         tracing::info!(node = args.node.id, workers = args.workers, "worker pool started");
         Ok(PoolState {
-            node: args.node,
-            registry: args.registry,
+            env,
             running: vec![None; workers.len()],
             idle: (0..workers.len()).collect(),
             workers,
@@ -216,7 +239,7 @@ impl Actor for WorkerPool {
         tracing::warn!(worker = n, %reason, "worker died; restarting it");
         // The worker reports its own panics; an item it never finished times out by lease.
         state.running[n] = None;
-        state.workers[n] = spawn_worker(&myself, (&state.node, &state.registry), n).await?;
+        state.workers[n] = spawn_worker(&myself, &state.env, n).await?;
         state.idle.push_back(n);
         state.dispatch();
         Ok(())
@@ -225,10 +248,9 @@ impl Actor for WorkerPool {
 
 /// What a worker needs.
 pub struct WorkerArgs {
+    env: WorkerEnv,
     index: usize,
     pool: ActorRef<WorkerPoolMsg>,
-    node: Arc<Node>,
-    registry: Arc<Registry>,
 }
 
 /// One worker: runs one attempt at a time.
@@ -254,9 +276,14 @@ impl Actor for Worker {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Run(item) = msg;
-        let (outcome, output, panic) = execute(&state.node, &state.registry, &item).await;
+        let (outcome, output, panic) = execute(&state.env, &item).await;
+        let label = match &outcome {
+            AttemptOutcome::Succeeded => "succeeded".to_string(),
+            AttemptOutcome::Failed { kind, .. } => kind.clone(),
+        };
+        state.env.metrics.observe_attempt(&item.job_type, &label);
         tokio::spawn(report(
-            state.node.clone(),
+            state.env.node.clone(),
             item.run_id,
             item.token,
             outcome,
@@ -272,16 +299,13 @@ impl Actor for Worker {
 
 /// Runs one attempt with heartbeats; returns the outcome, the output tail and,
 /// if the handler panicked, the panic message.
-async fn execute(
-    node: &Node,
-    registry: &Registry,
-    item: &WorkItem,
-) -> (AttemptOutcome, String, Option<String>) {
+async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, Option<String>) {
     let failed = |kind: &str, message: String, retryable: bool| AttemptOutcome::Failed {
         kind: kind.into(),
         message,
         retryable,
     };
+    let (node, registry) = (&env.node, &env.registry);
     let Some(handler) = registry.get(&item.job_type) else {
         let message = format!("no handler for job type {:?} on node {}", item.job_type, node.id);
         return (failed("unknown_type", message, true), String::new(), None);
@@ -297,6 +321,12 @@ async fn execute(
         timeout,
     };
     let cancel = CancellationToken::new();
+    let lateness = chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(item.nominal_ms)
+        .max(0);
+    env.metrics
+        .observe_fire_lateness(Duration::from_millis(lateness as u64));
     let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
     let mut beat = tokio::time::interval(Duration::from_millis((item.heartbeat_timeout_ms / 3).max(50)));
     let deadline = tokio::time::sleep(timeout + Duration::from_secs(1));

@@ -91,6 +91,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     .await?;
     let registry = Arc::new(crate::handlers::Registry::builtin(config.allow_exec));
     let pool_args = PoolArgs {
+        metrics: metrics.clone(),
         node: node.clone(),
         registry: registry.clone(),
         workers: config.workers,
