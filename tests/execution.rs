@@ -8,44 +8,14 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use common::TestCluster;
+use common::{recorder, Deliveries, TestCluster};
 use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
 
 const READY: Duration = Duration::from_secs(30);
-
-/// (Idempotency-Key, attempt) of every request the recorder received.
-type Deliveries = Arc<Mutex<Vec<(String, u32)>>>;
-
-/// A recording webhook on a free loopback port.
-async fn recorder() -> (String, Deliveries) {
-    let deliveries: Deliveries = Arc::default();
-    let seen = deliveries.clone();
-    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
-        let seen = seen.clone();
-        async move {
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let attempt = header("x-kairos-attempt").parse().unwrap_or(0);
-            seen.lock().unwrap().push((header("idempotency-key"), attempt));
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, deliveries)
-}
 
 fn webhook_job(id: &str, url: &str, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
     pb::ScheduledJob {
@@ -75,9 +45,9 @@ fn webhook_job(id: &str, url: &str, catchup: pb::CatchupPolicy) -> pb::Scheduled
 /// Delivered nominal seconds of `job` (from the idempotency key) with their attempts.
 fn delivered(deliveries: &Deliveries, job: &str) -> BTreeMap<String, Vec<u32>> {
     let mut by_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for (key, attempt) in deliveries.lock().unwrap().iter() {
-        if key.starts_with(&format!("{job}:")) {
-            by_key.entry(key.clone()).or_default().push(*attempt);
+    for d in deliveries.lock().unwrap().iter() {
+        if d.key.starts_with(&format!("{job}:")) {
+            by_key.entry(d.key.clone()).or_default().push(d.attempt);
         }
     }
     by_key

@@ -4,14 +4,13 @@
 //! (pending, past their retry back-off, not blocked by the overlap policy),
 //! picks for each the node with the most free workers (capacity from the
 //! pool, load from the replicated state: the runs queued or running there),
-//! proposes `StartAttempt` — whose log index becomes the attempt's fencing
-//! token — and sends the work item to that node's pool through
-//! ractor_cluster. If the send is lost, the attempt's lease expires and the
+//! proposes one `StartAttempts` entry for all of them — its log index becomes
+//! the fencing token of each attempt — and sends each work item to its node's
+//! pool through ractor_cluster. If the send is lost, the attempt's lease expires and the
 //! run is retried elsewhere; nothing is assigned without a committed entry.
 //!
-//! IMPLEMENTATION CAVEATS: one Raft entry per started attempt (no batching
-//! yet); no per-type concurrency or rate limits yet; pools are found only on
-//! nodes this leader has a worker-network session with.
+//! IMPLEMENTATION CAVEATS: no per-type concurrency or rate limits yet; pools
+//! are found only on nodes this leader has a worker-network session with.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::worker::{encode_item, group, WorkItem, WorkerPoolMsg};
 use crate::node::Node;
-use crate::scheduler::{Command, Response, RunStatus};
+use crate::scheduler::{Command, Response};
 
 /// Principal recorded for the dispatcher's proposals.
 const PRINCIPAL: &str = "kairos-dispatcher";
@@ -126,48 +125,55 @@ impl Actor for Dispatcher {
             .iter()
             .map(|r| (r.id, r.attempt + 1))
             .collect();
+        // Choose a node for each run (most free workers first), then start them
+        // all with one Raft entry.
+        let mut starts = Vec::with_capacity(runs.len());
         for (run_id, attempt) in runs {
-            let Some((&target, _)) = free
+            let best = free
                 .iter()
                 .filter(|(_, f)| **f > 0)
-                .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)))
-            else {
-                break;
-            };
-            let command = Command::StartAttempt {
-                run_id,
-                node: target,
-                attempt,
-            };
-            match state.node.propose_local(PRINCIPAL, command).await {
-                Ok(Response::Run(run)) if run.status == RunStatus::Queued => {
-                    let Some(item) = work_item(&state.node, &run) else {
-                        continue;
-                    };
-                    if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
-                        tracing::warn!(
-                            run = run_id,
-                            node = target,
-                            "sending work failed ({e}); the lease will expire"
-                        );
-                    }
-                    tracing::debug!(
-                        run = run_id,
-                        attempt,
-                        node = target,
-                        token = run.token,
-                        "dispatched"
-                    );
-                    *free.get_mut(&target).expect("chosen from free") -= 1;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(run = run_id, "not dispatched: {e}");
-                    if matches!(e, crate::error::Error::Unavailable { .. }) {
-                        break;
-                    }
-                }
+                .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)));
+            let Some((&target, _)) = best else { break };
+            *free.get_mut(&target).expect("chosen from free") -= 1;
+            starts.push((run_id, target, attempt));
+        }
+        if starts.is_empty() {
+            return Ok(());
+        }
+        let started = match state
+            .node
+            .propose_local(PRINCIPAL, Command::StartAttempts { starts })
+            .await
+        {
+            Ok(Response::Started(runs)) => runs,
+            Ok(other) => {
+                tracing::warn!("unexpected reply to StartAttempts: {other:?}");
+                return Ok(());
             }
+            Err(e) => {
+                tracing::debug!("attempts not started: {e}");
+                return Ok(());
+            }
+        };
+        for run in started {
+            let Some(target) = run.node else { continue };
+            let Some(item) = work_item(&state.node, &run) else {
+                continue;
+            };
+            if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
+                tracing::warn!(
+                    run = run.id,
+                    node = target,
+                    "sending work failed ({e}); the lease will expire"
+                );
+            }
+            tracing::debug!(
+                run = run.id,
+                attempt = run.attempt,
+                node = target,
+                token = run.token,
+                "dispatched"
+            );
         }
         Ok(())
     }

@@ -124,6 +124,13 @@ pub enum Command {
         /// Must be the run's attempt count plus one.
         attempt: u32,
     },
+    /// `StartAttempt` for many runs in one entry (one dispatcher tick). The
+    /// entry's log index is the fencing token of every attempt it starts:
+    /// tokens only need to differ between attempts of the same run.
+    StartAttempts {
+        /// `(run id, node, attempt)` for each run to start.
+        starts: Vec<(RunId, u64, u32)>,
+    },
     /// A worker's lease renewal for the attempt with fencing token `token`.
     Heartbeat {
         /// Which run.
@@ -167,6 +174,7 @@ impl Command {
             Command::TriggerJob { .. } => "trigger_job",
             Command::Backfill { .. } => "backfill",
             Command::StartAttempt { .. } => "start_attempt",
+            Command::StartAttempts { .. } => "start_attempts",
             Command::Heartbeat { .. } => "heartbeat",
             Command::FinishAttempt { .. } => "finish_attempt",
             Command::ExpireRuns { .. } => "expire_runs",
@@ -192,6 +200,8 @@ pub enum Response {
         /// Listed fires that did not match a job's next fire (already fired, paused, deleted).
         refused: u32,
     },
+    /// The attempts a `StartAttempts` entry started (runs now queued).
+    Started(Vec<Run>),
     /// A heartbeat was accepted; `cancelled` tells the worker to stop.
     Lease {
         /// The run was cancelled: abort the attempt.
@@ -513,6 +523,7 @@ impl State {
                 node,
                 attempt,
             } => self.start_attempt(*run_id, *node, *attempt, index, at_ms, changes),
+            Command::StartAttempts { starts } => Ok(self.start_attempts(starts, index, at_ms, changes)),
             Command::Heartbeat { run_id, token } => self.heartbeat(*run_id, *token, at_ms, changes),
             Command::FinishAttempt {
                 run_id,

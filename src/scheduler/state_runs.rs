@@ -506,6 +506,26 @@ impl State {
         Ok(Response::Run(Box::new(run)))
     }
 
+    /// `StartAttempts`: starts each listed attempt that can start; the others
+    /// (no longer pending, past their deadline, blocked by overlap) are left out.
+    pub(super) fn start_attempts(
+        &mut self,
+        starts: &[(RunId, u64, u32)],
+        index: u64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Response {
+        let mut started = Vec::new();
+        for &(run_id, node, attempt) in starts {
+            if let Ok(Response::Run(run)) = self.start_attempt(run_id, node, attempt, index, at_ms, changes) {
+                if run.status == RunStatus::Queued {
+                    started.push(*run);
+                }
+            }
+        }
+        Response::Started(started)
+    }
+
     /// Checks `token` against the run's current attempt.
     fn fenced(&self, run_id: RunId, token: u64) -> Result<Run, Error> {
         let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;

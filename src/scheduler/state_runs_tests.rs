@@ -536,3 +536,42 @@ fn a_rebuilt_state_has_the_same_indexes() {
     assert_eq!(rebuilt.runs_by_job, s.runs_by_job);
     assert_eq!(rebuilt, *s);
 }
+
+#[test]
+fn one_entry_starts_many_attempts_and_each_is_fenced_by_it() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.overlap = Overlap::AllowAll;
+        p.catchup = Catchup::All;
+    });
+    sm.job("b", T0 - 500, |_| {});
+    let (created, _) = sm.tick(T0 + SEC);
+    assert_eq!(
+        created.len(),
+        3,
+        "a: both due fires (catch-up all), b: the latest only"
+    );
+    let starts: Vec<(RunId, u64, u32)> = created.iter().map(|&id| (id, 2, 1)).collect();
+    let Response::Started(runs) = sm
+        .apply(
+            T0 + SEC + 1,
+            Command::StartAttempts {
+                starts: starts.clone(),
+            },
+        )
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(runs.len(), 3);
+    let token = sm.index;
+    assert!(runs
+        .iter()
+        .all(|r| r.token == token && r.status == RunStatus::Queued && r.node == Some(2)));
+    // The same batch again starts nothing: those attempts already started.
+    let again = sm.apply(T0 + SEC + 2, Command::StartAttempts { starts }).unwrap();
+    assert_eq!(again, Response::Started(vec![]));
+    sm.finish(created[0], token, T0 + SEC + 3, AttemptOutcome::Succeeded)
+        .unwrap();
+    assert_eq!(sm.status(created[0]), RunStatus::Succeeded);
+}
