@@ -44,6 +44,11 @@ async fn write(node: &Node, principal: &str, command: Command) -> Result<Command
     result.map_err(to_status)
 }
 
+/// `NOT_FOUND` for job `id`.
+pub(super) fn job_not_found(id: &str) -> Status {
+    to_status(Error::NotFound(format!("job {id:?} not found")))
+}
+
 pub(super) fn required_id(id: &str) -> Result<(), Status> {
     validate_id(id).map_err(to_status)
 }
@@ -127,9 +132,7 @@ impl JobService for Api {
                 .await
                 .map_err(to_status)?;
             let state = self.node.state.read();
-            let job = state
-                .job(&req.id)
-                .ok_or_else(|| to_status(Error::NotFound(format!("job {:?} not found", req.id))))?;
+            let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
             Ok(Response::new(job_to_pb(job)))
         })
         .await

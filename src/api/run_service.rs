@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use super::convert::{counters_to_pb, job_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
-use super::job_service::{consistency, required_id};
+use super::job_service::{consistency, job_not_found, required_id};
 use super::{principal, to_status, Api};
 use crate::error::Error;
 use crate::proto as pb;
@@ -25,8 +25,18 @@ fn required_time(t: Option<pbjson_types::Timestamp>, field: &str) -> Result<i64,
         .ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
 }
 
+/// The run a state machine reply carries.
+fn run_reply(reply: CommandResponse) -> Result<Response<pb::Run>, Status> {
+    match reply {
+        CommandResponse::Run(run) => Ok(Response::new(run_to_pb(&run))),
+        other => Err(Status::internal(format!(
+            "unexpected state machine reply {other:?}"
+        ))),
+    }
+}
+
 impl Api {
-    fn run_reply(&self, id: RunId) -> Result<Response<pb::Run>, Status> {
+    fn stored_run(&self, id: RunId) -> Result<Response<pb::Run>, Status> {
         let state = self.node.state.read();
         let run = state
             .run(id)
@@ -45,17 +55,12 @@ impl RunService for Api {
             let principal = principal(&request);
             let id = request.into_inner().id;
             required_id(&id)?;
-            match self
-                .node
-                .write(&principal, Command::TriggerJob { id })
-                .await
-                .map_err(to_status)?
-            {
-                CommandResponse::Run(run) => Ok(Response::new(run_to_pb(&run))),
-                other => Err(Status::internal(format!(
-                    "unexpected state machine reply {other:?}"
-                ))),
-            }
+            run_reply(
+                self.node
+                    .write(&principal, Command::TriggerJob { id })
+                    .await
+                    .map_err(to_status)?,
+            )
         })
         .await
     }
@@ -120,9 +125,7 @@ impl RunService for Api {
                 .await
                 .map_err(to_status)?;
             let state = self.node.state.read();
-            let job = state
-                .job(&req.id)
-                .ok_or_else(|| to_status(Error::NotFound(format!("job {:?} not found", req.id))))?;
+            let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
             let next_fire_times = match (
                 job.spec.paused,
                 job.next_fire_ms,
@@ -201,7 +204,7 @@ impl RunService for Api {
                 .read_barrier(consistency(req.consistency)?)
                 .await
                 .map_err(to_status)?;
-            self.run_reply(req.id)
+            self.stored_run(req.id)
         })
         .await
     }
@@ -210,17 +213,12 @@ impl RunService for Api {
         self.observed("CancelRun", async {
             let principal = principal(&request);
             let run_id = request.into_inner().id;
-            match self
-                .node
-                .write(&principal, Command::CancelRun { run_id })
-                .await
-                .map_err(to_status)?
-            {
-                CommandResponse::Run(run) => Ok(Response::new(run_to_pb(&run))),
-                other => Err(Status::internal(format!(
-                    "unexpected state machine reply {other:?}"
-                ))),
-            }
+            run_reply(
+                self.node
+                    .write(&principal, Command::CancelRun { run_id })
+                    .await
+                    .map_err(to_status)?,
+            )
         })
         .await
     }
