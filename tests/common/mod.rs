@@ -19,14 +19,23 @@ use tonic::transport::Channel;
 /// Path of the binary under test.
 pub const KAIROS: &str = env!("CARGO_BIN_EXE_kairos");
 
-/// A free loopback port (bound and released; the race with other tests is tiny
-/// and a clash shows up as a node failing to start).
+/// A free loopback port for a node to bind later. Ports come from below the
+/// kernel's ephemeral range (32768 and up), so outgoing connections of tests
+/// running in parallel never take them, and one test process never hands out
+/// the same port twice. Another process could still bind it first; that shows
+/// up as a node failing to start with "address in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Spread processes apart (by pid) and walk the range with a large odd stride.
+        let candidate = 20_000 + ((u64::from(std::process::id()) * 7_919 + n * 4_093) % 12_000) as u16;
+        if HANDED_OUT.lock().unwrap().insert(candidate) && TcpListener::bind(("127.0.0.1", candidate)).is_ok()
+        {
+            return candidate;
+        }
+    }
 }
 
 /// One node process.
@@ -51,11 +60,18 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     initial_cluster: String,
     extra_args: Vec<String>,
+    /// Extra flags of single nodes: `(node id, flag)`.
+    node_args: Vec<(u64, String)>,
 }
 
 impl TestCluster {
     /// Starts `n` nodes forming a new cluster.
     pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_with_node_args(n, extra_args, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra flags for single nodes.
+    pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n)
             .map(|id| {
@@ -81,6 +97,7 @@ impl TestCluster {
             nodes,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -122,7 +139,13 @@ impl TestCluster {
         } else {
             String::new()
         };
-        let extra = self.extra_args.clone();
+        let mut extra = self.extra_args.clone();
+        extra.extend(
+            self.node_args
+                .iter()
+                .filter(|(n, _)| *n == id)
+                .map(|(_, a)| a.clone()),
+        );
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         let log = std::fs::OpenOptions::new()
