@@ -79,8 +79,11 @@ impl LeaderActors {
         }
     }
 
+    /// Stops both, waiting at most a few seconds each (a handler blocked on a
+    /// proposal that cannot commit must not hold up a step-down or shutdown).
     async fn stop(self) {
-        let _ = self.timer.stop_and_wait(None, None).await;
-        let _ = self.dispatcher.stop_and_wait(None, None).await;
+        let grace = Some(std::time::Duration::from_secs(3));
+        let _ = self.timer.stop_and_wait(None, grace).await;
+        let _ = self.dispatcher.stop_and_wait(None, grace).await;
     }
 }

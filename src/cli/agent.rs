@@ -20,6 +20,9 @@ use crate::config::{AgentArgs, AgentConfig, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
 
+/// How long shutdown waits for each group of tasks to finish.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Parses the agent's configuration, sets up logging and signals, and runs it.
 pub async fn run_from_args(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::resolve(args)?;
@@ -103,7 +106,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         data_dir = %config.data_dir.display(), "kairos node started");
 
     let tasks = TaskTracker::new();
-    let grpc_task = {
+    {
         let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
         let registry = registry.clone();
         tasks.spawn(async move {
@@ -111,17 +114,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
                 tracing::error!("gRPC server failed: {e}");
                 shutdown.cancel();
             }
-        })
-    };
-    let http_task = {
+        });
+    }
+    {
         let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = crate::http::serve(http, node, metrics, shutdown.clone()).await {
                 tracing::error!("HTTP server failed: {e}");
                 shutdown.cancel();
             }
-        })
-    };
+        });
+    }
     tasks.spawn(crate::actors::run_leader_actors(node.clone(), shutdown.clone()));
     tasks.spawn(crate::actors::cluster::run_connector(
         node.clone(),
@@ -131,18 +134,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     tasks.close();
 
     shutdown.cancelled().await;
-    tracing::info!(node = config.node_id, "stopping servers");
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = grpc_task.await;
-        let _ = http_task.await;
-    })
-    .await;
-    tasks.wait().await;
-    let _ = pool
-        .stop_and_wait(None, Some(std::time::Duration::from_secs(5)))
-        .await;
-    node_server.stop(None);
+    // Stop Raft first: whatever waits for a commit (in-flight requests, the
+    // leader's timer and dispatcher) then fails at once instead of waiting for
+    // peers that may already be gone. The servers drain meanwhile.
+    tracing::info!(node = config.node_id, "stopping");
     node.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            node = config.node_id,
+            "tasks still running after {SHUTDOWN_GRACE:?}; exiting anyway"
+        );
+    }
+    let _ = pool.stop_and_wait(None, Some(SHUTDOWN_GRACE)).await;
+    node_server.stop(None);
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
 }
