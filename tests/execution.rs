@@ -274,3 +274,78 @@ async fn an_attempt_on_a_killed_node_times_out_and_succeeds_elsewhere() {
         assert!(last.error.contains("lease expired"), "{}", last.error);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_only_on_nodes_started_with_allow_exec() {
+    let cluster = TestCluster::start_with_node_args(3, &[], &[(3, "--allow-exec")]);
+    cluster.wait_ready(READY).await;
+    let job = pb::ScheduledJob {
+        id: "shell".into(),
+        r#type: "exec".into(),
+        schedule: "@yearly".into(),
+        payload: br#"{"argv": ["sh", "-c", "echo run $KAIROS_RUN_ID"]}"#.to_vec(),
+        policies: Some(pb::Policies {
+            overlap: pb::OverlapPolicy::AllowAll as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    // A node without --allow-exec refuses the job type; node 3 accepts it.
+    let refused = cluster
+        .jobs(1)
+        .await
+        .create_job(pb::CreateJobRequest {
+            job: Some(job.clone()),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("--allow-exec"),
+        "{}",
+        refused.message()
+    );
+    cluster
+        .jobs(3)
+        .await
+        .create_job(pb::CreateJobRequest {
+            job: Some(job),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(1).grpc))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            runs.trigger_job(pb::TriggerJobRequest { id: "shell".into() })
+                .await
+                .unwrap()
+                .into_inner()
+                .id,
+        );
+    }
+    for id in ids {
+        let mut run = pb::Run::default();
+        for _ in 0..200 {
+            run = runs
+                .get_run(pb::GetRunRequest { id, consistency: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            if run.finished_at.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            (run.status, run.node_id, run.attempt),
+            (pb::RunStatus::Succeeded as i32, 3, 1),
+            "{run:?}"
+        );
+        assert_eq!(run.output_tail.trim(), format!("run {id}"));
+    }
+}

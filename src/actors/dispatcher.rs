@@ -2,8 +2,9 @@
 //!
 //! On every tick it asks the state machine for the runs that may start now
 //! (pending, past their retry back-off, not blocked by the overlap policy),
-//! picks for each the node with the most free workers (capacity from the
-//! pool, load from the replicated state: the runs queued or running there),
+//! picks for each, among the nodes whose pool serves the job's type, the one
+//! with the most free workers (workers and types from the pool, load from the
+//! replicated state: the runs queued or running there),
 //! proposes one `StartAttempts` entry for all of them — its log index becomes
 //! the fencing token of each attempt — and sends each work item to its node's
 //! pool through ractor_cluster. If the send is lost, the attempt's lease expires and the
@@ -19,16 +20,17 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use super::worker::{encode_item, group, WorkItem, WorkerPoolMsg};
+use super::worker::{encode_item, group, PoolInfo, WorkItem, WorkerPoolMsg};
 use crate::node::Node;
+use crate::raft::decode;
 use crate::scheduler::{Command, Response};
 
 /// Principal recorded for the dispatcher's proposals.
 const PRINCIPAL: &str = "kairos-dispatcher";
 /// How often the dispatcher looks for work even without state changes (retries come due).
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// How long a pool's capacity answer is trusted.
-const CAPACITY_TTL: Duration = Duration::from_secs(5);
+/// How long a pool's answer about its workers and job types is trusted.
+const POOL_INFO_TTL: Duration = Duration::from_secs(5);
 
 /// The dispatcher actor.
 pub struct Dispatcher;
@@ -49,8 +51,8 @@ pub struct DispatcherArgs {
 /// The dispatcher's state.
 pub struct DispatcherState {
     node: Arc<Node>,
-    /// Pool capacity by Raft node id, with when it was asked.
-    capacity: BTreeMap<u64, (u64, tokio::time::Instant)>,
+    /// Each pool's workers and job types by Raft node id, with when it was asked.
+    pool_info: BTreeMap<u64, (PoolInfo, tokio::time::Instant)>,
     watcher: JoinHandle<()>,
 }
 
@@ -76,7 +78,7 @@ impl Actor for Dispatcher {
         myself.send_interval(POLL_EVERY, || DispatcherMsg::Tick);
         Ok(DispatcherState {
             node: args.node,
-            capacity: BTreeMap::new(),
+            pool_info: BTreeMap::new(),
             watcher,
         })
     }
@@ -101,8 +103,11 @@ impl Actor for Dispatcher {
             return Ok(());
         }
         let mut free = BTreeMap::new();
+        let mut serves: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (&id, pool) in &pools {
-            let cap = capacity(state, id, pool).await;
+            let info = pool_info(state, id, pool).await;
+            let cap = info.workers;
+            serves.insert(id, info.job_types);
             let load = state
                 .node
                 .state
@@ -117,23 +122,29 @@ impl Actor for Dispatcher {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let runs: Vec<(u64, u32)> = state
-            .node
-            .state
-            .read()
-            .dispatchable_runs(now, total as usize)
-            .iter()
-            .map(|r| (r.id, r.attempt + 1))
-            .collect();
+        let runs: Vec<(u64, u32, String)> = {
+            let view = state.node.state.read();
+            view.dispatchable_runs(now, total as usize)
+                .iter()
+                .map(|r| {
+                    let job_type = view
+                        .job(&r.job_id)
+                        .map(|j| j.spec.job_type.clone())
+                        .unwrap_or_default();
+                    (r.id, r.attempt + 1, job_type)
+                })
+                .collect()
+        };
         // Choose a node for each run (most free workers first), then start them
         // all with one Raft entry.
         let mut starts = Vec::with_capacity(runs.len());
-        for (run_id, attempt) in runs {
+        for (run_id, attempt, job_type) in runs {
+            // Only pools that serve the job type (e.g. `exec` needs --allow-exec there).
             let best = free
                 .iter()
-                .filter(|(_, f)| **f > 0)
+                .filter(|(id, f)| **f > 0 && serves.get(id).is_some_and(|types| types.contains(&job_type)))
                 .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)));
-            let Some((&target, _)) = best else { break };
+            let Some((&target, _)) = best else { continue };
             *free.get_mut(&target).expect("chosen from free") -= 1;
             starts.push((run_id, target, attempt));
         }
@@ -192,21 +203,27 @@ fn pools(members: &[u64]) -> BTreeMap<u64, ActorRef<WorkerPoolMsg>> {
         .collect()
 }
 
-async fn capacity(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerPoolMsg>) -> u64 {
-    if let Some((cap, at)) = state.capacity.get(&id) {
-        if at.elapsed() < CAPACITY_TTL {
-            return *cap;
+async fn pool_info(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerPoolMsg>) -> PoolInfo {
+    if let Some((info, at)) = state.pool_info.get(&id) {
+        if at.elapsed() < POOL_INFO_TTL {
+            return info.clone();
         }
     }
-    match ractor::call_t!(pool, WorkerPoolMsg::Capacity, 500) {
-        Ok(cap) => {
-            state.capacity.insert(id, (cap, tokio::time::Instant::now()));
-            cap
+    match ractor::call_t!(pool, WorkerPoolMsg::Info, 500).map(|bytes| decode::<PoolInfo>(&bytes)) {
+        Ok(Ok(info)) => {
+            state
+                .pool_info
+                .insert(id, (info.clone(), tokio::time::Instant::now()));
+            info
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = id, "undecodable worker pool info: {e}");
+            PoolInfo::default()
         }
         Err(e) => {
             tracing::debug!(node = id, "worker pool did not answer: {e}");
-            state.capacity.remove(&id);
-            0
+            state.pool_info.remove(&id);
+            PoolInfo::default()
         }
     }
 }

@@ -68,14 +68,23 @@ pub struct WorkItem {
     pub heartbeat_timeout_ms: u64,
 }
 
-/// Messages of a pool; `Execute` and `Capacity` may come from another node.
+/// What a pool tells the dispatcher about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    /// Number of workers.
+    pub workers: u64,
+    /// Job types this node can run (`exec` only with `--allow-exec`).
+    pub job_types: Vec<String>,
+}
+
+/// Messages of a pool; `Execute` and `Info` may come from another node.
 #[derive(ractor_cluster::RactorClusterMessage)]
 pub enum WorkerPoolMsg {
     /// Run an attempt: a postcard-encoded [`WorkItem`].
     Execute(Vec<u8>),
-    /// How many workers the pool has.
+    /// The pool's [`PoolInfo`], postcard-encoded.
     #[rpc]
-    Capacity(RpcReplyPort<u64>),
+    Info(RpcReplyPort<Vec<u8>>),
     /// Worker `n` is free again (local).
     WorkerIdle(u64),
 }
@@ -206,8 +215,18 @@ impl Actor for WorkerPool {
                 ),
                 Err(e) => tracing::warn!("undecodable work item: {e}"),
             },
-            WorkerPoolMsg::Capacity(reply) => {
-                let _ = reply.send(state.workers.len() as u64);
+            WorkerPoolMsg::Info(reply) => {
+                let info = PoolInfo {
+                    workers: state.workers.len() as u64,
+                    job_types: state
+                        .env
+                        .registry
+                        .names()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                };
+                let _ = reply.send(encode(&info).expect("encoding pool info cannot fail"));
             }
             WorkerPoolMsg::WorkerIdle(n) => {
                 let n = n as usize;
