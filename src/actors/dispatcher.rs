@@ -102,20 +102,22 @@ impl Actor for Dispatcher {
         if pools.is_empty() {
             return Ok(());
         }
+        // Load per node: the runs queued or running there, counted in one pass.
+        let mut load: BTreeMap<u64, u64> = BTreeMap::new();
+        for run in state.node.state.read().runs().filter(|r| r.status.is_active()) {
+            if let Some(node) = run.node {
+                *load.entry(node).or_default() += 1;
+            }
+        }
         let mut free = BTreeMap::new();
         let mut serves: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (&id, pool) in &pools {
             let info = pool_info(state, id, pool).await;
-            let cap = info.workers;
             serves.insert(id, info.job_types);
-            let load = state
-                .node
-                .state
-                .read()
-                .runs()
-                .filter(|r| r.node == Some(id) && r.status.is_active())
-                .count() as u64;
-            free.insert(id, cap.saturating_sub(load));
+            free.insert(
+                id,
+                info.workers.saturating_sub(load.get(&id).copied().unwrap_or(0)),
+            );
         }
         let total: u64 = free.values().sum();
         if total == 0 {
