@@ -13,7 +13,7 @@ use pbjson_types::FieldMask;
 
 use super::client::{describe, Client, ClientArgs};
 use super::output;
-use crate::api::convert::{ms_duration, ms_timestamp, timestamp_ms};
+use crate::api::convert::{ms_duration, ms_timestamp};
 use crate::proto as pb;
 use crate::proto::job_service_client::JobServiceClient;
 use crate::proto::run_service_client::RunServiceClient;
@@ -336,12 +336,7 @@ fn fresh_request_id() -> String {
 }
 
 fn time(t: &Option<pbjson_types::Timestamp>) -> String {
-    t.as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp_millis(timestamp_ms(t)))
-        .map_or_else(
-            || "-".into(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
+    output::timestamp(t, chrono::SecondsFormat::Secs)
 }
 
 fn status_name(v: i32) -> String {

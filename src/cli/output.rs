@@ -1,5 +1,6 @@
 //! Printing results: aligned tables for people, protobuf JSON for programs.
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::client::Output;
@@ -49,4 +50,11 @@ pub fn print<T: Serialize>(output: Output, value: &T, as_table: impl FnOnce(&T))
             Ok(())
         }
     }
+}
+
+/// A protobuf timestamp as RFC 3339 in UTC at `precision`, or `-` when unset.
+pub fn timestamp(t: &Option<pbjson_types::Timestamp>, precision: SecondsFormat) -> String {
+    t.as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp_millis(crate::api::convert::timestamp_ms(t)))
+        .map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(precision, true))
 }

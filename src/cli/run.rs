@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 
 use super::client::{describe, Client, ClientArgs};
 use super::output;
-use crate::api::convert::timestamp_ms;
 use crate::proto as pb;
 use crate::proto::run_service_client::RunServiceClient;
 
@@ -61,12 +60,7 @@ enum RunStatusArg {
 }
 
 fn time(t: &Option<pbjson_types::Timestamp>) -> String {
-    t.as_ref()
-        .and_then(|t| DateTime::<Utc>::from_timestamp_millis(timestamp_ms(t)))
-        .map_or_else(
-            || "-".into(),
-            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        )
+    output::timestamp(t, chrono::SecondsFormat::Millis)
 }
 
 fn status_name(v: i32) -> String {
