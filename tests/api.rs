@@ -280,6 +280,39 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     let printed: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(printed["id"], "cli-job");
     assert_eq!(printed["status"], "JOB_STATUS_ACTIVE");
+    // `run watch` from the beginning: each triggered run once, in position
+    // order, one JSON object per line, past a dead endpoint listed first.
+    for _ in 0..2 {
+        let out = cli(&endpoints, &["job", "trigger", "cli-job"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dead_first = format!("127.0.0.1:{},{endpoints}", common::free_port());
+    let watched = cli(
+        &dead_first,
+        &[
+            "run", "watch", "--job", "cli-job", "--after", "0", "--count", "2", "-o", "json",
+        ],
+    );
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&watched.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let revisions: Vec<u64> = events
+        .iter()
+        .map(|e| e["position"]["revision"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(revisions[0] <= revisions[1], "{revisions:?}");
+    assert!(
+        events.iter().all(|e| e["run"]["jobId"] == "cli-job"),
+        "{events:?}"
+    );
+    assert_ne!(events[0]["run"]["id"], events[1]["run"]["id"]);
     let bad = cli(
         &endpoints,
         &[

@@ -278,3 +278,132 @@ async fn trigger_backfill_describe_and_cancel() {
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+/// Reads run events from `stream` into `events` until `done(events)` holds;
+/// returns the stream's error if it breaks first, `None` when done.
+async fn read_events(
+    stream: &mut tonic::Streaming<pb::RunEvent>,
+    events: &mut Vec<pb::RunEvent>,
+    done: impl Fn(&[pb::RunEvent]) -> bool,
+) -> Option<tonic::Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(events) {
+        let next = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("no run event within 30 s");
+        match next {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => return Some(tonic::Status::unavailable("stream ended")),
+            Err(status) => return Some(status),
+        }
+    }
+    None
+}
+
+fn position(event: &pb::RunEvent) -> (u64, u64) {
+    let p = event.position.expect("every event has a position");
+    (p.revision, p.run_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_on_another_node_without_gaps_or_repeats() {
+    let mut cluster = TestCluster::start(3, &[]);
+    cluster.wait_ready(READY).await;
+    let leader = cluster.wait_leader(READY).await;
+    let followers: Vec<u64> = cluster.running().into_iter().filter(|&id| id != leader).collect();
+    let (first, second) = (followers[0], followers[1]);
+
+    // Watch from now on a follower: the first event is a progress notice.
+    let mut stream = run_client(&cluster, first)
+        .await
+        .watch_runs(pb::WatchRunsRequest {
+            job_id: "w".into(),
+            after: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let start = stream.message().await.unwrap().expect("a progress notice");
+    assert!(
+        start.run.is_none(),
+        "the first event of a watch from now has no run"
+    );
+    let start = position(&start);
+
+    let mut jobs = cluster.jobs(leader).await;
+    jobs.create_job(pb::CreateJobRequest {
+        job: Some(every_second_job("w", pb::CatchupPolicy::All)),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    let error = read_events(&mut stream, &mut events, |e| e.len() >= 6).await;
+    assert!(error.is_none(), "watch broke early: {error:?}");
+
+    // Kill the watched node; the stream breaks. Resume on another node from
+    // the last position received, while runs keep changing.
+    cluster.kill(first);
+    let error = read_events(&mut stream, &mut events, |_| false).await;
+    assert!(error.is_some(), "the stream of a killed node ends with an error");
+    let resume = position(events.last().unwrap());
+    let mut stream = run_client(&cluster, second)
+        .await
+        .watch_runs(pb::WatchRunsRequest {
+            job_id: "w".into(),
+            after: Some(pb::WatchPosition {
+                revision: resume.0,
+                run_id: resume.1,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let before_resume = events.len();
+    let error = read_events(&mut stream, &mut events, |e| e.len() >= before_resume + 6).await;
+    assert!(error.is_none(), "resumed watch broke: {error:?}");
+
+    // Stop the fires, wait until every run has finished, and check that the
+    // stream delivered the final state of each run changed after the start.
+    jobs.pause_job(pb::PauseJobRequest { id: "w".into() })
+        .await
+        .unwrap();
+    let mut client = run_client(&cluster, second).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let finals = loop {
+        let list = runs(&mut client, "w").await;
+        if list.iter().all(|r| r.status == pb::RunStatus::Succeeded as i32) {
+            break list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs still open: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let expected: BTreeSet<(u64, u64)> = finals
+        .iter()
+        .filter(|r| (r.revision, r.id) > start)
+        .map(|r| (r.revision, r.id))
+        .collect();
+    assert!(expected.len() >= 3, "too few runs: {finals:?}");
+    let error = read_events(&mut stream, &mut events, |e| {
+        let seen: BTreeSet<(u64, u64)> = e.iter().map(position).collect();
+        expected.is_subset(&seen)
+    })
+    .await;
+    assert!(error.is_none(), "watch broke: {error:?}");
+
+    // In order, after the start, each event the run as it was at its position.
+    let positions: Vec<(u64, u64)> = events.iter().map(position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions not strictly increasing: {positions:?}"
+    );
+    assert!(positions[0] > start);
+    for event in &events {
+        let run = event.run.as_ref().expect("run events carry the run");
+        assert_eq!(run.job_id, "w");
+        assert_eq!(position(event), (run.revision, run.id));
+    }
+}

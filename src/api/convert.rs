@@ -451,6 +451,7 @@ pub fn run_to_pb(run: &Run) -> pb::Run {
         fencing_token: run.token,
         idempotency_key: run.idempotency_key(),
         not_before: (run.status == RunStatus::Pending).then(|| ms_timestamp(run.not_before_ms)),
+        revision: run.revision,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod job_service;
 pub mod raft_service;
 pub mod run_service;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub async fn serve(
         node: node.clone(),
         metrics,
         registry,
+        shutdown: shutdown.clone(),
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -80,6 +82,8 @@ pub struct Api {
     metrics: Arc<Metrics>,
     /// Job types this node knows, for validating creates and updates.
     registry: Arc<Registry>,
+    /// Fires when the server stops; ends open streams.
+    shutdown: CancellationToken,
 }
 
 impl Api {

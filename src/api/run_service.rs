@@ -4,10 +4,12 @@
 //! pass the read barrier first. A backfill's dry run only reads.
 
 use chrono::{DateTime, Utc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{counters_to_pb, job_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
 use super::job_service::{consistency, job_not_found, required_id};
+use super::watch::{watch_runs, Position};
 use super::{principal, to_status, Api};
 use crate::error::Error;
 use crate::proto as pb;
@@ -219,6 +221,29 @@ impl RunService for Api {
                     .await
                     .map_err(to_status)?,
             )
+        })
+        .await
+    }
+
+    type WatchRunsStream = ReceiverStream<Result<pb::RunEvent, Status>>;
+
+    async fn watch_runs(
+        &self,
+        request: Request<pb::WatchRunsRequest>,
+    ) -> Result<Response<Self::WatchRunsStream>, Status> {
+        self.observed("WatchRuns", async {
+            let req = request.into_inner();
+            let job = (!req.job_id.is_empty()).then_some(req.job_id);
+            let after = req.after.map(|p| Position {
+                revision: p.revision,
+                run_id: p.run_id,
+            });
+            Ok(Response::new(watch_runs(
+                self.node.state.clone(),
+                job,
+                after,
+                self.shutdown.clone(),
+            )))
         })
         .await
     }

@@ -74,15 +74,27 @@ impl Client {
 
     /// Wraps a message in a request carrying the principal and deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
+        let mut request = self.stream_request(message);
         request.set_timeout(self.timeout);
+        request
+    }
+
+    /// A request for a long-lived stream: the principal, but no deadline.
+    pub fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
         if let Ok(value) = self.principal.parse() {
             request.metadata_mut().insert(PRINCIPAL_HEADER, value);
         }
         request
     }
 
-    fn channel(addr: &str) -> Result<Channel, Status> {
+    /// The addresses given with `--endpoints`, in order.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// A lazily connecting channel to `addr`.
+    pub fn channel(addr: &str) -> Result<Channel, Status> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2));

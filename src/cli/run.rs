@@ -1,9 +1,11 @@
-//! `kairos run list|get|cancel`, and the run views shared with `kairos job
+//! `kairos run list|get|cancel|watch`, and the run views shared with `kairos job
 //! trigger|backfill|describe`.
 
 use chrono::{DateTime, Utc};
 
-use super::client::{describe, Client, ClientArgs};
+use tonic::{Code, Status};
+
+use super::client::{describe, Client, ClientArgs, Output};
 use super::output;
 use crate::proto as pb;
 use crate::proto::run_service_client::RunServiceClient;
@@ -45,6 +47,143 @@ enum RunAction {
         /// Run id.
         id: u64,
     },
+    /// Follow run changes as the cluster applies them, resuming on another
+    /// endpoint when one fails (until interrupted or --count events).
+    Watch {
+        /// Only runs of this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Start after this position (REVISION:RUN, as printed); default: now.
+        #[arg(long, value_parser = parse_position)]
+        after: Option<pb::WatchPosition>,
+        /// Stop after this many run events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+/// Parses `REVISION:RUN` (or a bare `REVISION`, meaning every run changed after it).
+fn parse_position(s: &str) -> Result<pb::WatchPosition, String> {
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{part:?} in {s:?}: {e} (expected REVISION:RUN)"))
+    };
+    match s.split_once(':') {
+        Some((revision, run)) => Ok(pb::WatchPosition {
+            revision: number(revision)?,
+            run_id: number(run)?,
+        }),
+        None => Ok(pb::WatchPosition {
+            revision: number(s)?,
+            run_id: u64::MAX,
+        }),
+    }
+}
+
+/// How long to wait before trying the next endpoint after a broken watch.
+const WATCH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// `kairos run watch`: prints each event as a line (or one JSON object per
+/// line), remembers its position, and on a broken stream resumes from it on
+/// the next endpoint. Gives up after every endpoint failed three times in a row.
+async fn watch(
+    client: &Client,
+    output: Output,
+    job: Option<String>,
+    mut after: Option<pb::WatchPosition>,
+    count: Option<usize>,
+) -> anyhow::Result<()> {
+    let endpoints = client.endpoints();
+    let mut printed = 0usize;
+    let mut failures = 0usize;
+    let mut next = 0usize;
+    if output == Output::Table {
+        println!(
+            "{:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {:<5} ERROR",
+            "POSITION", "RUN", "JOB", "NOMINAL", "STATUS", "ATTEMPT", "NODE"
+        );
+    }
+    loop {
+        if count.is_some_and(|c| printed >= c) {
+            return Ok(());
+        }
+        let addr = &endpoints[next % endpoints.len()];
+        next += 1;
+        let request = pb::WatchRunsRequest {
+            job_id: job.clone().unwrap_or_default(),
+            after,
+        };
+        let outcome = match RunServiceClient::new(Client::channel(addr)?)
+            .watch_runs(client.stream_request(request))
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            after = event.position.or(after);
+                            if let Some(run) = &event.run {
+                                print_event(output, &event, run)?;
+                                printed += 1;
+                                if count.is_some_and(|c| printed >= c) {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        Ok(None) => break Status::unavailable("the server ended the stream"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        // Errors about the request itself will not go away elsewhere.
+        if matches!(
+            outcome.code(),
+            Code::InvalidArgument | Code::NotFound | Code::PermissionDenied | Code::Unauthenticated
+        ) {
+            anyhow::bail!(describe(&outcome));
+        }
+        failures += 1;
+        if failures >= 3 * endpoints.len() {
+            anyhow::bail!("watch: no endpoint answered; last error {}", describe(&outcome));
+        }
+        eprintln!("watch: {addr}: {}; resuming", describe(&outcome));
+        tokio::time::sleep(WATCH_RETRY_DELAY).await;
+    }
+}
+
+fn print_event(output: Output, event: &pb::RunEvent, run: &pb::Run) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(event)?),
+        Output::Table => {
+            let position = event
+                .position
+                .map(|p| format!("{}:{}", p.revision, p.run_id))
+                .unwrap_or_default();
+            let node = if run.node_id == 0 {
+                "-".to_string()
+            } else {
+                run.node_id.to_string()
+            };
+            let error: String = run.error.lines().next().unwrap_or("").chars().take(60).collect();
+            println!(
+                "{position:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {node:<5} {error}",
+                run.id,
+                run.job_id,
+                time(&run.nominal_time),
+                status_name(run.status),
+                run.attempt,
+            );
+        }
+    }
+    // A watch is often piped; show each event as it comes.
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -201,6 +340,7 @@ pub async fn run(cmd: RunCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 .map_err(fail)?;
             output::print(args.output, &run, print_run)
         }
+        RunAction::Watch { job, after, count } => watch(&client, args.output, job, after, count).await,
         RunAction::Cancel { id } => {
             let req = pb::CancelRunRequest { id };
             let run = client

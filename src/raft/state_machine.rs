@@ -35,6 +35,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use super::durability::Disk;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
@@ -71,18 +72,55 @@ fn snap_read(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read_snapshot(None, AnyError::error(e)).into()
 }
 
-/// Shared read access to the applied state, for the API.
-#[derive(Clone, Default)]
-pub struct StateHandle(Arc<RwLock<State>>);
+/// How many applies a run watcher may fall behind before it must rescan.
+const RUN_FEED_CAPACITY: usize = 1024;
+
+/// What the state machine tells run watchers after each apply.
+#[derive(Clone, Debug)]
+pub enum RunFeed {
+    /// These runs changed; each as it is after the apply, in (revision, id) order.
+    Changed(Arc<Vec<Run>>),
+    /// The whole state was replaced by a snapshot: look at the state again.
+    Reset,
+}
+
+/// Shared read access to the applied state, and its change feed, for the API.
+#[derive(Clone)]
+pub struct StateHandle {
+    state: Arc<RwLock<State>>,
+    run_feed: broadcast::Sender<RunFeed>,
+}
+
+impl Default for StateHandle {
+    fn default() -> Self {
+        StateHandle {
+            state: Arc::default(),
+            run_feed: broadcast::channel(RUN_FEED_CAPACITY).0,
+        }
+    }
+}
 
 impl StateHandle {
     /// A read guard on the state. Hold it briefly: `apply` waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Run changes applied from now on. Subscribe before reading the state,
+    /// so nothing applied in between is missed.
+    pub fn subscribe_runs(&self) -> broadcast::Receiver<RunFeed> {
+        self.run_feed.subscribe()
+    }
+
+    fn publish(&self, feed: RunFeed) {
+        // An error only means nobody listens.
+        let _ = self.run_feed.send(feed);
     }
 }
 
@@ -200,6 +238,7 @@ impl StateMachineStore {
         self.disk.sync().map_err(sm_write)?;
 
         *self.state.write() = state;
+        self.state.publish(RunFeed::Reset);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         Ok(())
@@ -315,6 +354,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut results = Vec::new();
         let mut changes = Changes::default();
         let mut batch = sled::Batch::default();
+        let mut run_feed = None;
         {
             let mut state = self.state.write();
             for entry in entries {
@@ -355,11 +395,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             if !changes.runs.is_empty() {
                 batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
+                if self.state.run_feed.receiver_count() > 0 {
+                    let mut changed: Vec<Run> = changes
+                        .runs
+                        .iter()
+                        .filter_map(|&id| state.run(id).cloned())
+                        .collect();
+                    changed.sort_by_key(|r| (r.revision, r.id));
+                    run_feed = Some(RunFeed::Changed(Arc::new(changed)));
+                }
             }
         }
         batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);
         batch.insert(MEMBERSHIP_KEY, encode(&self.membership).map_err(sm_write)?);
         self.tables.apply_batch(batch).map_err(sm_write)?;
+        if let Some(feed) = run_feed {
+            self.state.publish(feed);
+        }
         Ok(results)
     }
 

@@ -98,6 +98,9 @@ pub struct Run {
     pub error: String,
     /// Last bytes of the handler's output (at most [`MAX_OUTPUT_TAIL`]).
     pub output_tail: String,
+    /// Log index of the entry that last changed this run (as etcd's
+    /// `mod_revision`); `WatchRuns` positions are built from it.
+    pub revision: u64,
 }
 
 impl Run {
@@ -212,6 +215,7 @@ mod tests {
             finished_at_ms: None,
             error: String::new(),
             output_tail: String::new(),
+            revision: 0,
         };
         assert_eq!(run.idempotency_key(), "report:2026-01-01T00:00:00.000Z");
     }

@@ -225,6 +225,8 @@ pub struct Changes {
     pub runs: BTreeSet<RunId>,
     /// Jobs whose counters changed.
     pub counters: BTreeSet<JobId>,
+    /// Log index of the entry being applied; stamped on every run it changes.
+    pub index: u64,
 }
 
 /// What a `request_id` remembers: the first create's result.
@@ -472,6 +474,7 @@ impl State {
     /// Applies one command, the entry at log index `index`; the result is the
     /// same on every replica.
     pub fn apply(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
+        changes.index = index;
         let at_ms = request.at_ms;
         let principal = request.principal.as_str();
         match &request.command {

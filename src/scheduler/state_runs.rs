@@ -109,7 +109,8 @@ impl State {
     }
 
     /// Inserts or replaces a run, keeping the indexes right.
-    fn put_run(&mut self, run: Run, changes: &mut Changes) {
+    fn put_run(&mut self, mut run: Run, changes: &mut Changes) {
+        run.revision = changes.index;
         if let Some(old) = self.runs.get(&run.id).cloned() {
             self.unindex_run(&old);
         }
@@ -195,6 +196,7 @@ impl State {
             finished_at_ms: None,
             error: String::new(),
             output_tail: String::new(),
+            revision: 0,
         };
         self.count(job_id, changes, |c| c.runs_created += 1);
         if skip {
