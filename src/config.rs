@@ -19,7 +19,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::actors::limits::{parse_type_limits, TypeLimits};
 use crate::error::{Error, Result};
+use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
 
 /// Output format of the node's logs.
@@ -83,6 +85,9 @@ agent_settings! {
     workers: usize, env = "KAIROS_WORKERS";
     /// Enable the `exec` job type on this node (runs programs; off by default).
     allow_exec: bool, env = "KAIROS_ALLOW_EXEC" [num_args = 0..=1, default_missing_value = "true"];
+    /// Cluster-wide limits per job type, enforced by the leader (give every node the same):
+    /// `TYPE:concurrency=N,rate=R,burst=B;...`, e.g. `http:concurrency=20,rate=50`.
+    type_limits: String, env = "KAIROS_TYPE_LIMITS";
     /// Log output: text or json.
     log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
     /// Raft leader heartbeat period in ms (default 100).
@@ -118,6 +123,8 @@ pub struct AgentConfig {
     pub workers: usize,
     /// Whether the `exec` handler is enabled.
     pub allow_exec: bool,
+    /// Concurrency and rate limits by job type.
+    pub type_limits: TypeLimits,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -196,6 +203,14 @@ impl AgentConfig {
                 "--workers: {workers} is not in 1..=10000"
             )));
         }
+        let type_limits = parse_type_limits(args.type_limits.as_deref().unwrap_or(""))?;
+        let known = Registry::builtin(true).names();
+        if let Some(unknown) = type_limits.keys().find(|t| !known.contains(&t.as_str())) {
+            return Err(Error::InvalidArgument(format!(
+                "--type-limits: unknown job type {unknown:?} (known: {})",
+                known.join(", ")
+            )));
+        }
         let defaults = RaftTuning::default();
         Ok(AgentConfig {
             node_id,
@@ -213,6 +228,7 @@ impl AgentConfig {
             cluster_cookie,
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
+            type_limits,
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
@@ -276,6 +292,22 @@ mod tests {
         };
         let err = AgentConfig::resolve(args).unwrap_err().to_string();
         assert!(err.starts_with("--cluster-cookie: required"), "{err}");
+    }
+
+    #[test]
+    fn type_limits_name_known_job_types() {
+        let args = |limits: &str| AgentArgs {
+            node_id: Some(1),
+            cluster_cookie: Some("secret".into()),
+            type_limits: Some(limits.into()),
+            ..Default::default()
+        };
+        let config = AgentConfig::resolve(args("http:concurrency=3;exec:rate=1")).unwrap();
+        assert_eq!(config.type_limits["http"].concurrency, Some(3));
+        let err = AgentConfig::resolve(args("htp:concurrency=3"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--type-limits: unknown job type \"htp\""), "{err}");
     }
 
     #[test]

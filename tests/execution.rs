@@ -349,3 +349,102 @@ async fn exec_runs_only_on_nodes_started_with_allow_exec() {
         assert_eq!(run.output_tail.trim(), format!("run {id}"));
     }
 }
+
+/// Triggers `job` `n` times through `runs` and waits until every run finished; returns them.
+async fn trigger_and_finish(
+    runs: &mut RunServiceClient<tonic::transport::Channel>,
+    job: &str,
+    n: usize,
+) -> Vec<pb::Run> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let run = runs
+            .trigger_job(pb::TriggerJobRequest { id: job.into() })
+            .await
+            .unwrap();
+        ids.push(run.into_inner().id);
+    }
+    let mut finished = Vec::new();
+    for id in ids {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+        loop {
+            let run = runs
+                .get_run(pb::GetRunRequest { id, consistency: 0 })
+                .await
+                .unwrap()
+                .into_inner();
+            if run.finished_at.is_some() {
+                finished.push(run);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "run {id} open after 40 s: {run:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    finished
+}
+
+fn ms(t: &Option<pbjson_types::Timestamp>) -> i64 {
+    kairos::api::convert::timestamp_ms(t.as_ref().expect("timestamp set"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_limits_cap_concurrency_and_pace_starts() {
+    let cluster = TestCluster::start(3, &["--type-limits", "sleep:concurrency=1;noop:rate=4,burst=1"]);
+    cluster.wait_ready(READY).await;
+    let leader = cluster.wait_leader(READY).await;
+    let mut jobs = cluster.jobs(leader).await;
+    for (id, job_type, payload) in [
+        ("one-at-a-time", "sleep", r#"{"ms": 300}"#),
+        ("paced", "noop", ""),
+    ] {
+        jobs.create_job(pb::CreateJobRequest {
+            job: Some(pb::ScheduledJob {
+                id: id.into(),
+                r#type: job_type.into(),
+                schedule: "@yearly".into(),
+                payload: payload.as_bytes().to_vec(),
+                policies: Some(pb::Policies {
+                    overlap: pb::OverlapPolicy::AllowAll as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
+        .await
+        .unwrap();
+
+    // Twelve workers are free, but the sleep runs go one after the other:
+    // each starts only after the previous one finished.
+    let mut sleeps = trigger_and_finish(&mut runs, "one-at-a-time", 4).await;
+    assert!(
+        sleeps.iter().all(|r| r.status == pb::RunStatus::Succeeded as i32),
+        "{sleeps:?}"
+    );
+    sleeps.sort_by_key(|r| ms(&r.started_at));
+    for pair in sleeps.windows(2) {
+        assert!(
+            ms(&pair[1].started_at) >= ms(&pair[0].finished_at),
+            "two sleep runs overlapped: {pair:?}"
+        );
+    }
+
+    // At 4 starts per second with no burst, 9 triggered runs take at least
+    // 8 intervals of 250 ms to start (the slack covers clock granularity).
+    let mut paced = trigger_and_finish(&mut runs, "paced", 9).await;
+    assert!(
+        paced.iter().all(|r| r.status == pb::RunStatus::Succeeded as i32),
+        "{paced:?}"
+    );
+    paced.sort_by_key(|r| ms(&r.started_at));
+    let span = ms(&paced[8].started_at) - ms(&paced[0].started_at);
+    assert!(span >= 8 * 250 - 100, "9 starts within {span} ms at 4/s");
+}

@@ -10,8 +10,12 @@
 //! pool through ractor_cluster. If the send is lost, the attempt's lease expires and the
 //! run is retried elsewhere; nothing is assigned without a committed entry.
 //!
-//! IMPLEMENTATION CAVEATS: no per-type concurrency or rate limits yet; pools
-//! are found only on nodes this leader has a worker-network session with.
+//! Runs of a job type with limits (`--type-limits`) pass the [`Limiter`]
+//! first: a run over its type's concurrency or rate stays pending until a
+//! later tick, and the runs behind it are still considered.
+//!
+//! IMPLEMENTATION CAVEATS: pools are found only on nodes this leader has a
+//! worker-network session with.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use super::limits::{Limiter, TypeLimits};
 use super::worker::{encode_item, group, PoolInfo, WorkItem, WorkerPoolMsg};
 use crate::node::Node;
 use crate::raft::decode;
@@ -29,6 +34,8 @@ use crate::scheduler::{Command, Response};
 const PRINCIPAL: &str = "kairos-dispatcher";
 /// How often the dispatcher looks for work even without state changes (retries come due).
 const POLL_EVERY: Duration = Duration::from_millis(100);
+/// Most dispatchable runs looked at per tick (more than fit when limits hold some back).
+const MAX_CANDIDATES: usize = 10_000;
 /// How long a pool's answer about its workers and job types is trusted.
 const POOL_INFO_TTL: Duration = Duration::from_secs(5);
 
@@ -46,6 +53,8 @@ pub enum DispatcherMsg {
 pub struct DispatcherArgs {
     /// The local node (must be the leader).
     pub node: Arc<Node>,
+    /// Concurrency and rate limits by job type.
+    pub type_limits: TypeLimits,
 }
 
 /// The dispatcher's state.
@@ -53,6 +62,7 @@ pub struct DispatcherState {
     node: Arc<Node>,
     /// Each pool's workers and job types by Raft node id, with when it was asked.
     pool_info: BTreeMap<u64, (PoolInfo, tokio::time::Instant)>,
+    limiter: Limiter,
     watcher: JoinHandle<()>,
 }
 
@@ -79,6 +89,7 @@ impl Actor for Dispatcher {
         Ok(DispatcherState {
             node: args.node,
             pool_info: BTreeMap::new(),
+            limiter: Limiter::new(args.type_limits),
             watcher,
         })
     }
@@ -102,13 +113,23 @@ impl Actor for Dispatcher {
         if pools.is_empty() {
             return Ok(());
         }
-        // Load per node: the runs queued or running there, counted in one pass.
-        let mut load: BTreeMap<u64, u64> = BTreeMap::new();
-        for run in state.node.state.read().runs().filter(|r| r.status.is_active()) {
-            if let Some(node) = run.node {
-                *load.entry(node).or_default() += 1;
+        // Load per node and per job type: the runs queued or running, counted in one pass.
+        let (load, mut active_by_type) = {
+            let view = state.node.state.read();
+            let mut load: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+            for run in view.runs().filter(|r| r.status.is_active()) {
+                if let Some(node) = run.node {
+                    *load.entry(node).or_default() += 1;
+                }
+                if !state.limiter.is_empty() {
+                    if let Some(job) = view.job(&run.job_id) {
+                        *by_type.entry(job.spec.job_type.clone()).or_default() += 1;
+                    }
+                }
             }
-        }
+            (load, by_type)
+        };
         let mut free = BTreeMap::new();
         let mut serves: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (&id, pool) in &pools {
@@ -124,9 +145,15 @@ impl Actor for Dispatcher {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let runs: Vec<(u64, u32, String)> = {
+        let candidates: Vec<(u64, u32, String)> = {
             let view = state.node.state.read();
-            view.dispatchable_runs(now, total as usize)
+            // With limits, runs held back must not hide the ones behind them.
+            let wanted = if state.limiter.is_empty() {
+                total as usize
+            } else {
+                MAX_CANDIDATES
+            };
+            view.dispatchable_runs(now, wanted)
                 .iter()
                 .map(|r| {
                     let job_type = view
@@ -139,14 +166,20 @@ impl Actor for Dispatcher {
         };
         // Choose a node for each run (most free workers first), then start them
         // all with one Raft entry.
-        let mut starts = Vec::with_capacity(runs.len());
-        for (run_id, attempt, job_type) in runs {
+        let mut starts = Vec::with_capacity(candidates.len().min(total as usize));
+        for (run_id, attempt, job_type) in candidates {
+            if starts.len() as u64 == total {
+                break;
+            }
             // Only pools that serve the job type (e.g. `exec` needs --allow-exec there).
             let best = free
                 .iter()
                 .filter(|(id, f)| **f > 0 && serves.get(id).is_some_and(|types| types.contains(&job_type)))
                 .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)));
             let Some((&target, _)) = best else { continue };
+            if !state.limiter.admit(&job_type, &mut active_by_type, now) {
+                continue;
+            }
             *free.get_mut(&target).expect("chosen from free") -= 1;
             starts.push((run_id, target, attempt));
         }

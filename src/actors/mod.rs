@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod dispatcher;
+pub mod limits;
 pub mod timer;
 pub mod worker;
 
@@ -28,16 +29,17 @@ use ractor::{Actor, ActorRef};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use limits::TypeLimits;
 
 /// Starts the leader-only actors whenever this node leads and stops them when
 /// it does not, until `shutdown` is cancelled.
-pub async fn run_leader_actors(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn run_leader_actors(node: Arc<Node>, type_limits: TypeLimits, shutdown: CancellationToken) {
     let mut metrics = node.raft.metrics();
     let mut actors: Option<LeaderActors> = None;
     loop {
         let leading = metrics.borrow().state == ServerState::Leader;
         if leading && actors.is_none() {
-            match LeaderActors::start(&node).await {
+            match LeaderActors::start(&node, &type_limits).await {
                 Ok(started) => {
                     tracing::info!(node = node.id, "became leader: timer and dispatcher started");
                     actors = Some(started);
@@ -67,9 +69,12 @@ struct LeaderActors {
 }
 
 impl LeaderActors {
-    async fn start(node: &Arc<Node>) -> Result<LeaderActors, ractor::SpawnErr> {
+    async fn start(node: &Arc<Node>, type_limits: &TypeLimits) -> Result<LeaderActors, ractor::SpawnErr> {
         let (timer, _) = Actor::spawn(None, timer::Timer, timer::TimerArgs { node: node.clone() }).await?;
-        let args = dispatcher::DispatcherArgs { node: node.clone() };
+        let args = dispatcher::DispatcherArgs {
+            node: node.clone(),
+            type_limits: type_limits.clone(),
+        };
         match Actor::spawn(None, dispatcher::Dispatcher, args).await {
             Ok((dispatcher, _)) => Ok(LeaderActors { timer, dispatcher }),
             Err(e) => {

@@ -125,7 +125,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             }
         });
     }
-    tasks.spawn(crate::actors::run_leader_actors(node.clone(), shutdown.clone()));
+    tasks.spawn(crate::actors::run_leader_actors(
+        node.clone(),
+        config.type_limits.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::actors::cluster::run_connector(
         node.clone(),
         node_server.clone(),
