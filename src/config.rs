@@ -88,6 +88,8 @@ agent_settings! {
     /// Cluster-wide limits per job type, enforced by the leader (give every node the same):
     /// `TYPE:concurrency=N,rate=R,burst=B;...`, e.g. `http:concurrency=20,rate=50`.
     type_limits: String, env = "KAIROS_TYPE_LIMITS";
+    /// Register test-only job types (`panic`); for the project's own tests.
+    test_handlers: bool, env = "KAIROS_TEST_HANDLERS" [hide = true, num_args = 0..=1, default_missing_value = "true"];
     /// Log output: text or json.
     log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
     /// Raft leader heartbeat period in ms (default 100).
@@ -125,6 +127,8 @@ pub struct AgentConfig {
     pub allow_exec: bool,
     /// Concurrency and rate limits by job type.
     pub type_limits: TypeLimits,
+    /// Whether test-only job types are registered.
+    pub test_handlers: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -229,6 +233,7 @@ impl AgentConfig {
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
             type_limits,
+            test_handlers: args.test_handlers.unwrap_or(false),
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

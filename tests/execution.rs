@@ -448,3 +448,86 @@ async fn type_limits_cap_concurrency_and_pace_starts() {
     let span = ms(&paced[8].started_at) - ms(&paced[0].started_at);
     assert!(span >= 8 * 250 - 100, "9 starts within {span} ms at 4/s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_fails_its_attempt_and_the_worker_is_restarted() {
+    // One worker per node: work after the panics needs the restarted workers.
+    let cluster = TestCluster::start(3, &["--test-handlers", "--workers", "1"]);
+    cluster.wait_ready(READY).await;
+    let leader = cluster.wait_leader(READY).await;
+    let mut jobs = cluster.jobs(leader).await;
+    let job = |id: &str, job_type: &str, payload: &str| pb::ScheduledJob {
+        id: id.into(),
+        r#type: job_type.into(),
+        schedule: "@yearly".into(),
+        payload: payload.as_bytes().to_vec(),
+        policies: Some(pb::Policies {
+            overlap: pb::OverlapPolicy::AllowAll as i32,
+            retry: Some(pb::RetryPolicy {
+                max_attempts: 4,
+                initial_interval: Some(ms_duration(100)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for j in [
+        job("crashy", "panic", r#"{"attempts": 2}"#),
+        job("after", "noop", ""),
+    ] {
+        jobs.create_job(pb::CreateJobRequest {
+            job: Some(j),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
+        .await
+        .unwrap();
+    let mut watch = runs
+        .watch_runs(pb::WatchRunsRequest {
+            job_id: "crashy".into(),
+            after: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Two attempts panic, the third succeeds: the retry policy carried it.
+    let crashed = trigger_and_finish(&mut runs, "crashy", 2).await;
+    for run in &crashed {
+        assert_eq!(
+            (run.status, run.attempt),
+            (pb::RunStatus::Succeeded as i32, 3),
+            "{run:?}"
+        );
+        assert!(run.output_tail.contains("survived after 2 panics"), "{run:?}");
+    }
+    // The four failed attempts were recorded, each with its panic message.
+    let mut errors = BTreeSet::new();
+    while errors.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("the watch delivers the failed attempts")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(run) = event.run.filter(|r| r.error.contains("handler panicked")) {
+            assert!(run.error.contains("test handler panics on attempt"), "{run:?}");
+            errors.insert((run.id, run.error));
+        }
+    }
+
+    // Every node survived, and its (restarted) single worker still runs work.
+    assert_eq!(cluster.running().len(), 3);
+    let after = trigger_and_finish(&mut runs, "after", 9).await;
+    assert!(
+        after.iter().all(|r| r.status == pb::RunStatus::Succeeded as i32),
+        "{after:?}"
+    );
+    let restarted: usize = (1..=3)
+        .map(|id| cluster.log(id).matches("worker died; restarting it").count())
+        .sum();
+    assert!(restarted >= 4, "4 panics, {restarted} worker restarts logged");
+}

@@ -92,7 +92,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         config.cluster_cookie.clone(),
     )
     .await?;
-    let registry = Arc::new(crate::handlers::Registry::builtin(config.allow_exec));
+    let mut registry = crate::handlers::Registry::builtin(config.allow_exec);
+    if config.test_handlers {
+        registry.register(Arc::new(crate::handlers::panic::PanicHandler));
+    }
+    let registry = Arc::new(registry);
     let pool_args = PoolArgs {
         metrics: metrics.clone(),
         node: node.clone(),

@@ -79,6 +79,7 @@
 mod exec;
 mod http;
 mod noop;
+pub mod panic;
 mod sleep;
 mod support;
 #[cfg(test)]
