@@ -70,7 +70,15 @@ struct LeaderActors {
 
 impl LeaderActors {
     async fn start(node: &Arc<Node>, type_limits: &TypeLimits) -> Result<LeaderActors, ractor::SpawnErr> {
-        let (timer, _) = Actor::spawn(None, timer::Timer, timer::TimerArgs { node: node.clone() }).await?;
+        let (timer, _) = Actor::spawn(
+            None,
+            timer::Timer,
+            timer::TimerArgs {
+                node: node.clone(),
+                clock: timer::Clock::System,
+            },
+        )
+        .await?;
         let args = dispatcher::DispatcherArgs {
             node: node.clone(),
             type_limits: type_limits.clone(),

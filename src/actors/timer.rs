@@ -14,15 +14,23 @@
 //!
 //! It wakes early whenever the applied state changes (a new job may fire
 //! sooner), through a watcher of openraft's data metrics.
+//!
+//! The work of one wake-up is [`tick`]: given the time, it reads the state and
+//! proposes through a [`TimerHost`] — the Raft node in production, a plain
+//! [`State`] in tests — and says when to wake next. Time comes from a
+//! [`Clock`], which tests tie to tokio's paused clock, so the timer's whole
+//! loop runs deterministically in virtual time.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use crate::error::Result;
 use crate::node::Node;
-use crate::scheduler::Command;
+use crate::scheduler::{Command, State};
 
 /// Most fires proposed in one Raft entry.
 pub const MAX_FIRES_PER_BATCH: usize = 5_000;
@@ -47,19 +55,131 @@ pub enum TimerMsg {
 pub struct TimerArgs {
     /// The local node (must be the leader for proposals to succeed).
     pub node: Arc<Node>,
+    /// Where the time comes from.
+    pub clock: Clock,
 }
 
 /// The timer's state.
 pub struct TimerState {
     node: Arc<Node>,
+    clock: Clock,
     /// The instant (Unix ms) a wake-up is already scheduled for.
     armed_for: Option<i64>,
     /// Sends a tick whenever the applied state changes.
     watcher: JoinHandle<()>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+/// The timer's idea of the wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    /// The system's wall clock.
+    System,
+    /// `origin_ms` at `origin`, advancing with tokio's clock (which a test can pause).
+    Tokio {
+        /// Unix ms at `origin`.
+        origin_ms: i64,
+        /// The tokio instant it corresponds to.
+        origin: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock reading `origin_ms` now and advancing with tokio's time.
+    pub fn tokio_at(origin_ms: i64) -> Clock {
+        Clock::Tokio {
+            origin_ms,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The time now, Unix ms.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => chrono::Utc::now().timestamp_millis(),
+            Clock::Tokio { origin_ms, origin } => origin_ms + origin.elapsed().as_millis() as i64,
+        }
+    }
+}
+
+/// What the timer reads and proposes through.
+pub trait TimerHost {
+    /// Runs `f` on the applied state.
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T;
+    /// Proposes `command`, stamped `at_ms`; done when it is applied.
+    fn propose(&self, command: Command, at_ms: i64) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl TimerHost for Arc<Node> {
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    async fn propose(&self, command: Command, _at_ms: i64) -> Result<()> {
+        // The leader stamps its own wall-clock time on the entry.
+        self.propose_local(PRINCIPAL, command).await.map(|_| ())
+    }
+}
+
+/// What one wake-up did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tick {
+    /// Jobs named in the committed `FireBatch`.
+    pub fired: usize,
+    /// Runs named in the committed `ExpireRuns`.
+    pub expired: usize,
+    /// When to wake next (Unix ms): the earliest fire or deadline, or soon
+    /// after a failed proposal; `None` when nothing is scheduled.
+    pub wake_at: Option<i64>,
+}
+
+/// One wake-up at `now_ms`: proposes the due fires and the expired runs, then
+/// says when to wake next.
+pub async fn tick(host: &impl TimerHost, now_ms: i64) -> Tick {
+    let (fires, expired) = host.read(|s| {
+        (
+            s.due_fires(now_ms, MAX_FIRES_PER_BATCH),
+            s.expired_runs(now_ms, MAX_EXPIRIES_PER_BATCH),
+        )
+    });
+    let mut done = Tick::default();
+    let mut failed = false;
+    if !fires.is_empty() {
+        let count = fires.len();
+        match host.propose(Command::FireBatch { fires }, now_ms).await {
+            Ok(()) => {
+                tracing::debug!(jobs = count, "fire batch committed");
+                done.fired = count;
+            }
+            Err(e) => {
+                tracing::warn!(jobs = count, error = %e, "fire batch not committed");
+                failed = true;
+            }
+        }
+    }
+    if !expired.is_empty() {
+        let count = expired.len();
+        match host
+            .propose(Command::ExpireRuns { run_ids: expired }, now_ms)
+            .await
+        {
+            Ok(()) => done.expired = count,
+            Err(e) => {
+                tracing::warn!(error = %e, "run expiry not committed");
+                failed = true;
+            }
+        }
+    }
+    done.wake_at = if failed {
+        Some(now_ms + RETRY_AFTER.as_millis() as i64)
+    } else {
+        host.read(|s| {
+            [s.earliest_fire(), s.earliest_deadline()]
+                .into_iter()
+                .flatten()
+                .min()
+        })
+    };
+    done
 }
 
 impl Actor for Timer {
@@ -82,6 +202,7 @@ impl Actor for Timer {
         });
         Ok(TimerState {
             node: args.node,
+            clock: args.clock,
             armed_for: None,
             watcher,
         })
@@ -112,62 +233,206 @@ impl Actor for Timer {
         state: &mut TimerState,
     ) -> Result<(), ActorProcessingErr> {
         let TimerMsg::Tick = msg;
-        let now = now_ms();
-        let (fires, expired) = {
-            let s = state.node.state.read();
-            (
-                s.due_fires(now, MAX_FIRES_PER_BATCH),
-                s.expired_runs(now, MAX_EXPIRIES_PER_BATCH),
-            )
-        };
-        let mut failed = false;
-        if !fires.is_empty() {
-            let count = fires.len();
-            match state
-                .node
-                .propose_local(PRINCIPAL, Command::FireBatch { fires })
-                .await
-            {
-                Ok(_) => tracing::debug!(jobs = count, "fire batch committed"),
-                Err(e) => {
-                    tracing::warn!(jobs = count, error = %e, "fire batch not committed");
-                    failed = true;
-                }
-            }
-        }
-        if !expired.is_empty() {
-            if let Err(e) = state
-                .node
-                .propose_local(PRINCIPAL, Command::ExpireRuns { run_ids: expired })
-                .await
-            {
-                tracing::warn!(error = %e, "run expiry not committed");
-                failed = true;
-            }
-        }
-        // Re-arm for the earliest next fire or deadline (or soon, after a failure).
-        let next = {
-            let s = state.node.state.read();
-            [s.earliest_fire(), s.earliest_deadline()]
-                .into_iter()
-                .flatten()
-                .min()
-        };
-        let wake_at = if failed {
-            Some(now_ms() + RETRY_AFTER.as_millis() as i64)
-        } else {
-            next
-        };
+        let clock = state.clock;
+        let Tick { wake_at, .. } = tick(&state.node, clock.now_ms()).await;
+        // Re-arm unless an earlier wake-up is already pending.
         if let Some(at) = wake_at {
-            if state
-                .armed_for
-                .is_none_or(|armed| at < armed || armed <= now_ms())
-            {
-                let delay = Duration::from_millis(at.saturating_sub(now_ms()).max(0) as u64);
+            let now = clock.now_ms();
+            if state.armed_for.is_none_or(|armed| at < armed || armed <= now) {
+                let delay = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
                 myself.send_after(delay, || TimerMsg::Tick);
                 state.armed_for = Some(at);
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The timer's loop in virtual time: tokio's clock is paused, so a sleep
+    //! until the next fire returns exactly then, and every assertion on a time
+    //! is exact.
+
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::scheduler::job::{JobSpec, Metadata, Policies, ScheduleSpec};
+    use crate::scheduler::run::RunStatus;
+    use crate::scheduler::state::Changes;
+    use crate::scheduler::Request;
+
+    const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+    /// A state machine standing in for Raft; it can refuse the first proposals.
+    struct TestHost {
+        inner: Mutex<(State, u64)>,
+        refuse: Mutex<usize>,
+        /// (time, command name) of every proposal applied.
+        log: Mutex<Vec<(i64, &'static str)>>,
+    }
+
+    impl TestHost {
+        fn new() -> TestHost {
+            TestHost {
+                inner: Mutex::new((State::default(), 0)),
+                refuse: Mutex::new(0),
+                log: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn apply(&self, command: Command, at_ms: i64) -> crate::scheduler::CommandResult {
+            let mut inner = self.inner.lock().unwrap();
+            inner.1 += 1;
+            let index = inner.1;
+            self.log.lock().unwrap().push((at_ms, command.name()));
+            let request = Request {
+                at_ms,
+                principal: "test".into(),
+                command,
+            };
+            inner.0.apply(index, &request, &mut Changes::default())
+        }
+
+        fn create(&self, id: &str, schedule: ScheduleSpec, policies: Policies, at_ms: i64) {
+            let spec = JobSpec {
+                job_type: "noop".into(),
+                owner_service: String::new(),
+                schedule,
+                payload: vec![],
+                metadata: Metadata::default(),
+                policies,
+                paused: false,
+            };
+            let command = Command::CreateJob {
+                id: id.into(),
+                spec,
+                request_id: None,
+            };
+            self.apply(command, at_ms).unwrap();
+        }
+    }
+
+    impl TimerHost for TestHost {
+        fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+            f(&self.inner.lock().unwrap().0)
+        }
+
+        async fn propose(&self, command: Command, at_ms: i64) -> Result<()> {
+            {
+                let mut refuse = self.refuse.lock().unwrap();
+                if *refuse > 0 {
+                    *refuse -= 1;
+                    return Err(Error::Unavailable {
+                        message: "not leader".into(),
+                        leader: None,
+                    });
+                }
+            }
+            self.apply(command, at_ms).map(|_| ())
+        }
+    }
+
+    /// Runs the timer loop until `until_ms`; returns every tick with its time.
+    async fn run_until(host: &TestHost, clock: Clock, until_ms: i64) -> Vec<(i64, Tick)> {
+        let mut ticks = Vec::new();
+        loop {
+            let now = clock.now_ms();
+            let done = tick(host, now).await;
+            let wake_at = done.wake_at;
+            ticks.push((now, done));
+            match wake_at {
+                Some(at) if at <= until_ms => {
+                    tokio::time::sleep(Duration::from_millis((at - now).max(0) as u64)).await;
+                }
+                _ => return ticks,
+            }
+        }
+    }
+
+    fn every_second() -> ScheduleSpec {
+        ScheduleSpec::Cron {
+            expr: "* * * * * *".into(),
+            timezone: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_every_nominal_second_exactly_on_time() {
+        let host = TestHost::new();
+        host.create("tick", every_second(), Policies::default(), T0 + 300);
+        let clock = Clock::tokio_at(T0 + 300);
+        let ticks = run_until(&host, clock, T0 + 10_000).await;
+        let fired_at: Vec<i64> = ticks
+            .iter()
+            .filter(|(_, t)| t.fired > 0)
+            .map(|(at, _)| *at)
+            .collect();
+        let expected: Vec<i64> = (1..=10).map(|s| T0 + s * 1000).collect();
+        assert_eq!(fired_at, expected, "one FireBatch per second, at the second");
+        let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
+        assert_eq!(nominal, expected, "one run per nominal second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_proposal_is_retried_soon_and_fires_once() {
+        let host = TestHost::new();
+        host.create("tick", every_second(), Policies::default(), T0);
+        *host.refuse.lock().unwrap() = 2;
+        let clock = Clock::tokio_at(T0 + 500);
+        let ticks = run_until(&host, clock, T0 + 2_000).await;
+        let times: Vec<i64> = ticks.iter().map(|(at, _)| *at).collect();
+        // Refused at 1.0 s and 1.2 s, committed at 1.4 s; then on time at 2.0 s.
+        assert_eq!(times, [T0 + 500, T0 + 1_000, T0 + 1_200, T0 + 1_400, T0 + 2_000]);
+        let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
+        assert_eq!(
+            nominal,
+            [T0 + 1_000, T0 + 2_000],
+            "the late fire keeps its nominal time"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_tick_at_the_same_time_proposes_nothing() {
+        let host = TestHost::new();
+        host.create("tick", every_second(), Policies::default(), T0);
+        assert_eq!(tick(&host, T0 + 1_000).await.fired, 1);
+        let again = tick(&host, T0 + 1_000).await;
+        assert_eq!((again.fired, again.wake_at), (0, Some(T0 + 2_000)));
+        assert_eq!(host.read(|s| s.job_runs("tick").count()), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_a_silent_attempt_exactly_at_its_heartbeat_deadline() {
+        let host = TestHost::new();
+        let mut policies = Policies::default();
+        policies.timeouts.heartbeat_timeout_ms = 5_000;
+        policies.retry.max_attempts = 1;
+        host.create("once", ScheduleSpec::At { at_ms: T0 + 1_000 }, policies, T0);
+        let clock = Clock::tokio_at(T0);
+        run_until(&host, clock, T0 + 1_000).await;
+        let run_id = host.read(|s| s.job_runs("once").next().unwrap().id);
+        // A worker starts the attempt at 1.5 s and then goes silent.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        host.apply(
+            Command::StartAttempt {
+                run_id,
+                node: 1,
+                attempt: 1,
+            },
+            clock.now_ms(),
+        )
+        .unwrap();
+        let ticks = run_until(&host, clock, T0 + 60_000).await;
+        let expired_at: Vec<i64> = ticks
+            .iter()
+            .filter(|(_, t)| t.expired > 0)
+            .map(|(at, _)| *at)
+            .collect();
+        assert_eq!(expired_at, [T0 + 6_500], "lease of 5 s from the start at 1.5 s");
+        let run = host.read(|s| s.run(run_id).cloned().unwrap());
+        assert_eq!(run.status, RunStatus::TimedOut);
+        assert!(run.error.contains("lease"), "{}", run.error);
     }
 }
