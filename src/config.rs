@@ -90,6 +90,8 @@ agent_settings! {
     type_limits: String, env = "KAIROS_TYPE_LIMITS";
     /// Register test-only job types (`panic`); for the project's own tests.
     test_handlers: bool, env = "KAIROS_TEST_HANDLERS" [hide = true, num_args = 0..=1, default_missing_value = "true"];
+    /// Rewrite peer addresses when dialing, `from=to,...` (a test harness's proxies).
+    dial_map: String, env = "KAIROS_DIAL_MAP" [hide = true];
     /// Log output: text or json.
     log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
     /// Raft leader heartbeat period in ms (default 100).
@@ -129,6 +131,8 @@ pub struct AgentConfig {
     pub type_limits: TypeLimits,
     /// Whether test-only job types are registered.
     pub test_handlers: bool,
+    /// Peer address rewrites (see [`crate::dial`]).
+    pub dial_map: BTreeMap<String, String>,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -234,6 +238,7 @@ impl AgentConfig {
             allow_exec: args.allow_exec.unwrap_or(false),
             type_limits,
             test_handlers: args.test_handlers.unwrap_or(false),
+            dial_map: crate::dial::parse_dial_map(args.dial_map.as_deref().unwrap_or(""))?,
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

@@ -20,8 +20,10 @@
 
 pub mod actors;
 pub mod api;
+pub mod chaos_switch;
 pub mod cli;
 pub mod config;
+pub mod dial;
 pub mod error;
 pub mod handlers;
 pub mod http;

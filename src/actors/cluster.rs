@@ -90,7 +90,7 @@ pub async fn run_connector(
                     }
                 }
             };
-            match ractor_cluster::client_connect(&server, addr.as_str()).await {
+            match ractor_cluster::client_connect(&server, crate::dial::resolve(&addr)).await {
                 Ok(()) => tracing::info!(node = node.id, peer, %addr, "worker network: dialed peer"),
                 Err(e) => {
                     tracing::debug!(node = node.id, peer, %addr, "worker network: dial failed: {e}");

@@ -145,10 +145,15 @@ pub async fn tick(host: &impl TimerHost, now_ms: i64) -> Tick {
     let mut failed = false;
     if !fires.is_empty() {
         let count = fires.len();
+        let again = crate::chaos_switch::duplicate_fires().then(|| fires.clone());
         match host.propose(Command::FireBatch { fires }, now_ms).await {
             Ok(()) => {
                 tracing::debug!(jobs = count, "fire batch committed");
                 done.fired = count;
+                if let Some(fires) = again {
+                    // The deliberately broken build proposes every batch twice.
+                    let _ = host.propose(Command::FireBatch { fires }, now_ms).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(jobs = count, error = %e, "fire batch not committed");

@@ -29,7 +29,39 @@ fn role(report: &NodeReport) -> pb::NodeRole {
     }
 }
 
+fn node_status(id: u64, grpc_addr: String, voter: bool, r: &NodeReport) -> pb::NodeStatus {
+    pb::NodeStatus {
+        id,
+        grpc_addr,
+        role: role(r) as i32,
+        voter,
+        term: r.term,
+        commit_index: r.commit_index,
+        applied_index: r.applied_index,
+        last_log_index: r.last_log_index,
+        snapshot_index: r.snapshot_index,
+        purged_index: r.purged_index,
+        state_digest: String::new(),
+    }
+}
+
 impl Api {
+    /// This node's view of itself only, with its state digest if asked.
+    fn local_status(&self, with_digest: bool) -> pb::ClusterStatus {
+        let own = self.node.report();
+        let (addr, voter) = self.node.members().remove(&self.node.id).unwrap_or_default();
+        let mut status = node_status(self.node.id, addr, voter, &own);
+        if with_digest {
+            status.state_digest = format!("{:016x}", self.node.state.read().digest());
+        }
+        pb::ClusterStatus {
+            answered_by: self.node.id,
+            leader_id: own.leader.unwrap_or(0),
+            term: own.term,
+            nodes: vec![status],
+        }
+    }
+
     async fn cluster_status(&self) -> pb::ClusterStatus {
         let own = self.node.report();
         let probes = self
@@ -43,18 +75,7 @@ impl Api {
                     self.node.probe(&addr, PROBE_TIMEOUT).await
                 };
                 match report {
-                    Ok(r) => pb::NodeStatus {
-                        id,
-                        grpc_addr: addr,
-                        role: role(&r) as i32,
-                        voter,
-                        term: r.term,
-                        commit_index: r.commit_index,
-                        applied_index: r.applied_index,
-                        last_log_index: r.last_log_index,
-                        snapshot_index: r.snapshot_index,
-                        purged_index: r.purged_index,
-                    },
+                    Ok(r) => node_status(id, addr, voter, &r),
                     Err(_) => pb::NodeStatus {
                         id,
                         grpc_addr: addr,
@@ -90,9 +111,16 @@ fn check_addr(addr: &str) -> Result<(), Status> {
 impl ClusterService for Api {
     async fn status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let req = request.into_inner();
         self.observed("ClusterStatus", async {
+            if req.local_only {
+                return Ok(Response::new(self.local_status(req.with_digest)));
+            }
+            if req.with_digest {
+                return Err(Status::invalid_argument("with_digest: only with local_only"));
+            }
             Ok(Response::new(self.cluster_status().await))
         })
         .await

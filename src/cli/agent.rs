@@ -75,6 +75,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("--http-addr {}", config.http_addr))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
+    crate::dial::install(config.dial_map.clone());
+    if crate::chaos_switch::duplicate_fires() {
+        tracing::error!(
+            "{} is set: THIS NODE RUNS EVERY FIRE TWICE (a deliberately broken build for the chaos checker's test)",
+            crate::chaos_switch::VARIABLE
+        );
+    }
 
     let options = NodeOptions {
         id: config.node_id,

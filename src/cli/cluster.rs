@@ -85,7 +85,7 @@ pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
     let status = match cmd.action {
         ClusterAction::Status => {
             client
-                .send(&pb::ClusterStatusRequest {}, |ch, r| async move {
+                .send(&pb::ClusterStatusRequest::default(), |ch, r| async move {
                     ClusterServiceClient::new(ch).status(r).await
                 })
                 .await

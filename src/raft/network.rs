@@ -37,7 +37,7 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 
 /// A lazily connecting client of a peer's `RaftService` at `addr` (host:port).
 pub fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let channel = Endpoint::from_shared(format!("http://{}", crate::dial::resolve(addr)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))

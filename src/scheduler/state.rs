@@ -313,6 +313,19 @@ impl State {
     }
 
     /// Recomputes the derived indexes (after deserializing).
+    /// A hash of the replicated content (not the derived indexes): replicas
+    /// that applied the same entries have the same digest. For checkers; it
+    /// encodes the whole state, so it costs as much as a snapshot.
+    pub fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        let bytes = postcard::to_stdvec(self).expect("encoding the state cannot fail");
+        // `DefaultHasher::new` has fixed keys: the same bytes hash the same
+        // in every process of a build.
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(&bytes);
+        hasher.finish()
+    }
+
     pub fn rebuild_indexes(&mut self) {
         self.request_expiry = self
             .requests

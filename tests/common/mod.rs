@@ -249,7 +249,7 @@ impl TestCluster {
     pub async fn status(&self, id: u64) -> pb::ClusterStatus {
         self.cluster_client(id)
             .await
-            .status(pb::ClusterStatusRequest {})
+            .status(pb::ClusterStatusRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -262,7 +262,7 @@ impl TestCluster {
             let mut seen = BTreeSet::new();
             for id in self.running() {
                 match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await {
-                    Ok(mut c) => match c.status(pb::ClusterStatusRequest {}).await {
+                    Ok(mut c) => match c.status(pb::ClusterStatusRequest::default()).await {
                         Ok(s) => seen.insert(s.into_inner().leader_id),
                         Err(_) => seen.insert(0),
                     },
