@@ -335,7 +335,16 @@ impl State {
                 "{MAX_PENDING_RUNS} runs are already waiting for a worker; try again later"
             )));
         }
-        let run_id = self.create_run(id, at_ms, RunCause::Trigger, at_ms, changes);
+        // The run's nominal time is the trigger's, moved on by a millisecond
+        // while it names another run of the job or a fire of its schedule, so
+        // that its idempotency key (job, nominal time) is its own.
+        let spec = self.jobs[id].spec.clone();
+        let taken: BTreeSet<i64> = self.job_runs(id).map(|r| r.nominal_ms).collect();
+        let mut nominal = at_ms;
+        while taken.contains(&nominal) || super::next_fire(&spec, nominal - 1) == Some(nominal) {
+            nominal += 1;
+        }
+        let run_id = self.create_run(id, nominal, RunCause::Trigger, at_ms, changes);
         Ok(Response::Run(Box::new(
             self.runs.get(&run_id).cloned().expect("just created"),
         )))

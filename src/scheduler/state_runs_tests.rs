@@ -453,6 +453,15 @@ fn backfill_creates_each_fire_once_and_trigger_runs_now() {
         panic!("{triggered:?}")
     };
     assert_eq!((run.nominal_ms, run.status), (T0 + 3, RunStatus::Pending));
+    // A trigger at the instant of a scheduled fire (the job fires every
+    // second) or of another run gets the next free millisecond: its
+    // idempotency key never names another run.
+    let on_the_second = |sm: &mut Sm| match sm.apply(T0 + 5 * SEC, Command::TriggerJob { id: "a".into() }) {
+        Ok(Response::Run(run)) => run.nominal_ms,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(on_the_second(&mut sm), T0 + 5 * SEC + 1);
+    assert_eq!(on_the_second(&mut sm), T0 + 5 * SEC + 2);
     let err = sm
         .apply(T0 + 4, Command::TriggerJob { id: "zzz".into() })
         .unwrap_err();
