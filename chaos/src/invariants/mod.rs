@@ -1,0 +1,55 @@
+//! The invariant checkers, one file each, every file opening with the
+//! property it checks. Each takes the [`Evidence`] of a run and returns the
+//! violations it found, each naming the job, times and nodes involved.
+
+pub mod acknowledged_writes;
+pub mod fires_accounted;
+pub mod idempotency;
+pub mod replica_digest;
+pub mod settled_runs;
+pub mod single_leader;
+pub mod unique_runs;
+
+use crate::history::History;
+use crate::report::Violation;
+use crate::settle::FinalState;
+use crate::workload::SteadyJob;
+
+/// What the checkers judge.
+pub struct Evidence<'a> {
+    pub history: &'a History,
+    pub final_state: &'a FinalState,
+    pub steady: &'a [SteadyJob],
+}
+
+/// A checker: its name and its function.
+pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
+
+/// Every checker.
+pub const ALL: [Checker; 7] = [
+    (acknowledged_writes::NAME, acknowledged_writes::check),
+    (unique_runs::NAME, unique_runs::check),
+    (idempotency::NAME, idempotency::check),
+    (fires_accounted::NAME, fires_accounted::check),
+    (settled_runs::NAME, settled_runs::check),
+    (replica_digest::NAME, replica_digest::check),
+    (single_leader::NAME, single_leader::check),
+];
+
+/// Runs every checker.
+pub fn check_all(evidence: &Evidence) -> Vec<Violation> {
+    ALL.iter().flat_map(|(_, check)| check(evidence)).collect()
+}
+
+/// A Unix ms time as RFC 3339 (ms precision).
+pub fn rfc3339(unix_ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms).map_or_else(
+        || unix_ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// A protobuf timestamp as Unix ms (0 when unset).
+pub fn unix_ms(t: &Option<pbjson_types::Timestamp>) -> i64 {
+    t.as_ref().map_or(0, kairos::api::convert::timestamp_ms)
+}

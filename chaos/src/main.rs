@@ -1,0 +1,395 @@
+//! `kairos-chaos`: fault injection on a real Kairos cluster, and a checker
+//! per guarantee.
+//!
+//! One *round* starts N `kairos agent` processes (or containers), runs a
+//! recorded client workload against random nodes while injecting faults
+//! chosen by a seed, heals and settles the cluster, and then judges the
+//! history with the invariant checkers of [`invariants`]. It writes
+//! `report.json`, `history.json`, `summary.txt` and `timeline.svg` to
+//! `--out`, prints the summary, and exits 1 if any invariant was violated
+//! (2 if the harness itself failed). `--seed N` reproduces a round's choices
+//! (the faults and the workload; the cluster's own timing still varies).
+//!
+//! The flow of a round, module by module: [`runtime`] starts the nodes
+//! ([`proxy`] sits on every peer link in process mode), [`recorder`] receives
+//! the jobs' webhooks, [`workload`] sends the client operations, [`faults`]
+//! breaks things, [`settle`] heals and reads the final state, [`invariants`]
+//! judge, [`report`] and [`timeline`] tell.
+
+mod client;
+mod faults;
+mod history;
+mod invariants;
+mod proxy;
+mod recorder;
+mod report;
+mod runtime;
+mod settle;
+mod timeline;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rand::SeedableRng;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Clients;
+use crate::history::{FaultKind, History};
+use crate::invariants::Evidence;
+use crate::report::Report;
+use crate::runtime::docker::{docker_available, DockerCluster, DockerOptions};
+use crate::runtime::process::{ProcessCluster, ProcessOptions};
+use crate::runtime::Runtime;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kairos-chaos",
+    version,
+    about = "Fault injection and invariant checks for Kairos"
+)]
+enum Cli {
+    /// Run one or more rounds of workload + faults + checks.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    /// Local processes on 127.0.0.1 behind the harness's proxies.
+    Process,
+    /// One Docker container per node on a network the harness creates.
+    Docker,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RunArgs {
+    /// Cluster size (3 or 5).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+    nodes: u64,
+    /// Length of the fault phase of each round.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the first round (later rounds use seed+1, seed+2, ...); random when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Rounds to run (a campaign).
+    #[arg(long, default_value_t = 1)]
+    rounds: u64,
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Process)]
+    runtime: RuntimeKind,
+    /// The kairos binary (default: target/release/kairos of this workspace).
+    #[arg(long)]
+    kairos_bin: Option<PathBuf>,
+    /// Where reports and node logs go (default: chaos-out/<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fault kinds to inject, comma-separated, or "all" or "none".
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Concurrent workload clients.
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// Run the deliberately broken build (every fire runs twice): the checkers must fail.
+    #[arg(long)]
+    break_build: bool,
+}
+
+fn parse_faults(value: &str) -> anyhow::Result<Vec<FaultKind>> {
+    match value.trim() {
+        "all" => Ok(FaultKind::ALL.to_vec()),
+        "none" | "" => Ok(Vec::new()),
+        list => list
+            .split(',')
+            .map(|name| {
+                FaultKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == name.trim())
+                    .with_context(|| {
+                        let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+                        format!("--faults: unknown fault {name:?} (known: {})", known.join(", "))
+                    })
+            })
+            .collect(),
+    }
+}
+
+fn default_kairos_bin() -> PathBuf {
+    // chaos/ sits in the workspace; the binary is in the workspace's target dir.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from);
+    target.join("release").join("kairos")
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kairos_chaos=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cli::Run(args) = Cli::parse();
+    match run(args).await {
+        Ok(0) => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("kairos-chaos: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs every round; returns the number of violations found.
+async fn run(args: RunArgs) -> anyhow::Result<usize> {
+    let kinds = parse_faults(&args.faults)?;
+    let kairos_bin = args.kairos_bin.clone().unwrap_or_else(default_kairos_bin);
+    anyhow::ensure!(
+        kairos_bin.is_file(),
+        "{} not found: build it (cargo build --release --bin kairos) or pass --kairos-bin",
+        kairos_bin.display()
+    );
+    if args.runtime == RuntimeKind::Docker {
+        anyhow::ensure!(
+            docker_available().await,
+            "--runtime docker: no Docker daemon answers"
+        );
+    }
+    let first_seed = args.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("chaos-out/{first_seed}")));
+    let mut total_violations = 0;
+    let mut campaign = Vec::new();
+    for round in 0..args.rounds {
+        let seed = first_seed + round;
+        let dir = if args.rounds == 1 {
+            out.clone()
+        } else {
+            out.join(format!("round-{round}-seed-{seed}"))
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        eprintln!(
+            "kairos-chaos: round {} of {}, --seed {seed}, output in {}",
+            round + 1,
+            args.rounds,
+            dir.display()
+        );
+        let report = run_round(&args, &kinds, &kairos_bin, seed, &dir).await?;
+        println!("{}", report.summary());
+        total_violations += report.violations.len();
+        campaign.push(report);
+    }
+    if args.rounds > 1 {
+        let summary = campaign_summary(&campaign);
+        println!("{summary}");
+        std::fs::write(out.join("campaign.txt"), summary)?;
+    }
+    Ok(total_violations)
+}
+
+/// One line per round and the totals of a campaign.
+fn campaign_summary(reports: &[Report]) -> String {
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut acked, mut unknown, mut runs, mut violations, mut seconds) = (0, 0, 0, 0, 0);
+    for r in reports {
+        for (kind, n) in &r.faults_by_kind {
+            *faults.entry(kind.clone()).or_default() += n;
+        }
+        acked += r.ops.values().map(|c| c.ok).sum::<u64>();
+        unknown += r.ops.values().map(|c| c.unknown).sum::<u64>();
+        runs += r.runs_checked;
+        violations += r.violations.len();
+        seconds += r.fault_phase_ms / 1000;
+    }
+    let faults: Vec<String> = faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!(
+        "campaign: {} rounds, {seconds} s of faults ({}), {acked} writes acknowledged, {unknown} unknown, \
+         {runs} runs checked, {violations} violations",
+        reports.len(),
+        faults.join(", ")
+    )
+}
+
+async fn run_round(
+    args: &RunArgs,
+    kinds: &[FaultKind],
+    kairos_bin: &Path,
+    seed: u64,
+    dir: &Path,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // The nodes' log filter: KAIROS_CHAOS_NODE_LOG, e.g. "info,kairos=debug".
+    let node_log = std::env::var("KAIROS_CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into());
+    let mut extra_env = vec![("RUST_LOG".to_string(), node_log)];
+    if args.break_build {
+        extra_env.push((
+            kairos::chaos_switch::VARIABLE.to_string(),
+            "duplicate-fires".to_string(),
+        ));
+    }
+    let cookie = format!("chaos-{seed}");
+    // Every round starts from empty data dirs (a reused --out must not resurrect an old cluster).
+    let nodes_dir = dir.join("nodes");
+    if nodes_dir.exists() {
+        std::fs::remove_dir_all(&nodes_dir).with_context(|| format!("clearing {}", nodes_dir.display()))?;
+    }
+    let mut runtime = match args.runtime {
+        RuntimeKind::Process => {
+            let mut cluster = ProcessCluster::create(ProcessOptions {
+                nodes: args.nodes,
+                kairos_bin: kairos_bin.to_path_buf(),
+                data_root: dir.join("nodes"),
+                cookie,
+                extra_args: vec!["--workers".into(), "4".into()],
+                extra_env,
+                seed,
+            })
+            .await?;
+            cluster.start_all().await?;
+            Runtime::Process(cluster)
+        }
+        RuntimeKind::Docker => {
+            let mut cluster = DockerCluster::create(DockerOptions {
+                nodes: args.nodes,
+                kairos_bin: kairos_bin.to_path_buf(),
+                run_id: format!("{seed}-{}", std::process::id()),
+                cookie,
+                extra_args: vec!["--workers".into(), "4".into()],
+                extra_env,
+            })
+            .await?;
+            cluster.start_all().await?;
+            Runtime::Docker(cluster)
+        }
+    };
+    let result = drive(args, kinds, &mut runtime, seed, started, started_at).await;
+    // Keep the node logs next to the report.
+    for id in runtime.ids() {
+        if let Runtime::Docker(c) = &runtime {
+            let _ = std::fs::write(dir.join(format!("node-{id}.log")), c.log(id));
+        }
+    }
+    runtime.shutdown().await;
+    let (report, history) = result?;
+    write_outputs(dir, &report, &history)?;
+    if report.violations.is_empty() {
+        // The node data is large; the logs stay.
+        let _ = remove_node_data(&dir.join("nodes"));
+    }
+    Ok(report)
+}
+
+/// Removes each node's data dir, keeping its log.
+fn remove_node_data(nodes: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(nodes)? {
+        let data = entry?.path().join("data");
+        if data.is_dir() {
+            std::fs::remove_dir_all(data)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_outputs(dir: &Path, report: &Report, history: &History) -> anyhow::Result<()> {
+    std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(dir.join("history.json"), serde_json::to_string(history)?)?;
+    std::fs::write(dir.join("summary.txt"), report.summary())?;
+    std::fs::write(dir.join("timeline.svg"), timeline::render_svg(history, report))?;
+    Ok(())
+}
+
+/// Workload, faults, settle and checks on a started cluster.
+async fn drive(
+    args: &RunArgs,
+    kinds: &[FaultKind],
+    runtime: &mut Runtime,
+    seed: u64,
+    started: Instant,
+    started_at: String,
+) -> anyhow::Result<(Report, History)> {
+    let addrs: BTreeMap<u64, String> = runtime
+        .ids()
+        .into_iter()
+        .map(|id| (id, runtime.client_addr(id)))
+        .collect();
+    let clients = Clients::new(&addrs)?;
+    let stop = CancellationToken::new();
+    let _stop_on_exit = stop.clone().drop_guard();
+    let hook_host = match runtime {
+        Runtime::Process(_) => "127.0.0.1".to_string(),
+        Runtime::Docker(c) => c.webhook_host(),
+    };
+    let (hook, deliveries) = recorder::start(&hook_host, started, stop.clone()).await?;
+    clients
+        .wait_leader(Duration::from_secs(60))
+        .await
+        .context("no leader within 60 s of starting the cluster")?;
+    let roles = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(settle::sample_roles(
+        clients.clone(),
+        started,
+        Duration::from_millis(200),
+        roles.clone(),
+        stop.clone(),
+    ));
+
+    let log = workload::OpLog::new(started);
+    workload::create_steady_jobs(&clients, &hook, &log).await?;
+    let fault_start = Instant::now();
+    let until = fault_start + args.duration;
+    let max_ops = args.duration.as_secs() * 20;
+    let workload = tokio::spawn(workload::run(
+        clients.clone(),
+        hook.clone(),
+        log.clone(),
+        seed,
+        until,
+        args.clients,
+        max_ops,
+    ));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let kinds = faults::supported(runtime, kinds);
+    let faults = faults::run(runtime, &clients, &kinds, &mut rng, started, until).await?;
+    let fault_phase_ms = fault_start.elapsed().as_millis() as u64;
+    let _ = workload.await;
+
+    let final_state = settle::settle(runtime, &clients, &log).await?;
+    stop.cancel();
+    let _ = sampler.await;
+    let history = History {
+        ops: log.ops(),
+        deliveries: deliveries.lock().expect("deliveries").clone(),
+        faults,
+        roles: roles.lock().expect("roles").clone(),
+    };
+    let steady = workload::steady_jobs();
+    let evidence = Evidence {
+        history: &history,
+        final_state: &final_state,
+        steady: &steady,
+    };
+    let mut report = Report {
+        seed,
+        runtime: runtime.name().to_string(),
+        nodes: args.nodes,
+        started_at,
+        fault_phase_ms,
+        runs_checked: final_state.runs.len() as u64,
+        invariants: invariants::ALL.iter().map(|(name, _)| name.to_string()).collect(),
+        violations: invariants::check_all(&evidence),
+        notes: final_state.notes.clone(),
+        ..Default::default()
+    };
+    report.count(&history);
+    report.total_ms = started.elapsed().as_millis() as u64;
+    Ok((report, history))
+}

@@ -1,0 +1,290 @@
+//! After the faults: heal everything, stop the fires, let every run finish,
+//! and read the final state the checkers judge.
+//!
+//! Settling pauses every job (recorded as operations like any other), waits
+//! until no run is pending, queued or running, and then until every node has
+//! applied the same log index twice in a row, at which point each node's
+//! state digest is read. Every wait is bounded; what did not settle in time
+//! is itself reported by the checkers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use kairos::proto as pb;
+
+use crate::client::{classify, request, Clients};
+use crate::history::{Op, OpKind, Outcome, RoleSample};
+use crate::runtime::Runtime;
+use crate::workload::OpLog;
+
+/// Longest wait for the open runs to finish.
+const RUNS_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for the replicas to converge.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the cluster holds after settling.
+#[derive(Debug, Default)]
+pub struct FinalState {
+    /// Every job, as the leader lists it.
+    pub jobs: BTreeMap<String, pb::ScheduledJob>,
+    /// Every run of every job still stored.
+    pub runs: Vec<pb::Run>,
+    /// Counters of every job.
+    pub counters: BTreeMap<String, pb::JobCounters>,
+    /// When the steady jobs were paused (Unix ms): the end of their fire window.
+    pub paused_at_unix_ms: BTreeMap<String, i64>,
+    /// Each node's (applied index, state digest) when they converged, or the
+    /// last answer seen if they did not.
+    pub digests: BTreeMap<u64, (u64, String)>,
+    /// Whether every run finished within the settle timeout.
+    pub runs_settled: bool,
+    /// Whether the replicas converged within the timeout.
+    pub converged: bool,
+    /// Things worth knowing that are not violations.
+    pub notes: Vec<String>,
+}
+
+/// Heals, restarts and unfreezes every node, then waits for a leader.
+pub async fn heal_all(runtime: &mut Runtime, clients: &Clients) -> anyhow::Result<u64> {
+    runtime.heal().await?;
+    for id in runtime.ids() {
+        // Only a paused node needs this; the others refuse it (docker) or ignore it (SIGCONT).
+        let _ = runtime.resume(id).await;
+        if !runtime.is_running(id) {
+            runtime.start(id).await?;
+        }
+    }
+    clients
+        .wait_leader(Duration::from_secs(60))
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no leader 60 s after healing everything"))
+}
+
+/// Pauses `id` through the leader, retrying (bounded) until acknowledged;
+/// every attempt is recorded.
+async fn pause_job(clients: &Clients, id: &str, log: &OpLog) -> Option<i64> {
+    for _ in 0..20 {
+        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+        let start_ms = log.now_ms();
+        let reply = clients
+            .jobs(node)
+            .pause_job(request(pb::PauseJobRequest { id: id.into() }))
+            .await;
+        let (outcome, version) = match &reply {
+            Ok(job) => (Outcome::Ok, Some(job.get_ref().version)),
+            Err(status) => (classify(status), None),
+        };
+        log.record(Op {
+            seq: 0,
+            kind: OpKind::Pause,
+            job_id: id.into(),
+            node,
+            start_ms,
+            end_ms: log.now_ms(),
+            outcome: outcome.clone(),
+            version,
+            run_id: None,
+            paused: Some(true),
+        });
+        match outcome {
+            Outcome::Ok => return Some(chrono::Utc::now().timestamp_millis()),
+            Outcome::Failed(m) if m.starts_with("NotFound") => return None,
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    None
+}
+
+/// Lists every job (all pages) through `node`.
+async fn list_jobs(clients: &Clients, node: u64) -> Result<Vec<pb::ScheduledJob>, tonic::Status> {
+    let mut jobs = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = clients
+            .jobs(node)
+            .list_jobs(request(pb::ListJobsRequest {
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(jobs);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Lists every run of `job` through `node`.
+async fn list_runs(clients: &Clients, node: u64, job: &str) -> Result<Vec<pb::Run>, tonic::Status> {
+    let mut runs = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = clients
+            .runs(node)
+            .list_runs(request(pb::ListRunsRequest {
+                job_id: job.into(),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        runs.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return Ok(runs);
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn is_open(run: &pb::Run) -> bool {
+    [
+        pb::RunStatus::Pending,
+        pb::RunStatus::Queued,
+        pb::RunStatus::Running,
+    ]
+    .iter()
+    .any(|s| *s as i32 == run.status)
+}
+
+/// Reads jobs, runs and counters through the leader (retrying on errors).
+async fn read_state(clients: &Clients) -> anyhow::Result<FinalState> {
+    let mut last_error = None;
+    for _ in 0..20 {
+        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+        match read_state_once(clients, node).await {
+            Ok(state) => return Ok(state),
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(anyhow::anyhow!("could not read the final state: {last_error:?}"))
+}
+
+async fn read_state_once(clients: &Clients, node: u64) -> Result<FinalState, tonic::Status> {
+    let mut state = FinalState::default();
+    for job in list_jobs(clients, node).await? {
+        let id = job.id.clone();
+        state.runs.extend(list_runs(clients, node, &id).await?);
+        let description = clients
+            .runs(node)
+            .describe_job(request(pb::DescribeJobRequest {
+                id: id.clone(),
+                consistency: 0,
+            }))
+            .await?
+            .into_inner();
+        state
+            .counters
+            .insert(id.clone(), description.counters.unwrap_or_default());
+        state.jobs.insert(id, job);
+    }
+    Ok(state)
+}
+
+/// Settles the cluster and reads the final state.
+pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> anyhow::Result<FinalState> {
+    heal_all(runtime, clients).await?;
+    // Stop every fire: pause every job there is.
+    let mut paused_at = BTreeMap::new();
+    let leader = clients.wait_leader(Duration::from_secs(30)).await.unwrap_or(1);
+    let ids: Vec<String> = match list_jobs(clients, leader).await {
+        Ok(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+        Err(_) => read_state(clients).await?.jobs.into_keys().collect(),
+    };
+    for id in ids {
+        if let Some(at) = pause_job(clients, &id, log).await {
+            paused_at.insert(id, at);
+        }
+    }
+    // Let every run finish.
+    let deadline = Instant::now() + RUNS_TIMEOUT;
+    let mut state = read_state(clients).await?;
+    while state.runs.iter().any(is_open) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        state = read_state(clients).await?;
+    }
+    state.runs_settled = !state.runs.iter().any(is_open);
+    state.paused_at_unix_ms = paused_at;
+    // Let the replicas converge, then compare digests. If they have not
+    // converged half-way, append one no-op entry (pausing a paused job): a
+    // follower that missed the commit of the last entry learns it with the
+    // next one. That this was needed is reported as a note.
+    let started = Instant::now();
+    let deadline = started + CONVERGE_TIMEOUT;
+    let mut nudged = false;
+    let mut previous: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    while Instant::now() < deadline {
+        if !nudged && started.elapsed() > CONVERGE_TIMEOUT / 2 {
+            nudged = true;
+            let stuck: Vec<String> = previous
+                .iter()
+                .map(|(n, (i, _))| format!("node {n} at {i}"))
+                .collect();
+            state.notes.push(format!(
+                "replicas had not converged {} s after settle ({}); nudged with a no-op write",
+                (CONVERGE_TIMEOUT / 2).as_secs(),
+                stuck.join(", ")
+            ));
+            if let Some(job) = state.jobs.keys().next().cloned() {
+                pause_job(clients, &job, log).await;
+            }
+        }
+        let answers = join_all(clients.ids().into_iter().map(|id| async move {
+            let status = clients.local_status(id, true, Duration::from_secs(5)).await;
+            (id, status.map(|s| (s.applied_index, s.state_digest)))
+        }))
+        .await;
+        let current: BTreeMap<u64, (u64, String)> = answers
+            .into_iter()
+            .filter_map(|(id, s)| s.map(|s| (id, s)))
+            .collect();
+        let indexes: Vec<u64> = current.values().map(|(index, _)| *index).collect();
+        let same_index = current.len() == clients.ids().len() && indexes.windows(2).all(|w| w[0] == w[1]);
+        if same_index && current == previous {
+            state.converged = true;
+            state.digests = current;
+            return Ok(state);
+        }
+        previous = current;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    state.digests = previous;
+    Ok(state)
+}
+
+/// Samples every node's role every `every` until `stop`.
+pub async fn sample_roles(
+    clients: Clients,
+    started: Instant,
+    every: Duration,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<RoleSample>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let round = join_all(clients.ids().into_iter().map(|id| {
+            let clients = clients.clone();
+            async move {
+                let status = clients.local_status(id, false, Duration::from_millis(300)).await;
+                RoleSample {
+                    t_ms: started.elapsed().as_millis() as u64,
+                    node: id,
+                    role: status
+                        .as_ref()
+                        .map_or(crate::history::Role::Down, crate::client::role),
+                    term: status.map_or(0, |s| s.term),
+                }
+            }
+        }))
+        .await;
+        samples.lock().expect("role samples").extend(round);
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The client workload: a few *steady* jobs that fire every second for the
+//! whole run (the fire-accounting checker follows them), and a stream of
+//! creates, updates, deletes, pauses, resumes and triggers of other jobs sent
+//! to random nodes by several concurrent clients. Every job calls the
+//! harness's webhook receiver. Every request is recorded with its outcome.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kairos::api::convert::{ms_duration, ms_timestamp};
+use kairos::proto as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::{classify, request, Clients};
+use crate::history::{Op, OpKind, Outcome};
+
+/// A job that fires every second from setup to settle and is never touched
+/// by the workload, so every one of its nominal seconds can be accounted for.
+#[derive(Clone, Debug)]
+pub struct SteadyJob {
+    pub id: String,
+    pub catchup: pb::CatchupPolicy,
+}
+
+/// The steady jobs of every run.
+pub fn steady_jobs() -> Vec<SteadyJob> {
+    vec![
+        SteadyJob {
+            id: "steady-all-1".into(),
+            catchup: pb::CatchupPolicy::All,
+        },
+        SteadyJob {
+            id: "steady-all-2".into(),
+            catchup: pb::CatchupPolicy::All,
+        },
+        SteadyJob {
+            id: "steady-latest".into(),
+            catchup: pb::CatchupPolicy::Latest,
+        },
+    ]
+}
+
+/// The shared record of operations.
+#[derive(Clone)]
+pub struct OpLog {
+    started: Instant,
+    seq: Arc<AtomicU64>,
+    ops: Arc<Mutex<Vec<Op>>>,
+}
+
+impl OpLog {
+    pub fn new(started: Instant) -> OpLog {
+        OpLog {
+            started,
+            seq: Arc::default(),
+            ops: Arc::default(),
+        }
+    }
+
+    /// Milliseconds since the run started.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Records `op` under the next sequence number.
+    pub fn record(&self, mut op: Op) {
+        op.seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        self.push(op);
+    }
+
+    /// Every operation recorded so far.
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().expect("op log").clone()
+    }
+
+    fn push(&self, op: Op) {
+        self.ops.lock().expect("op log").push(op);
+    }
+}
+
+/// Policies of every chaos job: runs kept for the checkers, retries that
+/// outlast a fault, leases that expire quickly on a dead node.
+fn policies(catchup: pb::CatchupPolicy) -> pb::Policies {
+    pb::Policies {
+        overlap: pb::OverlapPolicy::AllowAll as i32,
+        catchup: catchup as i32,
+        catchup_window: Some(ms_duration(3_600_000)),
+        max_catchup: 10_000,
+        retry: Some(pb::RetryPolicy {
+            max_attempts: 20,
+            initial_interval: Some(ms_duration(200)),
+            backoff_coefficient: 2.0,
+            max_interval: Some(ms_duration(2_000)),
+            ..Default::default()
+        }),
+        timeouts: Some(pb::Timeouts {
+            start_deadline: Some(ms_duration(3_600_000)),
+            attempt_timeout: Some(ms_duration(10_000)),
+            heartbeat_timeout: Some(ms_duration(3_000)),
+        }),
+        history: Some(pb::HistoryLimits {
+            keep_succeeded: 1_000,
+            keep_failed: 1_000,
+        }),
+    }
+}
+
+fn webhook_payload(hook: &str, generation: u64) -> Vec<u8> {
+    format!(r#"{{"url": "{hook}", "method": "POST", "body": "generation {generation}", "timeout_ms": 2000}}"#)
+        .into_bytes()
+}
+
+/// A job calling `hook`, firing by `schedule`.
+fn job(id: &str, hook: &str, schedule: pb::ScheduleSpec, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
+    pb::ScheduledJob {
+        id: id.into(),
+        r#type: "http".into(),
+        owner_service: "chaos".into(),
+        schedule_spec: Some(schedule),
+        payload: webhook_payload(hook, 0),
+        policies: Some(policies(catchup)),
+        ..Default::default()
+    }
+}
+
+fn every_second() -> pb::ScheduleSpec {
+    pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
+            expr: "* * * * * *".into(),
+            timezone: String::new(),
+        })),
+    }
+}
+
+/// Creates the steady jobs, retrying (bounded) until each is acknowledged.
+pub async fn create_steady_jobs(clients: &Clients, hook: &str, log: &OpLog) -> anyhow::Result<()> {
+    for steady in steady_jobs() {
+        let spec = job(&steady.id, hook, every_second(), steady.catchup);
+        let mut last = None;
+        for attempt in 0..30u64 {
+            let node = clients.ids()[(attempt as usize) % clients.ids().len()];
+            let op = create(clients, node, spec.clone(), log).await;
+            if op.outcome == Outcome::Ok {
+                last = None;
+                break;
+            }
+            last = Some(op.outcome);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Some(outcome) = last {
+            anyhow::bail!(
+                "could not create steady job {} in 30 attempts: {outcome:?}",
+                steady.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sends one create to `node` and records it. The request id makes a retry
+/// of the same create harmless.
+async fn create(clients: &Clients, node: u64, job: pb::ScheduledJob, log: &OpLog) -> Op {
+    let start_ms = log.now_ms();
+    let id = job.id.clone();
+    let reply = clients
+        .jobs(node)
+        .create_job(request(pb::CreateJobRequest {
+            request_id: format!("chaos-create-{id}"),
+            job: Some(job),
+        }))
+        .await;
+    let (outcome, version) = match reply {
+        Ok(job) => (Outcome::Ok, Some(job.into_inner().version)),
+        Err(status) => (classify(&status), None),
+    };
+    let op = Op {
+        seq: log.seq.fetch_add(1, Ordering::SeqCst),
+        kind: OpKind::Create,
+        job_id: id,
+        node,
+        start_ms,
+        end_ms: log.now_ms(),
+        outcome,
+        version,
+        run_id: None,
+        paused: None,
+    };
+    log.push(op.clone());
+    op
+}
+
+/// Jobs of the workload that may exist (created with an ok or unknown outcome, not deleted).
+#[derive(Default)]
+struct Known {
+    jobs: BTreeSet<String>,
+}
+
+/// Runs `clients_count` workload clients until `until`; at most `max_ops` operations in all.
+pub async fn run(
+    clients: Clients,
+    hook: String,
+    log: OpLog,
+    seed: u64,
+    until: Instant,
+    clients_count: usize,
+    max_ops: u64,
+) {
+    let known = Arc::new(Mutex::new(Known::default()));
+    let issued = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..clients_count {
+        let (clients, hook, log, known, issued) = (
+            clients.clone(),
+            hook.clone(),
+            log.clone(),
+            known.clone(),
+            issued.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(client as u64));
+            while Instant::now() < until && issued.fetch_add(1, Ordering::SeqCst) < max_ops {
+                one_op(&clients, &hook, &log, &known, &mut rng).await;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..250))).await;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>, rng: &mut StdRng) {
+    let ids = clients.ids();
+    let node = ids[rng.gen_range(0..ids.len())];
+    let target = {
+        let known = known.lock().expect("known jobs");
+        let jobs: Vec<&String> = known.jobs.iter().collect();
+        (!jobs.is_empty()).then(|| jobs[rng.gen_range(0..jobs.len())].clone())
+    };
+    let roll = rng.gen_range(0..100);
+    let Some(target) = target.filter(|_| roll >= 30) else {
+        // Create: an every-2-seconds job or a one-shot a few seconds ahead.
+        let id = format!(
+            "w-{}-{}",
+            log.seq.load(Ordering::SeqCst),
+            rng.gen_range(0..1_000_000)
+        );
+        let schedule = if rng.gen_bool(0.5) {
+            pb::ScheduleSpec {
+                kind: Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
+                    expr: "@every 2s".into(),
+                    timezone: String::new(),
+                })),
+            }
+        } else {
+            let at = chrono::Utc::now().timestamp_millis() + rng.gen_range(1_000..8_000);
+            pb::ScheduleSpec {
+                kind: Some(pb::schedule_spec::Kind::At(ms_timestamp(at))),
+            }
+        };
+        let op = create(
+            clients,
+            node,
+            job(&id, hook, schedule, pb::CatchupPolicy::All),
+            log,
+        )
+        .await;
+        if !matches!(op.outcome, Outcome::Failed(_)) {
+            known.lock().expect("known jobs").jobs.insert(id);
+        }
+        return;
+    };
+    let start_ms = log.now_ms();
+    let mut op = Op {
+        seq: 0,
+        kind: OpKind::Trigger,
+        job_id: target.clone(),
+        node,
+        start_ms,
+        end_ms: 0,
+        outcome: Outcome::Ok,
+        version: None,
+        run_id: None,
+        paused: None,
+    };
+    let result: Result<(), tonic::Status> = match roll {
+        30..=49 => {
+            op.kind = OpKind::Trigger;
+            clients
+                .runs(node)
+                .trigger_job(request(pb::TriggerJobRequest { id: target.clone() }))
+                .await
+                .map(|run| op.run_id = Some(run.into_inner().id))
+        }
+        50..=64 => {
+            op.kind = OpKind::Update;
+            update(clients, node, &target, hook, rng.gen(), &mut op).await
+        }
+        65..=79 => {
+            let pause = rng.gen_bool(0.5);
+            op.kind = if pause { OpKind::Pause } else { OpKind::Resume };
+            op.paused = Some(pause);
+            let reply = if pause {
+                clients
+                    .jobs(node)
+                    .pause_job(request(pb::PauseJobRequest { id: target.clone() }))
+                    .await
+            } else {
+                clients
+                    .jobs(node)
+                    .resume_job(request(pb::ResumeJobRequest { id: target.clone() }))
+                    .await
+            };
+            reply.map(|job| op.version = Some(job.into_inner().version))
+        }
+        _ => {
+            op.kind = OpKind::Delete;
+            let reply = clients
+                .jobs(node)
+                .delete_job(request(pb::DeleteJobRequest {
+                    id: target.clone(),
+                    version: 0,
+                }))
+                .await;
+            if reply.is_ok() {
+                known.lock().expect("known jobs").jobs.remove(&target);
+            }
+            reply.map(|_| ())
+        }
+    };
+    op.outcome = match result {
+        Ok(()) => Outcome::Ok,
+        Err(status) => classify(&status),
+    };
+    op.end_ms = log.now_ms();
+    op.seq = log.seq.fetch_add(1, Ordering::SeqCst);
+    log.push(op);
+}
+
+/// Read-modify-write of the job's payload at the version just read.
+async fn update(
+    clients: &Clients,
+    node: u64,
+    id: &str,
+    hook: &str,
+    generation: u64,
+    op: &mut Op,
+) -> Result<(), tonic::Status> {
+    let current = clients
+        .jobs(node)
+        .get_job(request(pb::GetJobRequest {
+            id: id.into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    let changed = pb::ScheduledJob {
+        id: id.into(),
+        version: current.version,
+        payload: webhook_payload(hook, generation),
+        ..Default::default()
+    };
+    let reply = clients
+        .jobs(node)
+        .update_job(request(pb::UpdateJobRequest {
+            job: Some(changed),
+            update_mask: Some(pbjson_types::FieldMask {
+                paths: vec!["payload".into()],
+            }),
+        }))
+        .await?;
+    op.version = Some(reply.into_inner().version);
+    Ok(())
+}
