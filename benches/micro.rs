@@ -41,7 +41,9 @@ fn apply(state: &mut State, index: u64, at_ms: i64, command: Command) {
         principal: "bench".into(),
         command,
     };
-    state.apply(index, &request, &mut Changes::default()).expect("command applies");
+    state
+        .apply(index, &request, &mut Changes::default())
+        .expect("command applies");
 }
 
 /// A state with `n` jobs firing every second, created at T0.
@@ -72,7 +74,9 @@ fn cron_next(c: &mut Criterion) {
             timezone: zone.into(),
         })
         .unwrap();
-        group.bench_function(name, |b| b.iter(|| black_box(schedule.next_after(black_box(after)))));
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(schedule.next_after(black_box(after))))
+        });
     }
     group.finish();
 }
@@ -104,7 +108,12 @@ fn apply_commands(c: &mut Criterion) {
             let now = T0 + second * 1_000;
             let fires = state.due_fires(now, 1_000);
             assert_eq!(fires.len(), 1_000);
-            apply(&mut state, 10_000 + second as u64, now, Command::FireBatch { fires });
+            apply(
+                &mut state,
+                10_000 + second as u64,
+                now,
+                Command::FireBatch { fires },
+            );
         })
     });
     group.finish();

@@ -43,6 +43,9 @@ pub struct FinalState {
     pub converged: bool,
     /// Things worth knowing that are not violations.
     pub notes: Vec<String>,
+    /// Entries the log grew by while the harness waited for the replicas to
+    /// converge, with nothing left to do.
+    pub idle_log_growth: u64,
 }
 
 /// Heals, restarts and unfreezes every node, then waits for a leader.
@@ -210,30 +213,13 @@ pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> an
     }
     state.runs_settled = !state.runs.iter().any(is_open);
     state.paused_at_unix_ms = paused_at;
-    // Let the replicas converge, then compare digests. If they have not
-    // converged half-way, append one no-op entry (pausing a paused job): a
-    // follower that missed the commit of the last entry learns it with the
-    // next one. That this was needed is reported as a note.
-    let started = Instant::now();
-    let deadline = started + CONVERGE_TIMEOUT;
-    let mut nudged = false;
+    // Let the replicas converge, then compare digests. With every job paused
+    // and no run open nothing should be written any more; how far the log
+    // still grew while waiting is kept for the checker.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
     let mut previous: BTreeMap<u64, (u64, String)> = BTreeMap::new();
+    let mut first_index: Option<u64> = None;
     while Instant::now() < deadline {
-        if !nudged && started.elapsed() > CONVERGE_TIMEOUT / 2 {
-            nudged = true;
-            let stuck: Vec<String> = previous
-                .iter()
-                .map(|(n, (i, _))| format!("node {n} at {i}"))
-                .collect();
-            state.notes.push(format!(
-                "replicas had not converged {} s after settle ({}); nudged with a no-op write",
-                (CONVERGE_TIMEOUT / 2).as_secs(),
-                stuck.join(", ")
-            ));
-            if let Some(job) = state.jobs.keys().next().cloned() {
-                pause_job(clients, &job, log).await;
-            }
-        }
         let answers = join_all(clients.ids().into_iter().map(|id| async move {
             let status = clients.local_status(id, true, Duration::from_secs(5)).await;
             (id, status.map(|s| (s.applied_index, s.state_digest)))
@@ -244,6 +230,9 @@ pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> an
             .filter_map(|(id, s)| s.map(|s| (id, s)))
             .collect();
         let indexes: Vec<u64> = current.values().map(|(index, _)| *index).collect();
+        let highest = indexes.iter().copied().max().unwrap_or(0);
+        first_index.get_or_insert(highest);
+        state.idle_log_growth = highest - first_index.unwrap_or(highest).min(highest);
         let same_index = current.len() == clients.ids().len() && indexes.windows(2).all(|w| w[0] == w[1]);
         if same_index && current == previous {
             state.converged = true;

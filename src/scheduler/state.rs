@@ -295,6 +295,11 @@ pub struct State {
     /// deadline the timer must enforce (derived).
     #[serde(skip)]
     deadline_index: BTreeSet<(i64, RunId)>,
+    /// The deadline each run is filed under in `deadline_index` (derived): a
+    /// run's deadline depends on its job's policies, which can change or
+    /// vanish before the run does, so removal uses what was filed.
+    #[serde(skip)]
+    filed_deadline: BTreeMap<RunId, i64>,
 }
 
 impl State {
@@ -335,6 +340,7 @@ impl State {
         self.fire_index = self.jobs.values().filter_map(fire_entry).collect();
         self.runs_by_job.clear();
         self.deadline_index.clear();
+        self.filed_deadline.clear();
         let runs: Vec<Run> = self.runs.values().cloned().collect();
         for run in runs {
             self.index_run(&run);
@@ -350,7 +356,20 @@ impl State {
             self.fire_index.insert(entry);
         }
         changes.jobs.insert(job.id.clone());
-        self.jobs.insert(job.id.clone(), job);
+        let id = job.id.clone();
+        let policies_changed = self
+            .jobs
+            .get(&id)
+            .is_some_and(|old| old.spec.policies != job.spec.policies);
+        self.jobs.insert(id.clone(), job);
+        if policies_changed {
+            // The job's open runs have new deadlines: file them again.
+            for run_id in self.runs_by_job.get(&id).cloned().unwrap_or_default() {
+                if let Some(run) = self.runs.get(&run_id).cloned() {
+                    self.refile_deadline(&run);
+                }
+            }
+        }
     }
 
     /// Removes a job with its runs and counters.

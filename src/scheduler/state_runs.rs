@@ -91,15 +91,32 @@ impl State {
             .entry(run.job_id.clone())
             .or_default()
             .insert(run.id);
+        self.file_deadline(run);
+    }
+
+    /// Files `run` in the deadline index under its current deadline, if any.
+    fn file_deadline(&mut self, run: &Run) {
         if let Some(deadline) = self.deadline(run) {
             self.deadline_index.insert((deadline, run.id));
+            self.filed_deadline.insert(run.id, deadline);
         }
     }
 
-    fn unindex_run(&mut self, run: &Run) {
-        if let Some(deadline) = self.deadline(run) {
-            self.deadline_index.remove(&(deadline, run.id));
+    /// Removes `run` from the deadline index, under the deadline it was filed with.
+    fn unfile_deadline(&mut self, run_id: RunId) {
+        if let Some(deadline) = self.filed_deadline.remove(&run_id) {
+            self.deadline_index.remove(&(deadline, run_id));
         }
+    }
+
+    /// Files `run` again (its job's policies changed).
+    pub(super) fn refile_deadline(&mut self, run: &Run) {
+        self.unfile_deadline(run.id);
+        self.file_deadline(run);
+    }
+
+    fn unindex_run(&mut self, run: &Run) {
+        self.unfile_deadline(run.id);
         if let Some(ids) = self.runs_by_job.get_mut(&run.job_id) {
             ids.remove(&run.id);
             if ids.is_empty() {

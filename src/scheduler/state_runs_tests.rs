@@ -3,7 +3,7 @@
 
 use super::super::StateParts;
 use super::*;
-use crate::scheduler::job::{Catchup, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
+use crate::scheduler::job::{Catchup, JobPatch, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
 use crate::scheduler::run::{AttemptOutcome, RunStatus};
 use crate::scheduler::{Command, Request};
 
@@ -583,4 +583,51 @@ fn one_entry_starts_many_attempts_and_each_is_fenced_by_it() {
     sm.finish(created[0], token, T0 + SEC + 3, AttemptOutcome::Succeeded)
         .unwrap();
     assert_eq!(sm.status(created[0]), RunStatus::Succeeded);
+}
+
+#[test]
+fn deadlines_follow_policy_changes_and_leave_with_a_deleted_job() {
+    // Found by the chaos suite: a run's deadline depends on its job's
+    // policies; deleting the job (or changing its timeouts) used to leave the
+    // old entry in the deadline index, and the timer proposed ExpireRuns for
+    // it in a tight loop.
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.timeouts.heartbeat_timeout_ms = 5_000);
+    let (created, _) = sm.tick(T0 + 1);
+    let run = created[0];
+    let token = sm.start(run, T0 + 10);
+    assert_eq!(sm.state.earliest_deadline(), Some(T0 + 10 + 5_000));
+
+    // A policy change re-files the open run under its new deadline.
+    let version = sm.state.job("a").unwrap().version;
+    let mut policies = sm.state.job("a").unwrap().spec.policies.clone();
+    policies.timeouts.attempt_timeout_ms = 1_000;
+    let patch = JobPatch {
+        policies: Some(policies),
+        ..Default::default()
+    };
+    sm.apply(
+        T0 + 20,
+        Command::UpdateJob {
+            id: "a".into(),
+            expected_version: version,
+            patch,
+        },
+    )
+    .unwrap();
+    assert_eq!(sm.state.earliest_deadline(), Some(T0 + 10 + 1_000));
+    assert!(sm.state.expired_runs(T0 + 1_010, 10).contains(&run));
+    let _ = token;
+
+    // Deleting the job takes its runs' deadlines with it.
+    sm.apply(
+        T0 + 30,
+        Command::DeleteJob {
+            id: "a".into(),
+            expected_version: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(sm.state.earliest_deadline(), None);
+    assert!(sm.state.expired_runs(i64::MAX, 10).is_empty());
 }
