@@ -136,7 +136,21 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let Cli::Run(args) = Cli::parse();
-    match run(args).await {
+    // On Ctrl-C or SIGTERM the round is dropped, and dropping a runtime stops
+    // its nodes and removes what it made.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            eprintln!("kairos-chaos: cannot handle SIGTERM: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = tokio::select! {
+        result = run(args) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; nodes stopped")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated; nodes stopped")),
+    };
+    match result {
         Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(_) => std::process::ExitCode::from(1),
         Err(e) => {
