@@ -347,7 +347,11 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
     env.metrics
         .observe_fire_lateness(Duration::from_millis(lateness as u64));
     let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
-    let mut beat = tokio::time::interval(Duration::from_millis((item.heartbeat_timeout_ms / 3).max(50)));
+    // The lease starts with the attempt (StartAttempts sets it), so the first
+    // heartbeat is due one period in, not at once: a short attempt writes no
+    // heartbeat entry at all.
+    let period = Duration::from_millis((item.heartbeat_timeout_ms / 3).max(50));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let deadline = tokio::time::sleep(timeout + Duration::from_secs(1));
     tokio::pin!(deadline);
     let joined = loop {
