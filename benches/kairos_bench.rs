@@ -1,0 +1,428 @@
+//! `kairos-bench`, the load tool (issue 5). Each scenario starts its own
+//! three-node cluster of release binaries on loopback (or, for `create`, uses
+//! `--endpoints` of a running one), drives it for a bounded time, prints a
+//! progress line on stderr while it runs, then one JSON object and a short
+//! table on stdout.
+//!
+//! ```text
+//! cargo bench --bench kairos-bench -- create   --clients 64 --payload 256 --duration 10s
+//! cargo bench --bench kairos-bench -- dispatch --jobs 1000 --rate 500 --duration 20s
+//! cargo bench --bench kairos-bench -- failover --kills 20
+//! ```
+//!
+//! - `create`: N concurrent gRPC clients create jobs (payload of the given
+//!   size) for the duration; throughput and latency p50/p99/p999.
+//! - `dispatch`: M `noop` jobs on `every` schedules whose phases spread their
+//!   fires evenly at the given rate; sustained runs/s completed (succeeded
+//!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
+//!   the nodes' `kairos_fire_lateness_seconds` histograms (bucket upper
+//!   bounds, so a percentile reads "at most").
+//! - `failover`: kill -9 the leader repeatedly; time from the kill to the
+//!   first acknowledged write through a survivor, and to the first run started
+//!   after the kill (a job fires every second), each kill's figures and p50/p99.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use common::TestCluster;
+use kairos::api::convert::{ms_duration, timestamp_ms};
+use kairos::proto as pb;
+use kairos::proto::job_service_client::JobServiceClient;
+use kairos::proto::run_service_client::RunServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(name = "kairos-bench", about = "Load tool for Kairos")]
+enum Scenario {
+    /// Concurrent job creates.
+    Create {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Payload bytes per job.
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Endpoints of a running cluster (host:port,...); default: start one.
+        #[arg(long)]
+        endpoints: Option<String>,
+    },
+    /// Due `noop` jobs at a rate.
+    Dispatch {
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// Fires per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Repeated leader kills.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+    },
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the scenario flags follow `--`.
+    let args = std::env::args().filter(|a| a != "--bench");
+    let scenario = Scenario::parse_from(args);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        match scenario {
+            Scenario::Create {
+                clients,
+                payload,
+                duration,
+                endpoints,
+            } => create(clients, payload, duration, endpoints).await,
+            Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
+            Scenario::Failover { kills } => failover(kills).await,
+        }
+    });
+}
+
+/// The value at quantile `q` of sorted `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A progress line, overwritten in place.
+fn progress(line: String) {
+    eprint!("\r{line:<100}");
+}
+
+async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+async fn started_cluster() -> (TestCluster, u64) {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_ready(Duration::from_secs(60)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(60)).await;
+    (cluster, leader)
+}
+
+async fn create(clients: usize, payload: usize, duration: Duration, endpoints: Option<String>) {
+    let (cluster, addrs) = match endpoints {
+        Some(list) => (None, list.split(',').map(str::to_string).collect::<Vec<_>>()),
+        None => {
+            let (cluster, leader) = started_cluster().await;
+            let addr = cluster.node(leader).grpc.clone();
+            (Some(cluster), vec![addr])
+        }
+    };
+    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + duration;
+    let body = serde_json::json!({ "pad": "x".repeat(payload.saturating_sub(12)) }).to_string();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let addr = addrs[client % addrs.len()].clone();
+        let (latencies, errors, body) = (latencies.clone(), errors.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut jobs = JobServiceClient::new(channel(&addr).await);
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                let job = pb::ScheduledJob {
+                    id: format!("bench-{client}-{n}"),
+                    r#type: "noop".into(),
+                    schedule: "@yearly".into(),
+                    payload: body.clone().into_bytes(),
+                    ..Default::default()
+                };
+                let sent = Instant::now();
+                let result = jobs
+                    .create_job(pb::CreateJobRequest {
+                        job: Some(job),
+                        request_id: String::new(),
+                    })
+                    .await;
+                match result {
+                    Ok(_) => latencies.lock().unwrap().push(sent.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    while tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = latencies.lock().unwrap().len();
+        progress(format!(
+            "create: {:>5.1} s, {done} acknowledged, {:.0}/s",
+            started.elapsed().as_secs_f64(),
+            done as f64 / started.elapsed().as_secs_f64()
+        ));
+    }
+    eprintln!();
+    let seconds = started.elapsed().as_secs_f64();
+    let mut values = latencies.lock().unwrap().clone();
+    values.sort_by(f64::total_cmp);
+    let result = serde_json::json!({
+        "scenario": "create",
+        "clients": clients,
+        "payload_bytes": payload,
+        "creates": values.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": seconds,
+        "throughput_per_s": values.len() as f64 / seconds,
+        "p50_ms": quantile(&values, 0.5),
+        "p99_ms": quantile(&values, 0.99),
+        "p999_ms": quantile(&values, 0.999),
+    });
+    println!("{result}");
+    println!("| clients | payload | creates | per s | p50 ms | p99 ms | p999 ms |");
+    println!(
+        "| {clients} | {payload} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+        values.len(),
+        values.len() as f64 / seconds,
+        quantile(&values, 0.5),
+        quantile(&values, 0.99),
+        quantile(&values, 0.999)
+    );
+    drop(cluster);
+}
+
+/// Sums a metric family's samples over the cluster's `/metrics`: the total of
+/// `name` lines containing `filter`, and the histogram buckets of `name_bucket`.
+async fn scrape(cluster: &TestCluster) -> (f64, Vec<(f64, f64)>) {
+    let mut succeeded = 0.0;
+    let mut buckets: Vec<(f64, f64)> = Vec::new();
+    for node in &cluster.nodes {
+        let Ok((200, body)) = kairos::http::fetch(&node.http, "/metrics").await else {
+            continue;
+        };
+        for line in body.lines() {
+            let value = || line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            if line.starts_with("kairos_attempts_total") && line.contains("outcome=\"succeeded\"") {
+                succeeded += value();
+            } else if let Some(rest) = line.strip_prefix("kairos_fire_lateness_seconds_bucket{le=\"") {
+                let le = rest.split('"').next().unwrap_or("+Inf");
+                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+                match buckets.iter_mut().find(|(b, _)| *b == bound) {
+                    Some((_, count)) => *count += value(),
+                    None => buckets.push((bound, value())),
+                }
+            }
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (succeeded, buckets)
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q` of the histogram
+/// difference `after - before` (cumulative buckets).
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(b, c)| (*b, c - before.iter().find(|(x, _)| x == b).map_or(0.0, |(_, c)| *c)))
+        .collect();
+    let total = counts.last().map_or(0.0, |(_, c)| *c);
+    counts
+        .iter()
+        .find(|(_, c)| *c >= total * q)
+        .map_or(f64::NAN, |(b, _)| b * 1000.0)
+}
+
+async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
+    let (cluster, leader) = started_cluster().await;
+    // M jobs every I ms, phases spread evenly: M / I fires per ms = rate.
+    let interval_ms = ((jobs as u64 * 1000) / rate.max(1)).max(1000);
+    let actual_rate = jobs as f64 * 1000.0 / interval_ms as f64;
+    let mut client = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
+    let loaded = Instant::now();
+    for i in 0..jobs {
+        let phase = (i as u64 * interval_ms) / jobs as u64;
+        let job = pb::ScheduledJob {
+            id: format!("due-{i:07}"),
+            r#type: "noop".into(),
+            schedule_spec: Some(pb::ScheduleSpec {
+                kind: Some(pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
+                    interval: Some(ms_duration(interval_ms)),
+                    phase: Some(ms_duration(phase)),
+                })),
+            }),
+            policies: Some(pb::Policies {
+                catchup: pb::CatchupPolicy::Latest as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        client
+            .create_job(pb::CreateJobRequest {
+                job: Some(job),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create");
+        if i % 500 == 0 {
+            progress(format!("dispatch: loading jobs {i}/{jobs}"));
+        }
+    }
+    // Warm up one interval, then measure.
+    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    let (succeeded_before, lateness_before) = scrape(&cluster).await;
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (succeeded, _) = scrape(&cluster).await;
+        progress(format!(
+            "dispatch: {:>5.1} s, {:.0} runs/s",
+            started.elapsed().as_secs_f64(),
+            (succeeded - succeeded_before) / started.elapsed().as_secs_f64()
+        ));
+    }
+    let (succeeded_after, lateness_after) = scrape(&cluster).await;
+    eprintln!();
+    let seconds = started.elapsed().as_secs_f64();
+    let runs_per_s = (succeeded_after - succeeded_before) / seconds;
+    let (p50, p99, p999) = (
+        bucket_quantile(&lateness_before, &lateness_after, 0.5),
+        bucket_quantile(&lateness_before, &lateness_after, 0.99),
+        bucket_quantile(&lateness_before, &lateness_after, 0.999),
+    );
+    let result = serde_json::json!({
+        "scenario": "dispatch",
+        "jobs": jobs,
+        "offered_fires_per_s": actual_rate,
+        "load_seconds": loaded.elapsed().as_secs_f64() - seconds,
+        "seconds": seconds,
+        "runs_per_s": runs_per_s,
+        "lateness_p50_ms_at_most": p50,
+        "lateness_p99_ms_at_most": p99,
+        "lateness_p999_ms_at_most": p999,
+    });
+    println!("{result}");
+    println!("| jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (bucket bounds, ms) |");
+    println!("| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.0} | ≤{p99:.0} | ≤{p999:.0} |");
+}
+
+/// Unix ms now.
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn failover(kills: usize) {
+    let (mut cluster, leader) = started_cluster().await;
+    let mut jobs = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
+    jobs.create_job(pb::CreateJobRequest {
+        job: Some(pb::ScheduledJob {
+            id: "pulse".into(),
+            r#type: "noop".into(),
+            schedule: "* * * * * *".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("create the pulse job");
+    let mut to_write = Vec::new();
+    let mut to_run = Vec::new();
+    for kill in 0..kills {
+        let leader = cluster.wait_leader(Duration::from_secs(60)).await;
+        let survivor = cluster.running().into_iter().find(|&id| id != leader).expect("a survivor");
+        let addr = cluster.node(survivor).grpc.clone();
+        // Let the cluster run normally for a moment between kills.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let killed_at = Instant::now();
+        let killed_ms = now_ms();
+        cluster.kill(leader);
+        let write_ms = first_write(&addr, kill, killed_at).await;
+        let run_ms = first_run_after(&addr, killed_ms, killed_at).await;
+        progress(format!("failover: kill {}/{kills}: write {write_ms:.0} ms, run {run_ms:.0} ms", kill + 1));
+        to_write.push(write_ms);
+        to_run.push(run_ms);
+        cluster.spawn(leader);
+        cluster.wait_ready(Duration::from_secs(60)).await;
+    }
+    eprintln!();
+    let (mut w, mut r) = (to_write.clone(), to_run.clone());
+    w.sort_by(f64::total_cmp);
+    r.sort_by(f64::total_cmp);
+    let result = serde_json::json!({
+        "scenario": "failover",
+        "kills": kills,
+        "to_first_write_ms": to_write,
+        "to_first_run_ms": to_run,
+        "write_p50_ms": quantile(&w, 0.5), "write_p99_ms": quantile(&w, 0.99),
+        "run_p50_ms": quantile(&r, 0.5), "run_p99_ms": quantile(&r, 0.99),
+    });
+    println!("{result}");
+    println!("| kills | first write p50 | p99 | first run p50 | p99 |");
+    println!(
+        "| {kills} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+        quantile(&w, 0.5),
+        quantile(&w, 0.99),
+        quantile(&r, 0.5),
+        quantile(&r, 0.99)
+    );
+}
+
+/// Milliseconds from `since` to the first acknowledged create through `addr` (bounded: 30 s).
+async fn first_write(addr: &str, kill: usize, since: Instant) -> f64 {
+    let mut jobs = JobServiceClient::new(channel(addr).await);
+    let mut n = 0;
+    while since.elapsed() < Duration::from_secs(30) {
+        n += 1;
+        let mut request = tonic::Request::new(pb::CreateJobRequest {
+            job: Some(pb::ScheduledJob {
+                id: format!("after-kill-{kill}-{n}"),
+                r#type: "noop".into(),
+                schedule: "@yearly".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        });
+        request.set_timeout(Duration::from_millis(500));
+        if jobs.create_job(request).await.is_ok() {
+            return since.elapsed().as_secs_f64() * 1000.0;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f64::NAN
+}
+
+/// Milliseconds from `since` until a run of `pulse` started after `killed_ms` (bounded: 30 s).
+async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
+    let mut runs = RunServiceClient::new(channel(addr).await);
+    while since.elapsed() < Duration::from_secs(30) {
+        let mut request = tonic::Request::new(pb::ListRunsRequest {
+            job_id: "pulse".into(),
+            nominal_after: Some(kairos::api::convert::ms_timestamp(killed_ms - 5_000)),
+            page_size: 1000,
+            ..Default::default()
+        });
+        request.set_timeout(Duration::from_millis(500));
+        if let Ok(page) = runs.list_runs(request).await {
+            let started: Option<i64> = page
+                .into_inner()
+                .runs
+                .iter()
+                .filter_map(|r| r.started_at.as_ref().map(timestamp_ms))
+                .filter(|&t| t > killed_ms)
+                .min();
+            if let Some(t) = started {
+                // The run's own start time, measured from the kill.
+                return (t - killed_ms) as f64;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f64::NAN
+}
