@@ -20,6 +20,10 @@
 //! - `failover`: kill -9 the leader repeatedly; time from the kill to the
 //!   first acknowledged write through a survivor, and to the first run started
 //!   after the kill (a job fires every second), each kill's figures and p50/p99.
+//! - `scale`: load N cron jobs (`*/5 * * * *`, 64-byte payload); resident
+//!   memory growth per job of every node (leader and followers, from
+//!   /proc/<pid>/status), data directory size, and the time a restarted
+//!   follower takes to answer `/readyz` 200.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -67,6 +71,14 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         kills: usize,
     },
+    /// Many cron jobs: memory per job, disk, restart time.
+    Scale {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Concurrent loading clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
 }
 
 fn main() {
@@ -84,6 +96,7 @@ fn main() {
             } => create(clients, payload, duration, endpoints).await,
             Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
             Scenario::Failover { kills } => failover(kills).await,
+            Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
         }
     });
 }
@@ -153,7 +166,10 @@ async fn create(clients: usize, payload: usize, duration: Duration, endpoints: O
                     })
                     .await;
                 match result {
-                    Ok(_) => latencies.lock().unwrap().push(sent.elapsed().as_secs_f64() * 1000.0),
+                    Ok(_) => latencies
+                        .lock()
+                        .unwrap()
+                        .push(sent.elapsed().as_secs_f64() * 1000.0),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -209,12 +225,21 @@ async fn scrape(cluster: &TestCluster) -> (f64, Vec<(f64, f64)>) {
             continue;
         };
         for line in body.lines() {
-            let value = || line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let value = || {
+                line.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
             if line.starts_with("kairos_attempts_total") && line.contains("outcome=\"succeeded\"") {
                 succeeded += value();
             } else if let Some(rest) = line.strip_prefix("kairos_fire_lateness_seconds_bucket{le=\"") {
                 let le = rest.split('"').next().unwrap_or("+Inf");
-                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::INFINITY)
+                };
                 match buckets.iter_mut().find(|(b, _)| *b == bound) {
                     Some((_, count)) => *count += value(),
                     None => buckets.push((bound, value())),
@@ -231,7 +256,12 @@ async fn scrape(cluster: &TestCluster) -> (f64, Vec<(f64, f64)>) {
 fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
     let counts: Vec<(f64, f64)> = after
         .iter()
-        .map(|(b, c)| (*b, c - before.iter().find(|(x, _)| x == b).map_or(0.0, |(_, c)| *c)))
+        .map(|(b, c)| {
+            (
+                *b,
+                c - before.iter().find(|(x, _)| x == b).map_or(0.0, |(_, c)| *c),
+            )
+        })
         .collect();
     let total = counts.last().map_or(0.0, |(_, c)| *c);
     counts
@@ -336,7 +366,11 @@ async fn failover(kills: usize) {
     let mut to_run = Vec::new();
     for kill in 0..kills {
         let leader = cluster.wait_leader(Duration::from_secs(60)).await;
-        let survivor = cluster.running().into_iter().find(|&id| id != leader).expect("a survivor");
+        let survivor = cluster
+            .running()
+            .into_iter()
+            .find(|&id| id != leader)
+            .expect("a survivor");
         let addr = cluster.node(survivor).grpc.clone();
         // Let the cluster run normally for a moment between kills.
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -345,7 +379,10 @@ async fn failover(kills: usize) {
         cluster.kill(leader);
         let write_ms = first_write(&addr, kill, killed_at).await;
         let run_ms = first_run_after(&addr, killed_ms, killed_at).await;
-        progress(format!("failover: kill {}/{kills}: write {write_ms:.0} ms, run {run_ms:.0} ms", kill + 1));
+        progress(format!(
+            "failover: kill {}/{kills}: write {write_ms:.0} ms, run {run_ms:.0} ms",
+            kill + 1
+        ));
         to_write.push(write_ms);
         to_run.push(run_ms);
         cluster.spawn(leader);
@@ -425,4 +462,147 @@ async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     f64::NAN
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+fn resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Bytes under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+async fn scale(jobs: usize, clients: usize) {
+    let (mut cluster, leader) = started_cluster().await;
+    let before: Vec<(u64, u64)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.pid().map_or(0, resident_bytes)))
+        .collect();
+    let addr = cluster.node(leader).grpc.clone();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (addr, next) = (addr.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = JobServiceClient::new(channel(&addr).await);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= jobs {
+                    return;
+                }
+                let job = pb::ScheduledJob {
+                    id: format!("scale-{i:08}"),
+                    r#type: "noop".into(),
+                    schedule: "*/5 * * * *".into(),
+                    payload: vec![b'x'; 64],
+                    ..Default::default()
+                };
+                // Bounded retries: a create that keeps failing stops the load.
+                for attempt in 0..5 {
+                    let request = pb::CreateJobRequest {
+                        job: Some(job.clone()),
+                        request_id: format!("scale-{i}"),
+                    };
+                    if client.create_job(request).await.is_ok() {
+                        break;
+                    }
+                    assert!(attempt < 4, "create {i} failed 5 times");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    while tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = next.load(Ordering::Relaxed).min(jobs as u64);
+        progress(format!(
+            "scale: {done}/{jobs} jobs, {:.0}/s",
+            done as f64 / started.elapsed().as_secs_f64()
+        ));
+    }
+    for task in tasks {
+        task.await.expect("loader");
+    }
+    let load_seconds = started.elapsed().as_secs_f64();
+    eprintln!();
+    let per_node: Vec<serde_json::Value> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let base = before.iter().find(|(id, _)| *id == n.id).map_or(0, |(_, b)| *b);
+            let now = n.pid().map_or(0, resident_bytes);
+            serde_json::json!({
+                "node": n.id,
+                "role": if n.id == leader { "leader" } else { "follower" },
+                "resident_mib": now as f64 / (1 << 20) as f64,
+                "bytes_per_job": now.saturating_sub(base) as f64 / jobs as f64,
+                "data_dir_mib": dir_bytes(&n.data_dir) as f64 / (1 << 20) as f64,
+            })
+        })
+        .collect();
+    // Restart a follower and time it to ready.
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    cluster.kill(follower);
+    let restarted = Instant::now();
+    cluster.spawn(follower);
+    let http = cluster.node(follower).http.clone();
+    let ready_seconds = loop {
+        if let Ok((200, _)) = kairos::http::fetch(&http, "/readyz").await {
+            break restarted.elapsed().as_secs_f64();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(300),
+            "restarted node not ready in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let result = serde_json::json!({
+        "scenario": "scale",
+        "jobs": jobs,
+        "load_seconds": load_seconds,
+        "creates_per_s": jobs as f64 / load_seconds,
+        "nodes": per_node,
+        "restart_to_ready_s": ready_seconds,
+    });
+    println!("{result}");
+    println!("| node | role | resident MiB | bytes/job | data dir MiB |");
+    for n in &per_node {
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} |",
+            n["node"],
+            n["role"].as_str().unwrap_or(""),
+            n["resident_mib"].as_f64().unwrap_or(0.0),
+            n["bytes_per_job"].as_f64().unwrap_or(0.0),
+            n["data_dir_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "restart to ready: {ready_seconds:.1} s; load: {:.0} creates/s",
+        jobs as f64 / load_seconds
+    );
 }

@@ -52,6 +52,12 @@ impl TestNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The process id, while running.
+    #[allow(dead_code)] // used by the load tool, not by every test binary
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 /// A cluster of node processes.
