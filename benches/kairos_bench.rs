@@ -11,7 +11,9 @@
 //! ```
 //!
 //! - `create`: N concurrent gRPC clients create jobs (payload of the given
-//!   size) for the duration; throughput and latency p50/p99/p999.
+//!   size) for the duration; throughput and latency p50/p99/p999. With
+//!   `--etcd a,b,c` the same clients put values of the same size into etcd
+//!   instead (`benches/etcd-compare.sh` runs both).
 //! - `dispatch`: M `noop` jobs on `every` schedules whose phases spread their
 //!   fires evenly at the given rate; sustained runs/s completed (succeeded
 //!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
@@ -55,6 +57,10 @@ enum Scenario {
         /// Endpoints of a running cluster (host:port,...); default: start one.
         #[arg(long)]
         endpoints: Option<String>,
+        /// Instead of Kairos creates, etcd puts of the same value size to these
+        /// etcd client endpoints (host:port,...): the same harness for both.
+        #[arg(long)]
+        etcd: Option<String>,
     },
     /// Due `noop` jobs at a rate.
     Dispatch {
@@ -93,7 +99,8 @@ fn main() {
                 payload,
                 duration,
                 endpoints,
-            } => create(clients, payload, duration, endpoints).await,
+                etcd,
+            } => create(clients, payload, duration, endpoints, etcd).await,
             Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
@@ -128,8 +135,81 @@ async fn started_cluster() -> (TestCluster, u64) {
     (cluster, leader)
 }
 
-async fn create(clients: usize, payload: usize, duration: Duration, endpoints: Option<String>) {
-    let (cluster, addrs) = match endpoints {
+/// The two messages of etcd's `KV.Put` this tool needs (etcd's
+/// `rpc.proto`: `PutRequest{key = 1, value = 2}`; the response's fields are
+/// not read).
+mod etcd {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        pub key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        pub value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PutResponse {}
+
+    /// A minimal etcd v3 client: `KV.Put` over gRPC.
+    pub struct Client(tonic::client::Grpc<tonic::transport::Channel>);
+
+    impl Client {
+        pub fn new(channel: tonic::transport::Channel) -> Client {
+            Client(tonic::client::Grpc::new(channel))
+        }
+
+        pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), tonic::Status> {
+            self.0
+                .ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+            let codec = tonic_prost::ProstCodec::<PutRequest, PutResponse>::default();
+            self.0
+                .unary(tonic::Request::new(PutRequest { key, value }), path, codec)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// One write of the `create` scenario: a Kairos create or an etcd put.
+enum Writer {
+    Kairos(JobServiceClient<Channel>),
+    Etcd(etcd::Client),
+}
+
+impl Writer {
+    async fn write(&mut self, key: String, body: &str) -> Result<(), tonic::Status> {
+        match self {
+            Writer::Kairos(jobs) => {
+                let job = pb::ScheduledJob {
+                    id: key,
+                    r#type: "noop".into(),
+                    schedule: "@yearly".into(),
+                    payload: body.as_bytes().to_vec(),
+                    ..Default::default()
+                };
+                let request = pb::CreateJobRequest {
+                    job: Some(job),
+                    request_id: String::new(),
+                };
+                jobs.create_job(request).await.map(|_| ())
+            }
+            Writer::Etcd(client) => client.put(key.into_bytes(), body.as_bytes().to_vec()).await,
+        }
+    }
+}
+
+async fn create(
+    clients: usize,
+    payload: usize,
+    duration: Duration,
+    endpoints: Option<String>,
+    etcd: Option<String>,
+) {
+    let target = if etcd.is_some() { "etcd" } else { "kairos" };
+    let (cluster, addrs) = match endpoints.or(etcd.clone()) {
         Some(list) => (None, list.split(',').map(str::to_string).collect::<Vec<_>>()),
         None => {
             let (cluster, leader) = started_cluster().await;
@@ -146,26 +226,18 @@ async fn create(clients: usize, payload: usize, duration: Duration, endpoints: O
     for client in 0..clients {
         let addr = addrs[client % addrs.len()].clone();
         let (latencies, errors, body) = (latencies.clone(), errors.clone(), body.clone());
+        let is_etcd = etcd.is_some();
         tasks.push(tokio::spawn(async move {
-            let mut jobs = JobServiceClient::new(channel(&addr).await);
+            let mut writer = if is_etcd {
+                Writer::Etcd(etcd::Client::new(channel(&addr).await))
+            } else {
+                Writer::Kairos(JobServiceClient::new(channel(&addr).await))
+            };
             let mut n = 0u64;
             while Instant::now() < until {
                 n += 1;
-                let job = pb::ScheduledJob {
-                    id: format!("bench-{client}-{n}"),
-                    r#type: "noop".into(),
-                    schedule: "@yearly".into(),
-                    payload: body.clone().into_bytes(),
-                    ..Default::default()
-                };
                 let sent = Instant::now();
-                let result = jobs
-                    .create_job(pb::CreateJobRequest {
-                        job: Some(job),
-                        request_id: String::new(),
-                    })
-                    .await;
-                match result {
+                match writer.write(format!("bench-{client}-{n}"), &body).await {
                     Ok(_) => latencies
                         .lock()
                         .unwrap()
@@ -181,7 +253,7 @@ async fn create(clients: usize, payload: usize, duration: Duration, endpoints: O
         tokio::time::sleep(Duration::from_millis(500)).await;
         let done = latencies.lock().unwrap().len();
         progress(format!(
-            "create: {:>5.1} s, {done} acknowledged, {:.0}/s",
+            "create ({target}): {:>5.1} s, {done} acknowledged, {:.0}/s",
             started.elapsed().as_secs_f64(),
             done as f64 / started.elapsed().as_secs_f64()
         ));
@@ -192,6 +264,7 @@ async fn create(clients: usize, payload: usize, duration: Duration, endpoints: O
     values.sort_by(f64::total_cmp);
     let result = serde_json::json!({
         "scenario": "create",
+        "target": target,
         "clients": clients,
         "payload_bytes": payload,
         "creates": values.len(),
@@ -203,9 +276,9 @@ async fn create(clients: usize, payload: usize, duration: Duration, endpoints: O
         "p999_ms": quantile(&values, 0.999),
     });
     println!("{result}");
-    println!("| clients | payload | creates | per s | p50 ms | p99 ms | p999 ms |");
+    println!("| target | clients | payload | writes | per s | p50 ms | p99 ms | p999 ms |");
     println!(
-        "| {clients} | {payload} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+        "| {target} | {clients} | {payload} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
         values.len(),
         values.len() as f64 / seconds,
         quantile(&values, 0.5),
