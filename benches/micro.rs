@@ -40,6 +40,7 @@ fn apply(state: &mut State, index: u64, at_ms: i64, command: Command) {
         at_ms,
         principal: "bench".into(),
         command,
+        write_id: None,
     };
     state
         .apply(index, &request, &mut Changes::default())

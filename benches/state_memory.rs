@@ -70,6 +70,7 @@ fn main() {
                 at_ms: T0,
                 principal: "bench".into(),
                 command,
+                write_id: None,
             };
             state
                 .apply(i as u64 + 1, &request, &mut Changes::default())

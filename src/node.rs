@@ -91,6 +91,8 @@ pub enum Forwarded {
         principal: String,
         /// What to do.
         command: Box<Command>,
+        /// Makes retries of this write safe (see [`Node::write`]).
+        write_id: Option<String>,
     },
     /// Add a node as learner, then voter.
     AddNode {
@@ -147,6 +149,10 @@ pub struct Node {
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     /// The worker network address, reported in [`NodeReport`].
     cluster_addr: String,
+    /// When this process started (Unix ns) and a counter: with the node id,
+    /// they make write ids unique across restarts.
+    boot_ns: i64,
+    write_seq: AtomicU64,
 }
 
 impl Node {
@@ -168,6 +174,8 @@ impl Node {
             startup_commit,
             peers: Mutex::default(),
             cluster_addr: options.cluster_addr.clone(),
+            boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
+            write_seq: AtomicU64::new(0),
         });
         node.bootstrap(options).await?;
         Ok(node)
@@ -292,11 +300,33 @@ impl Node {
         Ok(client)
     }
 
-    /// Proposes `command` through the leader, wherever it is.
+    /// Proposes `command` through the leader, wherever it is, exactly once.
+    ///
+    /// Routing retries when the leader cannot be reached or changes — also
+    /// when the first attempt may already have been applied (a connection
+    /// that broke after sending, a leader that stepped down with the entry in
+    /// flight). The write therefore carries a write id: the state machine
+    /// applies the first entry with it and answers every later one with the
+    /// first result, so a retried delete reports success, not NOT_FOUND.
     pub async fn write(&self, principal: &str, command: Command) -> Result<Response> {
+        let seq = self.write_seq.fetch_add(1, Ordering::Relaxed);
         self.route(Forwarded::Write {
             principal: principal.to_string(),
             command: Box::new(command),
+            write_id: Some(format!("{}-{}-{seq}", self.id, self.boot_ns)),
+        })
+        .await
+    }
+
+    /// Proposes `command` through the leader without a write id: for writes
+    /// that are safe to apply twice because a fencing token guards them
+    /// (heartbeats and results of attempts), and frequent enough that
+    /// remembering each would cost.
+    pub async fn write_fenced(&self, principal: &str, command: Command) -> Result<Response> {
+        self.route(Forwarded::Write {
+            principal: principal.to_string(),
+            command: Box::new(command),
+            write_id: None,
         })
         .await
     }
@@ -307,6 +337,7 @@ impl Node {
         self.execute(Forwarded::Write {
             principal: principal.to_string(),
             command: Box::new(command),
+            write_id: None,
         })
         .await
     }
@@ -380,11 +411,16 @@ impl Node {
     /// Executes a forwarded request on this node, which must be the leader.
     pub async fn execute(&self, request: Forwarded) -> Result<Response> {
         match request {
-            Forwarded::Write { principal, command } => {
+            Forwarded::Write {
+                principal,
+                command,
+                write_id,
+            } => {
                 let request = Request {
                     at_ms: chrono::Utc::now().timestamp_millis(),
                     principal,
                     command: *command,
+                    write_id,
                 };
                 match self.raft.client_write(request).await {
                     Ok(reply) => reply.data,

@@ -215,7 +215,9 @@ pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> an
     state.notes.push(format!(
         "settle: {} jobs paused; open runs finished {:.1} s later",
         paused_at.len(),
-        RUNS_TIMEOUT.saturating_sub(deadline.saturating_duration_since(Instant::now())).as_secs_f64()
+        RUNS_TIMEOUT
+            .saturating_sub(deadline.saturating_duration_since(Instant::now()))
+            .as_secs_f64()
     ));
     state.paused_at_unix_ms = paused_at;
     // Let the replicas converge, then compare digests. With every job paused
@@ -241,7 +243,9 @@ pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> an
         let same_index = current.len() == clients.ids().len() && indexes.windows(2).all(|w| w[0] == w[1]);
         if same_index && current == previous {
             state.converged = true;
-            state.notes.push(format!("replicas converged at applied index {}", indexes[0]));
+            state
+                .notes
+                .push(format!("replicas converged at applied index {}", indexes[0]));
             state.digests = current;
             return Ok(state);
         }

@@ -296,6 +296,7 @@ mod tests {
                 at_ms,
                 principal: "test".into(),
                 command,
+                write_id: None,
             };
             inner.0.apply(index, &request, &mut Changes::default())
         }

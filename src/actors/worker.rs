@@ -359,7 +359,7 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             joined = &mut task => break joined,
             _ = beat.tick() => {
                 let command = Command::Heartbeat { run_id: item.run_id, token: item.token };
-                match node.write(PRINCIPAL, command).await {
+                match node.write_fenced(PRINCIPAL, command).await {
                     Ok(Response::Lease { cancelled: true }) => cancel.cancel(),
                     Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
                         tracing::info!(run = item.run_id, "lease lost ({m}); cancelling the attempt");
@@ -411,7 +411,7 @@ async fn report(node: Arc<Node>, run_id: RunId, token: u64, outcome: AttemptOutc
             outcome: outcome.clone(),
             output_tail: output.clone(),
         };
-        match node.write(PRINCIPAL, command).await {
+        match node.write_fenced(PRINCIPAL, command).await {
             Ok(_) => return,
             Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
                 tracing::info!(run = run_id, "result not recorded: {m}");

@@ -7,6 +7,7 @@
 //! `sm`:
 //!
 //! - `job/<id>` → a job, `req/<request id>` → a create's idempotency record,
+//!   `wr/<write id>` → a recent write's result (retries of a routed write),
 //! - `run/<id, 8 bytes big-endian>` → a run, `cnt/<job id>` → a job's counters,
 //! - `meta/applied` → last applied log id, `meta/membership` → stored membership,
 //!   `meta/next_run_id` → the run id counter.
@@ -42,10 +43,11 @@ use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::run::{JobCounters, Run};
 use crate::scheduler::state::StateParts;
-use crate::scheduler::{Changes, CommandResult, Job, RequestRecord, Response, State};
+use crate::scheduler::{Changes, CommandResult, Job, RequestRecord, Response, State, WriteRecord};
 
 const JOB_PREFIX: &str = "job/";
 const REQUEST_PREFIX: &str = "req/";
+const WRITE_PREFIX: &str = "wr/";
 const RUN_PREFIX: &str = "run/";
 const COUNTERS_PREFIX: &str = "cnt/";
 const NEXT_RUN_ID_KEY: &[u8] = b"meta/next_run_id";
@@ -189,6 +191,11 @@ impl StateMachineStore {
                 parts
                     .requests
                     .push((rid, decode::<RequestRecord>(&value).map_err(sm_read)?));
+            } else if let Some(wid) = key.strip_prefix(WRITE_PREFIX.as_bytes()) {
+                let wid = String::from_utf8(wid.to_vec()).map_err(sm_read)?;
+                parts
+                    .writes
+                    .push((wid, decode::<WriteRecord>(&value).map_err(sm_read)?));
             } else if key.starts_with(RUN_PREFIX.as_bytes()) {
                 parts.runs.push(decode::<Run>(&value).map_err(sm_read)?);
             } else if let Some(job_id) = key.strip_prefix(COUNTERS_PREFIX.as_bytes()) {
@@ -224,6 +231,9 @@ impl StateMachineStore {
         }
         for (rid, record) in state.requests_iter() {
             batch.insert(request_key(rid), encode(record).map_err(sm_write)?);
+        }
+        for (wid, record) in state.writes_iter() {
+            batch.insert(write_key(wid), encode(record).map_err(sm_write)?);
         }
         for run in state.runs() {
             batch.insert(run_key(run.id), encode(run).map_err(sm_write)?);
@@ -274,6 +284,10 @@ impl StateMachineStore {
 
 fn job_key(id: &str) -> Vec<u8> {
     [JOB_PREFIX.as_bytes(), id.as_bytes()].concat()
+}
+
+fn write_key(write_id: &str) -> Vec<u8> {
+    [WRITE_PREFIX.as_bytes(), write_id.as_bytes()].concat()
 }
 
 fn request_key(request_id: &str) -> Vec<u8> {
@@ -379,6 +393,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match state.request(rid) {
                     Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
                     None => batch.remove(request_key(rid)),
+                }
+            }
+            for wid in &changes.writes {
+                match state.write_record(wid) {
+                    Some(record) => batch.insert(write_key(wid), encode(record).map_err(sm_write)?),
+                    None => batch.remove(write_key(wid)),
                 }
             }
             for &id in &changes.runs {

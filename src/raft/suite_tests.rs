@@ -52,6 +52,7 @@ fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
             spec,
             request_id: None,
         },
+        write_id: None,
     };
     Entry {
         log_id: log_id(index),

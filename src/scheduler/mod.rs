@@ -26,4 +26,5 @@ pub use run::{Run, RunId, RunStatus};
 pub use schedule::{Schedule, ScheduleSpec};
 pub use state::{
     Changes, Command, CommandResult, JobFilter, JobPage, Request, RequestRecord, Response, RunFilter, State,
+    WriteRecord,
 };

@@ -39,6 +39,10 @@ pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
 
 /// How long a create's `request_id` is remembered, ms (24 h).
 pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;
+/// How long the result of a write with a `write_id` is remembered, ms: long
+/// enough to outlast every retry of the node that routes it (a few seconds),
+/// short enough that the records stay few.
+pub const WRITE_ID_TTL_MS: i64 = 60_000;
 /// Largest page a list returns.
 pub const MAX_PAGE_SIZE: usize = 1_000;
 /// Page size when the client names none.
@@ -57,6 +61,10 @@ pub struct Request {
     pub principal: String,
     /// What to do.
     pub command: Command,
+    /// Identifies a client write across the retries of the node that
+    /// routes it (see [`WRITE_ID_TTL_MS`]): a second entry with the same id
+    /// is not applied again but answers with the first one's result.
+    pub write_id: Option<String>,
 }
 
 /// A change to the replicated state.
@@ -225,8 +233,19 @@ pub struct Changes {
     pub runs: BTreeSet<RunId>,
     /// Jobs whose counters changed.
     pub counters: BTreeSet<JobId>,
+    /// Write records added or expired.
+    pub writes: BTreeSet<String>,
     /// Log index of the entry being applied; stamped on every run it changes.
     pub index: u64,
+}
+
+/// What a `write_id` remembers: the first entry's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriteRecord {
+    /// When it was applied, Unix ms (for expiry).
+    pub at_ms: i64,
+    /// Its result, returned again to a retry.
+    pub result: CommandResult,
 }
 
 /// What a `request_id` remembers: the first create's result.
@@ -278,6 +297,11 @@ pub struct State {
     /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
     #[serde(skip)]
     request_expiry: BTreeSet<(i64, String)>,
+    /// Results of recent writes, by write id.
+    writes: BTreeMap<String, WriteRecord>,
+    /// `(at_ms, write_id)` of every record in `writes`, oldest first (derived).
+    #[serde(skip)]
+    write_expiry: BTreeSet<(i64, String)>,
     /// Every run still kept, by id.
     runs: BTreeMap<RunId, Run>,
     /// The id the next run gets.
@@ -308,6 +332,7 @@ impl State {
         let mut state = State {
             jobs: parts.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
             requests: parts.requests.into_iter().collect(),
+            writes: parts.writes.into_iter().collect(),
             runs: parts.runs.into_iter().map(|r| (r.id, r)).collect(),
             counters: parts.counters.into_iter().collect(),
             next_run_id: parts.next_run_id,
@@ -337,6 +362,7 @@ impl State {
             .iter()
             .map(|(id, r)| (r.at_ms, id.clone()))
             .collect();
+        self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
         self.fire_index = self.jobs.values().filter_map(fire_entry).collect();
         self.runs_by_job.clear();
         self.deadline_index.clear();
@@ -475,6 +501,16 @@ impl State {
         self.requests.get(request_id)
     }
 
+    /// A write record by write id.
+    pub fn write_record(&self, write_id: &str) -> Option<&WriteRecord> {
+        self.writes.get(write_id)
+    }
+
+    /// Every write record.
+    pub fn writes_iter(&self) -> impl Iterator<Item = (&String, &WriteRecord)> {
+        self.writes.iter()
+    }
+
     /// Jobs in id order, starting after `page_token`, filtered, at most
     /// `page_size`; a page stops early after [`MAX_SCAN_PER_PAGE`] jobs examined.
     pub fn list(&self, filter: &JobFilter, page_token: Option<&str>, page_size: usize) -> JobPage {
@@ -507,6 +543,36 @@ impl State {
     /// same on every replica.
     pub fn apply(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
         changes.index = index;
+        self.expire_writes(request.at_ms, changes);
+        let Some(write_id) = &request.write_id else {
+            return self.apply_command(index, request, changes);
+        };
+        // A retry of a write that was applied already: its first result.
+        if let Some(record) = self.writes.get(write_id) {
+            return record.result.clone();
+        }
+        let result = self.apply_command(index, request, changes);
+        let record = WriteRecord {
+            at_ms: request.at_ms,
+            result: result.clone(),
+        };
+        self.writes.insert(write_id.clone(), record);
+        self.write_expiry.insert((request.at_ms, write_id.clone()));
+        changes.writes.insert(write_id.clone());
+        result
+    }
+
+    /// Forgets write records older than [`WRITE_ID_TTL_MS`] at time `at_ms`.
+    fn expire_writes(&mut self, at_ms: i64, changes: &mut Changes) {
+        let cutoff = at_ms.saturating_sub(WRITE_ID_TTL_MS);
+        while self.write_expiry.first().is_some_and(|(t, _)| *t < cutoff) {
+            let (_, id) = self.write_expiry.pop_first().expect("first exists");
+            self.writes.remove(&id);
+            changes.writes.insert(id);
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
         let at_ms = request.at_ms;
         let principal = request.principal.as_str();
         match &request.command {
@@ -678,6 +744,8 @@ pub struct StateParts {
     pub jobs: Vec<Job>,
     /// Remembered create request ids.
     pub requests: Vec<(String, RequestRecord)>,
+    /// Remembered write ids.
+    pub writes: Vec<(String, WriteRecord)>,
     /// Every kept run.
     pub runs: Vec<Run>,
     /// Per-job counters.

@@ -30,6 +30,7 @@ impl Sm {
             at_ms,
             principal: "t".into(),
             command,
+            write_id: None,
         };
         self.state.apply(self.index, &request, &mut Changes::default())
     }
@@ -536,6 +537,7 @@ fn a_rebuilt_state_has_the_same_indexes() {
     let rebuilt = State::from_parts(StateParts {
         jobs: s.jobs().cloned().collect(),
         requests: vec![],
+        writes: vec![],
         runs: s.runs().cloned().collect(),
         counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         next_run_id: s.next_run_id(),

@@ -26,6 +26,7 @@ fn req(at_ms: i64, command: Command) -> Request {
         at_ms,
         principal: "alice".into(),
         command,
+        write_id: None,
     }
 }
 
@@ -398,4 +399,57 @@ fn a_sparse_filter_pages_instead_of_scanning_everything() {
     let second = state.list(&filter, Some(&token), 10);
     assert_eq!(second.jobs.len(), 1);
     assert_eq!(second.next_page_token, None);
+}
+
+#[test]
+fn a_retried_write_answers_with_its_first_result_until_the_record_expires() {
+    // Found by the chaos suite: a forwarded delete whose connection broke
+    // after the leader applied it was retried and answered NOT_FOUND.
+    let mut state = State::default();
+    apply(&mut state, T0, create("a", "@hourly", None)).unwrap();
+    let delete = |write_id: Option<&str>, at_ms: i64| Request {
+        at_ms,
+        principal: "alice".into(),
+        command: Command::DeleteJob {
+            id: "a".into(),
+            expected_version: None,
+        },
+        write_id: write_id.map(str::to_string),
+    };
+    let mut changes = Changes::default();
+    assert_eq!(
+        state.apply(2, &delete(Some("n1-7-1"), T0 + 1), &mut changes),
+        Ok(Response::Deleted)
+    );
+    assert!(changes.writes.contains("n1-7-1"), "the record is persisted");
+    // The retry (same write id) is not applied again: the first result.
+    assert_eq!(
+        state.apply(3, &delete(Some("n1-7-1"), T0 + 2), &mut Changes::default()),
+        Ok(Response::Deleted)
+    );
+    // Another write (another id) of the same command is applied: not found.
+    let other = state.apply(4, &delete(Some("n1-7-2"), T0 + 3), &mut Changes::default());
+    assert!(matches!(other, Err(Error::NotFound(_))), "{other:?}");
+    // Records survive a rebuild from the stored parts, and expire after the TTL.
+    let parts = StateParts {
+        jobs: vec![],
+        requests: vec![],
+        writes: state.writes_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        runs: vec![],
+        counters: vec![],
+        next_run_id: 0,
+    };
+    let mut rebuilt = State::from_parts(parts);
+    assert!(rebuilt.write_record("n1-7-1").is_some());
+    let mut changes = Changes::default();
+    let later = T0 + state::WRITE_ID_TTL_MS + 10;
+    let again = rebuilt.apply(5, &delete(Some("n1-7-1"), later), &mut changes);
+    assert!(
+        matches!(again, Err(Error::NotFound(_))),
+        "expired, so applied again: {again:?}"
+    );
+    assert!(
+        changes.writes.contains("n1-7-2"),
+        "the expired record is removed from storage"
+    );
 }
