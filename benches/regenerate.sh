@@ -12,24 +12,30 @@ cd "$(dirname "$0")/.."
 OUT=target/bench-results
 mkdir -p "$OUT"
 DAY="$(date -u +%Y-%m-%d)"
-if [ -n "${QUICK:-}" ]; then SECS=3; SCALE=5000; KILLS=3; else SECS=10; SCALE=100000; KILLS=20; fi
+if [ -n "${QUICK:-}" ]; then SECS=3; SCALE=5000; KILLS=3; else SECS=10; SCALE="${SCALE:-100000}"; KILLS="${KILLS:-20}"; fi
+# SKIP_DONE=1 keeps results already in target/bench-results (resume after an interruption).
+run_into() { local f="$OUT/$1"; shift; if [ -n "${SKIP_DONE:-}" ] && [ -s "$f" ]; then return; fi; "$@" >"$f"; }
 
 cargo build --release --bin kairos >/dev/null 2>&1
 cargo bench --bench kairos-bench --no-run >/dev/null 2>&1
 kb() { cargo bench -q --bench kairos-bench -- "$@" 2>/dev/null | head -1; }
 
 echo "create ..." >&2
-kb create --clients 1 --duration "${SECS}s" >"$OUT/create-1.json"
-kb create --clients 64 --duration "${SECS}s" >"$OUT/create-64.json"
+run_into create-1.json kb create --clients 1 --duration "${SECS}s"
+run_into create-64.json kb create --clients 64 --duration "${SECS}s"
 echo "dispatch ..." >&2
-kb dispatch --jobs 2000 --rate 1000 --duration "$((SECS * 2))s" >"$OUT/dispatch-1000.json"
-kb dispatch --jobs 10000 --rate 5000 --duration "$((SECS * 2))s" >"$OUT/dispatch-5000.json"
+run_into dispatch-250.json kb dispatch --jobs 500 --rate 250 --duration "$((SECS * 2))s"
+run_into dispatch-1000.json kb dispatch --jobs 2000 --rate 1000 --duration "$((SECS * 2))s"
+# 5,000 fires/s is the target, but the cluster saturates near 500 runs/s and
+# the load phase of that scenario does not finish; measure it again once
+# results are batched:
+# kb dispatch --jobs 10000 --rate 5000 --duration "$((SECS * 2))s" >"$OUT/dispatch-5000.json"
 echo "failover ..." >&2
-kb failover --kills "$KILLS" >"$OUT/failover.json"
+run_into failover.json kb failover --kills "$KILLS"
 echo "scale ..." >&2
-kb scale --jobs "$SCALE" >"$OUT/scale.json"
+run_into scale.json kb scale --jobs "$SCALE"
 echo "etcd ..." >&2
-benches/etcd-compare.sh "$SECS" 256 >"$OUT/etcd.md"
+run_into etcd.md benches/etcd-compare.sh "$SECS" 256
 echo "memory and micro ..." >&2
 cargo bench -q --bench state_memory -- index 2>/dev/null | grep '^{' >"$OUT/memory-index.json"
 cargo bench -q --bench state_memory -- state 2>/dev/null | grep '^{' >"$OUT/memory-state.json"
@@ -57,8 +63,8 @@ $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 |---|---|---|
 | create throughput, 64 clients | ≥ 3 × etcd's, p99 ≤ etcd's | $(j create-64.json '.throughput_per_s|floor') /s, p99 $(j create-64.json '.p99_ms*100|floor/100') ms (etcd: see below) |
 | create latency, 1 client, p50 | ≤ etcd's | $(j create-1.json '.p50_ms*100|floor/100') ms (etcd: see below) |
-| dispatch, \`noop\` | ≥ 20,000 runs/s | $(j dispatch-5000.json '.runs_per_s|floor') runs/s completed of $(j dispatch-5000.json '.offered_fires_per_s|floor') offered |
-| fire lateness at 5,000 fires/s | p50 ≤ 2 ms, p99 ≤ 10 ms | p50 ≤ $(j dispatch-5000.json '.lateness_p50_ms_at_most') ms, p99 ≤ $(j dispatch-5000.json '.lateness_p99_ms_at_most') ms |
+| dispatch, \`noop\` | ≥ 20,000 runs/s | $(j dispatch-1000.json '.runs_per_s|floor') runs/s completed of $(j dispatch-1000.json '.offered_fires_per_s|floor') offered (saturated) |
+| fire lateness at 5,000 fires/s | p50 ≤ 2 ms, p99 ≤ 10 ms | not reached: at 1,000 fires/s p50 ≤ $(j dispatch-1000.json '.lateness_p50_ms_at_most') ms, p99 ≤ $(j dispatch-1000.json '.lateness_p99_ms_at_most') ms |
 | failover, leader kill → first dispatched run | ≤ 1 s at p99 over 20 kills | p99 $(j failover.json '.run_p99_ms|floor') ms over $(j failover.json '.kills') kills |
 | scale | 1M jobs at ≤ 1 KiB/job; restart ≤ 10 s | $(j scale.json '.jobs') jobs: $(j scale.json '[.nodes[].bytes_per_job]|max|floor') B/job (worst node); restart to ready $(j scale.json '.restart_to_ready_s*10|floor/10') s |
 
@@ -81,7 +87,7 @@ Lateness is nominal time → handler start, read from the nodes'
 
 | jobs | offered fires/s | completed runs/s | lateness p50 | p99 | p999 |
 |---:|---:|---:|---:|---:|---:|
-$(for f in dispatch-1000.json dispatch-5000.json; do j "$f" '"| \(.jobs) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms |"'; done)
+$(for f in dispatch-250.json dispatch-1000.json; do j "$f" '"| \(.jobs) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms |"'; done)
 
 ## Failover (\`kairos-bench failover --kills $KILLS\`)
 
@@ -109,7 +115,7 @@ $(j scale.json '.nodes[] | "| \(.node) | \(.role) | \(.resident_mib|floor) MiB |
 
 | benchmark | time per iteration |
 |---|---:|
-$(awk '{ printf "| %s | %s ns (± %s) |\n", $2, $5, $8 }' "$OUT/micro.txt" | tr -d ')')
+$(awk '{ sub(/\)/, "", $8); printf "| %s | %s ns (± %s) |\n", $2, $5, $8 }' "$OUT/micro.txt")
 
 EOF
   # The hand-written reading of the figures (profiles, what limits what).
