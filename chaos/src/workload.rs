@@ -336,8 +336,7 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
         Err(status) => classify(&status),
     };
     op.end_ms = log.now_ms();
-    op.seq = log.seq.fetch_add(1, Ordering::SeqCst);
-    log.push(op);
+    log.record(op);
 }
 
 /// Read-modify-write of the job's payload at the version just read.

@@ -234,10 +234,7 @@ impl RunService for Api {
         self.observed("WatchRuns", async {
             let req = request.into_inner();
             let job = (!req.job_id.is_empty()).then_some(req.job_id);
-            let after = req.after.map(|p| Position {
-                revision: p.revision,
-                run_id: p.run_id,
-            });
+            let after = req.after.map(Position::from_pb);
             Ok(Response::new(watch_runs(
                 self.node.state.clone(),
                 job,

@@ -64,6 +64,14 @@ impl Position {
         }
     }
 
+    /// From the message form.
+    pub fn from_pb(position: pb::WatchPosition) -> Position {
+        Position {
+            revision: position.revision,
+            run_id: position.run_id,
+        }
+    }
+
     /// Where `run` is in the stream.
     pub fn of(run: &Run) -> Position {
         Position {
