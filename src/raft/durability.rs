@@ -11,12 +11,23 @@
 //! The test `tests/durability.rs` runs a node's log store under `strace` and
 //! checks that every acknowledged append is preceded by an `fdatasync` of the
 //! data file.
+//!
+//! sled takes an exclusive `flock` on its data file and releases it only when
+//! its last background thread exits, which can be a moment after the last
+//! `Db` handle is dropped (spacejam/sled#1234). Reopening a database in the
+//! same process (tests, an in-process restart) can therefore meet our own
+//! lock; [`Disk::open`] waits for it for a bounded time ([`LOCK_WAIT`]) and
+//! then reports the lock clearly. Any other error is returned at once.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// How long [`Disk::open`] waits for sled's lock on the data file to be released.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The node's sled database and a handle to fsync it.
 #[derive(Clone)]
@@ -32,15 +43,16 @@ impl Disk {
     pub fn open(dir: &Path) -> Result<Disk> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::internal(format!("create {}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir)
-            // Large segments keep values up to ~2 MiB inline (blob files are not fsynced).
-            .segment_size(8 << 20)
-            // We flush ourselves before every acknowledgement; the background flusher
-            // only bounds what a crash loses of the unsynced state machine tables.
-            .flush_every_ms(Some(1_000))
-            .open()
-            .map_err(|e| Error::internal(format!("open sled at {}: {e}", dir.display())))?;
+        let config = sled_config(dir);
+        let db = open_waiting_for_lock(|| config.open(), LOCK_WAIT, Instant::now, std::thread::sleep)
+            .map_err(|e| {
+                let held = if is_lock_contention(&e) {
+                    format!(" (still locked after {LOCK_WAIT:?}: is another kairos using this data dir?)")
+                } else {
+                    String::new()
+                };
+                Error::internal(format!("open sled at {}: {e}{held}", dir.display()))
+            })?;
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(|e| Error::internal(format!("open {}: {e}", data_path.display())))?;
@@ -63,5 +75,152 @@ impl Disk {
         tokio::task::spawn_blocking(move || disk.sync())
             .await
             .map_err(std::io::Error::other)?
+    }
+}
+
+/// How Kairos configures sled.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        // Large segments keep values up to ~2 MiB inline (blob files are not fsynced).
+        .segment_size(8 << 20)
+        // We flush ourselves before every acknowledgement; the background flusher
+        // only bounds what a crash loses of the unsynced state machine tables.
+        .flush_every_ms(Some(1_000))
+}
+
+/// True when sled refused to open because the data file's `flock` is held.
+/// sled 0.34 reports it as an `ErrorKind::Other` I/O error whose message
+/// starts with "could not acquire lock" (src/config.rs), its only signal.
+fn is_lock_contention(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
+/// Calls `open` until it succeeds, fails with anything but lock contention, or
+/// `wait` has passed (then the last contention error is returned). Time and
+/// sleeping are passed in so the loop is tested without a real lock.
+fn open_waiting_for_lock<T>(
+    mut open: impl FnMut() -> sled::Result<T>,
+    wait: Duration,
+    now: impl Fn() -> Instant,
+    sleep: impl Fn(Duration),
+) -> sled::Result<T> {
+    let deadline = now() + wait;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match open() {
+            Err(e) if is_lock_contention(&e) && now() < deadline => {
+                sleep(pause.min(deadline.saturating_duration_since(now())));
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn locked() -> sled::Error {
+        sled::Error::Io(std::io::Error::other(
+            "could not acquire lock on \"db\": WouldBlock",
+        ))
+    }
+
+    /// A clock that only moves when the loop sleeps.
+    struct FakeTime {
+        start: Instant,
+        elapsed: Cell<Duration>,
+    }
+
+    impl FakeTime {
+        fn new() -> FakeTime {
+            FakeTime {
+                start: Instant::now(),
+                elapsed: Cell::new(Duration::ZERO),
+            }
+        }
+        fn now(&self) -> Instant {
+            self.start + self.elapsed.get()
+        }
+        fn sleep(&self, d: Duration) {
+            self.elapsed.set(self.elapsed.get() + d);
+        }
+    }
+
+    #[test]
+    fn waits_out_a_lock_that_is_released() {
+        let time = FakeTime::new();
+        let attempts = Cell::new(0);
+        let opened = open_waiting_for_lock(
+            || {
+                attempts.set(attempts.get() + 1);
+                if attempts.get() < 4 {
+                    Err(locked())
+                } else {
+                    Ok("db")
+                }
+            },
+            Duration::from_secs(5),
+            || time.now(),
+            |d| time.sleep(d),
+        );
+        assert_eq!(opened.unwrap(), "db");
+        assert_eq!(attempts.get(), 4);
+        assert!(time.elapsed.get() < Duration::from_secs(1), "backs off from 5 ms");
+    }
+
+    #[test]
+    fn gives_up_on_a_held_lock_at_the_deadline() {
+        let time = FakeTime::new();
+        let opened: sled::Result<()> = open_waiting_for_lock(
+            || Err(locked()),
+            Duration::from_secs(5),
+            || time.now(),
+            |d| time.sleep(d),
+        );
+        assert!(is_lock_contention(&opened.unwrap_err()));
+        assert_eq!(
+            time.elapsed.get(),
+            Duration::from_secs(5),
+            "waits exactly the bound"
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_retried() {
+        let time = FakeTime::new();
+        let attempts = Cell::new(0);
+        let opened: sled::Result<()> = open_waiting_for_lock(
+            || {
+                attempts.set(attempts.get() + 1);
+                Err(sled::Error::Unsupported("bad format".into()))
+            },
+            Duration::from_secs(5),
+            || time.now(),
+            |d| time.sleep(d),
+        );
+        assert!(matches!(opened, Err(sled::Error::Unsupported(_))));
+        assert_eq!(attempts.get(), 1);
+        assert_eq!(time.elapsed.get(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_data_dir_in_use_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Disk::open(dir.path()).unwrap();
+        // The real open waits LOCK_WAIT; exercise the same path with a short bound.
+        let config = sled_config(dir.path());
+        let second = open_waiting_for_lock(
+            || config.open(),
+            Duration::from_millis(50),
+            Instant::now,
+            std::thread::sleep,
+        );
+        let error = second.unwrap_err();
+        assert!(is_lock_contention(&error), "{error:?}");
     }
 }
