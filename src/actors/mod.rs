@@ -14,11 +14,13 @@
 //!   least-loaded worker pool.
 //!
 //! Every node also runs a [`worker::WorkerPool`] (not leader-only), reachable
-//! from other nodes over the worker network of [`cluster`].
+//! from other nodes over the worker network of [`cluster`], and a
+//! [`reporter::ResultReporter`] that commits its workers' results in batches.
 
 pub mod cluster;
 pub mod dispatcher;
 pub mod limits;
+pub mod reporter;
 pub mod timer;
 pub mod worker;
 

@@ -8,9 +8,10 @@
 //! A worker runs the handler on its own task and, while it runs, heartbeats
 //! the attempt's lease through Raft (`Heartbeat`, forwarded to the leader). A
 //! refused heartbeat (stale token) or a cancelled run cancels the handler. The
-//! result is reported with `FinishAttempt` and re-sent with back-off until a
-//! leader commits it, so a result that lands during a failover is not lost; a
-//! repeat of a committed result is acknowledged by the state machine.
+//! result goes to the node's [`ResultReporter`], which commits the results of
+//! all the pool's workers in batches (`FinishAttempts`) and re-sends them
+//! until a leader commits them, so a result that lands during a failover is
+//! not lost; a repeat of a committed result is acknowledged by the state machine.
 //!
 //! A handler that panics fails its attempt with the panic message (retried by
 //! policy); the worker then fails on purpose and its pool restarts it.
@@ -23,20 +24,19 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, Super
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::reporter::ResultReporter;
 use crate::error::Error;
 use crate::handlers::{HandlerError, Registry, RunContext};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::raft::{decode, encode};
-use crate::scheduler::run::{AttemptOutcome, RunId};
+use crate::scheduler::run::{AttemptOutcome, AttemptResult, RunId};
 use crate::scheduler::{Command, Response};
 
 /// Most work items a pool queues beyond its busy workers.
 const MAX_QUEUED_ITEMS: usize = 10_000;
 /// Principal recorded for worker proposals.
 const PRINCIPAL: &str = "kairos-worker";
-/// How long a worker keeps re-sending an unacknowledged result.
-const REPORT_FOR: Duration = Duration::from_secs(600);
 
 /// The process group of the worker pool of Raft node `id`.
 pub fn group(id: u64) -> String {
@@ -150,6 +150,8 @@ pub struct WorkerEnv {
     registry: Arc<Registry>,
     /// Where lateness and outcomes are recorded.
     metrics: Arc<Metrics>,
+    /// Commits results to the leader in batches.
+    results: ResultReporter,
 }
 
 async fn spawn_worker(
@@ -176,10 +178,13 @@ impl Actor for WorkerPool {
         myself: ActorRef<WorkerPoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
+        // The reporter's task outlives the pool until its queue is drained.
+        let (results, _) = ResultReporter::spawn(args.node.clone());
         let env = WorkerEnv {
             node: args.node.clone(),
             registry: args.registry,
             metrics: args.metrics,
+            results,
         };
         let mut workers = Vec::with_capacity(args.workers);
         for n in 0..args.workers {
@@ -301,13 +306,12 @@ impl Actor for Worker {
             AttemptOutcome::Failed { kind, .. } => kind.clone(),
         };
         state.env.metrics.observe_attempt(&item.job_type, &label);
-        tokio::spawn(report(
-            state.env.node.clone(),
-            item.run_id,
-            item.token,
+        state.env.results.report(AttemptResult {
+            run_id: item.run_id,
+            token: item.token,
             outcome,
-            output,
-        ));
+            output_tail: output,
+        });
         let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
         match panic {
             Some(message) => Err(format!("handler panicked: {message}").into()),
@@ -397,36 +401,6 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             )
         }
         Err(e) => (failed("aborted", e.to_string(), true), String::new(), None),
-    }
-}
-
-/// Reports an attempt's result, re-sending until a leader commits it.
-async fn report(node: Arc<Node>, run_id: RunId, token: u64, outcome: AttemptOutcome, output: String) {
-    let give_up = tokio::time::Instant::now() + REPORT_FOR;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let command = Command::FinishAttempt {
-            run_id,
-            token,
-            outcome: outcome.clone(),
-            output_tail: output.clone(),
-        };
-        match node.write_fenced(PRINCIPAL, command).await {
-            Ok(_) => return,
-            Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
-                tracing::info!(run = run_id, "result not recorded: {m}");
-                return;
-            }
-            Err(e) if tokio::time::Instant::now() < give_up => {
-                tracing::debug!(run = run_id, "result not committed yet ({e}); re-sending");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                tracing::error!(run = run_id, "giving up reporting the result: {e}");
-                return;
-            }
-        }
     }
 }
 

@@ -129,6 +129,19 @@ pub enum AttemptOutcome {
     },
 }
 
+/// One attempt's result as a worker reports it (see `Command::FinishAttempts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptResult {
+    /// Which run.
+    pub run_id: RunId,
+    /// The attempt's fencing token.
+    pub token: u64,
+    /// Success or failure.
+    pub outcome: AttemptOutcome,
+    /// Last output of the handler (truncated to 4 KiB when applied).
+    pub output_tail: String,
+}
+
 /// Per-job counters; never truncated by history retention.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobCounters {

@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::job::{Job, JobId, JobPatch, JobSpec, JobStatus};
-use super::run::{AttemptOutcome, JobCounters, Run, RunId};
+use super::run::{AttemptOutcome, AttemptResult, JobCounters, Run, RunId};
 use super::schedule::Schedule;
 use crate::error::Error;
 
@@ -157,6 +157,13 @@ pub enum Command {
         /// Last output of the handler (truncated to 4 KiB).
         output_tail: String,
     },
+    /// `FinishAttempt` for many attempts in one entry (one flush of a node's
+    /// result reporter). Each result is applied on its own: a stale or
+    /// repeated one does not hold back the others.
+    FinishAttempts {
+        /// The results, in the order the node reported them.
+        results: Vec<AttemptResult>,
+    },
     /// Time out attempts whose lease or time limit expired and runs that
     /// missed their start deadline (each is re-checked against the command time).
     ExpireRuns {
@@ -185,6 +192,7 @@ impl Command {
             Command::StartAttempts { .. } => "start_attempts",
             Command::Heartbeat { .. } => "heartbeat",
             Command::FinishAttempt { .. } => "finish_attempt",
+            Command::FinishAttempts { .. } => "finish_attempts",
             Command::ExpireRuns { .. } => "expire_runs",
             Command::CancelRun { .. } => "cancel_run",
         }
@@ -210,6 +218,13 @@ pub enum Response {
     },
     /// The attempts a `StartAttempts` entry started (runs now queued).
     Started(Vec<Run>),
+    /// What became of each result of a `FinishAttempts` entry.
+    Finished {
+        /// Results recorded now or acknowledged as repeats.
+        recorded: u32,
+        /// Results refused, with why (stale fencing token, run gone, ...).
+        refused: Vec<(RunId, String)>,
+    },
     /// A heartbeat was accepted; `cancelled` tells the worker to stop.
     Lease {
         /// The run was cancelled: abort the attempt.
@@ -632,6 +647,7 @@ impl State {
                 outcome,
                 output_tail,
             } => self.finish_attempt(*run_id, *token, outcome, output_tail, at_ms, changes),
+            Command::FinishAttempts { results } => Ok(self.finish_attempts(results, at_ms, changes)),
             Command::ExpireRuns { run_ids } => Ok(self.expire_runs(run_ids, at_ms, changes)),
             Command::CancelRun { run_id } => self.cancel_run(*run_id, at_ms, changes),
         }

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::scheduler::firing::plan_fires;
 use crate::scheduler::job::{JobId, Overlap};
 use crate::scheduler::run::{
-    retry_delay_ms, AttemptOutcome, Run, RunCause, RunId, RunStatus, MAX_OUTPUT_TAIL,
+    retry_delay_ms, AttemptOutcome, AttemptResult, Run, RunCause, RunId, RunStatus, MAX_OUTPUT_TAIL,
 };
 use crate::scheduler::schedule::Schedule;
 
@@ -598,6 +598,31 @@ impl State {
         run.lease_expires_ms = at_ms.saturating_add(timeout as i64);
         self.put_run(run, changes);
         Ok(Response::Lease { cancelled: false })
+    }
+
+    /// `FinishAttempts`: [`State::finish_attempt`] for each result.
+    pub(super) fn finish_attempts(
+        &mut self,
+        results: &[AttemptResult],
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> Response {
+        let mut recorded = 0;
+        let mut refused = Vec::new();
+        for result in results {
+            match self.finish_attempt(
+                result.run_id,
+                result.token,
+                &result.outcome,
+                &result.output_tail,
+                at_ms,
+                changes,
+            ) {
+                Ok(_) => recorded += 1,
+                Err(e) => refused.push((result.run_id, e.to_string())),
+            }
+        }
+        Response::Finished { recorded, refused }
     }
 
     /// `FinishAttempt`: records the fenced attempt's result. A repeat of an

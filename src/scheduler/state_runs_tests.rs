@@ -4,7 +4,7 @@
 use super::super::StateParts;
 use super::*;
 use crate::scheduler::job::{Catchup, JobPatch, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
-use crate::scheduler::run::{AttemptOutcome, RunStatus};
+use crate::scheduler::run::{AttemptOutcome, AttemptResult, RunStatus};
 use crate::scheduler::{Command, Request};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -585,6 +585,56 @@ fn one_entry_starts_many_attempts_and_each_is_fenced_by_it() {
     sm.finish(created[0], token, T0 + SEC + 3, AttemptOutcome::Succeeded)
         .unwrap();
     assert_eq!(sm.status(created[0]), RunStatus::Succeeded);
+}
+
+#[test]
+fn one_entry_records_many_results_and_refuses_only_the_stale_ones() {
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| p.overlap = Overlap::AllowAll);
+    sm.job("b", T0 - 500, |_| {});
+    sm.job("c", T0 - 500, |_| {});
+    let (created, _) = sm.tick(T0 + SEC);
+    let tokens: Vec<u64> = created.iter().map(|&id| sm.start(id, T0 + SEC + 1)).collect();
+    let result = |i: usize, token: u64, outcome: AttemptOutcome| AttemptResult {
+        run_id: created[i],
+        token,
+        outcome,
+        output_tail: format!("run {i}"),
+    };
+    let results = vec![
+        result(0, tokens[0], AttemptOutcome::Succeeded),
+        result(1, tokens[1] - 1, AttemptOutcome::Succeeded),
+        result(2, tokens[2], failed(false)),
+    ];
+    let reply = sm
+        .apply(
+            T0 + SEC + 2,
+            Command::FinishAttempts {
+                results: results.clone(),
+            },
+        )
+        .unwrap();
+    let Response::Finished { recorded, refused } = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(recorded, 2);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0, created[1]);
+    assert!(refused[0].1.contains("stale fencing token"), "{}", refused[0].1);
+    assert_eq!(sm.status(created[0]), RunStatus::Succeeded);
+    assert_eq!(sm.status(created[1]), RunStatus::Queued);
+    assert_eq!(sm.status(created[2]), RunStatus::Failed);
+    assert_eq!(sm.state.run(created[0]).unwrap().output_tail, "run 0");
+    // The same entry again (a re-send after a lost reply) changes nothing.
+    let before = (sm.counters("a"), sm.counters("c"));
+    let again = sm
+        .apply(T0 + SEC + 3, Command::FinishAttempts { results })
+        .unwrap();
+    assert!(
+        matches!(again, Response::Finished { recorded: 2, .. }),
+        "{again:?}"
+    );
+    assert_eq!((sm.counters("a"), sm.counters("c")), before);
 }
 
 #[test]

@@ -1,0 +1,262 @@
+//! The result reporter: carries attempt results from a node's workers to the
+//! Raft leader, many results per log entry.
+//!
+//! A worker that finishes an attempt hands its [`AttemptResult`] to the
+//! node's reporter and is free at once. The reporter keeps one write in
+//! flight: while a `FinishAttempts` entry is being committed, the results
+//! that arrive queue up and go out together in the next entry — group commit,
+//! so the number of entries follows the commit latency, not the run rate.
+//!
+//! A result is re-sent until a leader commits it (a write that fails or
+//! times out is retried with back-off, joined by whatever arrived meanwhile),
+//! so a run that finishes during a failover is not lost; the state machine
+//! acknowledges a repeat of a recorded result without change and refuses a
+//! stale one, per result. A result still unsent after [`REPORT_FOR`] is
+//! dropped with an error: by then its lease has long expired and the attempt
+//! was retried elsewhere.
+//!
+//! Shutdown: the reporter's task ends when every [`ResultReporter`] handle is
+//! dropped and what was queued has been committed or given up.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::node::Node;
+use crate::scheduler::run::AttemptResult;
+use crate::scheduler::{Command, Response};
+
+/// Principal recorded for the reporter's proposals.
+const PRINCIPAL: &str = "kairos-worker";
+/// How long a result is re-sent before it is given up.
+pub const REPORT_FOR: Duration = Duration::from_secs(600);
+/// Most results in one entry.
+const MAX_BATCH: usize = 512;
+/// Most output bytes in one entry (each tail is at most 4 KiB).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// First and longest pause before re-sending a batch that was not committed.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Where batches of results are committed: the Raft node, or a fake in tests.
+pub trait ResultSink: Send + Sync + 'static {
+    /// Commits one `FinishAttempts` entry (through the leader).
+    fn finish(&self, results: Vec<AttemptResult>) -> impl Future<Output = Result<Response>> + Send;
+}
+
+impl ResultSink for Node {
+    async fn finish(&self, results: Vec<AttemptResult>) -> Result<Response> {
+        self.write_fenced(PRINCIPAL, Command::FinishAttempts { results })
+            .await
+    }
+}
+
+/// A handle to the node's reporter; cheap to clone.
+#[derive(Clone)]
+pub struct ResultReporter {
+    queue: mpsc::UnboundedSender<(AttemptResult, Instant)>,
+}
+
+impl ResultReporter {
+    /// Starts a reporter writing to `sink`; its task ends after the last
+    /// handle is dropped and the queue is drained.
+    pub fn spawn<S: ResultSink>(sink: Arc<S>) -> (ResultReporter, JoinHandle<()>) {
+        let (queue, incoming) = mpsc::unbounded_channel();
+        let task = tokio::spawn(report_results(sink, incoming));
+        (ResultReporter { queue }, task)
+    }
+
+    /// Queues a result; it is re-sent until committed (or [`REPORT_FOR`] passes).
+    pub fn report(&self, result: AttemptResult) {
+        if self.queue.send((result, Instant::now())).is_err() {
+            tracing::error!("result reporter stopped; the attempt's lease will expire");
+        }
+    }
+}
+
+/// The reporter's loop: one batch in flight, retried until committed.
+async fn report_results<S: ResultSink>(
+    sink: Arc<S>,
+    mut incoming: mpsc::UnboundedReceiver<(AttemptResult, Instant)>,
+) {
+    let mut pending: Vec<(AttemptResult, Instant)> = Vec::new();
+    let mut retry_in = RETRY_FIRST;
+    loop {
+        if pending.is_empty() {
+            match incoming.recv().await {
+                Some(result) => pending.push(result),
+                None => return,
+            }
+        }
+        let mut bytes: usize = pending.iter().map(|(r, _)| r.output_tail.len()).sum();
+        while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match incoming.try_recv() {
+                Ok(result) => {
+                    bytes += result.0.output_tail.len();
+                    pending.push(result);
+                }
+                Err(_) => break,
+            }
+        }
+        let batch: Vec<AttemptResult> = pending.iter().map(|(r, _)| r.clone()).collect();
+        match sink.finish(batch).await {
+            Ok(Response::Finished { recorded, refused }) => {
+                for (run, why) in &refused {
+                    tracing::info!(run, "result not recorded: {why}");
+                }
+                tracing::debug!(recorded, refused = refused.len(), "results committed");
+                pending.clear();
+                retry_in = RETRY_FIRST;
+            }
+            Ok(other) => {
+                tracing::warn!("unexpected reply to FinishAttempts: {other:?}");
+                pending.clear();
+            }
+            Err(e) => {
+                let now = Instant::now();
+                pending.retain(|(result, queued)| {
+                    let keep = now.duration_since(*queued) < REPORT_FOR;
+                    if !keep {
+                        tracing::error!(run = result.run_id, "giving up reporting the result: {e}");
+                    }
+                    keep
+                });
+                tracing::debug!(
+                    results = pending.len(),
+                    "results not committed yet ({e}); re-sending"
+                );
+                tokio::time::sleep(retry_in).await;
+                retry_in = (retry_in * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::error::Error;
+    use crate::scheduler::run::AttemptOutcome;
+
+    /// Records every batch; refuses the first `fail_first` writes as a
+    /// leaderless cluster would, and waits for `gate` before answering.
+    struct FakeSink {
+        batches: Mutex<Vec<Vec<u64>>>,
+        fail_first: Mutex<usize>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl FakeSink {
+        fn new(fail_first: usize, open: bool) -> Arc<FakeSink> {
+            Arc::new(FakeSink {
+                batches: Mutex::new(Vec::new()),
+                fail_first: Mutex::new(fail_first),
+                gate: tokio::sync::Semaphore::new(if open { 1 << 20 } else { 0 }),
+            })
+        }
+        fn batches(&self) -> Vec<Vec<u64>> {
+            self.batches.lock().unwrap().clone()
+        }
+    }
+
+    impl ResultSink for FakeSink {
+        async fn finish(&self, results: Vec<AttemptResult>) -> Result<Response> {
+            self.gate.acquire().await.unwrap().forget();
+            self.batches
+                .lock()
+                .unwrap()
+                .push(results.iter().map(|r| r.run_id).collect());
+            let mut fail = self.fail_first.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Err(Error::unavailable("no leader"));
+            }
+            Ok(Response::Finished {
+                recorded: results.len() as u32,
+                refused: vec![],
+            })
+        }
+    }
+
+    fn result(run_id: u64) -> AttemptResult {
+        AttemptResult {
+            run_id,
+            token: 7,
+            outcome: AttemptOutcome::Succeeded,
+            output_tail: String::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_that_arrive_during_a_write_share_the_next_entry() {
+        let sink = FakeSink::new(0, false);
+        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        reporter.report(result(1));
+        // The first write is held at the gate; three more results queue behind it.
+        tokio::task::yield_now().await;
+        for run in 2..=4 {
+            reporter.report(result(run));
+        }
+        sink.gate.add_permits(2);
+        drop(reporter);
+        task.await.unwrap();
+        assert_eq!(sink.batches(), vec![vec![1], vec![2, 3, 4]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_was_not_committed_is_resent_with_what_arrived_meanwhile() {
+        let sink = FakeSink::new(2, true);
+        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        reporter.report(result(1));
+        reporter.report(result(2));
+        // Let the first (failing) write happen, then add one more result.
+        while sink.batches().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        reporter.report(result(3));
+        drop(reporter);
+        task.await.unwrap();
+        assert_eq!(sink.batches(), vec![vec![1, 2], vec![1, 2, 3], vec![1, 2, 3]]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_result_is_given_up_after_report_for() {
+        let sink = FakeSink::new(usize::MAX, true);
+        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        reporter.report(result(1));
+        drop(reporter);
+        let started = Instant::now();
+        task.await.unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= REPORT_FOR, "gave up after {waited:?}");
+        assert!(waited < REPORT_FOR + RETRY_MAX * 2, "kept trying for {waited:?}");
+        assert!(
+            sink.batches().len() > 100,
+            "re-sent {} times",
+            sink.batches().len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_capped() {
+        let sink = FakeSink::new(0, false);
+        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        reporter.report(result(0));
+        tokio::task::yield_now().await;
+        for run in 1..=MAX_BATCH as u64 + 10 {
+            reporter.report(result(run));
+        }
+        sink.gate.add_permits(3);
+        drop(reporter);
+        task.await.unwrap();
+        let sizes: Vec<usize> = sink.batches().iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![1, MAX_BATCH, 10]);
+    }
+}
