@@ -348,11 +348,10 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     // M jobs every I ms, phases spread evenly: M / I fires per ms = rate.
     let interval_ms = ((jobs as u64 * 1000) / rate.max(1)).max(1000);
     let actual_rate = jobs as f64 * 1000.0 / interval_ms as f64;
-    let mut client = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
     let loaded = Instant::now();
-    for i in 0..jobs {
+    load_jobs(&cluster.node(leader).grpc, jobs, 32, "dispatch", move |i| {
         let phase = (i as u64 * interval_ms) / jobs as u64;
-        let job = pb::ScheduledJob {
+        pb::ScheduledJob {
             id: format!("due-{i:07}"),
             r#type: "noop".into(),
             schedule_spec: Some(pb::ScheduleSpec {
@@ -366,18 +365,9 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        client
-            .create_job(pb::CreateJobRequest {
-                job: Some(job),
-                request_id: String::new(),
-            })
-            .await
-            .expect("create");
-        if i % 500 == 0 {
-            progress(format!("dispatch: loading jobs {i}/{jobs}"));
         }
-    }
+    })
+    .await;
     // Warm up one interval, then measure.
     tokio::time::sleep(Duration::from_millis(interval_ms)).await;
     let (succeeded_before, lateness_before) = scrape(&cluster).await;
@@ -564,19 +554,24 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-async fn scale(jobs: usize, clients: usize) {
-    let (mut cluster, leader) = started_cluster().await;
-    let before: Vec<(u64, u64)> = cluster
-        .nodes
-        .iter()
-        .map(|n| (n.id, n.pid().map_or(0, resident_bytes)))
-        .collect();
-    let addr = cluster.node(leader).grpc.clone();
+/// Creates jobs `0..jobs` (built by `job`) with `clients` concurrent clients
+/// against `addr`, showing progress. A create is retried (same request id, so
+/// a retry of one that did commit is answered as the first) at most 5 times;
+/// a job that still fails stops the tool with the server's error.
+async fn load_jobs(
+    addr: &str,
+    jobs: usize,
+    clients: usize,
+    label: &'static str,
+    job: impl Fn(usize) -> pb::ScheduledJob + Send + Sync + 'static,
+) {
+    let job = Arc::new(job);
     let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (addr, next) = (addr.clone(), next.clone());
+        let (addr, next, done, job) = (addr.to_string(), next.clone(), done.clone(), job.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = JobServiceClient::new(channel(&addr).await);
             loop {
@@ -584,39 +579,51 @@ async fn scale(jobs: usize, clients: usize) {
                 if i >= jobs {
                     return;
                 }
-                let job = pb::ScheduledJob {
-                    id: format!("scale-{i:08}"),
-                    r#type: "noop".into(),
-                    schedule: "*/5 * * * *".into(),
-                    payload: vec![b'x'; 64],
-                    ..Default::default()
+                let request = pb::CreateJobRequest {
+                    job: Some(job(i)),
+                    request_id: format!("{label}-{i}"),
                 };
-                // Bounded retries: a create that keeps failing stops the load.
-                for attempt in 0..5 {
-                    let request = pb::CreateJobRequest {
-                        job: Some(job.clone()),
-                        request_id: format!("scale-{i}"),
-                    };
-                    if client.create_job(request).await.is_ok() {
-                        break;
-                    }
-                    assert!(attempt < 4, "create {i} failed 5 times");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut attempt = 0;
+                while let Err(status) = client.create_job(request.clone()).await {
+                    attempt += 1;
+                    assert!(attempt < 5, "create {i} failed 5 times, last: {status}");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     while tasks.iter().any(|t| !t.is_finished()) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let done = next.load(Ordering::Relaxed).min(jobs as u64);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let done = done.load(Ordering::Relaxed);
         progress(format!(
-            "scale: {done}/{jobs} jobs, {:.0}/s",
+            "{label}: loading jobs {done}/{jobs}, {:.0}/s",
             done as f64 / started.elapsed().as_secs_f64()
         ));
     }
     for task in tasks {
         task.await.expect("loader");
     }
+}
+
+async fn scale(jobs: usize, clients: usize) {
+    let (mut cluster, leader) = started_cluster().await;
+    let before: Vec<(u64, u64)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.pid().map_or(0, resident_bytes)))
+        .collect();
+    let started = Instant::now();
+    load_jobs(&cluster.node(leader).grpc, jobs, clients, "scale", |i| {
+        pb::ScheduledJob {
+            id: format!("scale-{i:08}"),
+            r#type: "noop".into(),
+            schedule: "*/5 * * * *".into(),
+            payload: vec![b'x'; 64],
+            ..Default::default()
+        }
+    })
+    .await;
     let load_seconds = started.elapsed().as_secs_f64();
     eprintln!();
     let per_node: Vec<serde_json::Value> = cluster

@@ -216,10 +216,7 @@ impl Metrics {
         {
             let state = node.state.read();
             self.jobs_stored.set(as_gauge(state.job_count() as u64));
-            let pending = state
-                .runs()
-                .filter(|r| r.status == crate::scheduler::RunStatus::Pending)
-                .count();
+            let pending = state.pending_count();
             self.runs_pending.set(as_gauge(pending as u64));
             let (missed, skipped) = state
                 .counters_iter()

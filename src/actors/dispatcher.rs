@@ -118,7 +118,7 @@ impl Actor for Dispatcher {
             let view = state.node.state.read();
             let mut load: BTreeMap<u64, u64> = BTreeMap::new();
             let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
-            for run in view.runs().filter(|r| r.status.is_active()) {
+            for run in view.active_runs() {
                 if let Some(node) = run.node {
                     *load.entry(node).or_default() += 1;
                 }

@@ -339,6 +339,16 @@ pub struct State {
     /// vanish before the run does, so removal uses what was filed.
     #[serde(skip)]
     filed_deadline: BTreeMap<RunId, i64>,
+    /// `(not_before_ms, run id)` of every pending run: the dispatcher's
+    /// queue, in the order runs may start (derived).
+    #[serde(skip)]
+    pending_order: BTreeSet<(i64, RunId)>,
+    /// Pending run ids of each job, oldest first (derived).
+    #[serde(skip)]
+    pending_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
+    /// Queued or running run ids of each job (derived).
+    #[serde(skip)]
+    active_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
 }
 
 impl State {
@@ -382,6 +392,9 @@ impl State {
         self.runs_by_job.clear();
         self.deadline_index.clear();
         self.filed_deadline.clear();
+        self.pending_order.clear();
+        self.pending_by_job.clear();
+        self.active_by_job.clear();
         let runs: Vec<Run> = self.runs.values().cloned().collect();
         for run in runs {
             self.index_run(&run);
@@ -450,6 +463,19 @@ impl State {
     /// A run by id.
     pub fn run(&self, id: RunId) -> Option<&Run> {
         self.runs.get(&id)
+    }
+
+    /// Runs queued or running (on any node), by job.
+    pub fn active_runs(&self) -> impl Iterator<Item = &Run> {
+        self.active_by_job
+            .values()
+            .flatten()
+            .filter_map(|id| self.runs.get(id))
+    }
+
+    /// Number of runs waiting to be dispatched.
+    pub fn pending_count(&self) -> usize {
+        self.pending_order.len()
     }
 
     /// The runs of a job, oldest first.

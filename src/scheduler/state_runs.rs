@@ -92,6 +92,18 @@ impl State {
             .or_default()
             .insert(run.id);
         self.file_deadline(run);
+        if run.status == RunStatus::Pending {
+            self.pending_order.insert((run.not_before_ms, run.id));
+            self.pending_by_job
+                .entry(run.job_id.clone())
+                .or_default()
+                .insert(run.id);
+        } else if run.status.is_active() {
+            self.active_by_job
+                .entry(run.job_id.clone())
+                .or_default()
+                .insert(run.id);
+        }
     }
 
     /// Files `run` in the deadline index under its current deadline, if any.
@@ -117,10 +129,17 @@ impl State {
 
     fn unindex_run(&mut self, run: &Run) {
         self.unfile_deadline(run.id);
-        if let Some(ids) = self.runs_by_job.get_mut(&run.job_id) {
-            ids.remove(&run.id);
-            if ids.is_empty() {
-                self.runs_by_job.remove(&run.job_id);
+        self.pending_order.remove(&(run.not_before_ms, run.id));
+        for by_job in [
+            &mut self.runs_by_job,
+            &mut self.pending_by_job,
+            &mut self.active_by_job,
+        ] {
+            if let Some(ids) = by_job.get_mut(&run.job_id) {
+                ids.remove(&run.id);
+                if ids.is_empty() {
+                    by_job.remove(&run.job_id);
+                }
             }
         }
     }
@@ -154,10 +173,7 @@ impl State {
     }
 
     fn pending_runs(&self) -> usize {
-        self.runs
-            .values()
-            .filter(|r| r.status == RunStatus::Pending)
-            .count()
+        self.pending_order.len()
     }
 
     /// Creates a run of `job_id` for `nominal_ms`, applying the overlap policy.
@@ -426,27 +442,33 @@ impl State {
         Ok(Response::Fired { created, refused })
     }
 
-    /// Pending runs that may start now, oldest first, at most `limit`.
+    /// Pending runs that may start now, at most `limit`, in the order they
+    /// became ready (`not_before`, then id). Except under `allow_all`, a job
+    /// offers only its oldest pending run, and only while none of its runs is
+    /// queued or running, so a job's runs start one at a time in creation order.
+    ///
+    /// Walks the pending index only as far as `at_ms` and `limit` require:
+    /// the cost follows the queue, not the number of jobs or kept runs.
     pub fn dispatchable_runs(&self, at_ms: i64, limit: usize) -> Vec<&Run> {
         let mut out = Vec::new();
-        for (job_id, ids) in &self.runs_by_job {
+        for &(not_before, run_id) in &self.pending_order {
+            if out.len() >= limit || not_before > at_ms {
+                break;
+            }
+            let Some(run) = self.runs.get(&run_id) else {
+                continue;
+            };
             let allow_all = self
                 .jobs
-                .get(job_id)
+                .get(&run.job_id)
                 .is_some_and(|j| j.spec.policies.overlap == Overlap::AllowAll);
-            let runs = ids.iter().filter_map(|id| self.runs.get(id));
-            if !allow_all && runs.clone().any(|r| r.status.is_active()) {
-                continue;
-            }
-            let ready = runs.filter(|r| r.status == RunStatus::Pending && r.not_before_ms <= at_ms);
-            if allow_all {
-                out.extend(ready);
-            } else {
-                out.extend(ready.take(1));
+            let its_turn = allow_all
+                || (!self.active_by_job.contains_key(&run.job_id)
+                    && self.pending_by_job.get(&run.job_id).and_then(|ids| ids.first()) == Some(&run_id));
+            if its_turn {
+                out.push(run);
             }
         }
-        out.sort_by_key(|r| (r.not_before_ms, r.id));
-        out.truncate(limit);
         out
     }
 
@@ -521,8 +543,9 @@ impl State {
         }
         let overlap_blocks = policies.overlap != Overlap::AllowAll
             && self
-                .job_runs(&run.job_id)
-                .any(|r| r.id != run_id && r.status.is_active());
+                .active_by_job
+                .get(&run.job_id)
+                .is_some_and(|ids| ids.iter().any(|&id| id != run_id));
         if overlap_blocks {
             return Err(Error::FailedPrecondition(format!(
                 "another run of job {:?} is still running",

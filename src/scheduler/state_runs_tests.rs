@@ -1,6 +1,8 @@
 //! Deterministic tests of the run commands: the state machine alone, time
 //! passed in, log indexes chosen by the test.
 
+use std::collections::BTreeSet;
+
 use super::super::StateParts;
 use super::*;
 use crate::scheduler::job::{Catchup, JobPatch, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
@@ -545,6 +547,10 @@ fn a_rebuilt_state_has_the_same_indexes() {
     assert_eq!(rebuilt.fire_index, s.fire_index);
     assert_eq!(rebuilt.deadline_index, s.deadline_index);
     assert_eq!(rebuilt.runs_by_job, s.runs_by_job);
+    assert_eq!(rebuilt.pending_order, s.pending_order);
+    assert_eq!(rebuilt.pending_by_job, s.pending_by_job);
+    assert_eq!(rebuilt.active_by_job, s.active_by_job);
+    assert!(!s.pending_order.is_empty() && !s.active_by_job.is_empty());
     assert_eq!(rebuilt, *s);
 }
 
@@ -682,4 +688,112 @@ fn deadlines_follow_policy_changes_and_leave_with_a_deleted_job() {
     .unwrap();
     assert_eq!(sm.state.earliest_deadline(), None);
     assert!(sm.state.expired_runs(i64::MAX, 10).is_empty());
+}
+
+/// What `dispatchable_runs` must return, computed the slow way from every run.
+fn dispatchable_by_scan(state: &State, at_ms: i64) -> Vec<RunId> {
+    let mut out: Vec<&Run> = Vec::new();
+    for job in state.jobs() {
+        let runs: Vec<&Run> = state.job_runs(&job.id).collect();
+        let pending = runs.iter().filter(|r| r.status == RunStatus::Pending);
+        if job.spec.policies.overlap == Overlap::AllowAll {
+            out.extend(pending.filter(|r| r.not_before_ms <= at_ms));
+        } else if !runs.iter().any(|r| r.status.is_active()) {
+            out.extend(pending.take(1).filter(|r| r.not_before_ms <= at_ms));
+        }
+    }
+    out.sort_by_key(|r| (r.not_before_ms, r.id));
+    out.iter().map(|r| r.id).collect()
+}
+
+#[test]
+fn the_dispatch_indexes_stay_equal_to_a_rebuild_under_mixed_commands() {
+    let mut sm = Sm::new();
+    sm.job("all", T0 - 500, |p| {
+        p.overlap = Overlap::AllowAll;
+        p.catchup = Catchup::All;
+        p.retry.max_attempts = 3;
+        p.retry.initial_interval_ms = 700;
+    });
+    sm.job("buffer", T0 - 500, |p| {
+        p.overlap = Overlap::BufferAll;
+        p.retry.max_attempts = 3;
+        p.retry.initial_interval_ms = 1_500;
+    });
+    sm.job("skip", T0 - 500, |p| p.overlap = Overlap::Skip);
+    sm.job("one", T0 - 500, |p| p.overlap = Overlap::BufferOne);
+    // A fixed pseudo-random walk (LCG): fires, starts, results, cancels, expiry.
+    let mut seed: u64 = 42;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut now = T0;
+    for step in 0..400 {
+        now += 150 + next(400) as i64;
+        let runs: Vec<Run> = sm.state.runs().cloned().collect();
+        let pick = |i: u64| runs.get(i as usize % runs.len().max(1)).cloned();
+        match next(6) {
+            0 => {
+                sm.tick(now);
+            }
+            1 => {
+                for id in sm
+                    .state
+                    .dispatchable_runs(now, 3)
+                    .iter()
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>()
+                {
+                    sm.start(id, now);
+                }
+            }
+            2 | 3 => {
+                if let Some(run) = pick(next(1000)).filter(|r| r.status.is_active()) {
+                    let outcome = if next(2) == 0 {
+                        AttemptOutcome::Succeeded
+                    } else {
+                        failed(true)
+                    };
+                    sm.finish(run.id, run.token, now, outcome).unwrap();
+                }
+            }
+            4 => {
+                if let Some(run) = pick(next(1000)).filter(|r| !r.status.is_terminal()) {
+                    sm.apply(now, Command::CancelRun { run_id: run.id }).unwrap();
+                }
+            }
+            _ => {
+                let run_ids = sm.state.expired_runs(now, 100);
+                sm.apply(now, Command::ExpireRuns { run_ids }).unwrap();
+            }
+        }
+        let s = &sm.state;
+        let rebuilt = State::from_parts(StateParts {
+            jobs: s.jobs().cloned().collect(),
+            requests: vec![],
+            writes: vec![],
+            runs: s.runs().cloned().collect(),
+            counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            next_run_id: s.next_run_id(),
+        });
+        assert_eq!(rebuilt, *s, "step {step}");
+        let indexed: Vec<RunId> = s
+            .dispatchable_runs(now, usize::MAX)
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(indexed, dispatchable_by_scan(s, now), "step {step}");
+    }
+    // The walk reached the interesting states.
+    let statuses: BTreeSet<RunStatus> = sm.state.runs().map(|r| r.status).collect();
+    for status in [RunStatus::Succeeded, RunStatus::Cancelled] {
+        assert!(
+            statuses.contains(&status),
+            "{status:?} never reached: {statuses:?}"
+        );
+    }
+    assert!(sm.counters("all").retries > 0 && sm.counters("buffer").retries > 0);
 }
