@@ -2,9 +2,14 @@
 //! sled tables, with snapshots.
 //!
 //! The authoritative in-memory [`State`] is shared with readers through a
-//! [`StateHandle`]. Every `apply` call writes the keys it changed, together with
-//! the last applied log id and membership, in one atomic sled batch to the tree
-//! `sm`:
+//! [`StateHandle`]. `apply` collects the keys the entries changed; at most every
+//! [`TABLE_FLUSH_EVERY`] (or once [`TABLE_FLUSH_KEYS`] keys are waiting, and
+//! when the store is dropped) the current value of every collected key is
+//! written, together with the last applied log id and membership, in one
+//! atomic sled batch to the tree `sm`. A run that is created, started and
+//! finished within one interval is written once, not three times — the
+//! tables' write volume, not the log's, was what bounded the run rate. The
+//! tables are then exactly the state at the log id they record:
 //!
 //! - `job/<id>` → a job, `req/<request id>` → a create's idempotency record,
 //!   `wr/<write id>` → a recent write's result (retries of a routed write),
@@ -13,9 +18,11 @@
 //!   `meta/next_run_id` → the run id counter.
 //!
 //! On start the state is rebuilt from those tables, so a restart does not replay
-//! more than the entries after the last persisted batch. The tables are not
-//! fsynced on every apply (the log is, and sled recovers a prefix of its writes,
-//! so the tables can only lag the log, and openraft re-applies the rest).
+//! more than the entries after the last persisted batch (at most about one
+//! flush interval's worth after a crash). The tables are not fsynced on every
+//! flush (the log is, and sled recovers a prefix of its writes, so the tables
+//! can only lag the log, and openraft re-applies the rest from the log, whose
+//! committed index is stored).
 //!
 //! Snapshots are the postcard encoding of the whole [`State`], stored in the tree
 //! `snapshot` as 1 MiB chunks plus a `meta` record, written in one batch and
@@ -29,6 +36,7 @@
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -55,6 +63,10 @@ const APPLIED_KEY: &[u8] = b"meta/applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
 const SNAPSHOT_META_KEY: &[u8] = b"meta";
 const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+/// Longest the tables wait for the changes of applied entries.
+pub const TABLE_FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Most changed keys the tables wait for.
+const TABLE_FLUSH_KEYS: usize = 20_000;
 /// Snapshot chunk size in sled, below sled's inline-value limit.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
@@ -144,6 +156,12 @@ pub struct StateMachineStore {
     membership: Membership,
     /// Counter making snapshot ids unique within this process.
     snapshot_seq: u64,
+    /// Keys changed by applied entries and not yet written to the tables.
+    unwritten: Changes,
+    /// When the tables were last written.
+    written_at: Instant,
+    /// Entries were applied since the tables were last written.
+    tables_behind: bool,
 }
 
 impl StateMachineStore {
@@ -160,6 +178,9 @@ impl StateMachineStore {
             last_applied: None,
             membership: Membership::default(),
             snapshot_seq: 0,
+            unwritten: Changes::default(),
+            written_at: Instant::now(),
+            tables_behind: false,
         };
         store.load_tables().map_err(Error::internal)?;
         if let Some(snapshot) = store.read_snapshot().map_err(Error::internal)? {
@@ -215,6 +236,52 @@ impl StateMachineStore {
         Ok(())
     }
 
+    /// Writes the current value of every key changed since the last write,
+    /// with the applied log id and membership, in one batch.
+    fn write_tables(&mut self) -> Result<(), StorageError> {
+        let changes = std::mem::take(&mut self.unwritten);
+        self.written_at = Instant::now();
+        self.tables_behind = false;
+        let mut batch = sled::Batch::default();
+        {
+            let state = self.state.read();
+            for id in &changes.jobs {
+                match state.job(id) {
+                    Some(job) => batch.insert(job_key(id), encode(job).map_err(sm_write)?),
+                    None => batch.remove(job_key(id)),
+                }
+            }
+            for rid in &changes.requests {
+                match state.request(rid) {
+                    Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
+                    None => batch.remove(request_key(rid)),
+                }
+            }
+            for wid in &changes.writes {
+                match state.write_record(wid) {
+                    Some(record) => batch.insert(write_key(wid), encode(record).map_err(sm_write)?),
+                    None => batch.remove(write_key(wid)),
+                }
+            }
+            for &id in &changes.runs {
+                match state.run(id) {
+                    Some(run) => batch.insert(run_key(id), encode(run).map_err(sm_write)?),
+                    None => batch.remove(run_key(id)),
+                }
+            }
+            for job_id in &changes.counters {
+                match state.counters(job_id) {
+                    Some(counters) => batch.insert(counters_key(job_id), encode(counters).map_err(sm_write)?),
+                    None => batch.remove(counters_key(job_id)),
+                }
+            }
+            batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
+        }
+        batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);
+        batch.insert(MEMBERSHIP_KEY, encode(&self.membership).map_err(sm_write)?);
+        self.tables.apply_batch(batch).map_err(sm_write)
+    }
+
     /// Replaces the state with a snapshot's: stores the snapshot first, then
     /// rewrites the tables, then syncs.
     fn replace_state(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
@@ -248,6 +315,9 @@ impl StateMachineStore {
         self.disk.sync().map_err(sm_write)?;
 
         *self.state.write() = state;
+        self.unwritten = Changes::default();
+        self.written_at = Instant::now();
+        self.tables_behind = false;
         self.state.publish(RunFeed::Reset);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -279,6 +349,17 @@ impl StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+impl Drop for StateMachineStore {
+    /// Writes what is waiting, so a clean shutdown replays nothing.
+    fn drop(&mut self) {
+        if self.tables_behind {
+            if let Err(e) = self.write_tables() {
+                tracing::warn!("writing the state tables at shutdown: {e}");
+            }
+        }
     }
 }
 
@@ -367,7 +448,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut results = Vec::new();
         let mut changes = Changes::default();
-        let mut batch = sled::Batch::default();
         let mut run_feed = None;
         {
             let mut state = self.state.write();
@@ -383,52 +463,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 results.push(result);
             }
-            for id in &changes.jobs {
-                match state.job(id) {
-                    Some(job) => batch.insert(job_key(id), encode(job).map_err(sm_write)?),
-                    None => batch.remove(job_key(id)),
-                }
-            }
-            for rid in &changes.requests {
-                match state.request(rid) {
-                    Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
-                    None => batch.remove(request_key(rid)),
-                }
-            }
-            for wid in &changes.writes {
-                match state.write_record(wid) {
-                    Some(record) => batch.insert(write_key(wid), encode(record).map_err(sm_write)?),
-                    None => batch.remove(write_key(wid)),
-                }
-            }
-            for &id in &changes.runs {
-                match state.run(id) {
-                    Some(run) => batch.insert(run_key(id), encode(run).map_err(sm_write)?),
-                    None => batch.remove(run_key(id)),
-                }
-            }
-            for job_id in &changes.counters {
-                match state.counters(job_id) {
-                    Some(counters) => batch.insert(counters_key(job_id), encode(counters).map_err(sm_write)?),
-                    None => batch.remove(counters_key(job_id)),
-                }
-            }
-            if !changes.runs.is_empty() {
-                batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
-                if self.state.run_feed.receiver_count() > 0 {
-                    let mut changed: Vec<Run> = changes
-                        .runs
-                        .iter()
-                        .filter_map(|&id| state.run(id).cloned())
-                        .collect();
-                    changed.sort_by_key(|r| (r.revision, r.id));
-                    run_feed = Some(RunFeed::Changed(Arc::new(changed)));
-                }
+            if !changes.runs.is_empty() && self.state.run_feed.receiver_count() > 0 {
+                let mut changed: Vec<Run> = changes
+                    .runs
+                    .iter()
+                    .filter_map(|&id| state.run(id).cloned())
+                    .collect();
+                changed.sort_by_key(|r| (r.revision, r.id));
+                run_feed = Some(RunFeed::Changed(Arc::new(changed)));
             }
         }
-        batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);
-        batch.insert(MEMBERSHIP_KEY, encode(&self.membership).map_err(sm_write)?);
-        self.tables.apply_batch(batch).map_err(sm_write)?;
+        self.unwritten.absorb(changes);
+        self.tables_behind = true;
+        if self.written_at.elapsed() >= TABLE_FLUSH_EVERY || self.unwritten.len() >= TABLE_FLUSH_KEYS {
+            self.write_tables()?;
+        }
         if let Some(feed) = run_feed {
             self.state.publish(feed);
         }

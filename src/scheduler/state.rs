@@ -254,6 +254,28 @@ pub struct Changes {
     pub index: u64,
 }
 
+impl Changes {
+    /// Adds the keys of `other` (changes of later entries).
+    pub fn absorb(&mut self, other: Changes) {
+        self.jobs.extend(other.jobs);
+        self.requests.extend(other.requests);
+        self.runs.extend(other.runs);
+        self.counters.extend(other.counters);
+        self.writes.extend(other.writes);
+        self.index = self.index.max(other.index);
+    }
+
+    /// Number of changed keys.
+    pub fn len(&self) -> usize {
+        self.jobs.len() + self.requests.len() + self.runs.len() + self.counters.len() + self.writes.len()
+    }
+
+    /// No key changed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What a `write_id` remembers: the first entry's result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WriteRecord {
