@@ -128,8 +128,20 @@ async fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Extra agent flags for the clusters this tool starts: `KAIROS_BENCH_WORKERS`
+/// sets `--workers` (default: the agent's own, 4 × cores). A worker slot is
+/// held from the `StartAttempts` commit to the `FinishAttempts` commit, so
+/// with `noop` runs the slots, not the scheduler, bound the run rate unless
+/// there are many of them.
+fn agent_args() -> Vec<&'static str> {
+    match std::env::var("KAIROS_BENCH_WORKERS") {
+        Ok(n) => vec!["--workers", Box::leak(n.into_boxed_str())],
+        Err(_) => vec![],
+    }
+}
+
 async fn started_cluster() -> (TestCluster, u64) {
-    let cluster = TestCluster::start(3, &[]);
+    let cluster = TestCluster::start(3, &agent_args());
     cluster.wait_ready(Duration::from_secs(60)).await;
     let leader = cluster.wait_leader(Duration::from_secs(60)).await;
     (cluster, leader)
@@ -606,6 +618,15 @@ async fn load_jobs(
     }
 }
 
+/// The size of the last snapshot a node built, from its log ("snapshot built ... bytes=N").
+fn last_snapshot_bytes(log: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter(|l| l.contains("snapshot built"))
+        .filter_map(|l| l.split("bytes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .next_back()
+}
+
 async fn scale(jobs: usize, clients: usize) {
     let (mut cluster, leader) = started_cluster().await;
     let before: Vec<(u64, u64)> = cluster
@@ -625,6 +646,30 @@ async fn scale(jobs: usize, clients: usize) {
     })
     .await;
     let load_seconds = started.elapsed().as_secs_f64();
+    eprintln!();
+    // Memory at rest: write records (a retry's answer, kept 60 s) expire
+    // when an entry is applied after their time; wait that out, then write once.
+    progress("scale: waiting 65 s for write records to expire".into());
+    tokio::time::sleep(Duration::from_secs(
+        std::env::var("KAIROS_BENCH_SETTLE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(65),
+    ))
+    .await;
+    let mut client = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
+    client
+        .create_job(pb::CreateJobRequest {
+            job: Some(pb::ScheduledJob {
+                id: "scale-settle".into(),
+                r#type: "noop".into(),
+                schedule: "*/5 * * * *".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("settling write");
     eprintln!();
     let per_node: Vec<serde_json::Value> = cluster
         .nodes
@@ -661,6 +706,7 @@ async fn scale(jobs: usize, clients: usize) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let restarted_resident = cluster.node(follower).pid().map_or(0, resident_bytes);
     let result = serde_json::json!({
         "scenario": "scale",
         "jobs": jobs,
@@ -668,6 +714,9 @@ async fn scale(jobs: usize, clients: usize) {
         "creates_per_s": jobs as f64 / load_seconds,
         "nodes": per_node,
         "restart_to_ready_s": ready_seconds,
+        "restarted_resident_mib": restarted_resident as f64 / (1 << 20) as f64,
+        "restarted_bytes_per_job": restarted_resident as f64 / jobs as f64,
+        "snapshot_bytes": last_snapshot_bytes(&cluster.node(leader).log),
     });
     println!("{result}");
     println!("| node | role | resident MiB | bytes/job | data dir MiB |");
@@ -682,7 +731,9 @@ async fn scale(jobs: usize, clients: usize) {
         );
     }
     println!(
-        "restart to ready: {ready_seconds:.1} s; load: {:.0} creates/s",
-        jobs as f64 / load_seconds
+        "restart to ready: {ready_seconds:.1} s (then {:.0} bytes/job resident); load: {:.0} creates/s; snapshot: {} bytes",
+        restarted_resident as f64 / jobs as f64,
+        jobs as f64 / load_seconds,
+        result["snapshot_bytes"]
     );
 }

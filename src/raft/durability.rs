@@ -87,6 +87,7 @@ fn sled_config(dir: &Path) -> sled::Config {
         // We flush ourselves before every acknowledgement; the background flusher
         // only bounds what a crash loses of the unsynced state machine tables.
         .flush_every_ms(Some(1_000))
+        .cache_capacity(64 << 20)
 }
 
 /// True when sled refused to open because the data file's `flock` is held.

@@ -28,7 +28,10 @@
 //! `snapshot` as 1 MiB chunks plus a `meta` record, written in one batch and
 //! fsynced. Installing a snapshot first stores it, then rewrites the tables; if
 //! the node crashes in between, [`StateMachineStore::open`] notices that the
-//! stored snapshot is newer than the tables and reloads from it.
+//! stored snapshot is newer than the tables and reloads from it. The same
+//! holds when a crash leaves the tables behind a snapshot built from memory
+//! (they lag by up to one flush interval), so the log may be purged up to a
+//! snapshot without waiting for the tables.
 //!
 //! IMPLEMENTATION CAVEATS: a snapshot is built in memory (the encoded state must
 //! fit in RAM twice) and sent with openraft's chunked transfer. Good enough for
@@ -162,6 +165,8 @@ pub struct StateMachineStore {
     written_at: Instant,
     /// Entries were applied since the tables were last written.
     tables_behind: bool,
+    /// [`TABLE_FLUSH_EVERY`], or longer in tests.
+    flush_every: Duration,
 }
 
 impl StateMachineStore {
@@ -181,12 +186,16 @@ impl StateMachineStore {
             unwritten: Changes::default(),
             written_at: Instant::now(),
             tables_behind: false,
+            flush_every: TABLE_FLUSH_EVERY,
         };
         store.load_tables().map_err(Error::internal)?;
-        if let Some(snapshot) = store.read_snapshot().map_err(Error::internal)? {
-            if snapshot.meta.last_log_id > store.last_applied {
+        // Only the meta first: reading the whole snapshot on every start would
+        // hold its bytes (hundreds of MB at a million jobs) for nothing.
+        let stored_meta = store.read_snapshot_meta().map_err(Error::internal)?;
+        if stored_meta.is_some_and(|m| m.meta.last_log_id > store.last_applied) {
+            if let Some(snapshot) = store.read_snapshot().map_err(Error::internal)? {
                 tracing::warn!(snapshot = ?snapshot.meta.last_log_id, tables = ?store.last_applied,
-                    "state tables are older than the stored snapshot (interrupted install); reloading");
+                    "state tables are older than the stored snapshot (interrupted install, or a crash before the tables caught up); reloading");
                 let data = snapshot.snapshot.into_inner();
                 store
                     .replace_state(&snapshot.meta, &data)
@@ -324,11 +333,17 @@ impl StateMachineStore {
         Ok(())
     }
 
+    fn read_snapshot_meta(&self) -> Result<Option<StoredSnapshotMeta>, StorageError> {
+        match self.snapshots.get(SNAPSHOT_META_KEY).map_err(snap_read)? {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(snap_read)?)),
+            None => Ok(None),
+        }
+    }
+
     fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(meta_bytes) = self.snapshots.get(SNAPSHOT_META_KEY).map_err(snap_read)? else {
+        let Some(stored) = self.read_snapshot_meta()? else {
             return Ok(None);
         };
-        let stored: StoredSnapshotMeta = decode(&meta_bytes).map_err(snap_read)?;
         let mut data = Vec::with_capacity(stored.bytes as usize);
         for n in 0..stored.chunks {
             let chunk = self
@@ -349,6 +364,20 @@ impl StateMachineStore {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+impl StateMachineStore {
+    /// Writes the tables now, and from now on only when asked (tests).
+    pub(crate) fn write_tables_now(&mut self) -> Result<(), StorageError> {
+        self.flush_every = Duration::MAX;
+        self.write_tables()
+    }
+
+    /// Drops the store as a crash would: what the tables wait for is lost.
+    pub(crate) fn crash(mut self) {
+        self.tables_behind = false;
     }
 }
 
@@ -475,7 +504,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.unwritten.absorb(changes);
         self.tables_behind = true;
-        if self.written_at.elapsed() >= TABLE_FLUSH_EVERY || self.unwritten.len() >= TABLE_FLUSH_KEYS {
+        if self.written_at.elapsed() >= self.flush_every || self.unwritten.len() >= TABLE_FLUSH_KEYS {
             self.write_tables()?;
         }
         if let Some(feed) = run_feed {

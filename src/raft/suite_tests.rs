@@ -118,3 +118,40 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
         .expect("stored snapshot");
     assert_eq!(current.meta.last_log_id, Some(log_id(5)));
 }
+
+#[tokio::test]
+async fn a_crash_loses_only_table_writes_the_log_or_a_snapshot_still_holds() {
+    use openraft::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut sm) = open_storage(dir.path()).unwrap();
+        sm.write_tables_now().unwrap();
+        sm.apply((1..=3).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        sm.write_tables_now().unwrap();
+        sm.apply((4..=5).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        sm.crash();
+    }
+    {
+        // The tables are at entry 3: openraft re-applies 4 and 5 from the log.
+        let (_, mut sm) = open_storage(dir.path()).unwrap();
+        sm.write_tables_now().unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(3)));
+        assert!(sm.state_handle().read().job("job-4").is_none());
+        sm.apply((4..=6).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        // A snapshot at 6 (the log may now be purged up to it), then a crash
+        // before the tables caught up.
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.crash();
+    }
+    let (_, mut sm) = open_storage(dir.path()).unwrap();
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(6)), "reloaded from the newer snapshot");
+    assert_eq!(sm.state_handle().read().job_count(), 6);
+}
