@@ -286,12 +286,22 @@ pub struct WriteRecord {
 }
 
 /// What a `request_id` remembers: the first create's result.
+///
+/// The job is not copied while it is still the version the create made (the
+/// usual case for the whole day a record lives): a retry is then answered
+/// with the stored job as it is now — same version and spec, only its fire
+/// times moved on. When the job is updated, paused, resumed or deleted, the
+/// created version is copied into the record first. This keeps one copy of
+/// each job in memory instead of two.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// When the create was applied, Unix ms (for expiry).
     pub at_ms: i64,
-    /// The job exactly as the first create returned it.
-    pub job: Job,
+    /// The created job's id.
+    pub job_id: JobId,
+    /// The job as the create made it, once the stored job has moved past
+    /// that version; `None` while the stored job is still that version.
+    pub created: Option<Job>,
 }
 
 /// Filters of a job listing; `None` matches everything.
@@ -334,6 +344,10 @@ pub struct State {
     /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
     #[serde(skip)]
     request_expiry: BTreeSet<(i64, String)>,
+    /// Request id of each job whose create record has no copy of it yet
+    /// (the stored job is still the created version) (derived).
+    #[serde(skip)]
+    uncopied_request: BTreeMap<JobId, String>,
     /// Results of recent writes, by write id.
     writes: BTreeMap<String, WriteRecord>,
     /// `(at_ms, write_id)` of every record in `writes`, oldest first (derived).
@@ -409,6 +423,12 @@ impl State {
             .iter()
             .map(|(id, r)| (r.at_ms, id.clone()))
             .collect();
+        self.uncopied_request = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.created.is_none())
+            .map(|(id, r)| (r.job_id.clone(), id.clone()))
+            .collect();
         self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
         self.fire_index = self.jobs.values().filter_map(fire_entry).collect();
         self.runs_by_job.clear();
@@ -425,6 +445,13 @@ impl State {
 
     /// Inserts or replaces a job, keeping the fire index right.
     fn put_job(&mut self, job: Job, changes: &mut Changes) {
+        if self
+            .jobs
+            .get(&job.id)
+            .is_some_and(|old| old.version != job.version)
+        {
+            self.copy_into_request_record(&job.id, changes);
+        }
         if let Some(old) = self.jobs.get(&job.id).and_then(fire_entry) {
             self.fire_index.remove(&old);
         }
@@ -448,8 +475,22 @@ impl State {
         }
     }
 
+    /// Before job `id` leaves its created version: copies that version into
+    /// the create's request record, if one still refers to it.
+    fn copy_into_request_record(&mut self, id: &str, changes: &mut Changes) {
+        let Some(rid) = self.uncopied_request.remove(id) else {
+            return;
+        };
+        let created = self.jobs.get(id).cloned();
+        if let Some(record) = self.requests.get_mut(&rid) {
+            record.created = created;
+            changes.requests.insert(rid);
+        }
+    }
+
     /// Removes a job with its runs and counters.
     fn remove_job(&mut self, id: &str, changes: &mut Changes) {
+        self.copy_into_request_record(id, changes);
         if let Some(entry) = self.jobs.remove(id).as_ref().and_then(fire_entry) {
             self.fire_index.remove(&entry);
         }
@@ -712,8 +753,9 @@ impl State {
     ) -> CommandResult {
         if let Some(rid) = request_id {
             if let Some(record) = self.requests.get(rid) {
-                return if record.job.id == id && record.job.spec == *spec {
-                    Ok(Response::Job(Box::new(record.job.clone())))
+                let first = record.created.as_ref().or_else(|| self.jobs.get(&record.job_id));
+                return if let Some(first) = first.filter(|j| j.id == id && j.spec == *spec) {
+                    Ok(Response::Job(Box::new(first.clone())))
                 } else {
                     Err(Error::AlreadyExists(format!(
                         "request_id {rid:?} was already used for a different create request"
@@ -740,9 +782,11 @@ impl State {
                 rid.to_string(),
                 RequestRecord {
                     at_ms,
-                    job: job.clone(),
+                    job_id: job.id.clone(),
+                    created: None,
                 },
             );
+            self.uncopied_request.insert(job.id.clone(), rid.to_string());
             self.request_expiry.insert((at_ms, rid.to_string()));
             changes.requests.insert(rid.to_string());
         }
@@ -787,7 +831,11 @@ impl State {
                 break;
             }
             let (_, rid) = self.request_expiry.pop_first().expect("first exists");
-            self.requests.remove(&rid);
+            if let Some(record) = self.requests.remove(&rid) {
+                if self.uncopied_request.get(&record.job_id) == Some(&rid) {
+                    self.uncopied_request.remove(&record.job_id);
+                }
+            }
             changes.requests.insert(rid);
         }
     }

@@ -101,6 +101,82 @@ fn request_id_replays_first_result_and_refuses_other_body() {
 }
 
 #[test]
+fn a_request_record_copies_the_job_only_when_it_changes_or_goes() {
+    let mut state = State::default();
+    let first = job(apply(&mut state, T0, create("a", "* * * * *", Some("r1"))));
+    let b_first = job(apply(&mut state, T0, create("b", "* * * * *", Some("r2"))));
+    assert_eq!(
+        state.request("r1").unwrap().created,
+        None,
+        "no copy while unchanged"
+    );
+    // Fires move the job's times but not its version: still no copy, and a
+    // retry answers with the stored job (same version and spec).
+    let fires = state.due_fires(T0 + 60_000, 10);
+    apply(&mut state, T0 + 60_000, Command::FireBatch { fires }).unwrap();
+    assert_eq!(state.request("r1").unwrap().created, None);
+    let again = job(apply(
+        &mut state,
+        T0 + 60_001,
+        create("a", "* * * * *", Some("r1")),
+    ));
+    assert_eq!((again.version, &again.spec), (first.version, &first.spec));
+    assert_eq!(again, *state.job("a").unwrap());
+    // An update copies the created version first; a retry keeps getting it.
+    let patch = JobPatch {
+        owner_service: Some("search".into()),
+        ..Default::default()
+    };
+    let mut changes = Changes::default();
+    let update = Command::UpdateJob {
+        id: "a".into(),
+        expected_version: 1,
+        patch,
+    };
+    state.apply(0, &req(T0 + 60_002, update), &mut changes).unwrap();
+    assert!(changes.requests.contains("r1"), "the copied record is persisted");
+    let copied = state.request("r1").unwrap().created.clone().expect("copied");
+    assert_eq!((copied.version, &copied.spec), (1, &first.spec));
+    let again = job(apply(
+        &mut state,
+        T0 + 60_003,
+        create("a", "* * * * *", Some("r1")),
+    ));
+    assert_eq!(again, copied);
+    // A delete copies too, so a late retry still gets its job, not a new one.
+    apply(
+        &mut state,
+        T0 + 60_004,
+        Command::DeleteJob {
+            id: "b".into(),
+            expected_version: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        state.request("r2").unwrap().created.as_ref().map(|j| j.version),
+        Some(1)
+    );
+    let again = job(apply(
+        &mut state,
+        T0 + 60_005,
+        create("b", "* * * * *", Some("r2")),
+    ));
+    assert_eq!(
+        (again.id.as_str(), again.created_at_ms),
+        ("b", b_first.created_at_ms)
+    );
+    assert!(
+        state.job("b").is_none(),
+        "the retry did not re-create the deleted job"
+    );
+    // The derived index survives a rebuild.
+    let mut rebuilt = state.clone();
+    rebuilt.rebuild_indexes();
+    assert_eq!(rebuilt, state);
+}
+
+#[test]
 fn request_ids_expire_after_a_day() {
     let mut state = State::default();
     apply(&mut state, T0, create("a", "* * * * *", Some("r1"))).unwrap();
