@@ -255,34 +255,19 @@ impl StateMachineStore {
         {
             let state = self.state.read();
             for id in &changes.jobs {
-                match state.job(id) {
-                    Some(job) => batch.insert(job_key(id), encode(job).map_err(sm_write)?),
-                    None => batch.remove(job_key(id)),
-                }
+                put_or_remove(&mut batch, job_key(id), state.job(id))?;
             }
             for rid in &changes.requests {
-                match state.request(rid) {
-                    Some(record) => batch.insert(request_key(rid), encode(record).map_err(sm_write)?),
-                    None => batch.remove(request_key(rid)),
-                }
+                put_or_remove(&mut batch, request_key(rid), state.request(rid))?;
             }
             for wid in &changes.writes {
-                match state.write_record(wid) {
-                    Some(record) => batch.insert(write_key(wid), encode(record).map_err(sm_write)?),
-                    None => batch.remove(write_key(wid)),
-                }
+                put_or_remove(&mut batch, write_key(wid), state.write_record(wid))?;
             }
             for &id in &changes.runs {
-                match state.run(id) {
-                    Some(run) => batch.insert(run_key(id), encode(run).map_err(sm_write)?),
-                    None => batch.remove(run_key(id)),
-                }
+                put_or_remove(&mut batch, run_key(id), state.run(id))?;
             }
             for job_id in &changes.counters {
-                match state.counters(job_id) {
-                    Some(counters) => batch.insert(counters_key(job_id), encode(counters).map_err(sm_write)?),
-                    None => batch.remove(counters_key(job_id)),
-                }
+                put_or_remove(&mut batch, counters_key(job_id), state.counters(job_id))?;
             }
             batch.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).map_err(sm_write)?);
         }
@@ -390,6 +375,19 @@ impl Drop for StateMachineStore {
             }
         }
     }
+}
+
+/// Adds the encoded `value` under `key` to `batch`, or its removal when gone.
+fn put_or_remove<T: Serialize>(
+    batch: &mut sled::Batch,
+    key: Vec<u8>,
+    value: Option<&T>,
+) -> Result<(), StorageError> {
+    match value {
+        Some(value) => batch.insert(key, encode(value).map_err(sm_write)?),
+        None => batch.remove(key),
+    }
+    Ok(())
 }
 
 fn job_key(id: &str) -> Vec<u8> {

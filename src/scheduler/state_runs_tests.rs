@@ -114,6 +114,19 @@ impl Sm {
     }
 }
 
+/// `s` stored and read back: its replicated parts only, indexes rebuilt
+/// (these tests make no request or write records).
+fn rebuilt_from_parts(s: &State) -> State {
+    State::from_parts(StateParts {
+        jobs: s.jobs().cloned().collect(),
+        requests: vec![],
+        writes: vec![],
+        runs: s.runs().cloned().collect(),
+        counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        next_run_id: s.next_run_id(),
+    })
+}
+
 fn failed(retryable: bool) -> AttemptOutcome {
     AttemptOutcome::Failed {
         kind: "boom".into(),
@@ -536,14 +549,7 @@ fn a_rebuilt_state_has_the_same_indexes() {
     let (r, _) = sm.tick(T0 + 2 * SEC);
     sm.start(r[0], T0 + 2 * SEC + 1);
     let s = &sm.state;
-    let rebuilt = State::from_parts(StateParts {
-        jobs: s.jobs().cloned().collect(),
-        requests: vec![],
-        writes: vec![],
-        runs: s.runs().cloned().collect(),
-        counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        next_run_id: s.next_run_id(),
-    });
+    let rebuilt = rebuilt_from_parts(s);
     assert_eq!(rebuilt.fire_index, s.fire_index);
     assert_eq!(rebuilt.deadline_index, s.deadline_index);
     assert_eq!(rebuilt.runs_by_job, s.runs_by_job);
@@ -771,15 +777,7 @@ fn the_dispatch_indexes_stay_equal_to_a_rebuild_under_mixed_commands() {
             }
         }
         let s = &sm.state;
-        let rebuilt = State::from_parts(StateParts {
-            jobs: s.jobs().cloned().collect(),
-            requests: vec![],
-            writes: vec![],
-            runs: s.runs().cloned().collect(),
-            counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            next_run_id: s.next_run_id(),
-        });
-        assert_eq!(rebuilt, *s, "step {step}");
+        assert_eq!(rebuilt_from_parts(s), *s, "step {step}");
         let indexed: Vec<RunId> = s
             .dispatchable_runs(now, usize::MAX)
             .iter()
