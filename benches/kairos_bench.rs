@@ -129,15 +129,25 @@ async fn channel(addr: &str) -> Channel {
 }
 
 /// Extra agent flags for the clusters this tool starts: `KAIROS_BENCH_WORKERS`
-/// sets `--workers` (default: the agent's own, 4 × cores). A worker slot is
-/// held from the `StartAttempts` commit to the `FinishAttempts` commit, so
-/// with `noop` runs the slots, not the scheduler, bound the run rate unless
-/// there are many of them.
+/// sets `--workers` (default: the agent's own, 4 × cores), and
+/// `KAIROS_BENCH_AGENT_ARGS` adds any flags (split on spaces), e.g.
+/// `--election-timeout-ms 250 --heartbeat-ms 50`. A worker slot is held from
+/// the `StartAttempts` commit to the `FinishAttempts` commit, so with `noop`
+/// runs the slots, not the scheduler, bound the run rate unless there are
+/// many of them.
 fn agent_args() -> Vec<&'static str> {
-    match std::env::var("KAIROS_BENCH_WORKERS") {
-        Ok(n) => vec!["--workers", Box::leak(n.into_boxed_str())],
-        Err(_) => vec![],
+    let mut args = Vec::new();
+    if let Ok(n) = std::env::var("KAIROS_BENCH_WORKERS") {
+        args.push("--workers".to_string());
+        args.push(n);
     }
+    if let Ok(extra) = std::env::var("KAIROS_BENCH_AGENT_ARGS") {
+        args.extend(extra.split_whitespace().map(str::to_string));
+    }
+    // The cluster lives as long as the tool: leaking a few flags is fine.
+    args.into_iter()
+        .map(|a| &*Box::leak(a.into_boxed_str()))
+        .collect()
 }
 
 async fn started_cluster() -> (TestCluster, u64) {
