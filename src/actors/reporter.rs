@@ -26,13 +26,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::worker::PRINCIPAL;
 use crate::error::Result;
 use crate::node::Node;
 use crate::scheduler::run::AttemptResult;
 use crate::scheduler::{Command, Response};
 
-/// Principal recorded for the reporter's proposals.
-const PRINCIPAL: &str = "kairos-worker";
 /// How long a result is re-sent before it is given up.
 pub const REPORT_FOR: Duration = Duration::from_secs(600);
 /// Most results in one entry.

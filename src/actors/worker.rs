@@ -35,8 +35,8 @@ use crate::scheduler::{Command, Response};
 
 /// Most work items a pool queues beyond its busy workers.
 const MAX_QUEUED_ITEMS: usize = 10_000;
-/// Principal recorded for worker proposals.
-const PRINCIPAL: &str = "kairos-worker";
+/// Principal recorded for worker proposals (heartbeats here, results by the reporter).
+pub(super) const PRINCIPAL: &str = "kairos-worker";
 
 /// The process group of the worker pool of Raft node `id`.
 pub fn group(id: u64) -> String {

@@ -172,10 +172,6 @@ impl State {
         changes.counters.insert(job_id.to_string());
     }
 
-    fn pending_runs(&self) -> usize {
-        self.pending_order.len()
-    }
-
     /// Creates a run of `job_id` for `nominal_ms`, applying the overlap policy.
     fn create_run(
         &mut self,
@@ -363,7 +359,7 @@ impl State {
         if !self.jobs.contains_key(id) {
             return Err(Error::NotFound(format!("job {id:?} not found")));
         }
-        if self.pending_runs() >= MAX_PENDING_RUNS {
+        if self.pending_count() >= MAX_PENDING_RUNS {
             return Err(Error::ResourceExhausted(format!(
                 "{MAX_PENDING_RUNS} runs are already waiting for a worker; try again later"
             )));
@@ -423,7 +419,7 @@ impl State {
         changes: &mut Changes,
     ) -> CommandResult {
         let times = self.backfill_times(id, start_ms, end_ms)?;
-        if self.pending_runs() + times.len() > MAX_PENDING_RUNS {
+        if self.pending_count() + times.len() > MAX_PENDING_RUNS {
             return Err(Error::ResourceExhausted(format!(
                 "a backfill of {} runs would exceed the queue bound",
                 times.len()
