@@ -42,6 +42,7 @@ use tonic::transport::Channel;
 use crate::error::{Error, Result};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
+use crate::raft::batcher::{Proposer, WriteBatcher};
 use crate::raft::network::{peer_client, PeerNetwork};
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{decode, encode, open_storage, raft_config, NodeId, Raft, RaftTuning};
@@ -153,6 +154,23 @@ pub struct Node {
     /// they make write ids unique across restarts.
     boot_ns: i64,
     write_seq: AtomicU64,
+    /// Packs the writes this node proposes as leader into shared entries.
+    batcher: WriteBatcher,
+}
+
+/// The leader's side of [`WriteBatcher`]: one `client_write`.
+struct RaftProposer {
+    id: NodeId,
+    raft: Raft,
+}
+
+impl Proposer for RaftProposer {
+    async fn propose(&self, request: Request) -> Result<Response> {
+        match self.raft.client_write(request).await {
+            Ok(reply) => reply.data,
+            Err(e) => Err(write_error(self.id, e)),
+        }
+    }
 }
 
 impl Node {
@@ -166,6 +184,10 @@ impl Node {
         let raft = Raft::new(options.id, config, PeerNetwork, log_store, state_machine)
             .await
             .map_err(|e| Error::internal(format!("start raft: {e}")))?;
+        let batcher = WriteBatcher::start(RaftProposer {
+            id: options.id,
+            raft: raft.clone(),
+        });
         let node = Arc::new(Node {
             id: options.id,
             raft,
@@ -176,6 +198,7 @@ impl Node {
             cluster_addr: options.cluster_addr.clone(),
             boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             write_seq: AtomicU64::new(0),
+            batcher,
         });
         node.bootstrap(options).await?;
         Ok(node)
@@ -422,10 +445,7 @@ impl Node {
                     command: *command,
                     write_id,
                 };
-                match self.raft.client_write(request).await {
-                    Ok(reply) => reply.data,
-                    Err(e) => Err(self.write_error(e)),
-                }
+                self.batcher.propose(request).await
             }
             Forwarded::AddNode { id, addr } => {
                 if self
@@ -439,12 +459,12 @@ impl Node {
                 self.raft
                     .add_learner(id, BasicNode::new(&addr), true)
                     .await
-                    .map_err(|e| self.write_error(e))?;
+                    .map_err(|e| write_error(self.id, e))?;
                 tracing::info!(node = id, "promoting learner to voter");
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
                     .await
-                    .map_err(|e| self.write_error(e))?;
+                    .map_err(|e| write_error(self.id, e))?;
                 Ok(Response::Empty)
             }
             Forwarded::RemoveNode { id } => {
@@ -463,25 +483,9 @@ impl Node {
                 self.raft
                     .change_membership(change, false)
                     .await
-                    .map_err(|e| self.write_error(e))?;
+                    .map_err(|e| write_error(self.id, e))?;
                 Ok(Response::Empty)
             }
-        }
-    }
-
-    fn write_error(&self, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
-                message: match f.leader_id {
-                    Some(id) => format!("node {} is not the leader; node {id} is", self.id),
-                    None => format!("node {} is not the leader and knows none", self.id),
-                },
-                leader: f.leader_node.map(|n| n.addr),
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                Error::FailedPrecondition(format!("membership change refused: {e}"))
-            }
-            RaftError::Fatal(e) => Error::unavailable(format!("node {} is shutting down: {e}", self.id)),
         }
     }
 
@@ -573,5 +577,22 @@ impl Node {
             .map_err(|_| Error::unavailable(format!("{addr} did not answer in {timeout:?}")))?
             .map_err(|s| Error::unavailable(format!("{addr}: {}", s.message())))?;
         decode(&reply.into_inner().data)
+    }
+}
+
+/// A failed `client_write` or membership change on node `id`, as a Kairos error.
+fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
+            message: match f.leader_id {
+                Some(id) => format!("node {} is not the leader; node {id} is", id),
+                None => format!("node {} is not the leader and knows none", id),
+            },
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::FailedPrecondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Error::unavailable(format!("node {} is shutting down: {e}", id)),
     }
 }

@@ -26,6 +26,7 @@
 
 #![allow(clippy::result_large_err)] // openraft's trait signatures fix `StorageError`.
 
+pub mod batcher;
 pub mod durability;
 pub mod log_store;
 pub mod network;

@@ -175,6 +175,16 @@ pub enum Command {
         /// Which run.
         run_id: RunId,
     },
+    /// Several requests in one entry: the leader's write batcher
+    /// (`raft::batcher`) packs every write that arrived while the previous
+    /// entries were in flight, so they share one Raft entry and one fsync.
+    /// Each request is applied on its own, in order, with its own time,
+    /// principal and write id, and has its own result; a batch inside a
+    /// batch is refused.
+    Batch {
+        /// The requests, in arrival order.
+        requests: Vec<Request>,
+    },
 }
 
 impl Command {
@@ -195,6 +205,7 @@ impl Command {
             Command::FinishAttempts { .. } => "finish_attempts",
             Command::ExpireRuns { .. } => "expire_runs",
             Command::CancelRun { .. } => "cancel_run",
+            Command::Batch { .. } => "batch",
         }
     }
 }
@@ -232,6 +243,8 @@ pub enum Response {
     },
     /// A Raft-internal entry (blank or membership) that carries no command.
     Empty,
+    /// The result of each request of a `Batch`, in its order.
+    Batch(Vec<CommandResult>),
 }
 
 /// What applying a command yields on every replica.
@@ -739,6 +752,17 @@ impl State {
             Command::FinishAttempts { results } => Ok(self.finish_attempts(results, at_ms, changes)),
             Command::ExpireRuns { run_ids } => Ok(self.expire_runs(run_ids, at_ms, changes)),
             Command::CancelRun { run_id } => self.cancel_run(*run_id, at_ms, changes),
+            Command::Batch { requests } => Ok(Response::Batch(
+                requests
+                    .iter()
+                    .map(|request| match request.command {
+                        Command::Batch { .. } => {
+                            Err(Error::InvalidArgument("a batch cannot contain a batch".into()))
+                        }
+                        _ => self.apply(index, request, changes),
+                    })
+                    .collect(),
+            )),
         }
     }
 

@@ -529,3 +529,73 @@ fn a_retried_write_answers_with_its_first_result_until_the_record_expires() {
         "the expired record is removed from storage"
     );
 }
+
+#[test]
+fn a_batch_applies_each_request_on_its_own_with_its_own_time_principal_and_write_id() {
+    let mut state = State::default();
+    let with = |at_ms: i64, principal: &str, write_id: Option<&str>, command: Command| Request {
+        at_ms,
+        principal: principal.into(),
+        command,
+        write_id: write_id.map(str::to_string),
+    };
+    apply(&mut state, T0, create("dup", "@hourly", None)).unwrap();
+    // The first delete of "dup" was applied before (a routed write that is now retried).
+    let first_delete = with(
+        T0 + 1,
+        "alice",
+        Some("n1-1-9"),
+        Command::DeleteJob {
+            id: "dup".into(),
+            expected_version: None,
+        },
+    );
+    assert_eq!(
+        state.apply(2, &first_delete, &mut Changes::default()),
+        Ok(Response::Deleted)
+    );
+    let batch = req(
+        T0 + 20,
+        Command::Batch {
+            requests: vec![
+                with(T0 + 10, "bob", Some("n2-1-1"), create("a", "@hourly", None)),
+                // Refused on its own; the others still apply.
+                with(T0 + 11, "bob", None, create("a", "@daily", None)),
+                // A retry inside a batch answers its first result.
+                first_delete.clone(),
+                with(T0 + 12, "carol", None, create("b", "@daily", None)),
+                with(T0 + 13, "carol", None, Command::Batch { requests: vec![] }),
+            ],
+        },
+    );
+    let mut changes = Changes::default();
+    let Ok(Response::Batch(results)) = state.apply(3, &batch, &mut changes) else {
+        panic!("a batch answers with one result per request");
+    };
+    assert_eq!(results.len(), 5);
+    let a = job(results[0].clone());
+    assert_eq!((a.created_by.as_str(), a.created_at_ms), ("bob", T0 + 10));
+    assert!(
+        matches!(results[1], Err(Error::AlreadyExists(_))),
+        "{:?}",
+        results[1]
+    );
+    assert_eq!(
+        results[2],
+        Ok(Response::Deleted),
+        "the first result, not NOT_FOUND"
+    );
+    let b = job(results[3].clone());
+    assert_eq!((b.created_by.as_str(), b.created_at_ms), ("carol", T0 + 12));
+    assert!(
+        matches!(results[4], Err(Error::InvalidArgument(_))),
+        "{:?}",
+        results[4]
+    );
+    assert!(changes.jobs.contains("a") && changes.jobs.contains("b"));
+    assert!(
+        changes.writes.contains("n2-1-1"),
+        "the write record of a batched write is kept"
+    );
+    assert_eq!(state.write_record("n2-1-1").map(|r| r.at_ms), Some(T0 + 10));
+}

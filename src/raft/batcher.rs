@@ -1,0 +1,391 @@
+//! Group commit of writes on the leader: many requests, one Raft entry.
+//!
+//! openraft 0.9 turns every `client_write` into its own log append, and the
+//! leader's core waits for each append's `fdatasync` before it replicates the
+//! entry or looks at the next request. With one entry per write, the rate of
+//! writes is therefore bounded by the rate of fsyncs (≈ 2,000/s on the
+//! benchmark machine), however many clients are waiting.
+//!
+//! The [`WriteBatcher`] sits in front of `client_write`. Every write the
+//! leader proposes (client writes, forwarded ones, the timer's and the
+//! dispatcher's proposals, worker results) is queued. A proposer task takes
+//! the first queued write, waits for one of [`MAX_IN_FLIGHT`] proposal slots,
+//! and then takes everything else that queued meanwhile (up to
+//! [`MAX_BATCH_REQUESTS`] and [`MAX_BATCH_BYTES`]):
+//!
+//! - a lone write is proposed as itself, so a single client pays nothing
+//!   extra (no timer, no waiting for company);
+//! - several are proposed as one `Command::Batch` entry, applied request by
+//!   request (each with its own time, principal and write id), and each
+//!   caller receives its own result;
+//! - a proposal that fails (this node stopped leading, shut down) fails every
+//!   write in it with the same error: each caller's router retries on its
+//!   own, and the write ids make those retries safe.
+//!
+//! The batch grows with the load by itself: while entries are in flight,
+//! writes accumulate, and the next entry carries all of them. The byte bound
+//! keeps an entry well below sled's inline-value limit (see the caveat in
+//! [`crate::raft`]); a single larger write still goes alone.
+//!
+//! The task stops when the [`WriteBatcher`] (the sending side of its queue)
+//! is dropped, after proposing what was queued.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::error::{Error, Result};
+use crate::scheduler::{Command, Request, Response};
+
+/// Entries proposed and not yet answered, at most. Two let the next entry's
+/// local append overlap the previous entry's replication.
+pub const MAX_IN_FLIGHT: usize = 2;
+/// Requests per batch entry, at most (bounds the time one apply holds the state lock).
+pub const MAX_BATCH_REQUESTS: usize = 1_024;
+/// Encoded bytes per batch entry, at most (a single larger request goes alone).
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Principal recorded on batch entries (each request keeps its own).
+const BATCH_PRINCIPAL: &str = "kairos-batcher";
+
+/// Where batches go: the Raft leader, or a fake in tests.
+pub trait Proposer: Send + Sync + 'static {
+    /// Proposes one entry and waits for its result (committed and applied).
+    fn propose(&self, request: Request) -> impl Future<Output = Result<Response>> + Send;
+}
+
+/// A write waiting in the queue.
+struct Queued {
+    request: Request,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Response>>,
+}
+
+/// The queue in front of the proposer task; see the module docs.
+pub struct WriteBatcher {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl WriteBatcher {
+    /// Starts the proposer task on the current runtime; it ends when the
+    /// returned batcher is dropped.
+    pub fn start<P: Proposer>(proposer: P) -> WriteBatcher {
+        WriteBatcher::spawn(proposer).0
+    }
+
+    fn spawn<P: Proposer>(proposer: P) -> (WriteBatcher, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(Arc::new(proposer), receiver));
+        (WriteBatcher { queue }, task)
+    }
+
+    /// Proposes `request` (alone or with others) and returns its own result.
+    pub async fn propose(&self, request: Request) -> Result<Response> {
+        let bytes = crate::raft::encode(&request)?.len();
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Queued {
+                request,
+                bytes,
+                reply,
+            })
+            .map_err(|_| Error::unavailable("the write batcher has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::unavailable("the write batcher stopped before answering"))?
+    }
+}
+
+/// The proposer task: batches while slots are busy, proposes, answers.
+async fn run<P: Proposer>(proposer: Arc<P>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Taken from the queue while over a batch's bounds: it opens the next batch.
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let mut batch = vec![first];
+        let mut bytes = batch[0].bytes;
+        while batch.len() < MAX_BATCH_REQUESTS {
+            let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.bytes > MAX_BATCH_BYTES {
+                carried = Some(next);
+                break;
+            }
+            bytes += next.bytes;
+            batch.push(next);
+        }
+        let proposer = proposer.clone();
+        tokio::spawn(async move {
+            propose_batch(&*proposer, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Proposes `batch` as one entry and hands every caller its own result.
+async fn propose_batch<P: Proposer>(proposer: &P, mut batch: Vec<Queued>) {
+    if batch.len() == 1 {
+        let Queued { request, reply, .. } = batch.pop().expect("one request");
+        let _ = reply.send(proposer.propose(request).await);
+        return;
+    }
+    let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+    let count = requests.len();
+    let entry = Request {
+        at_ms: requests.iter().map(|r| r.at_ms).max().unwrap_or_default(),
+        principal: BATCH_PRINCIPAL.into(),
+        command: Command::Batch { requests },
+        write_id: None,
+    };
+    match proposer.propose(entry).await {
+        Ok(Response::Batch(results)) if results.len() == count => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Ok(other) => {
+            let error = Error::internal(format!("a batch of {count} requests was answered with {other:?}"));
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// Records every entry; answers each request of a batch with its own job
+    /// id (as `NotFound`, the simplest result that names it), and holds
+    /// every proposal until released.
+    #[derive(Default)]
+    struct FakeRaft {
+        entries: Mutex<Vec<Request>>,
+        release: Notify,
+        fail_with: Mutex<Option<Error>>,
+    }
+
+    fn answer(request: &Request) -> Result<Response> {
+        match &request.command {
+            Command::DeleteJob { id, .. } => Err(Error::NotFound(id.clone())),
+            other => Err(Error::InvalidArgument(format!("unexpected {other:?}"))),
+        }
+    }
+
+    impl Proposer for Arc<FakeRaft> {
+        async fn propose(&self, request: Request) -> Result<Response> {
+            self.entries.lock().unwrap().push(request.clone());
+            self.release.notified().await;
+            if let Some(error) = self.fail_with.lock().unwrap().clone() {
+                return Err(error);
+            }
+            match &request.command {
+                Command::Batch { requests } => Ok(Response::Batch(requests.iter().map(answer).collect())),
+                _ => answer(&request),
+            }
+        }
+    }
+
+    fn delete(id: &str) -> Request {
+        Request {
+            at_ms: 1_000,
+            principal: "alice".into(),
+            command: Command::DeleteJob {
+                id: id.into(),
+                expected_version: None,
+            },
+            write_id: Some(format!("w-{id}")),
+        }
+    }
+
+    /// Lets spawned tasks run until they all wait.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn entry_sizes(raft: &FakeRaft) -> Vec<usize> {
+        raft.entries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match &e.command {
+                Command::Batch { requests } => requests.len(),
+                _ => 1,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_write_is_proposed_as_itself() {
+        let raft = Arc::new(FakeRaft::default());
+        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let call = tokio::spawn({
+            let batcher = batcher.clone();
+            async move { batcher.propose(delete("a")).await }
+        });
+        settle().await;
+        assert_eq!(raft.entries.lock().unwrap().clone(), vec![delete("a")]);
+        raft.release.notify_waiters();
+        assert_eq!(call.await.unwrap(), Err(Error::NotFound("a".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_queued_while_slots_are_busy_share_one_entry_and_get_their_own_results() {
+        let raft = Arc::new(FakeRaft::default());
+        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let spawn = |id: String| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.propose(delete(&id)).await })
+        };
+        // Fill the slots with lone writes (one at a time), then queue five more.
+        let mut calls = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            calls.push(spawn(format!("busy{i}")));
+            settle().await;
+        }
+        calls.extend((0..5).map(|i| spawn(format!("queued{i}"))));
+        settle().await;
+        assert_eq!(
+            entry_sizes(&raft),
+            vec![1; MAX_IN_FLIGHT],
+            "nothing more proposed while the slots are busy"
+        );
+        raft.release.notify_waiters();
+        settle().await;
+        assert_eq!(entry_sizes(&raft), [vec![1; MAX_IN_FLIGHT], vec![5]].concat());
+        let batch = raft.entries.lock().unwrap().last().cloned().unwrap();
+        let Command::Batch { requests } = batch.command else {
+            panic!("not a batch")
+        };
+        let ids: Vec<_> = (0..5).map(|i| delete(&format!("queued{i}"))).collect();
+        assert_eq!(requests, ids, "every request as sent, in arrival order");
+        assert_eq!(batch.write_id, None);
+        raft.release.notify_waiters();
+        let mut names = Vec::new();
+        for call in calls {
+            match call.await.unwrap() {
+                Err(Error::NotFound(id)) => names.push(id),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let mut expected: Vec<String> = (0..MAX_IN_FLIGHT).map(|i| format!("busy{i}")).collect();
+        expected.extend((0..5).map(|i| format!("queued{i}")));
+        assert_eq!(names, expected, "each caller got the result of its own request");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_bound_splits_batches_and_a_large_write_goes_alone() {
+        let raft = Arc::new(FakeRaft::default());
+        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let big = |name: &str, bytes: usize| Request {
+            principal: "x".repeat(bytes),
+            ..delete(name)
+        };
+        let spawn = |request: Request| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.propose(request).await })
+        };
+        let mut calls = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            calls.push(spawn(delete(&format!("busy{i}"))));
+            settle().await;
+        }
+        // 0.4 + 0.4 MiB fit together; the third 0.4 MiB does not; the
+        // 1.5 MiB one exceeds the bound on its own.
+        for (name, bytes) in [
+            ("a", 400_000),
+            ("b", 400_000),
+            ("c", 400_000),
+            ("huge", 1_500_000),
+        ] {
+            calls.push(spawn(big(name, bytes)));
+        }
+        settle().await;
+        for _ in 0..4 {
+            raft.release.notify_waiters();
+            settle().await;
+        }
+        assert_eq!(
+            entry_sizes(&raft),
+            [vec![1; MAX_IN_FLIGHT], vec![2, 1, 1]].concat()
+        );
+        for entry in raft.entries.lock().unwrap().iter() {
+            let bytes = crate::raft::encode(entry).unwrap().len();
+            assert!(
+                bytes <= MAX_BATCH_BYTES || !matches!(entry.command, Command::Batch { .. }),
+                "a batch of {bytes} bytes"
+            );
+        }
+        for call in calls {
+            call.await.unwrap().unwrap_err();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_entry_fails_every_write_in_it_with_its_error() {
+        let raft = Arc::new(FakeRaft::default());
+        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let spawn = |id: String| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.propose(delete(&id)).await })
+        };
+        let mut calls = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            calls.push(spawn(format!("busy{i}")));
+            settle().await;
+        }
+        calls.extend((0..3).map(|i| spawn(format!("queued{i}"))));
+        settle().await;
+        let lost = Error::unavailable("leadership lost");
+        *raft.fail_with.lock().unwrap() = Some(lost.clone());
+        for _ in 0..2 {
+            raft.release.notify_waiters();
+            settle().await;
+        }
+        assert_eq!(entry_sizes(&raft), [vec![1; MAX_IN_FLIGHT], vec![3]].concat());
+        for call in calls {
+            assert_eq!(call.await.unwrap(), Err(lost.clone()));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_stops_when_the_batcher_is_dropped() {
+        let raft = Arc::new(FakeRaft::default());
+        let (batcher, task) = WriteBatcher::spawn(raft.clone());
+        let call = tokio::spawn(async move {
+            let answer = batcher.propose(delete("last")).await;
+            drop(batcher);
+            answer
+        });
+        settle().await;
+        raft.release.notify_waiters();
+        assert_eq!(call.await.unwrap(), Err(Error::NotFound("last".into())));
+        tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the task ends once the batcher is gone")
+            .expect("the task did not panic");
+    }
+}
