@@ -29,6 +29,7 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod ports;
 pub mod proto;
 pub mod raft;
 pub mod scheduler;

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -19,23 +18,9 @@ use tonic::transport::Channel;
 /// Path of the binary under test.
 pub const KAIROS: &str = env!("CARGO_BIN_EXE_kairos");
 
-/// A free loopback port for a node to bind later. Ports come from below the
-/// kernel's ephemeral range (32768 and up), so outgoing connections of tests
-/// running in parallel never take them, and one test process never hands out
-/// the same port twice. Another process could still bind it first; that shows
-/// up as a node failing to start with "address in use".
+/// A free loopback port for a node to bind later (see [`kairos::ports`]).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    loop {
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Spread processes apart (by pid) and walk the range with a large odd stride.
-        let candidate = 20_000 + ((u64::from(std::process::id()) * 7_919 + n * 4_093) % 12_000) as u16;
-        if HANDED_OUT.lock().unwrap().insert(candidate) && TcpListener::bind(("127.0.0.1", candidate)).is_ok()
-        {
-            return candidate;
-        }
-    }
+    kairos::ports::free_loopback_port()
 }
 
 /// One node process.

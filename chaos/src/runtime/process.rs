@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -54,9 +54,14 @@ pub struct ProcessCluster {
     proxies: CancellationToken,
 }
 
+/// A loopback address for a node to bind, from below the ephemeral range
+/// (see [`kairos::ports`]): a kernel-chosen port could be taken by an
+/// outgoing connection before the node binds it.
 fn free_port() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?)
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        kairos::ports::free_loopback_port(),
+    )))
 }
 
 impl ProcessCluster {
