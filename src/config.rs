@@ -94,9 +94,9 @@ agent_settings! {
     dial_map: String, env = "KAIROS_DIAL_MAP" [hide = true];
     /// Log output: text or json.
     log_format: LogFormat, env = "KAIROS_LOG_FORMAT";
-    /// Raft leader heartbeat period in ms (default 100).
+    /// Raft leader heartbeat period in ms (default 50).
     heartbeat_ms: u64, env = "KAIROS_HEARTBEAT_MS";
-    /// Raft minimum election timeout in ms (default 400; the maximum is twice it).
+    /// Raft minimum election timeout in ms (default 250; the maximum is twice it).
     election_timeout_ms: u64, env = "KAIROS_ELECTION_TIMEOUT_MS";
     /// Build a snapshot every this many log entries (default 10000).
     snapshot_logs: u64, env = "KAIROS_SNAPSHOT_LOGS";

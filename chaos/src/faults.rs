@@ -130,7 +130,7 @@ async fn inject(
         FaultKind::PauseLeader => {
             let leader = leader_or_any(clients, rng).await;
             runtime.pause(leader).await?;
-            // Longer than the election timeout (400-800 ms by default), and
+            // Longer than the election timeout (250-500 ms by default), and
             // than the heartbeat timeout of the runs it holds (3 s), sometimes.
             hold(rng, 1_500, 4_500).await;
             runtime.resume(leader).await?;
