@@ -31,6 +31,7 @@ pub mod durability;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
+pub mod table_writer;
 
 use std::io::Cursor;
 use std::path::Path;

@@ -6,7 +6,8 @@
 //! [`TABLE_FLUSH_EVERY`] (or once [`TABLE_FLUSH_KEYS`] keys are waiting, and
 //! when the store is dropped) the current value of every collected key is
 //! written, together with the last applied log id and membership, in one
-//! atomic sled batch to the tree `sm`. A run that is created, started and
+//! atomic sled batch to the tree `sm`, applied on the table writer's own
+//! thread ([`super::table_writer`]). A run that is created, started and
 //! finished within one interval is written once, not three times — the
 //! tables' write volume, not the log's, was what bounded the run rate. The
 //! tables are then exactly the state at the log id they record:
@@ -50,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::durability::Disk;
+use super::table_writer::TableWriter;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::run::{JobCounters, Run};
@@ -153,6 +155,8 @@ struct StoredSnapshotMeta {
 pub struct StateMachineStore {
     disk: Disk,
     tables: sled::Tree,
+    /// Applies the table batches on its own thread, in order.
+    writer: TableWriter,
     snapshots: sled::Tree,
     state: StateHandle,
     last_applied: Option<LogId<NodeId>>,
@@ -175,9 +179,11 @@ impl StateMachineStore {
     pub fn open(disk: Disk) -> Result<StateMachineStore> {
         let tables = disk.db.open_tree("sm").map_err(Error::internal)?;
         let snapshots = disk.db.open_tree("snapshot").map_err(Error::internal)?;
+        let writer = TableWriter::start(tables.clone()).map_err(Error::internal)?;
         let mut store = StateMachineStore {
             disk,
             tables,
+            writer,
             snapshots,
             state: StateHandle::default(),
             last_applied: None,
@@ -273,7 +279,7 @@ impl StateMachineStore {
         }
         batch.insert(APPLIED_KEY, encode(&self.last_applied).map_err(sm_write)?);
         batch.insert(MEMBERSHIP_KEY, encode(&self.membership).map_err(sm_write)?);
-        self.tables.apply_batch(batch).map_err(sm_write)
+        self.writer.submit(batch).map_err(sm_write)
     }
 
     /// Replaces the state with a snapshot's: stores the snapshot first, then
@@ -282,6 +288,8 @@ impl StateMachineStore {
         let mut state: State = decode(data).map_err(snap_read)?;
         state.rebuild_indexes();
         store_snapshot(&self.snapshots, meta, data)?;
+        // No queued batch of the old state may land on the new tables.
+        self.writer.wait().map_err(sm_write)?;
 
         let mut batch = sled::Batch::default();
         for key in self.tables.iter().keys() {
@@ -357,7 +365,8 @@ impl StateMachineStore {
     /// Writes the tables now, and from now on only when asked (tests).
     pub(crate) fn write_tables_now(&mut self) -> Result<(), StorageError> {
         self.flush_every = Duration::MAX;
-        self.write_tables()
+        self.write_tables()?;
+        self.writer.wait().map_err(sm_write)
     }
 
     /// Drops the store as a crash would: what the tables wait for is lost.

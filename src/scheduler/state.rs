@@ -554,6 +554,17 @@ impl State {
         self.pending_order.len()
     }
 
+    /// The runs of a job that have not finished (pending, queued or
+    /// running), oldest first: from the dispatch indexes, without walking
+    /// the job's kept history.
+    pub fn open_runs(&self, job_id: &str) -> impl Iterator<Item = &Run> {
+        let pending = self.pending_by_job.get(job_id).into_iter().flatten();
+        let active = self.active_by_job.get(job_id).into_iter().flatten();
+        let mut ids: Vec<RunId> = pending.chain(active).copied().collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.runs.get(&id))
+    }
+
     /// The runs of a job, oldest first.
     pub fn job_runs(&self, job_id: &str) -> impl Iterator<Item = &Run> {
         self.runs_by_job

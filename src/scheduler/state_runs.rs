@@ -185,11 +185,7 @@ impl State {
             .jobs
             .get(job_id)
             .map_or(Overlap::Skip, |j| j.spec.policies.overlap);
-        let open: Vec<Run> = self
-            .job_runs(job_id)
-            .filter(|r| !r.status.is_terminal())
-            .cloned()
-            .collect();
+        let open: Vec<Run> = self.open_runs(job_id).cloned().collect();
         let waiting = open.iter().any(|r| r.status == RunStatus::Pending);
         let skip = match overlap {
             _ if cause == RunCause::Backfill => false,

@@ -784,6 +784,15 @@ fn the_dispatch_indexes_stay_equal_to_a_rebuild_under_mixed_commands() {
             .map(|r| r.id)
             .collect();
         assert_eq!(indexed, dispatchable_by_scan(s, now), "step {step}");
+        for job in s.jobs() {
+            let open: Vec<RunId> = s.open_runs(&job.id).map(|r| r.id).collect();
+            let scanned: Vec<RunId> = s
+                .job_runs(&job.id)
+                .filter(|r| !r.status.is_terminal())
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(open, scanned, "open runs of {} at step {step}", job.id);
+        }
     }
     // The walk reached the interesting states.
     let statuses: BTreeSet<RunStatus> = sm.state.runs().map(|r| r.status).collect();
