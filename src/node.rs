@@ -180,6 +180,7 @@ impl Node {
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();
+        let requests_since_snapshot = state_machine.requests_since_snapshot();
         let config = Arc::new(raft_config(&options.tuning)?);
         let raft = Raft::new(options.id, config, PeerNetwork, log_store, state_machine)
             .await
@@ -200,6 +201,11 @@ impl Node {
             write_seq: AtomicU64::new(0),
             batcher,
         });
+        tokio::spawn(snapshot_by_requests(
+            node.raft.clone(),
+            requests_since_snapshot,
+            options.tuning.snapshot_logs,
+        ));
         node.bootstrap(options).await?;
         Ok(node)
     }
@@ -594,5 +600,41 @@ fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNo
             Error::FailedPrecondition(format!("membership change refused: {e}"))
         }
         RaftError::Fatal(e) => Error::unavailable(format!("node {} is shutting down: {e}", id)),
+    }
+}
+
+/// How often [`snapshot_by_requests`] looks at the count.
+const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Asks for a snapshot once `threshold` requests were applied since the last.
+///
+/// openraft's snapshot policy counts log entries, but a batch entry of the
+/// write batcher carries up to a thousand requests: counted by entries, the
+/// log (and what a restart replays) would grow up to a thousand times
+/// further between snapshots. `--snapshot-logs` therefore bounds both:
+/// openraft's policy the entries, this task the requests. It ends when Raft
+/// has shut down.
+async fn snapshot_by_requests(raft: Raft, applied: Arc<AtomicU64>, threshold: u64) {
+    let mut every = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asked_at: Option<Instant> = None;
+    loop {
+        every.tick().await;
+        if raft.metrics().borrow().state == ServerState::Shutdown {
+            return;
+        }
+        if applied.load(Ordering::Relaxed) < threshold {
+            asked_at = None;
+            continue;
+        }
+        // Asked already and the builder has not started (it resets the
+        // count): building a large state takes a while, ask once.
+        if asked_at.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
+            continue;
+        }
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+        asked_at = Some(Instant::now());
     }
 }

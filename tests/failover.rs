@@ -126,3 +126,60 @@ async fn wait_applied(cluster: &TestCluster, id: u64, index: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The write batcher packs concurrent creates into few log entries; the
+/// snapshot bound (`--snapshot-logs`) must still count the requests, or the
+/// log would grow up to a thousand times further between snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
+    const SNAPSHOT_EVERY: u64 = 1_000;
+    let snapshot_flag = format!("--snapshot-logs={SNAPSHOT_EVERY}");
+    let cluster = TestCluster::start(3, &[&snapshot_flag]);
+    cluster.wait_ready(READY).await;
+    let leader = cluster.wait_leader(READY).await;
+
+    // 64 clients × 20 creates at once, all through the leader.
+    let mut clients = Vec::new();
+    for c in 0..64 {
+        let mut jobs = cluster.jobs(leader).await;
+        clients.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let id = format!("job-{c}-{i}");
+                let request = pb::CreateJobRequest {
+                    job: Some(common::job(&id)),
+                    request_id: format!("req-{id}"),
+                };
+                jobs.create_job(request).await.expect("create");
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    let requests = 64 * 20;
+    let before = cluster.status(leader).await;
+    let me = before.nodes.iter().find(|n| n.id == leader).unwrap();
+    assert!(
+        me.last_log_index < SNAPSHOT_EVERY,
+        "{requests} creates took {} entries: not batched, so the entry count alone would trigger the snapshot",
+        me.last_log_index
+    );
+
+    // Every node snapshots on its own, within a few checks of the count.
+    let deadline = tokio::time::Instant::now() + READY;
+    for id in cluster.running() {
+        loop {
+            let status = cluster.status(id).await;
+            let node = status.nodes.iter().find(|n| n.id == id).unwrap();
+            if node.snapshot_index > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} has no snapshot after {requests} requests in {} entries",
+                node.last_log_index
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

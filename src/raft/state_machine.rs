@@ -39,6 +39,7 @@
 //! a few hundred MB of state; streaming from a file is future work.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,7 @@ use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::run::{JobCounters, Run};
 use crate::scheduler::state::StateParts;
-use crate::scheduler::{Changes, CommandResult, Job, RequestRecord, Response, State, WriteRecord};
+use crate::scheduler::{Changes, Command, CommandResult, Job, RequestRecord, Response, State, WriteRecord};
 
 const JOB_PREFIX: &str = "job/";
 const REQUEST_PREFIX: &str = "req/";
@@ -171,6 +172,9 @@ pub struct StateMachineStore {
     tables_behind: bool,
     /// [`TABLE_FLUSH_EVERY`], or longer in tests.
     flush_every: Duration,
+    /// Requests applied since the last snapshot was built (a batch entry
+    /// counts each of its requests; see [`crate::node`]'s snapshot trigger).
+    requests_since_snapshot: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
@@ -193,6 +197,7 @@ impl StateMachineStore {
             written_at: Instant::now(),
             tables_behind: false,
             flush_every: TABLE_FLUSH_EVERY,
+            requests_since_snapshot: Arc::default(),
         };
         store.load_tables().map_err(Error::internal)?;
         // Only the meta first: reading the whole snapshot on every start would
@@ -214,6 +219,11 @@ impl StateMachineStore {
     /// A handle for reading the applied state.
     pub fn state_handle(&self) -> StateHandle {
         self.state.clone()
+    }
+
+    /// A shared count of the requests applied since the last snapshot was built.
+    pub fn requests_since_snapshot(&self) -> Arc<AtomicU64> {
+        self.requests_since_snapshot.clone()
     }
 
     fn load_tables(&mut self) -> Result<(), StorageError> {
@@ -491,7 +501,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => Ok(Response::Empty),
-                    EntryPayload::Normal(request) => state.apply(entry.log_id.index, &request, &mut changes),
+                    EntryPayload::Normal(request) => {
+                        let requests = match &request.command {
+                            Command::Batch { requests } => requests.len() as u64,
+                            _ => 1,
+                        };
+                        self.requests_since_snapshot
+                            .fetch_add(requests, Ordering::Relaxed);
+                        state.apply(entry.log_id.index, &request, &mut changes)
+                    }
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Ok(Response::Empty)
@@ -524,6 +542,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Encode now, while openraft does not apply: the snapshot is exactly the
         // state at `last_applied`. Writing it out happens in `build_snapshot`.
         self.snapshot_seq += 1;
+        self.requests_since_snapshot.store(0, Ordering::Relaxed);
         let data = encode(&*self.state.read()).expect("encoding the state cannot fail");
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
