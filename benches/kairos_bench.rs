@@ -484,6 +484,9 @@ async fn failover(kills: usize) {
         "to_first_run_ms": to_run,
         "write_p50_ms": quantile(&w, 0.5), "write_p99_ms": quantile(&w, 0.99),
         "run_p50_ms": quantile(&r, 0.5), "run_p99_ms": quantile(&r, 0.99),
+        // A NaN above (null in JSON) is a kill after which nothing came within 30 s.
+        "kills_without_write": to_write.iter().filter(|v| v.is_nan()).count(),
+        "kills_without_run": to_run.iter().filter(|v| v.is_nan()).count(),
     });
     println!("{result}");
     println!("| kills | first write p50 | p99 | first run p50 | p99 |");
@@ -523,6 +526,7 @@ async fn first_write(addr: &str, kill: usize, since: Instant) -> f64 {
 /// Milliseconds from `since` until a run of `pulse` started after `killed_ms` (bounded: 30 s).
 async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
     let mut runs = RunServiceClient::new(channel(addr).await);
+    let mut last_seen = String::new();
     while since.elapsed() < Duration::from_secs(30) {
         let mut request = tonic::Request::new(pb::ListRunsRequest {
             job_id: "pulse".into(),
@@ -531,22 +535,39 @@ async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
             ..Default::default()
         });
         request.set_timeout(Duration::from_millis(500));
-        if let Ok(page) = runs.list_runs(request).await {
-            let started: Option<i64> = page
-                .into_inner()
-                .runs
-                .iter()
-                .filter_map(|r| r.started_at.as_ref().map(timestamp_ms))
-                .filter(|&t| t > killed_ms)
-                .min();
-            if let Some(t) = started {
-                // The run's own start time, measured from the kill.
-                return (t - killed_ms) as f64;
+        match runs.list_runs(request).await {
+            Ok(page) => {
+                let page = page.into_inner();
+                let started: Option<i64> = page
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.started_at.as_ref().map(timestamp_ms))
+                    .filter(|&t| t > killed_ms)
+                    .min();
+                if let Some(t) = started {
+                    // The run's own start time, measured from the kill.
+                    return (t - killed_ms) as f64;
+                }
+                last_seen = format!("{:?}", page.runs.iter().map(run_summary).collect::<Vec<_>>());
             }
+            Err(status) => last_seen = format!("list_runs failed: {status}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Not silently: what the last look found, for whoever reads the output.
+    eprintln!("\nfailover: no run of `pulse` started within 30 s of the kill; last look: {last_seen}");
     f64::NAN
+}
+
+/// `nominal status attempt node` of a run, for diagnostics.
+fn run_summary(run: &pb::Run) -> String {
+    format!(
+        "{} {:?} a{} n{}",
+        run.nominal_time.as_ref().map(timestamp_ms).unwrap_or_default(),
+        pb::RunStatus::try_from(run.status).unwrap_or_default(),
+        run.attempt,
+        run.node_id
+    )
 }
 
 /// Resident memory of `pid` in bytes (VmRSS).
