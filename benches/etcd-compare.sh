@@ -58,7 +58,7 @@ done
 curl -fsS "http://${CLIENTS[0]}/health" | grep -q '"health":"true"' || { echo "etcd did not become healthy"; tail "$DIR"/etcd1.log; exit 1; }
 
 cargo bench --bench kairos-bench --no-run >/dev/null 2>&1
-run() { cargo bench -q --bench kairos-bench -- create --duration "${SECONDS_PER_RUN}s" --payload "$PAYLOAD" "$@" 2>/dev/null | head -1; }
+run() { cargo bench -q --bench kairos-bench -- create --duration "${SECONDS_PER_RUN}s" --payload "$PAYLOAD" "$@" 2>/dev/null | sed -n 1p; }
 
 RESULTS="$DIR/results.jsonl"
 for clients in 1 64; do

@@ -14,11 +14,13 @@ mkdir -p "$OUT"
 DAY="$(date -u +%Y-%m-%d)"
 if [ -n "${QUICK:-}" ]; then SECS=3; SCALE=5000; KILLS=3; else SECS=10; SCALE="${SCALE:-100000}"; KILLS="${KILLS:-20}"; fi
 # SKIP_DONE=1 keeps results already in target/bench-results (resume after an interruption).
+# Outputs are cut with `sed -n 1p`, not `head -1`: head closing the pipe early
+# made the producer die of SIGPIPE, which pipefail turned into a silent exit.
 run_into() { local f="$OUT/$1"; shift; if [ -n "${SKIP_DONE:-}" ] && [ -s "$f" ]; then return; fi; "$@" >"$f"; }
 
 cargo build --release --bin kairos >/dev/null 2>&1
 cargo bench --bench kairos-bench --no-run >/dev/null 2>&1
-kb() { cargo bench -q --bench kairos-bench -- "$@" 2>/dev/null | head -1; }
+kb() { cargo bench -q --bench kairos-bench -- "$@" 2>/dev/null | sed -n 1p; }
 kb_workers() { local workers="$1"; shift; KAIROS_BENCH_WORKERS="$workers" kb "$@"; }
 
 echo "create ..." >&2
