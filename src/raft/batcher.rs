@@ -238,14 +238,31 @@ mod tests {
             .collect()
     }
 
+    type Call = tokio::task::JoinHandle<Result<Response>>;
+
+    fn spawn_propose(batcher: &Arc<WriteBatcher>, request: Request) -> Call {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.propose(request).await })
+    }
+
+    /// A batcher whose slots are all taken by lone writes (`busy0`, ...),
+    /// proposed one at a time so each is its own entry.
+    async fn busy_batcher() -> (Arc<FakeRaft>, Arc<WriteBatcher>, Vec<Call>) {
+        let raft = Arc::new(FakeRaft::default());
+        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let mut calls = Vec::new();
+        for i in 0..MAX_IN_FLIGHT {
+            calls.push(spawn_propose(&batcher, delete(&format!("busy{i}"))));
+            settle().await;
+        }
+        (raft, batcher, calls)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_lone_write_is_proposed_as_itself() {
         let raft = Arc::new(FakeRaft::default());
         let batcher = Arc::new(WriteBatcher::start(raft.clone()));
-        let call = tokio::spawn({
-            let batcher = batcher.clone();
-            async move { batcher.propose(delete("a")).await }
-        });
+        let call = spawn_propose(&batcher, delete("a"));
         settle().await;
         assert_eq!(raft.entries.lock().unwrap().clone(), vec![delete("a")]);
         raft.release.notify_waiters();
@@ -254,19 +271,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn writes_queued_while_slots_are_busy_share_one_entry_and_get_their_own_results() {
-        let raft = Arc::new(FakeRaft::default());
-        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
-        let spawn = |id: String| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.propose(delete(&id)).await })
-        };
-        // Fill the slots with lone writes (one at a time), then queue five more.
-        let mut calls = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            calls.push(spawn(format!("busy{i}")));
-            settle().await;
-        }
-        calls.extend((0..5).map(|i| spawn(format!("queued{i}"))));
+        // Fill the slots with lone writes, then queue five more.
+        let (raft, batcher, mut calls) = busy_batcher().await;
+        calls.extend((0..5).map(|i| spawn_propose(&batcher, delete(&format!("queued{i}")))));
         settle().await;
         assert_eq!(
             entry_sizes(&raft),
@@ -298,21 +305,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_byte_bound_splits_batches_and_a_large_write_goes_alone() {
-        let raft = Arc::new(FakeRaft::default());
-        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let (raft, batcher, mut calls) = busy_batcher().await;
         let big = |name: &str, bytes: usize| Request {
             principal: "x".repeat(bytes),
             ..delete(name)
         };
-        let spawn = |request: Request| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.propose(request).await })
-        };
-        let mut calls = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            calls.push(spawn(delete(&format!("busy{i}"))));
-            settle().await;
-        }
         // 0.4 + 0.4 MiB fit together; the third 0.4 MiB does not; the
         // 1.5 MiB one exceeds the bound on its own.
         for (name, bytes) in [
@@ -321,7 +318,7 @@ mod tests {
             ("c", 400_000),
             ("huge", 1_500_000),
         ] {
-            calls.push(spawn(big(name, bytes)));
+            calls.push(spawn_propose(&batcher, big(name, bytes)));
         }
         settle().await;
         for _ in 0..4 {
@@ -346,18 +343,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_entry_fails_every_write_in_it_with_its_error() {
-        let raft = Arc::new(FakeRaft::default());
-        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
-        let spawn = |id: String| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.propose(delete(&id)).await })
-        };
-        let mut calls = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            calls.push(spawn(format!("busy{i}")));
-            settle().await;
-        }
-        calls.extend((0..3).map(|i| spawn(format!("queued{i}"))));
+        let (raft, batcher, mut calls) = busy_batcher().await;
+        calls.extend((0..3).map(|i| spawn_propose(&batcher, delete(&format!("queued{i}")))));
         settle().await;
         let lost = Error::unavailable("leadership lost");
         *raft.fail_with.lock().unwrap() = Some(lost.clone());
