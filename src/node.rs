@@ -591,15 +591,15 @@ fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNo
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
             message: match f.leader_id {
-                Some(id) => format!("node {} is not the leader; node {id} is", id),
-                None => format!("node {} is not the leader and knows none", id),
+                Some(leader) => format!("node {id} is not the leader; node {leader} is"),
+                None => format!("node {id} is not the leader and knows none"),
             },
             leader: f.leader_node.map(|n| n.addr),
         },
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Error::FailedPrecondition(format!("membership change refused: {e}"))
         }
-        RaftError::Fatal(e) => Error::unavailable(format!("node {} is shutting down: {e}", id)),
+        RaftError::Fatal(e) => Error::unavailable(format!("node {id} is shutting down: {e}")),
     }
 }
 
@@ -636,5 +636,27 @@ async fn snapshot_by_requests(raft: Raft, applied: Arc<AtomicU64>, threshold: u6
             return;
         }
         asked_at = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::ForwardToLeader;
+
+    use super::*;
+
+    #[test]
+    fn a_write_refused_by_a_follower_names_both_nodes_and_the_leader_address() {
+        let refused = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+            leader_id: Some(3),
+            leader_node: Some(BasicNode::new("127.0.0.1:7103")),
+        }));
+        assert_eq!(
+            write_error(1, refused),
+            Error::Unavailable {
+                message: "node 1 is not the leader; node 3 is".into(),
+                leader: Some("127.0.0.1:7103".into()),
+            }
+        );
     }
 }
