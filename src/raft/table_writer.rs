@@ -105,12 +105,15 @@ fn write_all(tree: &sled::Tree, queue: &Receiver<Work>, failed: &Mutex<Option<St
     while let Ok(work) = queue.recv() {
         match work {
             Work::Batch(batch) => {
-                let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
-                if failed.is_none() {
-                    if let Err(e) = tree.apply_batch(batch) {
-                        tracing::error!("writing the state tables: {e}");
-                        *failed = Some(e.to_string());
-                    }
+                // The lock is not held while applying: `submit` checks it
+                // and must not wait for the batch in progress.
+                let lock = || failed.lock().unwrap_or_else(|p| p.into_inner());
+                if lock().is_some() {
+                    continue;
+                }
+                if let Err(e) = tree.apply_batch(batch) {
+                    tracing::error!("writing the state tables: {e}");
+                    *lock() = Some(e.to_string());
                 }
             }
             Work::Barrier(done) => {
