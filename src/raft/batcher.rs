@@ -81,7 +81,7 @@ impl WriteBatcher {
 
     /// Proposes `request` (alone or with others) and returns its own result.
     pub async fn propose(&self, request: Request) -> Result<Response> {
-        let bytes = crate::raft::encode(&request)?.len();
+        let bytes = crate::raft::encoded_len(&request)?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Queued {
@@ -256,6 +256,22 @@ mod tests {
             settle().await;
         }
         (raft, batcher, calls)
+    }
+
+    #[test]
+    fn the_size_counted_against_the_bound_is_the_encoded_size() {
+        let batch = Request {
+            command: Command::Batch {
+                requests: vec![delete("a"), delete(&"b".repeat(300))],
+            },
+            ..delete("batch")
+        };
+        for request in [delete("a"), batch] {
+            assert_eq!(
+                crate::raft::encoded_len(&request).unwrap(),
+                crate::raft::encode(&request).unwrap().len()
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

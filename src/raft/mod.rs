@@ -64,6 +64,11 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::internal(format!("encode: {e}")))
 }
 
+/// The length of [`encode`]'s output, without building it.
+pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize> {
+    postcard::experimental::serialized_size(value).map_err(|e| Error::internal(format!("encode: {e}")))
+}
+
 /// Decodes a value written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::internal(format!("decode: {e}")))
