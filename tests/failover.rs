@@ -111,18 +111,29 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
 
 /// Waits until node `id` reports an applied index of at least `index`.
 async fn wait_applied(cluster: &TestCluster, id: u64, index: u64) {
+    wait_own_status(cluster, id, |me| {
+        (me.applied_index >= index)
+            .then_some(())
+            .ok_or_else(|| format!("applied {} < {index}", me.applied_index))
+    })
+    .await
+}
+
+/// Polls node `id`'s report of itself until `done` accepts it; fails with
+/// the last reason `done` gave once [`READY`] has passed.
+async fn wait_own_status(
+    cluster: &TestCluster,
+    id: u64,
+    done: impl Fn(&pb::NodeStatus) -> Result<(), String>,
+) {
     let deadline = tokio::time::Instant::now() + READY;
     loop {
         let status = cluster.status(id).await;
         let me = status.nodes.iter().find(|n| n.id == id).unwrap();
-        if me.applied_index >= index {
-            return;
+        match done(me) {
+            Ok(()) => return,
+            Err(why) => assert!(tokio::time::Instant::now() < deadline, "node {id}: {why}"),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node {id} applied {} < {index}",
-            me.applied_index
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -166,20 +177,15 @@ async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
     );
 
     // Every node snapshots on its own, within a few checks of the count.
-    let deadline = tokio::time::Instant::now() + READY;
     for id in cluster.running() {
-        loop {
-            let status = cluster.status(id).await;
-            let node = status.nodes.iter().find(|n| n.id == id).unwrap();
-            if node.snapshot_index > 0 {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {id} has no snapshot after {requests} requests in {} entries",
-                node.last_log_index
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_own_status(&cluster, id, |node| {
+            (node.snapshot_index > 0).then_some(()).ok_or_else(|| {
+                format!(
+                    "no snapshot after {requests} requests in {} entries",
+                    node.last_log_index
+                )
+            })
+        })
+        .await;
     }
 }

@@ -109,7 +109,8 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     /// Minimum election timeout, ms (the maximum is twice this).
     pub election_timeout_ms: u64,
-    /// Build a snapshot after this many applied entries.
+    /// Build a snapshot after this many applied entries (openraft's policy)
+    /// or requests (`node`'s trigger: a batch entry holds many).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub snapshot_keep_logs: u64,

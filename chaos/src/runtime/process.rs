@@ -57,11 +57,8 @@ pub struct ProcessCluster {
 /// A loopback address for a node to bind, from below the ephemeral range
 /// (see [`kairos::ports`]): a kernel-chosen port could be taken by an
 /// outgoing connection before the node binds it.
-fn free_port() -> Result<SocketAddr> {
-    Ok(SocketAddr::from((
-        [127, 0, 0, 1],
-        kairos::ports::free_loopback_port(),
-    )))
+fn free_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], kairos::ports::free_loopback_port()))
 }
 
 impl ProcessCluster {
@@ -74,9 +71,9 @@ impl ProcessCluster {
             nodes.insert(
                 id,
                 NodeProcess {
-                    grpc: free_port()?,
-                    http: free_port()?,
-                    cluster: free_port()?,
+                    grpc: free_port(),
+                    http: free_port(),
+                    cluster: free_port(),
                     data_dir,
                     dial_map: String::new(),
                     child: None,
