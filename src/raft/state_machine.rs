@@ -25,7 +25,9 @@
 //! can only lag the log, and openraft re-applies the rest from the log, whose
 //! committed index is stored).
 //!
-//! Snapshots are the postcard encoding of the whole [`State`], stored in the tree
+//! Snapshots are the postcard encoding of a [`StateImage`] (the replicated
+//! content of the state; taking one is O(1), so encoding it runs on a blocking
+//! thread while the state machine goes on applying), stored in the tree
 //! `snapshot` as 1 MiB chunks plus a `meta` record, written in one batch and
 //! fsynced. Installing a snapshot first stores it, then rewrites the tables; if
 //! the node crashes in between, [`StateMachineStore::open`] notices that the
@@ -56,6 +58,7 @@ use super::table_writer::TableWriter;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
 use crate::scheduler::run::{JobCounters, Run};
+use crate::scheduler::state::StateImage;
 use crate::scheduler::state::StateParts;
 use crate::scheduler::{Changes, Command, CommandResult, Job, RequestRecord, Response, State, WriteRecord};
 
@@ -295,8 +298,7 @@ impl StateMachineStore {
     /// Replaces the state with a snapshot's: stores the snapshot first, then
     /// rewrites the tables, then syncs.
     fn replace_state(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
-        let mut state: State = decode(data).map_err(snap_read)?;
-        state.rebuild_indexes();
+        let state = State::from_image(decode(data).map_err(snap_read)?);
         store_snapshot(&self.snapshots, meta, data)?;
         // No queued batch of the old state may land on the new tables.
         self.writer.wait().map_err(sm_write)?;
@@ -453,19 +455,27 @@ fn store_snapshot(tree: &sled::Tree, meta: &Meta, data: &[u8]) -> Result<(), Sto
     Ok(())
 }
 
-/// Builds a snapshot from a state encoded while the state machine was paused.
+/// Builds a snapshot from an image of the state taken while the state machine
+/// was paused (which costs O(1)); encoding and storing it happen off that task.
 pub struct SnapshotBuilder {
     disk: Disk,
     snapshots: sled::Tree,
     meta: Meta,
-    data: Vec<u8>,
+    image: Option<StateImage>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let data = std::mem::take(&mut self.data);
+        let image = self
+            .image
+            .take()
+            .ok_or_else(|| snap_write("snapshot already built"))?;
         let (disk, tree, meta) = (self.disk.clone(), self.snapshots.clone(), self.meta.clone());
         let data = tokio::task::spawn_blocking(move || {
+            let data = encode(&image).map_err(snap_write)?;
+            // The image shares nodes with the live state; dropping it here
+            // keeps the release of the copies off the state machine's task.
+            drop(image);
             store_snapshot(&tree, &meta, &data)?;
             disk.sync().map_err(snap_write)?;
             Ok::<_, StorageError>(data)
@@ -539,11 +549,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Encode now, while openraft does not apply: the snapshot is exactly the
-        // state at `last_applied`. Writing it out happens in `build_snapshot`.
+        // Take the image now, while openraft does not apply: the snapshot is
+        // exactly the state at `last_applied`. Encoding and writing it out
+        // happen in `build_snapshot`, while applying goes on.
         self.snapshot_seq += 1;
         self.requests_since_snapshot.store(0, Ordering::Relaxed);
-        let data = encode(&*self.state.read()).expect("encoding the state cannot fail");
+        let image = self.state.read().image();
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
@@ -556,7 +567,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_membership: self.membership.clone(),
                 snapshot_id,
             },
-            data,
+            image: Some(image),
         }
     }
 

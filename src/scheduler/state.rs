@@ -347,56 +347,64 @@ pub struct JobPage {
     pub next_page_token: Option<String>,
 }
 
-/// The whole replicated state.
+/// A map of replicated content. Persistent (structure-shared) so that a
+/// [`StateImage`] of the whole state is taken in O(1) and encoded for a
+/// snapshot on another thread while the state machine goes on applying:
+/// mutations copy only the nodes the image still shares.
+pub type Table<K, V> = imbl::OrdMap<K, V>;
+
+/// The replicated content of a [`State`], without its derived indexes: what a
+/// snapshot holds. Taking one ([`State::image`]) copies five map roots.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateImage {
+    jobs: Table<JobId, Job>,
+    requests: Table<String, RequestRecord>,
+    writes: Table<String, WriteRecord>,
+    runs: Table<RunId, Run>,
+    next_run_id: RunId,
+    counters: Table<JobId, JobCounters>,
+}
+
+/// The whole replicated state.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     /// Every job, by id.
-    jobs: BTreeMap<JobId, Job>,
+    jobs: Table<JobId, Job>,
     /// Remembered create request ids, by request id.
-    requests: BTreeMap<String, RequestRecord>,
+    requests: Table<String, RequestRecord>,
     /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
-    #[serde(skip)]
     request_expiry: BTreeSet<(i64, String)>,
     /// Request id of each job whose create record has no copy of it yet
     /// (the stored job is still the created version) (derived).
-    #[serde(skip)]
     uncopied_request: BTreeMap<JobId, String>,
     /// Results of recent writes, by write id.
-    writes: BTreeMap<String, WriteRecord>,
+    writes: Table<String, WriteRecord>,
     /// `(at_ms, write_id)` of every record in `writes`, oldest first (derived).
-    #[serde(skip)]
     write_expiry: BTreeSet<(i64, String)>,
     /// Every run still kept, by id.
-    runs: BTreeMap<RunId, Run>,
+    runs: Table<RunId, Run>,
     /// The id the next run gets.
     next_run_id: RunId,
     /// Per-job counters (kept after history retention drops runs).
-    counters: BTreeMap<JobId, JobCounters>,
+    counters: Table<JobId, JobCounters>,
     /// `(next_fire_ms, job id)` of every job that can fire (not paused) — the
     /// timer's earliest-next-fire index (derived).
-    #[serde(skip)]
     fire_index: BTreeSet<(i64, JobId)>,
     /// Run ids of each job (derived).
-    #[serde(skip)]
     runs_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// `(deadline_ms, run id)` of every run with a lease, time limit or start
     /// deadline the timer must enforce (derived).
-    #[serde(skip)]
     deadline_index: BTreeSet<(i64, RunId)>,
     /// The deadline each run is filed under in `deadline_index` (derived): a
     /// run's deadline depends on its job's policies, which can change or
     /// vanish before the run does, so removal uses what was filed.
-    #[serde(skip)]
     filed_deadline: BTreeMap<RunId, i64>,
     /// `(not_before_ms, run id)` of every pending run: the dispatcher's
     /// queue, in the order runs may start (derived).
-    #[serde(skip)]
     pending_order: BTreeSet<(i64, RunId)>,
     /// Pending run ids of each job, oldest first (derived).
-    #[serde(skip)]
     pending_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// Queued or running run ids of each job (derived).
-    #[serde(skip)]
     active_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
 }
 
@@ -416,13 +424,48 @@ impl State {
         state
     }
 
-    /// Recomputes the derived indexes (after deserializing).
+    /// The replicated content, sharing its maps with this state: O(1), and
+    /// later changes to the state do not show in it.
+    pub fn image(&self) -> StateImage {
+        StateImage {
+            jobs: self.jobs.clone(),
+            requests: self.requests.clone(),
+            writes: self.writes.clone(),
+            runs: self.runs.clone(),
+            next_run_id: self.next_run_id,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Rebuilds a state (with its derived indexes) from its replicated content.
+    pub fn from_image(image: StateImage) -> State {
+        let StateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        } = image;
+        let mut state = State {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            ..State::default()
+        };
+        state.rebuild_indexes();
+        state
+    }
+
     /// A hash of the replicated content (not the derived indexes): replicas
     /// that applied the same entries have the same digest. For checkers; it
     /// encodes the whole state, so it costs as much as a snapshot.
     pub fn digest(&self) -> u64 {
         use std::hash::Hasher;
-        let bytes = postcard::to_stdvec(self).expect("encoding the state cannot fail");
+        let bytes = postcard::to_stdvec(&self.image()).expect("encoding the state cannot fail");
         // `DefaultHasher::new` has fixed keys: the same bytes hash the same
         // in every process of a build.
         let mut hasher = std::hash::DefaultHasher::new();
@@ -430,7 +473,8 @@ impl State {
         hasher.finish()
     }
 
-    pub fn rebuild_indexes(&mut self) {
+    /// Recomputes the derived indexes from the replicated content.
+    fn rebuild_indexes(&mut self) {
         self.request_expiry = self
             .requests
             .iter()

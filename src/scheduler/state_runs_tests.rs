@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::super::StateParts;
+use super::super::{StateImage, StateParts};
 use super::*;
 use crate::scheduler::job::{Catchup, JobPatch, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
 use crate::scheduler::run::{AttemptOutcome, AttemptResult, RunStatus};
@@ -803,4 +803,38 @@ fn the_dispatch_indexes_stay_equal_to_a_rebuild_under_mixed_commands() {
         );
     }
     assert!(sm.counters("all").retries > 0 && sm.counters("buffer").retries > 0);
+}
+
+#[test]
+fn an_image_is_the_state_when_taken_and_rebuilds_it() {
+    let mut sm = Sm::new();
+    // More jobs than one node of the persistent maps holds, so later changes
+    // copy shared nodes rather than a lone root.
+    for n in 0..100 {
+        sm.job(&format!("j{n:03}"), T0, |_| {});
+    }
+    let (created, _) = sm.tick(T0 + SEC);
+    assert_eq!(created.len(), 100);
+    let taken = sm.state.clone();
+    let image = sm.state.image();
+
+    // What happens after the image changes the state, not the image.
+    sm.start(created[0], T0 + SEC + 1);
+    sm.tick(T0 + 2 * SEC);
+    sm.apply(
+        T0 + 2 * SEC,
+        Command::DeleteJob {
+            id: "j007".into(),
+            expected_version: None,
+        },
+    )
+    .unwrap();
+    assert_ne!(sm.state, taken);
+    assert_eq!(image, taken.image());
+
+    // Encoded and decoded (as a snapshot is), it rebuilds the state it was
+    // taken from, derived indexes included.
+    let bytes = postcard::to_stdvec(&image).unwrap();
+    let decoded: StateImage = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(State::from_image(decoded), taken);
 }
