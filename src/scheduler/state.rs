@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -357,7 +358,7 @@ pub type Table<K, V> = imbl::OrdMap<K, V>;
 /// snapshot holds. Taking one ([`State::image`]) copies five map roots.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateImage {
-    jobs: Table<JobId, Job>,
+    jobs: Table<JobId, Arc<Job>>,
     requests: Table<String, RequestRecord>,
     writes: Table<String, WriteRecord>,
     runs: Table<RunId, Run>,
@@ -368,8 +369,10 @@ pub struct StateImage {
 /// The whole replicated state.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
-    /// Every job, by id.
-    jobs: Table<JobId, Job>,
+    /// Every job, by id. Behind an `Arc` so that a map node copied after an
+    /// image was taken copies pointers, not jobs, and so that the nodes,
+    /// sized for 16 entries, waste pointers rather than whole jobs.
+    jobs: Table<JobId, Arc<Job>>,
     /// Remembered create request ids, by request id.
     requests: Table<String, RequestRecord>,
     /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
@@ -487,7 +490,7 @@ impl State {
             .map(|(id, r)| (r.job_id.clone(), id.clone()))
             .collect();
         self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
-        self.fire_index = self.jobs.values().filter_map(fire_entry).collect();
+        self.fire_index = self.jobs().filter_map(fire_entry).collect();
         self.runs_by_job.clear();
         self.deadline_index.clear();
         self.filed_deadline.clear();
@@ -509,7 +512,7 @@ impl State {
         {
             self.copy_into_request_record(&job.id, changes);
         }
-        if let Some(old) = self.jobs.get(&job.id).and_then(fire_entry) {
+        if let Some(old) = self.job(&job.id).and_then(fire_entry) {
             self.fire_index.remove(&old);
         }
         if let Some(entry) = fire_entry(&job) {
@@ -521,7 +524,7 @@ impl State {
             .jobs
             .get(&id)
             .is_some_and(|old| old.spec.policies != job.spec.policies);
-        self.jobs.insert(id.clone(), job);
+        self.jobs.insert(id.clone(), Arc::new(job));
         if policies_changed {
             // The job's open runs have new deadlines: file them again.
             for run_id in self.runs_by_job.get(&id).cloned().unwrap_or_default() {
@@ -538,7 +541,7 @@ impl State {
         let Some(rid) = self.uncopied_request.remove(id) else {
             return;
         };
-        let created = self.jobs.get(id).cloned();
+        let created = self.jobs.get(id).map(|job| Job::clone(job));
         if let Some(record) = self.requests.get_mut(&rid) {
             record.created = created;
             changes.requests.insert(rid);
@@ -548,7 +551,7 @@ impl State {
     /// Removes a job with its runs and counters.
     fn remove_job(&mut self, id: &str, changes: &mut Changes) {
         self.copy_into_request_record(id, changes);
-        if let Some(entry) = self.jobs.remove(id).as_ref().and_then(fire_entry) {
+        if let Some(entry) = self.jobs.remove(id).and_then(|job| fire_entry(&job)) {
             self.fire_index.remove(&entry);
         }
         changes.jobs.insert(id.to_string());
@@ -655,12 +658,12 @@ impl State {
 
     /// A job by id.
     pub fn job(&self, id: &str) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(Arc::as_ref)
     }
 
     /// Every job, in id order.
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().map(Arc::as_ref)
     }
 
     /// Every remembered request id with its record.
@@ -702,7 +705,7 @@ impl State {
             }
             last_seen = Some(id.clone());
             if filter.matches(job) {
-                jobs.push(job.clone());
+                jobs.push(Job::clone(job));
             }
         }
         JobPage {
@@ -832,7 +835,7 @@ impl State {
     ) -> CommandResult {
         if let Some(rid) = request_id {
             if let Some(record) = self.requests.get(rid) {
-                let first = record.created.as_ref().or_else(|| self.jobs.get(&record.job_id));
+                let first = record.created.as_ref().or_else(|| self.job(&record.job_id));
                 return if let Some(first) = first.filter(|j| j.id == id && j.spec == *spec) {
                     Ok(Response::Job(Box::new(first.clone())))
                 } else {

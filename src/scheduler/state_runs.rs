@@ -317,7 +317,7 @@ impl State {
         let unique: BTreeSet<&(JobId, i64)> = fires.iter().collect();
         refused += (fires.len() - unique.len()) as u32;
         for (job_id, expected) in unique {
-            let Some(job) = self.jobs.get(job_id).cloned() else {
+            let Some(job) = self.job(job_id).cloned() else {
                 refused += 1;
                 continue;
             };

@@ -439,7 +439,7 @@ fn replicas_applying_the_same_log_agree() {
     assert_eq!(ra, rb);
     // A rebuilt state (as after a restart) equals the live one.
     let rebuilt = State::from_parts(state::StateParts {
-        jobs: a.jobs.values().cloned().collect(),
+        jobs: a.jobs().cloned().collect(),
         requests: a.requests.clone().into_iter().collect(),
         ..Default::default()
     });
