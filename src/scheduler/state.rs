@@ -409,6 +409,11 @@ pub struct State {
     pending_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// Queued or running run ids of each job (derived).
     active_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
+    /// Succeeded run ids of each job, oldest first (derived): what history
+    /// retention trims, without walking every kept run of the job.
+    succeeded_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
+    /// Run ids of each job that ended any other way, oldest first (derived).
+    ended_otherwise_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
 }
 
 impl State {
@@ -497,6 +502,8 @@ impl State {
         self.pending_order.clear();
         self.pending_by_job.clear();
         self.active_by_job.clear();
+        self.succeeded_by_job.clear();
+        self.ended_otherwise_by_job.clear();
         let runs: Vec<Run> = self.runs.values().cloned().collect();
         for run in runs {
             self.index_run(&run);

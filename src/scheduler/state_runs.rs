@@ -103,6 +103,16 @@ impl State {
                 .entry(run.job_id.clone())
                 .or_default()
                 .insert(run.id);
+        } else if run.status == RunStatus::Succeeded {
+            self.succeeded_by_job
+                .entry(run.job_id.clone())
+                .or_default()
+                .insert(run.id);
+        } else {
+            self.ended_otherwise_by_job
+                .entry(run.job_id.clone())
+                .or_default()
+                .insert(run.id);
         }
     }
 
@@ -134,6 +144,8 @@ impl State {
             &mut self.runs_by_job,
             &mut self.pending_by_job,
             &mut self.active_by_job,
+            &mut self.succeeded_by_job,
+            &mut self.ended_otherwise_by_job,
         ] {
             if let Some(ids) = by_job.get_mut(&run.job_id) {
                 ids.remove(&run.id);
@@ -290,16 +302,16 @@ impl State {
         let Some(limits) = self.jobs.get(job_id).map(|j| j.spec.policies.history.clone()) else {
             return;
         };
-        let (succeeded, other): (Vec<&Run>, Vec<&Run>) = self
-            .job_runs(job_id)
-            .filter(|r| r.status.is_terminal())
-            .partition(|r| r.status == RunStatus::Succeeded);
-        let drop_oldest = |runs: Vec<&Run>, keep: u32| -> Vec<RunId> {
-            let excess = runs.len().saturating_sub(keep as usize);
-            runs.iter().take(excess).map(|r| r.id).collect()
+        let oldest_beyond = |ids: Option<&BTreeSet<RunId>>, keep: u32| -> Vec<RunId> {
+            let Some(ids) = ids else { return Vec::new() };
+            let excess = ids.len().saturating_sub(keep as usize);
+            ids.iter().take(excess).copied().collect()
         };
-        let mut doomed = drop_oldest(succeeded, limits.keep_succeeded);
-        doomed.extend(drop_oldest(other, limits.keep_failed));
+        let mut doomed = oldest_beyond(self.succeeded_by_job.get(job_id), limits.keep_succeeded);
+        doomed.extend(oldest_beyond(
+            self.ended_otherwise_by_job.get(job_id),
+            limits.keep_failed,
+        ));
         for id in doomed {
             self.remove_run(id, changes);
         }
