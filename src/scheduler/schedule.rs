@@ -172,7 +172,7 @@ use serde::{Deserialize, Serialize};
 use chrono::Timelike; // the tests' oracle reads wall-clock fields
 
 /// How a job's fire times are described; stored in the replicated state (serde).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ScheduleSpec {
     /// A cron expression (5-field, 6-field seconds-first, @macro, or "@every <duration>") in an IANA zone ("" = UTC).
     Cron { expr: String, timezone: String },
@@ -312,6 +312,49 @@ impl Schedule {
             }
         }
         out
+    }
+}
+
+/// Compiled cron schedules by spec, so that applying a fire does not parse the
+/// job's expression again (parsing was a fifth of the cost of a fire). A pure
+/// memo: bounded to [`ScheduleMemo::CAPACITY`] specs and cleared whole when
+/// full, never part of the replicated content; a clone starts empty and any
+/// two memos compare equal.
+#[derive(Debug, Default)]
+pub struct ScheduleMemo {
+    compiled: std::collections::HashMap<ScheduleSpec, Schedule>,
+}
+
+impl ScheduleMemo {
+    /// Most specs remembered at once.
+    pub const CAPACITY: usize = 4096;
+
+    /// `spec` compiled: from the memo for a cron spec, compiled afresh for the
+    /// others (which cost next to nothing to compile).
+    pub fn compile(&mut self, spec: &ScheduleSpec) -> Result<std::borrow::Cow<'_, Schedule>, ScheduleError> {
+        if !matches!(spec, ScheduleSpec::Cron { .. }) {
+            return Schedule::compile(spec).map(std::borrow::Cow::Owned);
+        }
+        if !self.compiled.contains_key(spec) {
+            let schedule = Schedule::compile(spec)?;
+            if self.compiled.len() >= Self::CAPACITY {
+                self.compiled.clear();
+            }
+            self.compiled.insert(spec.clone(), schedule);
+        }
+        Ok(std::borrow::Cow::Borrowed(&self.compiled[spec]))
+    }
+}
+
+impl Clone for ScheduleMemo {
+    fn clone(&self) -> Self {
+        ScheduleMemo::default()
+    }
+}
+
+impl PartialEq for ScheduleMemo {
+    fn eq(&self, _: &ScheduleMemo) -> bool {
+        true
     }
 }
 

@@ -691,3 +691,37 @@ fn outside_the_cron_crate_years() {
         "30 2 * * * | America/New_York | 2101-03-01T00:00:00Z -> 2101-03-01T07:30:00Z",
     ]);
 }
+
+#[test]
+fn the_memo_answers_as_compile_does_and_stays_bounded() {
+    let mut memo = ScheduleMemo::default();
+    let spec = cron_spec("*/5 * * * *", "Europe/Paris");
+    let fresh = Schedule::compile(&spec).unwrap();
+    assert_eq!(*memo.compile(&spec).unwrap(), fresh);
+    assert_eq!(*memo.compile(&spec).unwrap(), fresh, "a remembered spec");
+    let every = ScheduleSpec::Every {
+        interval_ms: 1_000,
+        phase_ms: 0,
+    };
+    assert_eq!(*memo.compile(&every).unwrap(), Schedule::compile(&every).unwrap());
+    let bad = cron_spec("61 * * * *", "");
+    assert_eq!(
+        memo.compile(&bad).unwrap_err(),
+        Schedule::compile(&bad).unwrap_err()
+    );
+    for minute in 0..60 {
+        for hour in 0..(ScheduleMemo::CAPACITY / 60 + 2) {
+            let spec = cron_spec(
+                &format!("{minute} {} * * *", hour % 24),
+                &format!("Etc/GMT-{}", hour / 24),
+            );
+            let _ = memo.compile(&spec);
+        }
+    }
+    assert!(memo.compiled.len() <= ScheduleMemo::CAPACITY);
+    assert_eq!(
+        *memo.compile(&spec).unwrap(),
+        fresh,
+        "answers again after a clear"
+    );
+}

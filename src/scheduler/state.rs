@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 use super::run::{AttemptOutcome, AttemptResult, JobCounters, Run, RunId};
-use super::schedule::Schedule;
+use super::schedule::{Schedule, ScheduleMemo};
 use crate::error::Error;
 
 #[path = "state_runs.rs"]
@@ -414,6 +414,8 @@ pub struct State {
     succeeded_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// Run ids of each job that ended any other way, oldest first (derived).
     ended_otherwise_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
+    /// Compiled schedules of recent fires (a memo, not state).
+    schedules: ScheduleMemo,
 }
 
 impl State {

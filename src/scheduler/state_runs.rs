@@ -343,7 +343,7 @@ impl State {
                 refused += 1;
                 continue;
             }
-            let Ok(schedule) = Schedule::compile(&job.spec.schedule) else {
+            let Ok(schedule) = self.schedules.compile(&job.spec.schedule) else {
                 refused += 1;
                 continue;
             };
