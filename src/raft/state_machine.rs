@@ -57,10 +57,9 @@ use super::durability::Disk;
 use super::table_writer::TableWriter;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
-use crate::scheduler::run::{JobCounters, Run};
+use crate::scheduler::run::Run;
 use crate::scheduler::state::StateImage;
-use crate::scheduler::state::StateParts;
-use crate::scheduler::{Changes, Command, CommandResult, Job, RequestRecord, Response, State, WriteRecord};
+use crate::scheduler::{Changes, Command, CommandResult, Response, State};
 
 const JOB_PREFIX: &str = "job/";
 const REQUEST_PREFIX: &str = "req/";
@@ -229,38 +228,32 @@ impl StateMachineStore {
         self.requests_since_snapshot.clone()
     }
 
+    /// Rebuilds the state from the tables, record by record (no list of every
+    /// record is built first: that list was the peak of a restart's memory).
     fn load_tables(&mut self) -> Result<(), StorageError> {
-        let mut parts = StateParts::default();
+        let mut image = StateImage::default();
+        let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(sm_read);
         for item in self.tables.iter() {
             let (key, value) = item.map_err(sm_read)?;
             if key.starts_with(JOB_PREFIX.as_bytes()) {
-                parts.jobs.push(decode::<Job>(&value).map_err(sm_read)?);
+                image.insert_job(decode(&value).map_err(sm_read)?);
             } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX.as_bytes()) {
-                let rid = String::from_utf8(rid.to_vec()).map_err(sm_read)?;
-                parts
-                    .requests
-                    .push((rid, decode::<RequestRecord>(&value).map_err(sm_read)?));
+                image.insert_request(text(rid)?, decode(&value).map_err(sm_read)?);
             } else if let Some(wid) = key.strip_prefix(WRITE_PREFIX.as_bytes()) {
-                let wid = String::from_utf8(wid.to_vec()).map_err(sm_read)?;
-                parts
-                    .writes
-                    .push((wid, decode::<WriteRecord>(&value).map_err(sm_read)?));
+                image.insert_write(text(wid)?, decode(&value).map_err(sm_read)?);
             } else if key.starts_with(RUN_PREFIX.as_bytes()) {
-                parts.runs.push(decode::<Run>(&value).map_err(sm_read)?);
+                image.insert_run(decode(&value).map_err(sm_read)?);
             } else if let Some(job_id) = key.strip_prefix(COUNTERS_PREFIX.as_bytes()) {
-                let job_id = String::from_utf8(job_id.to_vec()).map_err(sm_read)?;
-                parts
-                    .counters
-                    .push((job_id, decode::<JobCounters>(&value).map_err(sm_read)?));
+                image.insert_counters(text(job_id)?, decode(&value).map_err(sm_read)?);
             } else if &*key == NEXT_RUN_ID_KEY {
-                parts.next_run_id = decode(&value).map_err(sm_read)?;
+                image.set_next_run_id(decode(&value).map_err(sm_read)?);
             } else if &*key == APPLIED_KEY {
                 self.last_applied = decode(&value).map_err(sm_read)?;
             } else if &*key == MEMBERSHIP_KEY {
                 self.membership = decode(&value).map_err(sm_read)?;
             }
         }
-        *self.state.write() = State::from_parts(parts);
+        *self.state.write() = State::from_image(image);
         Ok(())
     }
 

@@ -214,8 +214,9 @@ impl Command {
 /// The successful outcome of a command.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// The job as it is after the command.
-    Job(Box<Job>),
+    /// The job as it is after the command (shared with the job table and
+    /// with the write record that remembers this result).
+    Job(Arc<Job>),
     /// The job was deleted.
     Deleted,
     /// A run as it is after the command.
@@ -305,8 +306,9 @@ pub struct WriteRecord {
 /// usual case for the whole day a record lives): a retry is then answered
 /// with the stored job as it is now — same version and spec, only its fire
 /// times moved on. When the job is updated, paused, resumed or deleted, the
-/// created version is copied into the record first. This keeps one copy of
-/// each job in memory instead of two.
+/// created version is put into the record first (the job table's `Arc`,
+/// not a copy). This keeps one copy of each job in memory and on disk
+/// instead of two.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
     /// When the create was applied, Unix ms (for expiry).
@@ -315,7 +317,7 @@ pub struct RequestRecord {
     pub job_id: JobId,
     /// The job as the create made it, once the stored job has moved past
     /// that version; `None` while the stored job is still that version.
-    pub created: Option<Job>,
+    pub created: Option<Arc<Job>>,
 }
 
 /// Filters of a job listing; `None` matches everything.
@@ -364,6 +366,39 @@ pub struct StateImage {
     runs: Table<RunId, Run>,
     next_run_id: RunId,
     counters: Table<JobId, JobCounters>,
+}
+
+impl StateImage {
+    /// Adds a job (building an image from stored records, one at a time, so
+    /// that no intermediate list of every record is held).
+    pub fn insert_job(&mut self, job: Job) {
+        self.jobs.insert(job.id.clone(), Arc::new(job));
+    }
+
+    /// Adds a create request record.
+    pub fn insert_request(&mut self, request_id: String, record: RequestRecord) {
+        self.requests.insert(request_id, record);
+    }
+
+    /// Adds a write record.
+    pub fn insert_write(&mut self, write_id: String, record: WriteRecord) {
+        self.writes.insert(write_id, record);
+    }
+
+    /// Adds a run.
+    pub fn insert_run(&mut self, run: Run) {
+        self.runs.insert(run.id, run);
+    }
+
+    /// Adds a job's counters.
+    pub fn insert_counters(&mut self, job_id: JobId, counters: JobCounters) {
+        self.counters.insert(job_id, counters);
+    }
+
+    /// Sets the id the next run gets.
+    pub fn set_next_run_id(&mut self, next_run_id: RunId) {
+        self.next_run_id = next_run_id;
+    }
 }
 
 /// The whole replicated state.
@@ -421,17 +456,23 @@ pub struct State {
 impl State {
     /// Rebuilds a state from its stored parts.
     pub fn from_parts(parts: StateParts) -> State {
-        let mut state = State {
-            jobs: parts.jobs.into_iter().map(|j| (j.id.clone(), j)).collect(),
-            requests: parts.requests.into_iter().collect(),
-            writes: parts.writes.into_iter().collect(),
-            runs: parts.runs.into_iter().map(|r| (r.id, r)).collect(),
-            counters: parts.counters.into_iter().collect(),
-            next_run_id: parts.next_run_id,
-            ..State::default()
-        };
-        state.rebuild_indexes();
-        state
+        let mut image = StateImage::default();
+        parts.jobs.into_iter().for_each(|job| image.insert_job(job));
+        parts
+            .requests
+            .into_iter()
+            .for_each(|(id, r)| image.insert_request(id, r));
+        parts
+            .writes
+            .into_iter()
+            .for_each(|(id, w)| image.insert_write(id, w));
+        parts.runs.into_iter().for_each(|run| image.insert_run(run));
+        parts
+            .counters
+            .into_iter()
+            .for_each(|(id, c)| image.insert_counters(id, c));
+        image.set_next_run_id(parts.next_run_id);
+        State::from_image(image)
     }
 
     /// The replicated content, sharing its maps with this state: O(1), and
@@ -506,14 +547,16 @@ impl State {
         self.active_by_job.clear();
         self.succeeded_by_job.clear();
         self.ended_otherwise_by_job.clear();
-        let runs: Vec<Run> = self.runs.values().cloned().collect();
-        for run in runs {
-            self.index_run(&run);
+        // A second handle on the persistent map (O(1)), not a copy of every run.
+        let runs = self.runs.clone();
+        for run in runs.values() {
+            self.index_run(run);
         }
     }
 
-    /// Inserts or replaces a job, keeping the fire index right.
-    fn put_job(&mut self, job: Job, changes: &mut Changes) {
+    /// Inserts or replaces a job, keeping the fire index right; returns the
+    /// stored job.
+    fn put_job(&mut self, job: Job, changes: &mut Changes) -> Arc<Job> {
         if self
             .jobs
             .get(&job.id)
@@ -533,7 +576,8 @@ impl State {
             .jobs
             .get(&id)
             .is_some_and(|old| old.spec.policies != job.spec.policies);
-        self.jobs.insert(id.clone(), Arc::new(job));
+        let job = Arc::new(job);
+        self.jobs.insert(id.clone(), job.clone());
         if policies_changed {
             // The job's open runs have new deadlines: file them again.
             for run_id in self.runs_by_job.get(&id).cloned().unwrap_or_default() {
@@ -542,6 +586,7 @@ impl State {
                 }
             }
         }
+        job
     }
 
     /// Before job `id` leaves its created version: copies that version into
@@ -550,7 +595,7 @@ impl State {
         let Some(rid) = self.uncopied_request.remove(id) else {
             return;
         };
-        let created = self.jobs.get(id).map(|job| Job::clone(job));
+        let created = self.jobs.get(id).cloned();
         if let Some(record) = self.requests.get_mut(&rid) {
             record.created = created;
             changes.requests.insert(rid);
@@ -665,6 +710,11 @@ impl State {
         self.jobs.len()
     }
 
+    /// Number of kept runs.
+    pub fn run_count(&self) -> usize {
+        self.runs.len()
+    }
+
     /// A job by id.
     pub fn job(&self, id: &str) -> Option<&Job> {
         self.jobs.get(id).map(Arc::as_ref)
@@ -772,7 +822,7 @@ impl State {
                 let job = self.job_at_version(id, Some(*expected_version))?;
                 let schedule_changed = patch.schedule.as_ref().is_some_and(|s| *s != job.spec.schedule);
                 let resumed = job.spec.paused && patch.paused == Some(false);
-                let mut updated = job.clone();
+                let mut updated = Job::clone(job);
                 patch.clone().apply_to(&mut updated.spec);
                 if schedule_changed || resumed {
                     updated.next_fire_ms = next_fire(&updated.spec, at_ms);
@@ -788,9 +838,9 @@ impl State {
                 let job = self.job_at_version(id, None)?;
                 if job.spec.paused == *paused {
                     // Already in the requested state: nothing changes, the version stays.
-                    return Ok(Response::Job(Box::new(job.clone())));
+                    return Ok(Response::Job(job.clone()));
                 }
-                let mut updated = job.clone();
+                let mut updated = Job::clone(job);
                 updated.spec.paused = *paused;
                 if !*paused {
                     // Paused time is not caught up: the next fire is after the resume.
@@ -844,9 +894,9 @@ impl State {
     ) -> CommandResult {
         if let Some(rid) = request_id {
             if let Some(record) = self.requests.get(rid) {
-                let first = record.created.as_ref().or_else(|| self.job(&record.job_id));
+                let first = record.created.as_ref().or_else(|| self.jobs.get(&record.job_id));
                 return if let Some(first) = first.filter(|j| j.id == id && j.spec == *spec) {
-                    Ok(Response::Job(Box::new(first.clone())))
+                    Ok(Response::Job(first.clone()))
                 } else {
                     Err(Error::AlreadyExists(format!(
                         "request_id {rid:?} was already used for a different create request"
@@ -881,12 +931,11 @@ impl State {
             self.request_expiry.insert((at_ms, rid.to_string()));
             changes.requests.insert(rid.to_string());
         }
-        self.put_job(job.clone(), changes);
-        Ok(Response::Job(Box::new(job)))
+        Ok(Response::Job(self.put_job(job, changes)))
     }
 
     /// The job `id`, if it exists and (when given) is at `expected_version`.
-    fn job_at_version(&self, id: &str, expected_version: Option<u64>) -> Result<&Job, Error> {
+    fn job_at_version(&self, id: &str, expected_version: Option<u64>) -> Result<&Arc<Job>, Error> {
         let job = self
             .jobs
             .get(id)
@@ -910,8 +959,7 @@ impl State {
         job.version += 1;
         job.updated_at_ms = at_ms;
         job.updated_by = principal.to_string();
-        self.put_job(job.clone(), changes);
-        Ok(Response::Job(Box::new(job)))
+        Ok(Response::Job(self.put_job(job, changes)))
     }
 
     /// Forgets request ids older than [`REQUEST_ID_TTL_MS`] at time `at_ms`.

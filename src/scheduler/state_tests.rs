@@ -44,7 +44,7 @@ fn apply(state: &mut State, at_ms: i64, command: Command) -> CommandResult {
 
 fn job(result: CommandResult) -> Job {
     match result {
-        Ok(Response::Job(job)) => *job,
+        Ok(Response::Job(job)) => Job::clone(&job),
         other => panic!("expected a job, got {other:?}"),
     }
 }
@@ -142,7 +142,7 @@ fn a_request_record_copies_the_job_only_when_it_changes_or_goes() {
         T0 + 60_003,
         create("a", "* * * * *", Some("r1")),
     ));
-    assert_eq!(again, copied);
+    assert_eq!(again, *copied);
     // A delete copies too, so a late retry still gets its job, not a new one.
     apply(
         &mut state,
