@@ -205,6 +205,7 @@ impl Node {
             node.raft.clone(),
             requests_since_snapshot,
             options.tuning.snapshot_logs,
+            node.state.clone(),
         ));
         node.bootstrap(options).await?;
         Ok(node)
@@ -606,36 +607,50 @@ fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNo
 /// How often [`snapshot_by_requests`] looks at the count.
 const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Asks for a snapshot once `threshold` requests were applied since the last.
+/// Whether a snapshot is due after `applied` requests since the last one:
+/// at least `threshold` of them, and at least a quarter as many as the state
+/// holds jobs and runs (`records`).
 ///
-/// openraft's snapshot policy counts log entries, but a batch entry of the
-/// write batcher carries up to a thousand requests: counted by entries, the
-/// log (and what a restart replays) would grow up to a thousand times
-/// further between snapshots. `--snapshot-logs` therefore bounds both:
-/// openraft's policy the entries, this task the requests. It ends when Raft
-/// has shut down.
-async fn snapshot_by_requests(raft: Raft, applied: Arc<AtomicU64>, threshold: u64) {
+/// A snapshot encodes every record, so with a fixed threshold its cost per
+/// applied request grows with the state: at 1,000,000 jobs a snapshot every
+/// 10,000 creates would encode 100 jobs per create, more than the machine
+/// can encode and write as fast as creates arrive. The second bound keeps
+/// that cost at most four records per request however large the state
+/// grows (encoding a record costs far less than applying a request), while
+/// the log a restart replays stays at most a quarter as long as the state
+/// is large (a few seconds of applying at 1,000,000 jobs).
+fn snapshot_due(applied: u64, threshold: u64, records: usize) -> bool {
+    applied >= threshold.max(records as u64 / 4)
+}
+
+/// Asks for a snapshot when [`snapshot_due`] says so.
+///
+/// Requests, not log entries, are counted (openraft's own policy, which
+/// counts entries, is off): a batch entry of the write batcher carries up to
+/// a thousand requests, and counted by entries the log (and what a restart
+/// replays) would grow up to a thousand times further between snapshots.
+/// It ends when Raft has shut down.
+async fn snapshot_by_requests(raft: Raft, applied: Arc<AtomicU64>, threshold: u64, state: StateHandle) {
     let mut every = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut asked_at: Option<Instant> = None;
     loop {
         every.tick().await;
         if raft.metrics().borrow().state == ServerState::Shutdown {
             return;
         }
-        if applied.load(Ordering::Relaxed) < threshold {
-            asked_at = None;
+        let records = {
+            let state = state.read();
+            state.job_count() + state.run_count()
+        };
+        if !snapshot_due(applied.load(Ordering::Relaxed), threshold, records) {
             continue;
         }
-        // Asked already and the builder has not started (it resets the
-        // count): building a large state takes a while, ask once.
-        if asked_at.is_some_and(|at| at.elapsed() < Duration::from_secs(30)) {
-            continue;
-        }
+        // Asking again while a build is under way (the count is reset only
+        // when the build starts) is harmless: openraft ignores a trigger
+        // while it builds one.
         if raft.trigger().snapshot().await.is_err() {
             return;
         }
-        asked_at = Some(Instant::now());
     }
 }
 
@@ -644,6 +659,17 @@ mod tests {
     use openraft::error::ForwardToLeader;
 
     use super::*;
+
+    #[test]
+    fn a_snapshot_waits_for_the_threshold_and_for_a_quarter_as_many_requests_as_records() {
+        // A small state: the threshold decides.
+        assert!(!snapshot_due(9_999, 10_000, 500));
+        assert!(snapshot_due(10_000, 10_000, 500));
+        // A large one: a quarter as many requests as it holds jobs and runs.
+        assert!(!snapshot_due(10_000, 10_000, 1_000_000));
+        assert!(!snapshot_due(249_999, 10_000, 1_000_000));
+        assert!(snapshot_due(250_000, 10_000, 1_000_000));
+    }
 
     #[test]
     fn a_write_refused_by_a_follower_names_both_nodes_and_the_leader_address() {

@@ -72,15 +72,20 @@ async fn leader_crash_snapshot_catch_up_and_full_restart_lose_no_acknowledged_jo
         );
     }
 
-    // The leader has purged its log past the dead node's last entry, so the
-    // restarted node can only catch up by installing a snapshot.
+    // The leader purges its log past the dead node's last entry (after its
+    // next snapshot, asked for within a second of the requests that make it
+    // due), so the restarted node can only catch up by installing one.
+    wait_own_status(&cluster, leader, |node| {
+        (node.purged_index > killed_at).then_some(()).ok_or_else(|| {
+            format!(
+                "leader purged up to {} but the dead node had {killed_at}",
+                node.purged_index
+            )
+        })
+    })
+    .await;
     let status = cluster.status(leader).await;
     let leader_view = status.nodes.iter().find(|n| n.id == leader).unwrap();
-    assert!(
-        leader_view.purged_index > killed_at,
-        "leader purged up to {} but the dead node had {killed_at}",
-        leader_view.purged_index
-    );
     cluster.spawn(old_leader);
     cluster.wait_ready(READY).await;
     wait_applied(&cluster, old_leader, leader_view.commit_index).await;

@@ -92,7 +92,9 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<openraft::Config> {
         election_timeout_max: tuning.election_timeout_ms * 2,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(tuning.snapshot_logs),
+        // Snapshots are asked for by `node` (by requests applied and state
+        // size, see `snapshot_due`), not by openraft's count of entries.
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: tuning.snapshot_keep_logs,
         snapshot_max_chunk_size: 1 << 20,
         ..Default::default()
@@ -109,8 +111,9 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     /// Minimum election timeout, ms (the maximum is twice this).
     pub election_timeout_ms: u64,
-    /// Build a snapshot after this many applied entries (openraft's policy)
-    /// or requests (`node`'s trigger: a batch entry holds many).
+    /// Build a snapshot after this many applied requests (a batch entry
+    /// counts each of its requests), and not before a quarter as many as
+    /// the state holds jobs and runs (see `node::snapshot_due`).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub snapshot_keep_logs: u64,
