@@ -454,27 +454,6 @@ pub struct State {
 }
 
 impl State {
-    /// Rebuilds a state from its stored parts.
-    pub fn from_parts(parts: StateParts) -> State {
-        let mut image = StateImage::default();
-        parts.jobs.into_iter().for_each(|job| image.insert_job(job));
-        parts
-            .requests
-            .into_iter()
-            .for_each(|(id, r)| image.insert_request(id, r));
-        parts
-            .writes
-            .into_iter()
-            .for_each(|(id, w)| image.insert_write(id, w));
-        parts.runs.into_iter().for_each(|run| image.insert_run(run));
-        parts
-            .counters
-            .into_iter()
-            .for_each(|(id, c)| image.insert_counters(id, c));
-        image.set_next_run_id(parts.next_run_id);
-        State::from_image(image)
-    }
-
     /// The replicated content, sharing its maps with this state: O(1), and
     /// later changes to the state do not show in it.
     pub fn image(&self) -> StateImage {
@@ -986,23 +965,6 @@ fn fire_entry(job: &Job) -> Option<(i64, JobId)> {
         return None;
     }
     job.next_fire_ms.map(|t| (t, job.id.clone()))
-}
-
-/// The stored parts a [`State`] is rebuilt from.
-#[derive(Default)]
-pub struct StateParts {
-    /// Every job.
-    pub jobs: Vec<Job>,
-    /// Remembered create request ids.
-    pub requests: Vec<(String, RequestRecord)>,
-    /// Remembered write ids.
-    pub writes: Vec<(String, WriteRecord)>,
-    /// Every kept run.
-    pub runs: Vec<Run>,
-    /// Per-job counters.
-    pub counters: Vec<(JobId, JobCounters)>,
-    /// The id the next run gets.
-    pub next_run_id: RunId,
 }
 
 /// The first fire of `spec` strictly after `at_ms`, or `None` if there is none

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::super::{StateImage, StateParts};
+use super::super::StateImage;
 use super::*;
 use crate::scheduler::job::{Catchup, JobPatch, JobSpec, Metadata, Overlap, Policies, ScheduleSpec};
 use crate::scheduler::run::{AttemptOutcome, AttemptResult, RunStatus};
@@ -114,17 +114,17 @@ impl Sm {
     }
 }
 
-/// `s` stored and read back: its replicated parts only, indexes rebuilt
-/// (these tests make no request or write records).
+/// `s` stored and read back record by record, as a restart reads the
+/// tables: its replicated parts only, indexes rebuilt (these tests make no
+/// request or write records).
 fn rebuilt_from_parts(s: &State) -> State {
-    State::from_parts(StateParts {
-        jobs: s.jobs().cloned().collect(),
-        requests: vec![],
-        writes: vec![],
-        runs: s.runs().cloned().collect(),
-        counters: s.counters_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        next_run_id: s.next_run_id(),
-    })
+    let mut image = StateImage::default();
+    s.jobs().cloned().for_each(|job| image.insert_job(job));
+    s.runs().cloned().for_each(|run| image.insert_run(run));
+    s.counters_iter()
+        .for_each(|(id, counters)| image.insert_counters(id.clone(), counters.clone()));
+    image.set_next_run_id(s.next_run_id());
+    State::from_image(image)
 }
 
 fn failed(retryable: bool) -> AttemptOutcome {

@@ -438,11 +438,11 @@ fn replicas_applying_the_same_log_agree() {
     assert_eq!(a, b);
     assert_eq!(ra, rb);
     // A rebuilt state (as after a restart) equals the live one.
-    let rebuilt = State::from_parts(state::StateParts {
-        jobs: a.jobs().cloned().collect(),
-        requests: a.requests.clone().into_iter().collect(),
-        ..Default::default()
-    });
+    let mut image = StateImage::default();
+    a.jobs().cloned().for_each(|job| image.insert_job(job));
+    a.requests_iter()
+        .for_each(|(id, record)| image.insert_request(id.clone(), record.clone()));
+    let rebuilt = State::from_image(image);
     assert_eq!(rebuilt, a);
 }
 
@@ -507,15 +507,11 @@ fn a_retried_write_answers_with_its_first_result_until_the_record_expires() {
     let other = state.apply(4, &delete(Some("n1-7-2"), T0 + 3), &mut Changes::default());
     assert!(matches!(other, Err(Error::NotFound(_))), "{other:?}");
     // Records survive a rebuild from the stored parts, and expire after the TTL.
-    let parts = StateParts {
-        jobs: vec![],
-        requests: vec![],
-        writes: state.writes_iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        runs: vec![],
-        counters: vec![],
-        next_run_id: 0,
-    };
-    let mut rebuilt = State::from_parts(parts);
+    let mut image = StateImage::default();
+    state
+        .writes_iter()
+        .for_each(|(id, record)| image.insert_write(id.clone(), record.clone()));
+    let mut rebuilt = State::from_image(image);
     assert!(rebuilt.write_record("n1-7-1").is_some());
     let mut changes = Changes::default();
     let later = T0 + state::WRITE_ID_TTL_MS + 10;
