@@ -365,6 +365,9 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
         .map_or(f64::NAN, |(b, _)| b * 1000.0)
 }
 
+/// Succeeded (and failed) runs each dispatch job keeps.
+const KEEP_RUNS: u32 = 2;
+
 async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     let (cluster, leader) = started_cluster().await;
     // M jobs every I ms, phases spread evenly: M / I fires per ms = rate.
@@ -384,14 +387,22 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
             }),
             policies: Some(pb::Policies {
                 catchup: pb::CatchupPolicy::Latest as i32,
+                // Each job keeps its last KEEP_RUNS succeeded runs, so that
+                // after the warm-up every fire also drops its job's oldest
+                // run, as in a long-running cluster (with the default of 20
+                // that steady state starts 20 intervals in).
+                history: Some(pb::HistoryLimits {
+                    keep_succeeded: KEEP_RUNS,
+                    keep_failed: KEEP_RUNS,
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         }
     })
     .await;
-    // Warm up one interval, then measure.
-    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    // Warm up until history retention is in its steady state, then measure.
+    tokio::time::sleep(Duration::from_millis(interval_ms * (KEEP_RUNS as u64 + 1))).await;
     let (succeeded_before, lateness_before) = scrape(&cluster).await;
     let started = Instant::now();
     while started.elapsed() < duration {
