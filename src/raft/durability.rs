@@ -36,6 +36,8 @@ pub struct Disk {
     pub db: sled::Db,
     /// sled's data file (`<dir>/db`), opened for `fdatasync`.
     data_file: Arc<File>,
+    /// The directory holding the database (and the snapshot file).
+    dir: Arc<Path>,
 }
 
 impl Disk {
@@ -59,7 +61,13 @@ impl Disk {
         Ok(Disk {
             db,
             data_file: Arc::new(data_file),
+            dir: dir.into(),
         })
+    }
+
+    /// The directory the database lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Makes every write issued so far durable: sled flush, then `fdatasync`.

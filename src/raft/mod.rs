@@ -22,7 +22,8 @@
 //! IMPLEMENTATION CAVEATS: sled stores values larger than a quarter of a segment
 //! in separate blob files that it never fsyncs. The database is opened with
 //! 8 MiB segments, so values up to ~2 MiB stay inline; job payloads are capped at
-//! 1 MiB and snapshots are stored in 1 MiB chunks to stay below that.
+//! 1 MiB and batch entries to 1 MiB to stay below that; snapshots are files of
+//! their own ([`snapshot_file`]).
 
 #![allow(clippy::result_large_err)] // openraft's trait signatures fix `StorageError`.
 
@@ -30,6 +31,7 @@ pub mod batcher;
 pub mod durability;
 pub mod log_store;
 pub mod network;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod table_writer;
 

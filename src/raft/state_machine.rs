@@ -27,9 +27,11 @@
 //!
 //! Snapshots are the postcard encoding of a [`StateImage`] (the replicated
 //! content of the state; taking one is O(1), so encoding it runs on a blocking
-//! thread while the state machine goes on applying), stored in the tree
-//! `snapshot` as 1 MiB chunks plus a `meta` record, written in one batch and
-//! fsynced. Installing a snapshot first stores it, then rewrites the tables; if
+//! thread while the state machine goes on applying), stored in their own
+//! file beside sled's database ([`super::snapshot_file`]: in sled, tens of
+//! MB went through the same log as the Raft appends and stalled them), and
+//! fsynced. A snapshot an older version stored in sled's tree `snapshot` is
+//! moved to the file on open. Installing a snapshot first stores it, then rewrites the tables; if
 //! the node crashes in between, [`StateMachineStore::open`] notices that the
 //! stored snapshot is newer than the tables and reloads from it. The same
 //! holds when a crash leaves the tables behind a snapshot built from memory
@@ -47,13 +49,14 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageIOError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageIOError,
+    StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::durability::Disk;
+use super::snapshot_file::SnapshotFile;
 use super::table_writer::TableWriter;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
@@ -69,17 +72,18 @@ const COUNTERS_PREFIX: &str = "cnt/";
 const NEXT_RUN_ID_KEY: &[u8] = b"meta/next_run_id";
 const APPLIED_KEY: &[u8] = b"meta/applied";
 const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
-const SNAPSHOT_META_KEY: &[u8] = b"meta";
-const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+/// sled tree where snapshots were stored before they moved to a file
+/// ([`move_legacy_snapshot`]): `meta` plus 1 MiB `chunk/<n>` records.
+const LEGACY_SNAPSHOT_TREE: &str = "snapshot";
+const LEGACY_SNAPSHOT_META_KEY: &[u8] = b"meta";
+const LEGACY_SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
 /// Longest the tables wait for the changes of applied entries.
 pub const TABLE_FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Most changed keys the tables wait for.
 const TABLE_FLUSH_KEYS: usize = 20_000;
-/// Snapshot chunk size in sled, below sled's inline-value limit.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 type Membership = StoredMembership<NodeId, BasicNode>;
-type Meta = SnapshotMeta<NodeId, BasicNode>;
+use super::snapshot_file::Meta;
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read_state_machine(AnyError::error(e)).into()
@@ -146,9 +150,9 @@ impl StateHandle {
     }
 }
 
-/// What is stored under `snapshot/meta`.
+/// What was stored under `snapshot/meta` in sled (older data directories).
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshotMeta {
+struct LegacySnapshotMeta {
     meta: Meta,
     chunks: u32,
     bytes: u64,
@@ -160,7 +164,7 @@ pub struct StateMachineStore {
     tables: sled::Tree,
     /// Applies the table batches on its own thread, in order.
     writer: TableWriter,
-    snapshots: sled::Tree,
+    snapshot_file: Arc<SnapshotFile>,
     state: StateHandle,
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
@@ -184,13 +188,14 @@ impl StateMachineStore {
     /// newer stored snapshot, after an interrupted install).
     pub fn open(disk: Disk) -> Result<StateMachineStore> {
         let tables = disk.db.open_tree("sm").map_err(Error::internal)?;
-        let snapshots = disk.db.open_tree("snapshot").map_err(Error::internal)?;
         let writer = TableWriter::start(tables.clone()).map_err(Error::internal)?;
+        let snapshot_file = Arc::new(SnapshotFile::in_dir(disk.dir()));
+        move_legacy_snapshot(&disk, &snapshot_file)?;
         let mut store = StateMachineStore {
             disk,
             tables,
             writer,
-            snapshots,
+            snapshot_file,
             state: StateHandle::default(),
             last_applied: None,
             membership: Membership::default(),
@@ -205,7 +210,7 @@ impl StateMachineStore {
         // Only the meta first: reading the whole snapshot on every start would
         // hold its bytes (hundreds of MB at a million jobs) for nothing.
         let stored_meta = store.read_snapshot_meta().map_err(Error::internal)?;
-        if stored_meta.is_some_and(|m| m.meta.last_log_id > store.last_applied) {
+        if stored_meta.is_some_and(|m| m.last_log_id > store.last_applied) {
             if let Some(snapshot) = store.read_snapshot().map_err(Error::internal)? {
                 tracing::warn!(snapshot = ?snapshot.meta.last_log_id, tables = ?store.last_applied,
                     "state tables are older than the stored snapshot (interrupted install, or a crash before the tables caught up); reloading");
@@ -292,7 +297,7 @@ impl StateMachineStore {
     /// rewrites the tables, then syncs.
     fn replace_state(&mut self, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
         let state = State::from_image(decode(data).map_err(snap_read)?);
-        store_snapshot(&self.snapshots, meta, data)?;
+        self.snapshot_file.store(meta, data).map_err(snap_write)?;
         // No queued batch of the old state may land on the new tables.
         self.writer.wait().map_err(sm_write)?;
 
@@ -331,37 +336,19 @@ impl StateMachineStore {
         Ok(())
     }
 
-    fn read_snapshot_meta(&self) -> Result<Option<StoredSnapshotMeta>, StorageError> {
-        match self.snapshots.get(SNAPSHOT_META_KEY).map_err(snap_read)? {
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(snap_read)?)),
-            None => Ok(None),
-        }
+    fn read_snapshot_meta(&self) -> Result<Option<Meta>, StorageError> {
+        self.snapshot_file.read_meta().map_err(snap_read)
     }
 
     fn read_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(stored) = self.read_snapshot_meta()? else {
-            return Ok(None);
-        };
-        let mut data = Vec::with_capacity(stored.bytes as usize);
-        for n in 0..stored.chunks {
-            let chunk = self
-                .snapshots
-                .get(chunk_key(n))
-                .map_err(snap_read)?
-                .ok_or_else(|| snap_read(format!("snapshot chunk {n} of {} is missing", stored.chunks)))?;
-            data.extend_from_slice(&chunk);
-        }
-        if data.len() as u64 != stored.bytes {
-            return Err(snap_read(format!(
-                "snapshot has {} bytes, expected {}",
-                data.len(),
-                stored.bytes
-            )));
-        }
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(self
+            .snapshot_file
+            .read()
+            .map_err(snap_read)?
+            .map(|(meta, data)| Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }))
     }
 }
 
@@ -424,35 +411,43 @@ fn counters_key(job_id: &str) -> Vec<u8> {
     [COUNTERS_PREFIX.as_bytes(), job_id.as_bytes()].concat()
 }
 
-fn chunk_key(n: u32) -> Vec<u8> {
-    [SNAPSHOT_CHUNK_PREFIX, &n.to_be_bytes()].concat()
-}
-
-/// Writes a snapshot (chunks + meta) in one batch, replacing the previous one, and syncs.
-fn store_snapshot(tree: &sled::Tree, meta: &Meta, data: &[u8]) -> Result<(), StorageError> {
-    let mut batch = sled::Batch::default();
-    for key in tree.iter().keys() {
-        batch.remove(key.map_err(snap_read)?);
-    }
-    let chunks: Vec<&[u8]> = data.chunks(SNAPSHOT_CHUNK_BYTES).collect();
-    for (n, chunk) in chunks.iter().enumerate() {
-        batch.insert(chunk_key(n as u32), *chunk);
-    }
-    let stored = StoredSnapshotMeta {
-        meta: meta.clone(),
-        chunks: chunks.len() as u32,
-        bytes: data.len() as u64,
+/// Moves a snapshot stored in sled by an older version to the snapshot file
+/// (once, on open), then empties that tree.
+fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
+    let tree = disk.db.open_tree(LEGACY_SNAPSHOT_TREE).map_err(Error::internal)?;
+    let Some(meta_bytes) = tree.get(LEGACY_SNAPSHOT_META_KEY).map_err(Error::internal)? else {
+        return Ok(());
     };
-    batch.insert(SNAPSHOT_META_KEY, encode(&stored).map_err(snap_write)?);
-    tree.apply_batch(batch).map_err(snap_write)?;
+    let stored: LegacySnapshotMeta = decode(&meta_bytes).map_err(Error::internal)?;
+    let mut data = Vec::with_capacity(stored.bytes as usize);
+    for n in 0..stored.chunks {
+        let key = [LEGACY_SNAPSHOT_CHUNK_PREFIX, &n.to_be_bytes()].concat();
+        let chunk = tree.get(key).map_err(Error::internal)?.ok_or_else(|| {
+            Error::internal(format!(
+                "legacy snapshot chunk {n} of {} is missing",
+                stored.chunks
+            ))
+        })?;
+        data.extend_from_slice(&chunk);
+    }
+    if data.len() as u64 != stored.bytes {
+        return Err(Error::internal(format!(
+            "legacy snapshot has {} bytes, expected {}",
+            data.len(),
+            stored.bytes
+        )));
+    }
+    file.store(&stored.meta, &data).map_err(Error::internal)?;
+    tree.clear().map_err(Error::internal)?;
+    disk.sync().map_err(Error::internal)?;
+    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = data.len(), "moved the stored snapshot from sled to its file");
     Ok(())
 }
 
 /// Builds a snapshot from an image of the state taken while the state machine
 /// was paused (which costs O(1)); encoding and storing it happen off that task.
 pub struct SnapshotBuilder {
-    disk: Disk,
-    snapshots: sled::Tree,
+    file: Arc<SnapshotFile>,
     meta: Meta,
     image: Option<StateImage>,
 }
@@ -463,14 +458,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .image
             .take()
             .ok_or_else(|| snap_write("snapshot already built"))?;
-        let (disk, tree, meta) = (self.disk.clone(), self.snapshots.clone(), self.meta.clone());
+        let (file, meta) = (self.file.clone(), self.meta.clone());
         let data = tokio::task::spawn_blocking(move || {
             let data = encode(&image).map_err(snap_write)?;
             // The image shares nodes with the live state; dropping it here
             // keeps the release of the copies off the state machine's task.
             drop(image);
-            store_snapshot(&tree, &meta, &data)?;
-            disk.sync().map_err(snap_write)?;
+            file.store(&meta, &data).map_err(snap_write)?;
             Ok::<_, StorageError>(data)
         })
         .await
@@ -553,8 +547,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             None => format!("0-0-{}", self.snapshot_seq),
         };
         SnapshotBuilder {
-            disk: self.disk.clone(),
-            snapshots: self.snapshots.clone(),
+            file: self.snapshot_file.clone(),
             meta: Meta {
                 last_log_id: self.last_applied,
                 last_membership: self.membership.clone(),
@@ -580,5 +573,94 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.read_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::*;
+    use crate::scheduler::job::{Metadata, Policies, ScheduleSpec};
+    use crate::scheduler::{JobSpec, Request};
+
+    fn create(index: u64) -> Entry<TypeConfig> {
+        let spec = JobSpec {
+            job_type: "noop".into(),
+            owner_service: String::new(),
+            schedule: ScheduleSpec::Every {
+                interval_ms: 60_000,
+                phase_ms: 0,
+            },
+            payload: vec![],
+            metadata: Metadata::default(),
+            policies: Policies::default(),
+            paused: false,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                at_ms: 1_000 * index as i64,
+                principal: "t".into(),
+                command: Command::CreateJob {
+                    id: format!("job-{index}"),
+                    spec,
+                    request_id: None,
+                },
+                write_id: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stored_in_sled_by_an_older_version_moves_to_the_file() {
+        // A snapshot of three jobs, as bytes and meta.
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = StateMachineStore::open(Disk::open(source_dir.path()).unwrap()).unwrap();
+        source.apply((1..=3).map(create)).await.unwrap();
+        let snapshot = source
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let (meta, data) = (snapshot.meta, snapshot.snapshot.into_inner());
+
+        // A data directory holding it the old way: sled chunks, no file, no tables.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let disk = Disk::open(dir.path()).unwrap();
+            let tree = disk.db.open_tree(LEGACY_SNAPSHOT_TREE).unwrap();
+            let chunks: Vec<&[u8]> = data.chunks(40).collect();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let key = [LEGACY_SNAPSHOT_CHUNK_PREFIX, &(n as u32).to_be_bytes()].concat();
+                tree.insert(key, *chunk).unwrap();
+            }
+            let legacy = LegacySnapshotMeta {
+                meta: meta.clone(),
+                chunks: chunks.len() as u32,
+                bytes: data.len() as u64,
+            };
+            tree.insert(LEGACY_SNAPSHOT_META_KEY, encode(&legacy).unwrap())
+                .unwrap();
+            disk.sync().unwrap();
+        }
+
+        let disk = Disk::open(dir.path()).unwrap();
+        let mut store = StateMachineStore::open(disk.clone()).unwrap();
+        assert_eq!(
+            store.state_handle().read().job_count(),
+            3,
+            "the state came from the moved snapshot"
+        );
+        let current = store
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a stored snapshot");
+        assert_eq!(current.meta, meta);
+        assert_eq!(current.snapshot.into_inner(), data);
+        assert!(disk.db.open_tree(LEGACY_SNAPSHOT_TREE).unwrap().is_empty());
+        assert!(dir.path().join("kairos-snapshot").exists());
     }
 }
