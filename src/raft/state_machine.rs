@@ -578,52 +578,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, LogId};
-
+    use super::super::suite_tests::snapshot_of_jobs;
     use super::*;
-    use crate::scheduler::job::{Metadata, Policies, ScheduleSpec};
-    use crate::scheduler::{JobSpec, Request};
-
-    fn create(index: u64) -> Entry<TypeConfig> {
-        let spec = JobSpec {
-            job_type: "noop".into(),
-            owner_service: String::new(),
-            schedule: ScheduleSpec::Every {
-                interval_ms: 60_000,
-                phase_ms: 0,
-            },
-            payload: vec![],
-            metadata: Metadata::default(),
-            policies: Policies::default(),
-            paused: false,
-        };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request {
-                at_ms: 1_000 * index as i64,
-                principal: "t".into(),
-                command: Command::CreateJob {
-                    id: format!("job-{index}"),
-                    spec,
-                    request_id: None,
-                },
-                write_id: None,
-            }),
-        }
-    }
 
     #[tokio::test]
     async fn a_snapshot_stored_in_sled_by_an_older_version_moves_to_the_file() {
         // A snapshot of three jobs, as bytes and meta.
-        let source_dir = tempfile::tempdir().unwrap();
-        let mut source = StateMachineStore::open(Disk::open(source_dir.path()).unwrap()).unwrap();
-        source.apply((1..=3).map(create)).await.unwrap();
-        let snapshot = source
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snapshot = snapshot_of_jobs(3, "job").await;
         let (meta, data) = (snapshot.meta, snapshot.snapshot.into_inner());
 
         // A data directory holding it the old way: sled chunks, no file, no tables.

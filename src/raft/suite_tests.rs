@@ -27,11 +27,12 @@ fn openraft_storage_suite() {
     Suite::test_all(SledBuilder).unwrap();
 }
 
-fn log_id(index: u64) -> LogId<u64> {
+pub(super) fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
+/// Entry `index` creating job `id` (also used by the state machine's tests).
+pub(super) fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     let spec = JobSpec {
         job_type: "noop".into(),
         owner_service: String::new(),
@@ -60,6 +61,23 @@ fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     }
 }
 
+/// A snapshot of a state machine that applied `jobs` creates (`<prefix>-<i>`).
+pub(super) async fn snapshot_of_jobs(jobs: u64, prefix: &str) -> openraft::storage::Snapshot<TypeConfig> {
+    use openraft::RaftSnapshotBuilder;
+    let source_dir = tempfile::tempdir().unwrap();
+    let (_, mut source) = open_storage(source_dir.path()).unwrap();
+    source
+        .apply((1..=jobs).map(|i| create_entry(i, &format!("{prefix}-{i}"))))
+        .await
+        .unwrap();
+    source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn log_vote_and_state_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,19 +101,7 @@ async fn log_vote_and_state_survive_reopen() {
 
 #[tokio::test]
 async fn installed_snapshot_replaces_state_and_survives_reopen() {
-    use openraft::RaftSnapshotBuilder;
-    let source_dir = tempfile::tempdir().unwrap();
-    let (_, mut source) = open_storage(source_dir.path()).unwrap();
-    source
-        .apply((1..=5).map(|i| create_entry(i, &format!("snap-{i}"))))
-        .await
-        .unwrap();
-    let snapshot = source
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = snapshot_of_jobs(5, "snap").await;
 
     let dir = tempfile::tempdir().unwrap();
     {
