@@ -404,6 +404,7 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     // Warm up until history retention is in its steady state, then measure.
     tokio::time::sleep(Duration::from_millis(interval_ms * (KEEP_RUNS as u64 + 1))).await;
     let (succeeded_before, lateness_before) = scrape(&cluster).await;
+    let (entries_before, cpu_before) = (applied_index(&cluster).await, cluster_cpu_seconds(&cluster));
     let started = Instant::now();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -415,9 +416,14 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
         ));
     }
     let (succeeded_after, lateness_after) = scrape(&cluster).await;
+    let (entries_after, cpu_after) = (applied_index(&cluster).await, cluster_cpu_seconds(&cluster));
     eprintln!();
     let seconds = started.elapsed().as_secs_f64();
     let runs_per_s = (succeeded_after - succeeded_before) / seconds;
+    // What the run rate costs: Raft entries (each one is an fsync on every
+    // node) and the three nodes' CPU (`benches/notes.md`, "What an entry costs").
+    let entries_per_s = (entries_after - entries_before) / seconds;
+    let node_cpu_cores = (cpu_after - cpu_before) / seconds;
     let (p50, p99, p999) = (
         bucket_quantile(&lateness_before, &lateness_after, 0.5),
         bucket_quantile(&lateness_before, &lateness_after, 0.99),
@@ -433,10 +439,16 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
         "lateness_p50_ms_at_most": p50,
         "lateness_p99_ms_at_most": p99,
         "lateness_p999_ms_at_most": p999,
+        "raft_entries_per_s": entries_per_s,
+        "node_cpu_cores": node_cpu_cores,
     });
     println!("{result}");
-    println!("| jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (bucket bounds, ms) |");
-    println!("| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.0} | ≤{p99:.0} | ≤{p999:.0} |");
+    println!(
+        "| jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (bucket bounds, ms) | entries/s | node CPU (cores) |"
+    );
+    println!(
+        "| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.0} | ≤{p99:.0} | ≤{p999:.0} | {entries_per_s:.0} | {node_cpu_cores:.2} |"
+    );
 }
 
 /// Unix ms now.
@@ -589,6 +601,47 @@ fn run_summary(run: &pb::Run) -> String {
         run.attempt,
         run.node_id
     )
+}
+
+/// The highest applied log index among the nodes (the leader's, normally).
+async fn applied_index(cluster: &TestCluster) -> f64 {
+    let mut highest = 0.0f64;
+    for node in &cluster.nodes {
+        if let Ok((200, body)) = kairos::http::fetch(&node.http, "/metrics").await {
+            for line in body.lines() {
+                if let Some(value) = line.strip_prefix("kairos_raft_applied_index ") {
+                    highest = highest.max(value.trim().parse().unwrap_or(0.0));
+                }
+            }
+        }
+    }
+    highest
+}
+
+/// CPU time (user + system) used so far by the running nodes, seconds.
+fn cluster_cpu_seconds(cluster: &TestCluster) -> f64 {
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|node| node.pid())
+        .map(|pid| {
+            // Fields 14 and 15 of /proc/<pid>/stat, counted after the
+            // parenthesised command name (which may hold spaces).
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let after_name = stat.rsplit_once(')')?.1;
+                    let fields: Vec<&str> = after_name.split_whitespace().collect();
+                    Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                })
+                .unwrap_or(0.0)
+        })
+        .sum::<f64>()
+        / ticks_per_second
 }
 
 /// Resident memory of `pid` in bytes (VmRSS).

@@ -90,11 +90,14 @@ $(for f in create-1.json create-64.json; do j "$f" '"| \(.clients) | \(.creates)
 Lateness is nominal time → handler start, read from the nodes'
 \`kairos_fire_lateness_seconds\` histograms (bucket upper bounds). 1,000
 fires/s with the default workers (8 per node here), the others with
-\`KAIROS_BENCH_WORKERS=256\`.
+\`KAIROS_BENCH_WORKERS=256\`. Each job keeps 2 runs and the measurement
+starts once history retention is steady (every fire also drops a run).
+Raft entries/s and the three nodes' CPU (cores, from \`/proc/<pid>/stat\`)
+are what the rate costs; the load tool's own CPU is not included.
 
-| jobs | offered fires/s | completed runs/s | lateness p50 | p99 | p999 |
-|---:|---:|---:|---:|---:|---:|
-$(for f in dispatch-1000.json dispatch-5000.json dispatch-8000.json dispatch-10000.json dispatch-12000.json; do j "$f" '"| \(.jobs) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms |"'; done)
+| jobs | offered fires/s | completed runs/s | lateness p50 | p99 | p999 | Raft entries/s | node CPU |
+|---:|---:|---:|---:|---:|---:|---:|---:|
+$(for f in dispatch-1000.json dispatch-5000.json dispatch-8000.json dispatch-10000.json dispatch-12000.json; do j "$f" '"| \(.jobs) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms | \(.raft_entries_per_s // "–" | if type == "number" then floor else . end) | \(.node_cpu_cores // "–" | if type == "number" then (.*100|floor/100) else . end) |"'; done)
 
 ## Failover (\`kairos-bench failover --kills $KILLS\`)
 
