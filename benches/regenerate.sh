@@ -108,7 +108,7 @@ $(for f in dispatch-1000.json dispatch-5000.json dispatch-8000.json dispatch-100
 
 ## Scale (\`kairos-bench scale --jobs $SCALE\`)
 
-Loaded at $(j scale.json '.creates_per_s|floor') creates/s (64 clients), then
+Loaded at $(j scale.json '.creates_per_s|floor') creates/s (32 clients, the scenario's default), then
 measured at rest (65 s later, once the 60-s write records expired). A
 follower restarted with kill -9 answered \`/readyz\` after
 $(j scale.json '.restart_to_ready_s*100|floor/100') s and then held $(j scale.json '.restarted_resident_mib|floor') MiB
