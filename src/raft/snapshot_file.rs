@@ -113,8 +113,12 @@ impl SnapshotFile {
                 reader.len()
             )));
         }
-        let data = reader.to_vec();
-        Ok(Some((meta, data)))
+        // Keep the data in the buffer it was read into (a copy would hold
+        // the snapshot twice: hundreds of MB at a million jobs).
+        let (body_len, header_len) = (body.len(), body.len() - reader.len());
+        bytes.truncate(body_len);
+        bytes.drain(..header_len);
+        Ok(Some((meta, bytes)))
     }
 
     fn open(&self) -> io::Result<Option<File>> {
