@@ -310,11 +310,21 @@ async fn create(
     drop(cluster);
 }
 
-/// Sums a metric family's samples over the cluster's `/metrics`: the total of
-/// `name` lines containing `filter`, and the histogram buckets of `name_bucket`.
-async fn scrape(cluster: &TestCluster) -> (f64, Vec<(f64, f64)>) {
+/// What one pass over the nodes' `/metrics` reads.
+struct Scraped {
+    /// Succeeded attempts, summed over the nodes.
+    succeeded: f64,
+    /// Fire-lateness histogram buckets `(upper bound s, count)`, summed, sorted.
+    lateness: Vec<(f64, f64)>,
+    /// The highest applied log index (the leader's, normally).
+    applied: f64,
+}
+
+/// Reads every node's `/metrics` once; see [`Scraped`].
+async fn scrape(cluster: &TestCluster) -> Scraped {
     let mut succeeded = 0.0;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
+    let mut applied = 0.0f64;
     for node in &cluster.nodes {
         let Ok((200, body)) = kairos::http::fetch(&node.http, "/metrics").await else {
             continue;
@@ -339,11 +349,17 @@ async fn scrape(cluster: &TestCluster) -> (f64, Vec<(f64, f64)>) {
                     Some((_, count)) => *count += value(),
                     None => buckets.push((bound, value())),
                 }
+            } else if line.starts_with("kairos_raft_applied_index ") {
+                applied = applied.max(value());
             }
         }
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    (succeeded, buckets)
+    Scraped {
+        succeeded,
+        lateness: buckets,
+        applied,
+    }
 }
 
 /// The upper bound (ms) of the bucket holding quantile `q` of the histogram
@@ -403,31 +419,29 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     .await;
     // Warm up until history retention is in its steady state, then measure.
     tokio::time::sleep(Duration::from_millis(interval_ms * (KEEP_RUNS as u64 + 1))).await;
-    let (succeeded_before, lateness_before) = scrape(&cluster).await;
-    let (entries_before, cpu_before) = (applied_index(&cluster).await, cluster_cpu_seconds(&cluster));
+    let (before, cpu_before) = (scrape(&cluster).await, cluster_cpu_seconds(&cluster));
     let started = Instant::now();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (succeeded, _) = scrape(&cluster).await;
+        let succeeded = scrape(&cluster).await.succeeded;
         progress(format!(
             "dispatch: {:>5.1} s, {:.0} runs/s",
             started.elapsed().as_secs_f64(),
-            (succeeded - succeeded_before) / started.elapsed().as_secs_f64()
+            (succeeded - before.succeeded) / started.elapsed().as_secs_f64()
         ));
     }
-    let (succeeded_after, lateness_after) = scrape(&cluster).await;
-    let (entries_after, cpu_after) = (applied_index(&cluster).await, cluster_cpu_seconds(&cluster));
+    let (after, cpu_after) = (scrape(&cluster).await, cluster_cpu_seconds(&cluster));
     eprintln!();
     let seconds = started.elapsed().as_secs_f64();
-    let runs_per_s = (succeeded_after - succeeded_before) / seconds;
+    let runs_per_s = (after.succeeded - before.succeeded) / seconds;
     // What the run rate costs: Raft entries (each one is an fsync on every
     // node) and the three nodes' CPU (`benches/notes.md`, "What an entry costs").
-    let entries_per_s = (entries_after - entries_before) / seconds;
+    let entries_per_s = (after.applied - before.applied) / seconds;
     let node_cpu_cores = (cpu_after - cpu_before) / seconds;
     let (p50, p99, p999) = (
-        bucket_quantile(&lateness_before, &lateness_after, 0.5),
-        bucket_quantile(&lateness_before, &lateness_after, 0.99),
-        bucket_quantile(&lateness_before, &lateness_after, 0.999),
+        bucket_quantile(&before.lateness, &after.lateness, 0.5),
+        bucket_quantile(&before.lateness, &after.lateness, 0.99),
+        bucket_quantile(&before.lateness, &after.lateness, 0.999),
     );
     let result = serde_json::json!({
         "scenario": "dispatch",
@@ -601,21 +615,6 @@ fn run_summary(run: &pb::Run) -> String {
         run.attempt,
         run.node_id
     )
-}
-
-/// The highest applied log index among the nodes (the leader's, normally).
-async fn applied_index(cluster: &TestCluster) -> f64 {
-    let mut highest = 0.0f64;
-    for node in &cluster.nodes {
-        if let Ok((200, body)) = kairos::http::fetch(&node.http, "/metrics").await {
-            for line in body.lines() {
-                if let Some(value) = line.strip_prefix("kairos_raft_applied_index ") {
-                    highest = highest.max(value.trim().parse().unwrap_or(0.0));
-                }
-            }
-        }
-    }
-    highest
 }
 
 /// CPU time (user + system) used so far by the running nodes, seconds.
