@@ -31,9 +31,10 @@
 //! file beside sled's database ([`super::snapshot_file`]: in sled, tens of
 //! MB went through the same log as the Raft appends and stalled them), and
 //! fsynced. A snapshot an older version stored in sled's tree `snapshot` is
-//! moved to the file on open. Installing a snapshot first stores it, then rewrites the tables; if
-//! the node crashes in between, [`StateMachineStore::open`] notices that the
-//! stored snapshot is newer than the tables and reloads from it. The same
+//! moved to the file on open. Installing a snapshot first stores it, then
+//! rewrites the tables; if the node crashes in between,
+//! [`StateMachineStore::open`] notices that the stored snapshot is newer
+//! than the tables and reloads from it. The same
 //! holds when a crash leaves the tables behind a snapshot built from memory
 //! (they lag by up to one flush interval), so the log may be purged up to a
 //! snapshot without waiting for the tables.
@@ -56,7 +57,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use super::durability::Disk;
-use super::snapshot_file::SnapshotFile;
+use super::snapshot_file::{Meta, SnapshotFile};
 use super::table_writer::TableWriter;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::error::{Error, Result};
@@ -83,7 +84,6 @@ pub const TABLE_FLUSH_EVERY: Duration = Duration::from_millis(100);
 const TABLE_FLUSH_KEYS: usize = 20_000;
 
 type Membership = StoredMembership<NodeId, BasicNode>;
-use super::snapshot_file::Meta;
 
 fn sm_read(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::read_state_machine(AnyError::error(e)).into()

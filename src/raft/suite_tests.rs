@@ -27,12 +27,11 @@ fn openraft_storage_suite() {
     Suite::test_all(SledBuilder).unwrap();
 }
 
-pub(super) fn log_id(index: u64) -> LogId<u64> {
+fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-/// Entry `index` creating job `id` (also used by the state machine's tests).
-pub(super) fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
+fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     let spec = JobSpec {
         job_type: "noop".into(),
         owner_service: String::new(),
