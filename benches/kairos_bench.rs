@@ -461,7 +461,7 @@ async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
         "| jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (bucket bounds, ms) | entries/s | node CPU (cores) |"
     );
     println!(
-        "| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.0} | ≤{p99:.0} | ≤{p999:.0} | {entries_per_s:.0} | {node_cpu_cores:.2} |"
+        "| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.1} | ≤{p99:.1} | ≤{p999:.1} | {entries_per_s:.0} | {node_cpu_cores:.2} |"
     );
 }
 
@@ -570,8 +570,28 @@ async fn first_write(addr: &str, kill: usize, since: Instant) -> f64 {
     f64::NAN
 }
 
-/// Milliseconds from `since` until a run of `pulse` started after `killed_ms` (bounded: 30 s).
+/// The nodes' fire look-ahead (`--fire-ahead-ms`), ms: the agent's default
+/// unless `KAIROS_FIRE_AHEAD_MS` sets it for the nodes this tool starts.
+fn fire_ahead_ms() -> i64 {
+    std::env::var("KAIROS_FIRE_AHEAD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(kairos::actors::timer::DEFAULT_FIRE_AHEAD.as_millis() as i64)
+}
+
+/// Milliseconds from `since` until a run of `pulse` dispatched after the
+/// kill at `killed_ms` began (bounded: 30 s).
+///
+/// The leader commits fires and starts up to the look-ahead before their
+/// nominal time, so a run the killed leader dispatched may begin on a
+/// survivor just after the kill: that is not a failover. An attempt begins
+/// at `max(start entry's time, nominal)`, and a start committed before the
+/// kill has a nominal time at most the look-ahead later; so a run that
+/// begins more than the look-ahead after the kill was started by the new
+/// leader, and no run of the new leader begins earlier than that (an
+/// election takes longer than the look-ahead).
 async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
+    let dispatched_after = killed_ms + fire_ahead_ms();
     let mut runs = RunServiceClient::new(channel(addr).await);
     let mut last_seen = String::new();
     while since.elapsed() < Duration::from_secs(30) {
@@ -589,7 +609,7 @@ async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
                     .runs
                     .iter()
                     .filter_map(|r| r.started_at.as_ref().map(timestamp_ms))
-                    .filter(|&t| t > killed_ms)
+                    .filter(|&t| t > dispatched_after)
                     .min();
                 if let Some(t) = started {
                     // The run's own start time, measured from the kill.

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::actors::limits::{parse_type_limits, TypeLimits};
+use crate::actors::limits::parse_type_limits;
+use crate::actors::LeaderSettings;
 use crate::error::{Error, Result};
 use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
@@ -102,6 +103,8 @@ agent_settings! {
     snapshot_logs: u64, env = "KAIROS_SNAPSHOT_LOGS";
     /// Log entries kept behind a snapshot for slow followers (default 1000).
     snapshot_keep_logs: u64, env = "KAIROS_SNAPSHOT_KEEP_LOGS";
+    /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
+    fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
 }
 
 /// A node's complete, validated configuration.
@@ -127,8 +130,8 @@ pub struct AgentConfig {
     pub workers: usize,
     /// Whether the `exec` handler is enabled.
     pub allow_exec: bool,
-    /// Concurrency and rate limits by job type.
-    pub type_limits: TypeLimits,
+    /// What the leader-only actors need: type limits and the fire look-ahead.
+    pub leader: LeaderSettings,
     /// Whether test-only job types are registered.
     pub test_handlers: bool,
     /// Peer address rewrites (see [`crate::dial`]).
@@ -219,6 +222,15 @@ impl AgentConfig {
                 known.join(", ")
             )));
         }
+        let fire_ahead_ms = args
+            .fire_ahead_ms
+            .unwrap_or(LeaderSettings::default().fire_ahead.as_millis() as u64);
+        if fire_ahead_ms > crate::scheduler::MAX_FIRE_AHEAD_MS as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "--fire-ahead-ms: {fire_ahead_ms} is not in 0..={}",
+                crate::scheduler::MAX_FIRE_AHEAD_MS
+            )));
+        }
         let defaults = RaftTuning::default();
         Ok(AgentConfig {
             node_id,
@@ -236,7 +248,10 @@ impl AgentConfig {
             cluster_cookie,
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
-            type_limits,
+            leader: LeaderSettings {
+                type_limits,
+                fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
+            },
             test_handlers: args.test_handlers.unwrap_or(false),
             dial_map: crate::dial::parse_dial_map(args.dial_map.as_deref().unwrap_or(""))?,
             log_format: args.log_format.unwrap_or_default(),
@@ -313,7 +328,7 @@ mod tests {
             ..Default::default()
         };
         let config = AgentConfig::resolve(args("http:concurrency=3;exec:rate=1")).unwrap();
-        assert_eq!(config.type_limits["http"].concurrency, Some(3));
+        assert_eq!(config.leader.type_limits["http"].concurrency, Some(3));
         let err = AgentConfig::resolve(args("htp:concurrency=3"))
             .unwrap_err()
             .to_string();

@@ -135,7 +135,7 @@ impl Metrics {
         registry.register("jobs_stored", "Jobs in the applied state", m.jobs_stored.clone());
         registry.register(
             "fire_lateness_seconds",
-            "Nominal fire time to handler start, for attempts started on this node",
+            "Nominal fire time to handler start, for first attempts started on this node",
             m.fire_lateness.clone(),
         );
         registry.register(

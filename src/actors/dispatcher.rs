@@ -10,6 +10,12 @@
 //! pool through ractor_cluster. If the send is lost, the attempt's lease expires and the
 //! run is retried elsewhere; nothing is assigned without a committed entry.
 //!
+//! Runs are started up to the look-ahead (`--fire-ahead-ms`) before they may
+//! begin: the timer commits fires ahead of their nominal time, the entry that
+//! starts them follows at once, and the work item tells the pool when to
+//! begin. A node's load is the attempts it is running (begun), not those
+//! waiting to begin: its pool holds those without a worker.
+//!
 //! Runs of a job type with limits (`--type-limits`) pass the [`Limiter`]
 //! first: a run over its type's concurrency or rate stays pending until a
 //! later tick, and the runs behind it are still considered.
@@ -38,6 +44,12 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const MAX_CANDIDATES: usize = 10_000;
 /// How long a pool's answer about its workers and job types is trusted.
 const POOL_INFO_TTL: Duration = Duration::from_secs(5);
+/// Attempts a pool is offered per worker. A worker is free once its handler
+/// returns, but the replicated state counts the run as running until its
+/// result commits (the reporter's write interval and a commit later), so
+/// with one per worker short runs would leave workers idle; the pool queues
+/// what its workers cannot take at once.
+const ATTEMPTS_PER_WORKER: u64 = 2;
 
 /// The dispatcher actor.
 pub struct Dispatcher;
@@ -55,6 +67,8 @@ pub struct DispatcherArgs {
     pub node: Arc<Node>,
     /// Concurrency and rate limits by job type.
     pub type_limits: TypeLimits,
+    /// How long before a run may begin it is started (see the timer's look-ahead).
+    pub fire_ahead: Duration,
 }
 
 /// The dispatcher's state.
@@ -63,6 +77,8 @@ pub struct DispatcherState {
     /// Each pool's workers and job types by Raft node id, with when it was asked.
     pool_info: BTreeMap<u64, (PoolInfo, tokio::time::Instant)>,
     limiter: Limiter,
+    /// See [`DispatcherArgs::fire_ahead`], in ms.
+    ahead_ms: i64,
     watcher: JoinHandle<()>,
 }
 
@@ -90,6 +106,10 @@ impl Actor for Dispatcher {
             node: args.node,
             pool_info: BTreeMap::new(),
             limiter: Limiter::new(args.type_limits),
+            ahead_ms: args
+                .fire_ahead
+                .as_millis()
+                .min(crate::scheduler::MAX_FIRE_AHEAD_MS as u128) as i64,
             watcher,
         })
     }
@@ -113,13 +133,16 @@ impl Actor for Dispatcher {
         if pools.is_empty() {
             return Ok(());
         }
-        // Load per node and per job type: the runs queued or running, counted in one pass.
+        let now = chrono::Utc::now().timestamp_millis();
+        // Load per node (attempts begun) and per job type (queued or running),
+        // counted in one pass.
         let (load, mut active_by_type) = {
             let view = state.node.state.read();
             let mut load: BTreeMap<u64, u64> = BTreeMap::new();
             let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
             for run in view.active_runs() {
-                if let Some(node) = run.node {
+                let begun = run.started_at_ms.is_none_or(|t| t <= now);
+                if let (Some(node), true) = (run.node, begun) {
                     *load.entry(node).or_default() += 1;
                 }
                 if !state.limiter.is_empty() {
@@ -137,14 +160,13 @@ impl Actor for Dispatcher {
             serves.insert(id, info.job_types);
             free.insert(
                 id,
-                info.workers.saturating_sub(load.get(&id).copied().unwrap_or(0)),
+                (info.workers * ATTEMPTS_PER_WORKER).saturating_sub(load.get(&id).copied().unwrap_or(0)),
             );
         }
         let total: u64 = free.values().sum();
         if total == 0 {
             return Ok(());
         }
-        let now = chrono::Utc::now().timestamp_millis();
         let candidates: Vec<(u64, u32, String)> = {
             let view = state.node.state.read();
             // With limits, runs held back must not hide the ones behind them.
@@ -153,7 +175,7 @@ impl Actor for Dispatcher {
             } else {
                 MAX_CANDIDATES
             };
-            view.dispatchable_runs(now, wanted)
+            view.dispatchable_runs(now + state.ahead_ms, wanted)
                 .iter()
                 .map(|r| {
                     let job_type = view
@@ -274,6 +296,7 @@ fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
         job_type: job.spec.job_type.clone(),
         payload: job.spec.payload.clone(),
         nominal_ms: run.nominal_ms,
+        begin_at_ms: run.started_at_ms.unwrap_or(run.nominal_ms),
         idempotency_key: run.idempotency_key(),
         attempt_timeout_ms: job.spec.policies.timeouts.attempt_timeout_ms,
         heartbeat_timeout_ms: job.spec.policies.timeouts.heartbeat_timeout_ms,

@@ -25,6 +25,7 @@ pub mod timer;
 pub mod worker;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::ServerState;
 use ractor::{Actor, ActorRef};
@@ -33,15 +34,34 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 use limits::TypeLimits;
 
+/// How the leader-only actors behave (the same on every node).
+#[derive(Clone, Debug)]
+pub struct LeaderSettings {
+    /// Concurrency and rate limits by job type, enforced by the dispatcher.
+    pub type_limits: TypeLimits,
+    /// How far ahead of their nominal time fires are committed and started
+    /// (see [`timer`]); zero commits them at the nominal time.
+    pub fire_ahead: Duration,
+}
+
+impl Default for LeaderSettings {
+    fn default() -> Self {
+        LeaderSettings {
+            type_limits: TypeLimits::default(),
+            fire_ahead: timer::DEFAULT_FIRE_AHEAD,
+        }
+    }
+}
+
 /// Starts the leader-only actors whenever this node leads and stops them when
 /// it does not, until `shutdown` is cancelled.
-pub async fn run_leader_actors(node: Arc<Node>, type_limits: TypeLimits, shutdown: CancellationToken) {
+pub async fn run_leader_actors(node: Arc<Node>, settings: LeaderSettings, shutdown: CancellationToken) {
     let mut metrics = node.raft.metrics();
     let mut actors: Option<LeaderActors> = None;
     loop {
         let leading = metrics.borrow().state == ServerState::Leader;
         if leading && actors.is_none() {
-            match LeaderActors::start(&node, &type_limits).await {
+            match LeaderActors::start(&node, &settings).await {
                 Ok(started) => {
                     tracing::info!(node = node.id, "became leader: timer and dispatcher started");
                     actors = Some(started);
@@ -71,19 +91,21 @@ struct LeaderActors {
 }
 
 impl LeaderActors {
-    async fn start(node: &Arc<Node>, type_limits: &TypeLimits) -> Result<LeaderActors, ractor::SpawnErr> {
+    async fn start(node: &Arc<Node>, settings: &LeaderSettings) -> Result<LeaderActors, ractor::SpawnErr> {
         let (timer, _) = Actor::spawn(
             None,
             timer::Timer,
             timer::TimerArgs {
                 node: node.clone(),
                 clock: timer::Clock::System,
+                fire_ahead: settings.fire_ahead,
             },
         )
         .await?;
         let args = dispatcher::DispatcherArgs {
             node: node.clone(),
-            type_limits: type_limits.clone(),
+            type_limits: settings.type_limits.clone(),
+            fire_ahead: settings.fire_ahead,
         };
         match Actor::spawn(None, dispatcher::Dispatcher, args).await {
             Ok((dispatcher, _)) => Ok(LeaderActors { timer, dispatcher }),

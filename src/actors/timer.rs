@@ -15,6 +15,18 @@
 //! It wakes early whenever the applied state changes (a new job may fire
 //! sooner), through a watcher of openraft's data metrics.
 //!
+//! **Firing ahead.** With a look-ahead `A` (`--fire-ahead-ms`, default
+//! [`DEFAULT_FIRE_AHEAD`]), the timer wakes when the earliest fire is `A / 2`
+//! away and proposes one `FireWindow` for every fire due up to `A` from now:
+//! each entry covers about `A / 2` of fires, committed `A / 2` to `A` before
+//! they are due. The dispatcher starts those runs ahead too, and the worker
+//! begins the handler at the nominal instant, so the fire lateness no longer
+//! contains two Raft commits, and the entries per second no longer follow
+//! the fire rate. A fire committed ahead is a fire that happened: a pause or
+//! schedule change committed before its nominal time cancels its run instead
+//! (see `State::cancel_runs_ahead`). `A = 0` fires at the nominal time, with
+//! `FireBatch`.
+//!
 //! The work of one wake-up is [`tick`]: given the time, it reads the state and
 //! proposes through a [`TimerHost`] — the Raft node in production, a plain
 //! [`State`] in tests — and says when to wake next. Time comes from a
@@ -40,6 +52,11 @@ pub const MAX_EXPIRIES_PER_BATCH: usize = 5_000;
 const PRINCIPAL: &str = "kairos-timer";
 /// Pause before retrying after a failed proposal.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// How far ahead of their nominal time fires are committed by default:
+/// enough for a `FireWindow` and a `StartAttempts` commit and the message to
+/// the worker (a few ms each on a loaded machine) with room to spare, small
+/// enough that a pause or an update rarely meets a fire already committed.
+pub const DEFAULT_FIRE_AHEAD: Duration = Duration::from_millis(100);
 
 /// The timer actor.
 pub struct Timer;
@@ -57,12 +74,17 @@ pub struct TimerArgs {
     pub node: Arc<Node>,
     /// Where the time comes from.
     pub clock: Clock,
+    /// How far ahead of their nominal time fires are committed (at most
+    /// `MAX_FIRE_AHEAD_MS`; zero fires at the nominal time).
+    pub fire_ahead: Duration,
 }
 
 /// The timer's state.
 pub struct TimerState {
     node: Arc<Node>,
     clock: Clock,
+    /// See [`TimerArgs::fire_ahead`], in ms.
+    ahead_ms: i64,
     /// The instant (Unix ms) a wake-up is already scheduled for.
     armed_for: Option<i64>,
     /// Sends a tick whenever the applied state changes.
@@ -132,27 +154,47 @@ pub struct Tick {
     pub wake_at: Option<i64>,
 }
 
-/// One wake-up at `now_ms`: proposes the due fires and the expired runs, then
-/// says when to wake next.
-pub async fn tick(host: &impl TimerHost, now_ms: i64) -> Tick {
+/// The command that fires `fires` at `now_ms`, `ahead_ms` ahead.
+fn fire_command(fires: Vec<(String, i64)>, now_ms: i64, ahead_ms: i64) -> Command {
+    if ahead_ms == 0 {
+        Command::FireBatch { fires }
+    } else {
+        Command::FireWindow {
+            fires,
+            until_ms: now_ms + ahead_ms,
+        }
+    }
+}
+
+/// One wake-up at `now_ms`: proposes the fires due up to `ahead_ms` from now
+/// and the expired runs, then says when to wake next.
+///
+/// The window opens when the earliest fire is half the look-ahead away, and
+/// only then: a wake-up for another reason (an applied change, a deadline)
+/// fires nothing early, so each window's entry carries half a look-ahead of
+/// fires however often the timer wakes.
+pub async fn tick(host: &impl TimerHost, now_ms: i64, ahead_ms: i64) -> Tick {
     let (fires, expired) = host.read(|s| {
-        (
-            s.due_fires(now_ms, MAX_FIRES_PER_BATCH),
-            s.expired_runs(now_ms, MAX_EXPIRIES_PER_BATCH),
-        )
+        let window_open = s.earliest_fire().is_some_and(|t| t <= now_ms + ahead_ms / 2);
+        let fires = if window_open {
+            s.due_fires(now_ms + ahead_ms, MAX_FIRES_PER_BATCH)
+        } else {
+            Vec::new()
+        };
+        (fires, s.expired_runs(now_ms, MAX_EXPIRIES_PER_BATCH))
     });
     let mut done = Tick::default();
     let mut failed = false;
     if !fires.is_empty() {
         let count = fires.len();
         let again = crate::chaos_switch::duplicate_fires().then(|| fires.clone());
-        match host.propose(Command::FireBatch { fires }, now_ms).await {
+        match host.propose(fire_command(fires, now_ms, ahead_ms), now_ms).await {
             Ok(()) => {
                 tracing::debug!(jobs = count, "fire batch committed");
                 done.fired = count;
                 if let Some(fires) = again {
                     // The deliberately broken build proposes every batch twice.
-                    let _ = host.propose(Command::FireBatch { fires }, now_ms).await;
+                    let _ = host.propose(fire_command(fires, now_ms, ahead_ms), now_ms).await;
                 }
             }
             Err(e) => {
@@ -178,7 +220,7 @@ pub async fn tick(host: &impl TimerHost, now_ms: i64) -> Tick {
         Some(now_ms + RETRY_AFTER.as_millis() as i64)
     } else {
         host.read(|s| {
-            [s.earliest_fire(), s.earliest_deadline()]
+            [s.earliest_fire().map(|t| t - ahead_ms / 2), s.earliest_deadline()]
                 .into_iter()
                 .flatten()
                 .min()
@@ -205,9 +247,11 @@ impl Actor for Timer {
                 }
             }
         });
+        let max = crate::scheduler::MAX_FIRE_AHEAD_MS as u128;
         Ok(TimerState {
             node: args.node,
             clock: args.clock,
+            ahead_ms: args.fire_ahead.as_millis().min(max) as i64,
             armed_for: None,
             watcher,
         })
@@ -239,7 +283,7 @@ impl Actor for Timer {
     ) -> Result<(), ActorProcessingErr> {
         let TimerMsg::Tick = msg;
         let clock = state.clock;
-        let Tick { wake_at, .. } = tick(&state.node, clock.now_ms()).await;
+        let Tick { wake_at, .. } = tick(&state.node, clock.now_ms(), state.ahead_ms).await;
         // Re-arm unless an earlier wake-up is already pending.
         if let Some(at) = wake_at {
             let now = clock.now_ms();
@@ -340,12 +384,17 @@ mod tests {
         }
     }
 
-    /// Runs the timer loop until `until_ms`; returns every tick with its time.
-    async fn run_until(host: &TestHost, clock: Clock, until_ms: i64) -> Vec<(i64, Tick)> {
+    /// Runs the timer loop, `ahead_ms` ahead, until `until_ms`; returns every tick with its time.
+    async fn run_ahead_until(
+        host: &TestHost,
+        clock: Clock,
+        ahead_ms: i64,
+        until_ms: i64,
+    ) -> Vec<(i64, Tick)> {
         let mut ticks = Vec::new();
         loop {
             let now = clock.now_ms();
-            let done = tick(host, now).await;
+            let done = tick(host, now, ahead_ms).await;
             let wake_at = done.wake_at;
             ticks.push((now, done));
             match wake_at {
@@ -355,6 +404,11 @@ mod tests {
                 _ => return ticks,
             }
         }
+    }
+
+    /// [`run_ahead_until`] firing at the nominal times.
+    async fn run_until(host: &TestHost, clock: Clock, until_ms: i64) -> Vec<(i64, Tick)> {
+        run_ahead_until(host, clock, 0, until_ms).await
     }
 
     fn every_second() -> ScheduleSpec {
@@ -382,6 +436,65 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn fires_ahead_once_per_second_half_the_look_ahead_early() {
+        let host = TestHost::new();
+        host.create("tick", every_second(), Policies::default(), T0 + 300);
+        let clock = Clock::tokio_at(T0 + 300);
+        let ticks = run_ahead_until(&host, clock, 100, T0 + 10_000).await;
+        let fired_at: Vec<i64> = ticks
+            .iter()
+            .filter(|(_, t)| t.fired > 0)
+            .map(|(at, _)| *at)
+            .collect();
+        let expected: Vec<i64> = (1..=10).map(|s| T0 + s * 1000).collect();
+        let early: Vec<i64> = expected.iter().map(|t| t - 50).collect();
+        assert_eq!(fired_at, early, "one FireWindow per second, 50 ms before it");
+        let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
+        assert_eq!(nominal, expected, "one run per nominal second");
+        let commands: Vec<&str> = host.log.lock().unwrap().iter().skip(1).map(|(_, c)| *c).collect();
+        assert_eq!(commands, vec!["fire_window"; 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_between_windows_fires_nothing_early() {
+        let host = TestHost::new();
+        host.create("a", every_second(), Policies::default(), T0 + 500);
+        let b = ScheduleSpec::Every {
+            interval_ms: 1_000,
+            phase_ms: 80,
+        };
+        host.create("b", b, Policies::default(), T0 + 500);
+        // The window opens at 0.95 s and holds a (1.0 s); b (1.08 s) is beyond it.
+        let first = tick(&host, T0 + 950, 100).await;
+        assert_eq!((first.fired, first.wake_at), (1, Some(T0 + 1_030)));
+        // Woken by the commit at 0.96 s: b is 120 ms away, the window is shut.
+        let woken = tick(&host, T0 + 960, 100).await;
+        assert_eq!((woken.fired, woken.wake_at), (0, Some(T0 + 1_030)));
+        assert_eq!(tick(&host, T0 + 1_030, 100).await.fired, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_jobs_share_one_window_entry() {
+        // 100 jobs, phases 10 ms apart over one second: each window holds 5-10 of them.
+        let host = TestHost::new();
+        for n in 0..100 {
+            let every = ScheduleSpec::Every {
+                interval_ms: 1_000,
+                phase_ms: n * 10,
+            };
+            host.create(&format!("j{n}"), every, Policies::default(), T0);
+        }
+        let clock = Clock::tokio_at(T0);
+        let ticks = run_ahead_until(&host, clock, 100, T0 + 10_000).await;
+        let entries = ticks.iter().filter(|(_, t)| t.fired > 0).count();
+        let fired: usize = ticks.iter().map(|(_, t)| t.fired).sum();
+        assert!(entries <= 220, "{entries} entries for {fired} fires");
+        let runs = host.read(|s| s.runs().count());
+        assert_eq!(fired, runs);
+        assert!(runs >= 990, "every nominal time of 10 s fired: {runs}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_failed_proposal_is_retried_soon_and_fires_once() {
         let host = TestHost::new();
         host.create("tick", every_second(), Policies::default(), T0);
@@ -403,8 +516,8 @@ mod tests {
     async fn a_second_tick_at_the_same_time_proposes_nothing() {
         let host = TestHost::new();
         host.create("tick", every_second(), Policies::default(), T0);
-        assert_eq!(tick(&host, T0 + 1_000).await.fired, 1);
-        let again = tick(&host, T0 + 1_000).await;
+        assert_eq!(tick(&host, T0 + 1_000, 0).await.fired, 1);
+        let again = tick(&host, T0 + 1_000, 0).await;
         assert_eq!((again.fired, again.wake_at), (0, Some(T0 + 2_000)));
         assert_eq!(host.read(|s| s.job_runs("tick").count()), 1);
     }

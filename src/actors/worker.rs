@@ -13,10 +13,19 @@
 //! until a leader commits them, so a result that lands during a failover is
 //! not lost; a repeat of a committed result is acknowledged by the state machine.
 //!
+//! An attempt started ahead of its time (the leader commits fires and starts
+//! up to `--fire-ahead-ms` early) waits in the pool, without a worker, until
+//! its `begin_at_ms`; then a worker takes it. Just before the handler begins,
+//! the worker looks at its own replica: if that has applied the entry that
+//! started the attempt and the run has since been cancelled (a pause within
+//! the look-ahead), removed (its job deleted) or given to a newer attempt,
+//! the handler does not run. A replica that has not caught up cannot tell,
+//! and the handler runs, as it would have a moment earlier.
+//!
 //! A handler that panics fails its attempt with the panic message (retried by
 //! policy); the worker then fails on purpose and its pool restarts it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +69,9 @@ pub struct WorkItem {
     pub payload: Vec<u8>,
     /// Nominal fire time, Unix ms.
     pub nominal_ms: i64,
+    /// When the handler may begin, Unix ms (the nominal time, or a retry's
+    /// back-off, when the attempt was started ahead of it).
+    pub begin_at_ms: i64,
     /// `job_id:nominal_time`.
     pub idempotency_key: String,
     /// Longest the attempt may take, ms.
@@ -87,6 +99,8 @@ pub enum WorkerPoolMsg {
     Info(RpcReplyPort<Vec<u8>>),
     /// Worker `n` is free again (local).
     WorkerIdle(u64),
+    /// Waiting attempts may have come due (local, from the pool's own timer).
+    Begin,
 }
 
 /// Messages of a worker (local).
@@ -118,10 +132,63 @@ pub struct PoolState {
     /// What each worker is running, if anything.
     running: Vec<Option<WorkItem>>,
     idle: VecDeque<usize>,
+    /// Attempts ready to begin, waiting for a worker.
     queue: VecDeque<WorkItem>,
+    /// Attempts started ahead, by `(begin_at_ms, run)`: they join `queue` then.
+    waiting: BTreeMap<(i64, RunId), WorkItem>,
+    /// The `begin_at_ms` a [`WorkerPoolMsg::Begin`] is scheduled for, if any.
+    begin_armed_for: Option<i64>,
+}
+
+/// The wall-clock time, Unix µs.
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
 }
 
 impl PoolState {
+    /// Takes `item`: into the ready queue if it may begin now, else into
+    /// `waiting` (arming a [`WorkerPoolMsg::Begin`] for it).
+    fn accept(&mut self, myself: &ActorRef<WorkerPoolMsg>, item: WorkItem) {
+        if item.begin_at_ms.saturating_mul(1000) <= now_us() {
+            self.queue.push_back(item);
+        } else {
+            self.waiting.insert((item.begin_at_ms, item.run_id), item);
+            self.arm_begin(myself);
+        }
+    }
+
+    /// Moves every waiting attempt that may begin now to the ready queue and
+    /// arms the next [`WorkerPoolMsg::Begin`].
+    fn release_due(&mut self, myself: &ActorRef<WorkerPoolMsg>) {
+        self.begin_armed_for = None;
+        let now = now_us();
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0.saturating_mul(1000) > now {
+                break;
+            }
+            self.queue.push_back(entry.remove());
+        }
+        self.arm_begin(myself);
+    }
+
+    /// Schedules a [`WorkerPoolMsg::Begin`] at the earliest waiting attempt,
+    /// unless one is already due no later.
+    fn arm_begin(&mut self, myself: &ActorRef<WorkerPoolMsg>) {
+        let Some(&(first, _)) = self.waiting.keys().next() else {
+            return;
+        };
+        if self.begin_armed_for.is_some_and(|armed| armed <= first) {
+            return;
+        }
+        let delay = Duration::from_micros(first.saturating_mul(1000).saturating_sub(now_us()).max(0) as u64);
+        myself.send_after(delay, || WorkerPoolMsg::Begin);
+        self.begin_armed_for = Some(first);
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len() + self.waiting.len()
+    }
+
     fn dispatch(&mut self) {
         self.assign();
         self.env
@@ -198,20 +265,22 @@ impl Actor for WorkerPool {
             idle: (0..workers.len()).collect(),
             workers,
             queue: VecDeque::new(),
+            waiting: BTreeMap::new(),
+            begin_armed_for: None,
         })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<WorkerPoolMsg>,
+        myself: ActorRef<WorkerPoolMsg>,
         msg: WorkerPoolMsg,
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WorkerPoolMsg::Execute(bytes) => match decode::<WorkItem>(&bytes) {
-                Ok(item) if state.queue.len() < MAX_QUEUED_ITEMS => {
+                Ok(item) if state.queued() < MAX_QUEUED_ITEMS => {
                     tracing::debug!(run = item.run_id, attempt = item.attempt, "work item received");
-                    state.queue.push_back(item);
+                    state.accept(&myself, item);
                     state.dispatch();
                 }
                 Ok(item) => tracing::warn!(
@@ -238,6 +307,10 @@ impl Actor for WorkerPool {
                 if n < state.running.len() && state.running[n].take().is_some() {
                     state.idle.push_back(n);
                 }
+                state.dispatch();
+            }
+            WorkerPoolMsg::Begin => {
+                state.release_due(&myself);
                 state.dispatch();
             }
         }
@@ -300,6 +373,11 @@ impl Actor for Worker {
         state: &mut WorkerArgs,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Run(item) = msg;
+        if let Some(why) = superseded(&state.env.node, &item) {
+            tracing::info!(run = item.run_id, token = item.token, "attempt not begun: {why}");
+            let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
+            return Ok(());
+        }
         let (outcome, output, panic) = execute(&state.env, &item).await;
         let label = match &outcome {
             AttemptOutcome::Succeeded => "succeeded".to_string(),
@@ -317,6 +395,25 @@ impl Actor for Worker {
             Some(message) => Err(format!("handler panicked: {message}").into()),
             None => Ok(()),
         }
+    }
+}
+
+/// Why the attempt `item` must not begin, judged from this node's replica:
+/// `None` when it may, or when the replica has not yet applied the entry
+/// that started it or is applying one right now (and so cannot tell).
+fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
+    let applied = node.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
+    if applied < item.token {
+        return None;
+    }
+    // Never wait for the lock: an apply holding it is no reason to begin late.
+    let state = node.state.try_read()?;
+    match state.run(item.run_id) {
+        None => Some("the run is gone (its job was deleted)"),
+        Some(run) if run.token != item.token => Some("a newer attempt replaced it"),
+        Some(run) if run.status == crate::scheduler::RunStatus::Cancelled => Some("the run was cancelled"),
+        Some(run) if run.status.is_terminal() => Some("the run has ended"),
+        Some(_) => None,
     }
 }
 
@@ -344,12 +441,14 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
         timeout,
     };
     let cancel = CancellationToken::new();
-    let lateness = chrono::Utc::now()
-        .timestamp_millis()
-        .saturating_sub(item.nominal_ms)
-        .max(0);
-    env.metrics
-        .observe_fire_lateness(Duration::from_millis(lateness as u64));
+    if item.attempt == 1 {
+        // A fire's lateness is its first attempt's (a retry waits on purpose).
+        let lateness_us = now_us()
+            .saturating_sub(item.nominal_ms.saturating_mul(1000))
+            .max(0);
+        env.metrics
+            .observe_fire_lateness(Duration::from_micros(lateness_us as u64));
+    }
     let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
     // The lease starts with the attempt (StartAttempts sets it), so the first
     // heartbeat is due one period in, not at once: a short attempt writes no

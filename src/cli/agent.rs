@@ -138,7 +138,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     }
     tasks.spawn(crate::actors::run_leader_actors(
         node.clone(),
-        config.type_limits.clone(),
+        config.leader.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(crate::actors::cluster::run_connector(

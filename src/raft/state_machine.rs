@@ -132,6 +132,15 @@ impl StateHandle {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A read guard on the state if no apply holds it now.
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, State>> {
+        match self.state.try_read() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state
             .write()

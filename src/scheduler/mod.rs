@@ -21,6 +21,7 @@ pub mod schedule;
 pub mod state;
 pub mod validate;
 
+pub use firing::MAX_FIRE_AHEAD_MS;
 pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 pub use run::{Run, RunId, RunStatus};
 pub use schedule::{Schedule, ScheduleSpec};

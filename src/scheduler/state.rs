@@ -29,6 +29,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::firing::MAX_FIRE_AHEAD_MS;
 use super::job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 use super::run::{AttemptOutcome, AttemptResult, JobCounters, Run, RunId};
 use super::schedule::{Schedule, ScheduleMemo};
@@ -186,6 +187,18 @@ pub enum Command {
         /// The requests, in arrival order.
         requests: Vec<Request>,
     },
+    /// `FireBatch` ahead of time: every listed job fires if its next fire is
+    /// the listed time and at most `until_ms` (proposed by the leader's timer
+    /// up to [`MAX_FIRE_AHEAD_MS`] before the nominal times, so that runs are
+    /// dispatched before they are due). Fires in `(at_ms, until_ms]` run on
+    /// time under every catch-up policy. Last in the enum: the encoding of a
+    /// variant is its position, and older logs hold the others.
+    FireWindow {
+        /// `(job id, the job's next_fire_ms as the timer saw it)`.
+        fires: Vec<(JobId, i64)>,
+        /// The latest nominal time this entry fires, Unix ms.
+        until_ms: i64,
+    },
 }
 
 impl Command {
@@ -207,6 +220,7 @@ impl Command {
             Command::ExpireRuns { .. } => "expire_runs",
             Command::CancelRun { .. } => "cancel_run",
             Command::Batch { .. } => "batch",
+            Command::FireWindow { .. } => "fire_window",
         }
     }
 }
@@ -801,10 +815,27 @@ impl State {
                 let job = self.job_at_version(id, Some(*expected_version))?;
                 let schedule_changed = patch.schedule.as_ref().is_some_and(|s| *s != job.spec.schedule);
                 let resumed = job.spec.paused && patch.paused == Some(false);
+                let paused = !job.spec.paused && patch.paused == Some(true);
                 let mut updated = Job::clone(job);
                 patch.clone().apply_to(&mut updated.spec);
-                if schedule_changed || resumed {
-                    updated.next_fire_ms = next_fire(&updated.spec, at_ms);
+                if paused {
+                    self.cancel_runs_ahead(id, at_ms, |_| false, PAUSED_AHEAD, changes);
+                }
+                if schedule_changed {
+                    // Fires of the old schedule committed ahead do not run;
+                    // a time both schedules share keeps its run.
+                    let new_spec = &updated.spec;
+                    let shared = |t: i64| next_fire(new_spec, t - 1) == Some(t);
+                    self.cancel_runs_ahead(id, at_ms, shared, RESCHEDULED_AHEAD, changes);
+                    // No second run for a time that has one (kept, skipped or cancelled).
+                    let taken: Vec<i64> = self
+                        .job_runs(id)
+                        .filter(|r| r.nominal_ms > at_ms)
+                        .map(|r| r.nominal_ms)
+                        .collect();
+                    updated.next_fire_ms = next_fire_without(&updated.spec, at_ms, &taken);
+                } else if resumed {
+                    updated.next_fire_ms = next_fire_after_fired(&updated, at_ms);
                 }
                 self.store_change(updated, at_ms, principal, changes)
             }
@@ -821,13 +852,23 @@ impl State {
                 }
                 let mut updated = Job::clone(job);
                 updated.spec.paused = *paused;
-                if !*paused {
+                if *paused {
+                    self.cancel_runs_ahead(id, at_ms, |_| false, PAUSED_AHEAD, changes);
+                } else {
                     // Paused time is not caught up: the next fire is after the resume.
-                    updated.next_fire_ms = next_fire(&updated.spec, at_ms);
+                    updated.next_fire_ms = next_fire_after_fired(&updated, at_ms);
                 }
                 self.store_change(updated, at_ms, principal, changes)
             }
-            Command::FireBatch { fires } => Ok(self.fire_batch(fires, at_ms, changes)),
+            Command::FireBatch { fires } => Ok(self.fire_batch(fires, at_ms, at_ms, changes)),
+            Command::FireWindow { fires, until_ms } => {
+                if *until_ms > at_ms.saturating_add(MAX_FIRE_AHEAD_MS) {
+                    return Err(Error::InvalidArgument(format!(
+                        "fire window: until {until_ms} is more than {MAX_FIRE_AHEAD_MS} ms after the entry's time {at_ms}"
+                    )));
+                }
+                Ok(self.fire_batch(fires, at_ms, (*until_ms).max(at_ms), changes))
+            }
             Command::TriggerJob { id } => self.trigger(id, at_ms, changes),
             Command::Backfill { id, start_ms, end_ms } => {
                 self.backfill(id, *start_ms, *end_ms, at_ms, changes)
@@ -965,6 +1006,27 @@ fn fire_entry(job: &Job) -> Option<(i64, JobId)> {
         return None;
     }
     job.next_fire_ms.map(|t| (t, job.id.clone()))
+}
+
+/// Why a run committed ahead was cancelled by a pause.
+const PAUSED_AHEAD: &str = "cancelled: the job was paused before this fire's nominal time";
+/// Why a run committed ahead was cancelled by a schedule change.
+const RESCHEDULED_AHEAD: &str = "cancelled: the job's new schedule has no fire at this nominal time";
+
+/// The next fire of `job` after `at_ms` and after its last fire: a fire
+/// committed ahead of `at_ms` is never fired a second time.
+fn next_fire_after_fired(job: &Job, at_ms: i64) -> Option<i64> {
+    next_fire(&job.spec, at_ms.max(job.last_fired_ms.unwrap_or(i64::MIN)))
+}
+
+/// The first fire of `spec` after `at_ms` that is not one of `taken` (fires
+/// that already have a run).
+fn next_fire_without(spec: &JobSpec, at_ms: i64, taken: &[i64]) -> Option<i64> {
+    let mut next = next_fire(spec, at_ms);
+    while let Some(t) = next.filter(|t| taken.contains(t)) {
+        next = next_fire(spec, t);
+    }
+    next
 }
 
 /// The first fire of `spec` strictly after `at_ms`, or `None` if there is none

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Changes, CommandResult, Response, State};
 use crate::error::Error;
-use crate::scheduler::firing::plan_fires;
+use crate::scheduler::firing::{plan_fires, MAX_FIRE_AHEAD_MS};
 use crate::scheduler::job::{JobId, Overlap};
 use crate::scheduler::run::{
     retry_delay_ms, AttemptOutcome, AttemptResult, Run, RunCause, RunId, RunStatus, MAX_OUTPUT_TAIL,
@@ -317,11 +317,13 @@ impl State {
         }
     }
 
-    /// `FireBatch`: each listed job fires if its next fire is the listed one.
+    /// `FireBatch` / `FireWindow`: each listed job fires if its next fire is
+    /// the listed one and not after `until_ms` (`at_ms <= until_ms`).
     pub(super) fn fire_batch(
         &mut self,
         fires: &[(JobId, i64)],
         at_ms: i64,
+        until_ms: i64,
         changes: &mut Changes,
     ) -> Response {
         let mut created = Vec::new();
@@ -333,7 +335,7 @@ impl State {
                 refused += 1;
                 continue;
             };
-            if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > at_ms {
+            if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > until_ms {
                 if crate::chaos_switch::duplicate_fires() && job.last_fired_ms.is_some_and(|l| *expected <= l)
                 {
                     // The deliberately broken build: run a fire that already happened again.
@@ -347,7 +349,7 @@ impl State {
                 refused += 1;
                 continue;
             };
-            let plan = plan_fires(&schedule, *expected, &job.spec.policies, at_ms);
+            let plan = plan_fires(&schedule, *expected, &job.spec.policies, at_ms, until_ms);
             let mut job = job;
             job.last_fired_ms = plan.last_due.max(job.last_fired_ms);
             job.next_fire_ms = plan.next_fire;
@@ -360,6 +362,34 @@ impl State {
             }
         }
         Response::Fired { created, refused }
+    }
+
+    /// Takes back the fires of `job_id` that were committed ahead of `at_ms`
+    /// and have not begun — scheduled first attempts whose nominal time is
+    /// after `at_ms`, pending or queued to begin later — except those whose
+    /// nominal time `keep` accepts: each is cancelled with `why` (a worker
+    /// waiting to begin one checks its replica first and does not run it).
+    pub(super) fn cancel_runs_ahead(
+        &mut self,
+        job_id: &str,
+        at_ms: i64,
+        keep: impl Fn(i64) -> bool,
+        why: &str,
+        changes: &mut Changes,
+    ) {
+        let ahead: Vec<Run> = self
+            .open_runs(job_id)
+            .filter(|r| r.cause == RunCause::Schedule && r.nominal_ms > at_ms && !keep(r.nominal_ms))
+            .filter(|r| match r.status {
+                RunStatus::Pending => r.attempt == 0,
+                RunStatus::Queued => r.attempt == 1 && r.started_at_ms.is_some_and(|t| t > at_ms),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        for run in ahead {
+            self.finish(run, RunStatus::Cancelled, why, at_ms, changes);
+        }
     }
 
     /// `TriggerJob`: one run now.
@@ -510,7 +540,9 @@ impl State {
         (runs, None)
     }
 
-    /// `StartAttempt`: the dispatcher assigns a pending run to a node.
+    /// `StartAttempt`: the dispatcher assigns a pending run to a node. It may
+    /// do so up to [`MAX_FIRE_AHEAD_MS`] before the run may start
+    /// (`not_before_ms`): the attempt then begins at that time.
     pub(super) fn start_attempt(
         &mut self,
         run_id: RunId,
@@ -556,13 +588,22 @@ impl State {
                 run.job_id
             )));
         }
+        if run.not_before_ms > at_ms.saturating_add(MAX_FIRE_AHEAD_MS) {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} may not start before {}, more than {MAX_FIRE_AHEAD_MS} ms after {at_ms}",
+                run.not_before_ms
+            )));
+        }
+        // An attempt started ahead begins when the run is due: its worker
+        // waits until then, and its lease and time limit count from then.
+        let begins = at_ms.max(run.not_before_ms);
         let mut run = run;
         run.attempt = attempt;
         run.status = RunStatus::Queued;
         run.token = index;
         run.node = Some(node);
-        run.started_at_ms = Some(at_ms);
-        run.lease_expires_ms = at_ms.saturating_add(policies.timeouts.heartbeat_timeout_ms as i64);
+        run.started_at_ms = Some(begins);
+        run.lease_expires_ms = begins.saturating_add(policies.timeouts.heartbeat_timeout_ms as i64);
         self.put_run(run.clone(), changes);
         Ok(Response::Run(Box::new(run)))
     }

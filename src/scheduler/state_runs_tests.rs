@@ -838,3 +838,6 @@ fn an_image_is_the_state_when_taken_and_rebuilds_it() {
     let decoded: StateImage = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(State::from_image(decoded), taken);
 }
+
+#[path = "state_ahead_tests.rs"]
+mod ahead;
