@@ -180,7 +180,7 @@ impl Node {
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();
-        let requests_since_snapshot = state_machine.requests_since_snapshot();
+        let changes_since_snapshot = state_machine.changes_since_snapshot();
         let config = Arc::new(raft_config(&options.tuning)?);
         let raft = Raft::new(options.id, config, PeerNetwork, log_store, state_machine)
             .await
@@ -201,9 +201,9 @@ impl Node {
             write_seq: AtomicU64::new(0),
             batcher,
         });
-        tokio::spawn(snapshot_by_requests(
+        tokio::spawn(snapshot_by_changes(
             node.raft.clone(),
-            requests_since_snapshot,
+            changes_since_snapshot,
             options.tuning.snapshot_logs,
             node.state.clone(),
         ));
@@ -604,19 +604,19 @@ fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNo
     }
 }
 
-/// How often [`snapshot_by_requests`] looks at the count.
+/// How often [`snapshot_by_changes`] looks at the count.
 const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Whether a snapshot is due after `applied` requests since the last one:
+/// Whether a snapshot is due after `applied` changes since the last one:
 /// at least `threshold` of them, and at least a quarter as many as the state
 /// holds jobs and runs (`records`).
 ///
 /// A snapshot encodes every record, so with a fixed threshold its cost per
-/// applied request grows with the state: at 1,000,000 jobs a snapshot every
+/// applied change grows with the state: at 1,000,000 jobs a snapshot every
 /// 10,000 creates would encode 100 jobs per create, more than the machine
 /// can encode and write as fast as creates arrive. The second bound keeps
-/// that cost at most four records per request however large the state
-/// grows (encoding a record costs far less than applying a request), while
+/// that cost at most four records per change however large the state
+/// grows (encoding a record costs far less than applying a change), while
 /// the log a restart replays stays at most a quarter as long as the state
 /// is large (a few seconds of applying at 1,000,000 jobs).
 fn snapshot_due(applied: u64, threshold: u64, records: usize) -> bool {
@@ -625,12 +625,13 @@ fn snapshot_due(applied: u64, threshold: u64, records: usize) -> bool {
 
 /// Asks for a snapshot when [`snapshot_due`] says so.
 ///
-/// Requests, not log entries, are counted (openraft's own policy, which
+/// Changes, not log entries, are counted (openraft's own policy, which
 /// counts entries, is off): a batch entry of the write batcher carries up to
-/// a thousand requests, and counted by entries the log (and what a restart
-/// replays) would grow up to a thousand times further between snapshots.
+/// a thousand requests and a fire window thousands of fires, and counted by
+/// entries the log (and what a restart replays, the state being a snapshot
+/// plus the log) would grow that many times further between snapshots.
 /// It ends when Raft has shut down.
-async fn snapshot_by_requests(raft: Raft, applied: Arc<AtomicU64>, threshold: u64, state: StateHandle) {
+async fn snapshot_by_changes(raft: Raft, applied: Arc<AtomicU64>, threshold: u64, state: StateHandle) {
     let mut every = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

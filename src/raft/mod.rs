@@ -7,14 +7,14 @@
 //!   `fdatasync` (see [`durability`]): sled's own `flush` stops at
 //!   `sync_file_range`, which does not survive a power loss.
 //! - [`state_machine::StateMachineStore`] applies committed entries to the
-//!   deterministic [`crate::scheduler::State`], persists the changed keys in sled
-//!   tables, and builds, stores and installs snapshots.
+//!   deterministic [`crate::scheduler::State`] in memory, and builds, stores
+//!   and installs snapshots: the state is durable as snapshot plus log.
 //! - [`network::PeerNetwork`] sends Raft RPCs to peers over tonic with timeouts;
 //!   an unreachable peer is reported as `Unreachable` so openraft backs off.
 //!
-//! All three live on one sled database per node (`DATA_DIR/sled`), so a single
-//! `flush` + `fdatasync` covers every tree, and sled's crash recovery (a prefix of
-//! the writes) keeps the state machine tables consistent with the log.
+//! The log and the vote live in one sled database per node (`DATA_DIR/sled`),
+//! the snapshot in a file beside it; [`legacy`] moves what older versions
+//! kept in sled to that layout.
 //!
 //! Peer messages and log entries are encoded with postcard (compact, no schema
 //! evolution): every node of a cluster must run the same Kairos version.
@@ -29,11 +29,11 @@
 
 pub mod batcher;
 pub mod durability;
+pub mod legacy;
 pub mod log_store;
 pub mod network;
 pub mod snapshot_file;
 pub mod state_machine;
-pub mod table_writer;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -61,7 +61,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// openraft's storage error for our node id type.
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// Encodes a value for the log, the sled tables or the wire.
+/// Encodes a value for the log, a snapshot or the wire.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::internal(format!("encode: {e}")))
 }
@@ -113,9 +113,10 @@ pub struct RaftTuning {
     pub heartbeat_ms: u64,
     /// Minimum election timeout, ms (the maximum is twice this).
     pub election_timeout_ms: u64,
-    /// Build a snapshot after this many applied requests (a batch entry
-    /// counts each of its requests), and not before a quarter as many as
-    /// the state holds jobs and runs (see `node::snapshot_due`).
+    /// Build a snapshot after this many applied changes (an entry counts
+    /// each request, fire, start, result and expiry it carries:
+    /// `Request::weight`), and not before a quarter as many as the state
+    /// holds jobs and runs (see `node::snapshot_due`).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub snapshot_keep_logs: u64,

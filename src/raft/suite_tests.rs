@@ -1,5 +1,6 @@
 //! openraft's own storage test suite, run against the sled store, plus a few
-//! restart checks of our persistence.
+//! restart checks of our persistence (log and vote in sled, the state as
+//! snapshot plus log).
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
@@ -78,24 +79,31 @@ pub(super) async fn snapshot_of_jobs(jobs: u64, prefix: &str) -> openraft::stora
 }
 
 #[tokio::test]
-async fn log_vote_and_state_survive_reopen() {
+async fn log_vote_and_the_snapshot_survive_reopen_and_applied_entries_after_it_do_not() {
+    use openraft::RaftSnapshotBuilder;
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut log, mut sm) = open_storage(dir.path()).unwrap();
-        let entries: Vec<_> = (1..=3).map(|i| create_entry(i, &format!("job-{i}"))).collect();
+        let entries: Vec<_> = (1..=4).map(|i| create_entry(i, &format!("job-{i}"))).collect();
         log.blocking_append(entries.clone()).await.unwrap();
         log.save_vote(&Vote::new(4, 2)).await.unwrap();
-        sm.apply(entries.into_iter().take(2)).await.unwrap();
+        sm.apply(entries.iter().take(2).cloned()).await.unwrap();
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        sm.apply(entries.into_iter().skip(2).take(1)).await.unwrap();
     }
     let (mut log, mut sm) = open_storage(dir.path()).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 2)));
-    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(3)));
-    assert_eq!(log.try_get_log_entries(2..4).await.unwrap().len(), 2);
+    assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(log_id(4)));
+    assert_eq!(log.try_get_log_entries(2..5).await.unwrap().len(), 3);
+    // The state is the snapshot's: openraft applies entry 3 again from the log.
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(2)));
     let state = sm.state_handle();
     assert!(state.read().job("job-2").is_some());
-    assert!(state.read().job("job-3").is_none(), "entry 3 was not applied");
+    assert!(
+        state.read().job("job-3").is_none(),
+        "entry 3 is after the snapshot"
+    );
 }
 
 #[tokio::test]
@@ -125,38 +133,28 @@ async fn installed_snapshot_replaces_state_and_survives_reopen() {
 }
 
 #[tokio::test]
-async fn a_crash_loses_only_table_writes_the_log_or_a_snapshot_still_holds() {
+async fn without_a_snapshot_a_reopened_state_machine_starts_empty_and_a_newer_snapshot_wins() {
     use openraft::RaftSnapshotBuilder;
     let dir = tempfile::tempdir().unwrap();
     {
         let (_, mut sm) = open_storage(dir.path()).unwrap();
-        sm.write_tables_now().unwrap();
         sm.apply((1..=3).map(|i| create_entry(i, &format!("job-{i}"))))
             .await
             .unwrap();
-        sm.write_tables_now().unwrap();
-        sm.apply((4..=5).map(|i| create_entry(i, &format!("job-{i}"))))
-            .await
-            .unwrap();
-        sm.crash();
     }
     {
-        // The tables are at entry 3: openraft re-applies 4 and 5 from the log.
+        // Nothing but the log holds entries 1-3: openraft re-applies them.
         let (_, mut sm) = open_storage(dir.path()).unwrap();
-        sm.write_tables_now().unwrap();
-        let (applied, _) = sm.applied_state().await.unwrap();
-        assert_eq!(applied, Some(log_id(3)));
-        assert!(sm.state_handle().read().job("job-4").is_none());
-        sm.apply((4..=6).map(|i| create_entry(i, &format!("job-{i}"))))
+        assert_eq!(sm.applied_state().await.unwrap().0, None);
+        assert_eq!(sm.state_handle().read().job_count(), 0);
+        sm.apply((1..=6).map(|i| create_entry(i, &format!("job-{i}"))))
             .await
             .unwrap();
-        // A snapshot at 6 (the log may now be purged up to it), then a crash
-        // before the tables caught up.
         sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        sm.crash();
+        sm.apply([create_entry(7, "job-7")]).await.unwrap();
     }
     let (_, mut sm) = open_storage(dir.path()).unwrap();
     let (applied, _) = sm.applied_state().await.unwrap();
-    assert_eq!(applied, Some(log_id(6)), "reloaded from the newer snapshot");
+    assert_eq!(applied, Some(log_id(6)), "loaded from the snapshot");
     assert_eq!(sm.state_handle().read().job_count(), 6);
 }

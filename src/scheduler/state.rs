@@ -4,8 +4,8 @@
 //! reading and the caller's principal, both stamped *before* the entry entered
 //! the Raft log — and returns a [`CommandResult`]. Every replica applies the same
 //! log, so the function must be deterministic: no clock, no randomness, no hash
-//! map iteration, no I/O. It also reports which keys it changed ([`Changes`]) so
-//! the storage layer can persist exactly those.
+//! map iteration, no I/O. It also reports which runs it changed ([`Changes`]),
+//! for run watchers.
 //!
 //! Invariants kept here:
 //! - A job id names at most one job; `version` rises by one on every change.
@@ -20,7 +20,7 @@
 //! IMPLEMENTATION CAVEATS: validation of field formats happens before proposing
 //! (see `validate`), not here, so that a newer binary replaying an old log never
 //! refuses what an older one accepted. Everything lives in memory; the storage
-//! layer (`raft::state_machine`) persists it and rebuilds it on start.
+//! layer (`raft::state_machine`) makes it durable as snapshot plus log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -201,6 +201,23 @@ pub enum Command {
     },
 }
 
+impl Request {
+    /// How many changes the request stands for: one, or each fire, start,
+    /// result or expiry it lists, or the sum over a batch. What the snapshot
+    /// policy counts, since a restart replays the log behind the snapshot
+    /// and applying an entry costs about this much.
+    pub fn weight(&self) -> u64 {
+        match &self.command {
+            Command::Batch { requests } => requests.iter().map(Request::weight).sum(),
+            Command::FireBatch { fires } | Command::FireWindow { fires, .. } => fires.len().max(1) as u64,
+            Command::StartAttempts { starts } => starts.len().max(1) as u64,
+            Command::FinishAttempts { results } => results.len().max(1) as u64,
+            Command::ExpireRuns { run_ids } => run_ids.len().max(1) as u64,
+            _ => 1,
+        }
+    }
+}
+
 impl Command {
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
@@ -266,43 +283,14 @@ pub enum Response {
 /// What applying a command yields on every replica.
 pub type CommandResult = Result<Response, Error>;
 
-/// Keys changed by applied commands, for the storage layer to persist.
+/// What applied commands changed that someone outside the state follows:
+/// the runs, for `WatchRuns`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Jobs created, changed or deleted.
-    pub jobs: BTreeSet<JobId>,
-    /// Request-id records added or expired.
-    pub requests: BTreeSet<String>,
     /// Runs created, changed or removed.
     pub runs: BTreeSet<RunId>,
-    /// Jobs whose counters changed.
-    pub counters: BTreeSet<JobId>,
-    /// Write records added or expired.
-    pub writes: BTreeSet<String>,
     /// Log index of the entry being applied; stamped on every run it changes.
     pub index: u64,
-}
-
-impl Changes {
-    /// Adds the keys of `other` (changes of later entries).
-    pub fn absorb(&mut self, other: Changes) {
-        self.jobs.extend(other.jobs);
-        self.requests.extend(other.requests);
-        self.runs.extend(other.runs);
-        self.counters.extend(other.counters);
-        self.writes.extend(other.writes);
-        self.index = self.index.max(other.index);
-    }
-
-    /// Number of changed keys.
-    pub fn len(&self) -> usize {
-        self.jobs.len() + self.requests.len() + self.runs.len() + self.counters.len() + self.writes.len()
-    }
-
-    /// No key changed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// What a `write_id` remembers: the first entry's result.
@@ -549,13 +537,13 @@ impl State {
 
     /// Inserts or replaces a job, keeping the fire index right; returns the
     /// stored job.
-    fn put_job(&mut self, job: Job, changes: &mut Changes) -> Arc<Job> {
+    fn put_job(&mut self, job: Job) -> Arc<Job> {
         if self
             .jobs
             .get(&job.id)
             .is_some_and(|old| old.version != job.version)
         {
-            self.copy_into_request_record(&job.id, changes);
+            self.copy_into_request_record(&job.id);
         }
         if let Some(old) = self.job(&job.id).and_then(fire_entry) {
             self.fire_index.remove(&old);
@@ -563,7 +551,6 @@ impl State {
         if let Some(entry) = fire_entry(&job) {
             self.fire_index.insert(entry);
         }
-        changes.jobs.insert(job.id.clone());
         let id = job.id.clone();
         let policies_changed = self
             .jobs
@@ -584,30 +571,26 @@ impl State {
 
     /// Before job `id` leaves its created version: copies that version into
     /// the create's request record, if one still refers to it.
-    fn copy_into_request_record(&mut self, id: &str, changes: &mut Changes) {
+    fn copy_into_request_record(&mut self, id: &str) {
         let Some(rid) = self.uncopied_request.remove(id) else {
             return;
         };
         let created = self.jobs.get(id).cloned();
         if let Some(record) = self.requests.get_mut(&rid) {
             record.created = created;
-            changes.requests.insert(rid);
         }
     }
 
     /// Removes a job with its runs and counters.
     fn remove_job(&mut self, id: &str, changes: &mut Changes) {
-        self.copy_into_request_record(id, changes);
+        self.copy_into_request_record(id);
         if let Some(entry) = self.jobs.remove(id).and_then(|job| fire_entry(&job)) {
             self.fire_index.remove(&entry);
         }
-        changes.jobs.insert(id.to_string());
         for run_id in self.runs_by_job.get(id).cloned().unwrap_or_default() {
             self.remove_run(run_id, changes);
         }
-        if self.counters.remove(id).is_some() {
-            changes.counters.insert(id.to_string());
-        }
+        self.counters.remove(id);
     }
 
     /// The next run id, as stored.
@@ -770,7 +753,7 @@ impl State {
     /// same on every replica.
     pub fn apply(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
         changes.index = index;
-        self.expire_writes(request.at_ms, changes);
+        self.expire_writes(request.at_ms);
         let Some(write_id) = &request.write_id else {
             return self.apply_command(index, request, changes);
         };
@@ -785,17 +768,15 @@ impl State {
         };
         self.writes.insert(write_id.clone(), record);
         self.write_expiry.insert((request.at_ms, write_id.clone()));
-        changes.writes.insert(write_id.clone());
         result
     }
 
     /// Forgets write records older than [`WRITE_ID_TTL_MS`] at time `at_ms`.
-    fn expire_writes(&mut self, at_ms: i64, changes: &mut Changes) {
+    fn expire_writes(&mut self, at_ms: i64) {
         let cutoff = at_ms.saturating_sub(WRITE_ID_TTL_MS);
         while self.write_expiry.first().is_some_and(|(t, _)| *t < cutoff) {
             let (_, id) = self.write_expiry.pop_first().expect("first exists");
             self.writes.remove(&id);
-            changes.writes.insert(id);
         }
     }
 
@@ -804,8 +785,8 @@ impl State {
         let principal = request.principal.as_str();
         match &request.command {
             Command::CreateJob { id, spec, request_id } => {
-                self.expire_requests(at_ms, changes);
-                self.create(id, spec, request_id.as_deref(), at_ms, principal, changes)
+                self.expire_requests(at_ms);
+                self.create(id, spec, request_id.as_deref(), at_ms, principal)
             }
             Command::UpdateJob {
                 id,
@@ -837,7 +818,7 @@ impl State {
                 } else if resumed {
                     updated.next_fire_ms = next_fire_after_fired(&updated, at_ms);
                 }
-                self.store_change(updated, at_ms, principal, changes)
+                self.store_change(updated, at_ms, principal)
             }
             Command::DeleteJob { id, expected_version } => {
                 self.job_at_version(id, *expected_version)?;
@@ -858,7 +839,7 @@ impl State {
                     // Paused time is not caught up: the next fire is after the resume.
                     updated.next_fire_ms = next_fire_after_fired(&updated, at_ms);
                 }
-                self.store_change(updated, at_ms, principal, changes)
+                self.store_change(updated, at_ms, principal)
             }
             Command::FireBatch { fires } => Ok(self.fire_batch(fires, at_ms, at_ms, changes)),
             Command::FireWindow { fires, until_ms } => {
@@ -910,7 +891,6 @@ impl State {
         request_id: Option<&str>,
         at_ms: i64,
         principal: &str,
-        changes: &mut Changes,
     ) -> CommandResult {
         if let Some(rid) = request_id {
             if let Some(record) = self.requests.get(rid) {
@@ -949,9 +929,8 @@ impl State {
             );
             self.uncopied_request.insert(job.id.clone(), rid.to_string());
             self.request_expiry.insert((at_ms, rid.to_string()));
-            changes.requests.insert(rid.to_string());
         }
-        Ok(Response::Job(self.put_job(job, changes)))
+        Ok(Response::Job(self.put_job(job)))
     }
 
     /// The job `id`, if it exists and (when given) is at `expected_version`.
@@ -969,21 +948,15 @@ impl State {
         }
     }
 
-    fn store_change(
-        &mut self,
-        mut job: Job,
-        at_ms: i64,
-        principal: &str,
-        changes: &mut Changes,
-    ) -> CommandResult {
+    fn store_change(&mut self, mut job: Job, at_ms: i64, principal: &str) -> CommandResult {
         job.version += 1;
         job.updated_at_ms = at_ms;
         job.updated_by = principal.to_string();
-        Ok(Response::Job(self.put_job(job, changes)))
+        Ok(Response::Job(self.put_job(job)))
     }
 
     /// Forgets request ids older than [`REQUEST_ID_TTL_MS`] at time `at_ms`.
-    fn expire_requests(&mut self, at_ms: i64, changes: &mut Changes) {
+    fn expire_requests(&mut self, at_ms: i64) {
         let cutoff = at_ms.saturating_sub(REQUEST_ID_TTL_MS);
         while let Some((t, _)) = self.request_expiry.first() {
             if *t >= cutoff {
@@ -995,7 +968,6 @@ impl State {
                     self.uncopied_request.remove(&record.job_id);
                 }
             }
-            changes.requests.insert(rid);
         }
     }
 }

@@ -174,14 +174,15 @@ impl State {
         }
     }
 
-    fn count(
-        &mut self,
-        job_id: &str,
-        changes: &mut Changes,
-        f: impl FnOnce(&mut crate::scheduler::run::JobCounters),
-    ) {
-        f(self.counters.entry(job_id.to_string()).or_default());
-        changes.counters.insert(job_id.to_string());
+    fn count(&mut self, job_id: &str, f: impl FnOnce(&mut crate::scheduler::run::JobCounters)) {
+        match self.counters.get_mut(job_id) {
+            Some(counters) => f(counters),
+            None => {
+                let mut counters = crate::scheduler::run::JobCounters::default();
+                f(&mut counters);
+                self.counters.insert(job_id.to_string(), counters);
+            }
+        }
     }
 
     /// Creates a run of `job_id` for `nominal_ms`, applying the overlap policy.
@@ -235,12 +236,12 @@ impl State {
             output_tail: String::new(),
             revision: 0,
         };
-        self.count(job_id, changes, |c| c.runs_created += 1);
+        self.count(job_id, |c| c.runs_created += 1);
         if skip {
             run.status = RunStatus::Skipped;
             run.finished_at_ms = Some(at_ms);
             run.error = format!("skipped: a run of the job is still open (overlap: {overlap:?})");
-            self.count(job_id, changes, |c| c.skipped += 1);
+            self.count(job_id, |c| c.skipped += 1);
             self.put_run(run, changes);
             self.retain_history(job_id, changes);
         } else {
@@ -257,7 +258,7 @@ impl State {
         if !error.is_empty() {
             run.error = error.to_string();
         }
-        self.count(&job_id, changes, |c| match status {
+        self.count(&job_id, |c| match status {
             RunStatus::Succeeded => c.succeeded += 1,
             RunStatus::Failed => c.failed += 1,
             RunStatus::TimedOut => c.timed_out += 1,
@@ -290,7 +291,7 @@ impl State {
             run.node = None;
             run.not_before_ms = at_ms.saturating_add(retry_delay_ms(&policy, run.attempt, run.id) as i64);
             run.error = error;
-            self.count(&job_id, changes, |c| c.retries += 1);
+            self.count(&job_id, |c| c.retries += 1);
             self.put_run(run, changes);
         } else {
             self.finish(run, give_up, &error, at_ms, changes);
@@ -353,9 +354,9 @@ impl State {
             let mut job = job;
             job.last_fired_ms = plan.last_due.max(job.last_fired_ms);
             job.next_fire_ms = plan.next_fire;
-            self.put_job(job, changes);
+            self.put_job(job);
             if plan.missed > 0 {
-                self.count(job_id, changes, |c| c.missed += plan.missed);
+                self.count(job_id, |c| c.missed += plan.missed);
             }
             for nominal in plan.run {
                 created.push(self.create_run(job_id, nominal, RunCause::Schedule, at_ms, changes));

@@ -1,0 +1,270 @@
+//! What older versions of Kairos stored in sled besides the log, and how a
+//! data directory holding it is brought to today's layout on open.
+//!
+//! Two things moved out of sled:
+//!
+//! - **Snapshots** were 1 MiB `chunk/<n>` records plus a `meta` record in
+//!   the tree `snapshot`. They now live in a file of their own
+//!   ([`super::snapshot_file`]); [`move_legacy_snapshot`] copies such a
+//!   snapshot to the file and empties the tree.
+//! - **State tables** (tree `sm`): every job, run, counter and idempotency
+//!   record under its own key, rewritten as they changed, with the log id
+//!   they reflected. The state machine now keeps its state in memory only
+//!   and persists it as snapshot plus log ([`super::state_machine`]).
+//!   [`migrate_state_tables`] rebuilds the state from the tables; if they are
+//!   newer than the stored snapshot it stores them *as* the snapshot (the
+//!   tables were always exactly the state at the log id they recorded), then
+//!   empties the tree.
+//!
+//! Both steps store the file before they clear the tree, and a repeat of
+//! either (after a crash in between) stores the same content again, so an
+//! interrupted migration is simply done again on the next open.
+
+use openraft::{BasicNode, LogId, StoredMembership};
+use serde::{Deserialize, Serialize};
+
+use super::durability::Disk;
+use super::snapshot_file::{Meta, SnapshotFile};
+use super::{decode, encode, NodeId};
+use crate::error::{Error, Result};
+use crate::scheduler::state::StateImage;
+
+/// The tree the snapshot chunks were stored in.
+const SNAPSHOT_TREE: &str = "snapshot";
+/// The snapshot's [`LegacySnapshotMeta`] in [`SNAPSHOT_TREE`].
+const SNAPSHOT_META_KEY: &[u8] = b"meta";
+/// Prefix of the chunks (`chunk/<n, u32 big-endian>`).
+const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"chunk/";
+
+/// The tree the state tables were stored in.
+const TABLES_TREE: &str = "sm";
+/// Key prefixes and single keys of the state tables.
+const JOB_PREFIX: &[u8] = b"job/";
+const REQUEST_PREFIX: &[u8] = b"req/";
+const WRITE_PREFIX: &[u8] = b"wr/";
+const RUN_PREFIX: &[u8] = b"run/";
+const COUNTERS_PREFIX: &[u8] = b"cnt/";
+const NEXT_RUN_ID_KEY: &[u8] = b"meta/next_run_id";
+const APPLIED_KEY: &[u8] = b"meta/applied";
+const MEMBERSHIP_KEY: &[u8] = b"meta/membership";
+
+type Membership = StoredMembership<NodeId, BasicNode>;
+
+/// What was stored under `snapshot/meta` in sled.
+#[derive(Serialize, Deserialize)]
+struct LegacySnapshotMeta {
+    meta: Meta,
+    chunks: u32,
+    bytes: u64,
+}
+
+/// Moves a snapshot stored in sled by an older version to the snapshot file
+/// (once, on open), then empties that tree.
+pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
+    let tree = disk.db.open_tree(SNAPSHOT_TREE).map_err(Error::internal)?;
+    let Some(meta_bytes) = tree.get(SNAPSHOT_META_KEY).map_err(Error::internal)? else {
+        return Ok(());
+    };
+    let stored: LegacySnapshotMeta = decode(&meta_bytes).map_err(Error::internal)?;
+    let mut data = Vec::with_capacity(stored.bytes as usize);
+    for n in 0..stored.chunks {
+        let key = [SNAPSHOT_CHUNK_PREFIX, &n.to_be_bytes()].concat();
+        let chunk = tree.get(key).map_err(Error::internal)?.ok_or_else(|| {
+            Error::internal(format!(
+                "legacy snapshot chunk {n} of {} is missing",
+                stored.chunks
+            ))
+        })?;
+        data.extend_from_slice(&chunk);
+    }
+    if data.len() as u64 != stored.bytes {
+        return Err(Error::internal(format!(
+            "legacy snapshot has {} bytes, expected {}",
+            data.len(),
+            stored.bytes
+        )));
+    }
+    file.store(&stored.meta, &data).map_err(Error::internal)?;
+    tree.clear().map_err(Error::internal)?;
+    disk.sync().map_err(Error::internal)?;
+    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = data.len(), "moved the stored snapshot from sled to its file");
+    Ok(())
+}
+
+/// Stores the state tables of an older version as the snapshot when they
+/// are newer than the stored one, then empties their tree (once, on open,
+/// after [`move_legacy_snapshot`]).
+pub fn migrate_state_tables(disk: &Disk, file: &SnapshotFile) -> Result<()> {
+    let tree = disk.db.open_tree(TABLES_TREE).map_err(Error::internal)?;
+    if tree.is_empty() {
+        return Ok(());
+    }
+    let (image, applied, membership) = read_tables(&tree)?;
+    let stored = file.read_meta().map_err(Error::internal)?;
+    if stored.as_ref().is_none_or(|m| m.last_log_id < applied) {
+        let data = encode(&image)?;
+        let meta = Meta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id: match applied {
+                Some(id) => format!("{}-{}-tables", id.leader_id.term, id.index),
+                None => "0-0-tables".into(),
+            },
+        };
+        file.store(&meta, &data).map_err(Error::internal)?;
+        tracing::info!(last_log_id = ?applied, bytes = data.len(), "stored the state tables of an older version as the snapshot");
+    }
+    tree.clear().map_err(Error::internal)?;
+    disk.sync().map_err(Error::internal)?;
+    Ok(())
+}
+
+/// The state the tables hold, with the log id and membership they reflect.
+fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, Membership)> {
+    let mut image = StateImage::default();
+    let mut applied = None;
+    let mut membership = Membership::default();
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(Error::internal);
+    for item in tree.iter() {
+        let (key, value) = item.map_err(Error::internal)?;
+        if key.starts_with(JOB_PREFIX) {
+            image.insert_job(decode(&value)?);
+        } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX) {
+            image.insert_request(text(rid)?, decode(&value)?);
+        } else if let Some(wid) = key.strip_prefix(WRITE_PREFIX) {
+            image.insert_write(text(wid)?, decode(&value)?);
+        } else if key.starts_with(RUN_PREFIX) {
+            image.insert_run(decode(&value)?);
+        } else if let Some(job_id) = key.strip_prefix(COUNTERS_PREFIX) {
+            image.insert_counters(text(job_id)?, decode(&value)?);
+        } else if &*key == NEXT_RUN_ID_KEY {
+            image.set_next_run_id(decode(&value)?);
+        } else if &*key == APPLIED_KEY {
+            applied = decode(&value)?;
+        } else if &*key == MEMBERSHIP_KEY {
+            membership = decode(&value)?;
+        }
+    }
+    Ok((image, applied, membership))
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+    use openraft::CommittedLeaderId;
+
+    use super::super::state_machine::StateMachineStore;
+    use super::super::suite_tests::snapshot_of_jobs;
+    use super::*;
+    use crate::scheduler::State;
+
+    #[tokio::test]
+    async fn a_snapshot_stored_in_sled_by_an_older_version_moves_to_the_file() {
+        // A snapshot of three jobs, as bytes and meta.
+        let snapshot = snapshot_of_jobs(3, "job").await;
+        let (meta, data) = (snapshot.meta, snapshot.snapshot.into_inner());
+
+        // A data directory holding it the old way: sled chunks, no file, no tables.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let disk = Disk::open(dir.path()).unwrap();
+            let tree = disk.db.open_tree(SNAPSHOT_TREE).unwrap();
+            let chunks: Vec<&[u8]> = data.chunks(40).collect();
+            for (n, chunk) in chunks.iter().enumerate() {
+                let key = [SNAPSHOT_CHUNK_PREFIX, &(n as u32).to_be_bytes()].concat();
+                tree.insert(key, *chunk).unwrap();
+            }
+            let legacy = LegacySnapshotMeta {
+                meta: meta.clone(),
+                chunks: chunks.len() as u32,
+                bytes: data.len() as u64,
+            };
+            tree.insert(SNAPSHOT_META_KEY, encode(&legacy).unwrap()).unwrap();
+            disk.sync().unwrap();
+        }
+
+        let disk = Disk::open(dir.path()).unwrap();
+        let mut store = StateMachineStore::open(disk.clone()).unwrap();
+        assert_eq!(
+            store.state_handle().read().job_count(),
+            3,
+            "the state came from the moved snapshot"
+        );
+        let current = store
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("a stored snapshot");
+        assert_eq!(current.meta, meta);
+        assert_eq!(current.snapshot.into_inner(), data);
+        assert!(disk.db.open_tree(SNAPSHOT_TREE).unwrap().is_empty());
+        assert!(dir.path().join("kairos-snapshot").exists());
+    }
+
+    /// Writes `state` as an older version's tables did, at log id `applied`.
+    fn write_tables(disk: &Disk, state: &State, applied: LogId<NodeId>) {
+        let tree = disk.db.open_tree(TABLES_TREE).unwrap();
+        for job in state.jobs() {
+            tree.insert([JOB_PREFIX, job.id.as_bytes()].concat(), encode(job).unwrap())
+                .unwrap();
+        }
+        for run in state.runs() {
+            tree.insert([RUN_PREFIX, &run.id.to_be_bytes()].concat(), encode(run).unwrap())
+                .unwrap();
+        }
+        for (job_id, counters) in state.counters_iter() {
+            let key = [COUNTERS_PREFIX, job_id.as_bytes()].concat();
+            tree.insert(key, encode(counters).unwrap()).unwrap();
+        }
+        tree.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).unwrap())
+            .unwrap();
+        tree.insert(APPLIED_KEY, encode(&Some(applied)).unwrap()).unwrap();
+        tree.insert(MEMBERSHIP_KEY, encode(&Membership::default()).unwrap())
+            .unwrap();
+        disk.sync().unwrap();
+    }
+
+    #[tokio::test]
+    async fn state_tables_newer_than_the_snapshot_become_the_snapshot_and_are_cleared() {
+        // Tables of five jobs at index 5 beside a stored snapshot of three at index 3.
+        let older = snapshot_of_jobs(3, "job").await;
+        let newer = snapshot_of_jobs(5, "job").await;
+        let newer_state = State::from_image(decode(&newer.snapshot.into_inner()).unwrap());
+        let at = LogId::new(CommittedLeaderId::new(1, 1), 5);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let disk = Disk::open(dir.path()).unwrap();
+            SnapshotFile::in_dir(disk.dir())
+                .store(&older.meta, &older.snapshot.into_inner())
+                .unwrap();
+            write_tables(&disk, &newer_state, at);
+        }
+
+        let disk = Disk::open(dir.path()).unwrap();
+        let mut store = StateMachineStore::open(disk.clone()).unwrap();
+        assert_eq!(*store.state_handle().read(), newer_state);
+        assert_eq!(store.applied_state().await.unwrap().0, Some(at));
+        let current = store.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(
+            current.meta.last_log_id,
+            Some(at),
+            "the tables are the snapshot now"
+        );
+        assert!(disk.db.open_tree(TABLES_TREE).unwrap().is_empty());
+
+        // Tables older than the snapshot are only cleared.
+        let dir = tempfile::tempdir().unwrap();
+        let newest = snapshot_of_jobs(7, "job").await;
+        {
+            let disk = Disk::open(dir.path()).unwrap();
+            SnapshotFile::in_dir(disk.dir())
+                .store(&newest.meta, &newest.snapshot.into_inner())
+                .unwrap();
+            write_tables(&disk, &newer_state, at);
+        }
+        let disk = Disk::open(dir.path()).unwrap();
+        let store = StateMachineStore::open(disk.clone()).unwrap();
+        assert_eq!(store.state_handle().read().job_count(), 7);
+        assert!(disk.db.open_tree(TABLES_TREE).unwrap().is_empty());
+    }
+}
