@@ -66,6 +66,7 @@ pub struct WorkItem {
     /// Handler name.
     pub job_type: String,
     /// Handler input.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Nominal fire time, Unix ms.
     pub nominal_ms: i64,

@@ -3,7 +3,8 @@
 //! Layout (one sled database shared with the state machine):
 //! - tree `raft_log`: key = log index as 8 big-endian bytes (so sled's key order
 //!   is log order), value = the postcard-encoded openraft entry;
-//! - tree `raft_meta`: `vote`, `committed`, `last_purged`.
+//! - tree `raft_meta`: `vote`, `committed` (written at most every 100 ms,
+//!   with an append or a vote), `last_purged`.
 //!
 //! Invariants openraft relies on and this store keeps:
 //! - `append` reports completion (`LogFlushed::log_io_completed`) only after
@@ -18,7 +19,8 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -52,7 +54,20 @@ pub struct LogStore {
     meta: sled::Tree,
     /// Latest committed index openraft told us about, for metrics and `/readyz`.
     committed: Arc<AtomicU64>,
+    /// The committed log id not yet written to sled, and when it last was.
+    committed_writes: Arc<Mutex<CommittedWrites>>,
 }
+
+/// See [`LogStore::committed_writes`].
+struct CommittedWrites {
+    /// The committed log id openraft saved last, if not yet written to sled.
+    unsaved: Option<Option<LogId<NodeId>>>,
+    /// When the committed log id was last written to sled.
+    written_at: Instant,
+}
+
+/// Least time between two writes of the committed log id to sled.
+const COMMITTED_WRITE_EVERY: Duration = Duration::from_millis(100);
 
 impl LogStore {
     /// Opens the log trees of `disk`.
@@ -64,6 +79,10 @@ impl LogStore {
             log,
             meta,
             committed: Arc::new(AtomicU64::new(0)),
+            committed_writes: Arc::new(Mutex::new(CommittedWrites {
+                unsaved: None,
+                written_at: Instant::now(),
+            })),
         };
         let committed: Option<LogId<NodeId>> = store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
         store
@@ -93,6 +112,24 @@ impl LogStore {
         self.meta
             .insert(key, encode(value).map_err(io_write)?)
             .map_err(io_write)?;
+        Ok(())
+    }
+
+    fn committed_writes(&self) -> std::sync::MutexGuard<'_, CommittedWrites> {
+        self.committed_writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the committed log id openraft saved last, if it is unwritten
+    /// and [`COMMITTED_WRITE_EVERY`] has passed since the last write.
+    fn write_committed_if_due(&self) -> Result<(), StorageError> {
+        let mut writes = self.committed_writes();
+        if writes.written_at.elapsed() < COMMITTED_WRITE_EVERY {
+            return Ok(());
+        }
+        if let Some(committed) = writes.unsaved.take() {
+            self.write_meta(COMMITTED_KEY, &committed)?;
+            writes.written_at = Instant::now();
+        }
         Ok(())
     }
 
@@ -147,6 +184,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE_KEY, vote)?;
+        self.write_committed_if_due()?;
         self.sync().await
     }
 
@@ -155,15 +193,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
-        // Not synced: a lost committed index is recomputed by the leader; it only
-        // lets a restarted node apply what it already knows is committed sooner.
-        self.write_meta(COMMITTED_KEY, &committed)?;
+        // Kept in memory and written to sled at most every
+        // COMMITTED_WRITE_EVERY, with an append (and never synced on its
+        // own): a lost or older committed index is recomputed by the leader;
+        // it only lets a restarted node apply what it already knows is
+        // committed sooner. Written with every commit, it made each append's
+        // flush write and sync one more log buffer.
+        self.committed_writes().unsaved = Some(committed);
         self.committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        if let Some(unsaved) = self.committed_writes().unsaved {
+            return Ok(unsaved);
+        }
         Ok(self.read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)?.flatten())
     }
 
@@ -172,11 +217,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, not a sled batch: a batch adds a manifest
+        // record that sled writes and syncs as a log buffer of its own, ahead
+        // of the entries. Atomicity is not needed: sled recovers a prefix of
+        // its writes, and a prefix of the appended entries is a log with no
+        // holes (openraft then re-replicates the rest).
         for entry in entries {
-            batch.insert(&log_key(entry.log_id.index), encode(&entry).map_err(io_write)?);
+            self.log
+                .insert(log_key(entry.log_id.index), encode(&entry).map_err(io_write)?)
+                .map_err(io_write)?;
         }
-        self.log.apply_batch(batch).map_err(io_write)?;
+        self.write_committed_if_due()?;
         let synced = self.disk.sync_async().await;
         let failed = synced.as_ref().err().map(io_write);
         callback.log_io_completed(synced);

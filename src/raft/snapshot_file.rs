@@ -16,7 +16,8 @@
 //! "KSNAP001" | meta length: u32 | meta (postcard) | data length: u64 | data | crc32 of all before: u32
 //! ```
 //!
-//! [`SnapshotFile::store`] writes `kairos-snapshot.tmp`, `fsync`s it, renames
+//! [`SnapshotFile::store`] (or [`SnapshotFile::store_with`], which streams
+//! the data instead of taking it whole) writes `kairos-snapshot.tmp`, `fsync`s it, renames
 //! it over `kairos-snapshot` and `fsync`s the directory, so a crash leaves either the
 //! old snapshot or the new one, never a mix. [`SnapshotFile::read_meta`]
 //! reads only the header (starting a node must not load hundreds of MB to
@@ -24,7 +25,7 @@
 //! lengths and the checksum, so a damaged file is an error, not a state.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{decode, encode};
@@ -55,26 +56,42 @@ impl SnapshotFile {
 
     /// Replaces the stored snapshot with `data` described by `meta`; durable on return.
     pub fn store(&self, meta: &Meta, data: &[u8]) -> io::Result<()> {
+        self.store_with(meta, |out| out.write_all(data)).map(|_| ())
+    }
+
+    /// Replaces the stored snapshot with the data `write_data` writes,
+    /// described by `meta`, without holding that data in memory: it goes
+    /// through a 1 MiB buffer to the file, its checksum computed on the way,
+    /// and its length is filled in afterwards. Durable on return; returns
+    /// the data's length.
+    pub fn store_with(
+        &self,
+        meta: &Meta,
+        write_data: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<u64> {
         let meta_bytes = encode(meta).map_err(io::Error::other)?;
         let meta_len = u32::try_from(meta_bytes.len()).map_err(io::Error::other)?;
+        let prefix = [&MAGIC[..], &meta_len.to_le_bytes(), &meta_bytes].concat();
+        let mut file = File::create(&self.tmp)?;
+        file.write_all(&prefix)?;
+        file.write_all(&0u64.to_le_bytes())?; // the data length, filled in below
+        let mut data = io::BufWriter::with_capacity(1 << 20, Checksummed::new(&mut file));
+        write_data(&mut data)?;
+        let data = data.into_inner().map_err(|e| e.into_error())?;
+        let (data_crc, data_len) = (data.crc, data.len);
+        // crc32 of prefix | length | data, from the data's own crc32.
         let mut crc = crc32fast::Hasher::new();
-        let mut file = io::BufWriter::new(File::create(&self.tmp)?);
-        for part in [
-            &MAGIC[..],
-            &meta_len.to_le_bytes(),
-            &meta_bytes,
-            &(data.len() as u64).to_le_bytes(),
-            data,
-        ] {
-            crc.update(part);
-            file.write_all(part)?;
-        }
+        crc.update(&prefix);
+        crc.update(&data_len.to_le_bytes());
+        crc.combine(&data_crc);
         file.write_all(&crc.finalize().to_le_bytes())?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(prefix.len() as u64))?;
+        file.write_all(&data_len.to_le_bytes())?;
         file.sync_all()?;
         drop(file);
         fs::rename(&self.tmp, &self.path)?;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        Ok(data_len)
     }
 
     /// The stored snapshot's meta, reading only the header; `None` when there is none.
@@ -130,6 +147,36 @@ impl SnapshotFile {
     }
 }
 
+/// A writer that passes bytes on and keeps their count and crc32.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Checksummed<W> {
+    fn new(inner: W) -> Self {
+        Checksummed {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Reads magic, meta and data length; leaves `reader` at the data.
 fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64)> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
@@ -177,6 +224,27 @@ mod tests {
         assert_eq!(file.read_meta().unwrap(), Some(meta(20)));
         assert_eq!(file.read().unwrap(), Some((meta(20), vec![7u8; 3000])));
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
+    }
+
+    #[test]
+    fn a_streamed_snapshot_reads_back_like_a_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::in_dir(dir.path());
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let written = file
+            .store_with(&meta(30), |out| {
+                for chunk in data.chunks(7) {
+                    out.write_all(chunk)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(written, data.len() as u64);
+        let streamed = fs::read(dir.path().join("kairos-snapshot")).unwrap();
+        assert_eq!(file.read().unwrap(), Some((meta(30), data.clone())));
+        file.store(&meta(30), &data).unwrap();
+        let stored = fs::read(dir.path().join("kairos-snapshot")).unwrap();
+        assert_eq!(streamed, stored, "the same bytes either way");
     }
 
     #[test]

@@ -70,12 +70,17 @@ pub(super) async fn snapshot_of_jobs(jobs: u64, prefix: &str) -> openraft::stora
         .apply((1..=jobs).map(|i| create_entry(i, &format!("{prefix}-{i}"))))
         .await
         .unwrap();
-    source
+    let built = source
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .unwrap()
+        .unwrap();
+    // A built snapshot carries only its meta; the data is in the file.
+    assert!(built.snapshot.get_ref().is_empty());
+    let stored = source.get_current_snapshot().await.unwrap().expect("stored");
+    assert_eq!(stored.meta, built.meta);
+    stored
 }
 
 #[tokio::test]

@@ -33,7 +33,10 @@ pub struct JobSpec {
     pub owner_service: String,
     /// When the job fires.
     pub schedule: ScheduleSpec,
-    /// Opaque handler input, at most [`MAX_PAYLOAD_BYTES`].
+    /// Opaque handler input, at most [`MAX_PAYLOAD_BYTES`]. Encoded as bytes
+    /// (the same postcard form as a sequence of `u8`, written in one copy
+    /// instead of one call per byte).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// Labels and free-form fields, not interpreted by Kairos.
     pub metadata: Metadata,
@@ -239,6 +242,7 @@ pub struct JobPatch {
     /// New schedule (takes effect from the update time; never retroactive).
     pub schedule: Option<ScheduleSpec>,
     /// New payload.
+    #[serde(with = "serde_bytes")]
     pub payload: Option<Vec<u8>>,
     /// New metadata.
     pub metadata: Option<Metadata>,
@@ -286,5 +290,23 @@ impl JobPatch {
         if let Some(v) = paused {
             spec.paused = v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payloads_encode_as_bytes_exactly_like_the_sequences_older_versions_wrote() {
+        // Logs and snapshots of older versions hold payloads as sequences of u8.
+        let payload: Vec<u8> = (0..=255).collect();
+        let as_seq = postcard::to_allocvec(&payload).unwrap();
+        let as_bytes = postcard::to_allocvec(&serde_bytes::Bytes::new(&payload)).unwrap();
+        assert_eq!(as_seq, as_bytes);
+        let some = Some(payload.clone());
+        let some_bytes = Some(serde_bytes::ByteBuf::from(payload));
+        assert_eq!(
+            postcard::to_allocvec(&some).unwrap(),
+            postcard::to_allocvec(&some_bytes).unwrap()
+        );
     }
 }

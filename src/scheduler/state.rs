@@ -916,7 +916,7 @@ impl State {
             created_by: principal.to_string(),
             updated_by: principal.to_string(),
             last_fired_ms: None,
-            next_fire_ms: next_fire(spec, at_ms),
+            next_fire_ms: self.next_fire_memo(spec, at_ms),
         };
         if let Some(rid) = request_id {
             self.requests.insert(
@@ -931,6 +931,13 @@ impl State {
             self.request_expiry.insert((at_ms, rid.to_string()));
         }
         Ok(Response::Job(self.put_job(job)))
+    }
+
+    /// [`next_fire`] with the schedule compiled once for all jobs that share it.
+    fn next_fire_memo(&mut self, spec: &JobSpec, at_ms: i64) -> Option<i64> {
+        let schedule = self.schedules.compile(&spec.schedule).ok()?;
+        let after = DateTime::<Utc>::from_timestamp_millis(at_ms)?;
+        schedule.next_after(after).map(|t| t.timestamp_millis())
     }
 
     /// The job `id`, if it exists and (when given) is at `expected_version`.
