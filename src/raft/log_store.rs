@@ -9,7 +9,12 @@
 //! Invariants openraft relies on and this store keeps:
 //! - `append` reports completion (`LogFlushed::log_io_completed`) only after
 //!   the entries are durable ([`Disk::sync`]), and `save_vote` returns only after
-//!   the vote is durable. One sync covers a whole batch of entries.
+//!   the vote is durable. `append` itself returns once the entries are in
+//!   sled (readable, not yet durable): a [`Syncer`] thread syncs and reports
+//!   appends in order, one sync for all that wait. The leader replicates
+//!   its entries while its own sync runs (openraft is patched to count
+//!   itself in the quorum only when the report comes, see
+//!   `third_party/README.md`); a follower still answers only after it.
 //! - The log has no holes: entries arrive in order, `truncate` removes a suffix,
 //!   `purge` a prefix, and `last_purged` is written before the prefix is removed
 //!   so a crash in between leaves a consistent (if longer) log.
@@ -56,6 +61,50 @@ pub struct LogStore {
     committed: Arc<AtomicU64>,
     /// The committed log id not yet written to sled, and when it last was.
     committed_writes: Arc<Mutex<CommittedWrites>>,
+    /// Makes appends durable and reports them, in order.
+    syncer: Arc<Syncer>,
+}
+
+/// Makes the log's appends durable in the order they were made: one thread
+/// takes every append waiting, syncs once ([`Disk::sync`]: sled flush, then
+/// `fdatasync`, which covers every write issued before it) and reports each
+/// of them flushed, oldest first. The thread ends when the last [`LogStore`]
+/// clone is dropped, after the appends already submitted.
+struct Syncer {
+    queue: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+impl Syncer {
+    fn start(disk: Disk) -> std::io::Result<Syncer> {
+        let (queue, waiting) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        std::thread::Builder::new()
+            .name("kairos-log-sync".into())
+            .spawn(move || {
+                while let Ok(first) = waiting.recv() {
+                    let batch: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
+                    let synced = disk.sync();
+                    for callback in batch {
+                        let result = match &synced {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                        };
+                        callback.log_io_completed(result);
+                    }
+                }
+            })?;
+        Ok(Syncer {
+            queue: Mutex::new(queue),
+        })
+    }
+
+    /// Reports `callback` once everything written so far is durable.
+    fn submit(&self, callback: LogFlushed<TypeConfig>) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(unsent) = queue.send(callback) {
+            let gone = std::io::Error::other("the log syncer has stopped");
+            unsent.0.log_io_completed(Err(gone));
+        }
+    }
 }
 
 /// See [`LogStore::committed_writes`].
@@ -74,6 +123,7 @@ impl LogStore {
     pub fn open(disk: Disk) -> Result<LogStore> {
         let log = disk.db.open_tree("raft_log").map_err(Error::internal)?;
         let meta = disk.db.open_tree("raft_meta").map_err(Error::internal)?;
+        let syncer = Arc::new(Syncer::start(disk.clone()).map_err(Error::internal)?);
         let store = LogStore {
             disk,
             log,
@@ -83,6 +133,7 @@ impl LogStore {
                 unsaved: None,
                 written_at: Instant::now(),
             })),
+            syncer,
         };
         let committed: Option<LogId<NodeId>> = store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
         store
@@ -228,10 +279,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(io_write)?;
         }
         self.write_committed_if_due()?;
-        let synced = self.disk.sync_async().await;
-        let failed = synced.as_ref().err().map(io_write);
-        callback.log_io_completed(synced);
-        failed.map_or(Ok(()), Err)
+        // Durable later, on the syncer's thread: the leader replicates the
+        // entries meanwhile (see the vendored openraft's KAIROS PATCH).
+        self.syncer.submit(callback);
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
