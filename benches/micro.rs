@@ -30,7 +30,7 @@ fn spec(expr: &str) -> JobSpec {
         },
         payload: b"{\"x\":1}".to_vec(),
         metadata: Metadata::default(),
-        policies: Policies::default(),
+        policies: Policies::default().shared(),
         paused: false,
     }
 }

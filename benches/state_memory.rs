@@ -4,8 +4,10 @@
 //! earliest-next-fire index (`BTreeSet<(next_fire_ms, job id)>`, as kept by
 //! `State`) for 1,000,000 jobs; `-- state` applies 1,000,000 `CreateJob`
 //! commands (cron `*/5 * * * *`, 16-byte payload) to a `State`, which holds the
-//! jobs and the index. Each prints the resident-set growth per job, read from
-//! /proc/self/statm. One mode per process, so the allocator starts clean.
+//! jobs and the index; `-- requests` does the same with a request id on every
+//! create, as the CLI and `kairos-bench scale` send (the state then also
+//! remembers each for 24 h). Each prints the resident-set growth per job, read
+//! from /proc/self/statm. One mode per process, so the allocator starts clean.
 
 use std::collections::BTreeSet;
 
@@ -37,7 +39,7 @@ fn report(what: &str, before: u64) {
 fn main() {
     let mode = std::env::args()
         .skip(1)
-        .find(|a| a == "index" || a == "state")
+        .find(|a| a == "index" || a == "state" || a == "requests")
         .unwrap_or_else(|| "index".into());
     let before = resident_bytes();
     if mode == "index" {
@@ -57,14 +59,14 @@ fn main() {
             },
             payload: vec![b'x'; 16],
             metadata: Metadata::default(),
-            policies: Policies::default(),
+            policies: Policies::default().shared(),
             paused: false,
         };
         for i in 0..JOBS {
             let command = Command::CreateJob {
                 id: format!("job-{i:07}"),
                 spec: spec.clone(),
-                request_id: None,
+                request_id: (mode == "requests").then(|| format!("request-{i:07}")),
             };
             let request = Request {
                 at_ms: T0,
@@ -76,7 +78,12 @@ fn main() {
                 .apply(i as u64 + 1, &request, &mut Changes::default())
                 .expect("create");
         }
-        report("state (jobs + index)", before);
+        let what = if mode == "requests" {
+            "state with request ids (jobs + index + request records)"
+        } else {
+            "state (jobs + index)"
+        };
+        report(what, before);
         assert_eq!(state.job_count(), JOBS);
     }
 }

@@ -352,7 +352,7 @@ mod tests {
                 schedule,
                 payload: vec![],
                 metadata: Metadata::default(),
-                policies,
+                policies: policies.shared(),
                 paused: false,
             };
             let command = Command::CreateJob {

@@ -307,7 +307,7 @@ pub fn spec_from_pb(job: &pb::ScheduledJob) -> Result<JobSpec> {
         schedule: schedule_from_pb(job)?,
         payload: job.payload.to_vec(),
         metadata: metadata_from_pb(job.metadata.as_ref())?,
-        policies: policies_from_pb(job.policies.as_ref())?,
+        policies: policies_from_pb(job.policies.as_ref())?.shared(),
         paused: job.paused,
     })
 }
@@ -387,8 +387,8 @@ pub fn job_to_pb(job: &Job) -> pb::ScheduledJob {
         } else {
             None
         },
-        created_by: job.created_by.clone(),
-        updated_by: job.updated_by.clone(),
+        created_by: job.created_by.to_string(),
+        updated_by: job.updated_by.to_string(),
         schedule_spec: Some(schedule_to_pb(&job.spec.schedule)),
         payload: job.spec.payload.clone(),
         policies: Some(policies_to_pb(&job.spec.policies)),
@@ -485,7 +485,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_the_spec() {
         let spec = spec_from_pb(&job_message()).unwrap();
-        assert_eq!(spec.policies, Policies::default());
+        assert_eq!(*spec.policies, Policies::default());
         let job = Job {
             id: "a".into(),
             spec: spec.clone(),

@@ -92,10 +92,13 @@ fn sled_config(dir: &Path) -> sled::Config {
         .path(dir)
         // Large segments keep values up to ~2 MiB inline (blob files are not fsynced).
         .segment_size(8 << 20)
-        // We flush ourselves before every acknowledgement; the background flusher
-        // only bounds what a crash loses of the unsynced state machine tables.
+        // We flush ourselves before every acknowledgement; the background
+        // flusher only writes what was not (the committed-index hint).
         .flush_every_ms(Some(1_000))
-        .cache_capacity(64 << 20)
+        // sled holds only the Raft log and vote (the state lives in memory
+        // and in the snapshot file), and replication reads recent entries:
+        // 16 MiB is plenty, and at a million jobs every MiB is a byte per job.
+        .cache_capacity(16 << 20)
 }
 
 /// True when sled refused to open because the data file's `flock` is held.

@@ -16,18 +16,23 @@
 //!   tables were always exactly the state at the log id they recorded), then
 //!   empties the tree.
 //!
-//! Both steps store the file before they clear the tree, and a repeat of
-//! either (after a crash in between) stores the same content again, so an
-//! interrupted migration is simply done again on the next open.
+//! - **Request records** changed layout on 2026-12-01 (`state_requests.rs`):
+//!   a snapshot file of the older encoding (magic `KSNAP001`) is re-encoded
+//!   by [`reencode_v1_snapshot`]; the two steps above convert what they move.
+//!
+//! Every step stores the file before it clears the tree (or replaces the
+//! file atomically), and a repeat (after a crash in between) stores the same
+//! content again, so an interrupted migration is simply done again on the
+//! next open.
 
 use openraft::{BasicNode, LogId, StoredMembership};
 use serde::{Deserialize, Serialize};
 
 use super::durability::Disk;
-use super::snapshot_file::{Meta, SnapshotFile};
+use super::snapshot_file::{Format, Meta, SnapshotFile};
 use super::{decode, encode, NodeId};
 use crate::error::{Error, Result};
-use crate::scheduler::state::StateImage;
+use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage};
 
 /// The tree the snapshot chunks were stored in.
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -84,10 +89,33 @@ pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
             stored.bytes
         )));
     }
+    let data = encode(&StateImage::from(decode::<LegacyStateImage>(&data)?))?;
     file.store(&stored.meta, &data).map_err(Error::internal)?;
     tree.clear().map_err(Error::internal)?;
     disk.sync().map_err(Error::internal)?;
     tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = data.len(), "moved the stored snapshot from sled to its file");
+    Ok(())
+}
+
+/// Re-encodes a stored snapshot file of the older state encoding
+/// ([`Format::V1`]) in today's (once, on open, after the other steps).
+pub fn reencode_v1_snapshot(file: &SnapshotFile) -> Result<()> {
+    let Some(stored) = file.read().map_err(Error::internal)? else {
+        return Ok(());
+    };
+    if stored.format != Format::V1 {
+        return Ok(());
+    }
+    let image = StateImage::from(decode::<LegacyStateImage>(&stored.data)?);
+    drop(stored.data);
+    let bytes = file
+        .store_with(&stored.meta, |out| {
+            postcard::to_io(&image, out)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        })
+        .map_err(Error::internal)?;
+    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes, "re-encoded the stored snapshot of an older version");
     Ok(())
 }
 
@@ -122,6 +150,7 @@ pub fn migrate_state_tables(disk: &Disk, file: &SnapshotFile) -> Result<()> {
 /// The state the tables hold, with the log id and membership they reflect.
 fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, Membership)> {
     let mut image = StateImage::default();
+    let mut requests = Vec::new();
     let mut applied = None;
     let mut membership = Membership::default();
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(Error::internal);
@@ -130,7 +159,7 @@ fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, 
         if key.starts_with(JOB_PREFIX) {
             image.insert_job(decode(&value)?);
         } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX) {
-            image.insert_request(text(rid)?, decode(&value)?);
+            requests.push((text(rid)?, decode::<LegacyRequestRecord>(&value)?));
         } else if let Some(wid) = key.strip_prefix(WRITE_PREFIX) {
             image.insert_write(text(wid)?, decode(&value)?);
         } else if key.starts_with(RUN_PREFIX) {
@@ -145,6 +174,7 @@ fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, 
             membership = decode(&value)?;
         }
     }
+    image.insert_legacy_requests(requests);
     Ok((image, applied, membership))
 }
 
@@ -156,6 +186,7 @@ mod tests {
     use super::super::state_machine::StateMachineStore;
     use super::super::suite_tests::snapshot_of_jobs;
     use super::*;
+    use crate::scheduler::state::body_hash;
     use crate::scheduler::State;
 
     #[tokio::test]
@@ -207,6 +238,13 @@ mod tests {
         for job in state.jobs() {
             tree.insert([JOB_PREFIX, job.id.as_bytes()].concat(), encode(job).unwrap())
                 .unwrap();
+            let record = LegacyRequestRecord {
+                at_ms: job.created_at_ms,
+                job_id: job.id.clone(),
+                created: None,
+            };
+            let key = [REQUEST_PREFIX, b"r-", job.id.as_bytes()].concat();
+            tree.insert(key, encode(&record).unwrap()).unwrap();
         }
         for run in state.runs() {
             tree.insert([RUN_PREFIX, &run.id.to_be_bytes()].concat(), encode(run).unwrap())
@@ -222,6 +260,69 @@ mod tests {
         tree.insert(MEMBERSHIP_KEY, encode(&Membership::default()).unwrap())
             .unwrap();
         disk.sync().unwrap();
+    }
+
+    /// Writes `data` under `meta` as a snapshot file of an older version (`KSNAP001`).
+    fn store_v1(dir: &std::path::Path, meta: &Meta, data: &[u8]) {
+        let meta_bytes = encode(meta).unwrap();
+        let mut bytes = b"KSNAP001".to_vec();
+        bytes.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&meta_bytes);
+        bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(data);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.join("kairos-snapshot"), bytes).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_of_the_older_request_layout_is_re_encoded_and_its_requests_still_answer() {
+        // Jobs 1 and 2 created with request ids; job 2 was since deleted, so
+        // its record holds the copy older versions kept.
+        let state =
+            State::from_image(decode(&snapshot_of_jobs(2, "job").await.snapshot.into_inner()).unwrap());
+        let job1 = state.job("job-1").unwrap().clone();
+        let job2 = state.job("job-2").unwrap().clone();
+        let legacy = LegacyStateImage::of(
+            vec![job1.clone()],
+            vec![
+                (
+                    "req-1".into(),
+                    LegacyRequestRecord {
+                        at_ms: job1.created_at_ms,
+                        job_id: job1.id.clone(),
+                        created: None,
+                    },
+                ),
+                (
+                    "req-2".into(),
+                    LegacyRequestRecord {
+                        at_ms: job2.created_at_ms,
+                        job_id: job2.id.clone(),
+                        created: Some(std::sync::Arc::new(job2.clone())),
+                    },
+                ),
+            ],
+        );
+        let at = LogId::new(CommittedLeaderId::new(1, 1), 2);
+        let meta = Meta {
+            last_log_id: Some(at),
+            last_membership: Membership::default(),
+            snapshot_id: "1-2-1".into(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path()).unwrap();
+        store_v1(dir.path(), &meta, &encode(&legacy).unwrap());
+
+        let store = StateMachineStore::open(disk).unwrap();
+        let state = store.state_handle().read().clone();
+        assert_eq!(state.job_count(), 1);
+        let record = |rid: &str| state.request(rid).copied().expect("migrated");
+        assert_eq!(record("req-1").body_hash, body_hash("job-1", &job1.spec));
+        assert_eq!(record("req-2").body_hash, body_hash("job-2", &job2.spec));
+        assert_eq!(record("req-2").at_ms, job2.created_at_ms);
+        let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
+        assert_eq!((stored.format, stored.meta), (Format::V2, meta));
     }
 
     #[tokio::test]
@@ -242,7 +343,15 @@ mod tests {
 
         let disk = Disk::open(dir.path()).unwrap();
         let mut store = StateMachineStore::open(disk.clone()).unwrap();
-        assert_eq!(*store.state_handle().read(), newer_state);
+        let migrated = store.state_handle().read().clone();
+        assert_eq!(migrated.job_count(), newer_state.job_count());
+        for job in newer_state.jobs() {
+            assert_eq!(migrated.job(&job.id), Some(job));
+            let record = migrated
+                .request(&format!("r-{}", job.id))
+                .expect("request migrated");
+            assert_eq!(record.body_hash, body_hash(&job.id, &job.spec));
+        }
         assert_eq!(store.applied_state().await.unwrap().0, Some(at));
         let current = store.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(

@@ -13,7 +13,7 @@
 //! little-endian):
 //!
 //! ```text
-//! "KSNAP001" | meta length: u32 | meta (postcard) | data length: u64 | data | crc32 of all before: u32
+//! "KSNAP002" | meta length: u32 | meta (postcard) | data length: u64 | data | crc32 of all before: u32
 //! ```
 //!
 //! [`SnapshotFile::store`] (or [`SnapshotFile::store_with`], which streams
@@ -23,6 +23,9 @@
 //! reads only the header (starting a node must not load hundreds of MB to
 //! learn a log id); [`SnapshotFile::read`] reads everything and checks the
 //! lengths and the checksum, so a damaged file is an error, not a state.
+//! A file with the magic `KSNAP001` (before 2026-12-01) is read as
+//! [`Format::V1`]: its data is the older state encoding, which the state
+//! machine migrates on open.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -33,7 +36,31 @@ use super::{decode, encode};
 /// The snapshot's description (openraft's `SnapshotMeta` for our types).
 pub type Meta = openraft::SnapshotMeta<super::NodeId, openraft::BasicNode>;
 
-const MAGIC: &[u8; 8] = b"KSNAP001";
+/// The magic of the files written today: the data is a `StateImage`.
+const MAGIC: &[u8; 8] = b"KSNAP002";
+/// The magic of files written before 2026-12-01, whose data is a
+/// `LegacyStateImage` (request records of the older layout).
+const MAGIC_V1: &[u8; 8] = b"KSNAP001";
+
+/// How a stored snapshot's data is encoded, told by the file's magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `KSNAP001`: a `LegacyStateImage`, to migrate.
+    V1,
+    /// `KSNAP002`: a `StateImage`.
+    V2,
+}
+
+/// A stored snapshot as read back.
+#[derive(Debug, PartialEq)]
+pub struct Stored {
+    /// What it describes.
+    pub meta: Meta,
+    /// The encoded state.
+    pub data: Vec<u8>,
+    /// How `data` is encoded.
+    pub format: Format,
+}
 /// Largest meta accepted on read (a membership and a log id: a few hundred bytes).
 const MAX_META_BYTES: u32 = 1 << 20;
 
@@ -104,11 +131,14 @@ impl SnapshotFile {
     }
 
     /// The stored snapshot, checked; `None` when there is none.
-    pub fn read(&self) -> io::Result<Option<(Meta, Vec<u8>)>> {
+    pub fn read(&self) -> io::Result<Option<Stored>> {
         let Some(mut file) = self.open()? else {
             return Ok(None);
         };
-        let mut bytes = Vec::new();
+        // Sized from the file: growing the buffer by doubling held up to
+        // twice the snapshot (hundreds of MB at a million jobs) on start.
+        let size = file.metadata()?.len();
+        let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(io::Error::other)?);
         file.read_to_end(&mut bytes)?;
         let corrupt = |what: &str| {
             io::Error::new(
@@ -123,7 +153,7 @@ impl SnapshotFile {
             return Err(corrupt("checksum mismatch"));
         }
         let mut reader = body;
-        let (meta, data_len) = read_header(&mut reader).map_err(|e| corrupt(&e.to_string()))?;
+        let (meta, data_len, format) = read_header(&mut reader).map_err(|e| corrupt(&e.to_string()))?;
         if reader.len() as u64 != data_len {
             return Err(corrupt(&format!(
                 "{} data bytes, header says {data_len}",
@@ -135,7 +165,11 @@ impl SnapshotFile {
         let (body_len, header_len) = (body.len(), body.len() - reader.len());
         bytes.truncate(body_len);
         bytes.drain(..header_len);
-        Ok(Some((meta, bytes)))
+        Ok(Some(Stored {
+            meta,
+            data: bytes,
+            format,
+        }))
     }
 
     fn open(&self) -> io::Result<Option<File>> {
@@ -178,13 +212,15 @@ impl<W: Write> Write for Checksummed<W> {
 }
 
 /// Reads magic, meta and data length; leaves `reader` at the data.
-fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64)> {
+fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64, Format)> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(invalid("not a Kairos snapshot file (bad magic)".into()));
-    }
+    let format = match &magic {
+        m if m == MAGIC => Format::V2,
+        m if m == MAGIC_V1 => Format::V1,
+        _ => return Err(invalid("not a Kairos snapshot file (bad magic)".into())),
+    };
     let mut len4 = [0u8; 4];
     reader.read_exact(&mut len4)?;
     let meta_len = u32::from_le_bytes(len4);
@@ -196,7 +232,7 @@ fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64)> {
     let meta = decode(&meta_bytes).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
     let mut len8 = [0u8; 8];
     reader.read_exact(&mut len8)?;
-    Ok((meta, u64::from_le_bytes(len8)))
+    Ok((meta, u64::from_le_bytes(len8), format))
 }
 
 #[cfg(test)]
@@ -222,7 +258,11 @@ mod tests {
         file.store(&meta(10), b"first state").unwrap();
         file.store(&meta(20), &[7u8; 3000]).unwrap();
         assert_eq!(file.read_meta().unwrap(), Some(meta(20)));
-        assert_eq!(file.read().unwrap(), Some((meta(20), vec![7u8; 3000])));
+        let stored = file.read().unwrap().unwrap();
+        assert_eq!(
+            (stored.meta, stored.data, stored.format),
+            (meta(20), vec![7u8; 3000], Format::V2)
+        );
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
     }
 
@@ -241,7 +281,10 @@ mod tests {
             .unwrap();
         assert_eq!(written, data.len() as u64);
         let streamed = fs::read(dir.path().join("kairos-snapshot")).unwrap();
-        assert_eq!(file.read().unwrap(), Some((meta(30), data.clone())));
+        assert_eq!(
+            file.read().unwrap().map(|s| (s.meta, s.data)),
+            Some((meta(30), data.clone()))
+        );
         file.store(&meta(30), &data).unwrap();
         let stored = fs::read(dir.path().join("kairos-snapshot")).unwrap();
         assert_eq!(streamed, stored, "the same bytes either way");

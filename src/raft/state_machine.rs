@@ -142,6 +142,7 @@ impl StateMachineStore {
         let snapshot_file = Arc::new(SnapshotFile::in_dir(disk.dir()));
         legacy::move_legacy_snapshot(&disk, &snapshot_file)?;
         legacy::migrate_state_tables(&disk, &snapshot_file)?;
+        legacy::reencode_v1_snapshot(&snapshot_file)?;
         let mut store = StateMachineStore {
             snapshot_file,
             state: StateHandle::default(),
@@ -150,10 +151,10 @@ impl StateMachineStore {
             snapshot_seq: 0,
             changes_since_snapshot: Arc::default(),
         };
-        if let Some((meta, data)) = store.snapshot_file.read().map_err(Error::internal)? {
-            let state = Self::decode_state(&data).map_err(Error::internal)?;
-            drop(data);
-            store.replace(&meta, state);
+        if let Some(stored) = store.snapshot_file.read().map_err(Error::internal)? {
+            let state = Self::decode_state(&stored.data).map_err(Error::internal)?;
+            drop(stored.data);
+            store.replace(&stored.meta, state);
         }
         Ok(store)
     }
@@ -186,9 +187,9 @@ impl StateMachineStore {
             .snapshot_file
             .read()
             .map_err(snap_read)?
-            .map(|(meta, data)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
+            .map(|stored| Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(Cursor::new(stored.data)),
             }))
     }
 }

@@ -42,7 +42,7 @@ fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
         },
         payload: vec![],
         metadata: Metadata::default(),
-        policies: Policies::default(),
+        policies: Policies::default().shared(),
         paused: false,
     };
     let request = Request {

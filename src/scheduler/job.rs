@@ -11,6 +11,7 @@
 //! of a stored job.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +42,10 @@ pub struct JobSpec {
     /// Labels and free-form fields, not interpreted by Kairos.
     pub metadata: Metadata,
     /// Overlap, catch-up, retry, timeout and history policies (resolved).
-    pub policies: Policies,
+    /// Behind an `Arc`, and the default ones shared by every job that has
+    /// them ([`Policies::shared`]): 112 bytes per job otherwise.
+    #[serde(deserialize_with = "shared_policies")]
+    pub policies: Arc<Policies>,
     /// A paused job keeps its definition but does not fire.
     pub paused: bool,
 }
@@ -68,10 +72,13 @@ pub struct Job {
     pub created_at_ms: i64,
     /// When the job last changed (leader time, Unix ms).
     pub updated_at_ms: i64,
-    /// Principal that created the job.
-    pub created_by: String,
-    /// Principal of the latest change.
-    pub updated_by: String,
+    /// Principal that created the job (interned: a few principals create
+    /// most jobs, see [`intern_principal`]).
+    #[serde(deserialize_with = "interned_principal")]
+    pub created_by: Arc<str>,
+    /// Principal of the latest change (interned).
+    #[serde(deserialize_with = "interned_principal")]
+    pub updated_by: Arc<str>,
     /// Nominal time of the latest fire, if any (Unix ms).
     pub last_fired_ms: Option<i64>,
     /// Next nominal fire time, or `None` when the schedule is exhausted (Unix ms).
@@ -218,6 +225,55 @@ pub struct Policies {
     pub history: HistoryLimits,
 }
 
+/// Most distinct principals interned; past it, each job keeps its own copy.
+const MAX_INTERNED_PRINCIPALS: usize = 4_096;
+
+/// Principals seen, shared by the jobs that name them: a memo of equal
+/// strings, outside the replicated content (sharing a string changes no
+/// value), bounded by [`MAX_INTERNED_PRINCIPALS`].
+static PRINCIPALS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `principal` as a shared string: one allocation for every job of a
+/// principal instead of two per job (`created_by`, `updated_by`).
+pub fn intern_principal(principal: &str) -> Arc<str> {
+    let mut seen = PRINCIPALS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = seen.get(principal) {
+        return shared.clone();
+    }
+    let shared: Arc<str> = Arc::from(principal);
+    if seen.len() < MAX_INTERNED_PRINCIPALS {
+        seen.insert(shared.clone());
+    }
+    shared
+}
+
+/// Decodes a principal, interned.
+fn interned_principal<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    let principal = String::deserialize(deserializer)?;
+    Ok(intern_principal(&principal))
+}
+
+/// The default policies, shared.
+static DEFAULT_POLICIES: std::sync::LazyLock<Arc<Policies>> = std::sync::LazyLock::new(Arc::default);
+
+impl Policies {
+    /// `self` behind an `Arc`: the shared one when they are the defaults.
+    pub fn shared(self) -> Arc<Policies> {
+        if self == **DEFAULT_POLICIES {
+            DEFAULT_POLICIES.clone()
+        } else {
+            Arc::new(self)
+        }
+    }
+}
+
+/// Decodes a job's policies, sharing the defaults (every replica decodes
+/// the jobs of the log and of snapshots).
+fn shared_policies<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Arc<Policies>, D::Error> {
+    Policies::deserialize(deserializer).map(Policies::shared)
+}
+
 impl Default for Policies {
     fn default() -> Self {
         Policies {
@@ -285,7 +341,7 @@ impl JobPatch {
             spec.metadata = v;
         }
         if let Some(v) = policies {
-            spec.policies = v;
+            spec.policies = v.shared();
         }
         if let Some(v) = paused {
             spec.paused = v;
@@ -295,6 +351,45 @@ impl JobPatch {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn default_policies_are_shared_when_built_and_when_decoded_and_others_are_not() {
+        let spec = |policies: Policies| JobSpec {
+            job_type: "noop".into(),
+            owner_service: String::new(),
+            schedule: ScheduleSpec::At { at_ms: 0 },
+            payload: vec![],
+            metadata: Metadata::default(),
+            policies: policies.shared(),
+            paused: false,
+        };
+        let (a, b) = (spec(Policies::default()), spec(Policies::default()));
+        assert!(Arc::ptr_eq(&a.policies, &b.policies));
+        let decoded: JobSpec = postcard::from_bytes(&postcard::to_allocvec(&a).unwrap()).unwrap();
+        assert!(Arc::ptr_eq(&decoded.policies, &a.policies));
+        let custom = Policies {
+            max_catchup: 7,
+            ..Policies::default()
+        };
+        let c = spec(custom.clone());
+        assert!(!Arc::ptr_eq(&c.policies, &a.policies));
+        let decoded: JobSpec = postcard::from_bytes(&postcard::to_allocvec(&c).unwrap()).unwrap();
+        assert_eq!(*decoded.policies, custom);
+    }
+
+    #[test]
+    fn principals_are_interned_when_recorded_and_when_decoded() {
+        let a = intern_principal("interning-test-principal");
+        let b = intern_principal("interning-test-principal");
+        assert!(Arc::ptr_eq(&a, &b));
+        let decoded: Arc<str> = interned_principal(&mut postcard::Deserializer::from_bytes(
+            &postcard::to_allocvec("interning-test-principal").unwrap(),
+        ))
+        .unwrap();
+        assert!(Arc::ptr_eq(&decoded, &a));
+        assert!(!Arc::ptr_eq(&intern_principal("someone-else"), &a));
+    }
     #[test]
     fn payloads_encode_as_bytes_exactly_like_the_sequences_older_versions_wrote() {
         // Logs and snapshots of older versions hold payloads as sequences of u8.

@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::firing::MAX_FIRE_AHEAD_MS;
-use super::job::{Job, JobId, JobPatch, JobSpec, JobStatus};
+use super::job::{intern_principal, Job, JobId, JobPatch, JobSpec, JobStatus};
 use super::run::{AttemptOutcome, AttemptResult, JobCounters, Run, RunId};
 use super::schedule::{Schedule, ScheduleMemo};
 use crate::error::Error;
@@ -38,6 +38,9 @@ use crate::error::Error;
 #[path = "state_runs.rs"]
 mod runs;
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
+#[path = "state_requests.rs"]
+mod requests;
+pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 
 /// How long a create's `request_id` is remembered, ms (24 h).
 pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;
@@ -302,26 +305,6 @@ pub struct WriteRecord {
     pub result: CommandResult,
 }
 
-/// What a `request_id` remembers: the first create's result.
-///
-/// The job is not copied while it is still the version the create made (the
-/// usual case for the whole day a record lives): a retry is then answered
-/// with the stored job as it is now — same version and spec, only its fire
-/// times moved on. When the job is updated, paused, resumed or deleted, the
-/// created version is put into the record first (the job table's `Arc`,
-/// not a copy). This keeps one copy of each job in memory and on disk
-/// instead of two.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    /// When the create was applied, Unix ms (for expiry).
-    pub at_ms: i64,
-    /// The created job's id.
-    pub job_id: JobId,
-    /// The job as the create made it, once the stored job has moved past
-    /// that version; `None` while the stored job is still that version.
-    pub created: Option<Arc<Job>>,
-}
-
 /// Filters of a job listing; `None` matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobFilter {
@@ -363,11 +346,59 @@ pub type Table<K, V> = imbl::OrdMap<K, V>;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StateImage {
     jobs: Table<JobId, Arc<Job>>,
-    requests: Table<String, RequestRecord>,
+    requests: Table<RequestKey, RequestRecord>,
     writes: Table<String, WriteRecord>,
     runs: Table<RunId, Run>,
     next_run_id: RunId,
     counters: Table<JobId, JobCounters>,
+}
+
+/// A [`StateImage`] as versions before 2026-12-01 encoded it (snapshot
+/// files `KSNAP001`): request records keyed by request id, holding the job
+/// id and a copy of the created job. Read only to migrate it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LegacyStateImage {
+    jobs: Table<JobId, Arc<Job>>,
+    requests: Table<String, LegacyRequestRecord>,
+    writes: Table<String, WriteRecord>,
+    runs: Table<RunId, Run>,
+    next_run_id: RunId,
+    counters: Table<JobId, JobCounters>,
+}
+
+#[cfg(test)]
+impl LegacyStateImage {
+    /// An older version's image of `jobs` and create `requests` (tests of the migration).
+    pub fn of(jobs: Vec<Job>, requests: Vec<(String, LegacyRequestRecord)>) -> LegacyStateImage {
+        LegacyStateImage {
+            jobs: jobs.into_iter().map(|j| (j.id.clone(), Arc::new(j))).collect(),
+            requests: requests.into_iter().collect(),
+            ..LegacyStateImage::default()
+        }
+    }
+}
+
+impl From<LegacyStateImage> for StateImage {
+    fn from(legacy: LegacyStateImage) -> StateImage {
+        let LegacyStateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        } = legacy;
+        let mut image = StateImage {
+            jobs,
+            requests: Table::default(),
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        };
+        image.insert_legacy_requests(requests);
+        image
+    }
 }
 
 impl StateImage {
@@ -377,9 +408,22 @@ impl StateImage {
         self.jobs.insert(job.id.clone(), Arc::new(job));
     }
 
-    /// Adds a create request record.
-    pub fn insert_request(&mut self, request_id: String, record: RequestRecord) {
-        self.requests.insert(request_id, record);
+    /// Adds a create request record under its key.
+    pub fn insert_request(&mut self, key: RequestKey, record: RequestRecord) {
+        self.requests.insert(key, record);
+    }
+
+    /// Adds the create request records of an older version, once every job
+    /// is in (a record without a copy of its job refers to the stored one).
+    pub fn insert_legacy_requests(
+        &mut self,
+        records: impl IntoIterator<Item = (String, LegacyRequestRecord)>,
+    ) {
+        for (request_id, record) in records {
+            if let Some(migrated) = record.migrate(&self.jobs) {
+                self.requests.insert(request_key(&request_id), migrated);
+            }
+        }
     }
 
     /// Adds a write record.
@@ -410,13 +454,10 @@ pub struct State {
     /// image was taken copies pointers, not jobs, and so that the nodes,
     /// sized for 16 entries, waste pointers rather than whole jobs.
     jobs: Table<JobId, Arc<Job>>,
-    /// Remembered create request ids, by request id.
-    requests: Table<String, RequestRecord>,
-    /// `(at_ms, request_id)` of every record in `requests`, oldest first (derived).
-    request_expiry: BTreeSet<(i64, String)>,
-    /// Request id of each job whose create record has no copy of it yet
-    /// (the stored job is still the created version) (derived).
-    uncopied_request: BTreeMap<JobId, String>,
+    /// Remembered create request ids, by key (see `state_requests.rs`).
+    requests: Table<RequestKey, RequestRecord>,
+    /// `(at_ms, key)` of every record in `requests`, oldest first (derived).
+    request_expiry: BTreeSet<(i64, RequestKey)>,
     /// Results of recent writes, by write id.
     writes: Table<String, WriteRecord>,
     /// `(at_ms, write_id)` of every record in `writes`, oldest first (derived).
@@ -507,17 +548,7 @@ impl State {
 
     /// Recomputes the derived indexes from the replicated content.
     fn rebuild_indexes(&mut self) {
-        self.request_expiry = self
-            .requests
-            .iter()
-            .map(|(id, r)| (r.at_ms, id.clone()))
-            .collect();
-        self.uncopied_request = self
-            .requests
-            .iter()
-            .filter(|(_, r)| r.created.is_none())
-            .map(|(id, r)| (r.job_id.clone(), id.clone()))
-            .collect();
+        self.request_expiry = self.requests.iter().map(|(key, r)| (r.at_ms, *key)).collect();
         self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
         self.fire_index = self.jobs().filter_map(fire_entry).collect();
         self.runs_by_job.clear();
@@ -538,13 +569,6 @@ impl State {
     /// Inserts or replaces a job, keeping the fire index right; returns the
     /// stored job.
     fn put_job(&mut self, job: Job) -> Arc<Job> {
-        if self
-            .jobs
-            .get(&job.id)
-            .is_some_and(|old| old.version != job.version)
-        {
-            self.copy_into_request_record(&job.id);
-        }
         if let Some(old) = self.job(&job.id).and_then(fire_entry) {
             self.fire_index.remove(&old);
         }
@@ -569,21 +593,8 @@ impl State {
         job
     }
 
-    /// Before job `id` leaves its created version: copies that version into
-    /// the create's request record, if one still refers to it.
-    fn copy_into_request_record(&mut self, id: &str) {
-        let Some(rid) = self.uncopied_request.remove(id) else {
-            return;
-        };
-        let created = self.jobs.get(id).cloned();
-        if let Some(record) = self.requests.get_mut(&rid) {
-            record.created = created;
-        }
-    }
-
     /// Removes a job with its runs and counters.
     fn remove_job(&mut self, id: &str, changes: &mut Changes) {
-        self.copy_into_request_record(id);
         if let Some(entry) = self.jobs.remove(id).and_then(|job| fire_entry(&job)) {
             self.fire_index.remove(&entry);
         }
@@ -701,14 +712,9 @@ impl State {
         self.jobs.values().map(Arc::as_ref)
     }
 
-    /// Every remembered request id with its record.
-    pub fn requests_iter(&self) -> impl Iterator<Item = (&String, &RequestRecord)> {
+    /// Every remembered create request, by key, with its record.
+    pub fn requests_iter(&self) -> impl Iterator<Item = (&RequestKey, &RequestRecord)> {
         self.requests.iter()
-    }
-
-    /// A request-id record by id.
-    pub fn request(&self, request_id: &str) -> Option<&RequestRecord> {
-        self.requests.get(request_id)
     }
 
     /// A write record by write id.
@@ -892,45 +898,34 @@ impl State {
         at_ms: i64,
         principal: &str,
     ) -> CommandResult {
-        if let Some(rid) = request_id {
-            if let Some(record) = self.requests.get(rid) {
-                let first = record.created.as_ref().or_else(|| self.jobs.get(&record.job_id));
-                return if let Some(first) = first.filter(|j| j.id == id && j.spec == *spec) {
-                    Ok(Response::Job(first.clone()))
-                } else {
-                    Err(Error::AlreadyExists(format!(
-                        "request_id {rid:?} was already used for a different create request"
-                    )))
-                };
-            }
+        if let Some(answer) = request_id.and_then(|rid| self.repeated_create(rid, id, spec, principal)) {
+            return answer.map(Response::Job);
         }
         if self.jobs.contains_key(id) {
             return Err(Error::AlreadyExists(format!("job {id:?} already exists")));
         }
-        let job = Job {
+        let mut job = self.new_job(id, spec, at_ms, principal);
+        job.next_fire_ms = self.next_fire_memo(spec, at_ms);
+        if let Some(rid) = request_id {
+            self.remember_request(rid, id, spec, at_ms);
+        }
+        Ok(Response::Job(self.put_job(job)))
+    }
+
+    /// Job `id` as a create at `at_ms` by `principal` makes it, before its
+    /// first fire is computed.
+    fn new_job(&self, id: &str, spec: &JobSpec, at_ms: i64, principal: &str) -> Job {
+        Job {
             id: id.to_string(),
             spec: spec.clone(),
             version: 1,
             created_at_ms: at_ms,
             updated_at_ms: at_ms,
-            created_by: principal.to_string(),
-            updated_by: principal.to_string(),
+            created_by: intern_principal(principal),
+            updated_by: intern_principal(principal),
             last_fired_ms: None,
-            next_fire_ms: self.next_fire_memo(spec, at_ms),
-        };
-        if let Some(rid) = request_id {
-            self.requests.insert(
-                rid.to_string(),
-                RequestRecord {
-                    at_ms,
-                    job_id: job.id.clone(),
-                    created: None,
-                },
-            );
-            self.uncopied_request.insert(job.id.clone(), rid.to_string());
-            self.request_expiry.insert((at_ms, rid.to_string()));
+            next_fire_ms: None,
         }
-        Ok(Response::Job(self.put_job(job)))
     }
 
     /// [`next_fire`] with the schedule compiled once for all jobs that share it.
@@ -958,24 +953,8 @@ impl State {
     fn store_change(&mut self, mut job: Job, at_ms: i64, principal: &str) -> CommandResult {
         job.version += 1;
         job.updated_at_ms = at_ms;
-        job.updated_by = principal.to_string();
+        job.updated_by = intern_principal(principal);
         Ok(Response::Job(self.put_job(job)))
-    }
-
-    /// Forgets request ids older than [`REQUEST_ID_TTL_MS`] at time `at_ms`.
-    fn expire_requests(&mut self, at_ms: i64) {
-        let cutoff = at_ms.saturating_sub(REQUEST_ID_TTL_MS);
-        while let Some((t, _)) = self.request_expiry.first() {
-            if *t >= cutoff {
-                break;
-            }
-            let (_, rid) = self.request_expiry.pop_first().expect("first exists");
-            if let Some(record) = self.requests.remove(&rid) {
-                if self.uncopied_request.get(&record.job_id) == Some(&rid) {
-                    self.uncopied_request.remove(&record.job_id);
-                }
-            }
-        }
     }
 }
 

@@ -50,7 +50,7 @@ impl Sm {
             },
             payload: vec![],
             metadata: Metadata::default(),
-            policies,
+            policies: policies.shared(),
             paused: false,
         };
         self.apply(
@@ -664,7 +664,7 @@ fn deadlines_follow_policy_changes_and_leave_with_a_deleted_job() {
 
     // A policy change re-files the open run under its new deadline.
     let version = sm.state.job("a").unwrap().version;
-    let mut policies = sm.state.job("a").unwrap().spec.policies.clone();
+    let mut policies = Policies::clone(&sm.state.job("a").unwrap().spec.policies);
     policies.timeouts.attempt_timeout_ms = 1_000;
     let patch = JobPatch {
         policies: Some(policies),

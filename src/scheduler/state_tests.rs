@@ -16,7 +16,7 @@ fn spec(expr: &str) -> JobSpec {
         },
         payload: b"{}".to_vec(),
         metadata: Metadata::default(),
-        policies: Policies::default(),
+        policies: Policies::default().shared(),
         paused: false,
     }
 }
@@ -56,7 +56,7 @@ fn create_sets_version_times_principal_and_next_fire() {
     let j = job(state.apply(0, &req(T0 + 1, create("a", "*/5 * * * *", None)), &mut changes));
     assert_eq!(j.version, 1);
     assert_eq!((j.created_at_ms, j.updated_at_ms), (T0 + 1, T0 + 1));
-    assert_eq!((j.created_by.as_str(), j.updated_by.as_str()), ("alice", "alice"));
+    assert_eq!((j.created_by.as_ref(), j.updated_by.as_ref()), ("alice", "alice"));
     assert_eq!(j.next_fire_ms, Some(T0 + 5 * 60_000));
     assert_eq!(j.status(), JobStatus::Active);
     assert_eq!(state.job("a"), Some(&j));
@@ -100,20 +100,14 @@ fn request_id_replays_first_result_and_refuses_other_body() {
 }
 
 #[test]
-fn a_request_record_copies_the_job_only_when_it_changes_or_goes() {
+fn a_request_answers_with_the_stored_job_until_it_changes_then_with_the_created_version() {
     let mut state = State::default();
     let first = job(apply(&mut state, T0, create("a", "* * * * *", Some("r1"))));
     let b_first = job(apply(&mut state, T0, create("b", "* * * * *", Some("r2"))));
-    assert_eq!(
-        state.request("r1").unwrap().created,
-        None,
-        "no copy while unchanged"
-    );
-    // Fires move the job's times but not its version: still no copy, and a
-    // retry answers with the stored job (same version and spec).
+    // Fires move the job's times but not its version: a retry answers with
+    // the stored job (same version and spec, later fire times).
     let fires = state.due_fires(T0 + 60_000, 10);
     apply(&mut state, T0 + 60_000, Command::FireBatch { fires }).unwrap();
-    assert_eq!(state.request("r1").unwrap().created, None);
     let again = job(apply(
         &mut state,
         T0 + 60_001,
@@ -121,27 +115,26 @@ fn a_request_record_copies_the_job_only_when_it_changes_or_goes() {
     ));
     assert_eq!((again.version, &again.spec), (first.version, &first.spec));
     assert_eq!(again, *state.job("a").unwrap());
-    // An update copies the created version first; a retry keeps getting it.
+    assert_ne!(again.next_fire_ms, first.next_fire_ms);
+    // Updated: a retry gets the version the create made, exactly.
     let patch = JobPatch {
         owner_service: Some("search".into()),
         ..Default::default()
     };
-    let mut changes = Changes::default();
     let update = Command::UpdateJob {
         id: "a".into(),
         expected_version: 1,
         patch,
     };
-    state.apply(0, &req(T0 + 60_002, update), &mut changes).unwrap();
-    let copied = state.request("r1").unwrap().created.clone().expect("copied");
-    assert_eq!((copied.version, &copied.spec), (1, &first.spec));
+    apply(&mut state, T0 + 60_002, update).unwrap();
     let again = job(apply(
         &mut state,
         T0 + 60_003,
         create("a", "* * * * *", Some("r1")),
     ));
-    assert_eq!(again, *copied);
-    // A delete copies too, so a late retry still gets its job, not a new one.
+    assert_eq!(again, first);
+    assert_eq!(state.job("a").unwrap().version, 2, "the retry changed nothing");
+    // Deleted: a late retry still gets its job, and does not re-create it.
     apply(
         &mut state,
         T0 + 60_004,
@@ -151,23 +144,25 @@ fn a_request_record_copies_the_job_only_when_it_changes_or_goes() {
         },
     )
     .unwrap();
-    assert_eq!(
-        state.request("r2").unwrap().created.as_ref().map(|j| j.version),
-        Some(1)
-    );
     let again = job(apply(
         &mut state,
         T0 + 60_005,
         create("b", "* * * * *", Some("r2")),
     ));
-    assert_eq!(
-        (again.id.as_str(), again.created_at_ms),
-        ("b", b_first.created_at_ms)
-    );
+    assert_eq!(again, b_first);
     assert!(
         state.job("b").is_none(),
         "the retry did not re-create the deleted job"
     );
+    // Deleted and created again by another request: the first request's
+    // retry is answered with its own version, not the new job.
+    apply(&mut state, T0 + 60_006, create("b", "* * * * *", Some("r3"))).unwrap();
+    let again = job(apply(
+        &mut state,
+        T0 + 60_007,
+        create("b", "* * * * *", Some("r2")),
+    ));
+    assert_eq!(again, b_first);
     // The derived index survives a rebuild.
     let mut rebuilt = state.clone();
     rebuilt.rebuild_indexes();
@@ -439,7 +434,7 @@ fn replicas_applying_the_same_log_agree() {
     let mut image = StateImage::default();
     a.jobs().cloned().for_each(|job| image.insert_job(job));
     a.requests_iter()
-        .for_each(|(id, record)| image.insert_request(id.clone(), record.clone()));
+        .for_each(|(key, record)| image.insert_request(*key, *record));
     let rebuilt = State::from_image(image);
     assert_eq!(rebuilt, a);
 }
@@ -568,7 +563,7 @@ fn a_batch_applies_each_request_on_its_own_with_its_own_time_principal_and_write
     };
     assert_eq!(results.len(), 5);
     let a = job(results[0].clone());
-    assert_eq!((a.created_by.as_str(), a.created_at_ms), ("bob", T0 + 10));
+    assert_eq!((a.created_by.as_ref(), a.created_at_ms), ("bob", T0 + 10));
     assert!(
         matches!(results[1], Err(Error::AlreadyExists(_))),
         "{:?}",
@@ -580,7 +575,7 @@ fn a_batch_applies_each_request_on_its_own_with_its_own_time_principal_and_write
         "the first result, not NOT_FOUND"
     );
     let b = job(results[3].clone());
-    assert_eq!((b.created_by.as_str(), b.created_at_ms), ("carol", T0 + 12));
+    assert_eq!((b.created_by.as_ref(), b.created_at_ms), ("carol", T0 + 12));
     assert!(
         matches!(results[4], Err(Error::InvalidArgument(_))),
         "{:?}",

@@ -249,7 +249,7 @@ mod tests {
             },
             payload: vec![],
             metadata: Metadata::default(),
-            policies: Policies::default(),
+            policies: Policies::default().shared(),
             paused: false,
         }
     }
@@ -311,15 +311,19 @@ mod tests {
                 "Mars/Base",
             ),
             (
-                Box::new(|s| s.policies.retry.max_attempts = 0),
+                Box::new(|s| std::sync::Arc::make_mut(&mut s.policies).retry.max_attempts = 0),
                 "policies.retry.max_attempts",
             ),
             (
-                Box::new(|s| s.policies.retry.jitter = 2.0),
+                Box::new(|s| std::sync::Arc::make_mut(&mut s.policies).retry.jitter = 2.0),
                 "policies.retry.jitter",
             ),
             (
-                Box::new(|s| s.policies.timeouts.attempt_timeout_ms = 0),
+                Box::new(|s| {
+                    std::sync::Arc::make_mut(&mut s.policies)
+                        .timeouts
+                        .attempt_timeout_ms = 0
+                }),
                 "policies.timeouts.attempt_timeout",
             ),
             (
