@@ -115,7 +115,7 @@ pub fn reencode_v1_snapshot(file: &SnapshotFile) -> Result<()> {
                 .map_err(std::io::Error::other)
         })
         .map_err(Error::internal)?;
-    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes, "re-encoded the stored snapshot of an older version");
+    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = bytes.unwrap_or(0), "re-encoded the stored snapshot of an older version");
     Ok(())
 }
 

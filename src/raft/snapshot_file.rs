@@ -69,6 +69,9 @@ pub struct SnapshotFile {
     path: PathBuf,
     tmp: PathBuf,
     dir: PathBuf,
+    /// Serializes stores: openraft builds a snapshot on a task of its own
+    /// while the state machine may install one, and both write `tmp`.
+    storing: std::sync::Mutex<()>,
 }
 
 impl SnapshotFile {
@@ -78,10 +81,12 @@ impl SnapshotFile {
             path: dir.join("kairos-snapshot"),
             tmp: dir.join("kairos-snapshot.tmp"),
             dir: dir.to_path_buf(),
+            storing: std::sync::Mutex::new(()),
         }
     }
 
-    /// Replaces the stored snapshot with `data` described by `meta`; durable on return.
+    /// Replaces the stored snapshot with `data` described by `meta`, unless
+    /// the stored one is newer; durable on return.
     pub fn store(&self, meta: &Meta, data: &[u8]) -> io::Result<()> {
         self.store_with(meta, |out| out.write_all(data)).map(|_| ())
     }
@@ -91,11 +96,25 @@ impl SnapshotFile {
     /// through a 1 MiB buffer to the file, its checksum computed on the way,
     /// and its length is filled in afterwards. Durable on return; returns
     /// the data's length.
+    ///
+    /// A stored snapshot of a later log id is kept and `None` returned: a
+    /// build of an older state can finish after a newer snapshot was
+    /// installed, and replacing that one would leave the file behind the
+    /// log openraft purged for it (a restart would then miss the entries in
+    /// between).
     pub fn store_with(
         &self,
         meta: &Meta,
         write_data: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<Option<u64>> {
+        let _storing = self.storing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stored) = self.read_meta()? {
+            if stored.last_log_id > meta.last_log_id {
+                tracing::info!(stored = ?stored.last_log_id, offered = ?meta.last_log_id,
+                    "a newer snapshot is stored; the older one is not");
+                return Ok(None);
+            }
+        }
         let meta_bytes = encode(meta).map_err(io::Error::other)?;
         let meta_len = u32::try_from(meta_bytes.len()).map_err(io::Error::other)?;
         let prefix = [&MAGIC[..], &meta_len.to_le_bytes(), &meta_bytes].concat();
@@ -118,7 +137,7 @@ impl SnapshotFile {
         drop(file);
         fs::rename(&self.tmp, &self.path)?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(data_len)
+        Ok(Some(data_len))
     }
 
     /// The stored snapshot's meta, reading only the header; `None` when there is none.
@@ -172,6 +191,49 @@ impl SnapshotFile {
         }))
     }
 
+    /// The stored snapshot's meta and what `decode` makes of its data,
+    /// read through a buffer and never held whole (a restart at a million
+    /// jobs otherwise held the file's hundreds of MB beside the state it
+    /// decoded). The lengths and the checksum are checked after `decode`
+    /// returns; on a mismatch the decoded value is dropped and an error
+    /// returned. `None` when there is no snapshot.
+    pub fn read_with<T>(
+        &self,
+        decode: impl FnOnce(Format, &mut dyn Read) -> io::Result<T>,
+    ) -> io::Result<Option<(Meta, T)>> {
+        let Some(file) = self.open()? else {
+            return Ok(None);
+        };
+        let corrupt = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {what}", self.path.display()),
+            )
+        };
+        // The checksum covers everything before it: header and data.
+        let mut input = Checksummed::new(BufReader::with_capacity(1 << 20, file));
+        let (meta, data_len, format) = read_header(&mut input).map_err(|e| corrupt(&e.to_string()))?;
+        let mut data = (&mut input).take(data_len);
+        let value = decode(format, &mut data)?;
+        io::copy(&mut data, &mut io::sink())?;
+        if data.limit() != 0 {
+            return Err(corrupt("shorter than its header says"));
+        }
+        let computed = input.crc.clone().finalize();
+        let mut stored = [0u8; 4];
+        input
+            .inner
+            .read_exact(&mut stored)
+            .map_err(|_| corrupt("no checksum"))?;
+        if computed != u32::from_le_bytes(stored) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        if input.inner.read(&mut [0u8; 1])? != 0 {
+            return Err(corrupt("longer than its header says"));
+        }
+        Ok(Some((meta, value)))
+    }
+
     fn open(&self) -> io::Result<Option<File>> {
         match OpenOptions::new().read(true).open(&self.path) {
             Ok(file) => Ok(Some(file)),
@@ -181,20 +243,29 @@ impl SnapshotFile {
     }
 }
 
-/// A writer that passes bytes on and keeps their count and crc32.
+/// A writer (or reader) that passes bytes on and keeps their count and crc32.
 struct Checksummed<W> {
     inner: W,
     crc: crc32fast::Hasher,
     len: u64,
 }
 
-impl<W: Write> Checksummed<W> {
+impl<W> Checksummed<W> {
     fn new(inner: W) -> Self {
         Checksummed {
             inner,
             crc: crc32fast::Hasher::new(),
             len: 0,
         }
+    }
+}
+
+impl<R: Read> Read for Checksummed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
     }
 }
 
@@ -267,6 +338,23 @@ mod tests {
     }
 
     #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::in_dir(dir.path());
+        file.store(&meta(20), b"newer").unwrap();
+        assert_eq!(
+            file.store_with(&meta(10), |out| out.write_all(b"older")).unwrap(),
+            None
+        );
+        let stored = file.read().unwrap().unwrap();
+        assert_eq!((stored.meta, stored.data), (meta(20), b"newer".to_vec()));
+        // The same log id again, or a later one, replaces it.
+        file.store(&meta(20), b"again").unwrap();
+        file.store(&meta(21), b"later").unwrap();
+        assert_eq!(file.read().unwrap().unwrap().data, b"later".to_vec());
+    }
+
+    #[test]
     fn a_streamed_snapshot_reads_back_like_a_stored_one() {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::in_dir(dir.path());
@@ -279,7 +367,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        assert_eq!(written, data.len() as u64);
+        assert_eq!(written, Some(data.len() as u64));
         let streamed = fs::read(dir.path().join("kairos-snapshot")).unwrap();
         assert_eq!(
             file.read().unwrap().map(|s| (s.meta, s.data)),
@@ -288,6 +376,37 @@ mod tests {
         file.store(&meta(30), &data).unwrap();
         let stored = fs::read(dir.path().join("kairos-snapshot")).unwrap();
         assert_eq!(streamed, stored, "the same bytes either way");
+    }
+
+    #[test]
+    fn reading_through_a_decoder_checks_like_a_whole_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::in_dir(dir.path());
+        let data: Vec<u8> = (0..2_500_000u32).map(|i| (i % 253) as u8).collect();
+        file.store(&meta(40), &data).unwrap();
+        let read_all = |format: Format, input: &mut dyn Read| {
+            let mut out = Vec::new();
+            input.read_to_end(&mut out)?;
+            Ok((format, out))
+        };
+        let (m, (format, got)) = file.read_with(read_all).unwrap().unwrap();
+        assert_eq!((m, format, got), (meta(40), Format::V2, data.clone()));
+        // A decoder that stops early still has the rest checked.
+        let first_byte = |_: Format, input: &mut dyn Read| {
+            let mut one = [0u8; 1];
+            input.read_exact(&mut one)?;
+            Ok(one[0])
+        };
+        assert_eq!(file.read_with(first_byte).unwrap().unwrap().1, 0);
+        let path = dir.path().join("kairos-snapshot");
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.len() - 100;
+        bytes[at] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let err = file.read_with(first_byte).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        assert!(file.read_with(first_byte).is_err());
     }
 
     #[test]

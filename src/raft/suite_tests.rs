@@ -163,3 +163,29 @@ async fn without_a_snapshot_a_reopened_state_machine_starts_empty_and_a_newer_sn
     assert_eq!(applied, Some(log_id(6)), "loaded from the snapshot");
     assert_eq!(sm.state_handle().read().job_count(), 6);
 }
+
+#[tokio::test]
+async fn a_build_that_finishes_after_a_newer_install_does_not_replace_it() {
+    use openraft::RaftSnapshotBuilder;
+    // openraft runs a build on a task of its own; an install can land first.
+    let newer = snapshot_of_jobs(8, "job").await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_, mut sm) = open_storage(dir.path()).unwrap();
+        sm.apply((1..=3).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        let mut builder = sm.get_snapshot_builder().await; // the state at entry 3
+        sm.install_snapshot(&newer.meta, newer.snapshot).await.unwrap();
+        builder.build_snapshot().await.unwrap(); // finishes last
+        let current = sm.get_current_snapshot().await.unwrap().expect("stored");
+        assert_eq!(
+            current.meta.last_log_id,
+            Some(log_id(8)),
+            "the newer snapshot stays"
+        );
+    }
+    let (_, mut sm) = open_storage(dir.path()).unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(8)));
+    assert_eq!(sm.state_handle().read().job_count(), 8);
+}

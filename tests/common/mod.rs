@@ -300,12 +300,19 @@ impl TestCluster {
 }
 
 impl Drop for TestCluster {
+    /// Stops every node; when the test is failing, keeps the nodes' logs
+    /// and data (the path is printed) instead of deleting them.
     fn drop(&mut self) {
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if std::thread::panicking() {
+            let placeholder = tempfile::tempdir().unwrap();
+            let kept = std::mem::replace(&mut self._dir, placeholder).keep();
+            eprintln!("test failed: node logs and data kept in {}", kept.display());
         }
     }
 }
