@@ -8,10 +8,12 @@
 //! stamped in the command, a stale or duplicated proposal changes nothing — a
 //! fire is refused once the job's next fire moved past it.
 //!
-//! - [`timer::Timer`]: proposes one `FireBatch` for every job due in a tick and
-//!   an `ExpireRuns` for every run past its lease, time limit or start deadline.
+//! - [`timer::Timer`]: proposes one `FireWindow` for every fire due within
+//!   the look-ahead (`--fire-ahead-ms`; a `FireBatch` at the nominal time
+//!   when it is zero) and an `ExpireRuns` for every run past its lease, time
+//!   limit or start deadline.
 //! - [`dispatcher::Dispatcher`]: starts attempts of dispatchable runs on the
-//!   least-loaded worker pool.
+//!   least-loaded worker pool, up to the look-ahead before they may begin.
 //!
 //! Every node also runs a [`worker::WorkerPool`] (not leader-only), reachable
 //! from other nodes over the worker network of [`cluster`], and a

@@ -5,7 +5,7 @@
 //! at once without rebuilding anything. The timer sleeps until the earliest of
 //! the next fire and the next run deadline, then proposes:
 //!
-//! - one `FireBatch` naming every due job with the next fire it saw (at most
+//! - one `FireWindow` (see "Firing ahead" below) naming every due job with the next fire it saw (at most
 //!   [`MAX_FIRES_PER_BATCH`] per entry); the state machine creates one run per
 //!   nominal time, applies the catch-up and overlap policies, and refuses a
 //!   fire that already happened — so a timer that fires twice, or two timers
