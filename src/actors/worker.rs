@@ -23,7 +23,9 @@
 //! and the handler runs, as it would have a moment earlier.
 //!
 //! A handler that panics fails its attempt with the panic message (retried by
-//! policy); the worker then fails on purpose and its pool restarts it.
+//! policy); the worker then fails on purpose and its pool restarts it. The
+//! failure is the worker's only word to the pool then: it does not also say
+//! it is idle, so the pool never hands the next attempt to a dying worker.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -338,6 +340,7 @@ impl Actor for WorkerPool {
         // The worker reports its own panics; an item it never finished times out by lease.
         state.running[n] = None;
         state.workers[n] = spawn_worker(&myself, &state.env, n).await?;
+        state.idle.retain(|&idle| idle != n);
         state.idle.push_back(n);
         state.dispatch();
         Ok(())
@@ -391,10 +394,15 @@ impl Actor for Worker {
             outcome,
             output_tail: output,
         });
-        let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
         match panic {
+            // Dying is how this worker tells the pool: were it also to say
+            // it is idle, the pool could hand it the next attempt before the
+            // supervision event arrives, and that attempt would die unbegun.
             Some(message) => Err(format!("handler panicked: {message}").into()),
-            None => Ok(()),
+            None => {
+                let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
+                Ok(())
+            }
         }
     }
 }
