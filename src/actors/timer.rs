@@ -406,6 +406,15 @@ mod tests {
         }
     }
 
+    /// The times of the ticks that fired something.
+    fn fired_at(ticks: &[(i64, Tick)]) -> Vec<i64> {
+        ticks
+            .iter()
+            .filter(|(_, t)| t.fired > 0)
+            .map(|(at, _)| *at)
+            .collect()
+    }
+
     /// [`run_ahead_until`] firing at the nominal times.
     async fn run_until(host: &TestHost, clock: Clock, until_ms: i64) -> Vec<(i64, Tick)> {
         run_ahead_until(host, clock, 0, until_ms).await
@@ -424,13 +433,12 @@ mod tests {
         host.create("tick", every_second(), Policies::default(), T0 + 300);
         let clock = Clock::tokio_at(T0 + 300);
         let ticks = run_until(&host, clock, T0 + 10_000).await;
-        let fired_at: Vec<i64> = ticks
-            .iter()
-            .filter(|(_, t)| t.fired > 0)
-            .map(|(at, _)| *at)
-            .collect();
         let expected: Vec<i64> = (1..=10).map(|s| T0 + s * 1000).collect();
-        assert_eq!(fired_at, expected, "one FireBatch per second, at the second");
+        assert_eq!(
+            fired_at(&ticks),
+            expected,
+            "one FireBatch per second, at the second"
+        );
         let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
         assert_eq!(nominal, expected, "one run per nominal second");
     }
@@ -441,14 +449,13 @@ mod tests {
         host.create("tick", every_second(), Policies::default(), T0 + 300);
         let clock = Clock::tokio_at(T0 + 300);
         let ticks = run_ahead_until(&host, clock, 100, T0 + 10_000).await;
-        let fired_at: Vec<i64> = ticks
-            .iter()
-            .filter(|(_, t)| t.fired > 0)
-            .map(|(at, _)| *at)
-            .collect();
         let expected: Vec<i64> = (1..=10).map(|s| T0 + s * 1000).collect();
         let early: Vec<i64> = expected.iter().map(|t| t - 50).collect();
-        assert_eq!(fired_at, early, "one FireWindow per second, 50 ms before it");
+        assert_eq!(
+            fired_at(&ticks),
+            early,
+            "one FireWindow per second, 50 ms before it"
+        );
         let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
         assert_eq!(nominal, expected, "one run per nominal second");
         let commands: Vec<&str> = host.log.lock().unwrap().iter().skip(1).map(|(_, c)| *c).collect();

@@ -220,13 +220,7 @@ fn no_nominal_time_gets_two_runs_under_windows_pauses_and_reschedules() {
         every(1_000, 950),
         every(3_000, 0),
     ];
-    let mut seed: u64 = 7;
-    let mut next = |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    let mut next = walk(7);
     let mut now = T0;
     for step in 0..3_000 {
         now += 5 + next(40) as i64;

@@ -127,6 +127,18 @@ fn rebuilt_from_parts(s: &State) -> State {
     State::from_image(image)
 }
 
+/// A fixed pseudo-random sequence (an LCG seeded with `seed`): each call
+/// gives a number below its argument.
+fn walk(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut seed = seed;
+    move |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    }
+}
+
 fn failed(retryable: bool) -> AttemptOutcome {
     AttemptOutcome::Failed {
         kind: "boom".into(),
@@ -728,14 +740,8 @@ fn the_dispatch_indexes_stay_equal_to_a_rebuild_under_mixed_commands() {
     });
     sm.job("skip", T0 - 500, |p| p.overlap = Overlap::Skip);
     sm.job("one", T0 - 500, |p| p.overlap = Overlap::BufferOne);
-    // A fixed pseudo-random walk (LCG): fires, starts, results, cancels, expiry.
-    let mut seed: u64 = 42;
-    let mut next = |n: u64| {
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (seed >> 33) % n
-    };
+    // A fixed pseudo-random walk: fires, starts, results, cancels, expiry.
+    let mut next = walk(42);
     let mut now = T0;
     for step in 0..400 {
         now += 150 + next(400) as i64;
