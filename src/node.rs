@@ -182,9 +182,15 @@ impl Node {
         let state = state_machine.state_handle();
         let changes_since_snapshot = state_machine.changes_since_snapshot();
         let config = Arc::new(raft_config(&options.tuning)?);
-        let raft = Raft::new(options.id, config, PeerNetwork, log_store, state_machine)
-            .await
-            .map_err(|e| Error::internal(format!("start raft: {e}")))?;
+        let raft = Raft::new(
+            options.id,
+            config,
+            PeerNetwork { id: options.id },
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| Error::internal(format!("start raft: {e}")))?;
         let batcher = WriteBatcher::start(RaftProposer {
             id: options.id,
             raft: raft.clone(),
@@ -205,6 +211,7 @@ impl Node {
             node.raft.clone(),
             changes_since_snapshot,
             options.tuning.snapshot_logs,
+            options.id,
             node.state.clone(),
         ));
         node.bootstrap(options).await?;
@@ -607,9 +614,17 @@ fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNo
 /// How often [`snapshot_by_changes`] looks at the count.
 const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Whether a snapshot is due after `applied` changes since the last one:
-/// at least `threshold` of them, and at least a quarter as many as the state
-/// holds jobs and runs (`records`).
+/// Whether node `id`'s snapshot is due after `applied` changes since the
+/// last one: at least `threshold` of them, and at least a quarter as many as
+/// the state holds jobs and runs (`records`), each bound stretched by 0, 20
+/// or 40 % by the node id.
+///
+/// The stretch keeps the nodes from building at the same moment. They apply
+/// the same changes, so with one bound all three wrote their snapshot files
+/// together, and a commit, which needs two of the three logs durable, waited
+/// for a log fsync queued behind tens of megabytes of snapshot on a shared
+/// disk (`kairos-bench create --clients 64`: AppendEntries timing out on
+/// both followers at once, p99 ≈ 260 ms).
 ///
 /// A snapshot encodes every record, so with a fixed threshold its cost per
 /// applied change grows with the state: at 1,000,000 jobs a snapshot every
@@ -619,8 +634,9 @@ const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// grows (encoding a record costs far less than applying a change), while
 /// the log a restart replays stays at most a quarter as long as the state
 /// is large (a few seconds of applying at 1,000,000 jobs).
-fn snapshot_due(applied: u64, threshold: u64, records: usize) -> bool {
-    applied >= threshold.max(records as u64 / 4)
+fn snapshot_due(applied: u64, threshold: u64, records: usize, id: NodeId) -> bool {
+    let bound = threshold.max(records as u64 / 4);
+    applied >= bound + bound / 5 * (id % 3)
 }
 
 /// Asks for a snapshot when [`snapshot_due`] says so.
@@ -631,7 +647,13 @@ fn snapshot_due(applied: u64, threshold: u64, records: usize) -> bool {
 /// entries the log (and what a restart replays, the state being a snapshot
 /// plus the log) would grow that many times further between snapshots.
 /// It ends when Raft has shut down.
-async fn snapshot_by_changes(raft: Raft, applied: Arc<AtomicU64>, threshold: u64, state: StateHandle) {
+async fn snapshot_by_changes(
+    raft: Raft,
+    applied: Arc<AtomicU64>,
+    threshold: u64,
+    id: NodeId,
+    state: StateHandle,
+) {
     let mut every = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -643,7 +665,7 @@ async fn snapshot_by_changes(raft: Raft, applied: Arc<AtomicU64>, threshold: u64
             let state = state.read();
             state.job_count() + state.run_count()
         };
-        if !snapshot_due(applied.load(Ordering::Relaxed), threshold, records) {
+        if !snapshot_due(applied.load(Ordering::Relaxed), threshold, records, id) {
             continue;
         }
         // Asking again while a build is under way (the count is reset only
@@ -663,13 +685,25 @@ mod tests {
 
     #[test]
     fn a_snapshot_waits_for_the_threshold_and_for_a_quarter_as_many_requests_as_records() {
-        // A small state: the threshold decides.
-        assert!(!snapshot_due(9_999, 10_000, 500));
-        assert!(snapshot_due(10_000, 10_000, 500));
+        // Node 3 (no stretch). A small state: the threshold decides.
+        assert!(!snapshot_due(9_999, 10_000, 500, 3));
+        assert!(snapshot_due(10_000, 10_000, 500, 3));
         // A large one: a quarter as many requests as it holds jobs and runs.
-        assert!(!snapshot_due(10_000, 10_000, 1_000_000));
-        assert!(!snapshot_due(249_999, 10_000, 1_000_000));
-        assert!(snapshot_due(250_000, 10_000, 1_000_000));
+        assert!(!snapshot_due(10_000, 10_000, 1_000_000, 3));
+        assert!(!snapshot_due(249_999, 10_000, 1_000_000, 3));
+        assert!(snapshot_due(250_000, 10_000, 1_000_000, 3));
+    }
+
+    #[test]
+    fn nodes_of_one_cluster_are_due_at_different_counts() {
+        let due_at = |id| (1..).find(|&n| snapshot_due(n, 10_000, 500, id)).unwrap();
+        assert_eq!([due_at(1), due_at(2), due_at(3)], [12_000, 14_000, 10_000]);
+        let due_at = |id| {
+            (249_000..)
+                .find(|&n| snapshot_due(n, 10_000, 1_000_000, id))
+                .unwrap()
+        };
+        assert_eq!([due_at(3), due_at(1)], [250_000, 300_000]);
     }
 
     #[test]

@@ -6,20 +6,30 @@
 //! remote Raft error arrives as `RPCError::RemoteError`.
 //!
 //! Failure handling: every call is bounded by the TTL openraft passes in
-//! (`RPCOption::hard_ttl`). A refused connection, a broken stream or an expired
-//! TTL is reported as `RPCError::Unreachable`, which makes openraft back off
-//! ([`PeerClient::backoff`]) instead of hammering a dead or paused peer; channels
-//! reconnect by themselves once the peer is back.
+//! (`RPCOption::hard_ttl`, the heartbeat interval for `AppendEntries`). A
+//! refused connection or a broken stream is reported as
+//! `RPCError::Unreachable`, which makes openraft back off
+//! ([`PeerClient::backoff`]) instead of hammering a dead peer; channels
+//! reconnect by themselves once the peer is back. An expired TTL is only a
+//! slow answer: a follower busy with a large batch and its fsync on a loaded
+//! machine can take longer than one heartbeat interval, and backing off then
+//! stalled every commit for 200 ms (the p99 of `kairos-bench create` at 64
+//! clients was ≈ 250 ms that way). It is reported as `RPCError::Timeout`,
+//! which openraft retries at once, until [`TIMEOUTS_BEFORE_UNREACHABLE`]
+//! expire in a row: a peer that stopped answering (paused, partitioned) is
+//! then backed off like an unreachable one.
 
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, RPCTypes};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -34,6 +44,8 @@ pub const MAX_PEER_MESSAGE_BYTES: usize = 512 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause between attempts to reach an unreachable peer.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
+/// Calls to a peer whose TTL expires in a row before it counts as unreachable.
+pub const TIMEOUTS_BEFORE_UNREACHABLE: u32 = 3;
 
 /// A lazily connecting client of a peer's `RaftService` at `addr` (host:port).
 pub fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
@@ -48,27 +60,35 @@ pub fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::tran
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
 }
 
-/// Creates [`PeerClient`]s for openraft.
-#[derive(Clone, Default)]
-pub struct PeerNetwork;
+/// Creates [`PeerClient`]s for openraft on node `id`.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    /// The node that sends.
+    pub id: NodeId,
+}
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
+            id: self.id,
             target,
             addr: node.addr.clone(),
             client: None,
+            timeouts_in_a_row: 0,
         }
     }
 }
 
 /// The connection to one peer.
 pub struct PeerClient {
+    id: NodeId,
     target: NodeId,
     addr: String,
     client: Option<RaftServiceClient<Channel>>,
+    /// Calls whose TTL expired since the last answer.
+    timeouts_in_a_row: u32,
 }
 
 /// Which RPC of `RaftService` to call.
@@ -77,6 +97,16 @@ enum Rpc {
     AppendEntries,
     Vote,
     InstallSnapshot,
+}
+
+impl Rpc {
+    fn openraft_type(self) -> RPCTypes {
+        match self {
+            Rpc::AppendEntries => RPCTypes::AppendEntries,
+            Rpc::Vote => RPCTypes::Vote,
+            Rpc::InstallSnapshot => RPCTypes::InstallSnapshot,
+        }
+    }
 }
 
 impl PeerClient {
@@ -102,8 +132,7 @@ impl PeerClient {
         }
         let mut client = self.client.clone().expect("set above");
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftPayload { data });
-        request.set_timeout(ttl);
+        let request = tonic::Request::new(RaftPayload { data });
         let call = async {
             match rpc {
                 Rpc::AppendEntries => client.append_entries(request).await,
@@ -114,8 +143,23 @@ impl PeerClient {
         let reply = match tokio::time::timeout(ttl, call).await {
             Ok(Ok(reply)) => reply.into_inner(),
             Ok(Err(status)) => return Err(unreachable(&status)),
-            Err(_) => return Err(unreachable(&format!("no answer within {ttl:?}"))),
+            Err(_) => {
+                self.timeouts_in_a_row += 1;
+                if self.timeouts_in_a_row >= TIMEOUTS_BEFORE_UNREACHABLE {
+                    let n = self.timeouts_in_a_row;
+                    return Err(unreachable(&format!(
+                        "no answer within {ttl:?}, {n} times in a row"
+                    )));
+                }
+                return Err(RPCError::Timeout(Timeout {
+                    action: rpc.openraft_type(),
+                    id: self.id,
+                    target: self.target,
+                    timeout: ttl,
+                }));
+            }
         };
+        self.timeouts_in_a_row = 0;
         let result: Result<Resp, E> =
             decode(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -444,15 +444,25 @@ where
             entries: logs,
         };
 
+        // Kairos patch: entries get as long as an election timeout to be
+        // made durable by the follower; a bare heartbeat keeps the heartbeat
+        // interval. (Upstream gives every AppendEntries one heartbeat
+        // interval, which a follower fsyncing a batch on a loaded machine
+        // can exceed, and each expiry re-sends the batch.)
+        let the_timeout = if payload.entries.is_empty() {
+            Duration::from_millis(self.config.heartbeat_interval)
+        } else {
+            Duration::from_millis(self.config.heartbeat_interval.max(self.config.election_timeout_min))
+        };
+
         // Send the payload.
         tracing::debug!(
             payload=%payload.summary(),
             now = debug(leader_time),
             "start sending append_entries, timeout: {:?}",
-            self.config.heartbeat_interval
+            the_timeout
         );
 
-        let the_timeout = Duration::from_millis(self.config.heartbeat_interval);
         let option = RPCOption::new(the_timeout);
         let res = C::timeout(the_timeout, self.network.append_entries(payload, option)).await;
 
