@@ -154,12 +154,14 @@ async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
     cluster.wait_ready(READY).await;
     let leader = cluster.wait_leader(READY).await;
 
-    // 64 clients × 20 creates at once, all through the leader.
+    // 64 clients × 30 creates at once, all through the leader: more than
+    // the largest node's bound (node 2 waits 40 % longer than the flag).
+    const PER_CLIENT: u64 = 30;
     let mut clients = Vec::new();
     for c in 0..64 {
         let mut jobs = cluster.jobs(leader).await;
         clients.push(tokio::spawn(async move {
-            for i in 0..20 {
+            for i in 0..PER_CLIENT {
                 let id = format!("job-{c}-{i}");
                 let request = pb::CreateJobRequest {
                     job: Some(common::job(&id)),
@@ -172,7 +174,11 @@ async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
     for client in clients {
         client.await.unwrap();
     }
-    let requests = 64 * 20;
+    const _: () = assert!(
+        64 * PER_CLIENT > SNAPSHOT_EVERY * 7 / 5,
+        "every node's bound is reached"
+    );
+    let requests = 64 * PER_CLIENT;
     let before = cluster.status(leader).await;
     let me = before.nodes.iter().find(|n| n.id == leader).unwrap();
     assert!(
