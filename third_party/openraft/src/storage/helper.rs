@@ -125,23 +125,24 @@ where
         );
         let log_ids = LogIdList::load_log_ids(last_purged_log_id.clone(), last_log_id, self.log_store).await?;
 
-        let snapshot = self.state_machine.get_current_snapshot().await?;
+        // Kairos patch: only the meta is needed here (see `get_current_snapshot_meta`).
+        let snapshot_meta = self.state_machine.get_current_snapshot_meta().await?;
 
         // If there is not a snapshot and there are logs purged, which means the snapshot is not persisted,
         // we just rebuild it so that replication can use it.
-        let snapshot = match snapshot {
+        let snapshot_meta = match snapshot_meta {
             None => {
                 if last_purged_log_id.is_some() {
                     let mut b = self.state_machine.get_snapshot_builder().await;
                     let s = b.build_snapshot().await?;
-                    Some(s)
+                    Some(s.meta)
                 } else {
                     None
                 }
             }
             s @ Some(_) => s,
         };
-        let snapshot_meta = snapshot.map(|x| x.meta).unwrap_or_default();
+        let snapshot_meta = snapshot_meta.unwrap_or_default();
 
         // TODO: `flushed` is not set.
         let io_state = IOState::new(

@@ -254,4 +254,15 @@ where C: RaftTypeConfig
     /// last-applied-membership config as part of the snapshot, which should be decoded for
     /// creating this method's response data.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<C::NodeId>>;
+
+    /// The meta of the current snapshot, without its data.
+    ///
+    /// Kairos patch: startup needs only this, and reading the data of a large
+    /// snapshot there costs its size in memory. The default reads the whole
+    /// snapshot.
+    async fn get_current_snapshot_meta(
+        &mut self,
+    ) -> Result<Option<SnapshotMeta<C::NodeId, C::Node>>, StorageError<C::NodeId>> {
+        Ok(self.get_current_snapshot().await?.map(|s| s.meta))
+    }
 }
