@@ -180,11 +180,12 @@ fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, 
 
 #[cfg(test)]
 mod tests {
-    use openraft::storage::RaftStateMachine;
+    use openraft::storage::{RaftStateMachine, Snapshot};
     use openraft::CommittedLeaderId;
 
     use super::super::state_machine::StateMachineStore;
     use super::super::suite_tests::snapshot_of_jobs;
+    use super::super::TypeConfig;
     use super::*;
     use crate::scheduler::state::body_hash;
     use crate::scheduler::State;
@@ -262,6 +263,22 @@ mod tests {
         disk.sync().unwrap();
     }
 
+    /// A data directory holding `snapshot` in its file and `tables` as an
+    /// older version's tables at `at`.
+    fn snapshot_beside_tables(
+        snapshot: Snapshot<TypeConfig>,
+        tables: &State,
+        at: LogId<NodeId>,
+    ) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path()).unwrap();
+        SnapshotFile::in_dir(disk.dir())
+            .store(&snapshot.meta, &snapshot.snapshot.into_inner())
+            .unwrap();
+        write_tables(&disk, tables, at);
+        dir
+    }
+
     /// Writes `data` under `meta` as a snapshot file of an older version (`KSNAP001`).
     fn store_v1(dir: &std::path::Path, meta: &Meta, data: &[u8]) {
         let meta_bytes = encode(meta).unwrap();
@@ -332,15 +349,7 @@ mod tests {
         let newer = snapshot_of_jobs(5, "job").await;
         let newer_state = State::from_image(decode(&newer.snapshot.into_inner()).unwrap());
         let at = LogId::new(CommittedLeaderId::new(1, 1), 5);
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let disk = Disk::open(dir.path()).unwrap();
-            SnapshotFile::in_dir(disk.dir())
-                .store(&older.meta, &older.snapshot.into_inner())
-                .unwrap();
-            write_tables(&disk, &newer_state, at);
-        }
-
+        let dir = snapshot_beside_tables(older, &newer_state, at);
         let disk = Disk::open(dir.path()).unwrap();
         let mut store = StateMachineStore::open(disk.clone()).unwrap();
         let migrated = store.state_handle().read().clone();
@@ -362,15 +371,8 @@ mod tests {
         assert!(disk.db.open_tree(TABLES_TREE).unwrap().is_empty());
 
         // Tables older than the snapshot are only cleared.
-        let dir = tempfile::tempdir().unwrap();
         let newest = snapshot_of_jobs(7, "job").await;
-        {
-            let disk = Disk::open(dir.path()).unwrap();
-            SnapshotFile::in_dir(disk.dir())
-                .store(&newest.meta, &newest.snapshot.into_inner())
-                .unwrap();
-            write_tables(&disk, &newer_state, at);
-        }
+        let dir = snapshot_beside_tables(newest, &newer_state, at);
         let disk = Disk::open(dir.path()).unwrap();
         let store = StateMachineStore::open(disk.clone()).unwrap();
         assert_eq!(store.state_handle().read().job_count(), 7);

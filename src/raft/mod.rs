@@ -10,7 +10,9 @@
 //!   deterministic [`crate::scheduler::State`] in memory, and builds, stores
 //!   and installs snapshots: the state is durable as snapshot plus log.
 //! - [`network::PeerNetwork`] sends Raft RPCs to peers over tonic with timeouts;
-//!   an unreachable peer is reported as `Unreachable` so openraft backs off.
+//!   a slow answer is reported as `Timeout` (retried at once), an unreachable
+//!   peer, or one that times out again and again, as `Unreachable` so
+//!   openraft backs off.
 //!
 //! The log and the vote live in one sled database per node (`DATA_DIR/sled`),
 //! the snapshot in a file beside it; [`legacy`] moves what older versions

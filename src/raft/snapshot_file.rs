@@ -149,46 +149,24 @@ impl SnapshotFile {
         Ok(Some(read_header(&mut reader)?.0))
     }
 
-    /// The stored snapshot, checked; `None` when there is none.
+    /// The stored snapshot, checked (by [`SnapshotFile::read_with`]); `None`
+    /// when there is none.
     pub fn read(&self) -> io::Result<Option<Stored>> {
-        let Some(mut file) = self.open()? else {
-            return Ok(None);
-        };
         // Sized from the file: growing the buffer by doubling held up to
-        // twice the snapshot (hundreds of MB at a million jobs) on start.
-        let size = file.metadata()?.len();
-        let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(io::Error::other)?);
-        file.read_to_end(&mut bytes)?;
-        let corrupt = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {what}", self.path.display()),
-            )
+        // twice the snapshot (hundreds of MB at a million jobs).
+        let size = match fs::metadata(&self.path) {
+            Ok(m) => usize::try_from(m.len()).map_err(io::Error::other)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let Some((body, stored_crc)) = bytes.split_last_chunk::<4>() else {
-            return Err(corrupt("shorter than its header"));
+        let read_data = |format: Format, input: &mut dyn Read| {
+            let mut data = Vec::with_capacity(size);
+            input.read_to_end(&mut data)?;
+            Ok((format, data))
         };
-        if crc32fast::hash(body) != u32::from_le_bytes(*stored_crc) {
-            return Err(corrupt("checksum mismatch"));
-        }
-        let mut reader = body;
-        let (meta, data_len, format) = read_header(&mut reader).map_err(|e| corrupt(&e.to_string()))?;
-        if reader.len() as u64 != data_len {
-            return Err(corrupt(&format!(
-                "{} data bytes, header says {data_len}",
-                reader.len()
-            )));
-        }
-        // Keep the data in the buffer it was read into (a copy would hold
-        // the snapshot twice: hundreds of MB at a million jobs).
-        let (body_len, header_len) = (body.len(), body.len() - reader.len());
-        bytes.truncate(body_len);
-        bytes.drain(..header_len);
-        Ok(Some(Stored {
-            meta,
-            data: bytes,
-            format,
-        }))
+        Ok(self
+            .read_with(read_data)?
+            .map(|(meta, (format, data))| Stored { meta, data, format }))
     }
 
     /// The stored snapshot's meta and what `decode` makes of its data,

@@ -168,8 +168,10 @@ impl StateMachineStore {
     }
 
     /// The stored snapshot's state, decoded as the file is read (see
-    /// [`SnapshotFile::read_with`]); if that decode fails, from the whole
-    /// file read at once, which reports what is wrong with it.
+    /// [`SnapshotFile::read_with`]); if that fails, decoded from the whole
+    /// file read at once, which has no limit on the length of one string
+    /// (the streamed decode's scratch buffer has) and otherwise reports
+    /// the same damage.
     fn load_snapshot(&self) -> Result<Option<(Meta, State)>> {
         match self.snapshot_file.read_with(decode_streamed) {
             Ok(loaded) => Ok(loaded),
