@@ -1,6 +1,8 @@
 //! Compiles `proto/kairos/v1/*.proto` into Rust (prost + tonic) and generates the
-//! protobuf JSON mapping (pbjson) used by `kairos -o json`. protoc comes from
-//! `protoc-bin-vendored`, so a fresh machine needs nothing installed.
+//! protobuf JSON mapping (pbjson) used by `kairos -o json`. Well-known types
+//! come from `pbjson_types`, except `Timestamp` (`src/proto/timestamp.rs`).
+//! protoc comes from `protoc-bin-vendored`, so a fresh machine needs nothing
+//! installed.
 
 use std::path::PathBuf;
 
@@ -21,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
+        // pbjson-types prints timestamps as `…+00:00`; ours prints the
+        // canonical `…Z` (see src/proto/timestamp.rs).
+        .extern_path(".google.protobuf.Timestamp", "crate::proto::Timestamp")
         .compile_protos(&protos, &["proto"])?;
 
     let descriptors = std::fs::read(&descriptor_path)?;

@@ -280,6 +280,11 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     let printed: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(printed["id"], "cli-job");
     assert_eq!(printed["status"], "JOB_STATUS_ACTIVE");
+    // Timestamps in the canonical protobuf JSON form: UTC with a `Z`.
+    for field in ["createdAt", "updatedAt", "nextRun"] {
+        let text = printed[field].as_str().unwrap_or_default();
+        assert!(text.ends_with('Z') && !text.contains('+'), "{field}: {text:?}");
+    }
     // `run watch` from the beginning: each triggered run once, in position
     // order, one JSON object per line, past a dead endpoint listed first.
     for _ in 0..2 {

@@ -387,7 +387,7 @@ async fn trigger_and_finish(
     finished
 }
 
-fn ms(t: &Option<pbjson_types::Timestamp>) -> i64 {
+fn ms(t: &Option<pb::Timestamp>) -> i64 {
     kairos::api::convert::timestamp_ms(t.as_ref().expect("timestamp set"))
 }
 

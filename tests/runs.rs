@@ -184,11 +184,11 @@ async fn trigger_backfill_describe_and_cancel() {
         run.idempotency_key
     );
 
-    let start = pbjson_types::Timestamp {
+    let start = pb::Timestamp {
         seconds: 1_767_225_600,
         nanos: 0,
     }; // 2026-01-01T00:00Z
-    let end = pbjson_types::Timestamp {
+    let end = pb::Timestamp {
         seconds: 1_767_225_600 + 3 * 3600,
         nanos: 0,
     };

@@ -7,10 +7,11 @@
 //! [`crate::scheduler::validate`], which runs right after. Unset policy fields
 //! (zero, unspecified) take the defaults of DESIGN.md.
 
-use pbjson_types::{Duration as PbDuration, Timestamp as PbTimestamp};
+use pbjson_types::Duration as PbDuration;
 
 use crate::error::{Error, Result};
 use crate::proto as pb;
+use crate::proto::Timestamp as PbTimestamp;
 use crate::scheduler::job::{Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts};
 use crate::scheduler::run::{JobCounters, RunCause};
 use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, Run, RunStatus, ScheduleSpec};

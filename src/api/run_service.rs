@@ -22,7 +22,7 @@ const DESCRIBE_NEXT_FIRES: usize = 10;
 /// Runs shown by `DescribeJob`.
 const DESCRIBE_RECENT_RUNS: usize = 10;
 
-fn required_time(t: Option<pbjson_types::Timestamp>, field: &str) -> Result<i64, Status> {
+fn required_time(t: Option<pb::Timestamp>, field: &str) -> Result<i64, Status> {
     t.map(|t| timestamp_ms(&t))
         .ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
 }

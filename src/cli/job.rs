@@ -335,7 +335,7 @@ fn fresh_request_id() -> String {
     format!("cli-{}-{now:x}", std::process::id())
 }
 
-fn time(t: &Option<pbjson_types::Timestamp>) -> String {
+fn time(t: &Option<pb::Timestamp>) -> String {
     output::timestamp(t, chrono::SecondsFormat::Secs)
 }
 

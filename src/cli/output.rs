@@ -53,7 +53,7 @@ pub fn print<T: Serialize>(output: Output, value: &T, as_table: impl FnOnce(&T))
 }
 
 /// A protobuf timestamp as RFC 3339 in UTC at `precision`, or `-` when unset.
-pub fn timestamp(t: &Option<pbjson_types::Timestamp>, precision: SecondsFormat) -> String {
+pub fn timestamp(t: &Option<crate::proto::Timestamp>, precision: SecondsFormat) -> String {
     t.as_ref()
         .and_then(|t| DateTime::<Utc>::from_timestamp_millis(crate::api::convert::timestamp_ms(t)))
         .map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(precision, true))

@@ -198,7 +198,7 @@ enum RunStatusArg {
     Skipped,
 }
 
-fn time(t: &Option<pbjson_types::Timestamp>) -> String {
+fn time(t: &Option<pb::Timestamp>) -> String {
     output::timestamp(t, chrono::SecondsFormat::Millis)
 }
 

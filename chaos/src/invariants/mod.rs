@@ -50,6 +50,6 @@ pub fn rfc3339(unix_ms: i64) -> String {
 }
 
 /// A protobuf timestamp as Unix ms (0 when unset).
-pub fn unix_ms(t: &Option<pbjson_types::Timestamp>) -> i64 {
+pub fn unix_ms(t: &Option<kairos::proto::Timestamp>) -> i64 {
     t.as_ref().map_or(0, kairos::api::convert::timestamp_ms)
 }
