@@ -339,6 +339,32 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     );
 }
 
+/// A reader that stops early (`kairos ... | head -1`) ends the CLI quietly:
+/// status 0, nothing on stderr (it used to panic with status 101).
+#[test]
+fn cli_output_into_a_closed_pipe_ends_quietly() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    // 100,000 lines are megabytes: far more than the pipe holds, so the CLI
+    // is still writing when the reader goes.
+    let mut child = Command::new(KAIROS)
+        .args(["cron", "next", "* * * * *", "--count", "100000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader was dropped with the BufReader: the pipe is closed.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(first.ends_with(":00Z\n"), "{first:?}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(KAIROS)
         .arg("--endpoints")

@@ -39,9 +39,10 @@ fn print_status(status: &pb::ClusterStatus) {
     } else {
         status.leader_id.to_string()
     };
-    println!(
+    output::outln!(
         "leader: {leader}   term: {}   (answered by node {})",
-        status.term, status.answered_by
+        status.term,
+        status.answered_by
     );
     let rows: Vec<Vec<String>> = status
         .nodes

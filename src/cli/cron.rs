@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::output::outln;
 use crate::scheduler::{Schedule, ScheduleSpec};
 
 /// `kairos cron`.
@@ -76,7 +77,7 @@ pub fn run(cmd: CronCommand) -> anyhow::Result<()> {
                 anyhow::bail!("{expr:?} has no fire time after the given instant");
             }
             for t in times {
-                println!("{t}");
+                outln!("{t}");
             }
             Ok(())
         }

@@ -503,7 +503,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                     &rows,
                 );
                 if !all.next_page_token.is_empty() {
-                    println!("next page token: {}", all.next_page_token);
+                    output::outln!("next page token: {}", all.next_page_token);
                 }
             })
         }
@@ -539,7 +539,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(fail)?;
-            output::print(out, &reply, |_| println!("deleted {id}"))
+            output::print(out, &reply, |_| output::outln!("deleted {id}"))
         }
         JobAction::Pause { id } => {
             let req = pb::PauseJobRequest { id };
@@ -591,12 +591,12 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 .map_err(fail)?;
             output::print(out, &reply, |r| {
                 for t in &r.nominal_times {
-                    println!("{}", time(&Some(*t)));
+                    output::outln!("{}", time(&Some(*t)));
                 }
                 if dry_run {
-                    println!("{} fire times (dry run: nothing created)", r.nominal_times.len());
+                    output::outln!("{} fire times (dry run: nothing created)", r.nominal_times.len());
                 } else {
-                    println!(
+                    output::outln!(
                         "{} runs created, {} already present",
                         r.run_ids.len(),
                         r.already_present
@@ -617,12 +617,12 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                     print_job(job);
                 }
                 let c = d.counters.unwrap_or_default();
-                println!(
+                output::outln!(
                     "counters: created {} succeeded {} failed {} timed_out {} cancelled {} skipped {} missed {} retries {}",
                     c.runs_created, c.succeeded, c.failed, c.timed_out, c.cancelled, c.skipped, c.missed, c.retries
                 );
                 let next: Vec<String> = d.next_fire_times.iter().map(|t| time(&Some(*t))).collect();
-                println!(
+                output::outln!(
                     "next fires: {}",
                     if next.is_empty() {
                         "-".into()
@@ -630,7 +630,7 @@ pub async fn run(cmd: JobCommand, args: &ClientArgs) -> anyhow::Result<()> {
                         next.join(", ")
                     }
                 );
-                println!("recent runs:");
+                output::outln!("recent runs:");
                 super::run::print_runs(&d.recent_runs);
             })
         }

@@ -1,13 +1,50 @@
 //! Printing results: aligned tables for people, protobuf JSON for programs.
+//!
+//! Every line of a client command's output goes through [`outln!`], not
+//! `println!`: `println!` panics (exit 101, a panic message on stderr) when
+//! stdout's reader has gone, as in `kairos job list | head -1`. [`outln!`]
+//! ends the process quietly with status 0 then, as a program whose reader
+//! stopped reading has nothing left to do. The process keeps ignoring SIGPIPE
+//! (Rust's default): restoring the default action would make the reader's
+//! exit quiet too, but would also kill the CLI on a write to a gRPC socket the
+//! server reset (h2 writes with `writev`, which raises SIGPIPE), where it should
+//! report the error or try the next endpoint; and `kairos agent` and
+//! `kairos dev` must not die on a closed socket at all.
+
+use std::fmt;
+use std::io::{self, Write};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::client::Output;
 
+/// `println!` for command output: see [`write_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
+/// Writes `line` and a newline to stdout. When stdout's reader has gone, ends
+/// the process with status 0 and says nothing; any other write error (a full
+/// disk) ends it with one line on stderr and status 1.
+pub fn write_line(line: fmt::Arguments<'_>) {
+    let written = writeln!(io::stdout().lock(), "{line}");
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(io::stderr(), "error: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Prints `value` as pretty protobuf JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -25,7 +62,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -37,7 +74,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
 pub fn fields(pairs: &[(&str, String)]) {
     let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     for (key, value) in pairs {
-        println!("{:<width$} {value}", format!("{key}:"));
+        outln!("{:<width$} {value}", format!("{key}:"));
     }
 }
 

@@ -99,9 +99,15 @@ async fn watch(
     let mut failures = 0usize;
     let mut next = 0usize;
     if output == Output::Table {
-        println!(
+        output::outln!(
             "{:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {:<5} ERROR",
-            "POSITION", "RUN", "JOB", "NOMINAL", "STATUS", "ATTEMPT", "NODE"
+            "POSITION",
+            "RUN",
+            "JOB",
+            "NOMINAL",
+            "STATUS",
+            "ATTEMPT",
+            "NODE"
         );
     }
     loop {
@@ -158,7 +164,7 @@ async fn watch(
 
 fn print_event(output: Output, event: &pb::RunEvent, run: &pb::Run) -> anyhow::Result<()> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string(event)?),
+        Output::Json => output::outln!("{}", serde_json::to_string(event)?),
         Output::Table => {
             let position = event
                 .position
@@ -170,7 +176,7 @@ fn print_event(output: Output, event: &pb::RunEvent, run: &pb::Run) -> anyhow::R
                 run.node_id.to_string()
             };
             let error: String = run.error.lines().next().unwrap_or("").chars().take(60).collect();
-            println!(
+            output::outln!(
                 "{position:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {node:<5} {error}",
                 run.id,
                 run.job_id,
