@@ -191,8 +191,9 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
         "{err:?}"
     );
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     let garbage = send_garbage(&cluster.node(follower).grpc).await;
-    assert_ne!(garbage, Code::Ok);
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
     assert_eq!(
         job_count(&cluster, follower).await,
         before,
@@ -374,8 +375,67 @@ fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Sends bytes that are not a `CreateJobRequest` to `CreateJob` and returns the status code.
-async fn send_garbage(addr: &str) -> Code {
+/// A request over the size limit is `RESOURCE_EXHAUSTED` naming the limit,
+/// bytes that do not decode are `INVALID_ARGUMENT` naming what failed, the
+/// refusal is logged with the peer's address, and the node serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_undecodable_requests_are_the_clients_errors() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.wait_ready(READY).await;
+    let mut jobs = cluster.jobs(1).await;
+    let mut huge = job("huge");
+    huge.payload = vec![b' '; 2 << 20];
+    let err = jobs
+        .create_job(pb::CreateJobRequest {
+            job: Some(huge),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let message = err.message();
+    assert!(message.starts_with("request is 20971"), "{message}");
+    assert!(
+        message.contains("this API accepts at most 2097152 bytes per message")
+            && message.contains("a job's payload may be at most 1048576 bytes"),
+        "{message}"
+    );
+
+    let garbage = send_garbage(&cluster.node(1).grpc).await;
+    assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
+    assert!(
+        garbage
+            .message()
+            .starts_with("request to /kairos.v1.JobService/CreateJob does not decode: failed to decode Protobuf message: CreateJobRequest.job: "),
+        "{garbage:?}"
+    );
+    // Logged at warn with the peer's address (the log is written before the reply).
+    let log = cluster.log(1);
+    let line = log
+        .lines()
+        .find(|l| l.contains("refused an oversized or undecodable request"))
+        .unwrap_or_else(|| panic!("no warn line in {log}"));
+    assert!(
+        line.contains("WARN") && line.contains("peer=127.0.0.1:"),
+        "{line}"
+    );
+
+    // The node lives on and serves.
+    let created = jobs
+        .create_job(pb::CreateJobRequest {
+            job: Some(job("after")),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.id, "after");
+    assert_eq!(job_count(&cluster, 1).await, 1);
+}
+
+/// Sends bytes that are not a `CreateJobRequest` to `CreateJob` and returns
+/// the answer's status (`Code::Ok` if it was accepted).
+async fn send_garbage(addr: &str) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -391,7 +451,7 @@ async fn send_garbage(addr: &str) -> Code {
     let path = http::uri::PathAndQuery::from_static("/kairos.v1.JobService/CreateJob");
     let codec = tonic_prost::ProstCodec::<pb::RaftPayload, pb::RaftPayload>::default();
     match grpc.unary(tonic::Request::new(message), path, codec).await {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
     }
 }

@@ -5,9 +5,11 @@
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
 //! here ([`to_status`]). A refused write never reaches the Raft log.
 //!
-//! Limits: a job message may be at most [`MAX_API_MESSAGE_BYTES`] (the payload
-//! limit plus room for the rest); tonic refuses larger or malformed messages
-//! with an error status before any handler runs, so they cannot crash a node.
+//! Limits: a request to the public services may be at most
+//! [`MAX_API_MESSAGE_BYTES`] (a job's payload limit plus room for the rest).
+//! tonic refuses larger or malformed messages before any handler runs, so
+//! they cannot crash a node; [`wire_errors`] turns its statuses into
+//! `RESOURCE_EXHAUSTED` and `INVALID_ARGUMENT` naming the limit or the field.
 
 pub mod cluster_service;
 pub mod convert;
@@ -15,6 +17,7 @@ pub mod job_service;
 pub mod raft_service;
 pub mod run_service;
 pub mod watch;
+pub mod wire_errors;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -35,8 +38,10 @@ use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use wire_errors::WireErrorsLayer;
 
-/// Largest accepted client message, bytes (1 MiB payload + 1 MiB for the rest).
+/// Largest accepted request to `JobService`, `RunService` and
+/// `ClusterService`, bytes (1 MiB payload + 1 MiB for the rest).
 pub const MAX_API_MESSAGE_BYTES: usize = 2 << 20;
 /// gRPC metadata key naming the caller (until RBAC lands).
 pub const PRINCIPAL_HEADER: &str = "x-kairos-principal";
@@ -51,6 +56,7 @@ pub async fn serve(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let wire_errors = WireErrorsLayer::new(metrics.clone());
     let api = Api {
         node: node.clone(),
         metrics,
@@ -59,13 +65,14 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(wire_errors)
         .add_service(
             JobServiceServer::new(api.clone())
                 .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
         )
-        .add_service(RunServiceServer::new(api.clone()))
-        .add_service(ClusterServiceServer::new(api))
+        .add_service(RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(ClusterServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(
             RaftServiceServer::new(raft_service::PeerApi { node })
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
