@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{job, TestCluster, KAIROS};
+use kairos::api::convert::{ms_timestamp, timestamp_ms};
 use kairos::proto as pb;
 use tonic::Code;
 
@@ -431,6 +432,100 @@ async fn oversized_and_undecodable_requests_are_the_clients_errors() {
         .into_inner();
     assert_eq!(created.id, "after");
     assert_eq!(job_count(&cluster, 1).await, 1);
+}
+
+/// A one-shot time in the past is refused and stores nothing; one a few
+/// seconds ahead is created and fires, and afterwards a repeat of its create
+/// (same request id) still gets the job, and an update that re-sends the
+/// stored time passes while one that sets another past time does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_time_in_the_past_is_refused() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.wait_ready(READY).await;
+    let mut jobs = cluster.jobs(1).await;
+    let one_shot = |id: &str, at_ms: i64| pb::ScheduledJob {
+        schedule_spec: Some(pb::ScheduleSpec {
+            kind: Some(pb::schedule_spec::Kind::At(ms_timestamp(at_ms))),
+        }),
+        ..job(id)
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let err = jobs
+        .create_job(pb::CreateJobRequest {
+            job: Some(one_shot("late", now - 60_000)),
+            request_id: "late".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let message = err.message();
+    assert!(
+        message.starts_with("schedule.at: ")
+            && message.contains("is not in the future (now is ")
+            && message.contains("kairos job trigger"),
+        "{message}"
+    );
+    assert_eq!(job_count(&cluster, 1).await, 0, "a refused create stores nothing");
+
+    let at = now + 2_000;
+    let create = pb::CreateJobRequest {
+        job: Some(one_shot("soon", at)),
+        request_id: "soon".into(),
+    };
+    let created = jobs.create_job(create.clone()).await.unwrap().into_inner();
+    assert_eq!(created.status, pb::JobStatus::Active as i32);
+    assert_eq!(created.next_run.map(|t| timestamp_ms(&t)), Some(at));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let fired = loop {
+        let current = jobs
+            .get_job(pb::GetJobRequest {
+                id: "soon".into(),
+                consistency: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if current.status == pb::JobStatus::Completed as i32 {
+            break current;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fired: {current:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(fired.last_run.map(|t| timestamp_ms(&t)), Some(at));
+    // The fire was committed up to --fire-ahead-ms early; the repeat must
+    // come when `at` has passed.
+    let until_passed = at + 1 - chrono::Utc::now().timestamp_millis();
+    if until_passed > 0 {
+        tokio::time::sleep(Duration::from_millis(until_passed as u64)).await;
+    }
+
+    let repeated = jobs.create_job(create).await.unwrap().into_inner();
+    assert_eq!((repeated.id.as_str(), repeated.version), ("soon", 1));
+    let err = jobs
+        .update_job(pb::UpdateJobRequest {
+            job: Some(pb::ScheduledJob {
+                version: fired.version,
+                ..one_shot("soon", at - 1_000)
+            }),
+            update_mask: Some(pbjson_types::FieldMask {
+                paths: vec!["schedule_spec".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let resent = jobs
+        .update_job(pb::UpdateJobRequest {
+            job: Some(pb::ScheduledJob {
+                owner_service: "other".into(),
+                ..fired
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resent.owner_service, "other");
 }
 
 /// Sends bytes that are not a `CreateJobRequest` to `CreateJob` and returns

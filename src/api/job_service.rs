@@ -106,6 +106,7 @@ impl JobService for Api {
             validate_request_id(&req.request_id).map_err(to_status)?;
             let spec = spec_from_pb(&job).map_err(to_status)?;
             validate_spec(&spec).map_err(to_status)?;
+            self.check_create_at(&spec, &req.request_id)?;
             self.registry
                 .validate(&spec.job_type, &spec.payload)
                 .map_err(Status::invalid_argument)?;
@@ -185,6 +186,7 @@ impl JobService for Api {
             let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
             let patch = patch_from_pb(&job, &mask).map_err(to_status)?;
             validate_patch(&patch).map_err(to_status)?;
+            self.check_update_at(&job.id, &patch)?;
             self.validate_handler_patch(&job.id, &patch)?;
             let command = Command::UpdateJob {
                 id: job.id,

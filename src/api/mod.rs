@@ -14,6 +14,7 @@
 pub mod cluster_service;
 pub mod convert;
 pub mod job_service;
+mod one_shot;
 pub mod raft_service;
 pub mod run_service;
 pub mod watch;

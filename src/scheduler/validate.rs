@@ -8,8 +8,10 @@
 //! Every message names the field and the problem, e.g.
 //! `id: "a b" contains ' ' (allowed: letters, digits, '.', '_', '-')`.
 
+use chrono::{DateTime, SecondsFormat};
+
 use super::job::{JobPatch, JobSpec, Metadata, Policies, MAX_ID_LEN, MAX_PAYLOAD_BYTES};
-use super::schedule::Schedule;
+use super::schedule::{Schedule, ScheduleSpec};
 use crate::error::{Error, Result};
 
 /// Most labels a job may carry.
@@ -104,6 +106,34 @@ pub fn validate_patch(patch: &JobPatch) -> Result<()> {
         validate_policies(v)?;
     }
     Ok(())
+}
+
+/// Checks that a one-shot `schedule` (`At`) is later than `now_ms`, the clock
+/// of the node taking the request. A time already past would store a job that
+/// is complete at once, without a run and without a missed fire to count.
+///
+/// The API calls this before proposing (`api/one_shot.rs`); `State::apply`
+/// never does, because the replicated core reads no clock: an `at` that
+/// passes while its write is committed is still stored, as a completed job.
+pub fn validate_at_ahead(schedule: &ScheduleSpec, now_ms: i64) -> Result<()> {
+    let ScheduleSpec::At { at_ms } = schedule else {
+        return Ok(());
+    };
+    if *at_ms > now_ms {
+        return Ok(());
+    }
+    let rfc3339 = |ms: i64| {
+        DateTime::from_timestamp_millis(ms).map_or_else(
+            || format!("{ms} ms after the epoch"),
+            |t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        )
+    };
+    Err(invalid(format!(
+        "schedule.at: {} is not in the future (now is {} on this node), so the job would never run; \
+         give a later time, or to run a job now use `kairos job trigger` (TriggerJob)",
+        rfc3339(*at_ms),
+        rfc3339(now_ms)
+    )))
 }
 
 fn validate_type(job_type: &str) -> Result<()> {
@@ -237,7 +267,6 @@ fn validate_policies(p: &Policies) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::job::ScheduleSpec;
 
     fn spec() -> JobSpec {
         JobSpec {
@@ -356,6 +385,39 @@ mod tests {
             paused: Some(true),
             ..Default::default()
         })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_one_shot_must_be_after_now() {
+        // 2026-01-01T09:30:00Z.
+        let now = 1_767_259_800_000;
+        let at = |at_ms| ScheduleSpec::At { at_ms };
+        validate_at_ahead(&at(now + 1), now).unwrap();
+        for past in [now, now - 1, 0, -1] {
+            assert!(validate_at_ahead(&at(past), now).is_err(), "{past}");
+        }
+        let m = message(validate_at_ahead(&at(now - 60_000), now));
+        assert_eq!(
+            m,
+            "schedule.at: 2026-01-01T09:29:00Z is not in the future (now is 2026-01-01T09:30:00Z \
+             on this node), so the job would never run; give a later time, or to run a job now \
+             use `kairos job trigger` (TriggerJob)"
+        );
+        let m = message(validate_at_ahead(&at(now), now + 250));
+        assert!(
+            m.contains("(now is 2026-01-01T09:30:00.250Z on this node)"),
+            "{m}"
+        );
+        // Other schedules have no "past".
+        validate_at_ahead(&spec().schedule, now).unwrap();
+        validate_at_ahead(
+            &ScheduleSpec::Every {
+                interval_ms: 60_000,
+                phase_ms: 0,
+            },
+            now,
+        )
         .unwrap();
     }
 }
