@@ -367,6 +367,36 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(stderr, "");
 }
 
+/// clap's usage errors are one line on stderr too (exit code 2), naming
+/// the problem and the usage; `--help` still prints the whole help.
+#[test]
+fn cli_usage_errors_are_one_line() {
+    let run = |args: &[&str]| std::process::Command::new(KAIROS).args(args).output().unwrap();
+    for (args, want) in [
+        (
+            &["job", "create"][..],
+            "error: the following required arguments were not provided: <ID> (usage: kairos job create <ID>; try '--help')",
+        ),
+        (
+            &["job", "create", "x", "--typ", "noop"][..],
+            "error: unexpected argument '--typ' found; tip: a similar argument exists: '--type' \
+             (usage: kairos job create --type <JOB_TYPE> <ID>; try '--help')",
+        ),
+        (
+            &["job", "list", "-o", "yaml"][..],
+            "error: invalid value 'yaml' for '--output <OUTPUT>' [possible values: table, json] (try '--help')",
+        ),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("{want}\n"), "{args:?}");
+    }
+    let help = run(&["job", "create", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).lines().count() > 10);
+}
+
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(KAIROS)
         .arg("--endpoints")
