@@ -177,6 +177,7 @@ impl Node {
     /// Opens storage, starts Raft and bootstraps a new cluster if asked to.
     pub async fn start(options: &NodeOptions) -> Result<Arc<Node>> {
         let (log_store, state_machine) = open_storage(&options.data_dir)?;
+        log_store.resign_leadership(options.id)?;
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();

@@ -15,6 +15,9 @@
 //!   its entries while its own sync runs (openraft is patched to count
 //!   itself in the quorum only when the report comes, see
 //!   `third_party/README.md`); a follower still answers only after it.
+//!   So the leader may lose, in a crash, entries its followers hold: a
+//!   restarted node therefore never resumes the term it led
+//!   ([`LogStore::resign_leadership`]) and must win a new one.
 //! - The log has no holes: entries arrive in order, `truncate` removes a suffix,
 //!   `purge` a prefix, and `last_purged` is written before the prefix is removed
 //!   so a crash in between leaves a consistent (if longer) log.
@@ -150,6 +153,41 @@ impl LogStore {
     /// A shared handle to the committed index, updated as openraft saves it.
     pub fn committed_handle(&self) -> Arc<AtomicU64> {
         self.committed.clone()
+    }
+
+    /// Makes a restarted node give up the term it led before it stopped: a
+    /// stored committed vote for itself (`id`) is stored back, durably, as
+    /// an uncommitted one. Call it once on start, before Raft opens the store.
+    ///
+    /// openraft 0.9 resumes leadership at start when its stored vote is a
+    /// committed one for itself, and then appends new entries in that same
+    /// term. That is safe only if the leader's log holds every entry it ever
+    /// sent, and with the leader writing its log in parallel with replicating
+    /// it (see `third_party/README.md`) it may not: entries a majority of
+    /// followers made durable can still have been in the leader's unflushed
+    /// buffers when it was killed. Resuming the term, it would write other
+    /// entries at those `(term, index)` positions, which the followers take
+    /// for the ones they hold — replicas diverge (seen in a chaos round:
+    /// after a full restart, the old leader re-issued index 454 of term 15,
+    /// and two runs of different jobs got one run id). With the vote
+    /// uncommitted it starts as a follower and must win a new term, whose
+    /// entries cannot be mistaken for older ones, and a follower holding the
+    /// entries it lost wins that election instead.
+    pub fn resign_leadership(&self, id: NodeId) -> Result<()> {
+        let stored: Option<Vote<NodeId>> = self.read_meta(VOTE_KEY).map_err(Error::internal)?;
+        let Some(vote) = stored.filter(|v| v.committed && v.leader_id.voted_for() == Some(id)) else {
+            return Ok(());
+        };
+        let term = vote.leader_id.term;
+        self.write_meta(VOTE_KEY, &Vote::new(term, id))
+            .map_err(Error::internal)?;
+        self.disk.sync().map_err(Error::internal)?;
+        tracing::info!(
+            node = id,
+            term,
+            "led term {term} before this start: a new term must be won first"
+        );
+        Ok(())
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -308,6 +346,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_leader_does_not_resume_its_term_and_other_votes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || LogStore::open(Disk::open(&dir.path().join("sled")).unwrap()).unwrap();
+        let mut store = open();
+        store.save_vote(&Vote::new_committed(7, 1)).await.unwrap();
+        store.resign_leadership(1).unwrap();
+        drop(store);
+        let mut store = open();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(7, 1)));
+
+        // A vote for another node, or an uncommitted one, stays as it is.
+        for vote in [Vote::new_committed(8, 2), Vote::new(9, 1)] {
+            store.save_vote(&vote).await.unwrap();
+            store.resign_leadership(1).unwrap();
+            assert_eq!(store.read_vote().await.unwrap(), Some(vote));
+        }
+    }
 
     #[test]
     fn log_keys_sort_like_indexes() {
