@@ -73,6 +73,9 @@ mod tests {
         assert_eq!(clean("a<b>&\"c'\u{1}\td"), "a<b>&\"c' d");
         let markup = titled(rect(0.04, 1.25, 2.0, 3.0), "a<b>&\u{1}").to_string();
         assert!(markup.contains("<title>a&lt;b&gt;&amp;</title>"), "{markup}");
-        assert!(markup.contains(r#"x="0""#) && markup.contains(r#"y="1.3""#), "{markup}");
+        assert!(
+            markup.contains(r#"x="0""#) && markup.contains(r#"y="1.3""#),
+            "{markup}"
+        );
     }
 }

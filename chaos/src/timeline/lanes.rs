@@ -17,7 +17,9 @@ use super::layout::{
     fault_end_ms, fault_label_extent, text_width, tick_step_ms, ticks_ms, Layout, FAULT_ROW_HEIGHT,
     LANE_HEIGHT,
 };
-use super::{seconds, DOWN_FILL, FAULT_FILL, GRID_COLOUR, MUTED_COLOUR, PLOT_LEFT, PLOT_RIGHT, VIOLATION_COLOUR};
+use super::{
+    seconds, DOWN_FILL, FAULT_FILL, GRID_COLOUR, MUTED_COLOUR, PLOT_LEFT, PLOT_RIGHT, VIOLATION_COLOUR,
+};
 use crate::history::{Fault, Role, RoleSample};
 use crate::report::Report;
 
@@ -39,7 +41,11 @@ pub(super) fn draw_time_grid(doc: &mut Document, layout: &Layout) {
             (layout.lanes_top, layout.lanes_bottom),
             (layout.panel_top, layout.panel_bottom),
         ] {
-            doc.append(line(x, top, x, bottom).set("stroke", GRID_COLOUR).set("stroke-width", 1));
+            doc.append(
+                line(x, top, x, bottom)
+                    .set("stroke", GRID_COLOUR)
+                    .set("stroke-width", 1),
+            );
         }
     }
 }
@@ -166,9 +172,13 @@ struct Segment {
 pub(super) fn draw_lanes(doc: &mut Document, layout: &Layout, roles: &[RoleSample]) {
     if layout.nodes.is_empty() {
         doc.append(
-            text(PLOT_LEFT + 8.0, layout.lane_y(0) + 15.0, "no role samples recorded")
-                .set("font-size", 12)
-                .set("fill", MUTED_COLOUR),
+            text(
+                PLOT_LEFT + 8.0,
+                layout.lane_y(0) + 15.0,
+                "no role samples recorded",
+            )
+            .set("font-size", 12)
+            .set("fill", MUTED_COLOUR),
         );
     }
     for (index, &node) in layout.nodes.iter().enumerate() {

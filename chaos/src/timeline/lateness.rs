@@ -119,7 +119,12 @@ fn nice_step(at_least: i64) -> i64 {
 }
 
 /// The panel: heading, frame, ticks, percentile lines, dots and notes.
-pub(super) fn draw_lateness_panel(doc: &mut Document, layout: &Layout, deliveries: &[Delivery], report: &Report) {
+pub(super) fn draw_lateness_panel(
+    doc: &mut Document,
+    layout: &Layout,
+    deliveries: &[Delivery],
+    report: &Report,
+) {
     let scale = LatenessScale::new(report, deliveries);
     draw_panel_heading(doc, layout);
     doc.append(
@@ -136,9 +141,13 @@ pub(super) fn draw_lateness_panel(doc: &mut Document, layout: &Layout, deliverie
     draw_percentile_lines(doc, layout, &scale, report);
     if deliveries.is_empty() {
         doc.append(
-            text(PLOT_LEFT + 8.0, layout.panel_top + 20.0, "no webhook deliveries recorded")
-                .set("font-size", 12)
-                .set("fill", MUTED_COLOUR),
+            text(
+                PLOT_LEFT + 8.0,
+                layout.panel_top + 20.0,
+                "no webhook deliveries recorded",
+            )
+            .set("font-size", 12)
+            .set("fill", MUTED_COLOUR),
         );
         return;
     }
@@ -179,7 +188,11 @@ fn draw_lateness_ticks(doc: &mut Document, layout: &Layout, scale: &LatenessScal
         }
         drawn.push(y);
         let stroke = if value == 0 { "#999" } else { GRID_COLOUR };
-        doc.append(line(PLOT_LEFT, y, PLOT_RIGHT, y).set("stroke", stroke).set("stroke-width", 1));
+        doc.append(
+            line(PLOT_LEFT, y, PLOT_RIGHT, y)
+                .set("stroke", stroke)
+                .set("stroke-width", 1),
+        );
         doc.append(
             text(PLOT_LEFT - 6.0, y + 3.5, &format!("{value} ms"))
                 .set("font-size", 10)
@@ -222,7 +235,13 @@ fn every_kth<'a>(items: &[&'a Delivery], max: usize) -> Vec<&'a Delivery> {
     items.iter().step_by(k).copied().collect()
 }
 
-fn draw_points(doc: &mut Document, layout: &Layout, scale: &LatenessScale, points: &[&Delivery], colour: &str) {
+fn draw_points(
+    doc: &mut Document,
+    layout: &Layout,
+    scale: &LatenessScale,
+    points: &[&Delivery],
+    colour: &str,
+) {
     for delivery in points {
         let x = layout.x(delivery.t_ms);
         let y = lateness_y(layout, scale, delivery.lateness_ms);
@@ -231,7 +250,13 @@ fn draw_points(doc: &mut Document, layout: &Layout, scale: &LatenessScale, point
 }
 
 /// A note above the panel's right corner on clamping and sampling.
-fn draw_panel_note(doc: &mut Document, layout: &Layout, deliveries: &[Delivery], clamped: usize, drawn: usize) {
+fn draw_panel_note(
+    doc: &mut Document,
+    layout: &Layout,
+    deliveries: &[Delivery],
+    clamped: usize,
+    drawn: usize,
+) {
     let mut notes = Vec::new();
     if clamped > 0 {
         let worst = deliveries.iter().map(|d| d.lateness_ms).max().unwrap_or(0);

@@ -160,7 +160,11 @@ pub(super) mod tests {
         doc.descendants()
             .filter(|n| n.tag_name().name() == tag)
             .map(|n| {
-                let text: String = n.descendants().filter(|d| d.is_text()).filter_map(|d| d.text()).collect();
+                let text: String = n
+                    .descendants()
+                    .filter(|d| d.is_text())
+                    .filter_map(|d| d.text())
+                    .collect();
                 text.split_whitespace().collect::<Vec<_>>().join(" ")
             })
             .collect()
@@ -266,8 +270,14 @@ pub(super) mod tests {
         assert!(svg.starts_with("<svg"));
         assert!(svg.trim_end().ends_with("</svg>"));
         let texts = texts_of(&svg, "text");
-        assert!(texts.contains(&"no data: the history is empty".to_string()), "{texts:?}");
-        assert!(texts.iter().any(|t| t.starts_with("kairos-chaos seed 0 ")), "{texts:?}");
+        assert!(
+            texts.contains(&"no data: the history is empty".to_string()),
+            "{texts:?}"
+        );
+        assert!(
+            texts.iter().any(|t| t.starts_with("kairos-chaos seed 0 ")),
+            "{texts:?}"
+        );
     }
 
     #[test]
@@ -279,7 +289,10 @@ pub(super) mod tests {
         assert!(svg.trim_end().ends_with("</svg>"));
         let texts = texts_of(&svg, "text");
         let has_text = |wanted: &str| texts.iter().any(|t| t == wanted);
-        assert!(has_text("kairos-chaos seed 424242 \u{2014} 3 nodes \u{2014} 1 violations"), "{texts:?}");
+        assert!(
+            has_text("kairos-chaos seed 424242 \u{2014} 3 nodes \u{2014} 1 violations"),
+            "{texts:?}"
+        );
         assert!(svg.contains(VIOLATION_COLOUR));
         for node in ["node 1", "node 2", "node 3"] {
             assert!(has_text(node), "missing lane label {node}");
@@ -289,7 +302,9 @@ pub(super) mod tests {
         assert!(has_text("term 3"), "leader term label missing");
         // Markup in a message is escaped, and reads back as written.
         assert!(svg.contains("&lt;pid 123&gt; &amp; restart"));
-        assert!(has_text("VIOLATION [no_double_fire] job \"job-3\" fired twice <at once> & more"));
+        assert!(has_text(
+            "VIOLATION [no_double_fire] job \"job-3\" fired twice <at once> & more"
+        ));
         assert_eq!(
             svg.matches("<circle").count(),
             100 + LEGEND_DOTS,
@@ -303,14 +318,29 @@ pub(super) mod tests {
         let report = synthetic_report(&history);
         let titles = texts_of(&render_svg(&history, &report), "title");
         let has_title = |wanted: &str| titles.iter().any(|t| t == wanted);
-        assert!(has_title("node 1: leader (term 2) 0.0\u{2013}20.0 s"), "{titles:?}");
-        assert!(has_title("node 1: down / no answer (term 3) 20.0\u{2013}30.0 s"), "{titles:?}");
-        assert!(has_title("node 2: leader (term 4) 41.0\u{2013}60.0 s"), "{titles:?}");
-        assert!(has_title("node 3: learner (term 4) 45.0\u{2013}50.0 s"), "{titles:?}");
+        assert!(
+            has_title("node 1: leader (term 2) 0.0\u{2013}20.0 s"),
+            "{titles:?}"
+        );
+        assert!(
+            has_title("node 1: down / no answer (term 3) 20.0\u{2013}30.0 s"),
+            "{titles:?}"
+        );
+        assert!(
+            has_title("node 2: leader (term 4) 41.0\u{2013}60.0 s"),
+            "{titles:?}"
+        );
+        assert!(
+            has_title("node 3: learner (term 4) 45.0\u{2013}50.0 s"),
+            "{titles:?}"
+        );
         let kill = "kill_leader 20.0\u{2013}30.0 s, nodes [1] kill -9 <pid 123> & restart";
         // The band behind the lanes, the band behind the panel, node 1's mark.
         assert_eq!(titles.iter().filter(|t| *t == kill).count(), 3, "{titles:?}");
-        assert!(has_title("slow_links 22.0\u{2013}45.0 s, nodes [] delay 120 ms"), "{titles:?}");
+        assert!(
+            has_title("slow_links 22.0\u{2013}45.0 s, nodes [] delay 120 ms"),
+            "{titles:?}"
+        );
         assert!(has_title("violation of no_double_fire at 25.0 s"), "{titles:?}");
     }
 

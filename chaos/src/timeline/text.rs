@@ -12,8 +12,8 @@ use svg::node::element::{Rectangle, TSpan};
 use svg::{Document, Node};
 
 use super::draw::{dot, rect, text};
-use super::layout::{text_width, FOOTER_LINE_HEIGHT};
 use super::lanes::{fault_mark, role_fill, role_name};
+use super::layout::{text_width, FOOTER_LINE_HEIGHT};
 use super::{
     CLAMPED_COLOUR, FAULT_FILL, MUTED_COLOUR, PLOT_LEFT, POINT_COLOUR, TEXT_COLOUR, VIOLATION_COLOUR, WIDTH,
 };
@@ -53,7 +53,10 @@ fn draw_title(doc: &mut Document, report: &Report, lane_count: usize) {
     } else {
         TEXT_COLOUR
     };
-    let lead = format!("kairos-chaos seed {} \u{2014} {nodes} nodes \u{2014} ", report.seed);
+    let lead = format!(
+        "kairos-chaos seed {} \u{2014} {nodes} nodes \u{2014} ",
+        report.seed
+    );
     doc.append(
         text(TEXT_LEFT, 26.0, &lead)
             .set("font-size", 18)

@@ -20,7 +20,9 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use bollard::models::{ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
 };
@@ -221,7 +223,10 @@ mod tests {
         let nodes = nodes();
         let args = agent_args(&nodes[1], &nodes, "secret", &["--workers".into(), "4".into()]);
         let joined = args.join(" ");
-        assert!(joined.starts_with("agent --node-id 2 --data-dir /data "), "{joined}");
+        assert!(
+            joined.starts_with("agent --node-id 2 --data-dir /data "),
+            "{joined}"
+        );
         assert!(joined.contains("--grpc-addr 172.18.0.12:7101"), "{joined}");
         assert!(joined.contains("--http-addr 172.18.0.12:7201"), "{joined}");
         assert!(joined.contains("--cluster-addr 172.18.0.12:7301"), "{joined}");
@@ -229,7 +234,10 @@ mod tests {
             joined.contains("--initial-cluster 1=172.18.0.11:7101,2=172.18.0.12:7101,3=172.18.0.13:7101"),
             "{joined}"
         );
-        assert!(joined.ends_with("--cluster-cookie secret --workers 4"), "{joined}");
+        assert!(
+            joined.ends_with("--cluster-cookie secret --workers 4"),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -252,7 +260,12 @@ mod tests {
         assert_eq!(host.network_mode.as_deref(), Some("kchaos-r"));
         assert_eq!(host.sysctls.unwrap()["net.ipv4.ip_nonlocal_bind"], "1");
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
-        let address = endpoints["kchaos-r"].ipam_config.as_ref().unwrap().ipv4_address.clone();
+        let address = endpoints["kchaos-r"]
+            .ipam_config
+            .as_ref()
+            .unwrap()
+            .ipv4_address
+            .clone();
         assert_eq!(address.as_deref(), Some("172.18.0.11"));
     }
 }

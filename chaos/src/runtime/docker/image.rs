@@ -44,7 +44,11 @@ enum RootfsEntry {
     /// An empty directory.
     Dir { path: String, mode: u32 },
     /// A copy of the host file `source` (symlinks followed).
-    File { path: String, mode: u32, source: PathBuf },
+    File {
+        path: String,
+        mode: u32,
+        source: PathBuf,
+    },
 }
 
 /// Makes the image `tag` from `binary`, using `work_dir` for the archive.
@@ -97,7 +101,12 @@ async fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         .kill_on_drop(true);
     let output = tokio::time::timeout(DOCKER_TIMEOUT, command.output())
         .await
-        .map_err(|_| anyhow!("`ldd {}` did not finish within {DOCKER_TIMEOUT:?}", binary.display()))?
+        .map_err(|_| {
+            anyhow!(
+                "`ldd {}` did not finish within {DOCKER_TIMEOUT:?}",
+                binary.display()
+            )
+        })?
         .with_context(|| format!("running `ldd {}`", binary.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -105,7 +114,12 @@ async fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     }
     if !output.status.success() {
-        bail!("`ldd {}` failed ({}): {}", binary.display(), output.status, stderr.trim());
+        bail!(
+            "`ldd {}` failed ({}): {}",
+            binary.display(),
+            output.status,
+            stderr.trim()
+        );
     }
     parse_ldd(&stdout)
 }
@@ -159,7 +173,10 @@ fn rootfs_entries(binary: &Path, libraries: &[PathBuf]) -> Vec<RootfsEntry> {
     // Parents sort before their children.
     let mut entries: Vec<RootfsEntry> = dirs
         .into_iter()
-        .map(|path| RootfsEntry::Dir { path, mode: ENTRY_MODE })
+        .map(|path| RootfsEntry::Dir {
+            path,
+            mode: ENTRY_MODE,
+        })
         .collect();
     entries.push(RootfsEntry::Dir {
         path: "tmp".into(),
@@ -314,7 +331,12 @@ mod tests {
             let mut contents = String::new();
             entry.read_to_string(&mut contents).expect("contents");
             let path = entry.path().expect("path").to_string_lossy().into_owned();
-            seen.push((path, header.entry_type().is_dir(), header.mode().unwrap(), contents));
+            seen.push((
+                path,
+                header.entry_type().is_dir(),
+                header.mode().unwrap(),
+                contents,
+            ));
         }
         let expected = [
             ("data", true, 0o755, ""),

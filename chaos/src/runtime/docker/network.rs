@@ -21,8 +21,8 @@ use std::net::Ipv4Addr;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::models::{
-    ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkDisconnectRequest, NetworkInspect,
+    ContainerInspectResponse, EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, NetworkInspect,
 };
 use bollard::Docker;
 
@@ -179,7 +179,10 @@ fn ipv4_config(inspect: &NetworkInspect) -> Result<(Subnet, Ipv4Addr)> {
         };
         return Ok((subnet, gateway));
     }
-    bail!("network {:?} has no IPv4 subnet", inspect.name.as_deref().unwrap_or_default())
+    bail!(
+        "network {:?} has no IPv4 subnet",
+        inspect.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Whether `container` (running or not) is connected to `network`.
@@ -193,7 +196,10 @@ pub(super) async fn is_attached(docker: &Docker, network: &str, container: &str)
 
 /// Whether an inspected container is connected to `network`.
 fn attached_to(inspect: &ContainerInspectResponse, network: &str) -> bool {
-    let networks = inspect.network_settings.as_ref().and_then(|s| s.networks.as_ref());
+    let networks = inspect
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref());
     networks.is_some_and(|networks| networks.contains_key(network))
 }
 
@@ -276,7 +282,10 @@ mod tests {
         assert_eq!(gateway, Ipv4Addr::new(172, 19, 0, 1));
         let no_gateway: NetworkInspect =
             serde_json::from_str(r#"{"IPAM":{"Config":[{"Subnet":"10.9.0.0/24"}]}}"#).expect("answer");
-        assert_eq!(ipv4_config(&no_gateway).expect("config").1, Ipv4Addr::new(10, 9, 0, 1));
+        assert_eq!(
+            ipv4_config(&no_gateway).expect("config").1,
+            Ipv4Addr::new(10, 9, 0, 1)
+        );
         let ipv6_only: NetworkInspect =
             serde_json::from_str(r#"{"IPAM":{"Config":[{"Subnet":"fd00::/64"}]}}"#).expect("answer");
         assert!(ipv4_config(&ipv6_only).is_err());
