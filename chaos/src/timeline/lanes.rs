@@ -344,15 +344,7 @@ fn parse_run_time(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
-        RoleSample {
-            t_ms,
-            node,
-            role,
-            term,
-        }
-    }
+    use crate::timeline::tests::sample;
 
     #[test]
     fn equal_consecutive_roles_merge_and_new_leader_terms_split() {

@@ -170,7 +170,7 @@ pub(super) mod tests {
             .collect()
     }
 
-    fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
+    pub(in crate::timeline) fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
         RoleSample {
             t_ms,
             node,
