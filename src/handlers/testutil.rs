@@ -1,11 +1,15 @@
 //! Test-only support shared by the handler tests: a canned [`RunContext`], a
-//! `(kind, retryable)` view of errors, and a tiny recording HTTP/1.1 server on
-//! 127.0.0.1:0 (hand-written on tokio, so tests need no extra crates).
+//! `(kind, retryable)` view of errors, and a recording HTTP server on
+//! 127.0.0.1:0 (axum) for the `http` handler's tests.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::body::{to_bytes, Body};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -41,58 +45,40 @@ pub(crate) struct Seen {
 }
 
 /// Serves `status` + `body` on 127.0.0.1:0 (status 0: read the request, never answer).
+/// Every request is sent, whole, to the receiver before it is answered.
 pub(crate) async fn serve(status: u16, body: String) -> (String, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let (tx, body) = (tx.clone(), body.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    let mut chunk = [0u8; 4096];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let mut lines = head.split("\r\n");
-                let line = lines.next().unwrap().to_string();
-                let headers: HashMap<String, String> = lines
-                    .filter_map(|l| l.split_once(": "))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
-                    .collect();
-                let len: usize = headers.get("content-length").map_or(0, |v| v.parse().unwrap());
-                while buf.len() < head_end + len {
-                    let mut chunk = [0u8; 4096];
-                    let n = sock.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "client closed mid-body");
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                let req_body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-                let _ = tx.send(Seen {
-                    line,
-                    headers,
-                    body: req_body,
-                });
-                if status == 0 {
-                    return std::future::pending().await;
-                }
-                let resp = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
+    let app = Router::new()
+        .fallback(move |request: Request| record_and_answer(request, tx.clone(), status, body.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
     (base, rx)
+}
+
+/// Records `request` on `seen`, then answers `status` + `body` (status 0: never).
+async fn record_and_answer(
+    request: Request,
+    seen: mpsc::UnboundedSender<Seen>,
+    status: u16,
+    body: String,
+) -> Response {
+    let (parts, request_body) = request.into_parts();
+    let bytes = to_bytes(request_body, usize::MAX).await.unwrap();
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap().to_string()))
+        .collect();
+    let _ = seen.send(Seen {
+        line: format!("{} {} {:?}", parts.method, parts.uri, parts.version),
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    });
+    if status == 0 {
+        return std::future::pending().await;
+    }
+    (StatusCode::from_u16(status).unwrap(), Body::from(body)).into_response()
 }
 
 /// Checks `validate` accepts every `good` payload and rejects every line of
