@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::actors::limits::parse_type_limits;
 use crate::actors::LeaderSettings;
+use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
@@ -135,7 +136,7 @@ pub struct AgentConfig {
     /// Whether test-only job types are registered.
     pub test_handlers: bool,
     /// Peer address rewrites (see [`crate::dial`]).
-    pub dial_map: BTreeMap<String, String>,
+    pub dial_map: DialMap,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -253,7 +254,7 @@ impl AgentConfig {
                 fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
             },
             test_handlers: args.test_handlers.unwrap_or(false),
-            dial_map: crate::dial::parse_dial_map(args.dial_map.as_deref().unwrap_or(""))?,
+            dial_map: DialMap::parse(args.dial_map.as_deref().unwrap_or(""))?,
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
@@ -71,6 +72,8 @@ pub struct NodeOptions {
     pub tuning: RaftTuning,
     /// The worker network (ractor_cluster) address, reported to peers.
     pub cluster_addr: String,
+    /// Where this node dials its peers (see [`crate::dial`]).
+    pub dial_map: Arc<DialMap>,
 }
 
 /// How fresh a read must be.
@@ -148,6 +151,8 @@ pub struct Node {
     startup_commit: u64,
     /// Cached peer clients by address.
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// Where this node dials its peers.
+    dial_map: Arc<DialMap>,
     /// The worker network address, reported in [`NodeReport`].
     cluster_addr: String,
     /// When this process started (Unix ns) and a counter: with the node id,
@@ -185,7 +190,10 @@ impl Node {
         let raft = Raft::new(
             options.id,
             config,
-            PeerNetwork { id: options.id },
+            PeerNetwork {
+                id: options.id,
+                dial_map: options.dial_map.clone(),
+            },
             log_store,
             state_machine,
         )
@@ -202,6 +210,7 @@ impl Node {
             committed,
             startup_commit,
             peers: Mutex::default(),
+            dial_map: options.dial_map.clone(),
             cluster_addr: options.cluster_addr.clone(),
             boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             write_seq: AtomicU64::new(0),
@@ -310,6 +319,11 @@ impl Node {
         }
     }
 
+    /// Where this node dials its peers.
+    pub fn dial_map(&self) -> &DialMap {
+        &self.dial_map
+    }
+
     /// Members of the current membership: id → (gRPC address, is voter).
     pub fn members(&self) -> BTreeMap<NodeId, (String, bool)> {
         let m = self.raft.metrics().borrow().membership_config.clone();
@@ -332,7 +346,8 @@ impl Node {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client = peer_client(addr).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
+        let client =
+            peer_client(addr, &self.dial_map).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }

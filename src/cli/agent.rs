@@ -75,7 +75,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("--http-addr {}", config.http_addr))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
-    crate::dial::install(config.dial_map.clone());
+    if !config.dial_map.is_empty() {
+        tracing::warn!(
+            entries = config.dial_map.len(),
+            "peer addresses are rewritten by --dial-map"
+        );
+    }
     if crate::chaos_switch::duplicate_fires() {
         tracing::error!(
             "{} is set: THIS NODE RUNS EVERY FIRE TWICE (a deliberately broken build for the chaos checker's test)",
@@ -90,6 +95,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
+        dial_map: Arc::new(config.dial_map.clone()),
     };
     let node = Node::start(&options).await?;
     let metrics = Metrics::new();
