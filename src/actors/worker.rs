@@ -248,8 +248,10 @@ impl Actor for WorkerPool {
         myself: ActorRef<WorkerPoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        // The reporter's task outlives the pool until its queue is drained.
-        let (results, _) = ResultReporter::spawn(args.node.clone());
+        // The reporter's task is the node's: it outlives the pool until its
+        // queue is drained, and it stops when the node stops.
+        let node = &args.node;
+        let (results, _) = ResultReporter::spawn(node.clone(), node.tasks(), node.stopping());
         let env = WorkerEnv {
             node: args.node.clone(),
             registry: args.registry,

@@ -97,7 +97,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         cluster_addr: config.cluster_addr.to_string(),
         dial_map: Arc::new(config.dial_map.clone()),
     };
-    let node = Node::start(&options).await?;
+    let node = Node::start(&options, shutdown.clone()).await?;
     let metrics = Metrics::new();
     let (node_server, _) = crate::actors::cluster::start_node_server(
         config.node_id,
@@ -157,7 +157,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     shutdown.cancelled().await;
     // Stop Raft first: whatever waits for a commit (in-flight requests, the
     // leader's timer and dispatcher) then fails at once instead of waiting for
-    // peers that may already be gone. The servers drain meanwhile.
+    // peers that may already be gone. The servers drain meanwhile; the node
+    // waits for its own tasks (batcher, snapshot trigger, result reporter).
     tracing::info!(node = config.node_id, "stopping");
     node.shutdown().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
