@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::worker::PRINCIPAL;
+use super::WORKER_PRINCIPAL;
 use crate::error::Result;
 use crate::node::Node;
 use crate::scheduler::run::AttemptResult;
@@ -63,7 +63,7 @@ pub trait ResultSink: Send + Sync + 'static {
 
 impl ResultSink for Node {
     async fn finish(&self, results: Vec<AttemptResult>) -> Result<Response> {
-        self.write_fenced(PRINCIPAL, Command::FinishAttempts { results })
+        self.write_fenced(WORKER_PRINCIPAL, Command::FinishAttempts { results })
             .await
     }
 }

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::reporter::ResultReporter;
+use super::WORKER_PRINCIPAL;
 use crate::error::Error;
 use crate::handlers::{HandlerError, Registry, RunContext};
 use crate::metrics::Metrics;
@@ -46,8 +47,6 @@ use crate::scheduler::{Command, Response};
 
 /// Most work items a pool queues beyond its busy workers.
 const MAX_QUEUED_ITEMS: usize = 10_000;
-/// Principal recorded for worker proposals (heartbeats here, results by the reporter).
-pub(super) const PRINCIPAL: &str = "kairos-worker";
 
 /// The process group of the worker pool of Raft node `id`.
 pub fn group(id: u64) -> String {
@@ -473,7 +472,7 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             joined = &mut task => break joined,
             _ = beat.tick() => {
                 let command = Command::Heartbeat { run_id: item.run_id, token: item.token };
-                match node.write_fenced(PRINCIPAL, command).await {
+                match node.write_fenced(WORKER_PRINCIPAL, command).await {
                     Ok(Response::Lease { cancelled: true }) => cancel.cancel(),
                     Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
                         tracing::info!(run = item.run_id, "lease lost ({m}); cancelling the attempt");

@@ -3,7 +3,9 @@
 //!
 //! Handlers convert protobuf to domain types ([`convert`]), validate, and call
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
-//! here ([`to_status`]). A refused write never reaches the Raft log.
+//! here ([`to_status`]). A refused write never reaches the Raft log; a query
+//! passes the read barrier and reads the applied state through one helper
+//! ([`read`]).
 //!
 //! Limits: a job message may be at most [`MAX_API_MESSAGE_BYTES`] (the payload
 //! limit plus room for the rest); tonic refuses larger or malformed messages
@@ -13,6 +15,7 @@ pub mod cluster_service;
 pub mod convert;
 pub mod job_service;
 pub mod raft_service;
+pub mod read;
 pub mod run_service;
 pub mod watch;
 
