@@ -121,16 +121,7 @@ async fn report_results<S: ResultSink>(
             }
         }
         last_write = Some(Instant::now());
-        let mut bytes: usize = pending.iter().map(|(r, _)| r.output_tail.len()).sum();
-        while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match incoming.try_recv() {
-                Ok(result) => {
-                    bytes += result.0.output_tail.len();
-                    pending.push(result);
-                }
-                Err(_) => break,
-            }
-        }
+        fill_batch(&mut pending, &mut incoming);
         let batch: Vec<AttemptResult> = pending.iter().map(|(r, _)| r.clone()).collect();
         let Some(written) = shutdown.run_until_cancelled(sink.finish(batch)).await else {
             break;
@@ -149,14 +140,7 @@ async fn report_results<S: ResultSink>(
                 pending.clear();
             }
             Err(e) => {
-                let now = Instant::now();
-                pending.retain(|(result, queued)| {
-                    let keep = now.duration_since(*queued) < REPORT_FOR;
-                    if !keep {
-                        tracing::error!(run = result.run_id, "giving up reporting the result: {e}");
-                    }
-                    keep
-                });
+                give_up_expired(&mut pending, &e);
                 tracing::debug!(
                     results = pending.len(),
                     "results not committed yet ({e}); re-sending"
@@ -180,6 +164,36 @@ async fn report_results<S: ResultSink>(
             "the node is stopping before these results were committed; their leases will expire and retry the attempts"
         );
     }
+}
+
+/// Adds what queued meanwhile to `pending`, up to a batch's bounds.
+fn fill_batch(
+    pending: &mut Vec<(AttemptResult, Instant)>,
+    incoming: &mut mpsc::UnboundedReceiver<(AttemptResult, Instant)>,
+) {
+    let mut bytes: usize = pending.iter().map(|(r, _)| r.output_tail.len()).sum();
+    while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match incoming.try_recv() {
+            Ok(result) => {
+                bytes += result.0.output_tail.len();
+                pending.push(result);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Drops (with an error) the results first queued [`REPORT_FOR`] ago or
+/// earlier; the last write failed with `error`.
+fn give_up_expired(pending: &mut Vec<(AttemptResult, Instant)>, error: &crate::error::Error) {
+    let now = Instant::now();
+    pending.retain(|(result, queued)| {
+        let keep = now.duration_since(*queued) < REPORT_FOR;
+        if !keep {
+            tracing::error!(run = result.run_id, "giving up reporting the result: {error}");
+        }
+        keep
+    });
 }
 
 #[cfg(test)]

@@ -427,14 +427,18 @@ fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
     }
 }
 
-/// Runs one attempt with heartbeats; returns the outcome, the output tail and,
-/// if the handler panicked, the panic message.
-async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, Option<String>) {
-    let failed = |kind: &str, message: String, retryable: bool| AttemptOutcome::Failed {
+/// A failed attempt of `kind`.
+fn failed(kind: &str, message: String, retryable: bool) -> AttemptOutcome {
+    AttemptOutcome::Failed {
         kind: kind.into(),
         message,
         retryable,
-    };
+    }
+}
+
+/// Runs one attempt with heartbeats; returns the outcome, the output tail and,
+/// if the handler panicked, the panic message.
+async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, Option<String>) {
     let (node, registry) = (&env.node, &env.registry);
     let Some(handler) = registry.get(&item.job_type) else {
         let message = format!("no handler for job type {:?} on node {}", item.job_type, node.id);
@@ -488,6 +492,13 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             }
         }
     };
+    outcome(joined)
+}
+
+/// The outcome, output tail and panic message (if any) of a handler's task.
+fn outcome(
+    joined: Result<Result<String, HandlerError>, tokio::task::JoinError>,
+) -> (AttemptOutcome, String, Option<String>) {
     match joined {
         Ok(Ok(output)) => (AttemptOutcome::Succeeded, output, None),
         Ok(Err(HandlerError {
