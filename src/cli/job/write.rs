@@ -124,14 +124,7 @@ pub struct Pause {
 impl Pause {
     /// Sends the request and prints the answer in `out`'s format.
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
-        let req = pb::PauseJobRequest { id: self.id };
-        let job = client
-            .send(&req, |ch, r| async move {
-                JobServiceClient::new(ch).pause_job(r).await
-            })
-            .await
-            .map_err(fail)?;
-        output::print(out, &job, print_job)
+        set_paused(client, out, self.id, true).await
     }
 }
 
@@ -145,13 +138,26 @@ pub struct Resume {
 impl Resume {
     /// Sends the request and prints the answer in `out`'s format.
     pub async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
-        let req = pb::ResumeJobRequest { id: self.id };
-        let job = client
+        set_paused(client, out, self.id, false).await
+    }
+}
+
+/// Pauses or resumes job `id` and prints it as it now is.
+async fn set_paused(client: &Client, out: Output, id: String, paused: bool) -> anyhow::Result<()> {
+    let job = if paused {
+        let req = pb::PauseJobRequest { id };
+        client
+            .send(&req, |ch, r| async move {
+                JobServiceClient::new(ch).pause_job(r).await
+            })
+            .await
+    } else {
+        let req = pb::ResumeJobRequest { id };
+        client
             .send(&req, |ch, r| async move {
                 JobServiceClient::new(ch).resume_job(r).await
             })
             .await
-            .map_err(fail)?;
-        output::print(out, &job, print_job)
-    }
+    };
+    output::print(out, &job.map_err(fail)?, print_job)
 }
