@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::actors::limits::parse_type_limits;
 use crate::actors::LeaderSettings;
+use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
@@ -135,7 +136,7 @@ pub struct AgentConfig {
     /// Whether test-only job types are registered.
     pub test_handlers: bool,
     /// Peer address rewrites (see [`crate::dial`]).
-    pub dial_map: BTreeMap<String, String>,
+    pub dial_map: DialMap,
     /// Log format.
     pub log_format: LogFormat,
     /// Raft timing and compaction.
@@ -169,6 +170,41 @@ pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<NodeId, String>> {
         }
     }
     Ok(members)
+}
+
+/// `--workers`, defaulting to four per CPU core.
+fn workers(given: Option<usize>) -> Result<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = given.unwrap_or(4 * cores);
+    if workers == 0 || workers > 10_000 {
+        return Err(Error::InvalidArgument(format!(
+            "--workers: {workers} is not in 1..=10000"
+        )));
+    }
+    Ok(workers)
+}
+
+/// `--type-limits` (of known job types) and `--fire-ahead-ms`.
+fn leader_settings(type_limits: Option<&str>, fire_ahead_ms: Option<u64>) -> Result<LeaderSettings> {
+    let type_limits = parse_type_limits(type_limits.unwrap_or(""))?;
+    let known = Registry::builtin(true).names();
+    if let Some(unknown) = type_limits.keys().find(|t| !known.contains(&t.as_str())) {
+        return Err(Error::InvalidArgument(format!(
+            "--type-limits: unknown job type {unknown:?} (known: {})",
+            known.join(", ")
+        )));
+    }
+    let fire_ahead_ms = fire_ahead_ms.unwrap_or(LeaderSettings::default().fire_ahead.as_millis() as u64);
+    if fire_ahead_ms > crate::scheduler::MAX_FIRE_AHEAD_MS as u64 {
+        return Err(Error::InvalidArgument(format!(
+            "--fire-ahead-ms: {fire_ahead_ms} is not in 0..={}",
+            crate::scheduler::MAX_FIRE_AHEAD_MS
+        )));
+    }
+    Ok(LeaderSettings {
+        type_limits,
+        fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
+    })
 }
 
 impl AgentConfig {
@@ -207,30 +243,8 @@ impl AgentConfig {
                     "--cluster-cookie: required (the shared secret of the worker network)".into(),
                 )
             })?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = args.workers.unwrap_or(4 * cores);
-        if workers == 0 || workers > 10_000 {
-            return Err(Error::InvalidArgument(format!(
-                "--workers: {workers} is not in 1..=10000"
-            )));
-        }
-        let type_limits = parse_type_limits(args.type_limits.as_deref().unwrap_or(""))?;
-        let known = Registry::builtin(true).names();
-        if let Some(unknown) = type_limits.keys().find(|t| !known.contains(&t.as_str())) {
-            return Err(Error::InvalidArgument(format!(
-                "--type-limits: unknown job type {unknown:?} (known: {})",
-                known.join(", ")
-            )));
-        }
-        let fire_ahead_ms = args
-            .fire_ahead_ms
-            .unwrap_or(LeaderSettings::default().fire_ahead.as_millis() as u64);
-        if fire_ahead_ms > crate::scheduler::MAX_FIRE_AHEAD_MS as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "--fire-ahead-ms: {fire_ahead_ms} is not in 0..={}",
-                crate::scheduler::MAX_FIRE_AHEAD_MS
-            )));
-        }
+        let workers = workers(args.workers)?;
+        let leader = leader_settings(args.type_limits.as_deref(), args.fire_ahead_ms)?;
         let defaults = RaftTuning::default();
         Ok(AgentConfig {
             node_id,
@@ -248,12 +262,9 @@ impl AgentConfig {
             cluster_cookie,
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
-            leader: LeaderSettings {
-                type_limits,
-                fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
-            },
+            leader,
             test_handlers: args.test_handlers.unwrap_or(false),
-            dial_map: crate::dial::parse_dial_map(args.dial_map.as_deref().unwrap_or(""))?,
+            dial_map: DialMap::parse(args.dial_map.as_deref().unwrap_or(""))?,
             log_format: args.log_format.unwrap_or_default(),
             tuning: RaftTuning {
                 heartbeat_ms: args.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

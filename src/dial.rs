@@ -1,4 +1,4 @@
-//! Where this node dials its peers.
+//! Where a node dials its peers.
 //!
 //! A node reaches a peer's Raft service at the gRPC address in the membership
 //! and the peer's worker network at the address the peer reports. A test
@@ -8,49 +8,58 @@
 //! the harness controls. The membership and what peers report are unchanged,
 //! so the map is local to one node and invisible to the others.
 //!
-//! The map is set once at start-up ([`install`]) and read on every dial
-//! ([`resolve`]); without one, addresses are used as they are.
+//! The map is parsed once from the agent's configuration and carried in the
+//! node's options ([`crate::node::NodeOptions::dial_map`]); everything that
+//! dials a peer (the Raft network, the node's forwarding and probe clients,
+//! the worker network's connector) asks the node's map ([`DialMap::resolve`]).
+//! Nothing is process-wide, so two nodes in one process may dial differently.
+//! Without a map, addresses are used as they are.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
 
-static DIAL_MAP: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+/// Peer address rewrites of one node: `from` is dialed at `to`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DialMap {
+    /// Address as peers are known (membership, reports) → address to dial.
+    rewrites: BTreeMap<String, String>,
+}
 
-/// Parses `host:port=host:port,...`.
-pub fn parse_dial_map(value: &str) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || Error::InvalidArgument(format!("--dial-map: {part:?} is not host:port=host:port"));
-        let (from, to) = part.split_once('=').ok_or_else(bad)?;
-        let (from, to) = (from.trim(), to.trim());
-        let is_addr = |a: &str| {
-            a.rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        };
-        if !is_addr(from) || !is_addr(to) {
-            return Err(bad());
+impl DialMap {
+    /// Parses `host:port=host:port,...` (empty: no rewrites).
+    pub fn parse(value: &str) -> Result<DialMap> {
+        let mut rewrites = BTreeMap::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || Error::InvalidArgument(format!("--dial-map: {part:?} is not host:port=host:port"));
+            let (from, to) = part.split_once('=').ok_or_else(bad)?;
+            let (from, to) = (from.trim(), to.trim());
+            let is_addr = |a: &str| {
+                a.rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            };
+            if !is_addr(from) || !is_addr(to) {
+                return Err(bad());
+            }
+            rewrites.insert(from.to_string(), to.to_string());
         }
-        map.insert(from.to_string(), to.to_string());
+        Ok(DialMap { rewrites })
     }
-    Ok(map)
-}
 
-/// Sets this process's dial map; only the first call has an effect.
-pub fn install(map: BTreeMap<String, String>) {
-    if !map.is_empty() {
-        tracing::warn!(entries = map.len(), "peer addresses are rewritten by --dial-map");
+    /// The address to dial to reach `addr`.
+    pub fn resolve<'a>(&'a self, addr: &'a str) -> &'a str {
+        self.rewrites.get(addr).map_or(addr, String::as_str)
     }
-    let _ = DIAL_MAP.set(map);
-}
 
-/// The address to dial to reach `addr`.
-pub fn resolve(addr: &str) -> &str {
-    DIAL_MAP
-        .get()
-        .and_then(|map| map.get(addr))
-        .map_or(addr, String::as_str)
+    /// How many addresses are rewritten.
+    pub fn len(&self) -> usize {
+        self.rewrites.len()
+    }
+
+    /// Whether no address is rewritten.
+    pub fn is_empty(&self) -> bool {
+        self.rewrites.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -59,12 +68,19 @@ mod tests {
 
     #[test]
     fn parses_pairs_and_refuses_garbage() {
-        let map = parse_dial_map("127.0.0.1:7102=127.0.0.1:9102, 127.0.0.1:7302=127.0.0.1:9302").unwrap();
-        assert_eq!(map["127.0.0.1:7102"], "127.0.0.1:9102");
+        let map = DialMap::parse("127.0.0.1:7102=127.0.0.1:9102, 127.0.0.1:7302=127.0.0.1:9302").unwrap();
+        assert_eq!(map.resolve("127.0.0.1:7102"), "127.0.0.1:9102");
         assert_eq!(map.len(), 2);
         for bad in ["127.0.0.1:1", "a=b", "127.0.0.1:1=127.0.0.1", "=127.0.0.1:1"] {
-            let e = parse_dial_map(bad).unwrap_err().to_string();
+            let e = DialMap::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--dial-map"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn an_address_not_in_the_map_is_dialed_as_it_is() {
+        let map = DialMap::parse("127.0.0.1:7102=127.0.0.1:9102").unwrap();
+        assert_eq!(map.resolve("127.0.0.1:7103"), "127.0.0.1:7103");
+        assert_eq!(DialMap::default().resolve("127.0.0.1:7102"), "127.0.0.1:7102");
     }
 }

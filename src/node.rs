@@ -22,6 +22,12 @@
 //! majority is up. A node restarted on its data dir is already initialized and
 //! ignores the flag.
 //!
+//! Tasks: the node owns what it spawns — the write batcher's proposer and
+//! its per-entry tasks, the snapshot trigger ([`crate::raft::snapshot_policy`])
+//! and the result reporter of the local worker pool — in one tracker. They
+//! end when the shutdown signal given to [`Node::start`] is cancelled, and
+//! [`Node::shutdown`] stops Raft and waits for them, bounded.
+//!
 //! IMPLEMENTATION CAVEATS: a forwarded write whose connection breaks after it was
 //! sent has an unknown outcome; it is retried, which is harmless for creates
 //! carrying a `request_id` (the CLI always sends one) and shows up as `ABORTED`
@@ -33,17 +39,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
+use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
-use crate::raft::batcher::{Proposer, WriteBatcher};
+use crate::raft::batcher::WriteBatcher;
 use crate::raft::network::{peer_client, PeerNetwork};
+use crate::raft::proposer::{write_error, RaftProposer};
+use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{decode, encode, open_storage, raft_config, NodeId, Raft, RaftTuning};
 use crate::scheduler::{Command, Request, Response};
@@ -55,6 +66,9 @@ const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded membership change may take: adding a node waits until
 /// it has caught up, which for a large state means shipping a snapshot.
 const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long [`Node::shutdown`] waits for the node's tasks after Raft stopped:
+/// long enough for a batch in flight to fail and the queue to be answered.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// What a node needs to start.
 #[derive(Clone, Debug)]
@@ -71,6 +85,8 @@ pub struct NodeOptions {
     pub tuning: RaftTuning,
     /// The worker network (ractor_cluster) address, reported to peers.
     pub cluster_addr: String,
+    /// Where this node dials its peers (see [`crate::dial`]).
+    pub dial_map: Arc<DialMap>,
 }
 
 /// How fresh a read must be.
@@ -148,6 +164,8 @@ pub struct Node {
     startup_commit: u64,
     /// Cached peer clients by address.
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
+    /// Where this node dials its peers.
+    dial_map: Arc<DialMap>,
     /// The worker network address, reported in [`NodeReport`].
     cluster_addr: String,
     /// When this process started (Unix ns) and a counter: with the node id,
@@ -156,26 +174,18 @@ pub struct Node {
     write_seq: AtomicU64,
     /// Packs the writes this node proposes as leader into shared entries.
     batcher: WriteBatcher,
-}
-
-/// The leader's side of [`WriteBatcher`]: one `client_write`.
-struct RaftProposer {
-    id: NodeId,
-    raft: Raft,
-}
-
-impl Proposer for RaftProposer {
-    async fn propose(&self, request: Request) -> Result<Response> {
-        match self.raft.client_write(request).await {
-            Ok(reply) => reply.data,
-            Err(e) => Err(write_error(self.id, e)),
-        }
-    }
+    /// Every task the node spawns (see [`Node::tasks`]).
+    tasks: TaskTracker,
+    /// Cancelled when the node stops; a child of the signal given to
+    /// [`Node::start`], so the node can also stop on its own.
+    stopping: CancellationToken,
 }
 
 impl Node {
-    /// Opens storage, starts Raft and bootstraps a new cluster if asked to.
-    pub async fn start(options: &NodeOptions) -> Result<Arc<Node>> {
+    /// Opens storage, starts Raft and the node's own tasks, and bootstraps a
+    /// new cluster if asked to. The tasks stop when `shutdown` is cancelled
+    /// or [`Node::shutdown`] is called, which waits for them.
+    pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
         let (log_store, state_machine) = open_storage(&options.data_dir)?;
         log_store.resign_leadership(options.id)?;
         let committed = log_store.committed_handle();
@@ -186,16 +196,29 @@ impl Node {
         let raft = Raft::new(
             options.id,
             config,
-            PeerNetwork { id: options.id },
+            PeerNetwork {
+                id: options.id,
+                dial_map: options.dial_map.clone(),
+            },
             log_store,
             state_machine,
         )
         .await
         .map_err(|e| Error::internal(format!("start raft: {e}")))?;
-        let batcher = WriteBatcher::start(RaftProposer {
+        let (tasks, stopping) = (TaskTracker::new(), shutdown.child_token());
+        let proposer = RaftProposer {
             id: options.id,
             raft: raft.clone(),
-        });
+        };
+        let batcher = WriteBatcher::start(proposer, &tasks, stopping.clone());
+        tasks.spawn(snapshot_by_changes(
+            raft.clone(),
+            changes_since_snapshot,
+            options.tuning.snapshot_logs,
+            options.id,
+            state.clone(),
+            stopping.clone(),
+        ));
         let node = Arc::new(Node {
             id: options.id,
             raft,
@@ -203,19 +226,18 @@ impl Node {
             committed,
             startup_commit,
             peers: Mutex::default(),
+            dial_map: options.dial_map.clone(),
             cluster_addr: options.cluster_addr.clone(),
             boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             write_seq: AtomicU64::new(0),
             batcher,
+            tasks,
+            stopping,
         });
-        tokio::spawn(snapshot_by_changes(
-            node.raft.clone(),
-            changes_since_snapshot,
-            options.tuning.snapshot_logs,
-            options.id,
-            node.state.clone(),
-        ));
-        node.bootstrap(options).await?;
+        if let Err(e) = node.bootstrap(options).await {
+            node.shutdown().await;
+            return Err(e);
+        }
         Ok(node)
     }
 
@@ -258,11 +280,40 @@ impl Node {
         Ok(())
     }
 
-    /// Stops Raft. Pending requests fail with `Unavailable`.
+    /// Stops Raft and the node's tasks, and waits for the tasks (at most
+    /// [`TASKS_GRACE`]). Pending requests fail with `Unavailable`.
+    ///
+    /// Raft stops first: whatever waits for a commit (a batch in flight, a
+    /// result being reported) then fails at once instead of waiting for
+    /// peers that may already be gone.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!("raft shutdown: {e}");
         }
+        self.stopping.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(TASKS_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                node = self.id,
+                tasks = self.tasks.len(),
+                "node tasks still running after {TASKS_GRACE:?}; leaving them"
+            );
+        }
+    }
+
+    /// The tasks this node owns; [`Node::shutdown`] waits for them. Parts
+    /// that work for the node (the worker pool's result reporter) spawn
+    /// their tasks here.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Cancelled when the node stops: the signal its tasks end on.
+    pub fn stopping(&self) -> CancellationToken {
+        self.stopping.clone()
     }
 
     /// The committed index as last saved by this node.
@@ -311,6 +362,11 @@ impl Node {
         }
     }
 
+    /// Where this node dials its peers.
+    pub fn dial_map(&self) -> &DialMap {
+        &self.dial_map
+    }
+
     /// Members of the current membership: id → (gRPC address, is voter).
     pub fn members(&self) -> BTreeMap<NodeId, (String, bool)> {
         let m = self.raft.metrics().borrow().membership_config.clone();
@@ -333,7 +389,8 @@ impl Node {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client = peer_client(addr).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
+        let client =
+            peer_client(addr, &self.dial_map).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -592,133 +649,5 @@ impl Node {
             .map_err(|_| Error::unavailable(format!("{addr} did not answer in {timeout:?}")))?
             .map_err(|s| Error::unavailable(format!("{addr}: {}", s.message())))?;
         decode(&reply.into_inner().data)
-    }
-}
-
-/// A failed `client_write` or membership change on node `id`, as a Kairos error.
-fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
-            message: match f.leader_id {
-                Some(leader) => format!("node {id} is not the leader; node {leader} is"),
-                None => format!("node {id} is not the leader and knows none"),
-            },
-            leader: f.leader_node.map(|n| n.addr),
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Error::FailedPrecondition(format!("membership change refused: {e}"))
-        }
-        RaftError::Fatal(e) => Error::unavailable(format!("node {id} is shutting down: {e}")),
-    }
-}
-
-/// How often [`snapshot_by_changes`] looks at the count.
-const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// Whether node `id`'s snapshot is due after `applied` changes since the
-/// last one: at least `threshold` of them, and at least a quarter as many as
-/// the state holds jobs and runs (`records`), each bound stretched by 0, 20
-/// or 40 % by the node id.
-///
-/// The stretch keeps the nodes from building at the same moment. They apply
-/// the same changes, so with one bound all three wrote their snapshot files
-/// together, and a commit, which needs two of the three logs durable, waited
-/// for a log fsync queued behind tens of megabytes of snapshot on a shared
-/// disk (`kairos-bench create --clients 64`: AppendEntries timing out on
-/// both followers at once, p99 ≈ 260 ms).
-///
-/// A snapshot encodes every record, so with a fixed threshold its cost per
-/// applied change grows with the state: at 1,000,000 jobs a snapshot every
-/// 10,000 creates would encode 100 jobs per create, more than the machine
-/// can encode and write as fast as creates arrive. The second bound keeps
-/// that cost at most four records per change however large the state
-/// grows (encoding a record costs far less than applying a change), while
-/// the log a restart replays stays at most a quarter as long as the state
-/// is large (a few seconds of applying at 1,000,000 jobs).
-fn snapshot_due(applied: u64, threshold: u64, records: usize, id: NodeId) -> bool {
-    let bound = threshold.max(records as u64 / 4);
-    applied >= bound + bound / 5 * (id % 3)
-}
-
-/// Asks for a snapshot when [`snapshot_due`] says so.
-///
-/// Changes, not log entries, are counted (openraft's own policy, which
-/// counts entries, is off): a batch entry of the write batcher carries up to
-/// a thousand requests and a fire window thousands of fires, and counted by
-/// entries the log (and what a restart replays, the state being a snapshot
-/// plus the log) would grow that many times further between snapshots.
-/// It ends when Raft has shut down.
-async fn snapshot_by_changes(
-    raft: Raft,
-    applied: Arc<AtomicU64>,
-    threshold: u64,
-    id: NodeId,
-    state: StateHandle,
-) {
-    let mut every = tokio::time::interval(SNAPSHOT_CHECK_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        if raft.metrics().borrow().state == ServerState::Shutdown {
-            return;
-        }
-        let records = {
-            let state = state.read();
-            state.job_count() + state.run_count()
-        };
-        if !snapshot_due(applied.load(Ordering::Relaxed), threshold, records, id) {
-            continue;
-        }
-        // Asking again while a build is under way (the count is reset only
-        // when the build starts) is harmless: openraft ignores a trigger
-        // while it builds one.
-        if raft.trigger().snapshot().await.is_err() {
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::error::ForwardToLeader;
-
-    use super::*;
-
-    #[test]
-    fn a_snapshot_waits_for_the_threshold_and_for_a_quarter_as_many_requests_as_records() {
-        // Node 3 (no stretch). A small state: the threshold decides.
-        assert!(!snapshot_due(9_999, 10_000, 500, 3));
-        assert!(snapshot_due(10_000, 10_000, 500, 3));
-        // A large one: a quarter as many requests as it holds jobs and runs.
-        assert!(!snapshot_due(10_000, 10_000, 1_000_000, 3));
-        assert!(!snapshot_due(249_999, 10_000, 1_000_000, 3));
-        assert!(snapshot_due(250_000, 10_000, 1_000_000, 3));
-    }
-
-    #[test]
-    fn nodes_of_one_cluster_are_due_at_different_counts() {
-        let due_at = |id| (1..).find(|&n| snapshot_due(n, 10_000, 500, id)).unwrap();
-        assert_eq!([due_at(1), due_at(2), due_at(3)], [12_000, 14_000, 10_000]);
-        let due_at = |id| {
-            (249_000..)
-                .find(|&n| snapshot_due(n, 10_000, 1_000_000, id))
-                .unwrap()
-        };
-        assert_eq!([due_at(3), due_at(1)], [250_000, 300_000]);
-    }
-
-    #[test]
-    fn a_write_refused_by_a_follower_names_both_nodes_and_the_leader_address() {
-        let refused = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
-            leader_id: Some(3),
-            leader_node: Some(BasicNode::new("127.0.0.1:7103")),
-        }));
-        assert_eq!(
-            write_error(1, refused),
-            Error::Unavailable {
-                message: "node 1 is not the leader; node 3 is".into(),
-                leader: Some("127.0.0.1:7103".into()),
-            }
-        );
     }
 }

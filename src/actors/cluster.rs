@@ -5,7 +5,8 @@
 //! task dials every Raft member with a higher id than its own (so each pair
 //! has one session) and re-dials after a session drops — ractor_cluster does
 //! not reconnect by itself. A peer's cluster address is learned from its
-//! status probe (`NodeReport::cluster_addr`). Over these sessions ractor
+//! status probe (`NodeReport::cluster_addr`) and dialed through the node's
+//! dial map ([`crate::dial`]). Over these sessions ractor
 //! synchronizes process groups, which is how the leader's dispatcher finds
 //! the worker pools of other nodes.
 
@@ -90,7 +91,7 @@ pub async fn run_connector(
                     }
                 }
             };
-            match ractor_cluster::client_connect(&server, crate::dial::resolve(&addr)).await {
+            match ractor_cluster::client_connect(&server, node.dial_map().resolve(&addr)).await {
                 Ok(()) => tracing::info!(node = node.id, peer, %addr, "worker network: dialed peer"),
                 Err(e) => {
                     tracing::debug!(node = node.id, peer, %addr, "worker network: dial failed: {e}");

@@ -123,6 +123,8 @@ impl Actor for Dispatcher {
         Ok(())
     }
 
+    /// One tick: measure the load, pick runs and nodes within the free
+    /// workers and the type limits, start them with one entry, send them.
     async fn handle(
         &self,
         _: ActorRef<DispatcherMsg>,
@@ -134,116 +136,165 @@ impl Actor for Dispatcher {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_millis();
-        // Load per node (attempts begun) and per job type (queued or running),
-        // counted in one pass.
-        let (load, mut active_by_type) = {
-            let view = state.node.state.read();
-            let mut load: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
-            for run in view.active_runs() {
-                let begun = run.started_at_ms.is_none_or(|t| t <= now);
-                if let (Some(node), true) = (run.node, begun) {
-                    *load.entry(node).or_default() += 1;
-                }
-                if !state.limiter.is_empty() {
-                    if let Some(job) = view.job(&run.job_id) {
-                        *by_type.entry(job.spec.job_type.clone()).or_default() += 1;
-                    }
-                }
-            }
-            (load, by_type)
-        };
-        let mut free = BTreeMap::new();
-        let mut serves: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        let (load, mut active_by_type) = active_load(&state.node, !state.limiter.is_empty(), now);
+        let mut capacity = Capacity::default();
         for (&id, pool) in &pools {
             let info = pool_info(state, id, pool).await;
-            serves.insert(id, info.job_types);
-            free.insert(
-                id,
-                (info.workers * ATTEMPTS_PER_WORKER).saturating_sub(load.get(&id).copied().unwrap_or(0)),
-            );
+            capacity.add(id, info, load.get(&id).copied().unwrap_or(0));
         }
-        let total: u64 = free.values().sum();
+        let total = capacity.total();
         if total == 0 {
             return Ok(());
         }
-        let candidates: Vec<(u64, u32, String)> = {
-            let view = state.node.state.read();
-            // With limits, runs held back must not hide the ones behind them.
-            let wanted = if state.limiter.is_empty() {
-                total as usize
-            } else {
-                MAX_CANDIDATES
-            };
-            view.dispatchable_runs(now + state.ahead_ms, wanted)
-                .iter()
-                .map(|r| {
-                    let job_type = view
-                        .job(&r.job_id)
-                        .map(|j| j.spec.job_type.clone())
-                        .unwrap_or_default();
-                    (r.id, r.attempt + 1, job_type)
-                })
-                .collect()
-        };
         // Choose a node for each run (most free workers first), then start them
         // all with one Raft entry.
-        let mut starts = Vec::with_capacity(candidates.len().min(total as usize));
-        for (run_id, attempt, job_type) in candidates {
+        let mut starts = Vec::new();
+        for (run_id, attempt, job_type) in candidates(state, now, total) {
             if starts.len() as u64 == total {
                 break;
             }
-            // Only pools that serve the job type (e.g. `exec` needs --allow-exec there).
-            let best = free
-                .iter()
-                .filter(|(id, f)| **f > 0 && serves.get(id).is_some_and(|types| types.contains(&job_type)))
-                .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)));
-            let Some((&target, _)) = best else { continue };
+            let Some(target) = capacity.best_for(&job_type) else {
+                continue;
+            };
             if !state.limiter.admit(&job_type, &mut active_by_type, now) {
                 continue;
             }
-            *free.get_mut(&target).expect("chosen from free") -= 1;
+            capacity.take(target);
             starts.push((run_id, target, attempt));
         }
-        if starts.is_empty() {
-            return Ok(());
-        }
-        let started = match state
-            .node
-            .propose_local(PRINCIPAL, Command::StartAttempts { starts })
-            .await
-        {
-            Ok(Response::Started(runs)) => runs,
-            Ok(other) => {
-                tracing::warn!("unexpected reply to StartAttempts: {other:?}");
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::debug!("attempts not started: {e}");
-                return Ok(());
-            }
-        };
-        for run in started {
-            let Some(target) = run.node else { continue };
-            let Some(item) = work_item(&state.node, &run) else {
-                continue;
-            };
-            if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
-                tracing::warn!(
-                    run = run.id,
-                    node = target,
-                    "sending work failed ({e}); the lease will expire"
-                );
-            }
-            tracing::debug!(
-                run = run.id,
-                attempt = run.attempt,
-                node = target,
-                token = run.token,
-                "dispatched"
-            );
+        if !starts.is_empty() {
+            start_attempts(&state.node, &pools, starts).await;
         }
         Ok(())
+    }
+}
+
+/// Load per node (attempts begun) and, when `by_type` is wanted (some type
+/// has limits), runs queued or running per job type — counted in one pass.
+fn active_load(node: &Node, by_type: bool, now: i64) -> (BTreeMap<u64, u64>, BTreeMap<String, u64>) {
+    let view = node.state.read();
+    let mut load: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut active_by_type: BTreeMap<String, u64> = BTreeMap::new();
+    for run in view.active_runs() {
+        let begun = run.started_at_ms.is_none_or(|t| t <= now);
+        if let (Some(node), true) = (run.node, begun) {
+            *load.entry(node).or_default() += 1;
+        }
+        if by_type {
+            if let Some(job) = view.job(&run.job_id) {
+                *active_by_type.entry(job.spec.job_type.clone()).or_default() += 1;
+            }
+        }
+    }
+    (load, active_by_type)
+}
+
+/// The attempts each node's pool may still be offered, and the job types it serves.
+#[derive(Default)]
+struct Capacity {
+    /// Attempts each node may still take this tick.
+    free: BTreeMap<u64, u64>,
+    /// Job types each node's pool serves (e.g. `exec` needs --allow-exec there).
+    serves: BTreeMap<u64, Vec<String>>,
+}
+
+impl Capacity {
+    /// Adds node `id`, whose pool is `info` and which has `load` attempts begun.
+    fn add(&mut self, id: u64, info: PoolInfo, load: u64) {
+        self.serves.insert(id, info.job_types);
+        self.free
+            .insert(id, (info.workers * ATTEMPTS_PER_WORKER).saturating_sub(load));
+    }
+
+    /// Attempts all nodes may still take.
+    fn total(&self) -> u64 {
+        self.free.values().sum()
+    }
+
+    /// The node with the most free workers among those serving `job_type`
+    /// (the lower id on a tie).
+    fn best_for(&self, job_type: &str) -> Option<u64> {
+        self.free
+            .iter()
+            .filter(|(id, f)| {
+                **f > 0
+                    && self
+                        .serves
+                        .get(id)
+                        .is_some_and(|types| types.iter().any(|t| t == job_type))
+            })
+            .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Counts one attempt offered to `node`.
+    fn take(&mut self, node: u64) {
+        *self.free.get_mut(&node).expect("chosen from free") -= 1;
+    }
+}
+
+/// The runs that may start by now plus the look-ahead, as (run, next attempt,
+/// job type): as many as `total` free slots, or more when limits may hold
+/// some back (the runs behind them must not be hidden).
+fn candidates(state: &DispatcherState, now: i64, total: u64) -> Vec<(u64, u32, String)> {
+    let view = state.node.state.read();
+    let wanted = if state.limiter.is_empty() {
+        total as usize
+    } else {
+        MAX_CANDIDATES
+    };
+    view.dispatchable_runs(now + state.ahead_ms, wanted)
+        .iter()
+        .map(|r| {
+            let job_type = view
+                .job(&r.job_id)
+                .map(|j| j.spec.job_type.clone())
+                .unwrap_or_default();
+            (r.id, r.attempt + 1, job_type)
+        })
+        .collect()
+}
+
+/// Proposes one `StartAttempts` entry for `starts` (run, node, attempt) and
+/// sends each attempt it started to its node's pool.
+async fn start_attempts(
+    node: &Node,
+    pools: &BTreeMap<u64, ActorRef<WorkerPoolMsg>>,
+    starts: Vec<(u64, u64, u32)>,
+) {
+    let started = match node
+        .propose_local(PRINCIPAL, Command::StartAttempts { starts })
+        .await
+    {
+        Ok(Response::Started(runs)) => runs,
+        Ok(other) => {
+            tracing::warn!("unexpected reply to StartAttempts: {other:?}");
+            return;
+        }
+        Err(e) => {
+            tracing::debug!("attempts not started: {e}");
+            return;
+        }
+    };
+    for run in started {
+        let Some(target) = run.node else { continue };
+        let Some(item) = work_item(node, &run) else {
+            continue;
+        };
+        if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
+            tracing::warn!(
+                run = run.id,
+                node = target,
+                "sending work failed ({e}); the lease will expire"
+            );
+        }
+        tracing::debug!(
+            run = run.id,
+            attempt = run.attempt,
+            node = target,
+            token = run.token,
+            "dispatched"
+        );
     }
 }
 

@@ -36,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 use crate::node::Node;
 use limits::TypeLimits;
 
+/// Principal recorded for what a node's workers propose: heartbeats (by the
+/// workers) and results (by the [`reporter`] on their behalf).
+pub const WORKER_PRINCIPAL: &str = "kairos-worker";
+
 /// How the leader-only actors behave (the same on every node).
 #[derive(Clone, Debug)]
 pub struct LeaderSettings {

@@ -18,8 +18,11 @@
 //! dropped with an error: by then its lease has long expired and the attempt
 //! was retried elsewhere.
 //!
-//! Shutdown: the reporter's task ends when every [`ResultReporter`] handle is
-//! dropped and what was queued has been committed or given up.
+//! Shutdown: the reporter's task runs on the node's task tracker. It ends
+//! when the node's shutdown signal is cancelled (results not yet committed
+//! then are logged and left to their leases, which expire and retry the
+//! attempts), or when every [`ResultReporter`] handle is dropped and what
+//! was queued has been committed or given up.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,8 +31,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::worker::PRINCIPAL;
+use super::WORKER_PRINCIPAL;
 use crate::error::Result;
 use crate::node::Node;
 use crate::scheduler::run::AttemptResult;
@@ -58,7 +63,7 @@ pub trait ResultSink: Send + Sync + 'static {
 
 impl ResultSink for Node {
     async fn finish(&self, results: Vec<AttemptResult>) -> Result<Response> {
-        self.write_fenced(PRINCIPAL, Command::FinishAttempts { results })
+        self.write_fenced(WORKER_PRINCIPAL, Command::FinishAttempts { results })
             .await
     }
 }
@@ -70,11 +75,16 @@ pub struct ResultReporter {
 }
 
 impl ResultReporter {
-    /// Starts a reporter writing to `sink`; its task ends after the last
-    /// handle is dropped and the queue is drained.
-    pub fn spawn<S: ResultSink>(sink: Arc<S>) -> (ResultReporter, JoinHandle<()>) {
+    /// Starts a reporter writing to `sink`, its task on `tasks`; the task
+    /// ends when `shutdown` is cancelled, or after the last handle is dropped
+    /// and the queue is drained.
+    pub fn spawn<S: ResultSink>(
+        sink: Arc<S>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (ResultReporter, JoinHandle<()>) {
         let (queue, incoming) = mpsc::unbounded_channel();
-        let task = tokio::spawn(report_results(sink, incoming));
+        let task = tasks.spawn(report_results(sink, incoming, shutdown));
         (ResultReporter { queue }, task)
     }
 
@@ -86,37 +96,37 @@ impl ResultReporter {
     }
 }
 
-/// The reporter's loop: one batch in flight, retried until committed.
+/// The reporter's loop: one batch in flight, retried until committed, until
+/// `shutdown`.
 async fn report_results<S: ResultSink>(
     sink: Arc<S>,
     mut incoming: mpsc::UnboundedReceiver<(AttemptResult, Instant)>,
+    shutdown: CancellationToken,
 ) {
     let mut pending: Vec<(AttemptResult, Instant)> = Vec::new();
     let mut retry_in = RETRY_FIRST;
     let mut last_write: Option<Instant> = None;
     loop {
         if pending.is_empty() {
-            match incoming.recv().await {
-                Some(result) => pending.push(result),
-                None => return,
+            match shutdown.run_until_cancelled(incoming.recv()).await {
+                Some(Some(result)) => pending.push(result),
+                Some(None) => return,
+                None => break,
             }
         }
         if let Some(last) = last_write {
-            tokio::time::sleep_until(last + MIN_WRITE_INTERVAL).await;
-        }
-        last_write = Some(Instant::now());
-        let mut bytes: usize = pending.iter().map(|(r, _)| r.output_tail.len()).sum();
-        while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match incoming.try_recv() {
-                Ok(result) => {
-                    bytes += result.0.output_tail.len();
-                    pending.push(result);
-                }
-                Err(_) => break,
+            let interval = tokio::time::sleep_until(last + MIN_WRITE_INTERVAL);
+            if shutdown.run_until_cancelled(interval).await.is_none() {
+                break;
             }
         }
+        last_write = Some(Instant::now());
+        fill_batch(&mut pending, &mut incoming);
         let batch: Vec<AttemptResult> = pending.iter().map(|(r, _)| r.clone()).collect();
-        match sink.finish(batch).await {
+        let Some(written) = shutdown.run_until_cancelled(sink.finish(batch)).await else {
+            break;
+        };
+        match written {
             Ok(Response::Finished { recorded, refused }) => {
                 for (run, why) in &refused {
                     tracing::info!(run, "result not recorded: {why}");
@@ -130,23 +140,60 @@ async fn report_results<S: ResultSink>(
                 pending.clear();
             }
             Err(e) => {
-                let now = Instant::now();
-                pending.retain(|(result, queued)| {
-                    let keep = now.duration_since(*queued) < REPORT_FOR;
-                    if !keep {
-                        tracing::error!(run = result.run_id, "giving up reporting the result: {e}");
-                    }
-                    keep
-                });
+                give_up_expired(&mut pending, &e);
                 tracing::debug!(
                     results = pending.len(),
                     "results not committed yet ({e}); re-sending"
                 );
-                tokio::time::sleep(retry_in).await;
+                if shutdown
+                    .run_until_cancelled(tokio::time::sleep(retry_in))
+                    .await
+                    .is_none()
+                {
+                    break;
+                }
                 retry_in = (retry_in * 2).min(RETRY_MAX);
             }
         }
     }
+    incoming.close();
+    let unsent = pending.len() + std::iter::from_fn(|| incoming.try_recv().ok()).count();
+    if unsent > 0 {
+        tracing::warn!(
+            results = unsent,
+            "the node is stopping before these results were committed; their leases will expire and retry the attempts"
+        );
+    }
+}
+
+/// Adds what queued meanwhile to `pending`, up to a batch's bounds.
+fn fill_batch(
+    pending: &mut Vec<(AttemptResult, Instant)>,
+    incoming: &mut mpsc::UnboundedReceiver<(AttemptResult, Instant)>,
+) {
+    let mut bytes: usize = pending.iter().map(|(r, _)| r.output_tail.len()).sum();
+    while pending.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match incoming.try_recv() {
+            Ok(result) => {
+                bytes += result.0.output_tail.len();
+                pending.push(result);
+            }
+            Err(_) => break,
+        }
+    }
+}
+
+/// Drops (with an error) the results first queued [`REPORT_FOR`] ago or
+/// earlier; the last write failed with `error`.
+fn give_up_expired(pending: &mut Vec<(AttemptResult, Instant)>, error: &crate::error::Error) {
+    let now = Instant::now();
+    pending.retain(|(result, queued)| {
+        let keep = now.duration_since(*queued) < REPORT_FOR;
+        if !keep {
+            tracing::error!(run = result.run_id, "giving up reporting the result: {error}");
+        }
+        keep
+    });
 }
 
 #[cfg(test)]
@@ -209,7 +256,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn results_that_arrive_during_a_write_share_the_next_entry() {
         let sink = FakeSink::new(0, false);
-        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        let (reporter, task) =
+            ResultReporter::spawn(sink.clone(), &TaskTracker::new(), CancellationToken::new());
         reporter.report(result(1));
         // The first write is held at the gate; three more results queue behind it.
         tokio::task::yield_now().await;
@@ -225,7 +273,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_start_at_least_the_interval_apart_and_a_quiet_result_goes_at_once() {
         let sink = FakeSink::new(0, true);
-        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        let (reporter, task) =
+            ResultReporter::spawn(sink.clone(), &TaskTracker::new(), CancellationToken::new());
         let started = Instant::now();
         // A result every 2 ms for 100 ms: the first goes alone, the rest in
         // writes 20 ms apart.
@@ -258,7 +307,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_that_was_not_committed_is_resent_with_what_arrived_meanwhile() {
         let sink = FakeSink::new(2, true);
-        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        let (reporter, task) =
+            ResultReporter::spawn(sink.clone(), &TaskTracker::new(), CancellationToken::new());
         reporter.report(result(1));
         reporter.report(result(2));
         // Let the first (failing) write happen, then add one more result.
@@ -274,7 +324,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_result_is_given_up_after_report_for() {
         let sink = FakeSink::new(usize::MAX, true);
-        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        let (reporter, task) =
+            ResultReporter::spawn(sink.clone(), &TaskTracker::new(), CancellationToken::new());
         reporter.report(result(1));
         drop(reporter);
         let started = Instant::now();
@@ -292,7 +343,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_batch_is_capped() {
         let sink = FakeSink::new(0, false);
-        let (reporter, task) = ResultReporter::spawn(sink.clone());
+        let (reporter, task) =
+            ResultReporter::spawn(sink.clone(), &TaskTracker::new(), CancellationToken::new());
         reporter.report(result(0));
         tokio::task::yield_now().await;
         for run in 1..=MAX_BATCH as u64 + 10 {
@@ -303,5 +355,27 @@ mod tests {
         task.await.unwrap();
         let sizes: Vec<usize> = sink.batches().iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![1, MAX_BATCH, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reporter_stops_on_shutdown_while_a_write_is_held_up() {
+        let sink = FakeSink::new(0, false);
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let (reporter, task) = ResultReporter::spawn(sink.clone(), &tasks, shutdown.clone());
+        reporter.report(result(1));
+        // The first write is held at the gate, which never opens: with a
+        // live handle the reporter would wait there, then retry for
+        // REPORT_FOR.
+        tokio::task::yield_now().await;
+        reporter.report(result(2));
+        shutdown.cancel();
+        tokio::time::timeout(MIN_WRITE_INTERVAL, task)
+            .await
+            .expect("the reporter stops when the node stops")
+            .unwrap();
+        assert!(sink.batches().is_empty(), "nothing was committed");
+        tasks.close();
+        tasks.wait().await;
+        drop(reporter);
     }
 }

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::reporter::ResultReporter;
+use super::WORKER_PRINCIPAL;
 use crate::error::Error;
 use crate::handlers::{HandlerError, Registry, RunContext};
 use crate::metrics::Metrics;
@@ -46,8 +47,6 @@ use crate::scheduler::{Command, Response};
 
 /// Most work items a pool queues beyond its busy workers.
 const MAX_QUEUED_ITEMS: usize = 10_000;
-/// Principal recorded for worker proposals (heartbeats here, results by the reporter).
-pub(super) const PRINCIPAL: &str = "kairos-worker";
 
 /// The process group of the worker pool of Raft node `id`.
 pub fn group(id: u64) -> String {
@@ -248,8 +247,10 @@ impl Actor for WorkerPool {
         myself: ActorRef<WorkerPoolMsg>,
         args: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
-        // The reporter's task outlives the pool until its queue is drained.
-        let (results, _) = ResultReporter::spawn(args.node.clone());
+        // The reporter's task is the node's: it outlives the pool until its
+        // queue is drained, and it stops when the node stops.
+        let node = &args.node;
+        let (results, _) = ResultReporter::spawn(node.clone(), node.tasks(), node.stopping());
         let env = WorkerEnv {
             node: args.node.clone(),
             registry: args.registry,
@@ -426,14 +427,18 @@ fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
     }
 }
 
-/// Runs one attempt with heartbeats; returns the outcome, the output tail and,
-/// if the handler panicked, the panic message.
-async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, Option<String>) {
-    let failed = |kind: &str, message: String, retryable: bool| AttemptOutcome::Failed {
+/// A failed attempt of `kind`.
+fn failed(kind: &str, message: String, retryable: bool) -> AttemptOutcome {
+    AttemptOutcome::Failed {
         kind: kind.into(),
         message,
         retryable,
-    };
+    }
+}
+
+/// Runs one attempt with heartbeats; returns the outcome, the output tail and,
+/// if the handler panicked, the panic message.
+async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, Option<String>) {
     let (node, registry) = (&env.node, &env.registry);
     let Some(handler) = registry.get(&item.job_type) else {
         let message = format!("no handler for job type {:?} on node {}", item.job_type, node.id);
@@ -471,7 +476,7 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             joined = &mut task => break joined,
             _ = beat.tick() => {
                 let command = Command::Heartbeat { run_id: item.run_id, token: item.token };
-                match node.write_fenced(PRINCIPAL, command).await {
+                match node.write_fenced(WORKER_PRINCIPAL, command).await {
                     Ok(Response::Lease { cancelled: true }) => cancel.cancel(),
                     Err(Error::FailedPrecondition(m) | Error::NotFound(m)) => {
                         tracing::info!(run = item.run_id, "lease lost ({m}); cancelling the attempt");
@@ -487,6 +492,13 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
             }
         }
     };
+    outcome(joined)
+}
+
+/// The outcome, output tail and panic message (if any) of a handler's task.
+fn outcome(
+    joined: Result<Result<String, HandlerError>, tokio::task::JoinError>,
+) -> (AttemptOutcome, String, Option<String>) {
     match joined {
         Ok(Ok(output)) => (AttemptOutcome::Succeeded, output, None),
         Ok(Err(HandlerError {

@@ -54,11 +54,16 @@ impl Api {
         if with_digest {
             status.state_digest = format!("{:016x}", self.node.state.read().digest());
         }
+        self.answer(&own, vec![status])
+    }
+
+    /// A status answered by this node, whose own view is `own`.
+    fn answer(&self, own: &NodeReport, nodes: Vec<pb::NodeStatus>) -> pb::ClusterStatus {
         pb::ClusterStatus {
             answered_by: self.node.id,
             leader_id: own.leader.unwrap_or(0),
             term: own.term,
-            nodes: vec![status],
+            nodes,
         }
     }
 
@@ -85,12 +90,8 @@ impl Api {
                     },
                 }
             });
-        pb::ClusterStatus {
-            answered_by: self.node.id,
-            leader_id: own.leader.unwrap_or(0),
-            term: own.term,
-            nodes: join_all(probes).await,
-        }
+        let nodes = join_all(probes).await;
+        self.answer(&own, nodes)
     }
 }
 

@@ -1,30 +1,20 @@
 //! `JobService`: create, read, list, update, delete, pause and resume jobs.
 //!
 //! Writes are validated here, then proposed through [`Node::write`] (which
-//! forwards to the leader); their result is the state machine's. Reads pass
-//! [`Node::read_barrier`] and then read this node's applied state.
+//! forwards to the leader); their result is the state machine's. Reads go
+//! through [`Api::read`]: the read barrier, then this node's applied state.
 
 use tonic::{Request, Response, Status};
 
 use super::convert::{job_to_pb, patch_from_pb, spec_from_pb, status_filter};
+use super::read::page_size;
 use super::{principal, to_status, Api};
 use crate::error::Error;
-use crate::node::{Consistency, Node};
+use crate::node::Node;
 use crate::proto as pb;
 use crate::proto::job_service_server::JobService;
-use crate::scheduler::state::DEFAULT_PAGE_SIZE;
 use crate::scheduler::validate::{validate_id, validate_patch, validate_request_id, validate_spec};
 use crate::scheduler::{Command, JobFilter, Response as CommandResponse};
-
-pub(super) fn consistency(v: i32) -> Result<Consistency, Status> {
-    match pb::ReadConsistency::try_from(v) {
-        Ok(pb::ReadConsistency::Stale) => Ok(Consistency::Stale),
-        Ok(_) => Ok(Consistency::Linearizable),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "consistency: unknown value {v}"
-        ))),
-    }
-}
 
 fn job_reply(response: CommandResponse) -> Result<Response<pb::ScheduledJob>, Status> {
     match response {
@@ -128,13 +118,11 @@ impl JobService for Api {
         self.observed("GetJob", async {
             let req = request.into_inner();
             required_id(&req.id)?;
-            self.node
-                .read_barrier(consistency(req.consistency)?)
-                .await
-                .map_err(to_status)?;
-            let state = self.node.state.read();
-            let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
-            Ok(Response::new(job_to_pb(job)))
+            self.read(req.consistency, |state| {
+                let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
+                Ok(Response::new(job_to_pb(job)))
+            })
+            .await
         })
         .await
     }
@@ -150,21 +138,15 @@ impl JobService for Api {
                 job_type: (!req.r#type.is_empty()).then_some(req.r#type),
                 status: status_filter(req.status).map_err(to_status)?,
             };
-            let page_size = if req.page_size == 0 {
-                DEFAULT_PAGE_SIZE
-            } else {
-                req.page_size as usize
-            };
-            self.node
-                .read_barrier(consistency(req.consistency)?)
-                .await
-                .map_err(to_status)?;
             let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
-            let page = self.node.state.read().list(&filter, token, page_size);
-            Ok(Response::new(pb::ListJobsResponse {
-                jobs: page.jobs.iter().map(job_to_pb).collect(),
-                next_page_token: page.next_page_token.unwrap_or_default(),
-            }))
+            self.read(req.consistency, |state| {
+                let page = state.list(&filter, token, page_size(req.page_size));
+                Ok(Response::new(pb::ListJobsResponse {
+                    jobs: page.jobs.iter().map(job_to_pb).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                }))
+            })
+            .await
         })
         .await
     }

@@ -3,7 +3,9 @@
 //!
 //! Handlers convert protobuf to domain types ([`convert`]), validate, and call
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
-//! here ([`to_status`]). A refused write never reaches the Raft log.
+//! here ([`to_status`]). A refused write never reaches the Raft log; a query
+//! passes the read barrier and reads the applied state through one helper
+//! ([`read`]).
 //!
 //! Limits: a request to the public services may be at most
 //! [`MAX_API_MESSAGE_BYTES`] (a job's payload limit plus room for the rest).
@@ -16,6 +18,7 @@ pub mod convert;
 pub mod job_service;
 mod one_shot;
 pub mod raft_service;
+pub mod read;
 pub mod run_service;
 pub mod watch;
 pub mod wire_errors;

@@ -1,21 +1,22 @@
 //! `RunService`: trigger, backfill and describe jobs; list, get and cancel runs.
 //!
 //! Like `JobService`, writes go through [`crate::node::Node::write`] and reads
-//! pass the read barrier first. A backfill's dry run only reads.
+//! through [`Api::read`] (the read barrier first). A backfill's dry run only
+//! reads.
 
 use chrono::{DateTime, Utc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{counters_to_pb, job_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
-use super::job_service::{consistency, job_not_found, required_id};
+use super::job_service::{job_not_found, required_id};
+use super::read::page_size;
 use super::watch::{watch_runs, Position};
 use super::{principal, to_status, Api};
 use crate::error::Error;
 use crate::proto as pb;
 use crate::proto::run_service_server::RunService;
-use crate::scheduler::state::DEFAULT_PAGE_SIZE;
-use crate::scheduler::{Command, Response as CommandResponse, RunFilter, RunId, Schedule};
+use crate::scheduler::{Command, Job, Response as CommandResponse, RunFilter, RunId, Schedule, State};
 
 /// Fire times shown by `DescribeJob`.
 const DESCRIBE_NEXT_FIRES: usize = 10;
@@ -37,14 +38,48 @@ fn run_reply(reply: CommandResponse) -> Result<Response<pb::Run>, Status> {
     }
 }
 
-impl Api {
-    fn stored_run(&self, id: RunId) -> Result<Response<pb::Run>, Status> {
-        let state = self.node.state.read();
-        let run = state
-            .run(id)
-            .ok_or_else(|| to_status(Error::NotFound(format!("run {id} not found"))))?;
-        Ok(Response::new(run_to_pb(run)))
+/// `run_id` as stored, or `NOT_FOUND`.
+fn stored_run(state: &State, run_id: RunId) -> Result<Response<pb::Run>, Status> {
+    let run = state
+        .run(run_id)
+        .ok_or_else(|| to_status(Error::NotFound(format!("run {run_id} not found"))))?;
+    Ok(Response::new(run_to_pb(run)))
+}
+
+/// The next fire times `DescribeJob` shows for `job` (none while paused).
+fn next_fire_times(job: &Job) -> Vec<pb::Timestamp> {
+    match (
+        job.spec.paused,
+        job.next_fire_ms,
+        Schedule::compile(&job.spec.schedule),
+    ) {
+        (false, Some(next), Ok(schedule)) => {
+            let first = DateTime::<Utc>::from_timestamp_millis(next);
+            let rest = first
+                .map(|f| schedule.upcoming(f, DESCRIBE_NEXT_FIRES - 1))
+                .unwrap_or_default();
+            first
+                .into_iter()
+                .chain(rest)
+                .map(|t| ms_timestamp(t.timestamp_millis()))
+                .collect()
+        }
+        _ => vec![],
     }
+}
+
+/// `DescribeJob`'s answer for job `id`, from `state`.
+fn describe(state: &State, id: &str) -> Result<Response<pb::JobDescription>, Status> {
+    let job = state.job(id).ok_or_else(|| job_not_found(id))?;
+    let mut recent: Vec<pb::Run> = state.job_runs(id).map(run_to_pb).collect();
+    recent.reverse();
+    recent.truncate(DESCRIBE_RECENT_RUNS);
+    Ok(Response::new(pb::JobDescription {
+        job: Some(job_to_pb(job)),
+        next_fire_times: next_fire_times(job),
+        recent_runs: recent,
+        counters: Some(counters_to_pb(&state.counters(id).cloned().unwrap_or_default())),
+    }))
 }
 
 #[tonic::async_trait]
@@ -78,16 +113,11 @@ impl RunService for Api {
             let start_ms = required_time(req.start, "start")?;
             let end_ms = required_time(req.end, "end")?;
             // Validate and list the times here, so a bad range never reaches the log.
-            self.node
-                .read_barrier(Default::default())
-                .await
-                .map_err(to_status)?;
             let times = self
-                .node
-                .state
-                .read()
-                .backfill_times(&req.id, start_ms, end_ms)
-                .map_err(to_status)?;
+                .read(pb::ReadConsistency::Linearizable as i32, |state| {
+                    state.backfill_times(&req.id, start_ms, end_ms).map_err(to_status)
+                })
+                .await?;
             let nominal_times = times.iter().map(|t| ms_timestamp(*t)).collect();
             if req.dry_run {
                 return Ok(Response::new(pb::BackfillJobResponse {
@@ -122,41 +152,7 @@ impl RunService for Api {
         self.observed("DescribeJob", async {
             let req = request.into_inner();
             required_id(&req.id)?;
-            self.node
-                .read_barrier(consistency(req.consistency)?)
-                .await
-                .map_err(to_status)?;
-            let state = self.node.state.read();
-            let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
-            let next_fire_times = match (
-                job.spec.paused,
-                job.next_fire_ms,
-                Schedule::compile(&job.spec.schedule),
-            ) {
-                (false, Some(next), Ok(schedule)) => {
-                    let first = DateTime::<Utc>::from_timestamp_millis(next);
-                    let rest = first
-                        .map(|f| schedule.upcoming(f, DESCRIBE_NEXT_FIRES - 1))
-                        .unwrap_or_default();
-                    first
-                        .into_iter()
-                        .chain(rest)
-                        .map(|t| ms_timestamp(t.timestamp_millis()))
-                        .collect()
-                }
-                _ => vec![],
-            };
-            let mut recent: Vec<pb::Run> = state.job_runs(&req.id).map(run_to_pb).collect();
-            recent.reverse();
-            recent.truncate(DESCRIBE_RECENT_RUNS);
-            Ok(Response::new(pb::JobDescription {
-                job: Some(job_to_pb(job)),
-                next_fire_times,
-                recent_runs: recent,
-                counters: Some(counters_to_pb(
-                    &state.counters(&req.id).cloned().unwrap_or_default(),
-                )),
-            }))
+            self.read(req.consistency, |state| describe(state, &req.id)).await
         })
         .await
     }
@@ -181,20 +177,14 @@ impl RunService for Api {
                         .map_err(|_| Status::invalid_argument("page_token: not a token from ListRuns"))?,
                 ),
             };
-            let page_size = if req.page_size == 0 {
-                DEFAULT_PAGE_SIZE
-            } else {
-                req.page_size as usize
-            };
-            self.node
-                .read_barrier(consistency(req.consistency)?)
-                .await
-                .map_err(to_status)?;
-            let (runs, next) = self.node.state.read().list_runs(&filter, after, page_size);
-            Ok(Response::new(pb::ListRunsResponse {
-                runs: runs.iter().map(run_to_pb).collect(),
-                next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
-            }))
+            self.read(req.consistency, |state| {
+                let (runs, next) = state.list_runs(&filter, after, page_size(req.page_size));
+                Ok(Response::new(pb::ListRunsResponse {
+                    runs: runs.iter().map(run_to_pb).collect(),
+                    next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+                }))
+            })
+            .await
         })
         .await
     }
@@ -202,11 +192,8 @@ impl RunService for Api {
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
         self.observed("GetRun", async {
             let req = request.into_inner();
-            self.node
-                .read_barrier(consistency(req.consistency)?)
+            self.read(req.consistency, |state| stored_run(state, req.id))
                 .await
-                .map_err(to_status)?;
-            self.stored_run(req.id)
         })
         .await
     }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use ractor::Actor;
+use ractor::{Actor, ActorRef};
+use ractor_cluster::NodeServerMessage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,7 +76,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .with_context(|| format!("--http-addr {}", config.http_addr))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
-    crate::dial::install(config.dial_map.clone());
+    if !config.dial_map.is_empty() {
+        tracing::warn!(
+            entries = config.dial_map.len(),
+            "peer addresses are rewritten by --dial-map"
+        );
+    }
     if crate::chaos_switch::duplicate_fires() {
         tracing::error!(
             "{} is set: THIS NODE RUNS EVERY FIRE TWICE (a deliberately broken build for the chaos checker's test)",
@@ -83,15 +89,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     }
 
-    let options = NodeOptions {
-        id: config.node_id,
-        data_dir: config.data_dir.clone(),
-        advertise_addr: config.advertise_addr.clone(),
-        initial_cluster: config.initial_cluster.clone(),
-        tuning: config.tuning.clone(),
-        cluster_addr: config.cluster_addr.to_string(),
-    };
-    let node = Node::start(&options).await?;
+    let node = Node::start(&node_options(&config), shutdown.clone()).await?;
     let metrics = Metrics::new();
     let (node_server, _) = crate::actors::cluster::start_node_server(
         config.node_id,
@@ -99,11 +97,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         config.cluster_cookie.clone(),
     )
     .await?;
-    let mut registry = crate::handlers::Registry::builtin(config.allow_exec);
-    if config.test_handlers {
-        registry.register(Arc::new(crate::handlers::panic::PanicHandler));
-    }
-    let registry = Arc::new(registry);
+    let registry = registry(&config);
     let pool_args = PoolArgs {
         metrics: metrics.clone(),
         node: node.clone(),
@@ -116,42 +110,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr,
         data_dir = %config.data_dir.display(), "kairos node started");
 
-    let tasks = TaskTracker::new();
-    {
-        let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
-        let registry = registry.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::api::serve(grpc, node, metrics, registry, shutdown.clone()).await {
-                tracing::error!("gRPC server failed: {e}");
-                shutdown.cancel();
-            }
-        });
-    }
-    {
-        let (node, metrics, shutdown) = (node.clone(), metrics.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::http::serve(http, node, metrics, shutdown.clone()).await {
-                tracing::error!("HTTP server failed: {e}");
-                shutdown.cancel();
-            }
-        });
-    }
-    tasks.spawn(crate::actors::run_leader_actors(
-        node.clone(),
-        config.leader.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(crate::actors::cluster::run_connector(
-        node.clone(),
-        node_server.clone(),
-        shutdown.clone(),
-    ));
-    tasks.close();
+    let services = Services {
+        node: node.clone(),
+        metrics,
+        registry,
+        node_server: node_server.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let tasks = services.spawn(grpc, http, &config);
 
     shutdown.cancelled().await;
     // Stop Raft first: whatever waits for a commit (in-flight requests, the
     // leader's timer and dispatcher) then fails at once instead of waiting for
-    // peers that may already be gone. The servers drain meanwhile.
+    // peers that may already be gone. The servers drain meanwhile; the node
+    // waits for its own tasks (batcher, snapshot trigger, result reporter).
     tracing::info!(node = config.node_id, "stopping");
     node.shutdown().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
@@ -164,6 +136,82 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     node_server.stop(None);
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
+}
+
+/// What the node is started with, from the agent's configuration.
+fn node_options(config: &AgentConfig) -> NodeOptions {
+    NodeOptions {
+        id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        advertise_addr: config.advertise_addr.clone(),
+        initial_cluster: config.initial_cluster.clone(),
+        tuning: config.tuning.clone(),
+        cluster_addr: config.cluster_addr.to_string(),
+        dial_map: Arc::new(config.dial_map.clone()),
+    }
+}
+
+/// The job types this node runs: the built-in ones (`exec` only with
+/// `--allow-exec`), and the test-only ones when asked.
+fn registry(config: &AgentConfig) -> Arc<crate::handlers::Registry> {
+    let mut registry = crate::handlers::Registry::builtin(config.allow_exec);
+    if config.test_handlers {
+        registry.register(Arc::new(crate::handlers::panic::PanicHandler));
+    }
+    Arc::new(registry)
+}
+
+/// What the agent's long-running tasks share.
+struct Services {
+    /// The started node.
+    node: Arc<Node>,
+    /// Where the servers record requests.
+    metrics: Arc<Metrics>,
+    /// Job types, for validating creates and updates.
+    registry: Arc<crate::handlers::Registry>,
+    /// The worker network's server, whose sessions the connector keeps.
+    node_server: ActorRef<NodeServerMessage>,
+    /// Ends every task; a server that fails cancels it.
+    shutdown: CancellationToken,
+}
+
+impl Services {
+    /// Spawns the gRPC and HTTP servers, the leader-actor supervisor and the
+    /// worker-network connector on a closed tracker the caller waits on.
+    fn spawn(self, grpc: TcpListener, http: TcpListener, config: &AgentConfig) -> TaskTracker {
+        let tasks = TaskTracker::new();
+        {
+            let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
+            let registry = self.registry.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve(grpc, node, metrics, registry, shutdown.clone()).await {
+                    tracing::error!("gRPC server failed: {e}");
+                    shutdown.cancel();
+                }
+            });
+        }
+        {
+            let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
+            tasks.spawn(async move {
+                if let Err(e) = crate::http::serve(http, node, metrics, shutdown.clone()).await {
+                    tracing::error!("HTTP server failed: {e}");
+                    shutdown.cancel();
+                }
+            });
+        }
+        tasks.spawn(crate::actors::run_leader_actors(
+            self.node.clone(),
+            config.leader.clone(),
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(crate::actors::cluster::run_connector(
+            self.node,
+            self.node_server,
+            self.shutdown,
+        ));
+        tasks.close();
+        tasks
+    }
 }
 
 /// `kairos debug ...`: internal diagnostics.

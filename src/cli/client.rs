@@ -147,3 +147,8 @@ pub fn describe(status: &Status) -> String {
     let message = status.message().lines().next().unwrap_or("").to_string();
     format!("{:?}: {message}", status.code())
 }
+
+/// A failed call as the CLI's error: [`describe`]'s one line.
+pub fn fail(status: Status) -> anyhow::Error {
+    anyhow::anyhow!(describe(&status))
+}

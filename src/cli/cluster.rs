@@ -1,6 +1,6 @@
 //! `kairos cluster status|add-node|remove-node`.
 
-use super::client::{describe, Client, ClientArgs};
+use super::client::{fail, Client, ClientArgs};
 use super::output;
 use crate::proto as pb;
 use crate::proto::cluster_service_client::ClusterServiceClient;
@@ -110,6 +110,6 @@ pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
                 .await
         }
     }
-    .map_err(|s| anyhow::anyhow!(describe(&s)))?;
+    .map_err(fail)?;
     output::print(args.output, &status, print_status)
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use tonic::{Code, Status};
 
-use super::client::{describe, Client, ClientArgs, Output};
+use super::client::{describe, fail, Client, ClientArgs, Output};
 use super::output;
 use crate::proto as pb;
 use crate::proto::run_service_client::RunServiceClient;
@@ -20,46 +20,63 @@ pub struct RunCommand {
 #[derive(clap::Subcommand, Debug)]
 enum RunAction {
     /// List runs, oldest first (all pages unless --limit is given).
-    List {
-        /// Only runs of this job.
-        #[arg(long)]
-        job: Option<String>,
-        /// Only runs in this status.
-        #[arg(long, value_enum)]
-        status: Option<RunStatusArg>,
-        /// Only runs with a nominal time at or after this (RFC 3339).
-        #[arg(long)]
-        after: Option<DateTime<Utc>>,
-        /// Only runs with a nominal time before this (RFC 3339).
-        #[arg(long)]
-        before: Option<DateTime<Utc>>,
-        /// Stop after this many runs.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
+    List(List),
     /// Show a run.
-    Get {
-        /// Run id.
-        id: u64,
-    },
+    Get(Get),
     /// Cancel a run that has not finished.
-    Cancel {
-        /// Run id.
-        id: u64,
-    },
+    Cancel(Cancel),
     /// Follow run changes as the cluster applies them, resuming on another
     /// endpoint when one fails (until interrupted or --count events).
-    Watch {
-        /// Only runs of this job.
-        #[arg(long)]
-        job: Option<String>,
-        /// Start after this position (REVISION:RUN, as printed); default: now.
-        #[arg(long, value_parser = parse_position)]
-        after: Option<pb::WatchPosition>,
-        /// Stop after this many run events.
-        #[arg(long)]
-        count: Option<usize>,
-    },
+    Watch(Watch),
+}
+
+/// List runs, oldest first (all pages unless --limit is given).
+#[derive(clap::Args, Debug)]
+struct List {
+    /// Only runs of this job.
+    #[arg(long)]
+    job: Option<String>,
+    /// Only runs in this status.
+    #[arg(long, value_enum)]
+    status: Option<RunStatusArg>,
+    /// Only runs with a nominal time at or after this (RFC 3339).
+    #[arg(long)]
+    after: Option<DateTime<Utc>>,
+    /// Only runs with a nominal time before this (RFC 3339).
+    #[arg(long)]
+    before: Option<DateTime<Utc>>,
+    /// Stop after this many runs.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// Show a run.
+#[derive(clap::Args, Debug)]
+struct Get {
+    /// Run id.
+    id: u64,
+}
+
+/// Cancel a run that has not finished.
+#[derive(clap::Args, Debug)]
+struct Cancel {
+    /// Run id.
+    id: u64,
+}
+
+/// Follow run changes as the cluster applies them, resuming on another
+/// endpoint when one fails (until interrupted or --count events).
+#[derive(clap::Args, Debug)]
+struct Watch {
+    /// Only runs of this job.
+    #[arg(long)]
+    job: Option<String>,
+    /// Start after this position (REVISION:RUN, as printed); default: now.
+    #[arg(long, value_parser = parse_position)]
+    after: Option<pb::WatchPosition>,
+    /// Stop after this many run events.
+    #[arg(long)]
+    count: Option<usize>,
 }
 
 /// Parses `REVISION:RUN` (or a bare `REVISION`, meaning every run changed after it).
@@ -286,76 +303,87 @@ pub fn print_run(r: &pb::Run) {
 /// Runs a `kairos run` command.
 pub async fn run(cmd: RunCommand, args: &ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
-    let fail = |s: tonic::Status| anyhow::anyhow!(describe(&s));
     match cmd.action {
-        RunAction::List {
-            job,
-            status,
-            after,
-            before,
-            limit,
-        } => {
-            let status = status.map_or(pb::RunStatus::Unspecified, |s| match s {
-                RunStatusArg::Pending => pb::RunStatus::Pending,
-                RunStatusArg::Queued => pb::RunStatus::Queued,
-                RunStatusArg::Running => pb::RunStatus::Running,
-                RunStatusArg::Succeeded => pb::RunStatus::Succeeded,
-                RunStatusArg::Failed => pb::RunStatus::Failed,
-                RunStatusArg::TimedOut => pb::RunStatus::TimedOut,
-                RunStatusArg::Cancelled => pb::RunStatus::Cancelled,
-                RunStatusArg::Skipped => pb::RunStatus::Skipped,
-            });
-            let to_ts = |t: DateTime<Utc>| crate::api::convert::ms_timestamp(t.timestamp_millis());
-            let mut req = pb::ListRunsRequest {
-                job_id: job.unwrap_or_default(),
-                status: status as i32,
-                nominal_after: after.map(to_ts),
-                nominal_before: before.map(to_ts),
-                page_size: limit.map_or(1000, |l| l.min(1000) as u32),
-                ..Default::default()
-            };
-            let mut all = pb::ListRunsResponse::default();
-            loop {
-                let page = client
-                    .send(&req, |ch, r| async move {
-                        RunServiceClient::new(ch).list_runs(r).await
-                    })
-                    .await
-                    .map_err(fail)?;
-                all.runs.extend(page.runs);
-                all.next_page_token = page.next_page_token;
-                let full = limit.is_some_and(|l| all.runs.len() >= l);
-                if full || all.next_page_token.is_empty() {
-                    break;
-                }
-                req.page_token = all.next_page_token.clone();
-            }
-            if let Some(l) = limit {
-                all.runs.truncate(l);
-            }
-            output::print(args.output, &all, |all| print_runs(&all.runs))
-        }
-        RunAction::Get { id } => {
-            let req = pb::GetRunRequest { id, consistency: 0 };
-            let run = client
-                .send(
-                    &req,
-                    |ch, r| async move { RunServiceClient::new(ch).get_run(r).await },
-                )
-                .await
-                .map_err(fail)?;
-            output::print(args.output, &run, print_run)
-        }
-        RunAction::Watch { job, after, count } => watch(&client, args.output, job, after, count).await,
-        RunAction::Cancel { id } => {
-            let req = pb::CancelRunRequest { id };
-            let run = client
+        RunAction::List(list) => list.run(&client, args.output).await,
+        RunAction::Get(get) => get.run(&client, args.output).await,
+        RunAction::Cancel(cancel) => cancel.run(&client, args.output).await,
+        RunAction::Watch(Watch { job, after, count }) => watch(&client, args.output, job, after, count).await,
+    }
+}
+
+impl List {
+    /// Fetches the pages (up to `--limit` runs) and prints them.
+    async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
+        let status = self.status.map_or(pb::RunStatus::Unspecified, |s| match s {
+            RunStatusArg::Pending => pb::RunStatus::Pending,
+            RunStatusArg::Queued => pb::RunStatus::Queued,
+            RunStatusArg::Running => pb::RunStatus::Running,
+            RunStatusArg::Succeeded => pb::RunStatus::Succeeded,
+            RunStatusArg::Failed => pb::RunStatus::Failed,
+            RunStatusArg::TimedOut => pb::RunStatus::TimedOut,
+            RunStatusArg::Cancelled => pb::RunStatus::Cancelled,
+            RunStatusArg::Skipped => pb::RunStatus::Skipped,
+        });
+        let to_ts = |t: DateTime<Utc>| crate::api::convert::ms_timestamp(t.timestamp_millis());
+        let mut req = pb::ListRunsRequest {
+            job_id: self.job.unwrap_or_default(),
+            status: status as i32,
+            nominal_after: self.after.map(to_ts),
+            nominal_before: self.before.map(to_ts),
+            page_size: self.limit.map_or(1000, |l| l.min(1000) as u32),
+            ..Default::default()
+        };
+        let mut all = pb::ListRunsResponse::default();
+        loop {
+            let page = client
                 .send(&req, |ch, r| async move {
-                    RunServiceClient::new(ch).cancel_run(r).await
+                    RunServiceClient::new(ch).list_runs(r).await
                 })
                 .await
                 .map_err(fail)?;
-            output::print(args.output, &run, print_run)
+            all.runs.extend(page.runs);
+            all.next_page_token = page.next_page_token;
+            let full = self.limit.is_some_and(|l| all.runs.len() >= l);
+            if full || all.next_page_token.is_empty() {
+                break;
+            }
+            req.page_token = all.next_page_token.clone();
         }
+        if let Some(l) = self.limit {
+            all.runs.truncate(l);
+        }
+        output::print(out, &all, |all| print_runs(&all.runs))
+    }
+}
+
+impl Get {
+    /// Reads the run and prints it.
+    async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
+        let req = pb::GetRunRequest {
+            id: self.id,
+            consistency: 0,
+        };
+        let run = client
+            .send(
+                &req,
+                |ch, r| async move { RunServiceClient::new(ch).get_run(r).await },
+            )
+            .await
+            .map_err(fail)?;
+        output::print(out, &run, print_run)
+    }
+}
+
+impl Cancel {
+    /// Cancels the run and prints it as it now is.
+    async fn run(self, client: &Client, out: Output) -> anyhow::Result<()> {
+        let req = pb::CancelRunRequest { id: self.id };
+        let run = client
+            .send(&req, |ch, r| async move {
+                RunServiceClient::new(ch).cancel_run(r).await
+            })
+            .await
+            .map_err(fail)?;
+        output::print(out, &run, print_run)
     }
 }

@@ -27,13 +27,24 @@
 //! keeps an entry well below sled's inline-value limit (see the caveat in
 //! [`crate::raft`]); a single larger write still goes alone.
 //!
-//! The task stops when the [`WriteBatcher`] (the sending side of its queue)
-//! is dropped, after proposing what was queued.
+//! The queue is bounded ([`MAX_QUEUED_WRITES`]): a write that finds it full
+//! is refused at once with `ResourceExhausted` (the API's
+//! `RESOURCE_EXHAUSTED`) instead of waiting behind ever more writes.
+//!
+//! The proposer task and the task of every entry in flight are spawned on
+//! the node's task tracker. The proposer stops when the shutdown signal is
+//! cancelled, answering every write still queued `Unavailable` (the
+//! entries in flight end when Raft stops), or when the [`WriteBatcher`]
+//! (the sending side of its queue) is dropped, after proposing what was
+//! queued.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
 use crate::scheduler::{Command, Request, Response};
@@ -50,6 +61,15 @@ pub const MAX_IN_FLIGHT: usize = 1;
 pub const MAX_BATCH_REQUESTS: usize = 1_024;
 /// Encoded bytes per batch entry, at most (a single larger request goes alone).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Writes waiting for the proposer task, at most: four full entries. The
+/// task takes the queue an entry at a time with one entry in flight, so a
+/// write admitted behind a full queue is in one of the next four entries —
+/// about half a second of work at the ≈ 8,000 writes/s a leader commits
+/// (`BENCHMARKS.md`). Each waiting write is a caller awaiting its answer,
+/// so only thousands of concurrent writers meet the bound; past it they are
+/// refused at once rather than queued ever longer, and the leader's memory
+/// for waiting writes stays bounded.
+pub const MAX_QUEUED_WRITES: usize = 4 * MAX_BATCH_REQUESTS;
 /// Principal recorded on batch entries (each request keeps its own).
 const BATCH_PRINCIPAL: &str = "kairos-batcher";
 
@@ -68,57 +88,81 @@ struct Queued {
 
 /// The queue in front of the proposer task; see the module docs.
 pub struct WriteBatcher {
-    queue: mpsc::UnboundedSender<Queued>,
+    /// Writes waiting for the proposer task (at most [`MAX_QUEUED_WRITES`]).
+    queue: mpsc::Sender<Queued>,
 }
 
 impl WriteBatcher {
-    /// Starts the proposer task on the current runtime; it ends when the
-    /// returned batcher is dropped.
-    pub fn start<P: Proposer>(proposer: P) -> WriteBatcher {
-        WriteBatcher::spawn(proposer).0
+    /// Starts the proposer task on `tasks`; it ends when `shutdown` is
+    /// cancelled or the returned batcher is dropped.
+    pub fn start<P: Proposer>(proposer: P, tasks: &TaskTracker, shutdown: CancellationToken) -> WriteBatcher {
+        WriteBatcher::spawn(proposer, tasks, shutdown).0
     }
 
-    fn spawn<P: Proposer>(proposer: P) -> (WriteBatcher, tokio::task::JoinHandle<()>) {
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(Arc::new(proposer), receiver));
+    fn spawn<P: Proposer>(
+        proposer: P,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> (WriteBatcher, tokio::task::JoinHandle<()>) {
+        let (queue, receiver) = mpsc::channel(MAX_QUEUED_WRITES);
+        let task = tasks.spawn(run(Arc::new(proposer), receiver, tasks.clone(), shutdown));
         (WriteBatcher { queue }, task)
     }
 
-    /// Proposes `request` (alone or with others) and returns its own result.
+    /// Proposes `request` (alone or with others) and returns its own result;
+    /// `ResourceExhausted` at once when the queue is full.
     pub async fn propose(&self, request: Request) -> Result<Response> {
         let bytes = crate::raft::encoded_len(&request)?;
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Queued {
-                request,
-                bytes,
-                reply,
-            })
-            .map_err(|_| Error::unavailable("the write batcher has stopped"))?;
+        let queued = Queued {
+            request,
+            bytes,
+            reply,
+        };
+        self.queue.try_send(queued).map_err(|e| match e {
+            TrySendError::Full(_) => Error::ResourceExhausted(format!(
+                "the leader's write queue is full ({} writes waiting); retry later",
+                self.queue.max_capacity()
+            )),
+            TrySendError::Closed(_) => Error::unavailable("the write batcher has stopped"),
+        })?;
         answer
             .await
             .map_err(|_| Error::unavailable("the write batcher stopped before answering"))?
     }
 }
 
-/// The proposer task: batches while slots are busy, proposes, answers.
-async fn run<P: Proposer>(proposer: Arc<P>, mut queue: mpsc::UnboundedReceiver<Queued>) {
+/// The proposer task: batches while slots are busy, proposes (each entry on
+/// its own task on `tasks`), answers; on `shutdown`, refuses what is queued.
+async fn run<P: Proposer>(
+    proposer: Arc<P>,
+    mut queue: mpsc::Receiver<Queued>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     // Taken from the queue while over a batch's bounds: it opens the next batch.
     let mut carried: Option<Queued> = None;
     loop {
         let first = match carried.take() {
             Some(first) => first,
-            None => match queue.recv().await {
-                Some(first) => first,
-                None => return,
+            None => tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = queue.recv() => match next {
+                    Some(first) => first,
+                    None => return,
+                },
             },
         };
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                carried = Some(first);
+                break;
+            }
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
         let mut batch = vec![first];
         let mut bytes = batch[0].bytes;
         while batch.len() < MAX_BATCH_REQUESTS {
@@ -131,10 +175,18 @@ async fn run<P: Proposer>(proposer: Arc<P>, mut queue: mpsc::UnboundedReceiver<Q
             batch.push(next);
         }
         let proposer = proposer.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             propose_batch(&*proposer, batch).await;
             drop(slot);
         });
+    }
+    queue.close();
+    let stopped = Error::unavailable("the node is shutting down");
+    for queued in carried
+        .into_iter()
+        .chain(std::iter::from_fn(|| queue.try_recv().ok()))
+    {
+        let _ = queued.reply.send(Err(stopped.clone()));
     }
 }
 
@@ -177,6 +229,7 @@ async fn propose_batch<P: Proposer>(proposer: &P, mut batch: Vec<Queued>) {
 mod tests {
     use std::sync::Mutex;
 
+    use futures::FutureExt;
     use tokio::sync::Notify;
 
     use super::*;
@@ -224,6 +277,11 @@ mod tests {
         }
     }
 
+    /// A batcher on a tracker and a shutdown signal of its own.
+    fn untracked<P: Proposer>(proposer: P) -> WriteBatcher {
+        WriteBatcher::start(proposer, &TaskTracker::new(), CancellationToken::new())
+    }
+
     /// Lets spawned tasks run until they all wait.
     async fn settle() {
         for _ in 0..20 {
@@ -254,7 +312,7 @@ mod tests {
     /// proposed one at a time so each is its own entry.
     async fn busy_batcher() -> (Arc<FakeRaft>, Arc<WriteBatcher>, Vec<Call>) {
         let raft = Arc::new(FakeRaft::default());
-        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let batcher = Arc::new(untracked(raft.clone()));
         let mut calls = Vec::new();
         for i in 0..MAX_IN_FLIGHT {
             calls.push(spawn_propose(&batcher, delete(&format!("busy{i}"))));
@@ -282,7 +340,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_write_is_proposed_as_itself() {
         let raft = Arc::new(FakeRaft::default());
-        let batcher = Arc::new(WriteBatcher::start(raft.clone()));
+        let batcher = Arc::new(untracked(raft.clone()));
         let call = spawn_propose(&batcher, delete("a"));
         settle().await;
         assert_eq!(raft.entries.lock().unwrap().clone(), vec![delete("a")]);
@@ -382,7 +440,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_task_stops_when_the_batcher_is_dropped() {
         let raft = Arc::new(FakeRaft::default());
-        let (batcher, task) = WriteBatcher::spawn(raft.clone());
+        let (batcher, task) =
+            WriteBatcher::spawn(raft.clone(), &TaskTracker::new(), CancellationToken::new());
         let call = tokio::spawn(async move {
             let answer = batcher.propose(delete("last")).await;
             drop(batcher);
@@ -395,5 +454,103 @@ mod tests {
             .await
             .expect("the task ends once the batcher is gone")
             .expect("the task did not panic");
+    }
+
+    /// Answers every request `Ok(Empty)` once let through `gate`, and says
+    /// on `entered` how many requests each proposal carries as it begins.
+    struct GatedProposer {
+        gate: Semaphore,
+        entered: mpsc::UnboundedSender<usize>,
+    }
+
+    impl GatedProposer {
+        fn new() -> (Arc<GatedProposer>, mpsc::UnboundedReceiver<usize>) {
+            let (entered, proposals) = mpsc::unbounded_channel();
+            let gate = Semaphore::new(0);
+            (Arc::new(GatedProposer { gate, entered }), proposals)
+        }
+    }
+
+    impl Proposer for Arc<GatedProposer> {
+        async fn propose(&self, request: Request) -> Result<Response> {
+            let count = match &request.command {
+                Command::Batch { requests } => requests.len(),
+                _ => 1,
+            };
+            let _ = self.entered.send(count);
+            self.gate.acquire().await.expect("never closed").forget();
+            Ok(match request.command {
+                Command::Batch { requests } => {
+                    Response::Batch(requests.iter().map(|_| Ok(Response::Empty)).collect())
+                }
+                _ => Response::Empty,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_a_write_with_resource_exhausted_until_it_drains() {
+        let (proposer, mut proposals) = GatedProposer::new();
+        let batcher = Arc::new(untracked(proposer.clone()));
+        // The one slot is held by a proposal that is not answered.
+        let busy = spawn_propose(&batcher, delete("busy"));
+        assert_eq!(proposals.recv().await, Some(1));
+        // Fill the queue: each call is polled once (which queues its write)
+        // without yielding, so the proposer task takes none of them.
+        let mut waiting = Vec::new();
+        for i in 0..MAX_QUEUED_WRITES {
+            let mut call = batcher.propose(delete(&format!("w{i}"))).boxed();
+            assert!(
+                futures::poll!(&mut call).is_pending(),
+                "write {i} was answered early"
+            );
+            waiting.push(call);
+        }
+        // Refused at once: answered on its first poll.
+        match batcher.propose(delete("one-too-many")).now_or_never() {
+            Some(Err(Error::ResourceExhausted(message))) => assert_eq!(
+                message,
+                format!("the leader's write queue is full ({MAX_QUEUED_WRITES} writes waiting); retry later")
+            ),
+            other => panic!("a write beyond the bound was answered {other:?}"),
+        }
+        proposer.gate.add_permits(1 << 20);
+        assert_eq!(busy.await.unwrap(), Ok(Response::Empty));
+        for call in waiting {
+            assert_eq!(call.await, Ok(Response::Empty), "every queued write is answered");
+        }
+        assert_eq!(
+            batcher.propose(delete("after")).await,
+            Ok(Response::Empty),
+            "accepted again once the queue drained"
+        );
+        let sizes: Vec<usize> = std::iter::from_fn(|| proposals.try_recv().ok()).collect();
+        let full_entries = MAX_QUEUED_WRITES / MAX_BATCH_REQUESTS;
+        assert_eq!(sizes, [vec![MAX_BATCH_REQUESTS; full_entries], vec![1]].concat());
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_queued_writes_are_refused_and_every_task_ends() {
+        let (proposer, mut proposals) = GatedProposer::new();
+        let (tasks, shutdown) = (TaskTracker::new(), CancellationToken::new());
+        let batcher = Arc::new(WriteBatcher::start(proposer.clone(), &tasks, shutdown.clone()));
+        let busy = spawn_propose(&batcher, delete("busy"));
+        assert_eq!(proposals.recv().await, Some(1));
+        let mut queued = batcher.propose(delete("queued")).boxed();
+        assert!(futures::poll!(&mut queued).is_pending());
+        shutdown.cancel();
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(10), queued).await;
+        assert_eq!(refused, Ok(Err(Error::unavailable("the node is shutting down"))));
+        assert_eq!(
+            batcher.propose(delete("late")).await,
+            Err(Error::unavailable("the write batcher has stopped"))
+        );
+        // The entry in flight still gets its answer (on a node: Raft's refusal).
+        proposer.gate.add_permits(1);
+        assert_eq!(busy.await.unwrap(), Ok(Response::Empty));
+        tasks.close();
+        tokio::time::timeout(std::time::Duration::from_secs(10), tasks.wait())
+            .await
+            .expect("the proposer task and the entry's task ended");
     }
 }

@@ -34,7 +34,9 @@ pub mod durability;
 pub mod legacy;
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod snapshot_file;
+pub mod snapshot_policy;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -96,8 +98,8 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<openraft::Config> {
         election_timeout_max: tuning.election_timeout_ms * 2,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
-        // Snapshots are asked for by `node` (by requests applied and state
-        // size, see `snapshot_due`), not by openraft's count of entries.
+        // Snapshots are asked for by `snapshot_policy` (by requests applied
+        // and state size), not by openraft's count of entries.
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: tuning.snapshot_keep_logs,
         snapshot_max_chunk_size: 1 << 20,
@@ -118,7 +120,7 @@ pub struct RaftTuning {
     /// Build a snapshot after this many applied changes (an entry counts
     /// each request, fire, start, result and expiry it carries:
     /// `Request::weight`), and not before a quarter as many as the state
-    /// holds jobs and runs (see `node::snapshot_due`).
+    /// holds jobs and runs (see `snapshot_policy::snapshot_due`).
     pub snapshot_logs: u64,
     /// Entries kept in the log behind the snapshot (for slow followers).
     pub snapshot_keep_logs: u64,

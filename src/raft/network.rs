@@ -18,7 +18,11 @@
 //! which openraft retries at once, until [`TIMEOUTS_BEFORE_UNREACHABLE`]
 //! expire in a row: a peer that stopped answering (paused, partitioned) is
 //! then backed off like an unreachable one.
+//!
+//! Peers are dialed through the node's [`DialMap`]: a test harness may send
+//! this node's connections to a peer through a proxy of its own.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -35,6 +39,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{decode, encode, NodeId, TypeConfig};
+use crate::dial::DialMap;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::RaftPayload;
 
@@ -47,9 +52,13 @@ const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Calls to a peer whose TTL expires in a row before it counts as unreachable.
 pub const TIMEOUTS_BEFORE_UNREACHABLE: u32 = 3;
 
-/// A lazily connecting client of a peer's `RaftService` at `addr` (host:port).
-pub fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{}", crate::dial::resolve(addr)))?
+/// A lazily connecting client of a peer's `RaftService` at `addr` (host:port),
+/// dialed where `dial_map` says.
+pub fn peer_client(
+    addr: &str,
+    dial_map: &DialMap,
+) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("http://{}", dial_map.resolve(addr)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -65,6 +74,8 @@ pub fn peer_client(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::tran
 pub struct PeerNetwork {
     /// The node that sends.
     pub id: NodeId,
+    /// Where the node dials its peers.
+    pub dial_map: Arc<DialMap>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -75,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             id: self.id,
             target,
             addr: node.addr.clone(),
+            dial_map: self.dial_map.clone(),
             client: None,
             timeouts_in_a_row: 0,
         }
@@ -85,7 +97,10 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 pub struct PeerClient {
     id: NodeId,
     target: NodeId,
+    /// The peer's address in the membership.
     addr: String,
+    /// Where the sending node dials its peers.
+    dial_map: Arc<DialMap>,
     client: Option<RaftServiceClient<Channel>>,
     /// Calls whose TTL expired since the last answer.
     timeouts_in_a_row: u32,
@@ -128,7 +143,7 @@ impl PeerClient {
             ))))
         };
         if self.client.is_none() {
-            self.client = Some(peer_client(&self.addr).map_err(|e| unreachable(&e))?);
+            self.client = Some(peer_client(&self.addr, &self.dial_map).map_err(|e| unreachable(&e))?);
         }
         let mut client = self.client.clone().expect("set above");
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -196,5 +211,38 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_is_dialed_through_the_sending_nodes_dial_map() {
+        // The membership names a port nothing listens on; the map sends it
+        // to a listener standing in for the harness's proxy.
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let unused = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member_addr = unused.local_addr().unwrap().to_string();
+        drop(unused);
+        let map = DialMap::parse(&format!("{member_addr}={}", proxy.local_addr().unwrap())).unwrap();
+        let mut network = PeerNetwork {
+            id: 1,
+            dial_map: Arc::new(map),
+        };
+        let mut peer = network.new_client(2, &BasicNode::new(&member_addr)).await;
+        let vote = tokio::spawn(async move {
+            let request = VoteRequest::new(openraft::Vote::new(1, 1), None);
+            let _ = peer.vote(request, RPCOption::new(Duration::from_secs(30))).await;
+        });
+        let accepted = tokio::time::timeout(Duration::from_secs(10), proxy.accept()).await;
+        vote.abort();
+        assert!(
+            matches!(accepted, Ok(Ok(_))),
+            "the vote was not sent to the mapped address: {accepted:?}"
+        );
     }
 }

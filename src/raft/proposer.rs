@@ -1,0 +1,77 @@
+//! The leader's side of the write batcher: one `client_write` per entry, and
+//! openraft's refusals as Kairos errors.
+//!
+//! [`RaftProposer`] is what [`super::batcher::WriteBatcher`] proposes its
+//! entries through on a running node (tests give it a fake). A proposal made
+//! on a node that is not (or no longer) the leader fails with
+//! `Unavailable`, naming the leader when this node knows one, so the
+//! router in [`crate::node`] retries there; [`write_error`] makes that
+//! translation, also for the membership changes the node makes itself.
+//!
+//! IMPLEMENTATION CAVEATS: a fatal Raft error (the node is shutting down) is
+//! reported as `Unavailable` too: for the caller it is the same advice, try
+//! another node.
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+
+use super::batcher::Proposer;
+use super::{NodeId, Raft};
+use crate::error::{Error, Result};
+use crate::scheduler::{Request, Response};
+
+/// Proposes entries through the local Raft instance of node `id`.
+pub struct RaftProposer {
+    /// The proposing node, named in refusals.
+    pub id: NodeId,
+    /// Its Raft handle.
+    pub raft: Raft,
+}
+
+impl Proposer for RaftProposer {
+    async fn propose(&self, request: Request) -> Result<Response> {
+        match self.raft.client_write(request).await {
+            Ok(reply) => reply.data,
+            Err(e) => Err(write_error(self.id, e)),
+        }
+    }
+}
+
+/// A failed `client_write` or membership change on node `id`, as a Kairos error.
+pub fn write_error(id: NodeId, e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::Unavailable {
+            message: match f.leader_id {
+                Some(leader) => format!("node {id} is not the leader; node {leader} is"),
+                None => format!("node {id} is not the leader and knows none"),
+            },
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Error::FailedPrecondition(format!("membership change refused: {e}"))
+        }
+        RaftError::Fatal(e) => Error::unavailable(format!("node {id} is shutting down: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::error::ForwardToLeader;
+
+    use super::*;
+
+    #[test]
+    fn a_write_refused_by_a_follower_names_both_nodes_and_the_leader_address() {
+        let refused = RaftError::APIError(ClientWriteError::ForwardToLeader(ForwardToLeader {
+            leader_id: Some(3),
+            leader_node: Some(BasicNode::new("127.0.0.1:7103")),
+        }));
+        assert_eq!(
+            write_error(1, refused),
+            Error::Unavailable {
+                message: "node 1 is not the leader; node 3 is".into(),
+                leader: Some("127.0.0.1:7103".into()),
+            }
+        );
+    }
+}
