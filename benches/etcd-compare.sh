@@ -14,7 +14,7 @@
 # Both sides use the same connections: one client on one connection; 64
 # clients on 64 connections (as 64 separate processes would); 64 clients
 # sharing one connection (as one process shares a clientv3 client or a tonic
-# channel; each system did about twice the writes per second that way here).
+# channel; each system did 1.1-1.95 x the writes per second that way here).
 #
 #   benches/etcd-compare.sh [seconds per measurement, default 10] [payload bytes, default 256]
 #
