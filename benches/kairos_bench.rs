@@ -11,9 +11,10 @@
 //! ```
 //!
 //! - `create`: N concurrent gRPC clients create jobs (payload of the given
-//!   size) for the duration; throughput and latency p50/p99/p999. With
-//!   `--etcd a,b,c` the same clients put values of the same size into etcd
-//!   instead (`benches/etcd-compare.sh` runs both).
+//!   size) for the duration; throughput and latency p50/p99/p999. Without
+//!   `--endpoints` every client sends to the leader of the cluster it starts.
+//!   Each client has its own connection unless `--connections` sets fewer,
+//!   shared round-robin (`benches/etcd-compare.sh` runs it beside etcd).
 //! - `dispatch`: M `noop` jobs on `every` schedules whose phases spread their
 //!   fires evenly at the given rate; sustained runs/s completed (succeeded
 //!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
@@ -61,10 +62,9 @@ enum Scenario {
         /// Endpoints of a running cluster (host:port,...); default: start one.
         #[arg(long)]
         endpoints: Option<String>,
-        /// Instead of Kairos creates, etcd puts of the same value size to these
-        /// etcd client endpoints (host:port,...): the same harness for both.
+        /// Connections the clients share round-robin; default: one per client.
         #[arg(long)]
-        etcd: Option<String>,
+        connections: Option<usize>,
     },
     /// Due `noop` jobs at a rate.
     Dispatch {
@@ -103,8 +103,8 @@ fn main() {
                 payload,
                 duration,
                 endpoints,
-                etcd,
-            } => create(clients, payload, duration, endpoints, etcd).await,
+                connections,
+            } => create(clients, payload, duration, endpoints, connections).await,
             Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
@@ -161,70 +161,25 @@ async fn started_cluster() -> (TestCluster, u64) {
     (cluster, leader)
 }
 
-/// The two messages of etcd's `KV.Put` this tool needs (etcd's
-/// `rpc.proto`: `PutRequest{key = 1, value = 2}`; the response's fields are
-/// not read).
-mod etcd {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PutRequest {
-        #[prost(bytes = "vec", tag = "1")]
-        pub key: Vec<u8>,
-        #[prost(bytes = "vec", tag = "2")]
-        pub value: Vec<u8>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PutResponse {}
-
-    /// A minimal etcd v3 client: `KV.Put` over gRPC.
-    pub struct Client(tonic::client::Grpc<tonic::transport::Channel>);
-
-    impl Client {
-        pub fn new(channel: tonic::transport::Channel) -> Client {
-            Client(tonic::client::Grpc::new(channel))
-        }
-
-        pub async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), tonic::Status> {
-            self.0
-                .ready()
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
-            let codec = tonic_prost::ProstCodec::<PutRequest, PutResponse>::default();
-            self.0
-                .unary(tonic::Request::new(PutRequest { key, value }), path, codec)
-                .await
-                .map(|_| ())
-        }
-    }
-}
-
-/// One write of the `create` scenario: a Kairos create or an etcd put.
-enum Writer {
-    Kairos(JobServiceClient<Channel>),
-    Etcd(etcd::Client),
-}
-
-impl Writer {
-    async fn write(&mut self, key: String, body: &str) -> Result<(), tonic::Status> {
-        match self {
-            Writer::Kairos(jobs) => {
-                let job = pb::ScheduledJob {
-                    id: key,
-                    r#type: "noop".into(),
-                    schedule: "@yearly".into(),
-                    payload: body.as_bytes().to_vec(),
-                    ..Default::default()
-                };
-                let request = pb::CreateJobRequest {
-                    job: Some(job),
-                    request_id: String::new(),
-                };
-                jobs.create_job(request).await.map(|_| ())
-            }
-            Writer::Etcd(client) => client.put(key.into_bytes(), body.as_bytes().to_vec()).await,
-        }
-    }
+/// One write of the `create` scenario: a job that fires once a year, so that
+/// none fires while it is measured.
+async fn create_job(
+    jobs: &mut JobServiceClient<Channel>,
+    key: String,
+    body: &str,
+) -> Result<(), tonic::Status> {
+    let job = pb::ScheduledJob {
+        id: key,
+        r#type: "noop".into(),
+        schedule: "@yearly".into(),
+        payload: body.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let request = pb::CreateJobRequest {
+        job: Some(job),
+        request_id: String::new(),
+    };
+    jobs.create_job(request).await.map(|_| ())
 }
 
 async fn create(
@@ -232,10 +187,10 @@ async fn create(
     payload: usize,
     duration: Duration,
     endpoints: Option<String>,
-    etcd: Option<String>,
+    connections: Option<usize>,
 ) {
-    let target = if etcd.is_some() { "etcd" } else { "kairos" };
-    let (cluster, addrs) = match endpoints.or(etcd.clone()) {
+    let target = "kairos";
+    let (cluster, addrs) = match endpoints {
         Some(list) => (None, list.split(',').map(str::to_string).collect::<Vec<_>>()),
         None => {
             let (cluster, leader) = started_cluster().await;
@@ -248,22 +203,21 @@ async fn create(
     let started = Instant::now();
     let until = started + duration;
     let body = serde_json::json!({ "pad": "x".repeat(payload.saturating_sub(12)) }).to_string();
+    let mut channels = Vec::new();
+    for i in 0..connections.unwrap_or(clients).clamp(1, clients.max(1)) {
+        channels.push(channel(&addrs[i % addrs.len()]).await);
+    }
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let addr = addrs[client % addrs.len()].clone();
+        let channel = channels[client % channels.len()].clone();
         let (latencies, errors, body) = (latencies.clone(), errors.clone(), body.clone());
-        let is_etcd = etcd.is_some();
         tasks.push(tokio::spawn(async move {
-            let mut writer = if is_etcd {
-                Writer::Etcd(etcd::Client::new(channel(&addr).await))
-            } else {
-                Writer::Kairos(JobServiceClient::new(channel(&addr).await))
-            };
+            let mut jobs = JobServiceClient::new(channel);
             let mut n = 0u64;
             while Instant::now() < until {
                 n += 1;
                 let sent = Instant::now();
-                match writer.write(format!("bench-{client}-{n}"), &body).await {
+                match create_job(&mut jobs, format!("bench-{client}-{n}"), &body).await {
                     Ok(_) => latencies
                         .lock()
                         .unwrap()

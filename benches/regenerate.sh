@@ -76,9 +76,14 @@ $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 | failover, leader kill → first dispatched run | ≤ 1 s at p99 over 20 kills | p99 $(j failover.json '.run_p99_ms|floor') ms over $(j failover.json '.kills') kills |
 | scale | 1M jobs at ≤ 1 KiB/job; restart ≤ 10 s | $(j scale.json '.jobs') jobs: $(j scale.json '[.nodes[].bytes_per_job]|max|floor') B/job at rest (worst node), $(j scale.json '.restarted_bytes_per_job|floor') B/job after a restart; restart to ready $(j scale.json '.restart_to_ready_s*10|floor/10') s |
 
-## Kairos and etcd, same harness, one run
+## Kairos and etcd, each to its leader, one run
 
-\`benches/etcd-compare.sh $SECS 256\`:
+\`benches/etcd-compare.sh $SECS 256\`: each measurement on fresh 3-member clusters on
+127.0.0.1 with their data on the same disk; etcd (Debian's \`etcd-server\`) driven by
+its own Go client, clientv3 (\`benches/etcd-load\`), Kairos by \`kairos-bench create\`;
+each client writes sequentially to the leader, both sides over the same
+connections (64 clients on 64 connections, as separate processes, or on one,
+as one process sharing its client).
 
 $(cat "$OUT/etcd.md")
 
