@@ -53,8 +53,10 @@ pub struct JobFields {
     /// Cron expression: 5 fields, 6 with seconds, @daily..., or "@every 30s".
     #[arg(long, conflicts_with_all = ["at", "every"])]
     schedule: Option<String>,
-    /// IANA time zone of --schedule (default UTC).
-    #[arg(long, requires = "schedule")]
+    /// IANA time zone of the cron schedule (create: default UTC; update:
+    /// the job keeps its zone unless this is given, and `--tz` alone moves
+    /// the stored expression to another zone).
+    #[arg(long, conflicts_with_all = ["at", "every"])]
     tz: Option<String>,
     /// One-shot fire time, RFC 3339.
     #[arg(long, conflicts_with = "every")]
@@ -122,7 +124,7 @@ impl JobFields {
             job.owner_service = o.clone();
             mask.push("owner_service");
         }
-        if let Some(kind) = self.schedule_kind() {
+        if let Some(kind) = self.schedule_kind(job.schedule_spec.as_ref())? {
             job.schedule_spec = Some(pb::ScheduleSpec { kind: Some(kind) });
             mask.push("schedule_spec");
         }
@@ -153,23 +155,56 @@ impl JobFields {
         Ok(mask.into_iter().map(str::to_string).collect())
     }
 
-    /// The schedule the flags give (`--schedule`, `--at` or `--every`), if any.
-    fn schedule_kind(&self) -> Option<pb::schedule_spec::Kind> {
+    /// The schedule the flags give (`--schedule`, `--at` or `--every`, or
+    /// `--tz` alone), if any, given the job's `current` schedule (none on
+    /// create). An update changes only what it names: a new expression
+    /// keeps the job's time zone, a new zone keeps its expression.
+    fn schedule_kind(
+        &self,
+        current: Option<&pb::ScheduleSpec>,
+    ) -> anyhow::Result<Option<pb::schedule_spec::Kind>> {
+        let current_cron = match current.and_then(|spec| spec.kind.as_ref()) {
+            Some(pb::schedule_spec::Kind::Cron(cron)) => Some(cron),
+            _ => None,
+        };
         if let Some(expr) = &self.schedule {
-            Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
+            let timezone = self
+                .tz
+                .clone()
+                .or_else(|| current_cron.map(|cron| cron.timezone.clone()))
+                .unwrap_or_default();
+            return Ok(Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
                 expr: expr.clone(),
-                timezone: self.tz.clone().unwrap_or_default(),
-            }))
-        } else if let Some(at) = self.at {
-            Some(pb::schedule_spec::Kind::At(ms_timestamp(at.timestamp_millis())))
-        } else {
-            self.every.map(|every| {
-                pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
-                    interval: Some(ms_duration(ms(every))),
-                    phase: self.phase.map(|p| ms_duration(ms(p))),
-                })
-            })
+                timezone,
+            })));
         }
+        if let Some(timezone) = &self.tz {
+            let Some(cron) = current_cron else {
+                anyhow::bail!(
+                    "--tz: a time zone belongs to a cron schedule: give --schedule too{}",
+                    if current.is_some() {
+                        " (this job's schedule is not a cron expression)"
+                    } else {
+                        ""
+                    }
+                );
+            };
+            return Ok(Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
+                expr: cron.expr.clone(),
+                timezone: timezone.clone(),
+            })));
+        }
+        if let Some(at) = self.at {
+            return Ok(Some(pb::schedule_spec::Kind::At(ms_timestamp(
+                at.timestamp_millis(),
+            ))));
+        }
+        Ok(self.every.map(|every| {
+            pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
+                interval: Some(ms_duration(ms(every))),
+                phase: self.phase.map(|p| ms_duration(ms(p))),
+            })
+        }))
     }
 
     /// Merges the policy flags into `job.policies`; true if any was given.
@@ -222,5 +257,87 @@ impl JobFields {
         if let Some(d) = self.retry_max {
             r.max_interval = Some(ms_duration(ms(d)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The flags as a command line would give them.
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        fields: JobFields,
+    }
+
+    fn flags(args: &[&str]) -> JobFields {
+        Flags::try_parse_from(std::iter::once("kairos").chain(args.iter().copied()))
+            .unwrap()
+            .fields
+    }
+
+    fn cron_job(expr: &str, timezone: &str) -> pb::ScheduledJob {
+        let cron = pb::CronSchedule {
+            expr: expr.into(),
+            timezone: timezone.into(),
+        };
+        pb::ScheduledJob {
+            schedule_spec: Some(pb::ScheduleSpec {
+                kind: Some(pb::schedule_spec::Kind::Cron(cron)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cron_of(job: &pb::ScheduledJob) -> (String, String) {
+        match job.schedule_spec.as_ref().and_then(|s| s.kind.as_ref()) {
+            Some(pb::schedule_spec::Kind::Cron(c)) => (c.expr.clone(), c.timezone.clone()),
+            other => panic!("not a cron schedule: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_update_of_the_expression_keeps_the_jobs_time_zone() {
+        let mut job = cron_job("30 2 * * *", "Europe/Berlin");
+        let mask = flags(&["--schedule", "0 3 * * *"]).apply(&mut job).unwrap();
+        assert_eq!(mask, ["schedule_spec"]);
+        assert_eq!(cron_of(&job), ("0 3 * * *".into(), "Europe/Berlin".into()));
+
+        let mut job = cron_job("30 2 * * *", "Europe/Berlin");
+        flags(&["--schedule", "0 3 * * *", "--tz", "UTC"])
+            .apply(&mut job)
+            .unwrap();
+        assert_eq!(cron_of(&job), ("0 3 * * *".into(), "UTC".into()));
+    }
+
+    #[test]
+    fn a_time_zone_alone_moves_the_stored_expression() {
+        let mut job = cron_job("30 2 * * *", "Europe/Berlin");
+        let mask = flags(&["--tz", "Asia/Tokyo"]).apply(&mut job).unwrap();
+        assert_eq!(mask, ["schedule_spec"]);
+        assert_eq!(cron_of(&job), ("30 2 * * *".into(), "Asia/Tokyo".into()));
+    }
+
+    #[test]
+    fn a_time_zone_without_a_cron_schedule_is_refused() {
+        // Create: nothing to attach the zone to.
+        let e = flags(&["--tz", "Asia/Tokyo"])
+            .apply(&mut pb::ScheduledJob::default())
+            .unwrap_err();
+        assert!(e.to_string().starts_with("--tz: "), "{e}");
+        // Update of an interval job.
+        let mut job = pb::ScheduledJob::default();
+        flags(&["--every", "30s"]).apply(&mut job).unwrap();
+        let e = flags(&["--tz", "Asia/Tokyo"]).apply(&mut job).unwrap_err();
+        assert!(e.to_string().contains("not a cron expression"), "{e}");
+        // A create with both flags still works.
+        let mut job = pb::ScheduledJob::default();
+        flags(&["--schedule", "0 9 * * 1-5", "--tz", "Europe/Berlin"])
+            .apply(&mut job)
+            .unwrap();
+        assert_eq!(cron_of(&job), ("0 9 * * 1-5".into(), "Europe/Berlin".into()));
     }
 }
