@@ -338,6 +338,11 @@ impl Node {
         Ok(())
     }
 
+    /// The index of the last entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
+    }
+
     /// This node's own view of the cluster.
     pub fn report(&self) -> NodeReport {
         let m = self.raft.metrics().borrow().clone();

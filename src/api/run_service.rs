@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{counters_to_pb, job_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
 use super::job_service::{job_not_found, required_id};
 use super::read::page_size;
-use super::watch::{watch_runs, Position};
+use super::watch::{watch_runs, Position, PositionReached};
 use super::{principal, to_status, Api};
 use crate::error::Error;
 use crate::proto as pb;
@@ -222,10 +222,22 @@ impl RunService for Api {
             let req = request.into_inner();
             let job = (!req.job_id.is_empty()).then_some(req.job_id);
             let after = req.after.map(Position::from_pb);
+            let applied = self.node.applied_index();
+            let ahead = after.filter(|p| p.revision > applied).map(|p| {
+                let raft = self.node.raft.clone();
+                let reached: PositionReached = Box::pin(async move {
+                    raft.wait(None)
+                        .applied_index_at_least(Some(p.revision), "watch start position")
+                        .await
+                        .is_ok()
+                });
+                reached
+            });
             Ok(Response::new(watch_runs(
                 self.node.state.clone(),
                 job,
                 after,
+                ahead,
                 self.shutdown.clone(),
             )))
         })

@@ -23,6 +23,14 @@
 //! snapshot replaces the whole state, it catches up again from its last
 //! position: nothing is skipped and the stream stays in order.
 //!
+//! A watch may start after a position this node has not applied yet: a
+//! client resuming on a replica that lags a little, or a position the
+//! cluster has not reached at all (a mistyped one). The watch then first
+//! waits until the node has applied that revision and sends a progress
+//! notice at the start position when it has, so a client can tell "the
+//! log reached my position" from "no change since" (the CLI gives up after
+//! `--timeout` without it, see `cli/run.rs`).
+//!
 //! IMPLEMENTATION CAVEATS: changes of a run that catch-up finds already
 //! superseded arrive as one event with the latest state (as a Kubernetes
 //! watch); a run removed by history retention is not reported; catch-up scans
@@ -31,6 +39,7 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -104,13 +113,20 @@ pub fn latest_position(state: &State) -> Position {
         })
 }
 
+/// Resolves once this node has applied the revision of a start position
+/// it had not applied when the watch began (`true`), or cannot any more
+/// because the node stops (`false`).
+pub type PositionReached = BoxFuture<'static, bool>;
+
 /// Starts a watch of `job`'s runs (all jobs when `None`) after `after` (from
-/// now when `None`). The stream ends with `UNAVAILABLE` when `shutdown` fires,
-/// and the task ends when the client goes away.
+/// now when `None`); `ahead` is given when `after` is beyond what this node
+/// has applied (see the module docs). The stream ends with `UNAVAILABLE`
+/// when `shutdown` fires, and the task ends when the client goes away.
 pub fn watch_runs(
     state: StateHandle,
     job: Option<String>,
     after: Option<Position>,
+    ahead: Option<PositionReached>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<pb::RunEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -125,7 +141,7 @@ pub fn watch_runs(
             tx: tx.clone(),
         };
         tokio::select! {
-            () = watcher.run(after.is_none()) => {}
+            () = watcher.run(after.is_none(), ahead) => {}
             () = shutdown.cancelled() => {
                 // Tell the client to resume elsewhere (it may already be gone).
                 let _ = tx.try_send(Err(Status::unavailable("node shutting down")));
@@ -149,7 +165,19 @@ struct Watcher {
 struct Gone;
 
 impl Watcher {
-    async fn run(mut self, announce_start: bool) {
+    async fn run(mut self, announce_start: bool, ahead: Option<PositionReached>) {
+        // A start ahead of the log is announced once the log reaches it.
+        let announce_start = announce_start || ahead.is_some();
+        if let Some(reached) = ahead {
+            let reached = tokio::select! {
+                reached = reached => reached,
+                () = self.tx.closed() => return,
+            };
+            if !reached {
+                let _ = self.tx.send(Err(Status::unavailable("node shutting down"))).await;
+                return;
+            }
+        }
         if announce_start && self.send_progress().await.is_err() {
             return;
         }

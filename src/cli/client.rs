@@ -88,6 +88,11 @@ impl Client {
         request
     }
 
+    /// How long a request may take (`--timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The addresses given with `--endpoints`, in order.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints

@@ -42,6 +42,12 @@ pub fn write_line(line: fmt::Arguments<'_>) {
     }
 }
 
+/// Writes a notice (not a result) to stderr; a closed stderr loses it
+/// instead of panicking as `eprintln!` would.
+pub fn errln(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
 /// Prints `value` as pretty protobuf JSON.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?);

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use super::client::{describe, fail, Client, ClientArgs, Output};
 use super::output;
 use crate::proto as pb;
+use crate::proto::cluster_service_client::ClusterServiceClient;
 use crate::proto::run_service_client::RunServiceClient;
 
 /// `kairos run`.
@@ -101,9 +102,39 @@ fn parse_position(s: &str) -> Result<pb::WatchPosition, String> {
 /// How long to wait before trying the next endpoint after a broken watch.
 const WATCH_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// A start position the cluster's log has not reached when the watch begins.
+struct Ahead {
+    /// The position's revision.
+    revision: u64,
+    /// The cluster's commit index when the watch began.
+    head: u64,
+    /// When to give up waiting for the log to reach `revision` (`--timeout`).
+    deadline: tokio::time::Instant,
+}
+
+/// Whether `after` is beyond the cluster's log (one status call; `None`
+/// when it is not, or when no node answers: the watch then finds out).
+async fn ahead_of_the_log(client: &Client, after: &pb::WatchPosition) -> Option<Ahead> {
+    let status = client
+        .send(&pb::ClusterStatusRequest::default(), |ch, r| async move {
+            ClusterServiceClient::new(ch).status(r).await
+        })
+        .await
+        .ok()?;
+    let head = status.nodes.iter().map(|n| n.commit_index).max()?;
+    (after.revision > head).then(|| Ahead {
+        revision: after.revision,
+        head,
+        deadline: tokio::time::Instant::now() + client.timeout(),
+    })
+}
+
 /// `kairos run watch`: prints each event as a line (or one JSON object per
 /// line), remembers its position, and on a broken stream resumes from it on
-/// the next endpoint. Gives up after every endpoint failed three times in a row.
+/// the next endpoint. Gives up after every endpoint failed three times in a
+/// row, and, when started after a position the log has not reached, if
+/// the log does not reach it within `--timeout` (the first event, a
+/// progress notice at the start position, says it did).
 async fn watch(
     client: &Client,
     output: Output,
@@ -111,6 +142,18 @@ async fn watch(
     mut after: Option<pb::WatchPosition>,
     count: Option<usize>,
 ) -> anyhow::Result<()> {
+    let mut ahead = match &after {
+        Some(position) => ahead_of_the_log(client, position).await,
+        None => None,
+    };
+    if let Some(a) = &ahead {
+        output::errln(&format!(
+            "watch: waiting for the log to reach revision {} (the cluster has committed up to {}); giving up after {}",
+            a.revision,
+            a.head,
+            humantime::format_duration(client.timeout())
+        ));
+    }
     let endpoints = client.endpoints();
     let mut printed = 0usize;
     let mut failures = 0usize;
@@ -144,8 +187,22 @@ async fn watch(
             Ok(stream) => {
                 let mut stream = stream.into_inner();
                 loop {
-                    match stream.message().await {
+                    let message = match &ahead {
+                        Some(a) => match tokio::time::timeout_at(a.deadline, stream.message()).await {
+                            Ok(message) => message,
+                            Err(_) => anyhow::bail!(
+                                "watch: the log did not reach revision {} within {} (the cluster had committed up to {}): \
+                                 start after a position this cluster printed",
+                                a.revision,
+                                humantime::format_duration(client.timeout()),
+                                a.head
+                            ),
+                        },
+                        None => stream.message().await,
+                    };
+                    match message {
                         Ok(Some(event)) => {
+                            ahead = None;
                             failures = 0;
                             after = event.position.or(after);
                             if let Some(run) = &event.run {
@@ -174,7 +231,7 @@ async fn watch(
         if failures >= 3 * endpoints.len() {
             anyhow::bail!("watch: no endpoint answered; last error {}", describe(&outcome));
         }
-        eprintln!("watch: {addr}: {}; resuming", describe(&outcome));
+        output::errln(&format!("watch: {addr}: {}; resuming", describe(&outcome)));
         tokio::time::sleep(WATCH_RETRY_DELAY).await;
     }
 }
