@@ -16,7 +16,7 @@
 //!   tables were always exactly the state at the log id they recorded), then
 //!   empties the tree.
 //!
-//! - **Request records** changed layout on 2026-12-01 (`state_requests.rs`):
+//! - **Request records** changed layout on 2026-12-01 (`scheduler::state::requests`):
 //!   a snapshot file of the older encoding (magic `KSNAP001`) is re-encoded
 //!   by [`reencode_v1_snapshot`]; the two steps above convert what they move.
 //!

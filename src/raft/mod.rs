@@ -142,5 +142,4 @@ impl Default for RaftTuning {
 }
 
 #[cfg(test)]
-#[path = "suite_tests.rs"]
 mod suite_tests;

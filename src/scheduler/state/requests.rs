@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Job, JobId, JobSpec, State, Table, REQUEST_ID_TTL_MS};
+use super::{State, Table, REQUEST_ID_TTL_MS};
 use crate::error::Error;
+use crate::scheduler::job::{Job, JobId, JobSpec};
 
 /// The key of a request id's record: its xxh3-128 hash.
 pub type RequestKey = u128;
