@@ -46,6 +46,11 @@ macro_rules! agent_settings {
             #[arg(long, env = "KAIROS_CONFIG")]
             pub config: Option<PathBuf>,
             $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
+            /// Deliberately break this node (the chaos suite's test of its
+            /// checkers; see `crate::chaos_break`). A flag only: no variable, no file key.
+            #[cfg(feature = "chaos-break")]
+            #[arg(long, hide = true, value_enum)]
+            pub unsafe_chaos_break: Option<crate::chaos_break::ChaosBreak>,
         }
 
         /// The settings a `--config` file may hold.
@@ -140,6 +145,9 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// Raft timing and compaction.
     pub tuning: RaftTuning,
+    /// The deliberately broken build's setting (`--unsafe-chaos-break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr> {
@@ -251,6 +259,8 @@ impl AgentConfig {
             leader: LeaderSettings {
                 type_limits,
                 fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
+                #[cfg(feature = "chaos-break")]
+                chaos_break: args.unsafe_chaos_break,
             },
             test_handlers: args.test_handlers.unwrap_or(false),
             dial_map: crate::dial::parse_dial_map(args.dial_map.as_deref().unwrap_or(""))?,
@@ -261,6 +271,8 @@ impl AgentConfig {
                 snapshot_logs: args.snapshot_logs.unwrap_or(defaults.snapshot_logs),
                 snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(defaults.snapshot_keep_logs),
             },
+            #[cfg(feature = "chaos-break")]
+            chaos_break: args.unsafe_chaos_break,
         })
     }
 }

@@ -20,7 +20,8 @@
 
 pub mod actors;
 pub mod api;
-pub mod chaos_switch;
+#[cfg(feature = "chaos-break")]
+pub mod chaos_break;
 pub mod cli;
 pub mod config;
 pub mod dial;

@@ -71,6 +71,9 @@ pub struct NodeOptions {
     pub tuning: RaftTuning,
     /// The worker network (ractor_cluster) address, reported to peers.
     pub cluster_addr: String,
+    /// The deliberately broken build's setting (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 /// How fresh a read must be.
@@ -177,6 +180,8 @@ impl Node {
     /// Opens storage, starts Raft and bootstraps a new cluster if asked to.
     pub async fn start(options: &NodeOptions) -> Result<Arc<Node>> {
         let (log_store, state_machine) = open_storage(&options.data_dir)?;
+        #[cfg(feature = "chaos-break")]
+        let state_machine = state_machine.with_chaos_break(options.chaos_break);
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();

@@ -76,10 +76,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("--data-dir {}", config.data_dir.display()))?;
     crate::dial::install(config.dial_map.clone());
-    if crate::chaos_switch::duplicate_fires() {
+    #[cfg(feature = "chaos-break")]
+    if let Some(chaos_break) = config.chaos_break {
         tracing::error!(
-            "{} is set: THIS NODE RUNS EVERY FIRE TWICE (a deliberately broken build for the chaos checker's test)",
-            crate::chaos_switch::VARIABLE
+            ?chaos_break,
+            "--unsafe-chaos-break: THIS NODE IS DELIBERATELY BROKEN AND RUNS EVERY FIRE TWICE (the chaos checker's test)"
         );
     }
 
@@ -90,6 +91,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
+        #[cfg(feature = "chaos-break")]
+        chaos_break: config.chaos_break,
     };
     let node = Node::start(&options).await?;
     let metrics = Metrics::new();

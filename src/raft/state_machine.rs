@@ -133,6 +133,10 @@ pub struct StateMachineStore {
     /// Changes applied since the last snapshot was built ([`crate::scheduler::Request::weight`]
     /// of each entry; see [`crate::node`]'s snapshot trigger).
     changes_since_snapshot: Arc<AtomicU64>,
+    /// The deliberately broken build's setting, given to every state this
+    /// store makes (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 impl StateMachineStore {
@@ -150,11 +154,22 @@ impl StateMachineStore {
             membership: Membership::default(),
             snapshot_seq: 0,
             changes_since_snapshot: Arc::default(),
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
         };
         if let Some((meta, state)) = store.load_snapshot()? {
             store.replace(&meta, state);
         }
         Ok(store)
+    }
+
+    /// This store, breaking its state as `chaos_break` says, now and in
+    /// every state it loads later (the chaos suite's broken build).
+    #[cfg(feature = "chaos-break")]
+    pub fn with_chaos_break(mut self, chaos_break: Option<crate::chaos_break::ChaosBreak>) -> Self {
+        self.chaos_break = chaos_break;
+        self.state.write().set_chaos_break(chaos_break);
+        self
     }
 
     /// A handle for reading the applied state.
@@ -193,7 +208,12 @@ impl StateMachineStore {
 
     /// Makes `state`, described by `meta`, the current one.
     fn replace(&mut self, meta: &Meta, state: State) {
-        *self.state.write() = state;
+        {
+            let mut current = self.state.write();
+            *current = state;
+            #[cfg(feature = "chaos-break")]
+            current.set_chaos_break(self.chaos_break);
+        }
         self.state.publish(RunFeed::Reset);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

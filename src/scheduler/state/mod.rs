@@ -158,9 +158,20 @@ pub struct State {
     ended_otherwise_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// Compiled schedules of recent fires (a memo, not state).
     schedules: ScheduleMemo,
+    /// The deliberately broken build's setting: a local setting given at
+    /// start, not replicated (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 impl State {
+    /// Breaks this replica as `chaos_break` says (the chaos suite's broken
+    /// build); `None` keeps it whole.
+    #[cfg(feature = "chaos-break")]
+    pub fn set_chaos_break(&mut self, chaos_break: Option<crate::chaos_break::ChaosBreak>) {
+        self.chaos_break = chaos_break;
+    }
+
     /// Applies one command, the entry at log index `index`; the result is the
     /// same on every replica.
     pub fn apply(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {

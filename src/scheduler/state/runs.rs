@@ -316,7 +316,9 @@ impl State {
                 continue;
             };
             if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > until_ms {
-                if crate::chaos_switch::duplicate_fires() && job.last_fired_ms.is_some_and(|l| *expected <= l)
+                #[cfg(feature = "chaos-break")]
+                if self.chaos_break == Some(crate::chaos_break::ChaosBreak::DuplicateFires)
+                    && job.last_fired_ms.is_some_and(|l| *expected <= l)
                 {
                     // The deliberately broken build: run a fire that already happened again.
                     created.push(self.create_run(job_id, *expected, RunCause::Schedule, at_ms, changes));
