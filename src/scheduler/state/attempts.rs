@@ -314,7 +314,8 @@ impl State {
             let job_id = run.job_id.clone();
             run.status = RunStatus::Pending;
             run.node = None;
-            run.not_before_ms = at_ms.saturating_add(retry_delay_ms(&policy, run.attempt, run.id) as i64);
+            let delay = retry_delay_ms(&policy, run.attempt, run.id);
+            run.not_before_ms = at_ms.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
             run.error = error;
             self.count(&job_id, |c| c.retries += 1);
             self.put_run(run, changes);

@@ -11,7 +11,7 @@ fn failures_retry_with_backoff_until_attempts_run_out() {
     let mut sm = Sm::new();
     sm.job("a", T0 - 500, |p| {
         p.retry.max_attempts = 2;
-        p.retry.jitter = 0.0;
+        p.retry.jitter_milli = 0;
         p.retry.initial_interval_ms = 5_000;
     });
     let (r, _) = sm.tick(T0);
@@ -69,7 +69,7 @@ fn an_expired_lease_times_out_the_attempt_and_fences_the_old_worker() {
     let mut sm = Sm::new();
     sm.job("a", T0 - 500, |p| {
         p.timeouts.heartbeat_timeout_ms = 10_000;
-        p.retry.jitter = 0.0;
+        p.retry.jitter_milli = 0;
         p.retry.initial_interval_ms = 1_000;
     });
     let (r, _) = sm.tick(T0);
