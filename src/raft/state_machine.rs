@@ -24,7 +24,8 @@
 //! Snapshots are the postcard encoding of a [`StateImage`] (the replicated
 //! content of the state; taking one is O(1), so encoding it runs on a blocking
 //! thread while the state machine goes on applying), stored in their own
-//! file beside sled's database ([`super::snapshot_file`]) and fsynced before
+//! file beside sled's database ([`super::snapshot_file`], whose header states
+//! the format version, see [`crate::codec`]) and fsynced before
 //! openraft may purge the log behind them. Installing a snapshot stores it
 //! first, then replaces the state.
 //!
@@ -45,7 +46,8 @@ use tokio::sync::broadcast;
 
 use super::durability::Disk;
 use super::snapshot_file::{Format, Meta, SnapshotFile};
-use super::{decode, legacy, NodeId, StorageError, TypeConfig};
+use super::{legacy, NodeId, StorageError, TypeConfig};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::scheduler::run::Run;
 use crate::scheduler::state::StateImage;
@@ -146,7 +148,7 @@ impl StateMachineStore {
         let snapshot_file = Arc::new(SnapshotFile::in_dir(disk.dir()));
         legacy::move_legacy_snapshot(&disk, &snapshot_file)?;
         legacy::migrate_state_tables(&disk, &snapshot_file)?;
-        legacy::reencode_v1_snapshot(&snapshot_file)?;
+        legacy::upgrade_snapshot_file(&snapshot_file)?;
         let mut store = StateMachineStore {
             snapshot_file,
             state: StateHandle::default(),
@@ -203,7 +205,7 @@ impl StateMachineStore {
 
     /// Decodes a snapshot's state.
     fn decode_state(data: &[u8]) -> Result<State, StorageError> {
-        Ok(State::from_image(decode(data).map_err(snap_read)?))
+        Ok(State::from_image(codec::decode_body(data).map_err(snap_read)?))
     }
 
     /// Makes `state`, described by `meta`, the current one.
@@ -233,8 +235,10 @@ impl StateMachineStore {
 
 /// Decodes a state from a snapshot's data as it is read.
 fn decode_streamed(format: Format, input: &mut dyn std::io::Read) -> std::io::Result<State> {
-    if format != Format::V2 {
-        return Err(std::io::Error::other("the snapshot is of an older format"));
+    if format != Format::CURRENT {
+        return Err(std::io::Error::other(format!(
+            "the snapshot is of {format:?}, not of today's format version (it was to be migrated on open)"
+        )));
     }
     // Strings and byte strings pass through this buffer one at a time (a
     // payload is at most 1 MiB); nothing in the state borrows from it.
@@ -446,7 +450,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::in_dir(dir.path());
         let meta = Meta::default();
-        file.store(&meta, &super::super::encode(&state.image()).unwrap())
+        file.store(&meta, &codec::encode_body(&state.image()).unwrap())
             .unwrap();
         let (_, decoded) = file.read_with(decode_streamed).unwrap().unwrap();
         assert_eq!(decoded, state);

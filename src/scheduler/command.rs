@@ -162,7 +162,8 @@ pub enum Command {
     /// up to [`MAX_FIRE_AHEAD_MS`](super::MAX_FIRE_AHEAD_MS) before the nominal times, so that runs are
     /// dispatched before they are due). Fires in `(at_ms, until_ms]` run on
     /// time under every catch-up policy. Last in the enum: the encoding of a
-    /// variant is its position, and older logs hold the others.
+    /// variant is its position (see `crate::codec`), so a new command goes
+    /// at the end, with a new format version.
     FireWindow {
         /// `(job id, the job's next_fire_ms as the timer saw it)`.
         fires: Vec<(JobId, i64)>,
