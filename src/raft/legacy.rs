@@ -203,6 +203,7 @@ mod tests {
     use openraft::storage::{RaftStateMachine, Snapshot};
     use openraft::CommittedLeaderId;
 
+    use super::super::snapshot_file::with_magic;
     use super::super::state_machine::StateMachineStore;
     use super::super::suite_tests::snapshot_of_jobs;
     use super::super::TypeConfig;
@@ -379,12 +380,8 @@ mod tests {
         SnapshotFile::in_dir(dir.path()).store(&meta, &data).unwrap();
         // The same file as format version 2 wrote it: only the magic differs.
         let path = dir.path().join("kairos-snapshot");
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[..8].copy_from_slice(b"KSNAP002");
-        let body = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..body]);
-        bytes[body..].copy_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, bytes).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, with_magic(bytes, b"KSNAP002")).unwrap();
 
         let mut store = StateMachineStore::open(disk).unwrap();
         assert_eq!(store.state_handle().read().job_count(), 4);

@@ -331,6 +331,18 @@ fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64, Format)> {
     Ok((meta, u64::from_le_bytes(len8), format))
 }
 
+/// The `bytes` of a stored file with its magic replaced by `magic` and the
+/// checksum recomputed: the file as another format version would have
+/// written it (for tests of migrations and refusals).
+#[cfg(test)]
+pub(super) fn with_magic(mut bytes: Vec<u8>, magic: &[u8; 8]) -> Vec<u8> {
+    bytes[..8].copy_from_slice(magic);
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,15 +444,6 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         assert!(file.read_with(first_byte).is_err());
-    }
-
-    /// `bytes` of a stored file with its magic replaced by `magic`, checksum recomputed.
-    fn with_magic(mut bytes: Vec<u8>, magic: &[u8; 8]) -> Vec<u8> {
-        bytes[..8].copy_from_slice(magic);
-        let body = bytes.len() - 4;
-        let crc = crc32fast::hash(&bytes[..body]);
-        bytes[body..].copy_from_slice(&crc.to_le_bytes());
-        bytes
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub struct Request {
     /// What to do.
     pub command: Command,
     /// Identifies a client write across the retries of the node that
-    /// routes it (see [`WRITE_ID_TTL_MS`](super::state::WRITE_ID_TTL_MS)): a second entry with the same id
-    /// is not applied again but answers with the first one's result.
+    /// routes it (see [`WRITE_ID_TTL_MS`](super::state::WRITE_ID_TTL_MS)):
+    /// a second entry with the same id is not applied again but answers
+    /// with the first one's result.
     pub write_id: Option<String>,
 }
 
@@ -158,9 +159,9 @@ pub enum Command {
         requests: Vec<Request>,
     },
     /// `FireBatch` ahead of time: every listed job fires if its next fire is
-    /// the listed time and at most `until_ms` (proposed by the leader's timer
-    /// up to [`MAX_FIRE_AHEAD_MS`](super::MAX_FIRE_AHEAD_MS) before the nominal times, so that runs are
-    /// dispatched before they are due). Fires in `(at_ms, until_ms]` run on
+    /// the listed time and at most `until_ms` (proposed by the leader's
+    /// timer up to [`MAX_FIRE_AHEAD_MS`](super::MAX_FIRE_AHEAD_MS) before
+    /// the nominal times, so that runs are dispatched before they are due). Fires in `(at_ms, until_ms]` run on
     /// time under every catch-up policy. Last in the enum: the encoding of a
     /// variant is its position (see `crate::codec`), so a new command goes
     /// at the end, with a new format version.
