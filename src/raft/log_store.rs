@@ -10,7 +10,7 @@
 //!
 //! A log without a `format` record was written before format versions
 //! (format version 2, values without a frame). [`LogStore::open`] frames
-//! its values once ([`upgrade_format`]) and records the format; a log
+//! its values once (`upgrade_format`) and records the format; a log
 //! recorded in another format version than this build's is refused, naming
 //! both.
 //!
@@ -18,7 +18,7 @@
 //! - `append` reports completion (`LogFlushed::log_io_completed`) only after
 //!   the entries are durable ([`Disk::sync`]), and `save_vote` returns only after
 //!   the vote is durable. `append` itself returns once the entries are in
-//!   sled (readable, not yet durable): a [`Syncer`] thread syncs and reports
+//!   sled (readable, not yet durable): a `Syncer` thread syncs and reports
 //!   appends in order, one sync for all that wait. The leader replicates
 //!   its entries while its own sync runs (openraft is patched to count
 //!   itself in the quorum only when the report comes, see

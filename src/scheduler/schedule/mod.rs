@@ -21,11 +21,11 @@
 //!   time of an IANA time zone ("" = UTC). Fires are always on whole seconds.
 //!
 //! The rest of the module is split by concept:
-//! - [`parse`]: the cron dialect — what an expression may say and how it is
+//! - `parse`: the cron dialect — what an expression may say and how it is
 //!   validated into bitmasks;
-//! - [`search`]: finding the next matching wall-clock time with the `cron`
+//! - `search`: finding the next matching wall-clock time with the `cron`
 //!   crate, in every year chrono represents;
-//! - [`dst`]: mapping wall-clock times to instants in a time zone, across
+//! - `dst`: mapping wall-clock times to instants in a time zone, across
 //!   daylight-saving gaps and folds.
 //!
 //! Invariants:
@@ -68,7 +68,7 @@ mod tests;
 /// How a job's fire times are described; stored in the replicated state (serde).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ScheduleSpec {
-    /// A cron expression (5-field, 6-field seconds-first, @macro, or "@every <duration>") in an IANA zone ("" = UTC).
+    /// A cron expression (5-field, 6-field seconds-first, @macro, or `@every <duration>`) in an IANA zone ("" = UTC).
     Cron { expr: String, timezone: String },
     /// Fire once at this instant (unix milliseconds).
     At { at_ms: i64 },

@@ -5,8 +5,8 @@
 //! A change never fires retroactively: the next fire of a created, updated
 //! or resumed job is computed from the command's time. Fires committed ahead
 //! of their nominal time (`FireWindow`) that a pause or a schedule change
-//! takes back are cancelled, each with the reason ([`PAUSED_AHEAD`],
-//! [`RESCHEDULED_AHEAD`]).
+//! takes back are cancelled, each with the reason (`PAUSED_AHEAD`,
+//! `RESCHEDULED_AHEAD`).
 
 use std::ops::Bound;
 use std::sync::Arc;

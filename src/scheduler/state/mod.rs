@@ -9,13 +9,13 @@
 //!
 //! `apply` remembers write ids and hands each command to one method, found
 //! by concept in the child modules:
-//! - [`jobs`]: creating, updating, pausing and deleting jobs, and listing them;
-//! - [`requests`]: what a create's `request_id` remembers for a day;
-//! - [`runs`]: runs and their indexes — fires, triggers, backfills, overlap,
+//! - `jobs`: creating, updating, pausing and deleting jobs, and listing them;
+//! - `requests`: what a create's `request_id` remembers for a day;
+//! - `runs`: runs and their indexes — fires, triggers, backfills, overlap,
 //!   history retention, and the dispatcher's queue;
-//! - [`attempts`]: attempts of a run — starts with fencing tokens, leases,
+//! - `attempts`: attempts of a run — starts with fencing tokens, leases,
 //!   results, retries with back-off, expiry and cancellation;
-//! - [`image`]: the replicated content without its derived indexes (what a
+//! - `image`: the replicated content without its derived indexes (what a
 //!   snapshot holds), for each format it was stored in.
 //!
 //! Invariants kept here:
@@ -55,7 +55,7 @@ mod jobs;
 mod requests;
 mod runs;
 
-pub use image::{LegacyStateImage, StateImage};
+pub use image::{Image, LegacyStateImage, StateImage};
 pub use jobs::{next_fire, JobFilter, JobPage};
 pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
