@@ -47,6 +47,11 @@ macro_rules! agent_settings {
             #[arg(long, env = "KAIROS_CONFIG")]
             pub config: Option<PathBuf>,
             $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
+            /// Deliberately break this node (the chaos suite's test of its
+            /// checkers; see `crate::chaos_break`). A flag only: no variable, no file key.
+            #[cfg(feature = "chaos-break")]
+            #[arg(long, hide = true, value_enum)]
+            pub unsafe_chaos_break: Option<crate::chaos_break::ChaosBreak>,
         }
 
         /// The settings a `--config` file may hold.
@@ -141,6 +146,9 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// Raft timing and compaction.
     pub tuning: RaftTuning,
+    /// The deliberately broken build's setting (`--unsafe-chaos-break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr> {
@@ -204,6 +212,8 @@ fn leader_settings(type_limits: Option<&str>, fire_ahead_ms: Option<u64>) -> Res
     Ok(LeaderSettings {
         type_limits,
         fire_ahead: std::time::Duration::from_millis(fire_ahead_ms),
+        #[cfg(feature = "chaos-break")]
+        chaos_break: None,
     })
 }
 
@@ -244,7 +254,12 @@ impl AgentConfig {
                 )
             })?;
         let workers = workers(args.workers)?;
-        let leader = leader_settings(args.type_limits.as_deref(), args.fire_ahead_ms)?;
+        #[allow(unused_mut)] // set below only with the chaos-break feature
+        let mut leader = leader_settings(args.type_limits.as_deref(), args.fire_ahead_ms)?;
+        #[cfg(feature = "chaos-break")]
+        {
+            leader.chaos_break = args.unsafe_chaos_break;
+        }
         let defaults = RaftTuning::default();
         Ok(AgentConfig {
             node_id,
@@ -272,6 +287,8 @@ impl AgentConfig {
                 snapshot_logs: args.snapshot_logs.unwrap_or(defaults.snapshot_logs),
                 snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(defaults.snapshot_keep_logs),
             },
+            #[cfg(feature = "chaos-break")]
+            chaos_break: args.unsafe_chaos_break,
         })
     }
 }

@@ -10,6 +10,7 @@
 //! Module map, from the core outwards:
 //! - [`scheduler`]: the deterministic core (jobs, schedules, validation, `State::apply`).
 //! - [`raft`]: openraft wiring — sled log store with fsync, state machine, snapshots, peer network.
+//! - [`codec`]: the versioned encoding of log entries, snapshots and messages between nodes.
 //! - [`node`]: a running node — bootstrap, write forwarding, read barriers, shutdown.
 //! - [`actors`]: leader-only actors (the timer that fires due jobs).
 //! - [`handlers`]: job types (noop, sleep, http, exec) behind one trait.
@@ -20,8 +21,10 @@
 
 pub mod actors;
 pub mod api;
-pub mod chaos_switch;
+#[cfg(feature = "chaos-break")]
+pub mod chaos_break;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod dial;
 pub mod error;

@@ -87,6 +87,9 @@ pub struct NodeOptions {
     pub cluster_addr: String,
     /// Where this node dials its peers (see [`crate::dial`]).
     pub dial_map: Arc<DialMap>,
+    /// The deliberately broken build's setting (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 /// How fresh a read must be.
@@ -188,6 +191,8 @@ impl Node {
     pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
         let (log_store, state_machine) = open_storage(&options.data_dir)?;
         log_store.resign_leadership(options.id)?;
+        #[cfg(feature = "chaos-break")]
+        let state_machine = state_machine.with_chaos_break(options.chaos_break);
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();

@@ -117,6 +117,28 @@ fn parse_faults(value: &str) -> anyhow::Result<Vec<FaultKind>> {
     }
 }
 
+/// The agent flags of the deliberately broken build.
+const BREAK_BUILD_ARGS: [&str; 2] = ["--unsafe-chaos-break", "duplicate-fires"];
+
+/// Checks that `kairos_bin` knows [`BREAK_BUILD_ARGS`]: only a build with the
+/// `chaos-break` feature does (`cargo test --workspace` builds
+/// target/debug/kairos with it; release builds never have it).
+fn ensure_breakable(kairos_bin: &Path) -> anyhow::Result<()> {
+    let probe = std::process::Command::new(kairos_bin)
+        .arg("agent")
+        .args(BREAK_BUILD_ARGS)
+        .arg("--help")
+        .output()
+        .with_context(|| format!("running {}", kairos_bin.display()))?;
+    anyhow::ensure!(
+        probe.status.success(),
+        "--break-build: {} was built without the chaos-break feature (build it with \
+         `cargo build -p kairos --features chaos-break`, or run `cargo test --workspace`)",
+        kairos_bin.display()
+    );
+    Ok(())
+}
+
 fn default_kairos_bin() -> PathBuf {
     // chaos/ sits in the workspace; the binary is in the workspace's target dir.
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -169,6 +191,9 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
         "{} not found: build it (cargo build --release --bin kairos) or pass --kairos-bin",
         kairos_bin.display()
     );
+    if args.break_build {
+        ensure_breakable(&kairos_bin)?;
+    }
     if args.runtime == RuntimeKind::Docker {
         anyhow::ensure!(
             docker_available().await,
@@ -243,12 +268,10 @@ async fn run_round(
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // The nodes' log filter: KAIROS_CHAOS_NODE_LOG, e.g. "info,kairos=debug".
     let node_log = std::env::var("KAIROS_CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into());
-    let mut extra_env = vec![("RUST_LOG".to_string(), node_log)];
+    let extra_env = vec![("RUST_LOG".to_string(), node_log)];
+    let mut extra_args = vec!["--workers".to_string(), "4".to_string()];
     if args.break_build {
-        extra_env.push((
-            kairos::chaos_switch::VARIABLE.to_string(),
-            "duplicate-fires".to_string(),
-        ));
+        extra_args.extend(BREAK_BUILD_ARGS.map(String::from));
     }
     let cookie = format!("chaos-{seed}");
     // Every round starts from empty data dirs (a reused --out must not resurrect an old cluster).
@@ -263,7 +286,7 @@ async fn run_round(
                 kairos_bin: kairos_bin.to_path_buf(),
                 data_root: dir.join("nodes"),
                 cookie,
-                extra_args: vec!["--workers".into(), "4".into()],
+                extra_args: extra_args.clone(),
                 extra_env,
                 seed,
             })
@@ -277,7 +300,7 @@ async fn run_round(
                 kairos_bin: kairos_bin.to_path_buf(),
                 run_id: format!("{seed}-{}", std::process::id()),
                 cookie,
-                extra_args: vec!["--workers".into(), "4".into()],
+                extra_args,
                 extra_env,
             })
             .await?;

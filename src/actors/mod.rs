@@ -48,6 +48,9 @@ pub struct LeaderSettings {
     /// How far ahead of their nominal time fires are committed and started
     /// (see [`timer`]); zero commits them at the nominal time.
     pub fire_ahead: Duration,
+    /// The deliberately broken build's setting (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 impl Default for LeaderSettings {
@@ -55,6 +58,8 @@ impl Default for LeaderSettings {
         LeaderSettings {
             type_limits: TypeLimits::default(),
             fire_ahead: timer::DEFAULT_FIRE_AHEAD,
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
         }
     }
 }
@@ -105,6 +110,8 @@ impl LeaderActors {
                 node: node.clone(),
                 clock: timer::Clock::System,
                 fire_ahead: settings.fire_ahead,
+                #[cfg(feature = "chaos-break")]
+                chaos_break: settings.chaos_break,
             },
         )
         .await?;

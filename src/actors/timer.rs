@@ -77,6 +77,9 @@ pub struct TimerArgs {
     /// How far ahead of their nominal time fires are committed (at most
     /// `MAX_FIRE_AHEAD_MS`; zero fires at the nominal time).
     pub fire_ahead: Duration,
+    /// The deliberately broken build's setting (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 /// The timer's state.
@@ -89,6 +92,9 @@ pub struct TimerState {
     armed_for: Option<i64>,
     /// Sends a tick whenever the applied state changes.
     watcher: JoinHandle<()>,
+    /// See [`TimerArgs::chaos_break`].
+    #[cfg(feature = "chaos-break")]
+    chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 /// The timer's idea of the wall-clock time.
@@ -187,15 +193,10 @@ pub async fn tick(host: &impl TimerHost, now_ms: i64, ahead_ms: i64) -> Tick {
     let mut failed = false;
     if !fires.is_empty() {
         let count = fires.len();
-        let again = crate::chaos_switch::duplicate_fires().then(|| fires.clone());
         match host.propose(fire_command(fires, now_ms, ahead_ms), now_ms).await {
             Ok(()) => {
                 tracing::debug!(jobs = count, "fire batch committed");
                 done.fired = count;
-                if let Some(fires) = again {
-                    // The deliberately broken build proposes every batch twice.
-                    let _ = host.propose(fire_command(fires, now_ms, ahead_ms), now_ms).await;
-                }
             }
             Err(e) => {
                 tracing::warn!(jobs = count, error = %e, "fire batch not committed");
@@ -254,6 +255,8 @@ impl Actor for Timer {
             ahead_ms: args.fire_ahead.as_millis().min(max) as i64,
             armed_for: None,
             watcher,
+            #[cfg(feature = "chaos-break")]
+            chaos_break: args.chaos_break,
         })
     }
 
@@ -283,7 +286,16 @@ impl Actor for Timer {
     ) -> Result<(), ActorProcessingErr> {
         let TimerMsg::Tick = msg;
         let clock = state.clock;
+        #[cfg(not(feature = "chaos-break"))]
         let Tick { wake_at, .. } = tick(&state.node, clock.now_ms(), state.ahead_ms).await;
+        #[cfg(feature = "chaos-break")]
+        let Tick { wake_at, .. } = match state.chaos_break {
+            Some(crate::chaos_break::ChaosBreak::DuplicateFires) => {
+                let host = crate::chaos_break::FiresTwice(&state.node);
+                tick(&host, clock.now_ms(), state.ahead_ms).await
+            }
+            None => tick(&state.node, clock.now_ms(), state.ahead_ms).await,
+        };
         // Re-arm unless an earlier wake-up is already pending.
         if let Some(at) = wake_at {
             let now = clock.now_ms();

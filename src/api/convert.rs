@@ -12,7 +12,9 @@ use pbjson_types::Duration as PbDuration;
 use crate::error::{Error, Result};
 use crate::proto as pb;
 use crate::proto::Timestamp as PbTimestamp;
-use crate::scheduler::job::{Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts};
+use crate::scheduler::job::{
+    to_thousandths, Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
+};
 use crate::scheduler::run::{JobCounters, RunCause};
 use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, Run, RunStatus, ScheduleSpec};
 
@@ -186,6 +188,15 @@ fn catchup_to_pb(c: Catchup) -> pb::CatchupPolicy {
     }
 }
 
+/// A double of the API as the thousandths the job stores (precision 0.001,
+/// rounded to the nearest); 0 (unset) is `default`.
+fn thousandths(value: f64, field: &str, default: u32) -> Result<u32> {
+    if value == 0.0 {
+        return Ok(default);
+    }
+    to_thousandths(value).ok_or_else(|| Error::InvalidArgument(format!("{field}: {value} is out of range")))
+}
+
 /// Resolved policies from the message; unset fields take their defaults.
 pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
     let d = Policies::default();
@@ -205,17 +216,17 @@ pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
                     r.max_attempts
                 },
                 initial_interval_ms: initial,
-                backoff_coefficient: if r.backoff_coefficient == 0.0 {
-                    d.retry.backoff_coefficient
-                } else {
-                    r.backoff_coefficient
-                },
+                backoff_coefficient_milli: thousandths(
+                    r.backoff_coefficient,
+                    "policies.retry.backoff_coefficient",
+                    d.retry.backoff_coefficient_milli,
+                )?,
                 max_interval_ms: optional_ms(
                     r.max_interval.as_ref(),
                     "policies.retry.max_interval",
                     initial.saturating_mul(100),
                 )?,
-                jitter: if r.jitter == 0.0 { d.retry.jitter } else { r.jitter },
+                jitter_milli: thousandths(r.jitter, "policies.retry.jitter", d.retry.jitter_milli)?,
                 non_retryable_errors: r.non_retryable_errors.clone(),
             }
         }
@@ -283,9 +294,9 @@ fn policies_to_pb(p: &Policies) -> pb::Policies {
         retry: Some(pb::RetryPolicy {
             max_attempts: p.retry.max_attempts,
             initial_interval: Some(ms_duration(p.retry.initial_interval_ms)),
-            backoff_coefficient: p.retry.backoff_coefficient,
+            backoff_coefficient: f64::from(p.retry.backoff_coefficient_milli) / 1000.0,
             max_interval: Some(ms_duration(p.retry.max_interval_ms)),
-            jitter: p.retry.jitter,
+            jitter: f64::from(p.retry.jitter_milli) / 1000.0,
             non_retryable_errors: p.retry.non_retryable_errors.clone(),
         }),
         timeouts: Some(pb::Timeouts {

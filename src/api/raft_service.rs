@@ -1,6 +1,9 @@
 //! `RaftService`: the peer side of Raft RPCs, forwarded writes, ReadIndex and
-//! status probes. Payloads are postcard-encoded openraft / Kairos types (see
-//! `crate::raft::network` for the client side).
+//! status probes. Payloads are openraft / Kairos types encoded with their
+//! format version (`crate::codec`; see `crate::raft::network` for the client
+//! side). A payload of another format version is answered
+//! `FAILED_PRECONDITION` naming both versions, one that does not decode
+//! `INVALID_ARGUMENT`; neither reaches the node.
 
 use std::sync::Arc;
 
@@ -9,6 +12,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::to_status;
+use crate::error::Error;
 use crate::node::{Forwarded, Node};
 use crate::proto as pb;
 use crate::proto::raft_service_server::RaftService;
@@ -21,8 +25,10 @@ pub struct PeerApi {
 }
 
 fn decode_payload<T: DeserializeOwned>(request: Request<pb::RaftPayload>) -> Result<T, Status> {
-    decode(&request.into_inner().data)
-        .map_err(|e| Status::invalid_argument(format!("undecodable peer message: {e}")))
+    decode(&request.into_inner().data).map_err(|e| match e {
+        Error::FailedPrecondition(_) => to_status(e),
+        e => Status::invalid_argument(format!("undecodable peer message: {e}")),
+    })
 }
 
 fn payload<T: Serialize>(value: &T) -> Result<Response<pb::RaftPayload>, Status> {
@@ -72,5 +78,50 @@ impl RaftService for PeerApi {
         _request: Request<pb::NodeMetricsRequest>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         payload(&self.node.report())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::raft::VoteRequest;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use tonic::Code;
+
+    use super::*;
+    use crate::codec::{encode_body, FORMAT_VERSION};
+
+    fn payload_of(data: Vec<u8>) -> Request<pb::RaftPayload> {
+        Request::new(pb::RaftPayload { data })
+    }
+
+    #[test]
+    fn a_peer_message_of_another_format_version_is_refused_naming_both() {
+        let vote = VoteRequest::new(
+            Vote::new(4, 2),
+            Some(LogId::new(CommittedLeaderId::new(3, 1), 17)),
+        );
+        let good = encode(&vote).unwrap();
+        let decoded: VoteRequest<u64> = decode_payload(payload_of(good.clone())).unwrap();
+        assert_eq!(decoded, vote);
+
+        let mut newer = good;
+        newer[2..4].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let status = decode_payload::<VoteRequest<u64>>(payload_of(newer)).unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("is in format version 4, newer than this node understands (it reads 3)"),
+            "{status:?}"
+        );
+
+        // A node from before format versions sends no frame.
+        let status = decode_payload::<VoteRequest<u64>>(payload_of(encode_body(&vote).unwrap())).unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(status.message().contains("no format version"), "{status:?}");
+
+        let status =
+            decode_payload::<VoteRequest<u64>>(payload_of(vec![0x80, 0x00, 3, 0, 0xff])).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
 }

@@ -82,10 +82,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             "peer addresses are rewritten by --dial-map"
         );
     }
-    if crate::chaos_switch::duplicate_fires() {
+    #[cfg(feature = "chaos-break")]
+    if let Some(chaos_break) = config.chaos_break {
         tracing::error!(
-            "{} is set: THIS NODE RUNS EVERY FIRE TWICE (a deliberately broken build for the chaos checker's test)",
-            crate::chaos_switch::VARIABLE
+            ?chaos_break,
+            "--unsafe-chaos-break: THIS NODE IS DELIBERATELY BROKEN AND RUNS EVERY FIRE TWICE (the chaos checker's test)"
         );
     }
 
@@ -148,6 +149,8 @@ fn node_options(config: &AgentConfig) -> NodeOptions {
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
         dial_map: Arc::new(config.dial_map.clone()),
+        #[cfg(feature = "chaos-break")]
+        chaos_break: config.chaos_break,
     }
 }
 

@@ -16,9 +16,17 @@
 //!   tables were always exactly the state at the log id they recorded), then
 //!   empties the tree.
 //!
-//! - **Request records** changed layout on 2026-12-01 (`state_requests.rs`):
-//!   a snapshot file of the older encoding (magic `KSNAP001`) is re-encoded
-//!   by [`reencode_v1_snapshot`]; the two steps above convert what they move.
+//! - **Request records** changed layout on 2026-12-01 (`scheduler::state::requests`):
+//!   a snapshot file of the older encoding (format version 1, magic
+//!   `KSNAP001`) is re-encoded by [`upgrade_snapshot_file`]; the two steps
+//!   above convert what they move.
+//! - **Format versions** (`crate::codec`) began with version 3: a snapshot
+//!   file of version 2 (`KSNAP002`), laid out as today's, is stored again
+//!   under today's header by [`upgrade_snapshot_file`]. (The Raft log is
+//!   brought to version 3 by `log_store`.)
+//!
+//! Everything stored here was written without a frame (format versions 1
+//! and 2) and is read with [`codec::decode_body`].
 //!
 //! Every step stores the file before it clears the tree (or replaces the
 //! file atomically), and a repeat (after a crash in between) stores the same
@@ -30,7 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use super::durability::Disk;
 use super::snapshot_file::{Format, Meta, SnapshotFile};
-use super::{decode, encode, NodeId};
+use super::NodeId;
+use crate::codec::{self, decode_body, encode_body};
 use crate::error::{Error, Result};
 use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage};
 
@@ -70,7 +79,7 @@ pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
     let Some(meta_bytes) = tree.get(SNAPSHOT_META_KEY).map_err(Error::internal)? else {
         return Ok(());
     };
-    let stored: LegacySnapshotMeta = decode(&meta_bytes).map_err(Error::internal)?;
+    let stored: LegacySnapshotMeta = decode_body(&meta_bytes).map_err(Error::internal)?;
     let mut data = Vec::with_capacity(stored.bytes as usize);
     for n in 0..stored.chunks {
         let key = [SNAPSHOT_CHUNK_PREFIX, &n.to_be_bytes()].concat();
@@ -89,7 +98,7 @@ pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
             stored.bytes
         )));
     }
-    let data = encode(&StateImage::from(decode::<LegacyStateImage>(&data)?))?;
+    let data = encode_body(&StateImage::from(decode_body::<LegacyStateImage>(&data)?))?;
     file.store(&stored.meta, &data).map_err(Error::internal)?;
     tree.clear().map_err(Error::internal)?;
     disk.sync().map_err(Error::internal)?;
@@ -97,25 +106,36 @@ pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
     Ok(())
 }
 
-/// Re-encodes a stored snapshot file of the older state encoding
-/// ([`Format::V1`]) in today's (once, on open, after the other steps).
-pub fn reencode_v1_snapshot(file: &SnapshotFile) -> Result<()> {
+/// Stores a snapshot file of an older format version again in today's
+/// (once, on open, after the other steps; only the header is read when it
+/// is today's): a [`Format::V1`] state is migrated to today's request
+/// records, a [`Format::V2`] one, laid out as today's, gets today's header.
+pub fn upgrade_snapshot_file(file: &SnapshotFile) -> Result<()> {
+    if file
+        .read_format()
+        .map_err(Error::internal)?
+        .is_none_or(|f| f == Format::CURRENT)
+    {
+        return Ok(());
+    }
     let Some(stored) = file.read().map_err(Error::internal)? else {
         return Ok(());
     };
-    if stored.format != Format::V1 {
-        return Ok(());
+    let bytes = match stored.format {
+        Format::V1 => {
+            let image = StateImage::from(decode_body::<LegacyStateImage>(&stored.data)?);
+            drop(stored.data);
+            file.store_with(&stored.meta, |out| {
+                postcard::to_io(&image, out)
+                    .map(|_| ())
+                    .map_err(std::io::Error::other)
+            })
+        }
+        Format::V2 | Format::V3 => file.store_with(&stored.meta, |out| out.write_all(&stored.data)),
     }
-    let image = StateImage::from(decode::<LegacyStateImage>(&stored.data)?);
-    drop(stored.data);
-    let bytes = file
-        .store_with(&stored.meta, |out| {
-            postcard::to_io(&image, out)
-                .map(|_| ())
-                .map_err(std::io::Error::other)
-        })
-        .map_err(Error::internal)?;
-    tracing::info!(last_log_id = ?stored.meta.last_log_id, bytes = bytes.unwrap_or(0), "re-encoded the stored snapshot of an older version");
+    .map_err(Error::internal)?;
+    tracing::info!(last_log_id = ?stored.meta.last_log_id, from = ?stored.format, bytes = bytes.unwrap_or(0),
+        "stored the snapshot of an older version in format version {}", codec::FORMAT_VERSION);
     Ok(())
 }
 
@@ -130,7 +150,7 @@ pub fn migrate_state_tables(disk: &Disk, file: &SnapshotFile) -> Result<()> {
     let (image, applied, membership) = read_tables(&tree)?;
     let stored = file.read_meta().map_err(Error::internal)?;
     if stored.as_ref().is_none_or(|m| m.last_log_id < applied) {
-        let data = encode(&image)?;
+        let data = encode_body(&image)?;
         let meta = Meta {
             last_log_id: applied,
             last_membership: membership,
@@ -157,21 +177,21 @@ fn read_tables(tree: &sled::Tree) -> Result<(StateImage, Option<LogId<NodeId>>, 
     for item in tree.iter() {
         let (key, value) = item.map_err(Error::internal)?;
         if key.starts_with(JOB_PREFIX) {
-            image.insert_job(decode(&value)?);
+            image.insert_job(decode_body(&value)?);
         } else if let Some(rid) = key.strip_prefix(REQUEST_PREFIX) {
-            requests.push((text(rid)?, decode::<LegacyRequestRecord>(&value)?));
+            requests.push((text(rid)?, decode_body::<LegacyRequestRecord>(&value)?));
         } else if let Some(wid) = key.strip_prefix(WRITE_PREFIX) {
-            image.insert_write(text(wid)?, decode(&value)?);
+            image.insert_write(text(wid)?, decode_body(&value)?);
         } else if key.starts_with(RUN_PREFIX) {
-            image.insert_run(decode(&value)?);
+            image.insert_run(decode_body(&value)?);
         } else if let Some(job_id) = key.strip_prefix(COUNTERS_PREFIX) {
-            image.insert_counters(text(job_id)?, decode(&value)?);
+            image.insert_counters(text(job_id)?, decode_body(&value)?);
         } else if &*key == NEXT_RUN_ID_KEY {
-            image.set_next_run_id(decode(&value)?);
+            image.set_next_run_id(decode_body(&value)?);
         } else if &*key == APPLIED_KEY {
-            applied = decode(&value)?;
+            applied = decode_body(&value)?;
         } else if &*key == MEMBERSHIP_KEY {
-            membership = decode(&value)?;
+            membership = decode_body(&value)?;
         }
     }
     image.insert_legacy_requests(requests);
@@ -183,6 +203,7 @@ mod tests {
     use openraft::storage::{RaftStateMachine, Snapshot};
     use openraft::CommittedLeaderId;
 
+    use super::super::snapshot_file::with_magic;
     use super::super::state_machine::StateMachineStore;
     use super::super::suite_tests::snapshot_of_jobs;
     use super::super::TypeConfig;
@@ -211,7 +232,8 @@ mod tests {
                 chunks: chunks.len() as u32,
                 bytes: data.len() as u64,
             };
-            tree.insert(SNAPSHOT_META_KEY, encode(&legacy).unwrap()).unwrap();
+            tree.insert(SNAPSHOT_META_KEY, encode_body(&legacy).unwrap())
+                .unwrap();
             disk.sync().unwrap();
         }
 
@@ -237,28 +259,35 @@ mod tests {
     fn write_tables(disk: &Disk, state: &State, applied: LogId<NodeId>) {
         let tree = disk.db.open_tree(TABLES_TREE).unwrap();
         for job in state.jobs() {
-            tree.insert([JOB_PREFIX, job.id.as_bytes()].concat(), encode(job).unwrap())
-                .unwrap();
+            tree.insert(
+                [JOB_PREFIX, job.id.as_bytes()].concat(),
+                encode_body(job).unwrap(),
+            )
+            .unwrap();
             let record = LegacyRequestRecord {
                 at_ms: job.created_at_ms,
                 job_id: job.id.clone(),
                 created: None,
             };
             let key = [REQUEST_PREFIX, b"r-", job.id.as_bytes()].concat();
-            tree.insert(key, encode(&record).unwrap()).unwrap();
+            tree.insert(key, encode_body(&record).unwrap()).unwrap();
         }
         for run in state.runs() {
-            tree.insert([RUN_PREFIX, &run.id.to_be_bytes()].concat(), encode(run).unwrap())
-                .unwrap();
+            tree.insert(
+                [RUN_PREFIX, &run.id.to_be_bytes()].concat(),
+                encode_body(run).unwrap(),
+            )
+            .unwrap();
         }
         for (job_id, counters) in state.counters_iter() {
             let key = [COUNTERS_PREFIX, job_id.as_bytes()].concat();
-            tree.insert(key, encode(counters).unwrap()).unwrap();
+            tree.insert(key, encode_body(counters).unwrap()).unwrap();
         }
-        tree.insert(NEXT_RUN_ID_KEY, encode(&state.next_run_id()).unwrap())
+        tree.insert(NEXT_RUN_ID_KEY, encode_body(&state.next_run_id()).unwrap())
             .unwrap();
-        tree.insert(APPLIED_KEY, encode(&Some(applied)).unwrap()).unwrap();
-        tree.insert(MEMBERSHIP_KEY, encode(&Membership::default()).unwrap())
+        tree.insert(APPLIED_KEY, encode_body(&Some(applied)).unwrap())
+            .unwrap();
+        tree.insert(MEMBERSHIP_KEY, encode_body(&Membership::default()).unwrap())
             .unwrap();
         disk.sync().unwrap();
     }
@@ -281,7 +310,7 @@ mod tests {
 
     /// Writes `data` under `meta` as a snapshot file of an older version (`KSNAP001`).
     fn store_v1(dir: &std::path::Path, meta: &Meta, data: &[u8]) {
-        let meta_bytes = encode(meta).unwrap();
+        let meta_bytes = encode_body(meta).unwrap();
         let mut bytes = b"KSNAP001".to_vec();
         bytes.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&meta_bytes);
@@ -297,7 +326,7 @@ mod tests {
         // Jobs 1 and 2 created with request ids; job 2 was since deleted, so
         // its record holds the copy older versions kept.
         let state =
-            State::from_image(decode(&snapshot_of_jobs(2, "job").await.snapshot.into_inner()).unwrap());
+            State::from_image(decode_body(&snapshot_of_jobs(2, "job").await.snapshot.into_inner()).unwrap());
         let job1 = state.job("job-1").unwrap().clone();
         let job2 = state.job("job-2").unwrap().clone();
         let legacy = LegacyStateImage::of(
@@ -329,7 +358,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let disk = Disk::open(dir.path()).unwrap();
-        store_v1(dir.path(), &meta, &encode(&legacy).unwrap());
+        store_v1(dir.path(), &meta, &encode_body(&legacy).unwrap());
 
         let store = StateMachineStore::open(disk).unwrap();
         let state = store.state_handle().read().clone();
@@ -339,7 +368,30 @@ mod tests {
         assert_eq!(record("req-2").body_hash, body_hash("job-2", &job2.spec));
         assert_eq!(record("req-2").at_ms, job2.created_at_ms);
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
-        assert_eq!((stored.format, stored.meta), (Format::V2, meta));
+        assert_eq!((stored.format, stored.meta), (Format::V3, meta));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_file_of_format_version_2_gets_todays_header_and_the_same_state() {
+        let snapshot = snapshot_of_jobs(4, "job").await;
+        let (meta, data) = (snapshot.meta, snapshot.snapshot.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Disk::open(dir.path()).unwrap();
+        SnapshotFile::in_dir(dir.path()).store(&meta, &data).unwrap();
+        // The same file as format version 2 wrote it: only the magic differs.
+        let path = dir.path().join("kairos-snapshot");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, with_magic(bytes, b"KSNAP002")).unwrap();
+
+        let mut store = StateMachineStore::open(disk).unwrap();
+        assert_eq!(store.state_handle().read().job_count(), 4);
+        let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
+        assert_eq!(
+            (stored.format, &stored.meta, &stored.data),
+            (Format::V3, &meta, &data)
+        );
+        let current = store.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
     }
 
     #[tokio::test]
@@ -347,7 +399,7 @@ mod tests {
         // Tables of five jobs at index 5 beside a stored snapshot of three at index 3.
         let older = snapshot_of_jobs(3, "job").await;
         let newer = snapshot_of_jobs(5, "job").await;
-        let newer_state = State::from_image(decode(&newer.snapshot.into_inner()).unwrap());
+        let newer_state = State::from_image(decode_body(&newer.snapshot.into_inner()).unwrap());
         let at = LogId::new(CommittedLeaderId::new(1, 1), 5);
         let dir = snapshot_beside_tables(older, &newer_state, at);
         let disk = Disk::open(dir.path()).unwrap();

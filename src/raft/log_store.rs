@@ -2,15 +2,23 @@
 //!
 //! Layout (one sled database shared with the state machine):
 //! - tree `raft_log`: key = log index as 8 big-endian bytes (so sled's key order
-//!   is log order), value = the postcard-encoded openraft entry;
+//!   is log order), value = the openraft entry, encoded with its format
+//!   version ([`crate::codec`]);
 //! - tree `raft_meta`: `vote`, `committed` (written at most every 100 ms,
-//!   with an append or a vote), `last_purged`.
+//!   with an append or a vote), `last_purged`, all encoded likewise, and
+//!   `format`: the format version of every value in both trees.
+//!
+//! A log without a `format` record was written before format versions
+//! (format version 2, values without a frame). [`LogStore::open`] frames
+//! its values once (`upgrade_format`) and records the format; a log
+//! recorded in another format version than this build's is refused, naming
+//! both.
 //!
 //! Invariants openraft relies on and this store keeps:
 //! - `append` reports completion (`LogFlushed::log_io_completed`) only after
 //!   the entries are durable ([`Disk::sync`]), and `save_vote` returns only after
 //!   the vote is durable. `append` itself returns once the entries are in
-//!   sled (readable, not yet durable): a [`Syncer`] thread syncs and reports
+//!   sled (readable, not yet durable): a `Syncer` thread syncs and reports
 //!   appends in order, one sync for all that wait. The leader replicates
 //!   its entries while its own sync runs (openraft is patched to count
 //!   itself in the quorum only when the report comes, see
@@ -35,11 +43,20 @@ use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOErr
 
 use super::durability::Disk;
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
+use crate::codec::{self, FORMAT_VERSION};
 use crate::error::{Error, Result};
 
+/// The meta key of the vote.
 const VOTE_KEY: &[u8] = b"vote";
+/// The meta key of the committed log id.
 const COMMITTED_KEY: &[u8] = b"committed";
+/// The meta key of the last purged log id.
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
+/// The meta key of the format version of the log's values: 2 bytes,
+/// little-endian, not itself framed. Absent in logs of format version 2.
+const FORMAT_KEY: &[u8] = b"format";
+/// What a log entry is called in errors.
+const LOG_ENTRY: &str = "log entry";
 
 /// The sled key of log index `index`: big-endian so that byte order is index order.
 pub fn log_key(index: u64) -> [u8; 8] {
@@ -126,6 +143,7 @@ impl LogStore {
     pub fn open(disk: Disk) -> Result<LogStore> {
         let log = disk.db.open_tree("raft_log").map_err(Error::internal)?;
         let meta = disk.db.open_tree("raft_meta").map_err(Error::internal)?;
+        upgrade_format(&disk, &log, &meta)?;
         let syncer = Arc::new(Syncer::start(disk.clone()).map_err(Error::internal)?);
         let store = LogStore {
             disk,
@@ -227,6 +245,54 @@ impl LogStore {
     }
 }
 
+/// Brings a log written before format versions to today's format, once:
+/// every value without a frame (format version 2's layout, which version 3
+/// kept) gets one ([`codec::frame_version_2`]) — the entries in one sled
+/// batch, then the meta values with the `format` record in another — and
+/// the result is synced. Framed values are left as they are, so a migration
+/// a crash interrupted is finished by the next open. A log recorded in
+/// another format version is refused.
+fn upgrade_format(disk: &Disk, log: &sled::Tree, meta: &sled::Tree) -> Result<()> {
+    if let Some(recorded) = meta.get(FORMAT_KEY).map_err(Error::internal)? {
+        let version = <[u8; 2]>::try_from(&recorded[..])
+            .map(u16::from_le_bytes)
+            .map_err(|_| Error::internal("the Raft log's format record is damaged"))?;
+        if version == FORMAT_VERSION {
+            return Ok(());
+        }
+        let what = format!("the Raft log in {}", disk.dir().display());
+        return Err(codec::version_error(&what, version));
+    }
+    let mut entries = sled::Batch::default();
+    let mut framed = 0u64;
+    for item in log.iter() {
+        let (key, value) = item.map_err(Error::internal)?;
+        if codec::framed_version(&value).is_none() {
+            entries.insert(key, codec::frame_version_2(&value));
+            framed += 1;
+        }
+    }
+    log.apply_batch(entries).map_err(Error::internal)?;
+    let mut values = sled::Batch::default();
+    for key in [VOTE_KEY, COMMITTED_KEY, LAST_PURGED_KEY] {
+        if let Some(value) = meta.get(key).map_err(Error::internal)? {
+            if codec::framed_version(&value).is_none() {
+                values.insert(key, codec::frame_version_2(&value));
+            }
+        }
+    }
+    values.insert(FORMAT_KEY, &FORMAT_VERSION.to_le_bytes());
+    meta.apply_batch(values).map_err(Error::internal)?;
+    disk.sync().map_err(Error::internal)?;
+    if framed > 0 {
+        tracing::info!(
+            entries = framed,
+            "the Raft log of an older version now carries format version {FORMAT_VERSION}"
+        );
+    }
+    Ok(())
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -246,7 +312,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .range((Bound::Included(start), end))
             .map(|item| {
                 let (_, value) = item.map_err(io_read)?;
-                decode(&value).map_err(io_read)
+                codec::decode_named(LOG_ENTRY, &value).map_err(io_read)
             })
             .collect()
     }
@@ -258,7 +324,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
         let last_log_id = match self.log.last().map_err(io_read)? {
-            Some((_, value)) => Some(decode::<Entry<TypeConfig>>(&value).map_err(io_read)?.log_id),
+            Some((_, value)) => Some(
+                codec::decode_named::<Entry<TypeConfig>>(LOG_ENTRY, &value)
+                    .map_err(io_read)?
+                    .log_id,
+            ),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -345,6 +415,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use openraft::storage::RaftLogStorageExt;
+
+    use super::super::open_storage;
+    use super::super::suite_tests::{create_entry, log_id};
     use super::*;
 
     #[tokio::test]
@@ -364,6 +440,95 @@ mod tests {
             store.resign_leadership(1).unwrap();
             assert_eq!(store.read_vote().await.unwrap(), Some(vote));
         }
+    }
+
+    /// A log as versions before format versions wrote it under `data_dir`:
+    /// `entries`, a vote, a committed and a purged log id, no frames, no
+    /// format record.
+    fn write_unversioned_log(data_dir: &Path, entries: &[Entry<TypeConfig>], vote: &Vote<NodeId>) {
+        let disk = Disk::open(&data_dir.join("sled")).unwrap();
+        let log = disk.db.open_tree("raft_log").unwrap();
+        let meta = disk.db.open_tree("raft_meta").unwrap();
+        for entry in entries {
+            log.insert(log_key(entry.log_id.index), codec::encode_body(entry).unwrap())
+                .unwrap();
+        }
+        meta.insert(VOTE_KEY, codec::encode_body(vote).unwrap()).unwrap();
+        let committed = Some(log_id(3));
+        meta.insert(COMMITTED_KEY, codec::encode_body(&committed).unwrap())
+            .unwrap();
+        meta.insert(LAST_PURGED_KEY, codec::encode_body(&log_id(1)).unwrap())
+            .unwrap();
+        disk.sync().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_written_before_format_versions_is_framed_once_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<_> = (2..=4).map(|i| create_entry(i, &format!("job-{i}"))).collect();
+        let vote = Vote::new_committed(3, 2);
+        write_unversioned_log(dir.path(), &entries, &vote);
+        // The second open finds the format recorded and changes nothing.
+        for _ in 0..2 {
+            let (mut log, _) = open_storage(dir.path()).unwrap();
+            assert_eq!(log.try_get_log_entries(2..=4).await.unwrap(), entries);
+            assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+            assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3)));
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(
+                (state.last_purged_log_id, state.last_log_id),
+                (Some(log_id(1)), Some(log_id(4)))
+            );
+            for item in log.log.iter().chain(log.meta.iter()) {
+                let (key, value) = item.unwrap();
+                let expected = if &*key == FORMAT_KEY {
+                    None
+                } else {
+                    Some(FORMAT_VERSION)
+                };
+                assert_eq!(codec::framed_version(&value), expected, "{key:?}");
+            }
+            assert_eq!(
+                log.meta.get(FORMAT_KEY).unwrap().as_deref(),
+                Some(&FORMAT_VERSION.to_le_bytes()[..])
+            );
+        }
+        // Appends after the migration are framed like the rest.
+        let (mut log, _) = open_storage(dir.path()).unwrap();
+        log.blocking_append([create_entry(5, "job-5")]).await.unwrap();
+        assert_eq!(log.try_get_log_entries(2..=5).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_log_entry_or_a_log_of_another_format_version_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = open_storage(dir.path()).unwrap();
+            log.blocking_append([create_entry(1, "job-1")]).await.unwrap();
+            // Entry 1 as a newer version would have written it.
+            let mut newer = log.log.get(log_key(1)).unwrap().unwrap().to_vec();
+            newer[2..4].copy_from_slice(&9u16.to_le_bytes());
+            log.log.insert(log_key(1), newer).unwrap();
+            let err = log.try_get_log_entries(1..=1).await.unwrap_err().to_string();
+            assert!(
+                err.contains(
+                    "log entry is in format version 9, newer than this node understands (it reads 3)"
+                ),
+                "{err}"
+            );
+            // The whole log recorded as a newer version.
+            log.meta.insert(FORMAT_KEY, &9u16.to_le_bytes()).unwrap();
+            log.disk.sync().unwrap();
+        }
+        let Err(err) = open_storage(dir.path()) else {
+            panic!("a log of format version 9 opened");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("the Raft log in ")
+                && err.contains("is in format version 9, newer than this node understands (it reads 3)"),
+            "{err}"
+        );
     }
 
     #[test]

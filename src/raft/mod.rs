@@ -18,8 +18,12 @@
 //! the snapshot in a file beside it; [`legacy`] moves what older versions
 //! kept in sled to that layout.
 //!
-//! Peer messages and log entries are encoded with postcard (compact, no schema
-//! evolution): every node of a cluster must run the same Kairos version.
+//! Log entries, snapshots and peer messages carry a format version
+//! ([`crate::codec`], re-exported here as [`encode`] and [`decode`]): a node
+//! refuses a version it does not know with an error naming both, and every
+//! node of a cluster must run the same format version (no rolling upgrades
+//! yet). A data directory written before versions existed is migrated when
+//! it is opened (the log by [`log_store`], snapshots by [`legacy`]).
 //!
 //! IMPLEMENTATION CAVEATS: sled stores values larger than a quarter of a segment
 //! in separate blob files that it never fsyncs. The database is opened with
@@ -43,7 +47,6 @@ use std::io::Cursor;
 use std::path::Path;
 
 use openraft::BasicNode;
-use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{Error, Result};
 use crate::scheduler::{CommandResult, Request};
@@ -65,20 +68,7 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// openraft's storage error for our node id type.
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// Encodes a value for the log, a snapshot or the wire.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    postcard::to_allocvec(value).map_err(|e| Error::internal(format!("encode: {e}")))
-}
-
-/// The length of [`encode`]'s output, without building it.
-pub fn encoded_len<T: Serialize>(value: &T) -> Result<usize> {
-    postcard::experimental::serialized_size(value).map_err(|e| Error::internal(format!("encode: {e}")))
-}
-
-/// Decodes a value written by [`encode`].
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::internal(format!("decode: {e}")))
-}
+pub use crate::codec::{decode, encode, encoded_len};
 
 /// Opens (or creates) the node's sled database under `data_dir` and returns the
 /// log store and state machine that share it.
@@ -144,5 +134,4 @@ impl Default for RaftTuning {
 }
 
 #[cfg(test)]
-#[path = "suite_tests.rs"]
 mod suite_tests;

@@ -13,8 +13,14 @@
 //! little-endian):
 //!
 //! ```text
-//! "KSNAP002" | meta length: u32 | meta (postcard) | data length: u64 | data | crc32 of all before: u32
+//! "KSNAP" NNN | meta length: u32 | meta | data length: u64 | data | crc32 of all before: u32
 //! ```
+//!
+//! `NNN` is the format version of everything after it, in three ASCII
+//! digits ([`crate::codec`]): today `KSNAP003`. Meta and data (a
+//! `StateImage`) are encoded without a frame of their own, since the
+//! header states their version. A file of an unknown version is refused,
+//! naming both versions.
 //!
 //! [`SnapshotFile::store`] (or [`SnapshotFile::store_with`], which streams
 //! the data instead of taking it whole) writes `kairos-snapshot.tmp`, `fsync`s it, renames
@@ -23,32 +29,47 @@
 //! reads only the header (starting a node must not load hundreds of MB to
 //! learn a log id); [`SnapshotFile::read`] reads everything and checks the
 //! lengths and the checksum, so a damaged file is an error, not a state.
-//! A file with the magic `KSNAP001` (before 2026-12-01) is read as
-//! [`Format::V1`]: its data is the older state encoding, which the state
-//! machine migrates on open.
+//! Files of format versions 1 (`KSNAP001`, before 2026-12-01: the older
+//! state encoding) and 2 (`KSNAP002`: today's layout) are read as
+//! [`Format::V1`] and [`Format::V2`]; the state machine migrates them on
+//! open (`raft::legacy`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{decode, encode};
+use crate::codec::{self, FORMAT_VERSION};
 
 /// The snapshot's description (openraft's `SnapshotMeta` for our types).
 pub type Meta = openraft::SnapshotMeta<super::NodeId, openraft::BasicNode>;
 
-/// The magic of the files written today: the data is a `StateImage`.
-const MAGIC: &[u8; 8] = b"KSNAP002";
-/// The magic of files written before 2026-12-01, whose data is a
-/// `LegacyStateImage` (request records of the older layout).
-const MAGIC_V1: &[u8; 8] = b"KSNAP001";
+/// What every snapshot file starts with, before its format version.
+const MAGIC_PREFIX: &[u8; 5] = b"KSNAP";
 
-/// How a stored snapshot's data is encoded, told by the file's magic.
+/// How a stored snapshot is encoded, told by the format version in its magic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
-    /// `KSNAP001`: a `LegacyStateImage`, to migrate.
+    /// `KSNAP001`: the data is a `LegacyStateImage`, to migrate.
     V1,
-    /// `KSNAP002`: a `StateImage`.
+    /// `KSNAP002`: laid out as today's; to store again as `KSNAP003`.
     V2,
+    /// `KSNAP003` (format version 3, today's): the data is a `StateImage`.
+    V3,
+}
+
+impl Format {
+    /// The format of the files written today.
+    pub const CURRENT: Format = Format::V3;
+
+    /// The format of format version `version`, if this build reads it.
+    fn of_version(version: u16) -> Option<Format> {
+        match version {
+            1 => Some(Format::V1),
+            2 => Some(Format::V2),
+            FORMAT_VERSION => Some(Format::V3),
+            _ => None,
+        }
+    }
 }
 
 /// A stored snapshot as read back.
@@ -115,9 +136,9 @@ impl SnapshotFile {
                 return Ok(None);
             }
         }
-        let meta_bytes = encode(meta).map_err(io::Error::other)?;
+        let meta_bytes = codec::encode_body(meta).map_err(io::Error::other)?;
         let meta_len = u32::try_from(meta_bytes.len()).map_err(io::Error::other)?;
-        let prefix = [&MAGIC[..], &meta_len.to_le_bytes(), &meta_bytes].concat();
+        let prefix = [&magic(FORMAT_VERSION)[..], &meta_len.to_le_bytes(), &meta_bytes].concat();
         let mut file = File::create(&self.tmp)?;
         file.write_all(&prefix)?;
         file.write_all(&0u64.to_le_bytes())?; // the data length, filled in below
@@ -142,11 +163,26 @@ impl SnapshotFile {
 
     /// The stored snapshot's meta, reading only the header; `None` when there is none.
     pub fn read_meta(&self) -> io::Result<Option<Meta>> {
+        Ok(self.read_header()?.map(|(meta, _)| meta))
+    }
+
+    /// The stored snapshot's format, reading only the header; `None` when there is none.
+    pub fn read_format(&self) -> io::Result<Option<Format>> {
+        Ok(self.read_header()?.map(|(_, format)| format))
+    }
+
+    fn read_header(&self) -> io::Result<Option<(Meta, Format)>> {
         let Some(file) = self.open()? else {
             return Ok(None);
         };
         let mut reader = BufReader::new(file);
-        Ok(Some(read_header(&mut reader)?.0))
+        let (meta, _, format) = read_header(&mut reader).map_err(|e| self.named(e))?;
+        Ok(Some((meta, format)))
+    }
+
+    /// `e` with the file's path in front.
+    fn named(&self, e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), format!("{}: {e}", self.path.display()))
     }
 
     /// The stored snapshot, checked (by [`SnapshotFile::read_with`]); `None`
@@ -260,16 +296,27 @@ impl<W: Write> Write for Checksummed<W> {
     }
 }
 
+/// The magic of a file of format `version`: `KSNAP` and three digits.
+fn magic(version: u16) -> [u8; 8] {
+    let digits = format!("{:03}", version % 1000);
+    let mut magic = *b"KSNAP000";
+    magic[5..].copy_from_slice(digits.as_bytes());
+    magic
+}
+
 /// Reads magic, meta and data length; leaves `reader` at the data.
 fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64, Format)> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut magic = [0u8; 8];
     reader.read_exact(&mut magic)?;
-    let format = match &magic {
-        m if m == MAGIC => Format::V2,
-        m if m == MAGIC_V1 => Format::V1,
-        _ => return Err(invalid("not a Kairos snapshot file (bad magic)".into())),
-    };
+    let (prefix, digits) = magic.split_at(MAGIC_PREFIX.len());
+    let version = std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| prefix == MAGIC_PREFIX && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<u16>().ok())
+        .ok_or_else(|| invalid("not a Kairos snapshot file (bad magic)".into()))?;
+    let format = Format::of_version(version)
+        .ok_or_else(|| invalid(codec::version_error("the snapshot file", version).to_string()))?;
     let mut len4 = [0u8; 4];
     reader.read_exact(&mut len4)?;
     let meta_len = u32::from_le_bytes(len4);
@@ -278,10 +325,22 @@ fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64, Format)> {
     }
     let mut meta_bytes = vec![0u8; meta_len as usize];
     reader.read_exact(&mut meta_bytes)?;
-    let meta = decode(&meta_bytes).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
+    let meta = codec::decode_body(&meta_bytes).map_err(|e| invalid(format!("snapshot meta: {e}")))?;
     let mut len8 = [0u8; 8];
     reader.read_exact(&mut len8)?;
     Ok((meta, u64::from_le_bytes(len8), format))
+}
+
+/// The `bytes` of a stored file with its magic replaced by `magic` and the
+/// checksum recomputed: the file as another format version would have
+/// written it (for tests of migrations and refusals).
+#[cfg(test)]
+pub(super) fn with_magic(mut bytes: Vec<u8>, magic: &[u8; 8]) -> Vec<u8> {
+    bytes[..8].copy_from_slice(magic);
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 #[cfg(test)]
@@ -310,7 +369,7 @@ mod tests {
         let stored = file.read().unwrap().unwrap();
         assert_eq!(
             (stored.meta, stored.data, stored.format),
-            (meta(20), vec![7u8; 3000], Format::V2)
+            (meta(20), vec![7u8; 3000], Format::V3)
         );
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
     }
@@ -368,7 +427,7 @@ mod tests {
             Ok((format, out))
         };
         let (m, (format, got)) = file.read_with(read_all).unwrap().unwrap();
-        assert_eq!((m, format, got), (meta(40), Format::V2, data.clone()));
+        assert_eq!((m, format, got), (meta(40), Format::V3, data.clone()));
         // A decoder that stops early still has the rest checked.
         let first_byte = |_: Format, input: &mut dyn Read| {
             let mut one = [0u8; 1];
@@ -385,6 +444,37 @@ mod tests {
         assert!(err.to_string().contains("checksum"), "{err}");
         fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         assert!(file.read_with(first_byte).is_err());
+    }
+
+    #[test]
+    fn the_header_states_the_format_version_and_an_unknown_one_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SnapshotFile::in_dir(dir.path());
+        file.store(&meta(10), b"state bytes").unwrap();
+        let path = dir.path().join("kairos-snapshot");
+        let stored = fs::read(&path).unwrap();
+        assert_eq!(&stored[..8], b"KSNAP003");
+        assert_eq!(file.read_format().unwrap(), Some(Format::CURRENT));
+
+        fs::write(&path, with_magic(stored.clone(), b"KSNAP009")).unwrap();
+        for err in [file.read_meta().unwrap_err(), file.read().unwrap_err()] {
+            let err = err.to_string();
+            assert!(
+                err.contains(
+                    "the snapshot file is in format version 9, newer than this node understands (it reads 3)"
+                ) && err.contains("kairos-snapshot"),
+                "{err}"
+            );
+        }
+        // Files of format versions 1 and 2 are read, as such.
+        for (magic, format) in [(b"KSNAP002", Format::V2), (b"KSNAP001", Format::V1)] {
+            fs::write(&path, with_magic(stored.clone(), magic)).unwrap();
+            let read = file.read().unwrap().unwrap();
+            assert_eq!(
+                (read.meta, read.data, read.format),
+                (meta(10), b"state bytes".to_vec(), format)
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! Snapshots are the postcard encoding of a [`StateImage`] (the replicated
 //! content of the state; taking one is O(1), so encoding it runs on a blocking
 //! thread while the state machine goes on applying), stored in their own
-//! file beside sled's database ([`super::snapshot_file`]) and fsynced before
+//! file beside sled's database ([`super::snapshot_file`], whose header states
+//! the format version, see [`crate::codec`]) and fsynced before
 //! openraft may purge the log behind them. Installing a snapshot stores it
 //! first, then replaces the state.
 //!
@@ -45,7 +46,8 @@ use tokio::sync::broadcast;
 
 use super::durability::Disk;
 use super::snapshot_file::{Format, Meta, SnapshotFile};
-use super::{decode, legacy, NodeId, StorageError, TypeConfig};
+use super::{legacy, NodeId, StorageError, TypeConfig};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::scheduler::run::Run;
 use crate::scheduler::state::StateImage;
@@ -133,6 +135,10 @@ pub struct StateMachineStore {
     /// Changes applied since the last snapshot was built ([`crate::scheduler::Request::weight`]
     /// of each entry; see [`crate::node`]'s snapshot trigger).
     changes_since_snapshot: Arc<AtomicU64>,
+    /// The deliberately broken build's setting, given to every state this
+    /// store makes (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    chaos_break: Option<crate::chaos_break::ChaosBreak>,
 }
 
 impl StateMachineStore {
@@ -142,7 +148,7 @@ impl StateMachineStore {
         let snapshot_file = Arc::new(SnapshotFile::in_dir(disk.dir()));
         legacy::move_legacy_snapshot(&disk, &snapshot_file)?;
         legacy::migrate_state_tables(&disk, &snapshot_file)?;
-        legacy::reencode_v1_snapshot(&snapshot_file)?;
+        legacy::upgrade_snapshot_file(&snapshot_file)?;
         let mut store = StateMachineStore {
             snapshot_file,
             state: StateHandle::default(),
@@ -150,11 +156,22 @@ impl StateMachineStore {
             membership: Membership::default(),
             snapshot_seq: 0,
             changes_since_snapshot: Arc::default(),
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
         };
         if let Some((meta, state)) = store.load_snapshot()? {
             store.replace(&meta, state);
         }
         Ok(store)
+    }
+
+    /// This store, breaking its state as `chaos_break` says, now and in
+    /// every state it loads later (the chaos suite's broken build).
+    #[cfg(feature = "chaos-break")]
+    pub fn with_chaos_break(mut self, chaos_break: Option<crate::chaos_break::ChaosBreak>) -> Self {
+        self.chaos_break = chaos_break;
+        self.state.write().set_chaos_break(chaos_break);
+        self
     }
 
     /// A handle for reading the applied state.
@@ -188,12 +205,17 @@ impl StateMachineStore {
 
     /// Decodes a snapshot's state.
     fn decode_state(data: &[u8]) -> Result<State, StorageError> {
-        Ok(State::from_image(decode(data).map_err(snap_read)?))
+        Ok(State::from_image(codec::decode_body(data).map_err(snap_read)?))
     }
 
     /// Makes `state`, described by `meta`, the current one.
     fn replace(&mut self, meta: &Meta, state: State) {
-        *self.state.write() = state;
+        {
+            let mut current = self.state.write();
+            *current = state;
+            #[cfg(feature = "chaos-break")]
+            current.set_chaos_break(self.chaos_break);
+        }
         self.state.publish(RunFeed::Reset);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -213,8 +235,10 @@ impl StateMachineStore {
 
 /// Decodes a state from a snapshot's data as it is read.
 fn decode_streamed(format: Format, input: &mut dyn std::io::Read) -> std::io::Result<State> {
-    if format != Format::V2 {
-        return Err(std::io::Error::other("the snapshot is of an older format"));
+    if format != Format::CURRENT {
+        return Err(std::io::Error::other(format!(
+            "the snapshot is of {format:?}, not of today's format version (it was to be migrated on open)"
+        )));
     }
     // Strings and byte strings pass through this buffer one at a time (a
     // payload is at most 1 MiB); nothing in the state borrows from it.
@@ -426,7 +450,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::in_dir(dir.path());
         let meta = Meta::default();
-        file.store(&meta, &super::super::encode(&state.image()).unwrap())
+        file.store(&meta, &codec::encode_body(&state.image()).unwrap())
             .unwrap();
         let (_, decoded) = file.read_with(decode_streamed).unwrap().unwrap();
         assert_eq!(decoded, state);

@@ -28,11 +28,11 @@ fn openraft_storage_suite() {
     Suite::test_all(SledBuilder).unwrap();
 }
 
-fn log_id(index: u64) -> LogId<u64> {
+pub(super) fn log_id(index: u64) -> LogId<u64> {
     LogId::new(CommittedLeaderId::new(1, 1), index)
 }
 
-fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
+pub(super) fn create_entry(index: u64, id: &str) -> Entry<TypeConfig> {
     let spec = JobSpec {
         job_type: "noop".into(),
         owner_service: String::new(),

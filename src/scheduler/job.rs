@@ -138,18 +138,25 @@ pub enum Catchup {
 }
 
 /// Retry of failed attempts with exponential back-off.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The coefficient and the jitter are fixed-point numbers in thousandths
+/// (precision 0.001), so that the back-off every replica computes is
+/// integer arithmetic (`run::retry_delay_ms`); the API converts the doubles
+/// clients send ([`to_thousandths`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryPolicy {
     /// Attempts in total including the first.
     pub max_attempts: u32,
     /// Delay before the first retry, ms.
     pub initial_interval_ms: u64,
-    /// Multiplier per retry (>= 1).
-    pub backoff_coefficient: f64,
+    /// Multiplier per retry, in thousandths (2_000 = ×2; at least 1_000).
+    #[serde(with = "thousandths_as_f64")]
+    pub backoff_coefficient_milli: u32,
     /// Upper bound of a delay, ms.
     pub max_interval_ms: u64,
-    /// Random spread of each delay, fraction in [0, 1].
-    pub jitter: f64,
+    /// Random spread of each delay, in thousandths of it (0 to 1_000).
+    #[serde(with = "thousandths_as_f64")]
+    pub jitter_milli: u32,
     /// Error kinds that fail a run without retrying.
     pub non_retryable_errors: Vec<String>,
 }
@@ -159,11 +166,47 @@ impl Default for RetryPolicy {
         RetryPolicy {
             max_attempts: 3,
             initial_interval_ms: 1_000,
-            backoff_coefficient: 2.0,
+            backoff_coefficient_milli: 2_000,
             max_interval_ms: 100_000,
-            jitter: 0.1,
+            jitter_milli: 100,
             non_retryable_errors: Vec::new(),
         }
+    }
+}
+
+/// `value` in whole thousandths, rounded to the nearest; `None` when it is
+/// not finite, negative, or more than `u32::MAX` thousandths.
+pub fn to_thousandths(value: f64) -> Option<u32> {
+    let scaled = (value * 1000.0).round();
+    (scaled >= 0.0 && scaled <= f64::from(u32::MAX)).then_some(scaled as u32)
+}
+
+/// A number of thousandths as a decimal, for messages: 1_500 is "1.5".
+pub fn format_thousandths(thousandths: u32) -> String {
+    let (whole, fraction) = (thousandths / 1000, thousandths % 1000);
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    format!("{whole}.{fraction:03}").trim_end_matches('0').to_string()
+}
+
+/// The encoding of a number in thousandths: the `f64` it stands for, which
+/// is how logs and snapshots have always held the retry coefficient and
+/// jitter (so they read, and hash for request ids, as before). Both
+/// directions are one exactly rounded IEEE operation, the same on every
+/// platform, and a value encoded here decodes to itself; no computation
+/// uses the `f64`.
+mod thousandths_as_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(thousandths: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(f64::from(*thousandths) / 1000.0)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        let value = f64::deserialize(deserializer)?;
+        super::to_thousandths(value)
+            .ok_or_else(|| serde::de::Error::custom(format!("{value} is not a number of thousandths")))
     }
 }
 
@@ -390,6 +433,33 @@ mod tests {
         assert!(Arc::ptr_eq(&decoded, &a));
         assert!(!Arc::ptr_eq(&intern_principal("someone-else"), &a));
     }
+    #[test]
+    fn thousandths_encode_as_the_doubles_older_versions_wrote_and_decode_to_themselves() {
+        // Every valid coefficient and jitter survives the round trip exactly.
+        for thousandths in 0..=100_000u32 {
+            let policy = RetryPolicy {
+                backoff_coefficient_milli: thousandths,
+                jitter_milli: thousandths,
+                ..RetryPolicy::default()
+            };
+            let bytes = postcard::to_allocvec(&policy).unwrap();
+            assert_eq!(postcard::from_bytes::<RetryPolicy>(&bytes).unwrap(), policy);
+        }
+        // The bytes are those of the doubles: 2.0 and 0.1 as older versions stored them.
+        let doubles = (3u32, 1_000u64, 2.0f64, 100_000u64, 0.1f64, Vec::<String>::new());
+        let bytes = postcard::to_allocvec(&RetryPolicy::default()).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&doubles).unwrap());
+        assert_eq!(to_thousandths(1.0005), Some(1_001));
+        assert_eq!(to_thousandths(0.0004), Some(0));
+        for refused in [f64::NAN, f64::INFINITY, -0.5, 1e10] {
+            assert_eq!(to_thousandths(refused), None, "{refused}");
+        }
+        assert_eq!(
+            [0, 1_000, 1_500, 1_001, 100_000, 250].map(format_thousandths),
+            ["0", "1", "1.5", "1.001", "100", "0.25"]
+        );
+    }
+
     #[test]
     fn payloads_encode_as_bytes_exactly_like_the_sequences_older_versions_wrote() {
         // Logs and snapshots of older versions hold payloads as sequences of u8.

@@ -12,8 +12,10 @@
 //! - [`validate`]: input checks done before a command is proposed.
 //! - [`run`]: runs, attempt outcomes, counters and retry back-off.
 //! - [`firing`]: which due fires run under the catch-up policy.
-//! - [`state`]: the replicated state and `State::apply` (jobs, and runs in `state_runs.rs`).
+//! - [`command`]: the entries of the log (`Request`, `Command`) and their results.
+//! - [`state`]: the replicated state and `State::apply`, one child module per concept.
 
+pub mod command;
 pub mod firing;
 pub mod job;
 pub mod run;
@@ -21,11 +23,9 @@ pub mod schedule;
 pub mod state;
 pub mod validate;
 
+pub use command::{Command, CommandResult, Request, Response};
 pub use firing::MAX_FIRE_AHEAD_MS;
 pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 pub use run::{Run, RunId, RunStatus};
 pub use schedule::{Schedule, ScheduleSpec};
-pub use state::{
-    Changes, Command, CommandResult, JobFilter, JobPage, Request, RequestRecord, Response, RunFilter, State,
-    WriteRecord,
-};
+pub use state::{Changes, JobFilter, JobPage, RequestRecord, RunFilter, State, WriteRecord};

@@ -163,22 +163,51 @@ pub struct JobCounters {
     pub retries: u64,
 }
 
+/// Fractions of a millisecond the back-off keeps between multiplications
+/// (its delays are exact to 10⁻⁶ ms before the final rounding).
+const BACKOFF_SCALE: u128 = 1_000_000;
+/// The jitter's random draw is a 32-bit fraction: `r / 2³²` for `r` in `0..2³²`.
+const JITTER_DRAW_BITS: u32 = 32;
+
 /// The delay before attempt `attempt + 1` after attempt `attempt` (1-based)
-/// failed: `initial * coefficient^(attempt-1)`, capped at `max_interval`, with
-/// a jitter of ±`jitter` derived deterministically from `seed` (the run id), so
-/// every replica computes the same time.
+/// failed: `initial × coefficient^(attempt-1)` (the exponent capped at 64),
+/// capped at `max_interval`, times `1 ± jitter` drawn deterministically from
+/// `seed` (the run id) and the attempt, rounded to the nearest ms (halves
+/// up). Integer arithmetic throughout — the coefficient and jitter are
+/// thousandths — and saturating, so every replica on every platform computes
+/// the same time.
 pub fn retry_delay_ms(policy: &RetryPolicy, attempt: u32, seed: u64) -> u64 {
-    let exponent = attempt.saturating_sub(1).min(64) as i32;
-    let base = policy.initial_interval_ms as f64 * policy.backoff_coefficient.powi(exponent);
-    let capped = base.min(policy.max_interval_ms as f64);
-    // splitmix64 of (seed, attempt): a fixed, portable pseudo-random number in [0, 1).
+    // The back-off in 10⁻⁶ ms: at most u64::MAX × 10⁶ < 2⁸⁴, times a
+    // coefficient of at most 2³² before the loop stops, so u128 never overflows.
+    let cap = u128::from(policy.max_interval_ms) * BACKOFF_SCALE;
+    let mut delay = u128::from(policy.initial_interval_ms) * BACKOFF_SCALE;
+    for _ in 0..attempt.saturating_sub(1).min(64) {
+        if delay >= cap {
+            break;
+        }
+        delay = delay * u128::from(policy.backoff_coefficient_milli) / 1000;
+    }
+    let capped = delay.min(cap);
+    // The jitter factor is `1 + jitter × (2u - 1)` for a draw `u` in [0, 1):
+    // as a fraction `factor / denominator`, with `factor` in [0, 2 × denominator).
+    let draw = i128::from(splitmix64(seed, attempt) >> (64 - JITTER_DRAW_BITS));
+    let half_range = 1i128 << (JITTER_DRAW_BITS - 1);
+    let jitter = i128::from(policy.jitter_milli.min(1000));
+    let denominator = 1000i128 << JITTER_DRAW_BITS;
+    let factor = denominator + jitter * 2 * (draw - half_range);
+    // capped < 2⁸⁴ and factor < 2⁴³: the product fits in u128.
+    let factor = u128::try_from(factor).unwrap_or(0);
+    let divisor = (denominator as u128) * BACKOFF_SCALE;
+    let ms = (capped * factor + divisor / 2) / divisor;
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// splitmix64 of (`seed`, `attempt`): a fixed, portable pseudo-random number.
+fn splitmix64(seed: u64, attempt: u32) -> u64 {
     let mut z = seed.wrapping_add(u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-    let factor = 1.0 + policy.jitter * (2.0 * unit - 1.0);
-    (capped * factor).max(0.0).round() as u64
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -190,15 +219,15 @@ mod tests {
         let policy = RetryPolicy {
             max_attempts: 10,
             initial_interval_ms: 1_000,
-            backoff_coefficient: 2.0,
+            backoff_coefficient_milli: 2_000,
             max_interval_ms: 5_000,
-            jitter: 0.0,
+            jitter_milli: 0,
             non_retryable_errors: vec![],
         };
         let delays: Vec<u64> = (1..=5).map(|a| retry_delay_ms(&policy, a, 7)).collect();
         assert_eq!(delays, [1_000, 2_000, 4_000, 5_000, 5_000]);
         let jittered = RetryPolicy {
-            jitter: 0.1,
+            jitter_milli: 100,
             ..policy
         };
         for seed in 0..200 {
@@ -209,6 +238,57 @@ mod tests {
         let spread: std::collections::BTreeSet<u64> =
             (0..200).map(|s| retry_delay_ms(&jittered, 2, s)).collect();
         assert!(spread.len() > 50, "jitter spreads the delays");
+    }
+
+    #[test]
+    fn backoff_is_exact_integer_arithmetic_and_saturates() {
+        let policy = |coefficient_milli: u32, max_interval_ms: u64, jitter_milli: u32| RetryPolicy {
+            max_attempts: 100,
+            initial_interval_ms: 1_000,
+            backoff_coefficient_milli: coefficient_milli,
+            max_interval_ms,
+            jitter_milli,
+            non_retryable_errors: vec![],
+        };
+        let delays = |p: &RetryPolicy, attempts: &[u32], seed: u64| -> Vec<u64> {
+            attempts.iter().map(|&a| retry_delay_ms(p, a, seed)).collect()
+        };
+        // ×1.5: fractions carry over and a half rounds up (5,062.5 -> 5,063).
+        assert_eq!(
+            delays(&policy(1_500, 1_000_000, 0), &[1, 2, 3, 4, 5, 6, 7], 7),
+            [1_000, 1_500, 2_250, 3_375, 5_063, 7_594, 11_391]
+        );
+        // ×1.001, the finest coefficient; the exponent stops at 64 (attempt 65 on).
+        assert_eq!(
+            delays(&policy(1_001, 1_000_000, 0), &[1, 2, 3, 10, 100], 7),
+            [1_000, 1_001, 1_002, 1_009, 1_066]
+        );
+        // Jitter ±10 % around 4,000 ms, fixed by (run id, attempt).
+        let jittered = policy(2_000, 100_000, 100);
+        assert_eq!(
+            [1, 2, 3].map(|seed| retry_delay_ms(&jittered, 3, seed)),
+            [4_377, 4_077, 4_090]
+        );
+        let wide = RetryPolicy {
+            initial_interval_ms: 250,
+            ..policy(3_000, 60_000, 500)
+        };
+        assert_eq!(
+            delays(&wide, &[1, 2, 3, 4, 5], 42),
+            [310, 495, 1_752, 5_698, 10_895]
+        );
+        // Saturation: the largest attempt, no cap, the largest jitter.
+        assert_eq!(retry_delay_ms(&policy(2_000, u64::MAX, 0), u32::MAX, 1), u64::MAX);
+        assert_eq!(
+            retry_delay_ms(&policy(100_000, u64::MAX, 1_000), u32::MAX, 1),
+            9_969_656_139_639_422_975
+        );
+        assert_eq!(
+            retry_delay_ms(&policy(100_000, u64::MAX, 1_000), u32::MAX, 2),
+            16_598_194_710_766_419_967
+        );
+        // ×1 never grows, however many attempts.
+        assert_eq!(retry_delay_ms(&policy(1_000, 100_000, 0), u32::MAX, 9), 1_000);
     }
 
     #[test]

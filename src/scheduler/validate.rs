@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, SecondsFormat};
 
-use super::job::{JobPatch, JobSpec, Metadata, Policies, MAX_ID_LEN, MAX_PAYLOAD_BYTES};
+use super::job::{format_thousandths, JobPatch, JobSpec, Metadata, Policies, MAX_ID_LEN, MAX_PAYLOAD_BYTES};
 use super::schedule::{Schedule, ScheduleSpec};
 use crate::error::{Error, Result};
 
@@ -217,16 +217,16 @@ fn validate_policies(p: &Policies) -> Result<()> {
             r.max_attempts
         )));
     }
-    if !(r.backoff_coefficient.is_finite() && (1.0..=100.0).contains(&r.backoff_coefficient)) {
+    if !(1_000..=100_000).contains(&r.backoff_coefficient_milli) {
         return Err(invalid(format!(
             "policies.retry.backoff_coefficient: {} is not in [1, 100]",
-            r.backoff_coefficient
+            format_thousandths(r.backoff_coefficient_milli)
         )));
     }
-    if !(r.jitter.is_finite() && (0.0..=1.0).contains(&r.jitter)) {
+    if r.jitter_milli > 1_000 {
         return Err(invalid(format!(
             "policies.retry.jitter: {} is not in [0, 1]",
-            r.jitter
+            format_thousandths(r.jitter_milli)
         )));
     }
     if r.initial_interval_ms == 0 {
@@ -344,7 +344,7 @@ mod tests {
                 "policies.retry.max_attempts",
             ),
             (
-                Box::new(|s| std::sync::Arc::make_mut(&mut s.policies).retry.jitter = 2.0),
+                Box::new(|s| std::sync::Arc::make_mut(&mut s.policies).retry.jitter_milli = 2_000),
                 "policies.retry.jitter",
             ),
             (

@@ -1,7 +1,7 @@
 //! Table tests of `State::apply`: time is passed in, nothing else is needed.
 
 use super::*;
-use crate::scheduler::job::{Metadata, Policies, ScheduleSpec};
+use crate::scheduler::job::{JobPatch, JobSpec, JobStatus, Metadata, Policies, ScheduleSpec};
 use crate::scheduler::state;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z

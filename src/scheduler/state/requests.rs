@@ -28,8 +28,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Job, JobId, JobSpec, State, Table, REQUEST_ID_TTL_MS};
+use super::{State, Table, REQUEST_ID_TTL_MS};
 use crate::error::Error;
+use crate::scheduler::job::{Job, JobId, JobSpec};
 
 /// The key of a request id's record: its xxh3-128 hash.
 pub type RequestKey = u128;
@@ -49,7 +50,10 @@ pub fn request_key(request_id: &str) -> RequestKey {
     xxhash_rust::xxh3::xxh3_128(request_id.as_bytes())
 }
 
-/// The hash of a create's body: its job id and spec, as encoded in the log.
+/// The hash of a create's body: its job id and spec, as encoded in the log
+/// (the unframed body, the same in format versions 1 to 3). Records keep
+/// only this hash, so a format version that changes the spec's layout must
+/// keep hashing this one, or older records stop matching.
 pub fn body_hash(id: &str, spec: &JobSpec) -> u64 {
     let bytes = postcard::to_allocvec(&(id, spec)).expect("encoding a spec cannot fail");
     xxhash_rust::xxh3::xxh3_64(&bytes)

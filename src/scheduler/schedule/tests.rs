@@ -1,11 +1,15 @@
-//! Unit tests for `schedule.rs`. Table-driven, fixed instants, no clock.
+//! Unit tests of schedules (`Schedule::compile`, `next_after`, the memo). Table-driven, fixed instants, no clock.
 //!
 //! Most tables are rows of the form `"EXPR | ZONE | AFTER -> FIRE FIRE ..."`:
 //! the cron expression, the zone ("" = UTC), the instant to ask from and the
 //! fire times `upcoming` must return, all RFC 3339.
 
+use super::dst::{first_change, offset};
+use super::search::naive;
 use super::*;
-use chrono::{Duration as Span, NaiveDate, Weekday};
+use chrono::{
+    Datelike, Duration as Span, MappedLocalTime, NaiveDate, NaiveDateTime, TimeZone, Timelike, Weekday,
+};
 use chrono_tz::GapInfo;
 
 fn utc(s: &str) -> DateTime<Utc> {

@@ -1,7 +1,9 @@
-//! Run commands of the state machine: firing, triggering, backfilling,
-//! attempts with leases and fencing tokens, retries, expiry, cancellation and
-//! history retention. A child module of `state`, so it shares `State`'s
-//! private fields; everything here is deterministic in the command's time.
+//! Run commands of the state machine: firing, triggering, backfilling, the
+//! overlap policy, history retention, and the derived indexes of runs (by
+//! job, by status, by deadline, and the dispatcher's queue). A child module
+//! of `state`, so it shares `State`'s private fields; everything here is
+//! deterministic in the command's time. What happens to a run's attempts
+//! once it is dispatched is in `attempts`.
 //!
 //! Overlap policies are applied when a run is created (`skip`, `buffer_one`,
 //! `cancel_other` decide there) and when it is dispatched: except under
@@ -12,13 +14,11 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{Changes, CommandResult, Response, State};
+use super::{Changes, CommandResult, Response, State, MAX_PAGE_SIZE, MAX_SCAN_PER_PAGE};
 use crate::error::Error;
 use crate::scheduler::firing::{plan_fires, MAX_FIRE_AHEAD_MS};
 use crate::scheduler::job::{JobId, Overlap};
-use crate::scheduler::run::{
-    retry_delay_ms, AttemptOutcome, AttemptResult, Run, RunCause, RunId, RunStatus, MAX_OUTPUT_TAIL,
-};
+use crate::scheduler::run::{JobCounters, Run, RunCause, RunId, RunStatus};
 use crate::scheduler::schedule::Schedule;
 
 /// Most runs that may wait for dispatch cluster-wide; past it triggers and
@@ -49,25 +49,9 @@ impl RunFilter {
     }
 }
 
-/// Why an attempt ended without success.
-struct AttemptFailure {
-    /// False when a retry cannot help.
-    retryable: bool,
-    /// Error kind, matched against `non_retryable_errors`.
-    kind: String,
-    /// Message recorded on the run.
-    error: String,
-    /// Terminal status when no retry is allowed.
-    give_up: RunStatus,
-}
-
-fn not_found(run_id: RunId) -> Error {
-    Error::NotFound(format!("run {run_id} not found"))
-}
-
 impl State {
     /// The deadline the timer must enforce for `run`, if any.
-    fn deadline(&self, run: &Run) -> Option<i64> {
+    pub(super) fn deadline(&self, run: &Run) -> Option<i64> {
         let policies = &self.jobs.get(&run.job_id)?.spec.policies;
         match run.status {
             RunStatus::Pending if run.attempt == 0 && run.cause != RunCause::Backfill => Some(
@@ -157,7 +141,7 @@ impl State {
     }
 
     /// Inserts or replaces a run, keeping the indexes right.
-    fn put_run(&mut self, mut run: Run, changes: &mut Changes) {
+    pub(super) fn put_run(&mut self, mut run: Run, changes: &mut Changes) {
         run.revision = changes.index;
         if let Some(old) = self.runs.get(&run.id).cloned() {
             self.unindex_run(&old);
@@ -174,11 +158,11 @@ impl State {
         }
     }
 
-    fn count(&mut self, job_id: &str, f: impl FnOnce(&mut crate::scheduler::run::JobCounters)) {
+    pub(super) fn count(&mut self, job_id: &str, f: impl FnOnce(&mut JobCounters)) {
         match self.counters.get_mut(job_id) {
             Some(counters) => f(counters),
             None => {
-                let mut counters = crate::scheduler::run::JobCounters::default();
+                let mut counters = JobCounters::default();
                 f(&mut counters);
                 self.counters.insert(job_id.to_string(), counters);
             }
@@ -186,7 +170,7 @@ impl State {
     }
 
     /// Creates a run of `job_id` for `nominal_ms`, applying the overlap policy.
-    fn create_run(
+    pub(super) fn create_run(
         &mut self,
         job_id: &str,
         nominal_ms: i64,
@@ -251,7 +235,14 @@ impl State {
     }
 
     /// Moves `run` to a terminal status.
-    fn finish(&mut self, mut run: Run, status: RunStatus, error: &str, at_ms: i64, changes: &mut Changes) {
+    pub(super) fn finish(
+        &mut self,
+        mut run: Run,
+        status: RunStatus,
+        error: &str,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) {
         let job_id = run.job_id.clone();
         run.status = status;
         run.finished_at_ms = Some(at_ms);
@@ -267,35 +258,6 @@ impl State {
         });
         self.put_run(run, changes);
         self.retain_history(&job_id, changes);
-    }
-
-    /// Retries `run` after a failed attempt if the policy allows, else ends it
-    /// with `failure.give_up`.
-    fn retry_or(&mut self, mut run: Run, failure: AttemptFailure, at_ms: i64, changes: &mut Changes) {
-        let AttemptFailure {
-            retryable,
-            kind,
-            error,
-            give_up,
-        } = failure;
-        let policy = self
-            .jobs
-            .get(&run.job_id)
-            .map(|j| j.spec.policies.retry.clone())
-            .unwrap_or_default();
-        let allowed =
-            retryable && !policy.non_retryable_errors.contains(&kind) && run.attempt < policy.max_attempts;
-        if allowed {
-            let job_id = run.job_id.clone();
-            run.status = RunStatus::Pending;
-            run.node = None;
-            run.not_before_ms = at_ms.saturating_add(retry_delay_ms(&policy, run.attempt, run.id) as i64);
-            run.error = error;
-            self.count(&job_id, |c| c.retries += 1);
-            self.put_run(run, changes);
-        } else {
-            self.finish(run, give_up, &error, at_ms, changes);
-        }
     }
 
     /// Drops the oldest finished runs of a job beyond its history limits.
@@ -318,6 +280,23 @@ impl State {
         }
     }
 
+    /// `FireWindow`: [`State::fire_batch`] up to `until_ms`, which may be at
+    /// most [`MAX_FIRE_AHEAD_MS`] after the entry's time.
+    pub(super) fn fire_window(
+        &mut self,
+        fires: &[(JobId, i64)],
+        until_ms: i64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        if until_ms > at_ms.saturating_add(MAX_FIRE_AHEAD_MS) {
+            return Err(Error::InvalidArgument(format!(
+                "fire window: until {until_ms} is more than {MAX_FIRE_AHEAD_MS} ms after the entry's time {at_ms}"
+            )));
+        }
+        Ok(self.fire_batch(fires, at_ms, until_ms.max(at_ms), changes))
+    }
+
     /// `FireBatch` / `FireWindow`: each listed job fires if its next fire is
     /// the listed one and not after `until_ms` (`at_ms <= until_ms`).
     pub(super) fn fire_batch(
@@ -337,7 +316,9 @@ impl State {
                 continue;
             };
             if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > until_ms {
-                if crate::chaos_switch::duplicate_fires() && job.last_fired_ms.is_some_and(|l| *expected <= l)
+                #[cfg(feature = "chaos-break")]
+                if self.chaos_break == Some(crate::chaos_break::ChaosBreak::DuplicateFires)
+                    && job.last_fired_ms.is_some_and(|l| *expected <= l)
                 {
                     // The deliberately broken build: run a fire that already happened again.
                     created.push(self.create_run(job_id, *expected, RunCause::Schedule, at_ms, changes));
@@ -509,14 +490,14 @@ impl State {
 
     /// Runs in id (creation) order after `after`, filtered, at most
     /// `page_size`, and the token of the next page. Like job listings, a page
-    /// stops early after examining [`super::MAX_SCAN_PER_PAGE`] runs.
+    /// stops early after examining [`MAX_SCAN_PER_PAGE`] runs.
     pub fn list_runs(
         &self,
         filter: &RunFilter,
         after: Option<RunId>,
         page_size: usize,
     ) -> (Vec<Run>, Option<RunId>) {
-        let page_size = page_size.clamp(1, super::MAX_PAGE_SIZE);
+        let page_size = page_size.clamp(1, MAX_PAGE_SIZE);
         let start = after.map_or(0, |a| a.saturating_add(1));
         let ids: Box<dyn Iterator<Item = RunId> + '_> = match &filter.job_id {
             Some(job) => Box::new(
@@ -530,7 +511,7 @@ impl State {
         let mut runs = Vec::new();
         let mut last_seen = None;
         for (scanned, id) in ids.enumerate() {
-            if runs.len() == page_size || scanned == super::MAX_SCAN_PER_PAGE {
+            if runs.len() == page_size || scanned == MAX_SCAN_PER_PAGE {
                 return (runs, last_seen);
             }
             last_seen = Some(id);
@@ -540,278 +521,4 @@ impl State {
         }
         (runs, None)
     }
-
-    /// `StartAttempt`: the dispatcher assigns a pending run to a node. It may
-    /// do so up to [`MAX_FIRE_AHEAD_MS`] before the run may start
-    /// (`not_before_ms`): the attempt then begins at that time.
-    pub(super) fn start_attempt(
-        &mut self,
-        run_id: RunId,
-        node: u64,
-        attempt: u32,
-        index: u64,
-        at_ms: i64,
-        changes: &mut Changes,
-    ) -> CommandResult {
-        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
-        if run.status != RunStatus::Pending || run.attempt + 1 != attempt {
-            return Err(Error::FailedPrecondition(format!(
-                "run {run_id} is {:?} at attempt {}; cannot start attempt {attempt}",
-                run.status, run.attempt
-            )));
-        }
-        let Some(policies) = self.jobs.get(&run.job_id).map(|j| j.spec.policies.clone()) else {
-            return Err(Error::NotFound(format!(
-                "job {:?} of run {run_id} not found",
-                run.job_id
-            )));
-        };
-        if self.deadline(&run).is_some_and(|d| at_ms > d) {
-            self.finish(
-                run.clone(),
-                RunStatus::TimedOut,
-                "start deadline exceeded before dispatch",
-                at_ms,
-                changes,
-            );
-            return Ok(Response::Run(Box::new(
-                self.runs.get(&run_id).cloned().unwrap_or(run),
-            )));
-        }
-        let overlap_blocks = policies.overlap != Overlap::AllowAll
-            && self
-                .active_by_job
-                .get(&run.job_id)
-                .is_some_and(|ids| ids.iter().any(|&id| id != run_id));
-        if overlap_blocks {
-            return Err(Error::FailedPrecondition(format!(
-                "another run of job {:?} is still running",
-                run.job_id
-            )));
-        }
-        if run.not_before_ms > at_ms.saturating_add(MAX_FIRE_AHEAD_MS) {
-            return Err(Error::FailedPrecondition(format!(
-                "run {run_id} may not start before {}, more than {MAX_FIRE_AHEAD_MS} ms after {at_ms}",
-                run.not_before_ms
-            )));
-        }
-        // An attempt started ahead begins when the run is due: its worker
-        // waits until then, and its lease and time limit count from then.
-        let begins = at_ms.max(run.not_before_ms);
-        let mut run = run;
-        run.attempt = attempt;
-        run.status = RunStatus::Queued;
-        run.token = index;
-        run.node = Some(node);
-        run.started_at_ms = Some(begins);
-        run.lease_expires_ms = begins.saturating_add(policies.timeouts.heartbeat_timeout_ms as i64);
-        self.put_run(run.clone(), changes);
-        Ok(Response::Run(Box::new(run)))
-    }
-
-    /// `StartAttempts`: starts each listed attempt that can start; the others
-    /// (no longer pending, past their deadline, blocked by overlap) are left out.
-    pub(super) fn start_attempts(
-        &mut self,
-        starts: &[(RunId, u64, u32)],
-        index: u64,
-        at_ms: i64,
-        changes: &mut Changes,
-    ) -> Response {
-        let mut started = Vec::new();
-        for &(run_id, node, attempt) in starts {
-            if let Ok(Response::Run(run)) = self.start_attempt(run_id, node, attempt, index, at_ms, changes) {
-                if run.status == RunStatus::Queued {
-                    started.push(*run);
-                }
-            }
-        }
-        Response::Started(started)
-    }
-
-    /// Checks `token` against the run's current attempt.
-    fn fenced(&self, run_id: RunId, token: u64) -> Result<Run, Error> {
-        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
-        if run.token != token {
-            return Err(Error::FailedPrecondition(format!(
-                "stale fencing token {token} for run {run_id}: the current attempt's token is {}",
-                run.token
-            )));
-        }
-        Ok(run)
-    }
-
-    /// `Heartbeat`: extends the lease of the fenced attempt.
-    pub(super) fn heartbeat(
-        &mut self,
-        run_id: RunId,
-        token: u64,
-        at_ms: i64,
-        changes: &mut Changes,
-    ) -> CommandResult {
-        let mut run = self.fenced(run_id, token)?;
-        if run.status == RunStatus::Cancelled {
-            return Ok(Response::Lease { cancelled: true });
-        }
-        if !run.status.is_active() {
-            return Err(Error::FailedPrecondition(format!(
-                "run {run_id} is {:?}; no lease to extend",
-                run.status
-            )));
-        }
-        let timeout = self
-            .jobs
-            .get(&run.job_id)
-            .map_or(0, |j| j.spec.policies.timeouts.heartbeat_timeout_ms);
-        run.status = RunStatus::Running;
-        run.lease_expires_ms = at_ms.saturating_add(timeout as i64);
-        self.put_run(run, changes);
-        Ok(Response::Lease { cancelled: false })
-    }
-
-    /// `FinishAttempts`: [`State::finish_attempt`] for each result.
-    pub(super) fn finish_attempts(
-        &mut self,
-        results: &[AttemptResult],
-        at_ms: i64,
-        changes: &mut Changes,
-    ) -> Response {
-        let mut recorded = 0;
-        let mut refused = Vec::new();
-        for result in results {
-            match self.finish_attempt(
-                result.run_id,
-                result.token,
-                &result.outcome,
-                &result.output_tail,
-                at_ms,
-                changes,
-            ) {
-                Ok(_) => recorded += 1,
-                Err(e) => refused.push((result.run_id, e.to_string())),
-            }
-        }
-        Response::Finished { recorded, refused }
-    }
-
-    /// `FinishAttempt`: records the fenced attempt's result. A repeat of an
-    /// already recorded result is acknowledged without change, so workers can
-    /// resend until they see a commit.
-    pub(super) fn finish_attempt(
-        &mut self,
-        run_id: RunId,
-        token: u64,
-        outcome: &AttemptOutcome,
-        output_tail: &str,
-        at_ms: i64,
-        changes: &mut Changes,
-    ) -> CommandResult {
-        let mut run = self.fenced(run_id, token)?;
-        if run.status.is_terminal() {
-            return Ok(Response::Run(Box::new(run)));
-        }
-        if !run.status.is_active() {
-            return Err(Error::FailedPrecondition(format!(
-                "run {run_id} is {:?}; no attempt is running",
-                run.status
-            )));
-        }
-        run.output_tail = tail(output_tail);
-        match outcome {
-            AttemptOutcome::Succeeded => self.finish(run, RunStatus::Succeeded, "", at_ms, changes),
-            AttemptOutcome::Failed {
-                kind,
-                message,
-                retryable,
-            } => {
-                let error = format!("attempt {}: {message}", run.attempt);
-                run.token = token;
-                let failure = AttemptFailure {
-                    retryable: *retryable,
-                    kind: kind.clone(),
-                    error,
-                    give_up: RunStatus::Failed,
-                };
-                self.retry_or(run, failure, at_ms, changes)
-            }
-        }
-        Ok(Response::Run(Box::new(
-            self.runs.get(&run_id).cloned().expect("just stored"),
-        )))
-    }
-
-    /// `ExpireRuns`: times out what is really past its deadline at `at_ms`.
-    pub(super) fn expire_runs(&mut self, run_ids: &[RunId], at_ms: i64, changes: &mut Changes) -> Response {
-        let mut expired = Vec::new();
-        for &run_id in run_ids {
-            let Some(run) = self.runs.get(&run_id).cloned() else {
-                continue;
-            };
-            let Some(deadline) = self.deadline(&run) else {
-                continue;
-            };
-            if at_ms < deadline {
-                continue;
-            }
-            expired.push(run_id);
-            if run.status == RunStatus::Pending {
-                self.finish(
-                    run,
-                    RunStatus::TimedOut,
-                    "start deadline exceeded before dispatch",
-                    at_ms,
-                    changes,
-                );
-            } else {
-                let why = if at_ms >= run.lease_expires_ms {
-                    "lease expired (no heartbeat)"
-                } else {
-                    "attempt timeout"
-                };
-                let error = format!("attempt {} on node {}: {why}", run.attempt, run.node.unwrap_or(0));
-                let failure = AttemptFailure {
-                    retryable: true,
-                    kind: "timeout".into(),
-                    error,
-                    give_up: RunStatus::TimedOut,
-                };
-                self.retry_or(run, failure, at_ms, changes);
-            }
-        }
-        Response::Fired {
-            created: expired,
-            refused: 0,
-        }
-    }
-
-    /// `CancelRun`.
-    pub(super) fn cancel_run(&mut self, run_id: RunId, at_ms: i64, changes: &mut Changes) -> CommandResult {
-        let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
-        if run.status.is_terminal() {
-            return Err(Error::FailedPrecondition(format!(
-                "run {run_id} already finished ({:?})",
-                run.status
-            )));
-        }
-        self.finish(run, RunStatus::Cancelled, "cancelled by a client", at_ms, changes);
-        Ok(Response::Run(Box::new(
-            self.runs.get(&run_id).cloned().expect("just stored"),
-        )))
-    }
 }
-
-/// The last [`MAX_OUTPUT_TAIL`] bytes of `output`, cut at a character boundary.
-fn tail(output: &str) -> String {
-    if output.len() <= MAX_OUTPUT_TAIL {
-        return output.to_string();
-    }
-    let mut start = output.len() - MAX_OUTPUT_TAIL;
-    while !output.is_char_boundary(start) {
-        start += 1;
-    }
-    output[start..].to_string()
-}
-
-#[cfg(test)]
-#[path = "state_runs_tests.rs"]
-mod tests;

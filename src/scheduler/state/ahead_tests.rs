@@ -2,7 +2,11 @@
 //! started ahead: what the state machine accepts, when an attempt begins,
 //! and what a pause or a schedule change does to a fire already committed.
 
+use super::testing::*;
 use super::*;
+use crate::scheduler::job::{Catchup, JobPatch, Overlap, ScheduleSpec};
+use crate::scheduler::run::RunStatus;
+use crate::scheduler::MAX_FIRE_AHEAD_MS;
 
 /// Heartbeat timeout of the jobs here (the default), ms.
 const LEASE: i64 = 30_000;

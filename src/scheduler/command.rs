@@ -1,0 +1,256 @@
+//! Commands: what a Raft log entry asks of the state machine, and what
+//! applying it answers.
+//!
+//! A [`Request`] is one entry of the log: a [`Command`] with the leader's
+//! clock reading, the caller's principal and an optional write id, all
+//! stamped before the entry entered the log, so that every replica applies
+//! exactly the same thing. [`crate::scheduler::State::apply`] turns it into
+//! a [`CommandResult`]: a [`Response`] or an [`Error`], which travel back to
+//! the node that proposed the entry.
+//!
+//! These types are replicated and stored: their encoding is part of the
+//! log's format (see `crate::codec`). A new command is a new variant at the
+//! end of the enum.
+//!
+//! IMPLEMENTATION CAVEATS: a command carries no validation of its own; the
+//! API checks inputs before proposing (`scheduler::validate`), and `apply`
+//! re-checks only what depends on the state.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::job::{Job, JobId, JobPatch, JobSpec};
+use super::run::{AttemptOutcome, AttemptResult, Run, RunId};
+use crate::error::Error;
+
+/// One entry of the Raft log: a command with its context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Leader wall-clock time when the command was proposed, Unix ms.
+    pub at_ms: i64,
+    /// Who asked (recorded as `created_by` / `updated_by`).
+    pub principal: String,
+    /// What to do.
+    pub command: Command,
+    /// Identifies a client write across the retries of the node that
+    /// routes it (see [`WRITE_ID_TTL_MS`](super::state::WRITE_ID_TTL_MS)):
+    /// a second entry with the same id is not applied again but answers
+    /// with the first one's result.
+    pub write_id: Option<String>,
+}
+
+/// A change to the replicated state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a job; fails if the id exists.
+    CreateJob {
+        /// The new job's id.
+        id: JobId,
+        /// Its fields.
+        spec: JobSpec,
+        /// Idempotency key, if the client sent one.
+        request_id: Option<String>,
+    },
+    /// Replace some fields of a job whose version is `expected_version`.
+    UpdateJob {
+        /// Which job.
+        id: JobId,
+        /// The version the client read; must equal the stored one.
+        expected_version: u64,
+        /// The fields to replace.
+        patch: JobPatch,
+    },
+    /// Delete a job (only if its version matches, when one is given).
+    DeleteJob {
+        /// Which job.
+        id: JobId,
+        /// Delete only at this version.
+        expected_version: Option<u64>,
+    },
+    /// Pause (`true`) or resume (`false`) a job, whatever its version.
+    SetPaused {
+        /// Which job.
+        id: JobId,
+        /// The new paused flag.
+        paused: bool,
+    },
+    /// Fire every listed job whose next fire is the listed time (proposed by
+    /// the leader's timer, one entry per tick).
+    FireBatch {
+        /// `(job id, the job's next_fire_ms as the timer saw it)`.
+        fires: Vec<(JobId, i64)>,
+    },
+    /// Run a job now (nominal time = the command's time).
+    TriggerJob {
+        /// Which job.
+        id: JobId,
+    },
+    /// Create runs for the job's fire times in `[start_ms, end_ms)`.
+    Backfill {
+        /// Which job.
+        id: JobId,
+        /// Range start, inclusive, Unix ms.
+        start_ms: i64,
+        /// Range end, exclusive, Unix ms.
+        end_ms: i64,
+    },
+    /// Start attempt `attempt` of a pending run on `node`; the entry's log
+    /// index becomes the attempt's fencing token.
+    StartAttempt {
+        /// Which run.
+        run_id: RunId,
+        /// Executing node.
+        node: u64,
+        /// Must be the run's attempt count plus one.
+        attempt: u32,
+    },
+    /// `StartAttempt` for many runs in one entry (one dispatcher tick). The
+    /// entry's log index is the fencing token of every attempt it starts:
+    /// tokens only need to differ between attempts of the same run.
+    StartAttempts {
+        /// `(run id, node, attempt)` for each run to start.
+        starts: Vec<(RunId, u64, u32)>,
+    },
+    /// A worker's lease renewal for the attempt with fencing token `token`.
+    Heartbeat {
+        /// Which run.
+        run_id: RunId,
+        /// The attempt's fencing token.
+        token: u64,
+    },
+    /// A worker's result for the attempt with fencing token `token`.
+    FinishAttempt {
+        /// Which run.
+        run_id: RunId,
+        /// The attempt's fencing token.
+        token: u64,
+        /// Success or failure.
+        outcome: AttemptOutcome,
+        /// Last output of the handler (truncated to 4 KiB).
+        output_tail: String,
+    },
+    /// `FinishAttempt` for many attempts in one entry (one flush of a node's
+    /// result reporter). Each result is applied on its own: a stale or
+    /// repeated one does not hold back the others.
+    FinishAttempts {
+        /// The results, in the order the node reported them.
+        results: Vec<AttemptResult>,
+    },
+    /// Time out attempts whose lease or time limit expired and runs that
+    /// missed their start deadline (each is re-checked against the command time).
+    ExpireRuns {
+        /// Candidate runs, as the leader's timer saw them.
+        run_ids: Vec<RunId>,
+    },
+    /// Cancel a run that has not finished.
+    CancelRun {
+        /// Which run.
+        run_id: RunId,
+    },
+    /// Several requests in one entry: the leader's write batcher
+    /// (`raft::batcher`) packs every write that arrived while the previous
+    /// entries were in flight, so they share one Raft entry and one fsync.
+    /// Each request is applied on its own, in order, with its own time,
+    /// principal and write id, and has its own result; a batch inside a
+    /// batch is refused.
+    Batch {
+        /// The requests, in arrival order.
+        requests: Vec<Request>,
+    },
+    /// `FireBatch` ahead of time: every listed job fires if its next fire is
+    /// the listed time and at most `until_ms` (proposed by the leader's
+    /// timer up to [`MAX_FIRE_AHEAD_MS`](super::MAX_FIRE_AHEAD_MS) before
+    /// the nominal times, so that runs are dispatched before they are due). Fires in `(at_ms, until_ms]` run on
+    /// time under every catch-up policy. Last in the enum: the encoding of a
+    /// variant is its position (see `crate::codec`), so a new command goes
+    /// at the end, with a new format version.
+    FireWindow {
+        /// `(job id, the job's next_fire_ms as the timer saw it)`.
+        fires: Vec<(JobId, i64)>,
+        /// The latest nominal time this entry fires, Unix ms.
+        until_ms: i64,
+    },
+}
+
+impl Request {
+    /// How many changes the request stands for: one, or each fire, start,
+    /// result or expiry it lists, or the sum over a batch. What the snapshot
+    /// policy counts, since a restart replays the log behind the snapshot
+    /// and applying an entry costs about this much.
+    pub fn weight(&self) -> u64 {
+        match &self.command {
+            Command::Batch { requests } => requests.iter().map(Request::weight).sum(),
+            Command::FireBatch { fires } | Command::FireWindow { fires, .. } => fires.len().max(1) as u64,
+            Command::StartAttempts { starts } => starts.len().max(1) as u64,
+            Command::FinishAttempts { results } => results.len().max(1) as u64,
+            Command::ExpireRuns { run_ids } => run_ids.len().max(1) as u64,
+            _ => 1,
+        }
+    }
+}
+
+impl Command {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::CreateJob { .. } => "create_job",
+            Command::UpdateJob { .. } => "update_job",
+            Command::DeleteJob { .. } => "delete_job",
+            Command::SetPaused { .. } => "set_paused",
+            Command::FireBatch { .. } => "fire_batch",
+            Command::TriggerJob { .. } => "trigger_job",
+            Command::Backfill { .. } => "backfill",
+            Command::StartAttempt { .. } => "start_attempt",
+            Command::StartAttempts { .. } => "start_attempts",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::FinishAttempt { .. } => "finish_attempt",
+            Command::FinishAttempts { .. } => "finish_attempts",
+            Command::ExpireRuns { .. } => "expire_runs",
+            Command::CancelRun { .. } => "cancel_run",
+            Command::Batch { .. } => "batch",
+            Command::FireWindow { .. } => "fire_window",
+        }
+    }
+}
+
+/// The successful outcome of a command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The job as it is after the command (shared with the job table and
+    /// with the write record that remembers this result).
+    Job(Arc<Job>),
+    /// The job was deleted.
+    Deleted,
+    /// A run as it is after the command.
+    Run(Box<Run>),
+    /// Runs created by a fire batch, trigger or backfill, and fires refused as
+    /// duplicates or stale.
+    Fired {
+        /// New runs, in creation order.
+        created: Vec<RunId>,
+        /// Listed fires that did not match a job's next fire (already fired, paused, deleted).
+        refused: u32,
+    },
+    /// The attempts a `StartAttempts` entry started (runs now queued).
+    Started(Vec<Run>),
+    /// What became of each result of a `FinishAttempts` entry.
+    Finished {
+        /// Results recorded now or acknowledged as repeats.
+        recorded: u32,
+        /// Results refused, with why (stale fencing token, run gone, ...).
+        refused: Vec<(RunId, String)>,
+    },
+    /// A heartbeat was accepted; `cancelled` tells the worker to stop.
+    Lease {
+        /// The run was cancelled: abort the attempt.
+        cancelled: bool,
+    },
+    /// A Raft-internal entry (blank or membership) that carries no command.
+    Empty,
+    /// The result of each request of a `Batch`, in its order.
+    Batch(Vec<CommandResult>),
+}
+
+/// What applying a command yields on every replica.
+pub type CommandResult = Result<Response, Error>;

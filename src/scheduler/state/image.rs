@@ -1,0 +1,204 @@
+//! The image of the state: its replicated content without the derived
+//! indexes, which is what a snapshot holds, and the formats it was stored in.
+//!
+//! Taking an image ([`State::image`]) copies six map roots, since the maps
+//! are persistent ([`Table`]); [`State::from_image`] rebuilds the indexes.
+//! The encoding of an image *is* the snapshot's data, so the field order and
+//! types of [`Image`] are part of the storage format.
+//!
+//! One struct, [`Image`], defines the encoded image of every format; what
+//! changed between formats is its type parameter, the table of create
+//! request records:
+//! - [`StateImage`] (format versions 2 and later, snapshot files `KSNAP002`
+//!   on): records under the hash of their request id ([`RequestRecord`]);
+//! - [`LegacyStateImage`] (format version 1, snapshot files `KSNAP001`,
+//!   before 2026-12-01): records under the request id, holding the job id
+//!   and a copy of the created job ([`LegacyRequestRecord`]). Read only to
+//!   migrate it (`raft::legacy`), with `From`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::jobs::fire_entry;
+use super::requests::{request_key, LegacyRequestRecord, RequestKey, RequestRecord};
+use super::{State, Table, WriteRecord};
+use crate::scheduler::job::{Job, JobId};
+use crate::scheduler::run::{JobCounters, Run, RunId};
+
+/// The replicated content of a [`State`], with the table of create request
+/// records as `Requests` (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Image<Requests> {
+    /// Every job, by id.
+    jobs: Table<JobId, Arc<Job>>,
+    /// Remembered create requests.
+    requests: Requests,
+    /// Results of recent writes, by write id.
+    writes: Table<String, WriteRecord>,
+    /// Every kept run, by id.
+    runs: Table<RunId, Run>,
+    /// The id the next run gets.
+    next_run_id: RunId,
+    /// Per-job counters.
+    counters: Table<JobId, JobCounters>,
+}
+
+/// The image as stored today: request records by key.
+pub type StateImage = Image<Table<RequestKey, RequestRecord>>;
+
+/// The image of format version 1: request records by request id, with
+/// copies of jobs. Read only to migrate it.
+pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>>;
+
+#[cfg(test)]
+impl LegacyStateImage {
+    /// An older version's image of `jobs` and create `requests` (tests of the migration).
+    pub fn of(jobs: Vec<Job>, requests: Vec<(String, LegacyRequestRecord)>) -> LegacyStateImage {
+        LegacyStateImage {
+            jobs: jobs.into_iter().map(|j| (j.id.clone(), Arc::new(j))).collect(),
+            requests: requests.into_iter().collect(),
+            ..LegacyStateImage::default()
+        }
+    }
+}
+
+impl From<LegacyStateImage> for StateImage {
+    fn from(legacy: LegacyStateImage) -> StateImage {
+        let Image {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        } = legacy;
+        let mut image = StateImage {
+            jobs,
+            requests: Table::default(),
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        };
+        image.insert_legacy_requests(requests);
+        image
+    }
+}
+
+impl StateImage {
+    /// Adds a job (building an image from stored records, one at a time, so
+    /// that no intermediate list of every record is held).
+    pub fn insert_job(&mut self, job: Job) {
+        self.jobs.insert(job.id.clone(), Arc::new(job));
+    }
+
+    /// Adds a create request record under its key.
+    pub fn insert_request(&mut self, key: RequestKey, record: RequestRecord) {
+        self.requests.insert(key, record);
+    }
+
+    /// Adds the create request records of an older version, once every job
+    /// is in (a record without a copy of its job refers to the stored one).
+    pub fn insert_legacy_requests(
+        &mut self,
+        records: impl IntoIterator<Item = (String, LegacyRequestRecord)>,
+    ) {
+        for (request_id, record) in records {
+            if let Some(migrated) = record.migrate(&self.jobs) {
+                self.requests.insert(request_key(&request_id), migrated);
+            }
+        }
+    }
+
+    /// Adds a write record.
+    pub fn insert_write(&mut self, write_id: String, record: WriteRecord) {
+        self.writes.insert(write_id, record);
+    }
+
+    /// Adds a run.
+    pub fn insert_run(&mut self, run: Run) {
+        self.runs.insert(run.id, run);
+    }
+
+    /// Adds a job's counters.
+    pub fn insert_counters(&mut self, job_id: JobId, counters: JobCounters) {
+        self.counters.insert(job_id, counters);
+    }
+
+    /// Sets the id the next run gets.
+    pub fn set_next_run_id(&mut self, next_run_id: RunId) {
+        self.next_run_id = next_run_id;
+    }
+}
+
+impl State {
+    /// The replicated content, sharing its maps with this state: O(1), and
+    /// later changes to the state do not show in it.
+    pub fn image(&self) -> StateImage {
+        StateImage {
+            jobs: self.jobs.clone(),
+            requests: self.requests.clone(),
+            writes: self.writes.clone(),
+            runs: self.runs.clone(),
+            next_run_id: self.next_run_id,
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Rebuilds a state (with its derived indexes) from its replicated content.
+    pub fn from_image(image: StateImage) -> State {
+        let StateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+        } = image;
+        let mut state = State {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            ..State::default()
+        };
+        state.rebuild_indexes();
+        state
+    }
+
+    /// A hash of the replicated content (not the derived indexes): replicas
+    /// that applied the same entries have the same digest. For checkers; it
+    /// encodes the whole state, so it costs as much as a snapshot.
+    pub fn digest(&self) -> u64 {
+        use std::hash::Hasher;
+        let bytes = postcard::to_stdvec(&self.image()).expect("encoding the state cannot fail");
+        // `DefaultHasher::new` has fixed keys: the same bytes hash the same
+        // in every process of a build.
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(&bytes);
+        hasher.finish()
+    }
+
+    /// Recomputes the derived indexes from the replicated content.
+    pub(super) fn rebuild_indexes(&mut self) {
+        self.request_expiry = self.requests.iter().map(|(key, r)| (r.at_ms, *key)).collect();
+        self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
+        self.fire_index = self.jobs().filter_map(fire_entry).collect();
+        self.runs_by_job.clear();
+        self.deadline_index.clear();
+        self.filed_deadline.clear();
+        self.pending_order.clear();
+        self.pending_by_job.clear();
+        self.active_by_job.clear();
+        self.succeeded_by_job.clear();
+        self.ended_otherwise_by_job.clear();
+        // A second handle on the persistent map (O(1)), not a copy of every run.
+        let runs = self.runs.clone();
+        for run in runs.values() {
+            self.index_run(run);
+        }
+    }
+}
