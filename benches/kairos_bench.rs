@@ -1,4 +1,4 @@
-//! `kairos-bench`, the load tool (issue 5). Each scenario starts its own
+//! `kairos-bench`, the load tool. Each scenario starts its own
 //! three-node cluster of release binaries on loopback (or, for `create`, uses
 //! `--endpoints` of a running one), drives it for a bounded time, prints a
 //! progress line on stderr while it runs, then one JSON object and a short
@@ -31,20 +31,22 @@
 //!   every node (leader and followers, from /proc/<pid>/status), data
 //!   directory size, and the time a restarted follower takes to answer
 //!   `/readyz` 200.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
+//!
+//! Latency percentiles come from HDR histograms of microseconds (3
+//! significant digits) and are printed in milliseconds; CPU time and
+//! resident memory of the nodes are read from `/proc` with `procfs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::TestCluster;
+use hdrhistogram::Histogram;
 use kairos::api::convert::{ms_duration, timestamp_ms};
 use kairos::proto as pb;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos_testkit::{http_get, TestCluster};
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
@@ -112,12 +114,38 @@ fn main() {
     });
 }
 
-/// The value at quantile `q` of sorted `values`.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
+/// An empty histogram of latencies in microseconds, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits")
+}
+
+/// The latency at quantile `q` of `latencies` (µs), in ms.
+fn quantile_ms(latencies: &Histogram<u64>, q: f64) -> f64 {
+    latencies.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Recorded for a kill after which the awaited event never came (µs; an hour,
+/// far above the 30 s bound of every wait).
+const NEVER_US: u64 = 3_600_000_000;
+
+/// The value at quantile `q` of per-kill figures (ms; `NaN` for "never",
+/// which ranks above every figure), as `NaN` if it falls on a "never".
+fn kill_quantile_ms(values: &[f64], q: f64) -> f64 {
+    let mut histogram = latency_histogram();
+    for &ms in values {
+        let us = if ms.is_nan() {
+            NEVER_US
+        } else {
+            (ms * 1000.0) as u64
+        };
+        histogram
+            .record(us)
+            .expect("an auto-resizing histogram records any value");
     }
-    values[((values.len() - 1) as f64 * q).round() as usize]
+    match histogram.value_at_quantile(q) {
+        us if us >= NEVER_US => f64::NAN,
+        us => us as f64 / 1000.0,
+    }
 }
 
 /// A progress line, overwritten in place.
@@ -198,7 +226,7 @@ async fn create(
             (Some(cluster), vec![addr])
         }
     };
-    let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
+    let acknowledged = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let until = started + duration;
@@ -210,28 +238,32 @@ async fn create(
     let mut tasks = Vec::new();
     for client in 0..clients {
         let channel = channels[client % channels.len()].clone();
-        let (latencies, errors, body) = (latencies.clone(), errors.clone(), body.clone());
+        let (acknowledged, errors, body) = (acknowledged.clone(), errors.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let mut jobs = JobServiceClient::new(channel);
+            let mut latencies = latency_histogram();
             let mut n = 0u64;
             while Instant::now() < until {
                 n += 1;
                 let sent = Instant::now();
                 match create_job(&mut jobs, format!("bench-{client}-{n}"), &body).await {
-                    Ok(_) => latencies
-                        .lock()
-                        .unwrap()
-                        .push(sent.elapsed().as_secs_f64() * 1000.0),
+                    Ok(_) => {
+                        latencies
+                            .record(sent.elapsed().as_micros() as u64)
+                            .expect("an auto-resizing histogram records any value");
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
+            latencies
         }));
     }
     while tasks.iter().any(|t| !t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let done = latencies.lock().unwrap().len();
+        let done = acknowledged.load(Ordering::Relaxed);
         progress(format!(
             "create ({target}): {:>5.1} s, {done} acknowledged, {:.0}/s",
             started.elapsed().as_secs_f64(),
@@ -240,30 +272,34 @@ async fn create(
     }
     eprintln!();
     let seconds = started.elapsed().as_secs_f64();
-    let mut values = latencies.lock().unwrap().clone();
-    values.sort_by(f64::total_cmp);
+    let mut latencies = latency_histogram();
+    for task in tasks {
+        latencies
+            .add(task.await.expect("client"))
+            .expect("histograms of one precision");
+    }
     let result = serde_json::json!({
         "scenario": "create",
         "target": target,
         "clients": clients,
         "payload_bytes": payload,
-        "creates": values.len(),
+        "creates": latencies.len(),
         "errors": errors.load(Ordering::Relaxed),
         "seconds": seconds,
-        "throughput_per_s": values.len() as f64 / seconds,
-        "p50_ms": quantile(&values, 0.5),
-        "p99_ms": quantile(&values, 0.99),
-        "p999_ms": quantile(&values, 0.999),
+        "throughput_per_s": latencies.len() as f64 / seconds,
+        "p50_ms": quantile_ms(&latencies, 0.5),
+        "p99_ms": quantile_ms(&latencies, 0.99),
+        "p999_ms": quantile_ms(&latencies, 0.999),
     });
     println!("{result}");
     println!("| target | clients | payload | writes | per s | p50 ms | p99 ms | p999 ms |");
     println!(
         "| {target} | {clients} | {payload} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
-        values.len(),
-        values.len() as f64 / seconds,
-        quantile(&values, 0.5),
-        quantile(&values, 0.99),
-        quantile(&values, 0.999)
+        latencies.len(),
+        latencies.len() as f64 / seconds,
+        quantile_ms(&latencies, 0.5),
+        quantile_ms(&latencies, 0.99),
+        quantile_ms(&latencies, 0.999)
     );
     drop(cluster);
 }
@@ -284,7 +320,7 @@ async fn scrape(cluster: &TestCluster) -> Scraped {
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut applied = 0.0f64;
     for node in &cluster.nodes {
-        let Ok((200, body)) = kairos::http::fetch(&node.http, "/metrics").await else {
+        let Ok((200, body)) = http_get(&node.http, "/metrics").await else {
             continue;
         };
         for line in body.lines() {
@@ -479,16 +515,14 @@ async fn failover(kills: usize) {
         cluster.wait_ready(Duration::from_secs(60)).await;
     }
     eprintln!();
-    let (mut w, mut r) = (to_write.clone(), to_run.clone());
-    w.sort_by(f64::total_cmp);
-    r.sort_by(f64::total_cmp);
+    let (w, r) = (&to_write, &to_run);
     let result = serde_json::json!({
         "scenario": "failover",
         "kills": kills,
         "to_first_write_ms": to_write,
         "to_first_run_ms": to_run,
-        "write_p50_ms": quantile(&w, 0.5), "write_p99_ms": quantile(&w, 0.99),
-        "run_p50_ms": quantile(&r, 0.5), "run_p99_ms": quantile(&r, 0.99),
+        "write_p50_ms": kill_quantile_ms(w, 0.5), "write_p99_ms": kill_quantile_ms(w, 0.99),
+        "run_p50_ms": kill_quantile_ms(r, 0.5), "run_p99_ms": kill_quantile_ms(r, 0.99),
         // A NaN above (null in JSON) is a kill after which nothing came within 30 s.
         "kills_without_write": to_write.iter().filter(|v| v.is_nan()).count(),
         "kills_without_run": to_run.iter().filter(|v| v.is_nan()).count(),
@@ -497,10 +531,10 @@ async fn failover(kills: usize) {
     println!("| kills | first write p50 | p99 | first run p50 | p99 |");
     println!(
         "| {kills} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
-        quantile(&w, 0.5),
-        quantile(&w, 0.99),
-        quantile(&r, 0.5),
-        quantile(&r, 0.99)
+        kill_quantile_ms(w, 0.5),
+        kill_quantile_ms(w, 0.99),
+        kill_quantile_ms(r, 0.5),
+        kill_quantile_ms(r, 0.99)
     );
 }
 
@@ -597,39 +631,26 @@ fn run_summary(run: &pb::Run) -> String {
 
 /// CPU time (user + system) used so far by the running nodes, seconds.
 fn cluster_cpu_seconds(cluster: &TestCluster) -> f64 {
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    cluster
+    let ticks: u64 = cluster
         .nodes
         .iter()
         .filter_map(|node| node.pid())
-        .map(|pid| {
-            // Fields 14 and 15 of /proc/<pid>/stat, counted after the
-            // parenthesised command name (which may hold spaces).
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .filter_map(|pid| {
+            procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.stat())
                 .ok()
-                .and_then(|stat| {
-                    let after_name = stat.rsplit_once(')')?.1;
-                    let fields: Vec<&str> = after_name.split_whitespace().collect();
-                    Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                })
-                .unwrap_or(0.0)
         })
-        .sum::<f64>()
-        / ticks_per_second
+        .map(|stat| stat.utime + stat.stime)
+        .sum();
+    ticks as f64 / procfs::ticks_per_second() as f64
 }
 
 /// Resident memory of `pid` in bytes (VmRSS).
 fn resident_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.status())
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        })
+        .and_then(|status| status.vmrss)
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -786,7 +807,7 @@ async fn scale(jobs: usize, clients: usize) {
     cluster.spawn(follower);
     let http = cluster.node(follower).http.clone();
     let ready_seconds = loop {
-        if let Ok((200, _)) = kairos::http::fetch(&http, "/readyz").await {
+        if let Ok((200, _)) = http_get(&http, "/readyz").await {
             break restarted.elapsed().as_secs_f64();
         }
         assert!(

@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the deterministic core (issue 5):
+//! Criterion micro-benchmarks of the deterministic core:
 //!
 //! - `cron_next/*`: `Schedule::next_after` for a few typical expressions;
 //! - `apply/create_job`: one `CreateJob` applied to a state of 10,000 jobs;

@@ -7,7 +7,7 @@
 //! jobs and the index; `-- requests` does the same with a request id on every
 //! create, as the CLI and `kairos-bench scale` send (the state then also
 //! remembers each for 24 h). Each prints the resident-set growth per job, read
-//! from /proc/self/statm. One mode per process, so the allocator starts clean.
+//! from /proc/self/statm (with `procfs`). One mode per process, so the allocator starts clean.
 
 use std::collections::BTreeSet;
 
@@ -17,14 +17,12 @@ use kairos::scheduler::{Changes, Command, JobSpec, Request, ScheduleSpec, State}
 const JOBS: usize = 1_000_000;
 const T0: i64 = 1_767_225_600_000;
 
+/// This process's resident memory in bytes (`/proc/self/statm`).
 fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("resident pages");
-    pages * 4096
+    let statm = procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .expect("/proc/self/statm");
+    statm.resident * procfs::page_size()
 }
 
 fn report(what: &str, before: u64) {

@@ -38,7 +38,7 @@ pub enum LogFormat {
 }
 
 macro_rules! agent_settings {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal $([$($extra:tt)*])?; )*) => {
+    ($( $(#[cfg($cfg:meta)])? $(#[doc = $doc:literal])* $field:ident : $ty:ty, env = $env:literal $([$($extra:tt)*])?; )*) => {
         /// `kairos agent` flags. Every flag can also come from the environment
         /// variable named in its help, or from the `--config` file.
         #[derive(clap::Args, Clone, Debug, Default)]
@@ -46,7 +46,7 @@ macro_rules! agent_settings {
             /// TOML file with the same settings (snake_case keys).
             #[arg(long, env = "KAIROS_CONFIG")]
             pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
+            $( $(#[cfg($cfg)])? $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
             /// Deliberately break this node (the chaos suite's test of its
             /// checkers; see `crate::chaos_break`). A flag only: no variable, no file key.
             #[cfg(feature = "chaos-break")]
@@ -58,13 +58,13 @@ macro_rules! agent_settings {
         #[derive(Deserialize, Debug, Default)]
         #[serde(deny_unknown_fields)]
         struct FileSettings {
-            $( $field: Option<$ty>, )*
+            $( $(#[cfg($cfg)])? $field: Option<$ty>, )*
         }
 
         impl AgentArgs {
             /// Fills every setting not given as a flag or variable from the file.
             fn merge(mut self, file: FileSettings) -> AgentArgs {
-                $( if self.$field.is_none() { self.$field = file.$field; } )*
+                $( $(#[cfg($cfg)])? if self.$field.is_none() { self.$field = file.$field; } )*
                 self
             }
         }
@@ -95,6 +95,7 @@ agent_settings! {
     /// Cluster-wide limits per job type, enforced by the leader (give every node the same):
     /// `TYPE:concurrency=N,rate=R,burst=B;...`, e.g. `http:concurrency=20,rate=50`.
     type_limits: String, env = "KAIROS_TYPE_LIMITS";
+    #[cfg(feature = "test-handlers")]
     /// Register test-only job types (`panic`); for the project's own tests.
     test_handlers: bool, env = "KAIROS_TEST_HANDLERS" [hide = true, num_args = 0..=1, default_missing_value = "true"];
     /// Rewrite peer addresses when dialing, `from=to,...` (a test harness's proxies).
@@ -139,6 +140,7 @@ pub struct AgentConfig {
     /// What the leader-only actors need: type limits and the fire look-ahead.
     pub leader: LeaderSettings,
     /// Whether test-only job types are registered.
+    #[cfg(feature = "test-handlers")]
     pub test_handlers: bool,
     /// Peer address rewrites (see [`crate::dial`]).
     pub dial_map: DialMap,
@@ -278,6 +280,7 @@ impl AgentConfig {
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
             leader,
+            #[cfg(feature = "test-handlers")]
             test_handlers: args.test_handlers.unwrap_or(false),
             dial_map: DialMap::parse(args.dial_map.as_deref().unwrap_or(""))?,
             log_format: args.log_format.unwrap_or_default(),

@@ -3,7 +3,7 @@
 //! - `GET /livez`: 200 while the process serves HTTP at all.
 //! - `GET /readyz`: 200 only when the node knows a leader and has applied the
 //!   committed log it found at start; 503 with the reason otherwise. Load
-//!   balancers and `kairos dev` wait on it.
+//!   balancers and `kairos dev` wait on it ([`crate::launcher::HttpProbe`]).
 //! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
 
 use std::sync::Arc;
@@ -55,27 +55,4 @@ async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
     )
-}
-
-/// A minimal HTTP/1.0 GET for probing a node's endpoints (used by `kairos dev`
-/// and the tests): returns the status code and body.
-pub async fn fetch(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
 }

@@ -17,6 +17,7 @@
 //! - [`api`]: gRPC services and protobuf ↔ domain conversion.
 //! - [`http`] and [`metrics`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`cli`]: the `kairos` command (agent, dev, job, cluster, cron).
+//! - [`launcher`]: starts `kairos agent` processes (for `kairos dev`, the tests and the chaos harness).
 //! - [`config`]: agent configuration from flags, `KAIROS_*` variables and TOML.
 
 pub mod actors;
@@ -30,9 +31,9 @@ pub mod dial;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod launcher;
 pub mod metrics;
 pub mod node;
-pub mod ports;
 pub mod proto;
 pub mod raft;
 pub mod scheduler;

@@ -2,13 +2,11 @@
 //! concurrency, idempotent creates, and bad input that is refused with a clear
 //! error and changes nothing. Also the CLI's exit codes and the HTTP endpoints.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{job, TestCluster, KAIROS};
 use kairos::api::convert::{ms_timestamp, timestamp_ms};
 use kairos::proto as pb;
+use kairos_testkit::{free_port, http_get, job, kairos_bin, TestCluster};
 use tonic::Code;
 
 const READY: Duration = Duration::from_secs(30);
@@ -237,9 +235,9 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     // Health and metrics on every node.
     for id in 1..=3 {
         let http = &cluster.node(id).http;
-        assert_eq!(kairos::http::fetch(http, "/livez").await.unwrap().0, 200);
-        assert_eq!(kairos::http::fetch(http, "/readyz").await.unwrap().0, 200);
-        let (code, body) = kairos::http::fetch(http, "/metrics").await.unwrap();
+        assert_eq!(http_get(http, "/livez").await.unwrap().0, 200);
+        assert_eq!(http_get(http, "/readyz").await.unwrap().0, 200);
+        let (code, body) = http_get(http, "/metrics").await.unwrap();
         assert_eq!(code, 200);
         for metric in [
             "kairos_raft_term",
@@ -293,7 +291,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         let out = cli(&endpoints, &["job", "trigger", "cli-job"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let dead_first = format!("127.0.0.1:{},{endpoints}", common::free_port());
+    let dead_first = format!("127.0.0.1:{},{endpoints}", free_port());
     let watched = cli(
         &dead_first,
         &[
@@ -349,7 +347,7 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
     use std::process::{Command, Stdio};
     // 100,000 lines are megabytes: far more than the pipe holds, so the CLI
     // is still writing when the reader goes.
-    let mut child = Command::new(KAIROS)
+    let mut child = Command::new(kairos_bin())
         .args(["cron", "next", "* * * * *", "--count", "100000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -371,7 +369,12 @@ fn cli_output_into_a_closed_pipe_ends_quietly() {
 /// the problem and the usage; `--help` still prints the whole help.
 #[test]
 fn cli_usage_errors_are_one_line() {
-    let run = |args: &[&str]| std::process::Command::new(KAIROS).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(kairos_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
     for (args, want) in [
         (
             &["job", "create"][..],
@@ -398,7 +401,7 @@ fn cli_usage_errors_are_one_line() {
 }
 
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(KAIROS)
+    std::process::Command::new(kairos_bin())
         .arg("--endpoints")
         .arg(endpoints)
         .args(args)

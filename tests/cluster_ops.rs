@@ -1,20 +1,17 @@
 //! Operating a cluster: growing and shrinking it with the CLI, restarting a
-//! node without `--initial-cluster`, `kairos dev`, and `kairos cron next`.
+//! node without `--initial-cluster`, and `kairos cron next` (`kairos dev` is
+//! in `dev.rs`).
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{create, free_port, TestCluster, KAIROS};
 use kairos::proto as pb;
+use kairos_testkit::{create, http_get, kairos_bin, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
 fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
-    Command::new(KAIROS)
+    Command::new(kairos_bin())
         .arg("--endpoints")
         .arg(endpoints)
         .args(args)
@@ -37,7 +34,7 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     // A node started without --initial-cluster waits to be added: no leader, not ready.
     let new = cluster.spawn_new_node();
     let (code, body) = loop {
-        if let Ok(reply) = kairos::http::fetch(&cluster.node(new).http, "/readyz").await {
+        if let Ok(reply) = http_get(&cluster.node(new).http, "/readyz").await {
             break reply;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -94,92 +91,9 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     );
 }
 
-/// A base port B such that B+1..=B+3, B+101..=B+103 and B+201..=B+203 are free now.
-fn free_dev_base() -> u16 {
-    for _ in 0..50 {
-        let base = free_port().saturating_sub(300).max(1024);
-        let ports: Vec<u16> = [1, 2, 3, 101, 102, 103, 201, 202, 203]
-            .iter()
-            .map(|o| base + o)
-            .collect();
-        let held: Vec<_> = ports
-            .iter()
-            .filter_map(|p| TcpListener::bind(("127.0.0.1", *p)).ok())
-            .collect();
-        if held.len() == ports.len() {
-            return base;
-        }
-    }
-    panic!("no free block of dev ports");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let base = free_dev_base();
-    let mut dev = Command::new(KAIROS)
-        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        while let Some(Ok(line)) = lines.next() {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kairos dev did not report ready in 60 s");
-        if line.contains("Kairos dev cluster is ready") {
-            break;
-        }
-    }
-
-    let endpoints: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
-    let created = Command::new(KAIROS)
-        .args([
-            "job",
-            "create",
-            "dev-job",
-            "--type",
-            "noop",
-            "--schedule",
-            "@daily",
-        ])
-        .env("KAIROS_ENDPOINTS", endpoints.join(","))
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(dev.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = dev.wait().unwrap();
-    assert!(status.success(), "kairos dev exited with {status}");
-    let rest: Vec<String> = rx.iter().collect();
-    assert!(rest.iter().any(|l| l.contains("All nodes stopped")), "{rest:?}");
-    for endpoint in &endpoints {
-        TcpListener::bind(endpoint.as_str())
-            .unwrap_or_else(|e| panic!("{endpoint} still in use after dev stopped: {e}"));
-    }
-}
-
 #[test]
 fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
-    let out = Command::new(KAIROS)
+    let out = Command::new(kairos_bin())
         .args([
             "cron",
             "next",
@@ -209,7 +123,7 @@ fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
         ]
     );
 
-    let bad = Command::new(KAIROS)
+    let bad = Command::new(kairos_bin())
         .args(["cron", "next", "* * *"])
         .output()
         .unwrap();
@@ -220,7 +134,7 @@ fn cron_next_prints_the_server_fire_times_across_a_dst_gap() {
 #[test]
 fn agent_settings_come_from_kairos_environment_variables() {
     let run = |vars: &[(&str, &str)]| {
-        let mut command = Command::new(KAIROS);
+        let mut command = Command::new(kairos_bin());
         command.arg("agent").env_remove("KAIROS_CONFIG");
         for (k, v) in vars {
             command.env(k, v);

@@ -7,12 +7,10 @@
 //! acknowledgements an `fdatasync` (or `fsync`) of sled's data file completed.
 //! Needs `strace` (installed by `.ci/run`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 
-use common::KAIROS;
+use kairos_testkit::kairos_bin;
 
 /// Events of interest in an strace log, in completion order.
 #[derive(Debug, PartialEq)]
@@ -71,7 +69,7 @@ fn every_acknowledged_append_follows_an_fdatasync_of_the_data_file() {
             "-o",
         ])
         .arg(&trace_path)
-        .arg(KAIROS)
+        .arg(kairos_bin())
         .args(["debug", "log-append", "--entries", "5", "--data-dir"])
         .arg(dir.path().join("data"))
         .output()

@@ -5,15 +5,13 @@
 //! leader follow the catch-up policy, and an attempt on a killed node times
 //! out and succeeds on another node.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{recorder, Deliveries, TestCluster};
 use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos_testkit::{http_get, recorder, Deliveries, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -174,9 +172,7 @@ async fn every_second_webhook_is_delivered_once_across_a_leader_kill() {
     // The survivors' metrics show the executions and their lateness.
     let mut executed = 0.0;
     for id in cluster.running() {
-        let (_, body) = kairos::http::fetch(&cluster.node(id).http, "/metrics")
-            .await
-            .unwrap();
+        let (_, body) = http_get(&cluster.node(id).http, "/metrics").await.unwrap();
         assert!(body.contains("kairos_fire_lateness_seconds_bucket"), "{body}");
         assert!(body.contains("kairos_runs_pending"), "{body}");
         executed += body

@@ -2,13 +2,11 @@
 //! restarted node up by snapshot, and keeps every acknowledged job across a
 //! full-cluster restart.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{create, TestCluster};
 use kairos::proto as pb;
+use kairos_testkit::{create, job, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -164,7 +162,7 @@ async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
             for i in 0..PER_CLIENT {
                 let id = format!("job-{c}-{i}");
                 let request = pb::CreateJobRequest {
-                    job: Some(common::job(&id)),
+                    job: Some(job(&id)),
                     request_id: format!("req-{id}"),
                 };
                 jobs.create_job(request).await.expect("create");

@@ -6,15 +6,13 @@
 //! The jobs use `allow_all` overlap, a long start deadline and a long history
 //! so that every run stays visible whatever state execution leaves it in.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::TestCluster;
 use kairos::api::convert::{ms_duration, timestamp_ms};
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos_testkit::TestCluster;
 
 const READY: Duration = Duration::from_secs(30);
 

@@ -292,7 +292,7 @@ async fn run_round(
             })
             .await?;
             cluster.start_all().await?;
-            Runtime::Process(cluster)
+            Runtime::Process(Box::new(cluster))
         }
         RuntimeKind::Docker => {
             let mut cluster = DockerCluster::create(DockerOptions {
@@ -305,7 +305,7 @@ async fn run_round(
             })
             .await?;
             cluster.start_all().await?;
-            Runtime::Docker(cluster)
+            Runtime::Docker(Box::new(cluster))
         }
     };
     let result = drive(args, kinds, &mut runtime, seed, started, started_at).await;

@@ -157,10 +157,9 @@ fn node_options(config: &AgentConfig) -> NodeOptions {
 /// The job types this node runs: the built-in ones (`exec` only with
 /// `--allow-exec`), and the test-only ones when asked.
 fn registry(config: &AgentConfig) -> Arc<crate::handlers::Registry> {
-    let mut registry = crate::handlers::Registry::builtin(config.allow_exec);
-    if config.test_handlers {
-        registry.register(Arc::new(crate::handlers::panic::PanicHandler));
-    }
+    let registry = crate::handlers::Registry::builtin(config.allow_exec);
+    #[cfg(feature = "test-handlers")]
+    let registry = crate::handlers::panic::register_if(registry, config.test_handlers);
     Arc::new(registry)
 }
 

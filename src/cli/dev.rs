@@ -1,24 +1,61 @@
 //! `kairos dev`: a ready-to-use local cluster from a fresh checkout.
 //!
 //! Starts `--nodes` (default 3) `kairos agent` child processes of this same
-//! binary on loopback — separate processes, because a node owns process-global
-//! state (signal handlers, and the worker actors' process groups) — with data
-//! under `./kairos-data/node-N` and logs in `./kairos-data/node-N/agent.log`.
-//! It waits until every node is ready, prints the endpoints and the next
+//! binary on loopback through [`crate::launcher`] — separate processes,
+//! because a node owns process-global state (signal handlers, and the worker
+//! actors' process groups) — with data under `./kairos-data/node-N` and logs
+//! in `./kairos-data/node-N/agent.log`. It waits until every node is ready,
+//! prints the endpoints (gRPC, worker network, HTTP), the pids and the next
 //! commands to try, restarts a node that dies, and on Ctrl-C / SIGTERM sends
 //! SIGTERM to every node and waits for them to exit.
+//!
+//! # Invariants
+//!
+//! * **Restarts survive a rebuild.** The binary is resolved once, at start:
+//!   `<data-dir>/kairos-agent` is a hard link to (or, across file systems, a
+//!   copy of) the running executable, and every node starts from it.
+//!   `cargo build` replaces `target/*/kairos` with a new file, which leaves
+//!   that link, and so every restart, on the binary `dev` started with.
+//! * **No endless restart loop.** A node whose restart cannot be started is
+//!   given up at once; one that exits within [`QUICK_EXIT`] of its start
+//!   [`MAX_QUICK_EXITS`] times in a row is given up too. Either way `dev`
+//!   says so, names the log, and keeps the other nodes running.
+//! * **Every child is stopped.** On shutdown each node gets SIGTERM and
+//!   [`STOP_GRACE`] to exit, then SIGKILL; a node is killed too if `dev`
+//!   itself fails.
+//!
+//! # IMPLEMENTATION CAVEATS
+//!
+//! * Restarted nodes run the binary `dev` started with, not a rebuilt one:
+//!   restart `kairos dev` to run a new build.
+//! * The ports are fixed offsets of `--base-port`; a busy port makes that
+//!   node exit before it is ready, and `dev` stops with its log's path.
 
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use futures::FutureExt;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::cancel_on_signal;
+use crate::launcher::{AgentSpec, HttpProbe, Launch, NodeProcess};
+use crate::raft::NodeId;
+
+/// How long every node together may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The pause before restarting a node that exited.
+const RESTART_PAUSE: Duration = Duration::from_millis(500);
+/// A node that exits within this time of its start counts as failing to start.
+const QUICK_EXIT: Duration = Duration::from_secs(10);
+/// Failed starts in a row after which a node is given up.
+const MAX_QUICK_EXITS: u32 = 3;
+/// The name of the resolved binary in the data directory.
+const AGENT_BINARY: &str = "kairos-agent";
 
 /// `kairos dev` flags.
 #[derive(clap::Args, Debug)]
@@ -34,82 +71,42 @@ pub struct DevArgs {
     pub base_port: u16,
 }
 
+/// One node of the dev cluster and its supervision state.
 struct DevNode {
-    id: u64,
-    args: Vec<String>,
-    log: PathBuf,
-    http: String,
-    child: Option<Child>,
+    /// How to (re)start it.
+    launch: Launch,
+    /// The running process; `None` once the node is given up.
+    process: Option<NodeProcess>,
+    /// When the current process started.
+    started: Instant,
+    /// Exits within [`QUICK_EXIT`] of their start, in a row.
+    quick_exits: u32,
 }
 
 impl DevNode {
-    fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("open {}", self.log.display()))?;
-        let exe = std::env::current_exe().context("locate the kairos binary")?;
-        let child = Command::new(exe)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start node {}", self.id))?;
-        self.child = Some(child);
-        Ok(())
+    fn id(&self) -> NodeId {
+        self.launch.agent.id
     }
 
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
-        }
+    fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.process().pid())
     }
 }
 
 /// Runs the local cluster until Ctrl-C.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     anyhow::ensure!(matches!(args.nodes, 1 | 3 | 5), "--nodes: use 1, 3 or 5");
-    let base = args.base_port;
-    let port = |offset: u16, id: u64| base + offset + id as u16;
-    let initial: Vec<String> = (1..=args.nodes)
-        .map(|id| format!("{id}=127.0.0.1:{}", port(0, id)))
-        .collect();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    let binary = resolve_binary(&args.data_dir)?;
     let mut nodes = Vec::new();
-    for id in 1..=args.nodes {
-        let dir = args.data_dir.join(format!("node-{id}"));
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let http = format!("127.0.0.1:{}", port(100, id));
-        let node_args = vec![
-            "agent".into(),
-            format!("--node-id={id}"),
-            format!("--data-dir={}", dir.display()),
-            format!("--grpc-addr=127.0.0.1:{}", port(0, id)),
-            format!("--http-addr={http}"),
-            format!("--cluster-addr=127.0.0.1:{}", port(200, id)),
-            format!("--initial-cluster={}", initial.join(",")),
-            "--cluster-cookie=kairos-dev".into(),
-        ];
+    for launch in plan(&args, &binary)? {
+        let process = launch.start()?;
         nodes.push(DevNode {
-            id,
-            args: node_args,
-            log: dir.join("agent.log"),
-            http,
-            child: None,
+            launch,
+            process: Some(process),
+            started: Instant::now(),
+            quick_exits: 0,
         });
-    }
-    for node in &mut nodes {
-        node.spawn()?;
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -124,77 +121,153 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
     }
     if !shutdown.is_cancelled() {
-        print_tour(&nodes, base);
+        print_tour(&nodes, args.base_port);
     }
     supervise(&mut nodes, &shutdown).await;
     println!("\nStopping nodes...");
     for node in &mut nodes {
-        node.stop().await;
+        if let Some(process) = node.process.take() {
+            process.process().terminate_async(STOP_GRACE).await;
+        }
     }
     println!("All nodes stopped. Data kept in {}.", args.data_dir.display());
     Ok(())
 }
 
+/// The launch of every node: ports at fixed offsets of the base port.
+fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
+    let addr = |offset: u16, id: NodeId| -> anyhow::Result<std::net::SocketAddr> {
+        let port = u16::try_from(id)
+            .ok()
+            .and_then(|id| args.base_port.checked_add(offset + id))
+            .context("--base-port: the nodes' ports must stay below 65536")?;
+        Ok(([127, 0, 0, 1], port).into())
+    };
+    let initial_cluster: BTreeMap<NodeId, String> = (1..=args.nodes)
+        .map(|id| Ok((id, addr(0, id)?.to_string())))
+        .collect::<anyhow::Result<_>>()?;
+    let mut launches = Vec::new();
+    for id in 1..=args.nodes {
+        let dir = args.data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        launches.push(Launch {
+            binary: binary.to_path_buf(),
+            agent: AgentSpec {
+                id,
+                data_dir: dir.clone(),
+                grpc_addr: addr(0, id)?,
+                http_addr: addr(100, id)?,
+                cluster_addr: addr(200, id)?,
+                initial_cluster: initial_cluster.clone(),
+                cookie: "kairos-dev".into(),
+                extra_args: Vec::new(),
+            },
+            env: Vec::new(),
+            log: dir.join("agent.log"),
+        });
+    }
+    Ok(launches)
+}
+
+/// Puts the running executable at `<data_dir>/kairos-agent`: a hard link
+/// when the data directory is on the executable's file system, else a copy.
+/// Either way, replacing the original file later does not change it.
+fn resolve_binary(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let target = data_dir.join(AGENT_BINARY);
+    let staging = data_dir.join(format!(".{AGENT_BINARY}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let linked = std::env::current_exe().and_then(|exe| std::fs::hard_link(exe, &staging));
+    if linked.is_err() {
+        // /proc/self/exe opens the running binary even if its file was replaced.
+        std::fs::copy("/proc/self/exe", &staging)
+            .with_context(|| format!("copy this kairos binary to {}", staging.display()))?;
+    }
+    // A rename replaces a previous copy even while an old node still runs it.
+    std::fs::rename(&staging, &target).with_context(|| format!("create {}", target.display()))?;
+    Ok(target)
+}
+
 async fn wait_ready(nodes: &[DevNode]) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    for node in nodes {
-        loop {
-            if let Ok((200, _)) = crate::http::fetch(&node.http, "/readyz").await {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(
-                    "node {} is not ready after 60 s; see {}",
-                    node.id,
-                    node.log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let probe = HttpProbe::new()?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for process in nodes.iter().filter_map(|n| n.process.as_ref()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        process.wait_ready(&probe, left).await?;
     }
     Ok(())
 }
 
 /// Restarts nodes that exit until `shutdown` is cancelled.
 async fn supervise(nodes: &mut [DevNode], shutdown: &CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    while !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => break,
+    loop {
+        let exits: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let process = n.process.as_ref()?;
+                Some(process.process().exited().map(move |status| (i, status)).boxed())
+            })
+            .collect();
+        if exits.is_empty() {
+            shutdown.cancelled().await;
+            return;
         }
-        for node in nodes.iter_mut() {
-            let exited = match node.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            if let Some(status) = exited {
-                eprintln!(
-                    "node {} exited ({status}); restarting — see {}",
-                    node.id,
-                    node.log.display()
-                );
-                if let Err(e) = node.spawn() {
-                    eprintln!("node {}: {e:#}", node.id);
-                }
-            }
+        let (index, status) = tokio::select! {
+            ((index, status), _, _) = futures::future::select_all(exits) => (index, status),
+            _ = shutdown.cancelled() => return,
+        };
+        restart(&mut nodes[index], status, shutdown).await;
+    }
+}
+
+/// Restarts a node that exited with `status`, or gives it up (see the module's invariants).
+async fn restart(node: &mut DevNode, status: std::process::ExitStatus, shutdown: &CancellationToken) {
+    let id = node.id();
+    let log = node.launch.log.display().to_string();
+    node.process = None;
+    if node.started.elapsed() < QUICK_EXIT {
+        node.quick_exits += 1;
+    } else {
+        node.quick_exits = 0;
+    }
+    if node.quick_exits >= MAX_QUICK_EXITS {
+        eprintln!(
+            "node {id} exited ({status}) within {QUICK_EXIT:?} of its start {MAX_QUICK_EXITS} times in a row; \
+             not restarting it — see {log}"
+        );
+        return;
+    }
+    eprintln!("node {id} exited ({status}); restarting — see {log}");
+    tokio::select! {
+        _ = tokio::time::sleep(RESTART_PAUSE) => {}
+        _ = shutdown.cancelled() => return,
+    }
+    match node.launch.start() {
+        Ok(process) => {
+            node.process = Some(process);
+            node.started = Instant::now();
+            eprintln!("node {id} restarted (pid {})", node.pid().unwrap_or_default());
         }
+        Err(e) => eprintln!("node {id}: {e}; not restarting it — restart `kairos dev` to bring it back"),
     }
 }
 
 fn print_tour(nodes: &[DevNode], base: u16) {
-    let endpoints: Vec<String> = (1..=nodes.len() as u16)
-        .map(|i| format!("127.0.0.1:{}", base + i))
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|n| n.launch.agent.grpc_addr.to_string())
         .collect();
     println!("\nKairos dev cluster is ready.");
     for node in nodes {
+        let agent = &node.launch.agent;
         println!(
-            "  node {}: gRPC 127.0.0.1:{}  http://{}/metrics  log {}",
-            node.id,
-            base + node.id as u16,
-            node.http,
-            node.log.display()
+            "  node {} (pid {}): gRPC {}  cluster {}  http://{}/metrics  log {}",
+            agent.id,
+            node.pid().unwrap_or_default(),
+            agent.grpc_addr,
+            agent.cluster_addr,
+            agent.http_addr,
+            node.launch.log.display()
         );
     }
     let env = if base == 7100 {

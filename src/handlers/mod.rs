@@ -79,6 +79,7 @@
 mod exec;
 mod http;
 mod noop;
+#[cfg(feature = "test-handlers")]
 pub mod panic;
 mod sleep;
 mod support;

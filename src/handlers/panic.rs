@@ -1,7 +1,9 @@
 //! `panic`: a test-only job type whose handler panics, so the supervision path
 //! (worker restarted, attempt failed with the panic message, retried by the
-//! job's policy) can be exercised on a real cluster. It is registered only on
-//! nodes started with the hidden `--test-handlers` flag.
+//! job's policy) can be exercised on a real cluster. It exists only in builds
+//! with the `test-handlers` cargo feature (which `kairos-testkit` enables, so
+//! the binary the tests start has it and a release build does not), and is
+//! registered only on nodes started with the hidden `--test-handlers` flag.
 //!
 //! Payload: `{"attempts": N}` (default 1): attempts 1..=N panic, later ones
 //! succeed, so a retry policy with more than N attempts ends in success.
@@ -11,10 +13,18 @@ use futures::FutureExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{Handler, HandlerError, HandlerResult, RunContext};
+use super::{Handler, HandlerError, HandlerResult, Registry, RunContext};
 
 /// The job type's name.
 pub const NAME: &str = "panic";
+
+/// `registry`, with the test-only job types added when `enabled` (`--test-handlers`).
+pub fn register_if(mut registry: Registry, enabled: bool) -> Registry {
+    if enabled {
+        registry.register(std::sync::Arc::new(PanicHandler));
+    }
+    registry
+}
 
 /// The `panic` job type.
 #[derive(Clone, Copy, Debug, Default)]

@@ -21,10 +21,11 @@ pub type NodeId = u64;
 
 /// The nodes of one chaos run, wherever they run.
 pub enum Runtime {
-    /// Local processes.
-    Process(process::ProcessCluster),
+    /// Local processes (boxed: the variants differ in size, and there is one
+    /// runtime per chaos run).
+    Process(Box<process::ProcessCluster>),
     /// Docker containers.
-    Docker(docker::DockerCluster),
+    Docker(Box<docker::DockerCluster>),
 }
 
 macro_rules! delegate {

@@ -7,17 +7,18 @@
 //! of the ordered pair `(i, j)`. The harness itself talks to the nodes
 //! directly, so a partition separates nodes from each other, not from the
 //! client; the webhook receiver is reached directly too.
+//!
+//! The nodes are started through [`kairos::launcher`], on ports from
+//! [`kairos_testkit::free_port`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use kairos::launcher::{AgentSpec, Launch, NodeProcess};
+use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeId;
@@ -35,81 +36,89 @@ pub struct ProcessOptions {
     pub seed: u64,
 }
 
-struct NodeProcess {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    cluster: SocketAddr,
-    data_dir: PathBuf,
-    dial_map: String,
-    child: Option<Child>,
+/// One node: how it starts, and its process while it runs.
+struct Node {
+    launch: Launch,
+    process: Option<NodeProcess>,
 }
 
 /// The nodes, their proxies and the knobs of every link.
 pub struct ProcessCluster {
-    options: ProcessOptions,
-    nodes: BTreeMap<NodeId, NodeProcess>,
+    nodes: BTreeMap<NodeId, Node>,
     /// Raft and worker-network proxies of each ordered pair (from, to).
     links: BTreeMap<(NodeId, NodeId), [Arc<LinkControl>; 2]>,
-    initial_cluster: String,
     proxies: CancellationToken,
 }
 
 /// A loopback address for a node to bind, from below the ephemeral range
-/// (see [`kairos::ports`]): a kernel-chosen port could be taken by an
-/// outgoing connection before the node binds it.
+/// (see [`kairos_testkit::free_port`]): a kernel-chosen port could be taken
+/// by an outgoing connection before the node binds it.
 fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], kairos::ports::free_loopback_port()))
+    SocketAddr::from(([127, 0, 0, 1], kairos_testkit::free_port()))
 }
 
 impl ProcessCluster {
     /// Picks ports and starts every proxy; nodes start with [`ProcessCluster::start_all`].
     pub async fn create(options: ProcessOptions) -> Result<ProcessCluster> {
-        let mut nodes = BTreeMap::new();
+        let mut specs = BTreeMap::new();
         for id in 1..=options.nodes {
-            let data_dir = options.data_root.join(format!("node-{id}"));
-            std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-            nodes.insert(
+            let node_dir = options.data_root.join(format!("node-{id}"));
+            std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+            let spec = AgentSpec {
                 id,
-                NodeProcess {
-                    grpc: free_port(),
-                    http: free_port(),
-                    cluster: free_port(),
-                    data_dir,
-                    dial_map: String::new(),
-                    child: None,
-                },
-            );
+                data_dir: node_dir.join("data"),
+                grpc_addr: free_port(),
+                http_addr: free_port(),
+                cluster_addr: free_port(),
+                initial_cluster: BTreeMap::new(),
+                cookie: options.cookie.clone(),
+                extra_args: options.extra_args.clone(),
+            };
+            specs.insert(id, (spec, node_dir.join("agent.log")));
         }
+        let initial_cluster: BTreeMap<NodeId, String> = specs
+            .iter()
+            .map(|(id, (spec, _))| (*id, spec.grpc_addr.to_string()))
+            .collect();
         let proxies = CancellationToken::new();
         let mut links = BTreeMap::new();
         let mut dial_maps: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
-        for &from in nodes.keys() {
-            for (&to, target) in &nodes {
+        for &from in specs.keys() {
+            for (&to, (target, _)) in &specs {
                 if from == to {
                     continue;
                 }
                 let seed = options.seed ^ (from << 32) ^ (to << 16);
-                let raft = Proxy::start(target.grpc, seed, proxies.clone()).await?;
-                let cluster = Proxy::start(target.cluster, seed ^ 1, proxies.clone()).await?;
+                let raft = Proxy::start(target.grpc_addr, seed, proxies.clone()).await?;
+                let cluster = Proxy::start(target.cluster_addr, seed ^ 1, proxies.clone()).await?;
                 let map = dial_maps.entry(from).or_default();
-                map.push(format!("{}={}", target.grpc, raft.listen));
-                map.push(format!("{}={}", target.cluster, cluster.listen));
+                map.push(format!("{}={}", target.grpc_addr, raft.listen));
+                map.push(format!("{}={}", target.cluster_addr, cluster.listen));
                 links.insert((from, to), [raft.control, cluster.control]);
             }
         }
-        for (id, node) in nodes.iter_mut() {
-            node.dial_map = dial_maps.remove(id).unwrap_or_default().join(",");
+        let mut nodes = BTreeMap::new();
+        for (id, (mut agent, log)) in specs {
+            agent.initial_cluster = initial_cluster.clone();
+            let dial_map = dial_maps.remove(&id).unwrap_or_default().join(",");
+            agent.extra_args.extend(["--dial-map".to_string(), dial_map]);
+            let launch = Launch {
+                binary: options.kairos_bin.clone(),
+                agent,
+                env: options.extra_env.clone(),
+                log,
+            };
+            nodes.insert(
+                id,
+                Node {
+                    launch,
+                    process: None,
+                },
+            );
         }
-        let initial_cluster = nodes
-            .iter()
-            .map(|(id, n)| format!("{id}={}", n.grpc))
-            .collect::<Vec<_>>()
-            .join(",");
         Ok(ProcessCluster {
-            options,
             nodes,
             links,
-            initial_cluster,
             proxies,
         })
     }
@@ -127,15 +136,16 @@ impl ProcessCluster {
     }
 
     pub fn client_addr(&self, id: NodeId) -> String {
-        self.nodes[&id].grpc.to_string()
+        self.nodes[&id].launch.agent.grpc_addr.to_string()
+    }
+
+    /// The process of node `id`, while the harness has it started.
+    fn process(&self, id: NodeId) -> Option<&NodeProcess> {
+        self.nodes.get(&id).expect("known node").process.as_ref()
     }
 
     pub fn is_running(&mut self, id: NodeId) -> bool {
-        let node = self.nodes.get_mut(&id).expect("known node");
-        match node.child.as_mut() {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process(id).is_some_and(|p| p.process().is_running())
     }
 
     pub async fn start(&mut self, id: NodeId) -> Result<()> {
@@ -143,49 +153,24 @@ impl ProcessCluster {
             return Ok(());
         }
         let node = self.nodes.get_mut(&id).expect("known node");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(node.data_dir.join("agent.log"))
-            .context("opening the node log")?;
-        let mut command = Command::new(&self.options.kairos_bin);
-        command
-            .arg("agent")
-            .args(["--node-id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(node.data_dir.join("data"))
-            .args(["--grpc-addr", &node.grpc.to_string()])
-            .args(["--http-addr", &node.http.to_string()])
-            .args(["--cluster-addr", &node.cluster.to_string()])
-            .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--cluster-cookie", &self.options.cookie])
-            .args(["--dial-map", &node.dial_map])
-            .args(&self.options.extra_args)
-            .envs(self.options.extra_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {}", self.options.kairos_bin.display()))?;
-        node.child = Some(child);
+        node.process = Some(node.launch.start()?);
         Ok(())
     }
 
     pub async fn kill(&mut self, id: NodeId) -> Result<()> {
         let node = self.nodes.get_mut(&id).expect("known node");
-        if let Some(mut child) = node.child.take() {
+        if let Some(process) = node.process.take() {
             // A stopped process dies of SIGKILL too.
-            let _ = child.kill();
-            let _ = child.wait();
+            process.process().kill();
         }
         Ok(())
     }
 
     fn signal(&mut self, id: NodeId, signal: Signal) -> Result<()> {
-        let node = self.nodes.get(&id).expect("known node");
-        if let Some(child) = &node.child {
-            kill(Pid::from_raw(child.id() as i32), signal)
+        if let Some(process) = self.process(id) {
+            process
+                .process()
+                .signal(signal)
                 .with_context(|| format!("{signal} to node {id}"))?;
         }
         Ok(())
@@ -237,10 +222,9 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// Stops every node (SIGCONT first, so a paused node can die) and the proxies.
+    /// Stops every node (kill -9 ends a paused one too) and the proxies.
     pub async fn shutdown(&mut self) {
         for id in self.ids() {
-            let _ = self.resume(id).await;
             let _ = self.kill(id).await;
         }
         self.proxies.cancel();
@@ -248,14 +232,8 @@ impl ProcessCluster {
 }
 
 impl Drop for ProcessCluster {
+    /// Every node process is killed as its handle drops; the proxies stop here.
     fn drop(&mut self) {
-        for node in self.nodes.values_mut() {
-            if let Some(mut child) = node.child.take() {
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
         self.proxies.cancel();
     }
 }

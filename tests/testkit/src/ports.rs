@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A loopback port that is free now, for a node to bind later.
-pub fn free_loopback_port() -> u16 {
+pub fn free_port() -> u16 {
     static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
@@ -40,7 +40,7 @@ mod tests {
 
     #[test]
     fn ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let ports: Vec<u16> = (0..200).map(|_| free_loopback_port()).collect();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
         let distinct: BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len());
         assert!(ports.iter().all(|p| (20_000..32_000).contains(p)), "{ports:?}");

@@ -1,0 +1,304 @@
+//! A cluster of real `kairos agent` processes on free loopback ports, each
+//! with its own temporary data directory, started through
+//! [`kairos::launcher`] and stopped (killed if need be) on drop.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kairos::launcher::{AgentSpec, HttpProbe, Launch, NodeProcess};
+use kairos::proto as pb;
+use kairos::proto::cluster_service_client::ClusterServiceClient;
+use kairos::proto::job_service_client::JobServiceClient;
+use tempfile::TempDir;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{free_port, kairos_bin};
+
+/// How long [`TestCluster::stop`] waits for a node to exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// One node process.
+pub struct TestNode {
+    /// The node id.
+    pub id: u64,
+    /// gRPC address (`127.0.0.1:port`).
+    pub grpc: String,
+    /// HTTP address (`127.0.0.1:port`).
+    pub http: String,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// The node's log (stdout and stderr of every start, appended).
+    pub log: PathBuf,
+    /// The process, while started (and not killed or stopped by the harness).
+    process: Option<NodeProcess>,
+}
+
+impl TestNode {
+    /// Whether the harness started the node and has not killed or stopped it.
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.process().pid())
+    }
+
+    fn new(id: u64, dir: &TempDir) -> TestNode {
+        let data_dir = dir.path().join(format!("node-{id}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        TestNode {
+            id,
+            grpc: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            log: dir.path().join(format!("node-{id}.log")),
+            data_dir,
+            process: None,
+        }
+    }
+}
+
+/// A cluster of node processes.
+pub struct TestCluster {
+    /// Holds every node's data directory and log.
+    dir: TempDir,
+    /// The nodes, node `id` at index `id - 1`.
+    pub nodes: Vec<TestNode>,
+    /// `--initial-cluster` of the nodes started with one.
+    initial_cluster: BTreeMap<u64, String>,
+    /// Extra flags of every node.
+    extra_args: Vec<String>,
+    /// Extra flags of single nodes: `(node id, flag)`.
+    node_args: Vec<(u64, String)>,
+    /// Asks the nodes' `/readyz`.
+    probe: HttpProbe,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes forming a new cluster.
+    pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_with_node_args(n, extra_args, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra flags for single nodes.
+    pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
+        let initial_cluster = nodes.iter().map(|n| (n.id, n.grpc.clone())).collect();
+        let mut cluster = TestCluster {
+            dir,
+            nodes,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            probe: HttpProbe::new().expect("an HTTP client"),
+        };
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// (Re)starts node `id` on its data directory, with `--initial-cluster`.
+    pub fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, true);
+    }
+
+    /// Adds a node process that is not in `--initial-cluster` (to be added with
+    /// `cluster add-node`) and returns its id.
+    pub fn spawn_new_node(&mut self) -> u64 {
+        let id = self.nodes.len() as u64 + 1;
+        self.nodes.push(TestNode::new(id, &self.dir));
+        self.spawn_with(id, false);
+        id
+    }
+
+    /// (Re)starts node `id`, with or without `--initial-cluster`. Every start
+    /// gets a fresh worker-network port.
+    pub fn spawn_with(&mut self, id: u64, initial_cluster: bool) {
+        let launch = self.launch(id, initial_cluster);
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.process.is_none(), "node {id} is already running");
+        node.process = Some(launch.start().expect("start kairos agent"));
+    }
+
+    /// How node `id` is started.
+    fn launch(&self, id: u64, initial_cluster: bool) -> Launch {
+        let node = self.node(id);
+        let addr = |a: &str| -> SocketAddr { a.parse().expect("a loopback ip:port") };
+        let mut extra_args = self.extra_args.clone();
+        extra_args.extend(
+            self.node_args
+                .iter()
+                .filter(|(n, _)| *n == id)
+                .map(|(_, a)| a.clone()),
+        );
+        Launch {
+            binary: kairos_bin(),
+            agent: AgentSpec {
+                id,
+                data_dir: node.data_dir.clone(),
+                grpc_addr: addr(&node.grpc),
+                http_addr: addr(&node.http),
+                cluster_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                initial_cluster: match initial_cluster {
+                    true => self.initial_cluster.clone(),
+                    false => BTreeMap::new(),
+                },
+                cookie: "kairos-test".into(),
+                extra_args,
+            },
+            env: vec![("RUST_LOG".into(), "info,openraft=warn".into())],
+            log: node.log.clone(),
+        }
+    }
+
+    /// kill -9 node `id`.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(process) = self.nodes[(id - 1) as usize].process.take() {
+            process.process().kill();
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit cleanly.
+    pub fn stop(&mut self, id: u64) {
+        if let Some(process) = self.nodes[(id - 1) as usize].process.take() {
+            let stopped = process.process().terminate(STOP_GRACE);
+            assert!(
+                !stopped.forced,
+                "node {id} did not stop within {STOP_GRACE:?} of SIGTERM"
+            );
+            assert!(
+                stopped.status.success(),
+                "node {id} exited with {} after SIGTERM",
+                stopped.status
+            );
+        }
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let process = node.process.as_ref().expect("running");
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = process.wait_ready(&self.probe, left).await {
+                panic!(
+                    "node {} not ready in {timeout:?} ({e}); log:\n{}",
+                    node.id,
+                    self.log(node.id)
+                );
+            }
+        }
+    }
+
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+
+    pub async fn jobs(&self, id: u64) -> JobServiceClient<Channel> {
+        JobServiceClient::connect(format!("http://{}", self.node(id).grpc))
+            .await
+            .unwrap()
+    }
+
+    pub async fn cluster_client(&self, id: u64) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc))
+            .await
+            .unwrap()
+    }
+
+    /// Cluster status as node `id` sees it.
+    pub async fn status(&self, id: u64) -> pb::ClusterStatus {
+        self.cluster_client(id)
+            .await
+            .status(pb::ClusterStatusRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until every running node agrees on one leader that is running, and returns it.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = BTreeSet::new();
+            for id in self.running() {
+                match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await {
+                    Ok(mut c) => match c.status(pb::ClusterStatusRequest::default()).await {
+                        Ok(s) => seen.insert(s.into_inner().leader_id),
+                        Err(_) => seen.insert(0),
+                    },
+                    Err(_) => seen.insert(0),
+                };
+            }
+            if seen.len() == 1 {
+                let leader = *seen.first().unwrap();
+                if leader != 0 && self.running().contains(&leader) {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {timeout:?} (saw {seen:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// All job ids node `id` returns, paging through a listing at `consistency`.
+    pub async fn list_ids(&self, id: u64, consistency: pb::ReadConsistency) -> BTreeSet<String> {
+        let mut client = self.jobs(id).await;
+        let mut ids = BTreeSet::new();
+        let mut token = String::new();
+        loop {
+            let page = client
+                .list_jobs(pb::ListJobsRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    consistency: consistency as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            ids.extend(page.jobs.into_iter().map(|j| j.id));
+            if page.next_page_token.is_empty() {
+                return ids;
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    /// Stops every node; when the test is failing, keeps the nodes' logs
+    /// and data (the path is printed) instead of deleting them.
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(process) = node.process.take() {
+                process.process().kill();
+            }
+        }
+        if std::thread::panicking() {
+            let placeholder = tempfile::tempdir().unwrap();
+            let kept = std::mem::replace(&mut self.dir, placeholder).keep();
+            eprintln!("test failed: node logs and data kept in {}", kept.display());
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! A minimal valid job, and a create that rides out elections.
+
+use std::time::Duration;
+
+use kairos::proto as pb;
+use kairos::proto::job_service_client::JobServiceClient;
+
+use crate::TestCluster;
+
+/// A minimal valid job message.
+pub fn job(id: &str) -> pb::ScheduledJob {
+    pb::ScheduledJob {
+        id: id.to_string(),
+        r#type: "noop".into(),
+        owner_service: "tests".into(),
+        schedule: "*/5 * * * *".into(),
+        payload: b"{}".to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Creates `id` through node `via` with a request id, retrying while the
+/// cluster is unavailable (a retried create with the same request id is
+/// idempotent). Returns whether the write was acknowledged.
+pub async fn create(cluster: &TestCluster, via: u64, id: &str) -> bool {
+    let request = pb::CreateJobRequest {
+        job: Some(job(id)),
+        request_id: format!("req-{id}"),
+    };
+    for _ in 0..20 {
+        let Ok(mut client) = JobServiceClient::connect(format!("http://{}", cluster.node(via).grpc)).await
+        else {
+            return false;
+        };
+        match client.create_job(request.clone()).await {
+            Ok(reply) => {
+                assert_eq!(reply.into_inner().id, id);
+                return true;
+            }
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(s) => panic!("create {id} via node {via}: {s:?}"),
+        }
+    }
+    false
+}

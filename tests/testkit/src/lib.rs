@@ -1,0 +1,61 @@
+//! `kairos-testkit`: what Kairos's black-box tests, its benches and its chaos
+//! harness share to start and probe real nodes.
+//!
+//! - [`TestCluster`] / [`TestNode`]: `kairos agent` processes on free
+//!   loopback ports, each with its own temporary data directory, started
+//!   through [`kairos::launcher`] and killed when the cluster is dropped (their
+//!   logs and data kept when the test is failing).
+//! - [`free_port`]: loopback ports for a node to bind later.
+//! - [`http_get`]: a node's HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
+//! - [`recorder`]: a webhook that records every delivery of the `http` job type.
+//! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections.
+//! - [`kairos_bin`]: the binary under test.
+//!
+//! The tests' `kairos` binary has the test-only `panic` job type: kairos's
+//! dev-dependency on this crate turns on its `test-handlers` feature, which
+//! turns on kairos's, and `cargo test` builds the binary with the features
+//! of the whole test build. A build without tests (`cargo build --release
+//! --bin kairos`, or `--workspace`) leaves it off.
+//!
+//! # IMPLEMENTATION CAVEATS
+//!
+//! * [`kairos_bin`] finds the binary by the layout of cargo's target
+//!   directory (`target/<profile>/deps/<test>` next to `target/<profile>/kairos`);
+//!   a test executable moved elsewhere does not find it.
+//! * Nodes are started synchronously and stopped with blocking waits: the
+//!   harness's methods suit `#[tokio::test(flavor = "multi_thread")]` tests,
+//!   whose other worker keeps the runtime going meanwhile.
+
+mod cluster;
+mod jobs;
+mod ports;
+mod recorder;
+
+use std::path::PathBuf;
+
+pub use cluster::{TestCluster, TestNode};
+pub use jobs::{create, job};
+pub use ports::free_port;
+pub use recorder::{recorder, Deliveries, Delivery};
+
+/// `GET http://<addr><path>` of a node's HTTP endpoint: the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> kairos::Result<(u16, String)> {
+    kairos::launcher::HttpProbe::new()?.get(addr, path).await
+}
+
+/// The `kairos` binary that `cargo test` / `cargo bench` built next to the
+/// running test executable (`target/<profile>/kairos`).
+pub fn kairos_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable is in target/<profile>/deps");
+    let bin = profile_dir.join("kairos");
+    assert!(
+        bin.is_file(),
+        "{} not found: `cargo test` and `cargo bench` build it (or `cargo build --bin kairos`)",
+        bin.display()
+    );
+    bin
+}
