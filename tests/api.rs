@@ -135,6 +135,16 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     let mut j = job("too-big");
     j.payload = vec![0u8; (1 << 20) + 1];
     cases.push((j, "payload: 1048577 bytes is over the limit"));
+    // An explicit 0 is refused, not read as "unset, take the default of 3".
+    let mut j = job("zero-attempts");
+    j.policies = Some(pb::Policies {
+        retry: Some(pb::RetryPolicy {
+            max_attempts: Some(0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cases.push((j, "policies.retry.max_attempts: 0 is not in 1..=100"));
     for (bad, want) in cases {
         let id = bad.id.clone();
         let err = on_follower
@@ -389,6 +399,10 @@ fn cli_usage_errors_are_one_line() {
             &["job", "list", "-o", "yaml"][..],
             "error: invalid value 'yaml' for '--output <OUTPUT>' [possible values: table, json] (try '--help')",
         ),
+        (
+            &["job", "create", "x", "--type", "noop", "--max-attempts", "0"][..],
+            "error: invalid value '0' for '--max-attempts <MAX_ATTEMPTS>': 0 is not in 1..=100 (try '--help')",
+        ),
     ] {
         let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -582,4 +596,36 @@ async fn send_garbage(addr: &str) -> tonic::Status {
         Ok(_) => tonic::Status::ok(""),
         Err(status) => status,
     }
+}
+
+/// `run watch --after` a position the log has not reached says that it is
+/// waiting for it, and gives up with an error when `--timeout` passes
+/// instead of waiting silently for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_after_a_position_beyond_the_log_says_so_and_gives_up() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.wait_ready(READY).await;
+    let endpoint = cluster.node(1).grpc.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        cli(
+            &endpoint,
+            &["--timeout", "2s", "run", "watch", "--after", "999999999:0"],
+        )
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(
+            "watch: waiting for the log to reach revision 999999999 (the cluster has committed up to "
+        ) && lines[0].ends_with("); giving up after 2s"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("error: watch: the log did not reach revision 999999999 within 2s"),
+        "{stderr}"
+    );
 }

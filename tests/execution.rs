@@ -30,7 +30,7 @@ fn webhook_job(id: &str, url: &str, catchup: pb::CatchupPolicy) -> pb::Scheduled
                 ..Default::default()
             }),
             retry: Some(pb::RetryPolicy {
-                max_attempts: 5,
+                max_attempts: Some(5),
                 initial_interval: Some(ms_duration(200)),
                 ..Default::default()
             }),
@@ -460,7 +460,7 @@ async fn a_panicking_handler_fails_its_attempt_and_the_worker_is_restarted() {
         policies: Some(pb::Policies {
             overlap: pb::OverlapPolicy::AllowAll as i32,
             retry: Some(pb::RetryPolicy {
-                max_attempts: 4,
+                max_attempts: Some(4),
                 initial_interval: Some(ms_duration(100)),
                 ..Default::default()
             }),

@@ -90,7 +90,7 @@ fn policies(catchup: pb::CatchupPolicy) -> pb::Policies {
         catchup_window: Some(ms_duration(3_600_000)),
         max_catchup: 10_000,
         retry: Some(pb::RetryPolicy {
-            max_attempts: 20,
+            max_attempts: Some(20),
             initial_interval: Some(ms_duration(200)),
             backoff_coefficient: 2.0,
             max_interval: Some(ms_duration(2_000)),

@@ -210,11 +210,9 @@ pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
                 d.retry.initial_interval_ms,
             )?;
             RetryPolicy {
-                max_attempts: if r.max_attempts == 0 {
-                    d.retry.max_attempts
-                } else {
-                    r.max_attempts
-                },
+                // Unset takes the default; an explicit 0 stays 0 and
+                // validation refuses it.
+                max_attempts: r.max_attempts.unwrap_or(d.retry.max_attempts),
                 initial_interval_ms: initial,
                 backoff_coefficient_milli: thousandths(
                     r.backoff_coefficient,
@@ -292,7 +290,7 @@ fn policies_to_pb(p: &Policies) -> pb::Policies {
         catchup_window: Some(ms_duration(p.catchup_window_ms)),
         max_catchup: p.max_catchup,
         retry: Some(pb::RetryPolicy {
-            max_attempts: p.retry.max_attempts,
+            max_attempts: Some(p.retry.max_attempts),
             initial_interval: Some(ms_duration(p.retry.initial_interval_ms)),
             backoff_coefficient: f64::from(p.retry.backoff_coefficient_milli) / 1000.0,
             max_interval: Some(ms_duration(p.retry.max_interval_ms)),

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::agent::cancel_on_signal;
+use super::output::{errln, progressln};
 use crate::launcher::{AgentSpec, HttpProbe, Launch, NodeProcess};
 use crate::raft::NodeId;
 
@@ -111,7 +112,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    println!(
+    progressln!(
         "Starting {} Kairos nodes (data and logs under {})...",
         args.nodes,
         args.data_dir.display()
@@ -124,13 +125,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         print_tour(&nodes, args.base_port);
     }
     supervise(&mut nodes, &shutdown).await;
-    println!("\nStopping nodes...");
+    progressln!("\nStopping nodes...");
     for node in &mut nodes {
         if let Some(process) = node.process.take() {
             process.process().terminate_async(STOP_GRACE).await;
         }
     }
-    println!("All nodes stopped. Data kept in {}.", args.data_dir.display());
+    progressln!("All nodes stopped. Data kept in {}.", args.data_dir.display());
     Ok(())
 }
 
@@ -231,13 +232,13 @@ async fn restart(node: &mut DevNode, status: std::process::ExitStatus, shutdown:
         node.quick_exits = 0;
     }
     if node.quick_exits >= MAX_QUICK_EXITS {
-        eprintln!(
+        errln(&format!(
             "node {id} exited ({status}) within {QUICK_EXIT:?} of its start {MAX_QUICK_EXITS} times in a row; \
              not restarting it — see {log}"
-        );
+        ));
         return;
     }
-    eprintln!("node {id} exited ({status}); restarting — see {log}");
+    errln(&format!("node {id} exited ({status}); restarting — see {log}"));
     tokio::select! {
         _ = tokio::time::sleep(RESTART_PAUSE) => {}
         _ = shutdown.cancelled() => return,
@@ -246,9 +247,14 @@ async fn restart(node: &mut DevNode, status: std::process::ExitStatus, shutdown:
         Ok(process) => {
             node.process = Some(process);
             node.started = Instant::now();
-            eprintln!("node {id} restarted (pid {})", node.pid().unwrap_or_default());
+            errln(&format!(
+                "node {id} restarted (pid {})",
+                node.pid().unwrap_or_default()
+            ));
         }
-        Err(e) => eprintln!("node {id}: {e}; not restarting it — restart `kairos dev` to bring it back"),
+        Err(e) => errln(&format!(
+            "node {id}: {e}; not restarting it — restart `kairos dev` to bring it back"
+        )),
     }
 }
 
@@ -257,10 +263,10 @@ fn print_tour(nodes: &[DevNode], base: u16) {
         .iter()
         .map(|n| n.launch.agent.grpc_addr.to_string())
         .collect();
-    println!("\nKairos dev cluster is ready.");
+    progressln!("\nKairos dev cluster is ready.");
     for node in nodes {
         let agent = &node.launch.agent;
-        println!(
+        progressln!(
             "  node {} (pid {}): gRPC {}  cluster {}  http://{}/metrics  log {}",
             agent.id,
             node.pid().unwrap_or_default(),
@@ -275,12 +281,12 @@ fn print_tour(nodes: &[DevNode], base: u16) {
     } else {
         format!("KAIROS_ENDPOINTS={} ", endpoints.join(","))
     };
-    println!("\nTry, in another terminal:");
-    println!("  {env}kairos cluster status");
-    println!("  {env}kairos job create hello --type noop --schedule '*/5 * * * *' --owner demo");
-    println!("  {env}kairos job list");
-    println!("  {env}kairos job get hello -o json");
-    println!("  kairos cron next '0 9 * * 1-5' --tz Europe/Berlin --count 3");
-    println!("(`kairos` is target/release/kairos, or `cargo run --release --`.)");
-    println!("\nPress Ctrl-C to stop the cluster.");
+    progressln!("\nTry, in another terminal:");
+    progressln!("  {env}kairos cluster status");
+    progressln!("  {env}kairos job create hello --type noop --schedule '*/5 * * * *' --owner demo");
+    progressln!("  {env}kairos job list");
+    progressln!("  {env}kairos job get hello -o json");
+    progressln!("  kairos cron next '0 9 * * 1-5' --tz Europe/Berlin --count 3");
+    progressln!("(`kairos` is target/release/kairos, or `cargo run --release --`.)");
+    progressln!("\nPress Ctrl-C to stop the cluster.");
 }

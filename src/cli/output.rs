@@ -42,6 +42,23 @@ pub fn write_line(line: fmt::Arguments<'_>) {
     }
 }
 
+/// `println!` for a long-running supervisor (`kairos dev`): see [`write_line_lossy`].
+macro_rules! progressln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_line_lossy(format_args!($($arg)*))
+    };
+}
+pub(crate) use progressln;
+
+/// Writes `line` and a newline to stdout and ignores a failure: `kairos dev`
+/// keeps its nodes running (and stops them cleanly on Ctrl-C / SIGTERM) when
+/// the terminal or pipe it prints to has gone, instead of panicking as
+/// `println!` would or exiting as [`write_line`] does, both of which would
+/// leave the nodes unstopped.
+pub fn write_line_lossy(line: fmt::Arguments<'_>) {
+    let _ = writeln!(io::stdout().lock(), "{line}");
+}
+
 /// Writes a notice (not a result) to stderr; a closed stderr loses it
 /// instead of panicking as `eprintln!` would.
 pub fn errln(line: &str) {

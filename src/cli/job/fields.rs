@@ -91,8 +91,8 @@ pub struct JobFields {
     /// Most fires caught up with --catchup all.
     #[arg(long)]
     max_catchup: Option<u32>,
-    /// Attempts in total including the first.
-    #[arg(long)]
+    /// Attempts in total including the first (1 to 100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     max_attempts: Option<u32>,
     /// Delay before the first retry.
     #[arg(long, value_parser = duration)]
@@ -249,7 +249,7 @@ impl JobFields {
         }
         let r = policies.retry.get_or_insert_with(Default::default);
         if let Some(n) = self.max_attempts {
-            r.max_attempts = n;
+            r.max_attempts = Some(n);
         }
         if let Some(d) = self.retry_initial {
             r.initial_interval = Some(ms_duration(ms(d)));
