@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: runs every benchmark on this machine, keeps the
 # raw JSON in target/bench-results/, and writes the figures with today's date
-# next to the targets of issue 5. Takes about 15 minutes; every benchmark
+# next to the performance targets. Takes about 15 minutes; every benchmark
 # starts and stops its own processes.
 #
 #   benches/regenerate.sh            # everything
@@ -65,7 +65,7 @@ compare ratios from one run.
 
 $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2).
 
-## Targets of issue 5
+## Targets
 
 | measure | target | measured |
 |---|---|---|

@@ -5,7 +5,8 @@
 //! unknown enum values, a schedule that is missing) with `InvalidArgument`
 //! naming the field; range and format checks are left to
 //! [`crate::scheduler::validate`], which runs right after. Unset policy fields
-//! (zero, unspecified) take the defaults of DESIGN.md.
+//! (zero, unspecified, absent) take the defaults of
+//! [`crate::scheduler::job::Policies::default`], which the README states.
 
 use pbjson_types::Duration as PbDuration;
 

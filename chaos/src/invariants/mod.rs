@@ -7,7 +7,7 @@ pub mod fires_accounted;
 pub mod idempotency;
 pub mod replica_digest;
 pub mod settled_runs;
-pub mod single_leader;
+pub mod durable_terms;
 pub mod unique_runs;
 
 use crate::history::History;
@@ -33,7 +33,7 @@ pub const ALL: [Checker; 7] = [
     (fires_accounted::NAME, fires_accounted::check),
     (settled_runs::NAME, settled_runs::check),
     (replica_digest::NAME, replica_digest::check),
-    (single_leader::NAME, single_leader::check),
+    (durable_terms::NAME, durable_terms::check),
 ];
 
 /// Runs every checker.
