@@ -58,8 +58,10 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
         "{}",
         String::from_utf8_lossy(&added.stderr)
     );
-    let status = cluster.status(1).await;
-    assert_eq!(voters(&status), vec![1, 2, 3, new]);
+    // The leader's view: it committed the change before the CLI returned. A
+    // follower shows the change once the leader's next append reaches it.
+    let leader = cluster.wait_leader(READY).await;
+    assert_eq!(voters(&cluster.status(leader).await), vec![1, 2, 3, new]);
     cluster.wait_ready(READY).await;
     let ids = cluster.list_ids(new, pb::ReadConsistency::Linearizable).await;
     assert_eq!(ids.len(), 20, "the new node serves every job");
@@ -77,8 +79,9 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
         "{}",
         String::from_utf8_lossy(&removed.stderr)
     );
-    assert_eq!(voters(&cluster.status(1).await), vec![1, 2, 3]);
     cluster.stop(new);
+    let leader = cluster.wait_leader(READY).await;
+    assert_eq!(voters(&cluster.status(leader).await), vec![1, 2, 3]);
 
     // A member restarted on its data dir without --initial-cluster rejoins.
     cluster.stop(2);

@@ -3,24 +3,9 @@
 //! duplicate runs, while the same short run against the real build exits 0.
 //! Without this, a checker that never fires would look like a passing suite.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// The kairos binary next to this test's target dir (`cargo test --workspace` builds it).
-fn kairos_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let debug = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = debug.join("kairos");
-    assert!(
-        bin.is_file(),
-        "{} not found: run `cargo build -p kairos` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
+use kairos_testkit::kairos_bin;
 
 /// Runs one short fault-free round; returns the exit code and the report.
 fn chaos_round(seed: u64, break_build: bool) -> (i32, serde_json::Value) {

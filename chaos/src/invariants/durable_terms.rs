@@ -63,7 +63,12 @@ mod tests {
     use super::*;
 
     fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
-        RoleSample { t_ms, node, role, term }
+        RoleSample {
+            t_ms,
+            node,
+            role,
+            term,
+        }
     }
 
     #[test]

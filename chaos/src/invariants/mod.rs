@@ -3,11 +3,11 @@
 //! violations it found, each naming the job, times and nodes involved.
 
 pub mod acknowledged_writes;
+pub mod durable_terms;
 pub mod fires_accounted;
 pub mod idempotency;
 pub mod replica_digest;
 pub mod settled_runs;
-pub mod durable_terms;
 pub mod unique_runs;
 
 use crate::history::History;

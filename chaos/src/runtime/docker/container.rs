@@ -18,6 +18,8 @@
 //! - [`logs`] reads the whole log at once: the nodes of a round log a few MB.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use bollard::models::{
@@ -28,6 +30,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::TryStreamExt;
+use kairos::launcher::AgentSpec;
 
 use super::{ignore_not_found, is_status, Node};
 
@@ -57,37 +60,24 @@ pub(super) struct Spec<'a> {
 }
 
 /// The `kairos agent` arguments of `node`, listening on its own address, in a
-/// cluster of `nodes`; `extra` is appended.
+/// cluster of `nodes`, with its data in the container's `/data`; `extra` is
+/// appended. The command line is the launcher's, as for every other node.
 pub(super) fn agent_args(node: &Node, nodes: &[Node], cookie: &str, extra: &[String]) -> Vec<String> {
-    let ip = node.ip;
-    let mut args: Vec<String> = vec![
-        "agent".into(),
-        "--node-id".into(),
-        node.id.to_string(),
-        "--data-dir".into(),
-        "/data".into(),
-        "--grpc-addr".into(),
-        format!("{ip}:{GRPC_PORT}"),
-        "--http-addr".into(),
-        format!("{ip}:{HTTP_PORT}"),
-        "--cluster-addr".into(),
-        format!("{ip}:{CLUSTER_PORT}"),
-        "--initial-cluster".into(),
-        initial_cluster(nodes),
-        "--cluster-cookie".into(),
-        cookie.to_string(),
-    ];
-    args.extend(extra.iter().cloned());
-    args
-}
-
-/// `1=<ip1>:7101,2=<ip2>:7101,...`
-fn initial_cluster(nodes: &[Node]) -> String {
-    let members: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("{}={}:{GRPC_PORT}", n.id, n.ip))
-        .collect();
-    members.join(",")
+    let at = |ip: std::net::Ipv4Addr, port: u16| SocketAddr::from((ip, port));
+    AgentSpec {
+        id: node.id,
+        data_dir: PathBuf::from("/data"),
+        grpc_addr: at(node.ip, GRPC_PORT),
+        http_addr: at(node.ip, HTTP_PORT),
+        cluster_addr: at(node.ip, CLUSTER_PORT),
+        initial_cluster: nodes
+            .iter()
+            .map(|n| (n.id, at(n.ip, GRPC_PORT).to_string()))
+            .collect(),
+        cookie: cookie.to_string(),
+        extra_args: extra.to_vec(),
+    }
+    .agent_args()
 }
 
 /// The container's configuration: `spec` at the node's address.
@@ -224,20 +214,18 @@ mod tests {
         let args = agent_args(&nodes[1], &nodes, "secret", &["--workers".into(), "4".into()]);
         let joined = args.join(" ");
         assert!(
-            joined.starts_with("agent --node-id 2 --data-dir /data "),
+            joined.starts_with("agent --node-id=2 --data-dir=/data "),
             "{joined}"
         );
-        assert!(joined.contains("--grpc-addr 172.18.0.12:7101"), "{joined}");
-        assert!(joined.contains("--http-addr 172.18.0.12:7201"), "{joined}");
-        assert!(joined.contains("--cluster-addr 172.18.0.12:7301"), "{joined}");
+        assert!(joined.contains("--grpc-addr=172.18.0.12:7101"), "{joined}");
+        assert!(joined.contains("--http-addr=172.18.0.12:7201"), "{joined}");
+        assert!(joined.contains("--cluster-addr=172.18.0.12:7301"), "{joined}");
+        assert!(joined.contains("--cluster-cookie=secret"), "{joined}");
         assert!(
-            joined.contains("--initial-cluster 1=172.18.0.11:7101,2=172.18.0.12:7101,3=172.18.0.13:7101"),
+            joined.contains("--initial-cluster=1=172.18.0.11:7101,2=172.18.0.12:7101,3=172.18.0.13:7101"),
             "{joined}"
         );
-        assert!(
-            joined.ends_with("--cluster-cookie secret --workers 4"),
-            "{joined}"
-        );
+        assert!(joined.ends_with(" --workers 4"), "{joined}");
     }
 
     #[test]
