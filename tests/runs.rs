@@ -24,8 +24,12 @@ fn every_second_job(id: &str, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
         policies: Some(pb::Policies {
             overlap: pb::OverlapPolicy::AllowAll as i32,
             catchup: catchup as i32,
+            // A run whose attempt was on a killed node is retried once its
+            // lease expires: 3 s here, not the default 30 s, so that the
+            // tests' waits for every run to finish cover it.
             timeouts: Some(pb::Timeouts {
                 start_deadline: Some(ms_duration(600_000)),
+                heartbeat_timeout: Some(ms_duration(3_000)),
                 ..Default::default()
             }),
             history: Some(pb::HistoryLimits {
