@@ -26,7 +26,9 @@
 //! its per-entry tasks, the snapshot trigger ([`crate::raft::snapshot_policy`])
 //! and the result reporter of the local worker pool — in one tracker. They
 //! end when the shutdown signal given to [`Node::start`] is cancelled, and
-//! [`Node::shutdown`] stops Raft and waits for them, bounded.
+//! [`Node::shutdown`] stops Raft and waits for them, bounded. A write
+//! waiting for a leader stops waiting then too, answered `UNAVAILABLE`
+//! ("this node is shutting down"), so that no request holds a stopping node.
 //!
 //! IMPLEMENTATION CAVEATS: a forwarded write whose connection breaks after it was
 //! sent has an unknown outcome; it is retried, which is harmless for creates
@@ -466,6 +468,9 @@ impl Node {
                 None => Err(Error::unavailable("no leader is elected yet")),
             };
             match result {
+                Err(Error::Unavailable { .. }) if self.stopping.is_cancelled() => {
+                    return Err(Error::unavailable("this node is shutting down"))
+                }
                 Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
                     self.wait_for_leader_change(deadline).await
                 }
@@ -474,7 +479,8 @@ impl Node {
         }
     }
 
-    /// Waits (bounded by `deadline`) until a leader other than a failed one is known.
+    /// Waits (bounded by `deadline`, and ended by the node's shutdown) until a
+    /// leader other than a failed one is known.
     async fn wait_for_leader_change(&self, deadline: Instant) {
         let before = self.raft.metrics().borrow().current_leader;
         let mut metrics = self.raft.metrics();
@@ -494,6 +500,7 @@ impl Node {
         tokio::select! {
             _ = changed => {}
             _ = tokio::time::sleep_until(retry_after) => {}
+            _ = self.stopping.cancelled() => {}
         }
     }
 
@@ -659,5 +666,51 @@ impl Node {
             .map_err(|_| Error::unavailable(format!("{addr} did not answer in {timeout:?}")))?
             .map_err(|s| Error::unavailable(format!("{addr}: {}", s.message())))?;
         decode(&reply.into_inner().data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that waits for a leader ends when the node shuts down, with
+    /// an answer that says so, instead of holding the node for the rest of
+    /// [`ROUTE_TIMEOUT`] and then answering "no leader".
+    #[tokio::test]
+    async fn a_write_waiting_for_a_leader_ends_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two peers that never answer (nothing listens on those loopback
+        // ports): this node alone cannot elect a leader.
+        let members = [(1, "127.0.0.1:9"), (2, "127.0.0.1:7"), (3, "127.0.0.1:13")];
+        let options = NodeOptions {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: "127.0.0.1:9".into(),
+            initial_cluster: members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            tuning: RaftTuning::default(),
+            cluster_addr: "127.0.0.1:11".into(),
+            dial_map: Arc::default(),
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
+        };
+        let shutdown = CancellationToken::new();
+        let node = Node::start(&options, shutdown.clone()).await.unwrap();
+        let write = tokio::spawn({
+            let node = node.clone();
+            async move {
+                let delete = Command::DeleteJob {
+                    id: "nightly".into(),
+                    expected_version: None,
+                };
+                node.write("test", delete).await
+            }
+        });
+        shutdown.cancel();
+        let answer = write.await.unwrap();
+        node.shutdown().await;
+        match answer {
+            Err(Error::Unavailable { message, .. }) => assert_eq!(message, "this node is shutting down"),
+            other => panic!("{other:?}"),
+        }
     }
 }

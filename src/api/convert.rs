@@ -202,69 +202,6 @@ fn thousandths(value: f64, field: &str, default: u32) -> Result<u32> {
 pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
     let d = Policies::default();
     let Some(p) = p else { return Ok(d) };
-    let retry = match &p.retry {
-        None => d.retry.clone(),
-        Some(r) => {
-            let initial = optional_ms(
-                r.initial_interval.as_ref(),
-                "policies.retry.initial_interval",
-                d.retry.initial_interval_ms,
-            )?;
-            RetryPolicy {
-                // Unset takes the default; an explicit 0 stays 0 and
-                // validation refuses it.
-                max_attempts: r.max_attempts.unwrap_or(d.retry.max_attempts),
-                initial_interval_ms: initial,
-                backoff_coefficient_milli: thousandths(
-                    r.backoff_coefficient,
-                    "policies.retry.backoff_coefficient",
-                    d.retry.backoff_coefficient_milli,
-                )?,
-                max_interval_ms: optional_ms(
-                    r.max_interval.as_ref(),
-                    "policies.retry.max_interval",
-                    initial.saturating_mul(100),
-                )?,
-                jitter_milli: thousandths(r.jitter, "policies.retry.jitter", d.retry.jitter_milli)?,
-                non_retryable_errors: r.non_retryable_errors.clone(),
-            }
-        }
-    };
-    let timeouts = match &p.timeouts {
-        None => d.timeouts.clone(),
-        Some(t) => Timeouts {
-            start_deadline_ms: optional_ms(
-                t.start_deadline.as_ref(),
-                "policies.timeouts.start_deadline",
-                d.timeouts.start_deadline_ms,
-            )?,
-            attempt_timeout_ms: optional_ms(
-                t.attempt_timeout.as_ref(),
-                "policies.timeouts.attempt_timeout",
-                d.timeouts.attempt_timeout_ms,
-            )?,
-            heartbeat_timeout_ms: optional_ms(
-                t.heartbeat_timeout.as_ref(),
-                "policies.timeouts.heartbeat_timeout",
-                d.timeouts.heartbeat_timeout_ms,
-            )?,
-        },
-    };
-    let history = match &p.history {
-        None => d.history.clone(),
-        Some(h) => HistoryLimits {
-            keep_succeeded: if h.keep_succeeded == 0 {
-                d.history.keep_succeeded
-            } else {
-                h.keep_succeeded
-            },
-            keep_failed: if h.keep_failed == 0 {
-                d.history.keep_failed
-            } else {
-                h.keep_failed
-            },
-        },
-    };
     Ok(Policies {
         overlap: overlap_from_pb(p.overlap)?,
         catchup: catchup_from_pb(p.catchup)?,
@@ -273,15 +210,76 @@ pub fn policies_from_pb(p: Option<&pb::Policies>) -> Result<Policies> {
             "policies.catchup_window",
             d.catchup_window_ms,
         )?,
-        max_catchup: if p.max_catchup == 0 {
-            d.max_catchup
-        } else {
-            p.max_catchup
-        },
-        retry,
-        timeouts,
-        history,
+        max_catchup: nonzero_or(p.max_catchup, d.max_catchup),
+        retry: p.retry.as_ref().map_or(Ok(d.retry), retry_from_pb)?,
+        timeouts: p.timeouts.as_ref().map_or(Ok(d.timeouts), timeouts_from_pb)?,
+        history: p.history.as_ref().map_or(d.history, history_from_pb),
     })
+}
+
+/// `value`, or `default` when it is 0 (unset in proto3).
+fn nonzero_or(value: u32, default: u32) -> u32 {
+    if value == 0 {
+        default
+    } else {
+        value
+    }
+}
+
+fn retry_from_pb(r: &pb::RetryPolicy) -> Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let initial = optional_ms(
+        r.initial_interval.as_ref(),
+        "policies.retry.initial_interval",
+        d.initial_interval_ms,
+    )?;
+    Ok(RetryPolicy {
+        // Unset takes the default; an explicit 0 stays 0 and validation
+        // refuses it.
+        max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+        initial_interval_ms: initial,
+        backoff_coefficient_milli: thousandths(
+            r.backoff_coefficient,
+            "policies.retry.backoff_coefficient",
+            d.backoff_coefficient_milli,
+        )?,
+        max_interval_ms: optional_ms(
+            r.max_interval.as_ref(),
+            "policies.retry.max_interval",
+            initial.saturating_mul(100),
+        )?,
+        jitter_milli: thousandths(r.jitter, "policies.retry.jitter", d.jitter_milli)?,
+        non_retryable_errors: r.non_retryable_errors.clone(),
+    })
+}
+
+fn timeouts_from_pb(t: &pb::Timeouts) -> Result<Timeouts> {
+    let d = Timeouts::default();
+    Ok(Timeouts {
+        start_deadline_ms: optional_ms(
+            t.start_deadline.as_ref(),
+            "policies.timeouts.start_deadline",
+            d.start_deadline_ms,
+        )?,
+        attempt_timeout_ms: optional_ms(
+            t.attempt_timeout.as_ref(),
+            "policies.timeouts.attempt_timeout",
+            d.attempt_timeout_ms,
+        )?,
+        heartbeat_timeout_ms: optional_ms(
+            t.heartbeat_timeout.as_ref(),
+            "policies.timeouts.heartbeat_timeout",
+            d.heartbeat_timeout_ms,
+        )?,
+    })
+}
+
+fn history_from_pb(h: &pb::HistoryLimits) -> HistoryLimits {
+    let d = HistoryLimits::default();
+    HistoryLimits {
+        keep_succeeded: nonzero_or(h.keep_succeeded, d.keep_succeeded),
+        keep_failed: nonzero_or(h.keep_failed, d.keep_failed),
+    }
 }
 
 fn policies_to_pb(p: &Policies) -> pb::Policies {
