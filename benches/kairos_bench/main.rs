@@ -1,0 +1,120 @@
+//! `kairos-bench`, the load tool. Each scenario starts its own
+//! three-node cluster of release binaries on loopback (or, for `create`, uses
+//! `--endpoints` of a running one), drives it for a bounded time, prints a
+//! progress line on stderr while it runs, then one JSON object and a short
+//! table on stdout.
+//!
+//! ```text
+//! cargo bench --bench kairos-bench -- create   --clients 64 --payload 256 --duration 10s
+//! cargo bench --bench kairos-bench -- dispatch --jobs 1000 --rate 500 --duration 20s
+//! cargo bench --bench kairos-bench -- failover --kills 20
+//! ```
+//!
+//! - `create`: N concurrent gRPC clients create jobs (payload of the given
+//!   size) for the duration; throughput and latency p50/p99/p999. Without
+//!   `--endpoints` every client sends to the leader of the cluster it starts.
+//!   Each client has its own connection unless `--connections` sets fewer,
+//!   shared round-robin (`benches/etcd-compare.sh` runs it beside etcd).
+//! - `dispatch`: M `noop` jobs on `every` schedules whose phases spread their
+//!   fires evenly at the given rate; sustained runs/s completed (succeeded
+//!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
+//!   the nodes' `kairos_fire_lateness_seconds` histograms (bucket upper
+//!   bounds, so a percentile reads "at most").
+//! - `failover`: kill -9 the leader repeatedly; time from the kill to the
+//!   first acknowledged write through a survivor, and to the first run
+//!   dispatched after the kill (a job fires every second), each kill's figures
+//!   and p50/p99.
+//! - `scale`: load N daily cron jobs (64-byte payload, each with a request
+//!   id as the CLI sends), due 12 hours after the start so that none fires
+//!   while it measures (a fire would add a run and counters per job: that
+//!   is the memory of runs, not of jobs); resident memory growth per job of
+//!   every node (leader and followers, from /proc/<pid>/status), data
+//!   directory size, and the time a restarted follower takes to answer
+//!   `/readyz` 200.
+//!
+//! Latency percentiles come from HDR histograms of microseconds (3
+//! significant digits) and are printed in milliseconds; CPU time and
+//! resident memory of the nodes are read from `/proc` with `procfs`.
+//!
+//! One file per scenario (`create.rs`, `dispatch.rs`, `failover.rs`,
+//! `scale.rs`) and what they share (`support.rs`).
+
+mod create;
+mod dispatch;
+mod failover;
+mod scale;
+mod support;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::create::create;
+use crate::dispatch::dispatch;
+use crate::failover::failover;
+use crate::scale::scale;
+
+#[derive(Parser, Debug)]
+#[command(name = "kairos-bench", about = "Load tool for Kairos")]
+enum Scenario {
+    /// Concurrent job creates.
+    Create {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Payload bytes per job.
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Endpoints of a running cluster (host:port,...); default: start one.
+        #[arg(long)]
+        endpoints: Option<String>,
+        /// Connections the clients share round-robin; default: one per client.
+        #[arg(long)]
+        connections: Option<usize>,
+    },
+    /// Due `noop` jobs at a rate.
+    Dispatch {
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// Fires per second.
+        #[arg(long, default_value_t = 500)]
+        rate: u64,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Repeated leader kills.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+    },
+    /// Many cron jobs: memory per job, disk, restart time.
+    Scale {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+        /// Concurrent loading clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; the scenario flags follow `--`.
+    let args = std::env::args().filter(|a| a != "--bench");
+    let scenario = Scenario::parse_from(args);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        match scenario {
+            Scenario::Create {
+                clients,
+                payload,
+                duration,
+                endpoints,
+                connections,
+            } => create(clients, payload, duration, endpoints, connections).await,
+            Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
+            Scenario::Failover { kills } => failover(kills).await,
+            Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
+        }
+    });
+}
