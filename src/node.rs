@@ -350,6 +350,18 @@ impl Node {
         self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
     }
 
+    /// Resolves once this node has applied `index`: `true`, or `false` if
+    /// Raft stopped first. Owns what it needs, so a stream can hold it.
+    pub fn applied_reached(&self, index: u64) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let raft = self.raft.clone();
+        async move {
+            raft.wait(None)
+                .applied_index_at_least(Some(index), "applied position")
+                .await
+                .is_ok()
+        }
+    }
+
     /// This node's own view of the cluster.
     pub fn report(&self) -> NodeReport {
         let m = self.raft.metrics().borrow().clone();

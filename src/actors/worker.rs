@@ -412,7 +412,7 @@ impl Actor for Worker {
 /// `None` when it may, or when the replica has not yet applied the entry
 /// that started it or is applying one right now (and so cannot tell).
 fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
-    let applied = node.raft.metrics().borrow().last_applied.map_or(0, |id| id.index);
+    let applied = node.applied_index();
     if applied < item.token {
         return None;
     }

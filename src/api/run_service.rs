@@ -222,17 +222,9 @@ impl RunService for Api {
             let req = request.into_inner();
             let job = (!req.job_id.is_empty()).then_some(req.job_id);
             let after = req.after.map(Position::from_pb);
-            let applied = self.node.applied_index();
-            let ahead = after.filter(|p| p.revision > applied).map(|p| {
-                let raft = self.node.raft.clone();
-                let reached: PositionReached = Box::pin(async move {
-                    raft.wait(None)
-                        .applied_index_at_least(Some(p.revision), "watch start position")
-                        .await
-                        .is_ok()
-                });
-                reached
-            });
+            let ahead = after
+                .filter(|p| p.revision > self.node.applied_index())
+                .map(|p| -> PositionReached { Box::pin(self.node.applied_reached(p.revision)) });
             Ok(Response::new(watch_runs(
                 self.node.state.clone(),
                 job,

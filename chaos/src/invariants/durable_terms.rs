@@ -61,15 +61,7 @@ fn regressions(samples: &[RoleSample]) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
-        RoleSample {
-            t_ms,
-            node,
-            role,
-            term,
-        }
-    }
+    use crate::timeline::tests::sample;
 
     #[test]
     fn two_leaders_of_one_term_and_a_restart_are_not_violations() {

@@ -143,7 +143,7 @@ fn seconds(t_ms: u64) -> String {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::history::{Delivery, Fault, FaultKind, Op, OpKind, Outcome, Role, RoleSample};
     use crate::report::Violation;
@@ -170,7 +170,8 @@ pub(super) mod tests {
             .collect()
     }
 
-    pub(in crate::timeline) fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
+    /// A role sample, for the timeline's and the checkers' tests.
+    pub(crate) fn sample(t_ms: u64, node: u64, role: Role, term: u64) -> RoleSample {
         RoleSample {
             t_ms,
             node,
