@@ -33,6 +33,13 @@
 //! - 3: every log entry and message framed; snapshot files `KSNAP003`,
 //!   whose header states the version of the (unframed) state after it. The
 //!   bodies are laid out as in version 2.
+//! - 4: security. Commands, results and errors gain variants at the end of
+//!   their enums (client writes with their caller, the ACL commands, audit
+//!   records; `Unauthenticated`, `PermissionDenied`), so a version 3 log
+//!   entry reads the same under version 4 and is migrated by re-framing it
+//!   ([`reframe_as_current`]); the state in snapshot files (`KSNAP004`)
+//!   gains the ACL tables and the audit log at its end, and a version 3
+//!   state is migrated with both empty.
 //!
 //! The rule: a change to the layout of any encoded type — a field added,
 //! removed, reordered or retyped, a variant added, moved or changed — is a
@@ -52,7 +59,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The format version this build writes and reads (see the module docs).
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 
 /// The bytes every framed value starts with.
 const MARKER: [u8; 2] = [0x80, 0x00];
@@ -113,8 +120,8 @@ pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     postcard::to_allocvec(value).map_err(|e| Error::internal(format!("encode: {e}")))
 }
 
-/// Decodes what [`encode_body`] wrote, or a body of format version 1 or 2
-/// (whose layouts version 3 kept).
+/// Decodes what [`encode_body`] wrote, or a body of an older format
+/// version whose layout this type kept.
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::internal(format!("decode: {e}")))
 }
@@ -127,10 +134,15 @@ pub fn framed_version(bytes: &[u8]) -> Option<u16> {
     }
 }
 
-/// Today's encoding of `bytes` written without a frame by format version 2
-/// (or 1): the body's layout did not change, so only the frame is added.
-pub fn frame_version_2(bytes: &[u8]) -> Vec<u8> {
-    [&frame(FORMAT_VERSION)[..], bytes].concat()
+/// Today's encoding of a value written by format version 2 (no frame) or
+/// 3 (framed) whose body today's layout reads the same (every log entry
+/// and log meta value): the old frame, if any, is replaced by today's.
+pub fn reframe_as_current(bytes: &[u8]) -> Vec<u8> {
+    let body = match framed_version(bytes) {
+        Some(_) => &bytes[FRAME_LEN..],
+        None => bytes,
+    };
+    [&frame(FORMAT_VERSION)[..], body].concat()
 }
 
 /// The frame of format `version`.
@@ -164,7 +176,7 @@ mod tests {
     fn a_value_round_trips_in_a_frame_of_this_version() {
         let value = (7u64, String::from("job-1"), Some(-3i64));
         let bytes = encode(&value).unwrap();
-        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 3, 0]);
+        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 4, 0]);
         assert_eq!(bytes.len(), encoded_len(&value).unwrap());
         assert_eq!(&bytes[FRAME_LEN..], &encode_body(&value).unwrap()[..]);
         assert_eq!(decode::<(u64, String, Option<i64>)>(&bytes).unwrap(), value);
@@ -179,7 +191,7 @@ mod tests {
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "log entry is in format version 7, newer than this node understands (it reads 3); \
+            "log entry is in format version 7, newer than this node understands (it reads 4); \
              upgrade this node; every node of a cluster must run the same format version"
         );
         let mut older = encode(&42u64).unwrap();
@@ -191,12 +203,17 @@ mod tests {
         let unframed = encode_body(&42u64).unwrap();
         let err = decode::<u64>(&unframed).unwrap_err().to_string();
         assert!(
-            err.contains("no format version") && err.contains("reads format version 3"),
+            err.contains("no format version") && err.contains("reads format version 4"),
             "{err}"
         );
-        assert_eq!(decode::<u64>(&frame_version_2(&unframed)).unwrap(), 42);
+        assert_eq!(decode::<u64>(&reframe_as_current(&unframed)).unwrap(), 42);
+        // Version 3's frame is replaced by today's.
+        let mut v3 = encode(&42u64).unwrap();
+        v3[2..4].copy_from_slice(&3u16.to_le_bytes());
+        assert!(decode::<u64>(&v3).is_err());
+        assert_eq!(decode::<u64>(&reframe_as_current(&v3)).unwrap(), 42);
         // Garbage after a good frame is a decode error, not a version error.
-        let err = decode::<String>(&[0x80, 0x00, 3, 0, 0xff]).unwrap_err();
+        let err = decode::<String>(&[0x80, 0x00, 4, 0, 0xff]).unwrap_err();
         assert!(matches!(err, Error::Internal(_)), "{err:?}");
     }
 

@@ -45,6 +45,13 @@ pub enum Error {
     /// A bug or a local I/O failure on this node.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credential, or one that is unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid credential without the permission (or outside its roles'
+    /// scope); the message names the permission.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl Error {
@@ -53,6 +60,23 @@ impl Error {
         Error::Unavailable {
             message: message.into(),
             leader: None,
+        }
+    }
+
+    /// The gRPC status code number of this error (as in `google.rpc.Code`),
+    /// for audit entries, which record outcomes as numbers.
+    pub fn code(&self) -> u32 {
+        match self {
+            Error::InvalidArgument(_) => 3,
+            Error::NotFound(_) => 5,
+            Error::AlreadyExists(_) => 6,
+            Error::PermissionDenied(_) => 7,
+            Error::ResourceExhausted(_) => 8,
+            Error::FailedPrecondition(_) => 9,
+            Error::Aborted(_) => 10,
+            Error::Internal(_) => 13,
+            Error::Unavailable { .. } => 14,
+            Error::Unauthenticated(_) => 16,
         }
     }
 

@@ -149,5 +149,7 @@ pub fn to_status(error: Error) -> Status {
             status
         }
         Error::Internal(m) => Status::internal(m),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
     }
 }

@@ -111,7 +111,7 @@ mod tests {
         assert!(
             status
                 .message()
-                .contains("is in format version 4, newer than this node understands (it reads 3)"),
+                .contains("is in format version 5, newer than this node understands (it reads 4)"),
             "{status:?}"
         );
 
@@ -121,7 +121,7 @@ mod tests {
         assert!(status.message().contains("no format version"), "{status:?}");
 
         let status =
-            decode_payload::<VoteRequest<u64>>(payload_of(vec![0x80, 0x00, 3, 0, 0xff])).unwrap_err();
+            decode_payload::<VoteRequest<u64>>(payload_of(vec![0x80, 0x00, 4, 0, 0xff])).unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
 }

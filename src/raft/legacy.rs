@@ -41,7 +41,7 @@ use super::snapshot_file::{Format, Meta, SnapshotFile};
 use super::NodeId;
 use crate::codec::{self, decode_body, encode_body};
 use crate::error::{Error, Result};
-use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage};
+use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage};
 
 /// The tree the snapshot chunks were stored in.
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -109,7 +109,8 @@ pub fn move_legacy_snapshot(disk: &Disk, file: &SnapshotFile) -> Result<()> {
 /// Stores a snapshot file of an older format version again in today's
 /// (once, on open, after the other steps; only the header is read when it
 /// is today's): a [`Format::V1`] state is migrated to today's request
-/// records, a [`Format::V2`] one, laid out as today's, gets today's header.
+/// records, a [`Format::V2`] or [`Format::V3`] one gets an empty ACL and
+/// audit log; either is stored under today's header.
 pub fn upgrade_snapshot_file(file: &SnapshotFile) -> Result<()> {
     if file
         .read_format()
@@ -121,19 +122,19 @@ pub fn upgrade_snapshot_file(file: &SnapshotFile) -> Result<()> {
     let Some(stored) = file.read().map_err(Error::internal)? else {
         return Ok(());
     };
-    let bytes = match stored.format {
-        Format::V1 => {
-            let image = StateImage::from(decode_body::<LegacyStateImage>(&stored.data)?);
-            drop(stored.data);
-            file.store_with(&stored.meta, |out| {
-                postcard::to_io(&image, out)
-                    .map(|_| ())
-                    .map_err(std::io::Error::other)
-            })
-        }
-        Format::V2 | Format::V3 => file.store_with(&stored.meta, |out| out.write_all(&stored.data)),
-    }
-    .map_err(Error::internal)?;
+    let image = match stored.format {
+        Format::V1 => StateImage::from(decode_body::<LegacyStateImage>(&stored.data)?),
+        Format::V2 | Format::V3 => StateImage::from(decode_body::<V3StateImage>(&stored.data)?),
+        Format::V4 => return Ok(()),
+    };
+    drop(stored.data);
+    let bytes = file
+        .store_with(&stored.meta, |out| {
+            postcard::to_io(&image, out)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        })
+        .map_err(Error::internal)?;
     tracing::info!(last_log_id = ?stored.meta.last_log_id, from = ?stored.format, bytes = bytes.unwrap_or(0),
         "stored the snapshot of an older version in format version {}", codec::FORMAT_VERSION);
     Ok(())
@@ -368,7 +369,7 @@ mod tests {
         assert_eq!(record("req-2").body_hash, body_hash("job-2", &job2.spec));
         assert_eq!(record("req-2").at_ms, job2.created_at_ms);
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
-        assert_eq!((stored.format, stored.meta), (Format::V3, meta));
+        assert_eq!((stored.format, stored.meta), (Format::V4, meta));
     }
 
     #[tokio::test]
@@ -378,7 +379,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = Disk::open(dir.path()).unwrap();
         SnapshotFile::in_dir(dir.path()).store(&meta, &data).unwrap();
-        // The same file as format version 2 wrote it: only the magic differs.
+        // The same state as format version 2 wrote it: another magic, and
+        // no security part (empty here, and last in today's layout).
+        let security = encode_body(&crate::scheduler::state::SecurityImage::default()).unwrap();
+        let v2_data = &data[..data.len() - security.len()];
+        SnapshotFile::in_dir(dir.path()).store(&meta, v2_data).unwrap();
         let path = dir.path().join("kairos-snapshot");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, with_magic(bytes, b"KSNAP002")).unwrap();
@@ -388,7 +393,7 @@ mod tests {
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
         assert_eq!(
             (stored.format, &stored.meta, &stored.data),
-            (Format::V3, &meta, &data)
+            (Format::V4, &meta, &data)
         );
         let current = store.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);

@@ -245,13 +245,14 @@ impl LogStore {
     }
 }
 
-/// Brings a log written before format versions to today's format, once:
-/// every value without a frame (format version 2's layout, which version 3
-/// kept) gets one ([`codec::frame_version_2`]) — the entries in one sled
-/// batch, then the meta values with the `format` record in another — and
-/// the result is synced. Framed values are left as they are, so a migration
-/// a crash interrupted is finished by the next open. A log recorded in
-/// another format version is refused.
+/// Brings a log of format version 2 (no frames, no format record) or 3 to
+/// today's format, once: every value not framed with today's version —
+/// whose body today's layout reads the same (see `crate::codec`) — is
+/// re-framed ([`codec::reframe_as_current`]), the entries in one sled
+/// batch, then the meta values with the `format` record in another, and
+/// the result is synced. Values already in today's frame are left as they
+/// are, so a migration a crash interrupted is finished by the next open. A
+/// log recorded in any other format version is refused.
 fn upgrade_format(disk: &Disk, log: &sled::Tree, meta: &sled::Tree) -> Result<()> {
     if let Some(recorded) = meta.get(FORMAT_KEY).map_err(Error::internal)? {
         let version = <[u8; 2]>::try_from(&recorded[..])
@@ -260,15 +261,18 @@ fn upgrade_format(disk: &Disk, log: &sled::Tree, meta: &sled::Tree) -> Result<()
         if version == FORMAT_VERSION {
             return Ok(());
         }
-        let what = format!("the Raft log in {}", disk.dir().display());
-        return Err(codec::version_error(&what, version));
+        if version != 3 {
+            let what = format!("the Raft log in {}", disk.dir().display());
+            return Err(codec::version_error(&what, version));
+        }
     }
+    let stale = |value: &[u8]| codec::framed_version(value) != Some(FORMAT_VERSION);
     let mut entries = sled::Batch::default();
     let mut framed = 0u64;
     for item in log.iter() {
         let (key, value) = item.map_err(Error::internal)?;
-        if codec::framed_version(&value).is_none() {
-            entries.insert(key, codec::frame_version_2(&value));
+        if stale(&value) {
+            entries.insert(key, codec::reframe_as_current(&value));
             framed += 1;
         }
     }
@@ -276,8 +280,8 @@ fn upgrade_format(disk: &Disk, log: &sled::Tree, meta: &sled::Tree) -> Result<()
     let mut values = sled::Batch::default();
     for key in [VOTE_KEY, COMMITTED_KEY, LAST_PURGED_KEY] {
         if let Some(value) = meta.get(key).map_err(Error::internal)? {
-            if codec::framed_version(&value).is_none() {
-                values.insert(key, codec::frame_version_2(&value));
+            if stale(&value) {
+                values.insert(key, codec::reframe_as_current(&value));
             }
         }
     }
@@ -512,7 +516,7 @@ mod tests {
             let err = log.try_get_log_entries(1..=1).await.unwrap_err().to_string();
             assert!(
                 err.contains(
-                    "log entry is in format version 9, newer than this node understands (it reads 3)"
+                    "log entry is in format version 9, newer than this node understands (it reads 4)"
                 ),
                 "{err}"
             );
@@ -526,8 +530,36 @@ mod tests {
         let err = err.to_string();
         assert!(
             err.contains("the Raft log in ")
-                && err.contains("is in format version 9, newer than this node understands (it reads 3)"),
+                && err.contains("is in format version 9, newer than this node understands (it reads 4)"),
             "{err}"
+        );
+    }
+
+    /// A log of format version 3 (framed entries, format record 3) is
+    /// re-framed once on open and reads as it did.
+    #[tokio::test]
+    async fn a_log_of_format_version_3_is_reframed_on_open_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = {
+            let (mut log, _) = open_storage(dir.path()).unwrap();
+            log.blocking_append([create_entry(1, "job-1"), create_entry(2, "job-2")])
+                .await
+                .unwrap();
+            for key in [log_key(1), log_key(2)] {
+                let mut v3 = log.log.get(&key).unwrap().unwrap().to_vec();
+                v3[2..4].copy_from_slice(&3u16.to_le_bytes());
+                log.log.insert(key, v3).unwrap();
+            }
+            log.meta.insert(FORMAT_KEY, &3u16.to_le_bytes()).unwrap();
+            log.disk.sync().unwrap();
+            [create_entry(1, "job-1"), create_entry(2, "job-2")]
+        };
+        let (mut log, _) = open_storage(dir.path()).unwrap();
+        let read = log.try_get_log_entries(1..=2).await.unwrap();
+        assert_eq!(format!("{read:?}"), format!("{written:?}"));
+        assert_eq!(
+            log.meta.get(FORMAT_KEY).unwrap().unwrap().to_vec(),
+            FORMAT_VERSION.to_le_bytes().to_vec()
         );
     }
 

@@ -53,20 +53,23 @@ pub enum Format {
     V1,
     /// `KSNAP002`: laid out as today's; to store again as `KSNAP003`.
     V2,
-    /// `KSNAP003` (format version 3, today's): the data is a `StateImage`.
+    /// `KSNAP003`: the data is a `V3StateImage` (no security part), to migrate.
     V3,
+    /// `KSNAP004` (format version 4, today's): the data is a `StateImage`.
+    V4,
 }
 
 impl Format {
     /// The format of the files written today.
-    pub const CURRENT: Format = Format::V3;
+    pub const CURRENT: Format = Format::V4;
 
     /// The format of format version `version`, if this build reads it.
     fn of_version(version: u16) -> Option<Format> {
         match version {
             1 => Some(Format::V1),
             2 => Some(Format::V2),
-            FORMAT_VERSION => Some(Format::V3),
+            3 => Some(Format::V3),
+            FORMAT_VERSION => Some(Format::V4),
             _ => None,
         }
     }
@@ -369,7 +372,7 @@ mod tests {
         let stored = file.read().unwrap().unwrap();
         assert_eq!(
             (stored.meta, stored.data, stored.format),
-            (meta(20), vec![7u8; 3000], Format::V3)
+            (meta(20), vec![7u8; 3000], Format::V4)
         );
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
     }
@@ -427,7 +430,7 @@ mod tests {
             Ok((format, out))
         };
         let (m, (format, got)) = file.read_with(read_all).unwrap().unwrap();
-        assert_eq!((m, format, got), (meta(40), Format::V3, data.clone()));
+        assert_eq!((m, format, got), (meta(40), Format::V4, data.clone()));
         // A decoder that stops early still has the rest checked.
         let first_byte = |_: Format, input: &mut dyn Read| {
             let mut one = [0u8; 1];
@@ -453,7 +456,7 @@ mod tests {
         file.store(&meta(10), b"state bytes").unwrap();
         let path = dir.path().join("kairos-snapshot");
         let stored = fs::read(&path).unwrap();
-        assert_eq!(&stored[..8], b"KSNAP003");
+        assert_eq!(&stored[..8], b"KSNAP004");
         assert_eq!(file.read_format().unwrap(), Some(Format::CURRENT));
 
         fs::write(&path, with_magic(stored.clone(), b"KSNAP009")).unwrap();
@@ -461,13 +464,17 @@ mod tests {
             let err = err.to_string();
             assert!(
                 err.contains(
-                    "the snapshot file is in format version 9, newer than this node understands (it reads 3)"
+                    "the snapshot file is in format version 9, newer than this node understands (it reads 4)"
                 ) && err.contains("kairos-snapshot"),
                 "{err}"
             );
         }
-        // Files of format versions 1 and 2 are read, as such.
-        for (magic, format) in [(b"KSNAP002", Format::V2), (b"KSNAP001", Format::V1)] {
+        // Files of format versions 1 to 3 are read, as such.
+        for (magic, format) in [
+            (b"KSNAP003", Format::V3),
+            (b"KSNAP002", Format::V2),
+            (b"KSNAP001", Format::V1),
+        ] {
             fs::write(&path, with_magic(stored.clone(), magic)).unwrap();
             let read = file.read().unwrap().unwrap();
             assert_eq!(

@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::acl::{Binding, Credential, Role, Token};
+use super::audit::AuditRecord;
 use super::job::{Job, JobId, JobPatch, JobSpec};
 use super::run::{AttemptOutcome, AttemptResult, Run, RunId};
 use crate::error::Error;
@@ -171,6 +173,79 @@ pub enum Command {
         /// The latest nominal time this entry fires, Unix ms.
         until_ms: i64,
     },
+    /// A client's write: `command` on behalf of the caller `call` describes.
+    /// `apply` resolves the caller's credential against the ACL at this
+    /// entry, checks the permission the command needs, applies it only if
+    /// allowed, and appends the call's audit entry either way (format
+    /// version 4 on).
+    Client {
+        /// Who called, how, and through which node.
+        call: CallContext,
+        /// What they asked for (a job, run or ACL command; never a batch or
+        /// an internal command).
+        command: Box<Command>,
+    },
+    /// Create the root token, once per cluster (`acl bootstrap`).
+    AclBootstrap {
+        /// The token, holding the role `root`.
+        token: Token,
+    },
+    /// Create a role; fails if the name is taken.
+    CreateRole {
+        /// The role.
+        role: Role,
+    },
+    /// Delete a role (tokens and bindings naming it lose it).
+    DeleteRole {
+        /// Its name.
+        name: String,
+    },
+    /// Create a token; fails if the accessor id is taken.
+    CreateToken {
+        /// The token (its secret's hash only).
+        token: Token,
+    },
+    /// Revoke a token: it fails on every node from this entry on.
+    RevokeToken {
+        /// Its accessor id.
+        accessor_id: String,
+    },
+    /// Bind a certificate subject to a role.
+    CreateBinding {
+        /// The binding.
+        binding: Binding,
+    },
+    /// Remove a binding.
+    DeleteBinding {
+        /// The binding.
+        binding: Binding,
+    },
+    /// Audit records a node made outside a write: denials it decided before
+    /// proposing (coalesced beyond a rate), allowed reads with
+    /// `--audit-reads`, membership changes.
+    RecordAudit {
+        /// The records, in the order the node made them.
+        records: Vec<AuditRecord>,
+    },
+}
+
+/// Who made a client call and how, as the receiving node verified it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallContext {
+    /// The credential the node verified.
+    pub credential: Credential,
+    /// The caller's address.
+    pub source: String,
+    /// The node that received the call.
+    pub node: u64,
+    /// The RPC, e.g. `CreateJob`.
+    pub method: String,
+    /// What it is about, e.g. the job id.
+    pub resource: String,
+    /// The client's request id, if any.
+    pub request_id: String,
+    /// The W3C trace id, if the call carried one.
+    pub trace_id: String,
 }
 
 impl Request {
@@ -185,6 +260,7 @@ impl Request {
             Command::StartAttempts { starts } => starts.len().max(1) as u64,
             Command::FinishAttempts { results } => results.len().max(1) as u64,
             Command::ExpireRuns { run_ids } => run_ids.len().max(1) as u64,
+            Command::RecordAudit { records } => records.len().max(1) as u64,
             _ => 1,
         }
     }
@@ -210,6 +286,15 @@ impl Command {
             Command::CancelRun { .. } => "cancel_run",
             Command::Batch { .. } => "batch",
             Command::FireWindow { .. } => "fire_window",
+            Command::Client { .. } => "client",
+            Command::AclBootstrap { .. } => "acl_bootstrap",
+            Command::CreateRole { .. } => "create_role",
+            Command::DeleteRole { .. } => "delete_role",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
+            Command::CreateBinding { .. } => "create_binding",
+            Command::DeleteBinding { .. } => "delete_binding",
+            Command::RecordAudit { .. } => "record_audit",
         }
     }
 }
@@ -250,6 +335,14 @@ pub enum Response {
     Empty,
     /// The result of each request of a `Batch`, in its order.
     Batch(Vec<CommandResult>),
+    /// A role as stored.
+    Role(Role),
+    /// A token as stored (never its secret).
+    Token(Token),
+    /// A binding as stored.
+    Binding(Binding),
+    /// Audit records appended; the chain's head sequence number after them.
+    Audited(u64),
 }
 
 /// What applying a command yields on every replica.

@@ -12,9 +12,13 @@
 //! - [`validate`]: input checks done before a command is proposed.
 //! - [`run`]: runs, attempt outcomes, counters and retry back-off.
 //! - [`firing`]: which due fires run under the catch-up policy.
+//! - [`acl`]: permissions, roles, tokens and bindings, and the authorization check.
+//! - [`audit`]: the hash-chained audit log.
 //! - [`command`]: the entries of the log (`Request`, `Command`) and their results.
 //! - [`state`]: the replicated state and `State::apply`, one child module per concept.
 
+pub mod acl;
+pub mod audit;
 pub mod command;
 pub mod firing;
 pub mod job;
@@ -23,7 +27,7 @@ pub mod schedule;
 pub mod state;
 pub mod validate;
 
-pub use command::{Command, CommandResult, Request, Response};
+pub use command::{CallContext, Command, CommandResult, Request, Response};
 pub use firing::MAX_FIRE_AHEAD_MS;
 pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 pub use run::{Run, RunId, RunStatus};

@@ -7,14 +7,19 @@
 //! types of [`Image`] are part of the storage format.
 //!
 //! One struct, [`Image`], defines the encoded image of every format; what
-//! changed between formats is its type parameter, the table of create
-//! request records:
-//! - [`StateImage`] (format versions 2 and later, snapshot files `KSNAP002`
-//!   on): records under the hash of their request id ([`RequestRecord`]);
+//! changed between formats is its type parameters, the table of create
+//! request records and the security part:
+//! - [`StateImage`] (format version 4, snapshot files `KSNAP004` on):
+//!   request records under the hash of their request id
+//!   ([`RequestRecord`]), then the ACL tables and the audit log
+//!   ([`SecurityImage`]);
+//! - [`V3StateImage`] (format versions 2 and 3): the same without the
+//!   security part, which is `()` and so encodes as nothing. Read as such
+//!   and migrated with an empty ACL and audit log;
 //! - [`LegacyStateImage`] (format version 1, snapshot files `KSNAP001`,
 //!   before 2026-12-01): records under the request id, holding the job id
-//!   and a copy of the created job ([`LegacyRequestRecord`]). Read only to
-//!   migrate it (`raft::legacy`), with `From`.
+//!   and a copy of the created job ([`LegacyRequestRecord`]), no security
+//!   part. Read only to migrate it (`raft::legacy`), with `From`.
 
 use std::sync::Arc;
 
@@ -22,14 +27,16 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::fire_entry;
 use super::requests::{request_key, LegacyRequestRecord, RequestKey, RequestRecord};
+use super::security::AclState;
 use super::{State, Table, WriteRecord};
+use crate::scheduler::audit::AuditLog;
 use crate::scheduler::job::{Job, JobId};
 use crate::scheduler::run::{JobCounters, Run, RunId};
 
 /// The replicated content of a [`State`], with the table of create request
-/// records as `Requests` (see the module docs).
+/// records as `Requests` and the security part as `Security` (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Image<Requests> {
+pub struct Image<Requests, Security> {
     /// Every job, by id.
     jobs: Table<JobId, Arc<Job>>,
     /// Remembered create requests.
@@ -42,14 +49,28 @@ pub struct Image<Requests> {
     next_run_id: RunId,
     /// Per-job counters.
     counters: Table<JobId, JobCounters>,
+    /// Roles, tokens, bindings and the audit log (format version 4 on).
+    security: Security,
 }
 
-/// The image as stored today: request records by key.
-pub type StateImage = Image<Table<RequestKey, RequestRecord>>;
+/// The security part of an image (format version 4 on).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecurityImage {
+    /// Roles, tokens and bindings.
+    acl: AclState,
+    /// The audit log.
+    audit: AuditLog,
+}
+
+/// The image as stored today: request records by key, and the security part.
+pub type StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage>;
+
+/// The image of format versions 2 and 3: no security part.
+pub type V3StateImage = Image<Table<RequestKey, RequestRecord>, ()>;
 
 /// The image of format version 1: request records by request id, with
 /// copies of jobs. Read only to migrate it.
-pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>>;
+pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>, ()>;
 
 #[cfg(test)]
 impl LegacyStateImage {
@@ -72,6 +93,7 @@ impl From<LegacyStateImage> for StateImage {
             runs,
             next_run_id,
             counters,
+            security: (),
         } = legacy;
         let mut image = StateImage {
             jobs,
@@ -80,9 +102,33 @@ impl From<LegacyStateImage> for StateImage {
             runs,
             next_run_id,
             counters,
+            security: SecurityImage::default(),
         };
         image.insert_legacy_requests(requests);
         image
+    }
+}
+
+impl From<V3StateImage> for StateImage {
+    fn from(v3: V3StateImage) -> StateImage {
+        let Image {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security: (),
+        } = v3;
+        StateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security: SecurityImage::default(),
+        }
     }
 }
 
@@ -126,6 +172,11 @@ impl StateImage {
         self.counters.insert(job_id, counters);
     }
 
+    /// Takes the security part (ACL and audit log) of `other`.
+    pub fn set_security_of(&mut self, other: &StateImage) {
+        self.security = other.security.clone();
+    }
+
     /// Sets the id the next run gets.
     pub fn set_next_run_id(&mut self, next_run_id: RunId) {
         self.next_run_id = next_run_id;
@@ -143,6 +194,10 @@ impl State {
             runs: self.runs.clone(),
             next_run_id: self.next_run_id,
             counters: self.counters.clone(),
+            security: SecurityImage {
+                acl: self.acl.clone(),
+                audit: self.audit.clone(),
+            },
         }
     }
 
@@ -155,6 +210,7 @@ impl State {
             runs,
             next_run_id,
             counters,
+            security: SecurityImage { acl, audit },
         } = image;
         let mut state = State {
             jobs,
@@ -163,6 +219,8 @@ impl State {
             runs,
             next_run_id,
             counters,
+            acl,
+            audit,
             ..State::default()
         };
         state.rebuild_indexes();
@@ -184,6 +242,7 @@ impl State {
 
     /// Recomputes the derived indexes from the replicated content.
     pub(super) fn rebuild_indexes(&mut self) {
+        self.rebuild_security_indexes();
         self.request_expiry = self.requests.iter().map(|(key, r)| (r.at_ms, *key)).collect();
         self.write_expiry = self.writes.iter().map(|(id, w)| (w.at_ms, id.clone())).collect();
         self.fire_index = self.jobs().filter_map(fire_entry).collect();

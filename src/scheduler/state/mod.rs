@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::audit::{AuditLog, SYSTEM_PRINCIPAL};
 use super::command::{Command, CommandResult, Request, Response};
 use super::job::{Job, JobId};
 use super::run::{JobCounters, Run, RunId};
@@ -54,11 +55,13 @@ mod image;
 mod jobs;
 mod requests;
 mod runs;
+mod security;
 
-pub use image::{Image, LegacyStateImage, StateImage};
+pub use image::{Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage};
 pub use jobs::{next_fire, JobFilter, JobPage};
 pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
+pub use security::{AclState, RunTransition, EXEC_JOB_TYPE};
 
 #[cfg(test)]
 mod ahead_tests;
@@ -94,6 +97,9 @@ pub struct Changes {
     pub runs: BTreeSet<RunId>,
     /// Log index of the entry being applied; stamped on every run it changes.
     pub index: u64,
+    /// Run status changes of the request being applied, not yet in the
+    /// audit log (`apply` appends them at the end of each request).
+    pub transitions: Vec<RunTransition>,
 }
 
 /// What a `write_id` remembers: the first entry's result.
@@ -158,6 +164,15 @@ pub struct State {
     ended_otherwise_by_job: BTreeMap<JobId, BTreeSet<RunId>>,
     /// Compiled schedules of recent fires (a memo, not state).
     schedules: ScheduleMemo,
+    /// Roles, tokens and bindings.
+    acl: AclState,
+    /// Accessor id of each token by its secret's hash (derived).
+    token_by_hash: BTreeMap<[u8; 32], String>,
+    /// The audit log.
+    audit: AuditLog,
+    /// How many audit entries this replica keeps: a local setting given at
+    /// start (`--audit-retain`), not replicated; 0 means the default.
+    audit_retain: u64,
     /// The deliberately broken build's setting: a local setting given at
     /// start, not replicated (see `crate::chaos_break`).
     #[cfg(feature = "chaos-break")]
@@ -178,13 +193,13 @@ impl State {
         changes.index = index;
         self.expire_writes(request.at_ms);
         let Some(write_id) = &request.write_id else {
-            return self.apply_command(index, request, changes);
+            return self.apply_request(index, request, changes);
         };
         // A retry of a write that was applied already: its first result.
         if let Some(record) = self.writes.get(write_id) {
             return record.result.clone();
         }
-        let result = self.apply_command(index, request, changes);
+        let result = self.apply_request(index, request, changes);
         let record = WriteRecord {
             at_ms: request.at_ms,
             result: result.clone(),
@@ -204,10 +219,32 @@ impl State {
     }
 
     /// Hands the command to the method that applies it.
-    fn apply_command(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
+    /// Applies one request and appends the audit entries of what it did:
+    /// a client's call is recorded by `apply_client`; the run transitions
+    /// of the cluster's own commands are attributed to the system.
+    fn apply_request(&mut self, index: u64, request: &Request, changes: &mut Changes) -> CommandResult {
         let at_ms = request.at_ms;
-        let principal = request.principal.as_str();
-        match &request.command {
+        let result = match &request.command {
+            Command::Client { call, command } => {
+                return self.apply_client(index, at_ms, call, command, changes)
+            }
+            Command::Batch { requests } => Ok(self.apply_batch(index, requests, changes)),
+            command => self.apply_command(index, at_ms, &request.principal, command, changes),
+        };
+        self.audit_transitions(SYSTEM_PRINCIPAL, at_ms, changes);
+        result
+    }
+
+    /// Applies one command on behalf of `principal` (already authorized).
+    fn apply_command(
+        &mut self,
+        index: u64,
+        at_ms: i64,
+        principal: &str,
+        command: &Command,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        match command {
             Command::CreateJob { id, spec, request_id } => {
                 self.create_job(id, spec, request_id.as_deref(), at_ms, principal)
             }
@@ -240,7 +277,18 @@ impl State {
             Command::FinishAttempts { results } => Ok(self.finish_attempts(results, at_ms, changes)),
             Command::ExpireRuns { run_ids } => Ok(self.expire_runs(run_ids, at_ms, changes)),
             Command::CancelRun { run_id } => self.cancel_run(*run_id, at_ms, changes),
-            Command::Batch { requests } => Ok(self.apply_batch(index, requests, changes)),
+            Command::Batch { .. } | Command::Client { .. } => Err(Error::InvalidArgument(format!(
+                "a {} cannot be nested",
+                command.name()
+            ))),
+            Command::AclBootstrap { token } => self.acl_bootstrap(token, at_ms, principal),
+            Command::CreateRole { role } => self.create_role(role, at_ms, principal),
+            Command::DeleteRole { name } => self.delete_role(name),
+            Command::CreateToken { token } => self.create_token(token, at_ms, principal),
+            Command::RevokeToken { accessor_id } => self.revoke_token(accessor_id),
+            Command::CreateBinding { binding } => self.create_binding(binding),
+            Command::DeleteBinding { binding } => self.delete_binding(binding),
+            Command::RecordAudit { records } => self.record_audit(records, at_ms),
         }
     }
 

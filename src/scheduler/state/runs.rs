@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{Changes, CommandResult, Response, State, MAX_PAGE_SIZE, MAX_SCAN_PER_PAGE};
+use super::{Changes, CommandResult, Response, RunTransition, State, MAX_PAGE_SIZE, MAX_SCAN_PER_PAGE};
 use crate::error::Error;
 use crate::scheduler::firing::{plan_fires, MAX_FIRE_AHEAD_MS};
 use crate::scheduler::job::{JobId, Overlap};
@@ -143,7 +143,11 @@ impl State {
     /// Inserts or replaces a run, keeping the indexes right.
     pub(super) fn put_run(&mut self, mut run: Run, changes: &mut Changes) {
         run.revision = changes.index;
-        if let Some(old) = self.runs.get(&run.id).cloned() {
+        let old = self.runs.get(&run.id).cloned();
+        if let Some(transition) = RunTransition::of(old.as_ref(), &run) {
+            changes.transitions.push(transition);
+        }
+        if let Some(old) = old {
             self.unindex_run(&old);
         }
         self.index_run(&run);
