@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kairos/v1/run.proto",
         "proto/kairos/v1/cluster.proto",
         "proto/kairos/v1/raft.proto",
+        "proto/kairos/v1/acl.proto",
+        "proto/kairos/v1/audit.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)

@@ -110,6 +110,12 @@ agent_settings! {
     snapshot_logs: u64, env = "KAIROS_SNAPSHOT_LOGS";
     /// Log entries kept behind a snapshot for slow followers (default 1000).
     snapshot_keep_logs: u64, env = "KAIROS_SNAPSHOT_KEEP_LOGS";
+    /// Turn authentication and authorization off: every caller may do anything, as `anonymous` (logged as a warning at start, shown in `kairos cluster status`). Calls are still audited. For trying Kairos out only.
+    insecure_disable_auth: bool, env = "KAIROS_INSECURE_DISABLE_AUTH" [num_args = 0..=1, default_missing_value = "true"];
+    /// Record allowed reads in the audit log too (refused calls and every write always are).
+    audit_reads: bool, env = "KAIROS_AUDIT_READS" [num_args = 0..=1, default_missing_value = "true"];
+    /// Audit entries this node keeps; older ones are dropped, the newest dropped one's hash kept as the chain's anchor (default 1000000).
+    audit_retain: u64, env = "KAIROS_AUDIT_RETAIN";
     /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
 }
@@ -148,6 +154,10 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     /// Raft timing and compaction.
     pub tuning: RaftTuning,
+    /// How callers are checked.
+    pub auth: crate::api::auth::AuthSettings,
+    /// Audit entries kept (`--audit-retain`).
+    pub audit_retain: u64,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -289,6 +299,19 @@ impl AgentConfig {
                 election_timeout_ms: args.election_timeout_ms.unwrap_or(defaults.election_timeout_ms),
                 snapshot_logs: args.snapshot_logs.unwrap_or(defaults.snapshot_logs),
                 snapshot_keep_logs: args.snapshot_keep_logs.unwrap_or(defaults.snapshot_keep_logs),
+            },
+            auth: crate::api::auth::AuthSettings {
+                disabled: args.insecure_disable_auth.unwrap_or(false),
+                audit_reads: args.audit_reads.unwrap_or(false),
+            },
+            audit_retain: match args.audit_retain {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "--audit-retain: must be at least 1".into(),
+                    ))
+                }
+                Some(n) => n,
+                None => crate::scheduler::audit::DEFAULT_RETAIN,
             },
             #[cfg(feature = "chaos-break")]
             chaos_break: args.unsafe_chaos_break,

@@ -89,6 +89,10 @@ pub struct NodeOptions {
     pub cluster_addr: String,
     /// Where this node dials its peers (see [`crate::dial`]).
     pub dial_map: Arc<DialMap>,
+    /// Audit entries this replica keeps (`--audit-retain`).
+    pub audit_retain: u64,
+    /// `--insecure-disable-auth`, reported to peers and clients.
+    pub auth_disabled: bool,
     /// The deliberately broken build's setting (see `crate::chaos_break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -153,6 +157,10 @@ pub struct NodeReport {
     pub purged_index: u64,
     /// Address of this node's worker network (ractor_cluster) listener.
     pub cluster_addr: String,
+    /// The node runs with `--insecure-disable-auth`.
+    pub auth_disabled: bool,
+    /// Head of the node's audit chain: sequence number and hash.
+    pub audit_head: (u64, [u8; 32]),
 }
 
 /// A started node.
@@ -173,6 +181,8 @@ pub struct Node {
     dial_map: Arc<DialMap>,
     /// The worker network address, reported in [`NodeReport`].
     cluster_addr: String,
+    /// `--insecure-disable-auth`, reported in [`NodeReport`].
+    auth_disabled: bool,
     /// When this process started (Unix ns) and a counter: with the node id,
     /// they make write ids unique across restarts.
     boot_ns: i64,
@@ -195,6 +205,7 @@ impl Node {
         log_store.resign_leadership(options.id)?;
         #[cfg(feature = "chaos-break")]
         let state_machine = state_machine.with_chaos_break(options.chaos_break);
+        let state_machine = state_machine.with_audit_retain(options.audit_retain);
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();
@@ -235,6 +246,7 @@ impl Node {
             peers: Mutex::default(),
             dial_map: options.dial_map.clone(),
             cluster_addr: options.cluster_addr.clone(),
+            auth_disabled: options.auth_disabled,
             boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             write_seq: AtomicU64::new(0),
             batcher,
@@ -383,6 +395,11 @@ impl Node {
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
             cluster_addr: self.cluster_addr.clone(),
+            auth_disabled: self.auth_disabled,
+            audit_head: {
+                let head = self.state.read().audit().head();
+                (head.seq, head.hash)
+            },
         }
     }
 
@@ -702,6 +719,8 @@ mod tests {
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:11".into(),
             dial_map: Arc::default(),
+            audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
+            auth_disabled: false,
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
         };

@@ -644,6 +644,8 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
         snapshot_index: 100,
         purged_index: 90,
         cluster_addr: "127.0.0.1:7302".into(),
+        auth_disabled: false,
+        audit_head: (17, [0xab; 32]),
     };
     goldens.check("node-report", &report);
     let item = WorkItem {

@@ -10,10 +10,14 @@ use std::time::Duration;
 use futures::future::join_all;
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::{to_status, Api};
+use crate::error::Error;
 use crate::node::NodeReport;
 use crate::proto as pb;
 use crate::proto::cluster_service_server::ClusterService;
+use crate::scheduler::acl::{Permission, Resource};
+use crate::scheduler::audit::{AuditKind, AuditRecord};
 
 /// How long the status probe of one member may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -42,6 +46,9 @@ fn node_status(id: u64, grpc_addr: String, voter: bool, r: &NodeReport) -> pb::N
         snapshot_index: r.snapshot_index,
         purged_index: r.purged_index,
         state_digest: String::new(),
+        auth_disabled: r.auth_disabled,
+        audit_head_seq: r.audit_head.0,
+        audit_head_hash: crate::scheduler::audit::hex(&r.audit_head.1),
     }
 }
 
@@ -108,14 +115,57 @@ fn check_addr(addr: &str) -> Result<(), Status> {
     }
 }
 
+impl Api {
+    /// A membership change by `caller`: needs `cluster:admin`; recorded in
+    /// the audit log with its outcome (it is not a state machine command,
+    /// so its record is an entry of its own).
+    async fn membership_change(
+        &self,
+        caller: &Caller,
+        resource: String,
+        change: impl std::future::Future<Output = Result<(), Error>>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let principal = {
+            let state = self.node.state.read();
+            self.authorize(caller, &state, Permission::ClusterAdmin, &Resource::Cluster)?
+                .principal
+        };
+        let result = change.await;
+        self.recorder().record(AuditRecord {
+            kind: Some(AuditKind::Call),
+            principal,
+            accessor_id: caller.credential.accessor().to_string(),
+            source: caller.source.clone(),
+            node: self.node.id,
+            method: caller.method.to_string(),
+            resource,
+            code: result.as_ref().err().map_or(0, Error::code),
+            message: result
+                .as_ref()
+                .err()
+                .map_or_else(String::new, ToString::to_string),
+            trace_id: caller.trace_id.clone(),
+            count: 1,
+            ..AuditRecord::default()
+        });
+        result.map_err(to_status)?;
+        Ok(Response::new(self.cluster_status().await))
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterService for Api {
     async fn status(
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.caller(&request, "ClusterStatus");
         let req = request.into_inner();
-        self.observed("ClusterStatus", async {
+        self.observed(caller.method, async {
+            {
+                let state = self.node.state.read();
+                self.authorize(&caller, &state, Permission::ClusterRead, &Resource::Cluster)?;
+            }
             if req.local_only {
                 return Ok(Response::new(self.local_status(req.with_digest)));
             }
@@ -131,17 +181,16 @@ impl ClusterService for Api {
         &self,
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.observed("AddNode", async {
+        let caller = self.caller(&request, "AddNode");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             if req.node_id == 0 {
                 return Err(Status::invalid_argument("node_id: must be a positive integer"));
             }
             check_addr(&req.grpc_addr)?;
-            self.node
-                .add_node(req.node_id, req.grpc_addr)
+            let resource = format!("node {}", req.node_id);
+            self.membership_change(&caller, resource, self.node.add_node(req.node_id, req.grpc_addr))
                 .await
-                .map_err(to_status)?;
-            Ok(Response::new(self.cluster_status().await))
         })
         .await
     }
@@ -150,10 +199,12 @@ impl ClusterService for Api {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.observed("RemoveNode", async {
+        let caller = self.caller(&request, "RemoveNode");
+        self.observed(caller.method, async {
             let req = request.into_inner();
-            self.node.remove_node(req.node_id).await.map_err(to_status)?;
-            Ok(Response::new(self.cluster_status().await))
+            let resource = format!("node {}", req.node_id);
+            self.membership_change(&caller, resource, self.node.remove_node(req.node_id))
+                .await
         })
         .await
     }

@@ -1,38 +1,28 @@
 //! `JobService`: create, read, list, update, delete, pause and resume jobs.
 //!
-//! Writes are validated here, then proposed through [`Node::write`] (which
-//! forwards to the leader); their result is the state machine's. Reads go
-//! through [`Api::read`]: the read barrier, then this node's applied state.
+//! Writes are validated here, then go through [`Api::client_write`]: the
+//! caller is authenticated and authorized (`job:write`, and `job:exec` for
+//! `exec` jobs, on the job's owner and id), and the command is proposed as
+//! theirs; its result is the state machine's. Reads go through
+//! [`Api::read`] (the read barrier) and need `job:read` on each job they
+//! return; a list returns only the jobs the caller may read. Secret payload
+//! values read as `<redacted>` without `job:secrets`
+//! ([`crate::handlers::secrets`]), and an update that writes `<redacted>`
+//! back keeps the stored value.
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::convert::{job_to_pb, patch_from_pb, spec_from_pb, status_filter};
 use super::read::page_size;
-use super::{principal, to_status, Api};
+use super::{to_status, Api};
 use crate::error::Error;
-use crate::node::Node;
+use crate::handlers::secrets;
 use crate::proto as pb;
 use crate::proto::job_service_server::JobService;
+use crate::scheduler::acl::{AclTables, Permission, Resource, Subject};
 use crate::scheduler::validate::{validate_id, validate_patch, validate_request_id, validate_spec};
-use crate::scheduler::{Command, JobFilter, Response as CommandResponse};
-
-fn job_reply(response: CommandResponse) -> Result<Response<pb::ScheduledJob>, Status> {
-    match response {
-        CommandResponse::Job(job) => Ok(Response::new(job_to_pb(&job))),
-        other => Err(Status::internal(format!(
-            "unexpected state machine reply {other:?}"
-        ))),
-    }
-}
-
-async fn write(node: &Node, principal: &str, command: Command) -> Result<CommandResponse, Status> {
-    let name = command.name();
-    let result = node.write(principal, command).await;
-    if let Err(e) = &result {
-        tracing::debug!(command = name, error = %e, "write refused");
-    }
-    result.map_err(to_status)
-}
+use crate::scheduler::{Command, Job, JobFilter, JobPatch, Response as CommandResponse, State};
 
 /// `NOT_FOUND` for job `id`.
 pub(super) fn job_not_found(id: &str) -> Status {
@@ -43,9 +33,23 @@ pub(super) fn required_id(id: &str) -> Result<(), Status> {
     validate_id(id).map_err(to_status)
 }
 
+/// The resource a stored job is, for permission checks.
+pub(super) fn job_resource(job: &Job) -> Resource {
+    Resource::job(&job.id, &job.spec.owner_service)
+}
+
+/// `job` as `subject` may see it: secret values redacted without `job:secrets`.
+pub(super) fn job_view(subject: Option<&Subject>, job: &Job) -> pb::ScheduledJob {
+    let mut pb = job_to_pb(job);
+    if !subject.is_some_and(|s| s.allows(Permission::JobSecrets, &job_resource(job))) {
+        pb.payload = secrets::redact(&job.spec.job_type, &pb.payload);
+    }
+    pb
+}
+
 impl Api {
     /// Checks the job type and payload an update leaves the job with.
-    fn validate_handler_patch(&self, id: &str, patch: &crate::scheduler::JobPatch) -> Result<(), Status> {
+    fn validate_handler_patch(&self, id: &str, patch: &JobPatch) -> Result<(), Status> {
         if patch.job_type.is_none() && patch.payload.is_none() {
             return Ok(());
         }
@@ -67,18 +71,64 @@ impl Api {
             .map_err(Status::invalid_argument)
     }
 
+    /// Puts back the stored secret values an update wrote as `<redacted>`.
+    fn restore_secrets(&self, id: &str, patch: &mut JobPatch) {
+        let Some(payload) = &patch.payload else { return };
+        let state = self.node.state.read();
+        let Some(stored) = state.job(id) else { return };
+        let job_type = patch.job_type.as_deref().unwrap_or(&stored.spec.job_type);
+        patch.payload = Some(secrets::restore(job_type, payload, &stored.spec.payload));
+    }
+
+    /// The reply to a write that returns a job, as the caller may see it.
+    fn job_reply(
+        &self,
+        caller: &Caller,
+        response: CommandResponse,
+    ) -> Result<Response<pb::ScheduledJob>, Status> {
+        match response {
+            CommandResponse::Job(job) => {
+                let state = self.node.state.read();
+                let subject = state
+                    .resolve(&caller.credential, chrono::Utc::now().timestamp_millis())
+                    .ok();
+                Ok(Response::new(job_view(subject.as_ref(), &job)))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected state machine reply {other:?}"
+            ))),
+        }
+    }
+
     async fn set_paused(
         &self,
-        method: &str,
-        principal: &str,
+        caller: Caller,
         id: String,
         paused: bool,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed(method, async {
-            required_id(&id)?;
-            job_reply(write(&self.node, principal, Command::SetPaused { id, paused }).await?)
+        self.observed(caller.method, async {
+            let command = required_id(&id).map(|_| Command::SetPaused {
+                id: id.clone(),
+                paused,
+            });
+            let reply = self.client_write(&caller, &id, "", command).await?;
+            self.job_reply(&caller, reply)
         })
         .await
+    }
+
+    /// A job by id for a reader: `NOT_FOUND`, or `PERMISSION_DENIED` without
+    /// `job:read` on it (a job that does not exist is checked by its id).
+    pub(super) fn readable_job<'s>(
+        &self,
+        caller: &Caller,
+        state: &'s State,
+        id: &str,
+    ) -> Result<(Subject, &'s Job), Status> {
+        let resource = state.job(id).map_or_else(|| Resource::job(id, ""), job_resource);
+        let subject = self.authorize(caller, state, Permission::JobRead, &resource)?;
+        let job = state.job(id).ok_or_else(|| job_not_found(id))?;
+        Ok((subject, job))
     }
 }
 
@@ -88,25 +138,31 @@ impl JobService for Api {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed("CreateJob", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "CreateJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
-            let job = req.job.ok_or_else(|| Status::invalid_argument("job: required"))?;
-            required_id(&job.id)?;
-            validate_request_id(&req.request_id).map_err(to_status)?;
-            let spec = spec_from_pb(&job).map_err(to_status)?;
-            validate_spec(&spec).map_err(to_status)?;
-            self.check_create_at(&spec, &req.request_id)?;
-            self.registry
-                .validate(&spec.job_type, &spec.payload)
-                .map_err(Status::invalid_argument)?;
-            let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
-            let command = Command::CreateJob {
-                id: job.id,
-                spec,
-                request_id,
-            };
-            job_reply(write(&self.node, &principal, command).await?)
+            let id = req.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+            let command = (|| {
+                let job = req
+                    .job
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("job: required"))?;
+                required_id(&job.id)?;
+                validate_request_id(&req.request_id).map_err(to_status)?;
+                let spec = spec_from_pb(job).map_err(to_status)?;
+                validate_spec(&spec).map_err(to_status)?;
+                self.check_create_at(&spec, &req.request_id)?;
+                self.registry
+                    .validate(&spec.job_type, &spec.payload)
+                    .map_err(Status::invalid_argument)?;
+                Ok(Command::CreateJob {
+                    id: job.id.clone(),
+                    spec,
+                    request_id: (!req.request_id.is_empty()).then(|| req.request_id.clone()),
+                })
+            })();
+            let reply = self.client_write(&caller, &id, &req.request_id, command).await?;
+            self.job_reply(&caller, reply)
         })
         .await
     }
@@ -115,12 +171,13 @@ impl JobService for Api {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed("GetJob", async {
+        let caller = self.caller(&request, "GetJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
             self.read(req.consistency, |state| {
-                let job = state.job(&req.id).ok_or_else(|| job_not_found(&req.id))?;
-                Ok(Response::new(job_to_pb(job)))
+                let (subject, job) = self.readable_job(&caller, state, &req.id)?;
+                Ok(Response::new(job_view(Some(&subject), job)))
             })
             .await
         })
@@ -131,7 +188,8 @@ impl JobService for Api {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        self.observed("ListJobs", async {
+        let caller = self.caller(&request, "ListJobs");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             let filter = JobFilter {
                 owner_service: (!req.owner_service.is_empty()).then_some(req.owner_service),
@@ -140,9 +198,18 @@ impl JobService for Api {
             };
             let token = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
             self.read(req.consistency, |state| {
+                let subject = self.authenticate(&caller, state, "")?;
+                if !subject.holds(Permission::JobRead) {
+                    self.check(&caller, state, &subject, Permission::JobRead, &Resource::Cluster)?;
+                }
                 let page = state.list(&filter, token, page_size(req.page_size));
                 Ok(Response::new(pb::ListJobsResponse {
-                    jobs: page.jobs.iter().map(job_to_pb).collect(),
+                    jobs: page
+                        .jobs
+                        .iter()
+                        .filter(|job| subject.allows(Permission::JobRead, &job_resource(job)))
+                        .map(|job| job_view(Some(&subject), job))
+                        .collect(),
                     next_page_token: page.next_page_token.unwrap_or_default(),
                 }))
             })
@@ -155,27 +222,35 @@ impl JobService for Api {
         &self,
         request: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        self.observed("UpdateJob", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "UpdateJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
-            let job = req.job.ok_or_else(|| Status::invalid_argument("job: required"))?;
-            required_id(&job.id)?;
-            if job.version == 0 {
-                return Err(Status::invalid_argument(
-                    "job.version: required (the version you read) for optimistic concurrency",
-                ));
-            }
-            let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
-            let patch = patch_from_pb(&job, &mask).map_err(to_status)?;
-            validate_patch(&patch).map_err(to_status)?;
-            self.check_update_at(&job.id, &patch)?;
-            self.validate_handler_patch(&job.id, &patch)?;
-            let command = Command::UpdateJob {
-                id: job.id,
-                expected_version: job.version,
-                patch,
-            };
-            job_reply(write(&self.node, &principal, command).await?)
+            let id = req.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+            let command = (|| {
+                let job = req
+                    .job
+                    .as_ref()
+                    .ok_or_else(|| Status::invalid_argument("job: required"))?;
+                required_id(&job.id)?;
+                if job.version == 0 {
+                    return Err(Status::invalid_argument(
+                        "job.version: required (the version you read) for optimistic concurrency",
+                    ));
+                }
+                let mask = req.update_mask.clone().map(|m| m.paths).unwrap_or_default();
+                let mut patch = patch_from_pb(job, &mask).map_err(to_status)?;
+                self.restore_secrets(&job.id, &mut patch);
+                validate_patch(&patch).map_err(to_status)?;
+                self.check_update_at(&job.id, &patch)?;
+                self.validate_handler_patch(&job.id, &patch)?;
+                Ok(Command::UpdateJob {
+                    id: job.id.clone(),
+                    expected_version: job.version,
+                    patch,
+                })
+            })();
+            let reply = self.client_write(&caller, &id, "", command).await?;
+            self.job_reply(&caller, reply)
         })
         .await
     }
@@ -184,15 +259,14 @@ impl JobService for Api {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        self.observed("DeleteJob", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "DeleteJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
-            required_id(&req.id)?;
-            let command = Command::DeleteJob {
-                id: req.id,
+            let command = required_id(&req.id).map(|_| Command::DeleteJob {
+                id: req.id.clone(),
                 expected_version: (req.version != 0).then_some(req.version),
-            };
-            write(&self.node, &principal, command).await?;
+            });
+            self.client_write(&caller, &req.id, "", command).await?;
             Ok(Response::new(pb::DeleteJobResponse {}))
         })
         .await
@@ -202,17 +276,15 @@ impl JobService for Api {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let principal = principal(&request);
-        self.set_paused("PauseJob", &principal, request.into_inner().id, true)
-            .await
+        let caller = self.caller(&request, "PauseJob");
+        self.set_paused(caller, request.into_inner().id, true).await
     }
 
     async fn resume_job(
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let principal = principal(&request);
-        self.set_paused("ResumeJob", &principal, request.into_inner().id, false)
-            .await
+        let caller = self.caller(&request, "ResumeJob");
+        self.set_paused(caller, request.into_inner().id, false).await
     }
 }

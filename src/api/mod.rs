@@ -13,6 +13,10 @@
 //! they cannot crash a node; [`wire_errors`] turns its statuses into
 //! `RESOURCE_EXHAUSTED` and `INVALID_ARGUMENT` naming the limit or the field.
 
+pub mod acl_service;
+pub mod audit_recorder;
+pub mod audit_service;
+pub mod auth;
 pub mod cluster_service;
 pub mod convert;
 pub mod job_service;
@@ -20,6 +24,7 @@ mod one_shot;
 pub mod raft_service;
 pub mod read;
 pub mod run_service;
+pub mod tls;
 pub mod watch;
 pub mod wire_errors;
 
@@ -37,18 +42,20 @@ use crate::error::Error;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::proto::acl_service_server::AclServiceServer;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::cluster_service_server::ClusterServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
 use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use audit_recorder::AuditRecorder;
+use auth::AuthSettings;
 use wire_errors::WireErrorsLayer;
 
 /// Largest accepted request to `JobService`, `RunService` and
 /// `ClusterService`, bytes (1 MiB payload + 1 MiB for the rest).
 pub const MAX_API_MESSAGE_BYTES: usize = 2 << 20;
-/// gRPC metadata key naming the caller (until RBAC lands).
-pub const PRINCIPAL_HEADER: &str = "x-kairos-principal";
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`.
 pub const LEADER_HEADER: &str = "x-kairos-leader";
 
@@ -58,13 +65,22 @@ pub async fn serve(
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    auth: AuthSettings,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let wire_errors = WireErrorsLayer::new(metrics.clone());
+    if auth.disabled {
+        tracing::warn!(
+            node = node.id,
+            "--insecure-disable-auth: every caller may do anything on this node, as `anonymous`"
+        );
+    }
     let api = Api {
         node: node.clone(),
         metrics,
         registry,
+        auth,
+        recorder: AuditRecorder::start(node.clone()),
         shutdown: shutdown.clone(),
     };
     tonic::transport::Server::builder()
@@ -76,7 +92,9 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
         )
         .add_service(RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(ClusterServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(AuditServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(
             RaftServiceServer::new(raft_service::PeerApi { node })
                 .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
@@ -99,6 +117,10 @@ pub struct Api {
     metrics: Arc<Metrics>,
     /// Job types this node knows, for validating creates and updates.
     registry: Arc<Registry>,
+    /// How callers are checked.
+    auth: AuthSettings,
+    /// Where audit records made outside the state machine go.
+    recorder: AuditRecorder,
     /// Fires when the server stops; ends open streams.
     shutdown: CancellationToken,
 }
@@ -119,16 +141,6 @@ impl Api {
         }
         result
     }
-}
-
-/// The caller's principal from request metadata, or `anonymous`.
-pub fn principal<T>(request: &tonic::Request<T>) -> String {
-    request
-        .metadata()
-        .get(PRINCIPAL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| "anonymous".to_string(), str::to_string)
 }
 
 /// The gRPC status of an error: the client's errors keep their class, the

@@ -8,15 +8,16 @@ use chrono::{DateTime, Utc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{counters_to_pb, job_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
-use super::job_service::{job_not_found, required_id};
+use super::convert::{counters_to_pb, ms_timestamp, run_status_filter, run_to_pb, timestamp_ms};
+use super::job_service::{job_resource, job_view, required_id};
 use super::read::page_size;
-use super::watch::{watch_runs, Position, PositionReached};
-use super::{principal, to_status, Api};
+use super::watch::{watch_runs, Position, PositionReached, Reader};
+use super::{to_status, Api};
 use crate::error::Error;
 use crate::proto as pb;
 use crate::proto::run_service_server::RunService;
-use crate::scheduler::{Command, Job, Response as CommandResponse, RunFilter, RunId, Schedule, State};
+use crate::scheduler::acl::{Permission, Resource, Subject};
+use crate::scheduler::{Command, Job, Response as CommandResponse, Run, RunFilter, RunId, Schedule, State};
 
 /// Fire times shown by `DescribeJob`.
 const DESCRIBE_NEXT_FIRES: usize = 10;
@@ -29,24 +30,14 @@ fn required_time(t: Option<pb::Timestamp>, field: &str) -> Result<i64, Status> {
 }
 
 /// The run a state machine reply carries.
-fn run_reply(reply: CommandResponse) -> Result<Response<pb::Run>, Status> {
-    match reply {
-        CommandResponse::Run(run) => Ok(Response::new(run_to_pb(&run))),
-        other => Err(Status::internal(format!(
-            "unexpected state machine reply {other:?}"
-        ))),
-    }
+/// The resource a run is, for permission checks: its job (owner as stored now).
+fn run_resource(state: &State, run: &Run) -> Resource {
+    let owner = state
+        .job(&run.job_id)
+        .map_or("", |j| j.spec.owner_service.as_str());
+    Resource::job(&run.job_id, owner)
 }
 
-/// `run_id` as stored, or `NOT_FOUND`.
-fn stored_run(state: &State, run_id: RunId) -> Result<Response<pb::Run>, Status> {
-    let run = state
-        .run(run_id)
-        .ok_or_else(|| to_status(Error::NotFound(format!("run {run_id} not found"))))?;
-    Ok(Response::new(run_to_pb(run)))
-}
-
-/// The next fire times `DescribeJob` shows for `job` (none while paused).
 fn next_fire_times(job: &Job) -> Vec<pb::Timestamp> {
     match (
         job.spec.paused,
@@ -69,17 +60,29 @@ fn next_fire_times(job: &Job) -> Vec<pb::Timestamp> {
 }
 
 /// `DescribeJob`'s answer for job `id`, from `state`.
-fn describe(state: &State, id: &str) -> Result<Response<pb::JobDescription>, Status> {
-    let job = state.job(id).ok_or_else(|| job_not_found(id))?;
+fn describe(state: &State, subject: &Subject, job: &Job) -> Result<Response<pb::JobDescription>, Status> {
+    let id = job.id.as_str();
     let mut recent: Vec<pb::Run> = state.job_runs(id).map(run_to_pb).collect();
     recent.reverse();
     recent.truncate(DESCRIBE_RECENT_RUNS);
     Ok(Response::new(pb::JobDescription {
-        job: Some(job_to_pb(job)),
+        job: Some(job_view(Some(subject), job)),
         next_fire_times: next_fire_times(job),
         recent_runs: recent,
         counters: Some(counters_to_pb(&state.counters(id).cloned().unwrap_or_default())),
     }))
+}
+
+impl Api {
+    /// The reply to a write that returns a run.
+    fn run_reply(reply: CommandResponse) -> Result<Response<pb::Run>, Status> {
+        match reply {
+            CommandResponse::Run(run) => Ok(Response::new(run_to_pb(&run))),
+            other => Err(Status::internal(format!(
+                "unexpected state machine reply {other:?}"
+            ))),
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -88,16 +91,11 @@ impl RunService for Api {
         &self,
         request: Request<pb::TriggerJobRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        self.observed("TriggerJob", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "TriggerJob");
+        self.observed(caller.method, async {
             let id = request.into_inner().id;
-            required_id(&id)?;
-            run_reply(
-                self.node
-                    .write(&principal, Command::TriggerJob { id })
-                    .await
-                    .map_err(to_status)?,
-            )
+            let command = required_id(&id).map(|_| Command::TriggerJob { id: id.clone() });
+            Self::run_reply(self.client_write(&caller, &id, "", command).await?)
         })
         .await
     }
@@ -106,8 +104,8 @@ impl RunService for Api {
         &self,
         request: Request<pb::BackfillJobRequest>,
     ) -> Result<Response<pb::BackfillJobResponse>, Status> {
-        self.observed("BackfillJob", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "BackfillJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
             let start_ms = required_time(req.start, "start")?;
@@ -115,6 +113,10 @@ impl RunService for Api {
             // Validate and list the times here, so a bad range never reaches the log.
             let times = self
                 .read(pb::ReadConsistency::Linearizable as i32, |state| {
+                    let resource = state
+                        .job(&req.id)
+                        .map_or_else(|| Resource::job(&req.id, ""), job_resource);
+                    self.authorize(&caller, state, Permission::JobTrigger, &resource)?;
                     state.backfill_times(&req.id, start_ms, end_ms).map_err(to_status)
                 })
                 .await?;
@@ -127,11 +129,11 @@ impl RunService for Api {
                 }));
             }
             let command = Command::Backfill {
-                id: req.id,
+                id: req.id.clone(),
                 start_ms,
                 end_ms,
             };
-            match self.node.write(&principal, command).await.map_err(to_status)? {
+            match self.client_write(&caller, &req.id, "", Ok(command)).await? {
                 CommandResponse::Fired { created, refused } => Ok(Response::new(pb::BackfillJobResponse {
                     nominal_times,
                     run_ids: created,
@@ -149,10 +151,15 @@ impl RunService for Api {
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::JobDescription>, Status> {
-        self.observed("DescribeJob", async {
+        let caller = self.caller(&request, "DescribeJob");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
-            self.read(req.consistency, |state| describe(state, &req.id)).await
+            self.read(req.consistency, |state| {
+                let (subject, job) = self.readable_job(&caller, state, &req.id)?;
+                describe(state, &subject, job)
+            })
+            .await
         })
         .await
     }
@@ -161,7 +168,8 @@ impl RunService for Api {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        self.observed("ListRuns", async {
+        let caller = self.caller(&request, "ListRuns");
+        self.observed(caller.method, async {
             let req = request.into_inner();
             let filter = RunFilter {
                 job_id: (!req.job_id.is_empty()).then_some(req.job_id),
@@ -178,9 +186,17 @@ impl RunService for Api {
                 ),
             };
             self.read(req.consistency, |state| {
+                let subject = self.authenticate(&caller, state, filter.job_id.as_deref().unwrap_or(""))?;
+                if !subject.holds(Permission::RunRead) {
+                    self.check(&caller, state, &subject, Permission::RunRead, &Resource::Cluster)?;
+                }
                 let (runs, next) = state.list_runs(&filter, after, page_size(req.page_size));
                 Ok(Response::new(pb::ListRunsResponse {
-                    runs: runs.iter().map(run_to_pb).collect(),
+                    runs: runs
+                        .iter()
+                        .filter(|run| subject.allows(Permission::RunRead, &run_resource(state, run)))
+                        .map(run_to_pb)
+                        .collect(),
                     next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
                 }))
             })
@@ -190,23 +206,30 @@ impl RunService for Api {
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
-        self.observed("GetRun", async {
+        let caller = self.caller(&request, "GetRun");
+        self.observed(caller.method, async {
             let req = request.into_inner();
-            self.read(req.consistency, |state| stored_run(state, req.id))
-                .await
+            self.read(req.consistency, |state| {
+                let run = state.run(req.id);
+                let resource = run.map_or_else(|| Resource::job("", ""), |r| run_resource(state, r));
+                self.authorize(&caller, state, Permission::RunRead, &resource)?;
+                let run =
+                    run.ok_or_else(|| to_status(Error::NotFound(format!("run {} not found", req.id))))?;
+                Ok(Response::new(run_to_pb(run)))
+            })
+            .await
         })
         .await
     }
 
     async fn cancel_run(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
-        self.observed("CancelRun", async {
-            let principal = principal(&request);
+        let caller = self.caller(&request, "CancelRun");
+        self.observed(caller.method, async {
             let run_id = request.into_inner().id;
-            run_reply(
-                self.node
-                    .write(&principal, Command::CancelRun { run_id })
-                    .await
-                    .map_err(to_status)?,
+            let resource = format!("run {run_id}");
+            Self::run_reply(
+                self.client_write(&caller, &resource, "", Ok(Command::CancelRun { run_id }))
+                    .await?,
             )
         })
         .await
@@ -218,15 +241,27 @@ impl RunService for Api {
         &self,
         request: Request<pb::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        self.observed("WatchRuns", async {
+        let caller = self.caller(&request, "WatchRuns");
+        self.observed(caller.method, async {
             let req = request.into_inner();
+            {
+                let state = self.node.state.read();
+                let subject = self.authenticate(&caller, &state, &req.job_id)?;
+                if !subject.holds(Permission::RunRead) {
+                    self.check(&caller, &state, &subject, Permission::RunRead, &Resource::Cluster)?;
+                }
+            }
             let job = (!req.job_id.is_empty()).then_some(req.job_id);
             let after = req.after.map(Position::from_pb);
             let ahead = after
                 .filter(|p| p.revision > self.node.applied_index())
                 .map(|p| -> PositionReached { Box::pin(self.node.applied_reached(p.revision)) });
+            let reader = Reader {
+                credential: caller.credential.clone(),
+            };
             Ok(Response::new(watch_runs(
                 self.node.state.clone(),
+                reader,
                 job,
                 after,
                 ahead,

@@ -48,6 +48,7 @@ use tonic::Status;
 use super::convert::run_to_pb;
 use crate::proto as pb;
 use crate::raft::state_machine::{RunFeed, StateHandle};
+use crate::scheduler::acl::{AclTables, Credential, Permission, Resource};
 use crate::scheduler::{Run, RunId, State};
 
 /// Runs read from the state per catch-up pass (the read lock is held that long).
@@ -124,6 +125,7 @@ pub type PositionReached = BoxFuture<'static, bool>;
 /// when `shutdown` fires, and the task ends when the client goes away.
 pub fn watch_runs(
     state: StateHandle,
+    reader: Reader,
     job: Option<String>,
     after: Option<Position>,
     ahead: Option<PositionReached>,
@@ -137,6 +139,7 @@ pub fn watch_runs(
             feed,
             last: after.unwrap_or_else(|| latest_position(&state.read())),
             state,
+            reader,
             job,
             tx: tx.clone(),
         };
@@ -151,9 +154,33 @@ pub fn watch_runs(
     ReceiverStream::new(rx)
 }
 
+/// The caller of a watch, checked again for every run sent: a revoked or
+/// expired credential ends the stream (`UNAUTHENTICATED`), and runs of jobs
+/// outside the caller's `run:read` scope are skipped.
+#[derive(Clone, Debug)]
+pub struct Reader {
+    /// The caller's credential.
+    pub credential: Credential,
+}
+
+impl Reader {
+    /// Whether the reader may see `run` now; an error ends the stream.
+    fn may_read(&self, state: &State, run: &Run) -> Result<bool, Status> {
+        let subject = state
+            .resolve(&self.credential, chrono::Utc::now().timestamp_millis())
+            .map_err(super::to_status)?;
+        let owner = state
+            .job(&run.job_id)
+            .map_or("", |j| j.spec.owner_service.as_str());
+        Ok(subject.allows(Permission::RunRead, &Resource::job(&run.job_id, owner)))
+    }
+}
+
 /// One watch's state.
 struct Watcher {
     state: StateHandle,
+    /// Who watches: each run is sent only if they may read it now.
+    reader: Reader,
     feed: broadcast::Receiver<RunFeed>,
     job: Option<String>,
     /// The position of the last event sent (or the start position).
@@ -226,6 +253,18 @@ impl Watcher {
 
     async fn send(&mut self, run: &Run) -> Result<(), Gone> {
         let position = Position::of(run);
+        let visible = self.reader.may_read(&self.state.read(), run);
+        match visible {
+            Ok(true) => {}
+            Ok(false) => {
+                self.last = position;
+                return Ok(());
+            }
+            Err(status) => {
+                let _ = self.tx.send(Err(status)).await;
+                return Err(Gone);
+            }
+        }
         let event = pb::RunEvent {
             run: Some(run_to_pb(run)),
             position: Some(position.to_pb()),

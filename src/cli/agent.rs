@@ -149,6 +149,8 @@ fn node_options(config: &AgentConfig) -> NodeOptions {
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
         dial_map: Arc::new(config.dial_map.clone()),
+        audit_retain: config.audit_retain,
+        auth_disabled: config.auth.disabled,
         #[cfg(feature = "chaos-break")]
         chaos_break: config.chaos_break,
     }
@@ -185,8 +187,10 @@ impl Services {
         {
             let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
             let registry = self.registry.clone();
+            let auth = config.auth;
             tasks.spawn(async move {
-                if let Err(e) = crate::api::serve(grpc, node, metrics, registry, shutdown.clone()).await {
+                if let Err(e) = crate::api::serve(grpc, node, metrics, registry, auth, shutdown.clone()).await
+                {
                     tracing::error!("gRPC server failed: {e}");
                     shutdown.cancel();
                 }

@@ -1,4 +1,10 @@
-//! The client side of the CLI: which node to talk to, and how to print.
+//! The client side of the CLI: which node to talk to, as whom, and how to print.
+//!
+//! Credentials: `--token` (or `KAIROS_TOKEN`), else the secret in
+//! `--token-file` (or `KAIROS_TOKEN_FILE`), else — when talking to the
+//! `kairos dev` endpoints (the default `--endpoints`) — the root token
+//! `kairos dev` wrote to [`DEV_TOKEN_FILE`]. The secret travels as
+//! `authorization: Bearer <secret>` on every call.
 //!
 //! [`Client::call`] tries the endpoints in order. A node that cannot be reached,
 //! or that answers `UNAVAILABLE`, is skipped; if its answer names the leader
@@ -12,7 +18,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::DEV_ENDPOINTS;
-use crate::api::{LEADER_HEADER, PRINCIPAL_HEADER};
+use crate::api::auth::AUTHORIZATION_HEADER;
+use crate::api::LEADER_HEADER;
+
+/// Where `kairos dev` writes the root token's secret (mode 0600), relative
+/// to the directory it runs in.
+pub const DEV_TOKEN_FILE: &str = "kairos-data/root.token";
 
 /// Flags shared by every client command.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,9 +37,31 @@ pub struct ClientArgs {
     /// Give up on a request after this long (e.g. 10s, 1m).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,
-    /// Who you are, recorded as created_by / updated_by.
-    #[arg(long, env = "KAIROS_PRINCIPAL", global = true)]
-    pub principal: Option<String>,
+    /// The secret of a token (`kairos acl token create` prints one).
+    #[arg(long, env = "KAIROS_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding a token's secret (e.g. ./kairos-data/root.token).
+    #[arg(long, env = "KAIROS_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// The token secret to send, if any (see the module docs).
+    pub fn secret(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = self.token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            return Ok(Some(token.to_string()));
+        }
+        let (path, given) = match &self.token_file {
+            Some(path) => (path.clone(), true),
+            None if self.endpoints == DEV_ENDPOINTS => (std::path::PathBuf::from(DEV_TOKEN_FILE), false),
+            None => return Ok(None),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty())),
+            Err(e) if given => anyhow::bail!("--token-file {}: {e}", path.display()),
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 /// How results are printed.
@@ -44,7 +77,8 @@ pub enum Output {
 pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
-    principal: String,
+    /// `Bearer <secret>`, when a token was given.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Client {
@@ -60,30 +94,33 @@ impl Client {
         if endpoints.is_empty() {
             anyhow::bail!("--endpoints: no address given");
         }
-        let principal = args
-            .principal
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "anonymous".into());
+        let authorization = match args.secret()? {
+            Some(secret) => Some(
+                format!("Bearer {secret}")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--token: not a valid token secret"))?,
+            ),
+            None => None,
+        };
         Ok(Client {
             endpoints,
             timeout: args.timeout,
-            principal,
+            authorization,
         })
     }
 
-    /// Wraps a message in a request carrying the principal and deadline.
+    /// Wraps a message in a request carrying the credential and deadline.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = self.stream_request(message);
         request.set_timeout(self.timeout);
         request
     }
 
-    /// A request for a long-lived stream: the principal, but no deadline.
+    /// A request for a long-lived stream: the credential, but no deadline.
     pub fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        if let Ok(value) = self.principal.parse() {
-            request.metadata_mut().insert(PRINCIPAL_HEADER, value);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert(AUTHORIZATION_HEADER, value.clone());
         }
         request
     }

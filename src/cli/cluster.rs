@@ -69,15 +69,34 @@ fn print_status(status: &pb::ClusterStatus) {
                 num(n.applied_index),
                 num(n.last_log_index),
                 num(n.snapshot_index),
+                if unreachable {
+                    "-".into()
+                } else if n.auth_disabled {
+                    "OFF".into()
+                } else {
+                    "on".into()
+                },
             ]
         })
         .collect();
     output::table(
         &[
-            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT",
+            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "AUTH",
         ],
         &rows,
     );
+    let insecure: Vec<String> = status
+        .nodes
+        .iter()
+        .filter(|n| n.auth_disabled)
+        .map(|n| n.id.to_string())
+        .collect();
+    if !insecure.is_empty() {
+        output::outln!(
+            "warning: node(s) {} run with --insecure-disable-auth: anyone who reaches them may do anything",
+            insecure.join(", ")
+        );
+    }
 }
 
 /// Runs a `kairos cluster` command.

@@ -55,6 +55,8 @@ const RESTART_PAUSE: Duration = Duration::from_millis(500);
 const QUICK_EXIT: Duration = Duration::from_secs(10);
 /// Failed starts in a row after which a node is given up.
 const MAX_QUICK_EXITS: u32 = 3;
+/// The file (in the data directory) holding the root token's secret.
+const ROOT_TOKEN_FILE: &str = "root.token";
 /// The name of the resolved binary in the data directory.
 const AGENT_BINARY: &str = "kairos-agent";
 
@@ -122,6 +124,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
     }
     if !shutdown.is_cancelled() {
+        bootstrap(&nodes, &args.data_dir).await?;
         print_tour(&nodes, args.base_port);
     }
     supervise(&mut nodes, &shutdown).await;
@@ -196,6 +199,44 @@ async fn wait_ready(nodes: &[DevNode]) -> anyhow::Result<()> {
         process.wait_ready(&probe, left).await?;
     }
     Ok(())
+}
+
+/// Bootstraps the ACL of a new cluster and writes the root token's secret
+/// to `<data_dir>/root.token` (mode 0600), where the CLI finds it; a
+/// cluster bootstrapped before keeps its file.
+async fn bootstrap(nodes: &[DevNode], data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join(ROOT_TOKEN_FILE);
+    if path.is_file() {
+        return Ok(());
+    }
+    let endpoints: Vec<_> = nodes.iter().map(|n| n.launch.agent.grpc_addr).collect();
+    match crate::launcher::bootstrap_root_token(&endpoints, READY_TIMEOUT).await {
+        Ok(token) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("create {}", path.display()))?;
+            writeln!(file, "{}", token.secret).with_context(|| format!("write {}", path.display()))?;
+            progressln!(
+                "Bootstrapped the ACL: the root token is in {} (mode 0600).",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(crate::error::Error::FailedPrecondition(_)) => {
+            errln(&format!(
+                "the cluster in {} was bootstrapped before but {} is missing: use a token you kept (--token)",
+                data_dir.display(),
+                path.display()
+            ));
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("bootstrap the ACL: {e}")),
+    }
 }
 
 /// Restarts nodes that exit until `shutdown` is cancelled.

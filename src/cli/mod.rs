@@ -4,11 +4,14 @@
 //! - `dev`: run a local three-node cluster as child processes ([`dev`]).
 //! - `job`, `run`, `cluster`: gRPC clients ([`job`], [`run`], [`cluster`]) that try the
 //!   `--endpoints` in turn and follow a leader hint.
+//! - `acl`, `audit`: access control and the audit log ([`acl`], [`audit`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
 
+pub mod acl;
 pub mod agent;
+pub mod audit;
 pub mod client;
 pub mod cluster;
 pub mod cron;
@@ -51,6 +54,10 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Evaluate cron expressions.
     Cron(cron::CronCommand),
+    /// Access control: bootstrap, roles, tokens, certificate bindings.
+    Acl(acl::AclCommand),
+    /// Read, export and verify the audit log.
+    Audit(audit::AuditCommand),
     /// Internal diagnostics (used by the durability test).
     #[command(hide = true)]
     Debug(agent::DebugCommand),
@@ -65,6 +72,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(cmd) => run::run(cmd, &cli.client).await,
         Command::Cluster(cmd) => cluster::run(cmd, &cli.client).await,
         Command::Cron(cmd) => cron::run(cmd),
+        Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
+        Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,
     }
 }

@@ -81,6 +81,7 @@ mod http;
 mod noop;
 #[cfg(feature = "test-handlers")]
 pub mod panic;
+pub mod secrets;
 mod sleep;
 mod support;
 #[cfg(test)]

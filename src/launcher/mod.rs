@@ -1,6 +1,9 @@
 //! Starting `kairos agent` processes: the one launcher behind `kairos dev`,
 //! the test harness (`kairos-testkit`) and the chaos harness's process runtime.
 //!
+//! Once the nodes are ready, [`bootstrap_root_token`] creates the cluster's
+//! root token (`acl bootstrap`).
+//!
 //! Three steps, each usable alone:
 //!
 //! 1. [`AgentSpec`] describes one node — id, data directory, gRPC, HTTP and
@@ -30,6 +33,7 @@
 //! * Ports are the caller's business: a launcher that picks free ports does
 //!   so before the node binds them (see `kairos-testkit`'s port picker).
 
+mod bootstrap;
 mod probe;
 mod process;
 
@@ -42,6 +46,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use bootstrap::bootstrap_root_token;
 pub use probe::HttpProbe;
 pub use process::{ChildProcess, Stopped};
 

@@ -38,6 +38,7 @@ pub mod durability;
 pub mod legacy;
 pub mod log_store;
 pub mod network;
+pub mod offline;
 pub mod proposer;
 pub mod snapshot_file;
 pub mod snapshot_policy;

@@ -132,6 +132,8 @@ pub struct StateMachineStore {
     membership: Membership,
     /// Counter making snapshot ids unique within this process.
     snapshot_seq: u64,
+    /// Audit entries each state this store makes keeps (`--audit-retain`).
+    audit_retain: u64,
     /// Changes applied since the last snapshot was built ([`crate::scheduler::Request::weight`]
     /// of each entry; see [`crate::node`]'s snapshot trigger).
     changes_since_snapshot: Arc<AtomicU64>,
@@ -155,6 +157,7 @@ impl StateMachineStore {
             last_applied: None,
             membership: Membership::default(),
             snapshot_seq: 0,
+            audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
             changes_since_snapshot: Arc::default(),
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
@@ -171,6 +174,14 @@ impl StateMachineStore {
     pub fn with_chaos_break(mut self, chaos_break: Option<crate::chaos_break::ChaosBreak>) -> Self {
         self.chaos_break = chaos_break;
         self.state.write().set_chaos_break(chaos_break);
+        self
+    }
+
+    /// This store, keeping at most `retain` audit entries, now and in every
+    /// state it loads later (a local setting, see `scheduler::audit`).
+    pub fn with_audit_retain(mut self, retain: u64) -> Self {
+        self.audit_retain = retain;
+        self.state.write().set_audit_retain(retain);
         self
     }
 
@@ -213,6 +224,7 @@ impl StateMachineStore {
         {
             let mut current = self.state.write();
             *current = state;
+            current.set_audit_retain(self.audit_retain);
             #[cfg(feature = "chaos-break")]
             current.set_chaos_break(self.chaos_break);
         }

@@ -9,13 +9,20 @@ use std::time::Duration;
 
 use kairos::launcher::{AgentSpec, HttpProbe, Launch, NodeProcess};
 use kairos::proto as pb;
+use std::sync::OnceLock;
+
+use kairos::proto::acl_service_client::AclServiceClient;
+use kairos::proto::audit_service_client::AuditServiceClient;
 use kairos::proto::cluster_service_client::ClusterServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
+use kairos::proto::run_service_client::RunServiceClient;
 use tempfile::TempDir;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
-use crate::{free_port, kairos_bin};
+use crate::{authed, free_port, kairos_bin, Authed, Bearer};
+
+/// How long bootstrapping the ACL may wait for a leader.
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`TestCluster::stop`] waits for a node to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -75,6 +82,8 @@ pub struct TestCluster {
     node_args: Vec<(u64, String)>,
     /// Asks the nodes' `/readyz`.
     probe: HttpProbe,
+    /// The root token's secret, once the ACL is bootstrapped.
+    root_token: OnceLock<String>,
 }
 
 impl TestCluster {
@@ -95,6 +104,7 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             probe: HttpProbe::new().expect("an HTTP client"),
+            root_token: OnceLock::new(),
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -191,8 +201,61 @@ impl TestCluster {
             .collect()
     }
 
-    /// Waits until every running node answers `/readyz` with 200.
+    /// Bootstraps the cluster's ACL (once; later calls return at once)
+    /// and returns the root token's secret.
+    pub async fn bootstrap(&self) -> &str {
+        if let Some(token) = self.root_token.get() {
+            return token;
+        }
+        let endpoints: Vec<SocketAddr> = self
+            .running()
+            .iter()
+            .map(|id| self.node(*id).grpc.parse().expect("a loopback ip:port"))
+            .collect();
+        let token = kairos::launcher::bootstrap_root_token(&endpoints, BOOTSTRAP_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("bootstrap the ACL: {e}"));
+        self.root_token.get_or_init(|| token.secret)
+    }
+
+    /// The root token's secret (after [`TestCluster::wait_ready`],
+    /// [`TestCluster::wait_leader`] or [`TestCluster::bootstrap`]).
+    pub fn token(&self) -> &str {
+        self.root_token
+            .get()
+            .expect("the ACL is bootstrapped by wait_ready, wait_leader or bootstrap")
+    }
+
+    /// A channel to node `id` carrying the root token.
+    pub fn channel(&self, id: u64) -> Authed {
+        authed(&self.node(id).grpc, Bearer::new(self.token()))
+    }
+
+    /// A channel to node `id` carrying `bearer`.
+    pub fn channel_as(&self, id: u64, bearer: Bearer) -> Authed {
+        authed(&self.node(id).grpc, bearer)
+    }
+
+    /// `kairos` with `--endpoints` of every node and the root token in
+    /// `KAIROS_TOKEN`, ready for its arguments.
+    pub fn cli(&self) -> std::process::Command {
+        let endpoints: Vec<&str> = self.nodes.iter().map(|n| n.grpc.as_str()).collect();
+        let mut command = std::process::Command::new(kairos_bin());
+        command
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .env("KAIROS_TOKEN", self.token());
+        command
+    }
+
+    /// Waits until every running node answers `/readyz` with 200, then
+    /// bootstraps the ACL if that was not done yet.
     pub async fn wait_ready(&self, timeout: Duration) {
+        self.wait_ready_only(timeout).await;
+        self.bootstrap().await;
+    }
+
+    /// Waits until every running node answers `/readyz` with 200.
+    async fn wait_ready_only(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             let process = node.process.as_ref().expect("running");
@@ -211,16 +274,29 @@ impl TestCluster {
         std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
     }
 
-    pub async fn jobs(&self, id: u64) -> JobServiceClient<Channel> {
-        JobServiceClient::connect(format!("http://{}", self.node(id).grpc))
-            .await
-            .unwrap()
+    /// A `JobService` client of node `id` with the root token.
+    pub async fn jobs(&self, id: u64) -> JobServiceClient<Authed> {
+        JobServiceClient::new(self.channel(id))
     }
 
-    pub async fn cluster_client(&self, id: u64) -> ClusterServiceClient<Channel> {
-        ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc))
-            .await
-            .unwrap()
+    /// A `RunService` client of node `id` with the root token.
+    pub async fn runs(&self, id: u64) -> RunServiceClient<Authed> {
+        RunServiceClient::new(self.channel(id))
+    }
+
+    /// A `ClusterService` client of node `id` with the root token.
+    pub async fn cluster_client(&self, id: u64) -> ClusterServiceClient<Authed> {
+        ClusterServiceClient::new(self.channel(id))
+    }
+
+    /// An `AclService` client of node `id` with the root token.
+    pub fn acl(&self, id: u64) -> AclServiceClient<Authed> {
+        AclServiceClient::new(self.channel(id))
+    }
+
+    /// An `AuditService` client of node `id` with the root token.
+    pub fn audit(&self, id: u64) -> AuditServiceClient<Authed> {
+        AuditServiceClient::new(self.channel(id))
     }
 
     /// Cluster status as node `id` sees it.
@@ -233,17 +309,17 @@ impl TestCluster {
             .into_inner()
     }
 
-    /// Waits until every running node agrees on one leader that is running, and returns it.
+    /// Waits until every running node agrees on one leader that is running,
+    /// and returns it (bootstrapping the ACL first if that was not done yet).
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
+        self.bootstrap().await;
         loop {
             let mut seen = BTreeSet::new();
             for id in self.running() {
-                match ClusterServiceClient::connect(format!("http://{}", self.node(id).grpc)).await {
-                    Ok(mut c) => match c.status(pb::ClusterStatusRequest::default()).await {
-                        Ok(s) => seen.insert(s.into_inner().leader_id),
-                        Err(_) => seen.insert(0),
-                    },
+                let mut client = ClusterServiceClient::new(self.channel(id));
+                match client.status(pb::ClusterStatusRequest::default()).await {
+                    Ok(s) => seen.insert(s.into_inner().leader_id),
                     Err(_) => seen.insert(0),
                 };
             }

@@ -5,6 +5,9 @@
 //!   loopback ports, each with its own temporary data directory, started
 //!   through [`kairos::launcher`] and killed when the cluster is dropped (their
 //!   logs and data kept when the test is failing).
+//! - [`Bearer`], [`authed`]: clients carrying a token. Every test cluster
+//!   runs with authentication on; [`TestCluster::wait_ready`] bootstraps its
+//!   ACL and [`TestCluster::token`] is the root token's secret.
 //! - [`free_port`]: loopback ports for a node to bind later.
 //! - [`http_get`]: a node's HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
@@ -26,6 +29,7 @@
 //!   harness's methods suit `#[tokio::test(flavor = "multi_thread")]` tests,
 //!   whose other worker keeps the runtime going meanwhile.
 
+mod auth;
 mod cluster;
 mod jobs;
 mod ports;
@@ -33,6 +37,7 @@ mod recorder;
 
 use std::path::PathBuf;
 
+pub use auth::{authed, Authed, Bearer};
 pub use cluster::{TestCluster, TestNode};
 pub use jobs::{create, job};
 pub use ports::free_port;
