@@ -32,6 +32,7 @@ use tonic::{Request, Status};
 use super::audit_recorder::AuditRecorder;
 use super::{to_status, Api};
 use crate::error::Error;
+use crate::node::Consistency;
 use crate::scheduler::acl::{secret_hash, AclTables, Credential, Permission, Resource, Subject};
 use crate::scheduler::audit::{AuditKind, AuditRecord};
 use crate::scheduler::{CallContext, Command, Response as CommandResponse, State};
@@ -97,8 +98,11 @@ fn trace_id(traceparent: &str) -> Option<String> {
 }
 
 impl Api {
-    /// Names the caller of `request` (see the module docs).
-    pub(super) fn caller<T>(&self, request: &Request<T>, method: &'static str) -> Caller {
+    /// Names the caller of `request` (see the module docs). A token this
+    /// node does not know yet — created a moment ago through another node —
+    /// is looked up again after a linearizable read barrier, so a token
+    /// works on every node as soon as its creation was acknowledged.
+    pub(super) async fn caller<T>(&self, request: &Request<T>, method: &'static str) -> Caller {
         let metadata = request.metadata();
         let source = request
             .remote_addr()
@@ -124,12 +128,12 @@ impl Api {
             match value.to_str().ok().and_then(bearer) {
                 Some(secret) => {
                     let hash = secret_hash(secret);
-                    match self.node.state.read().token_by_secret_hash(&hash) {
-                        Some(token) => {
-                            caller.credential = Credential::Token {
-                                accessor_id: token.accessor_id.clone(),
-                            }
-                        }
+                    let mut accessor = self.token_accessor(&hash);
+                    if accessor.is_none() && self.node.read_barrier(Consistency::Linearizable).await.is_ok() {
+                        accessor = self.token_accessor(&hash);
+                    }
+                    match accessor {
+                        Some(accessor_id) => caller.credential = Credential::Token { accessor_id },
                         None => caller.rejected = Some("the bearer token is invalid or revoked".into()),
                     }
                 }
@@ -141,6 +145,13 @@ impl Api {
             caller.credential = Credential::Certificate { subject };
         }
         caller
+    }
+
+    /// The accessor id of the token whose secret hashes to `hash`, in this
+    /// node's applied state.
+    fn token_accessor(&self, hash: &[u8; 32]) -> Option<String> {
+        let state = self.node.state.read();
+        state.token_by_secret_hash(hash).map(|t| t.accessor_id.clone())
     }
 
     /// Who the caller is; a refusal is recorded and answered `UNAUTHENTICATED`.

@@ -176,6 +176,13 @@ impl State {
         &self.audit
     }
 
+    /// Changes a stored audit entry without fixing the chain (tests of
+    /// tamper detection only).
+    #[doc(hidden)]
+    pub fn tamper_audit(&mut self, seq: u64, f: impl FnOnce(&mut crate::scheduler::audit::AuditEntry)) {
+        self.audit.tamper(seq, f);
+    }
+
     /// Sets how many audit entries this replica keeps (a local setting).
     pub fn set_audit_retain(&mut self, retain: u64) {
         self.audit_retain = retain;
