@@ -70,6 +70,8 @@ mod attempts_tests;
 #[cfg(test)]
 mod runs_tests;
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
