@@ -546,7 +546,7 @@ mod tests {
                 .await
                 .unwrap();
             for key in [log_key(1), log_key(2)] {
-                let mut v3 = log.log.get(&key).unwrap().unwrap().to_vec();
+                let mut v3 = log.log.get(key).unwrap().unwrap().to_vec();
                 v3[2..4].copy_from_slice(&3u16.to_le_bytes());
                 log.log.insert(key, v3).unwrap();
             }
