@@ -510,6 +510,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
         snapshot_index: 100,
         purged_index: 90,
         cluster_addr: "127.0.0.1:7302".into(),
+        grpc_addr: "127.0.0.1:7102".into(),
     };
     goldens.check("node-report", &report);
     let item = WorkItem {

@@ -1,5 +1,8 @@
-//! The gRPC face of a node: `JobService`, `RunService`, `ClusterService` and
-//! the peer `RaftService`, all on `--grpc-addr`.
+//! The gRPC face of a node: `JobService`, `RunService` and `ClusterService`
+//! on the client listener (`--grpc-addr`, plain or TLS: [`serve`]); the peer
+//! `RaftService` on the peer listener only (`--peer-addr`:
+//! [`raft_service::serve_peers`]). A `RaftService` call on the client
+//! listener is answered `UNIMPLEMENTED`.
 //!
 //! Handlers convert protobuf to domain types ([`convert`]), validate, and call
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
@@ -39,9 +43,8 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::proto::cluster_service_server::ClusterServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
-use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
-use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use crate::transport::{authenticated_incoming, TlsHandshake};
 use wire_errors::WireErrorsLayer;
 
 /// Largest accepted request to `JobService`, `RunService` and
@@ -52,9 +55,12 @@ pub const PRINCIPAL_HEADER: &str = "x-kairos-principal";
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`.
 pub const LEADER_HEADER: &str = "x-kairos-leader";
 
-/// Serves all gRPC services on `listener` until `shutdown` is cancelled.
+/// Serves the client services on `listener` until `shutdown` is cancelled:
+/// over TLS with `tls` (`--tls-cert`; see [`crate::tls::api_server_config`]),
+/// else plain.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -62,12 +68,12 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let wire_errors = WireErrorsLayer::new(metrics.clone());
     let api = Api {
-        node: node.clone(),
+        node,
         metrics,
         registry,
         shutdown: shutdown.clone(),
     };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(wire_errors)
         .add_service(
@@ -76,20 +82,33 @@ pub async fn serve(
                 .max_encoding_message_size(MAX_API_MESSAGE_BYTES),
         )
         .add_service(RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(ClusterServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(
-            RaftServiceServer::new(raft_service::PeerApi { node })
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-        )
-        // Accepted sockets need TCP_NODELAY themselves (the builder's setting
-        // only covers listeners tonic binds): without it a reply split over
-        // two writes waits for the peer's delayed ACK, ~40 ms per request.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await
+        .add_service(ClusterServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
+    // Accepted sockets need TCP_NODELAY themselves (the builder's setting
+    // only covers listeners tonic binds): without it a reply split over
+    // two writes waits for the peer's delayed ACK, ~40 ms per request.
+    // The TLS incoming sets it too, and handshakes each connection in a
+    // task of its own.
+    match tls {
+        Some(config) => {
+            let incoming = authenticated_incoming(
+                listener,
+                TlsHandshake::new(config),
+                "client API",
+                shutdown.clone(),
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+        }
+    }
 }
 
 /// State shared by the public services.

@@ -4,11 +4,18 @@
 //! or that answers `UNAVAILABLE`, is skipped; if its answer names the leader
 //! (`x-kairos-leader`), the leader is tried next. Every other status is final:
 //! a validation error from one node would be the same from any other.
+//!
+//! TLS: with `--tls-ca` the client speaks TLS (https) and verifies each node's
+//! certificate against that CA and the host of the endpoint's address; with
+//! `--tls-cert` and `--tls-key` as well it presents a client certificate.
+//! The files are read once, by [`Client::new`].
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use anyhow::Context;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use super::DEV_ENDPOINTS;
@@ -29,6 +36,40 @@ pub struct ClientArgs {
     /// Who you are, recorded as created_by / updated_by.
     #[arg(long, env = "KAIROS_PRINCIPAL", global = true)]
     pub principal: Option<String>,
+    /// CA certificate (PEM) that signs the nodes' API certificates: talk TLS and verify them.
+    #[arg(long, env = "KAIROS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present over TLS (with --tls-key and --tls-ca).
+    #[arg(long, env = "KAIROS_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "KAIROS_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The client's TLS settings from `--tls-ca`, `--tls-cert` and `--tls-key`.
+fn client_tls(args: &ClientArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("--{flag} {}", path.display()))
+    };
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read("tls-cert", cert)?, read("tls-key", key)?)),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-key: required with --tls-cert"),
+        (None, Some(_)) => anyhow::bail!("--tls-cert: required with --tls-key"),
+    };
+    let Some(ca) = &args.tls_ca else {
+        anyhow::ensure!(
+            identity.is_none(),
+            "--tls-ca: required with --tls-cert (the CA that signs the nodes' certificates)"
+        );
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("tls-ca", ca)?));
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
 }
 
 /// How results are printed.
@@ -45,6 +86,8 @@ pub struct Client {
     endpoints: Vec<String>,
     timeout: Duration,
     principal: String,
+    /// TLS settings, with `--tls-ca`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Client {
@@ -69,6 +112,7 @@ impl Client {
             endpoints,
             timeout: args.timeout,
             principal,
+            tls: client_tls(args)?,
         })
     }
 
@@ -98,12 +142,30 @@ impl Client {
         &self.endpoints
     }
 
-    /// A lazily connecting channel to `addr`.
-    pub fn channel(addr: &str) -> Result<Channel, Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}")))?
+    /// A lazily connecting channel to `addr`: https with `--tls-ca`, else http.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let bad = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}"));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+        }
         Ok(endpoint.connect_lazy())
+    }
+
+    /// `status` from a failed call to `addr`, with a hint when the failure
+    /// looks like plain text meeting a TLS listener.
+    fn unreachable(&self, addr: &str, status: &Status) -> Status {
+        let mut message = format!("{addr}: {}", status.message());
+        if self.tls.is_none()
+            && status.metadata().get(LEADER_HEADER).is_none()
+            && is_transport_failure(status)
+        {
+            message.push_str(" (if the node serves TLS, give --tls-ca)");
+        }
+        Status::unavailable(message)
     }
 
     /// Sends `message` through `rpc` (a generated client method wrapped in a
@@ -132,19 +194,24 @@ impl Client {
                 continue;
             }
             tried.push(addr.clone());
-            match f(Self::channel(&addr)?).await {
+            match f(self.channel(&addr)?).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if status.code() == Code::Unavailable => {
                     if let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
                         queue.insert(0, leader.to_string());
                     }
-                    last_error = Status::unavailable(format!("{addr}: {}", status.message()));
+                    last_error = self.unreachable(&addr, &status);
                 }
                 Err(status) => return Err(status),
             }
         }
         Err(last_error)
     }
+}
+
+/// Whether `status` comes from the connection rather than from a node's answer.
+fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some() || status.message().contains("transport error")
 }
 
 /// One line describing a failed call: the status code and message.

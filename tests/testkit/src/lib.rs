@@ -10,6 +10,7 @@
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
 //! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections.
 //! - [`kairos_bin`]: the binary under test.
+//! - [`TestPki`]: certificate authorities and certificates made at test time.
 //!
 //! The tests' `kairos` binary has the test-only `panic` job type: kairos's
 //! dev-dependency on this crate turns on its `test-handlers` feature, which
@@ -26,6 +27,7 @@
 //!   harness's methods suit `#[tokio::test(flavor = "multi_thread")]` tests,
 //!   whose other worker keeps the runtime going meanwhile.
 
+mod certs;
 mod cluster;
 mod jobs;
 mod ports;
@@ -33,7 +35,8 @@ mod recorder;
 
 use std::path::PathBuf;
 
-pub use cluster::{TestCluster, TestNode};
+pub use certs::{IssuedCert, TestPki};
+pub use cluster::{TestCluster, TestNode, TEST_COOKIE};
 pub use jobs::{create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};
