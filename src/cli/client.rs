@@ -1,7 +1,8 @@
 //! The client side of the CLI: which node to talk to, and how to print.
 //!
-//! [`Client::call`] tries the endpoints in order. A node that cannot be reached,
-//! or that answers `UNAVAILABLE`, is skipped; if its answer names the leader
+//! [`Client::call`] tries the endpoints in order. A node that cannot be reached
+//! (the connection failed, whatever status tonic gives that), or that answers
+//! `UNAVAILABLE`, is skipped; if its answer names the leader
 //! (`x-kairos-leader`), the leader is tried next. Every other status is final:
 //! a validation error from one node would be the same from any other.
 //!
@@ -155,14 +156,12 @@ impl Client {
         Ok(endpoint.connect_lazy())
     }
 
-    /// `status` from a failed call to `addr`, with a hint when the failure
-    /// looks like plain text meeting a TLS listener.
+    /// `status` from a failed call to `addr` as `UNAVAILABLE`, with the
+    /// connection's errors and, when plain text may have met a TLS listener,
+    /// a hint.
     fn unreachable(&self, addr: &str, status: &Status) -> Status {
-        let mut message = format!("{addr}: {}", status.message());
-        if self.tls.is_none()
-            && status.metadata().get(LEADER_HEADER).is_none()
-            && is_transport_failure(status)
-        {
+        let mut message = format!("{addr}: {}", with_causes(status));
+        if self.tls.is_none() && is_transport_failure(status) {
             message.push_str(" (if the node serves TLS, give --tls-ca)");
         }
         Status::unavailable(message)
@@ -196,7 +195,7 @@ impl Client {
             tried.push(addr.clone());
             match f(self.channel(&addr)?).await {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if status.code() == Code::Unavailable || is_transport_failure(&status) => {
                     if let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
                         queue.insert(0, leader.to_string());
                     }
@@ -209,9 +208,26 @@ impl Client {
     }
 }
 
-/// Whether `status` comes from the connection rather than from a node's answer.
+/// Whether `status` comes from the connection (tonic attaches the error
+/// under it) rather than from a node's answer (decoded from the reply).
 fn is_transport_failure(status: &Status) -> bool {
-    std::error::Error::source(status).is_some() || status.message().contains("transport error")
+    std::error::Error::source(status).is_some()
+}
+
+/// A status's message and the errors under it, e.g. "transport error: ...:
+/// invalid peer certificate: UnknownIssuer".
+fn with_causes(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// One line describing a failed call: the status code and message.

@@ -98,7 +98,9 @@ impl PeerSecurity {
 pub trait ServerHandshake: Clone + Send + Sync + 'static {
     /// The authenticated connection handed to the gRPC server.
     type Io: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static;
-    /// Authenticates `stream` (bounded in time by the implementation).
+    /// Authenticates `stream` (bounded in time by the implementation). An
+    /// error of kind `ConnectionAborted` means the client went away; any
+    /// other is a refusal, logged as such.
     fn accept(&self, stream: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
@@ -110,9 +112,13 @@ impl ServerHandshake for SecretHandshake {
     type Io = TcpStream;
 
     async fn accept(&self, mut stream: TcpStream) -> io::Result<TcpStream> {
-        handshake::accept(&mut stream, &self.0)
-            .await
-            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        handshake::accept(&mut stream, &self.0).await.map_err(|e| {
+            let kind = match e {
+                handshake::HandshakeError::Io(_) => io::ErrorKind::ConnectionAborted,
+                _ => io::ErrorKind::PermissionDenied,
+            };
+            io::Error::new(kind, e)
+        })?;
         Ok(stream)
     }
 }
@@ -135,6 +141,15 @@ impl ServerHandshake for TlsHandshake {
         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, self.0.accept(stream))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake within the timeout"))?
+            .map_err(|e| {
+                let kind = match e.kind() {
+                    io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe => io::ErrorKind::ConnectionAborted,
+                    _ => io::ErrorKind::PermissionDenied,
+                };
+                io::Error::new(kind, format!("TLS handshake failed: {e}"))
+            })
     }
 }
 
@@ -192,6 +207,11 @@ async fn accept_loop<H: ServerHandshake>(
             match handshake.accept(stream).await {
                 Ok(io) => {
                     let _ = ready.send(Ok(io)).await;
+                }
+                // The client went away mid-handshake (e.g. its own connect
+                // timeout): nothing was refused.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    tracing::debug!(listener = what, %remote, "connection closed during the handshake: {e}")
                 }
                 Err(e) => tracing::warn!(listener = what, %remote, "connection refused: {e}"),
             }
@@ -330,7 +350,9 @@ mod tests {
             Arc::default(),
             Arc::new(PeerSecurity::ClusterSecret(secret("another-secret-16"))),
         );
-        let err = connector.connect().await.err().expect("refused");
+        let Err(err) = connector.connect().await else {
+            panic!("refused")
+        };
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(
             err.to_string().starts_with(&format!("peer {addr} refused: ")),
