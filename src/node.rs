@@ -827,6 +827,47 @@ fn status_with_causes(status: &tonic::Status) -> String {
 mod tests {
     use super::*;
 
+    /// A leader hint leaves the node as the leader's client address, or not
+    /// at all: never as a peer address.
+    #[tokio::test]
+    async fn leader_hints_for_clients_name_client_addresses_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = NodeOptions {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: "127.0.0.1:7401".into(),
+            client_addr: "127.0.0.1:7101".into(),
+            initial_cluster: BTreeMap::new(),
+            tuning: RaftTuning::default(),
+            cluster_addr: "127.0.0.1:7301".into(),
+            dial_map: Arc::default(),
+            peer_security: Arc::new(PeerSecurity::ClusterSecret(
+                crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap(),
+            )),
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
+        };
+        let node = Node::start(&options, CancellationToken::new()).await.unwrap();
+        let hint = |leader: &str| match node.for_clients(Error::Unavailable {
+            message: "not the leader".into(),
+            leader: Some(leader.into()),
+        }) {
+            Error::Unavailable { leader, .. } => leader,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hint("127.0.0.1:7401").as_deref(), Some("127.0.0.1:7101"));
+        assert_eq!(hint("127.0.0.1:7402"), None, "an unknown peer's hint is dropped");
+        let report = NodeReport {
+            id: 2,
+            grpc_addr: "127.0.0.1:7102".into(),
+            ..NodeReport::default()
+        };
+        node.learn_client_addr("127.0.0.1:7402", &report);
+        assert_eq!(hint("127.0.0.1:7402").as_deref(), Some("127.0.0.1:7102"));
+        assert_eq!(node.report().grpc_addr, "127.0.0.1:7101");
+        node.shutdown().await;
+    }
+
     /// A write that waits for a leader ends when the node shuts down, with
     /// an answer that says so, instead of holding the node for the rest of
     /// [`ROUTE_TIMEOUT`] and then answering "no leader".

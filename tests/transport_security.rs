@@ -139,6 +139,16 @@ async fn a_forged_append_entries_changes_no_term_leader_or_log() {
     cluster.wait_ready(READY).await;
     let leader = cluster.wait_leader(READY).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
+    // Clients are told client addresses; the membership holds peer addresses.
+    for row in cluster.status(follower).await.nodes {
+        let node = cluster.node(row.id);
+        assert_eq!(
+            (&row.grpc_addr, &row.peer_addr),
+            (&node.grpc, &node.peer),
+            "node {}",
+            row.id
+        );
+    }
     let before = raft_views(&cluster).await;
     let follower_last = before[&follower].2;
 
@@ -287,11 +297,11 @@ async fn a_cluster_with_peer_mtls_runs_a_job_and_refuses_a_node_of_another_ca() 
         .into_inner();
     let run = wait_for_run(&cluster, follower, run.id).await;
     assert_eq!(run.status, pb::RunStatus::Succeeded as i32, "{run:?}");
-    assert!(
-        cluster.log(1).contains("worker network: dialed peer"),
-        "node 1 opened TLS sessions of the worker network:\n{}",
-        cluster.log(1)
-    );
+    // Node 1 dials nodes 2 and 3 on the worker network: TLS, then the cookie.
+    wait_for_log(&cluster, 1, "node 1's worker-network sessions", |log| {
+        log.contains("worker network: dialed peer") && log.matches("is authenticated").count() >= 2
+    })
+    .await;
 
     // A node whose certificate (and CA) are another cluster's cannot join.
     let other_ca = TestPki::new(certs.path(), "other");

@@ -40,20 +40,34 @@ pub struct ClientArgs {
     /// CA certificate (PEM) that signs the nodes' API certificates: talk TLS and verify them.
     #[arg(long, env = "KAIROS_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) to present over TLS (with --tls-key and --tls-ca).
-    #[arg(long, env = "KAIROS_TLS_CERT", global = true)]
+    /// Client certificate (PEM) to present over TLS (with --tls-key and --tls-ca) [env: KAIROS_TLS_CERT=].
+    // The variable is read by `client_tls`, not by clap: `kairos agent` has
+    // a --tls-cert of its own (its server certificate) under the same id,
+    // and clap would hand a global value taken from the environment to it.
+    #[arg(long, global = true)]
     pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, env = "KAIROS_TLS_KEY", global = true)]
+    /// Private key (PEM) of --tls-cert [env: KAIROS_TLS_KEY=].
+    #[arg(long, global = true)]
     pub tls_key: Option<PathBuf>,
 }
+
+/// The variables of the client certificate and key (see [`ClientArgs::tls_cert`]).
+const TLS_CERT_ENV: &str = "KAIROS_TLS_CERT";
+const TLS_KEY_ENV: &str = "KAIROS_TLS_KEY";
 
 /// The client's TLS settings from `--tls-ca`, `--tls-cert` and `--tls-key`.
 fn client_tls(args: &ClientArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
     let read = |flag: &str, path: &PathBuf| {
         std::fs::read(path).with_context(|| format!("--{flag} {}", path.display()))
     };
-    let identity = match (&args.tls_cert, &args.tls_key) {
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cert = args.tls_cert.clone().or_else(|| from_env(TLS_CERT_ENV));
+    let key = args.tls_key.clone().or_else(|| from_env(TLS_KEY_ENV));
+    let identity = match (&cert, &key) {
         (Some(cert), Some(key)) => Some(Identity::from_pem(read("tls-cert", cert)?, read("tls-key", key)?)),
         (None, None) => None,
         (Some(_), None) => anyhow::bail!("--tls-key: required with --tls-cert"),

@@ -50,8 +50,9 @@ use crate::transport::{PeerConnector, PeerSecurity};
 
 /// Largest peer message (a batch of entries or a snapshot chunk), bytes.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 << 20;
-/// How long a TCP connect to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long opening a connection to a peer may take: the TCP connect and the
+/// authentication handshake (TLS, or the cluster-secret challenge–response).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach an unreachable peer.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Calls to a peer whose TTL expires in a row before it counts as unreachable.
