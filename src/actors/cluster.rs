@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
 use crate::tls::{server_name, PeerTls};
-use crate::transport::{ClusterSecret, TLS_HANDSHAKE_TIMEOUT};
+use crate::transport::{ClusterSecret, MAX_PENDING_HANDSHAKES, TLS_HANDSHAKE_TIMEOUT};
 
 /// How often the connector checks for missing sessions.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
@@ -102,8 +102,9 @@ pub async fn start_node_server(
 }
 
 /// Accepts worker-network connections on `listener`, runs each TLS
-/// handshake in a task of its own (bounded by [`TLS_HANDSHAKE_TIMEOUT`]) and
-/// hands the encrypted stream to `server`, until `shutdown`.
+/// handshake in a task of its own (bounded by [`TLS_HANDSHAKE_TIMEOUT`], at
+/// most [`MAX_PENDING_HANDSHAKES`] at once) and hands the encrypted stream
+/// to `server`, until `shutdown`.
 async fn accept_tls(
     listener: TcpListener,
     tls: WorkerTls,
@@ -111,8 +112,14 @@ async fn accept_tls(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls.0.server.clone());
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    // Dropping the set at the end aborts the handshakes still running.
     let mut handshakes = tokio::task::JoinSet::new();
     loop {
+        let permit = tokio::select! {
+            permit = pending.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.cancelled() => return,
+        };
         let (stream, peer_addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -127,6 +134,7 @@ async fn accept_tls(
         };
         let (acceptor, server) = (acceptor.clone(), server.clone());
         handshakes.spawn(async move {
+            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let Ok(local_addr) = stream.local_addr() else {
                 return;
