@@ -7,11 +7,19 @@
 //! node_id = 1
 //! data_dir = "/var/lib/kairos"
 //! grpc_addr = "10.0.0.1:7101"
-//! initial_cluster = "1=10.0.0.1:7101,2=10.0.0.2:7101,3=10.0.0.3:7101"
+//! peer_addr = "10.0.0.1:7401"
+//! initial_cluster = "1=10.0.0.1:7401,2=10.0.0.2:7401,3=10.0.0.3:7401"
+//! cluster_cookie_file = "/etc/kairos/cookie"
 //! ```
 //!
 //! Unknown keys in the file are an error, so a typo does not silently fall back
 //! to a default.
+//!
+//! The cluster cookie is the one setting that never comes from a flag (a
+//! command line is readable by every local user): it comes from
+//! `KAIROS_CLUSTER_COOKIE`, the file named by `--cluster-cookie-file`, or the
+//! `cluster_cookie` key of the `--config` file, and must be at least
+//! [`MIN_SECRET_BYTES`] bytes long.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +33,11 @@ use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
+use crate::tls::TlsFiles;
+use crate::transport::secret::{ClusterSecret, MIN_SECRET_BYTES};
+
+/// The variable the cluster cookie may come from.
+pub const COOKIE_ENV: &str = "KAIROS_CLUSTER_COOKIE";
 
 /// Output format of the node's logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -47,6 +60,14 @@ macro_rules! agent_settings {
             #[arg(long, env = "KAIROS_CONFIG")]
             pub config: Option<PathBuf>,
             $( $(#[cfg($cfg)])? $(#[doc = $doc])* #[arg(long, env = $env $(, $($extra)*)?)] pub $field: Option<$ty>, )*
+            /// Refused: a secret on a command line is readable by every local
+            /// user. Kept (hidden) to say so instead of "unknown argument".
+            #[arg(long = "cluster-cookie", hide = true)]
+            pub cluster_cookie_flag: Option<String>,
+            /// The cluster cookie from [`COOKIE_ENV`] or the `--config`
+            /// file's `cluster_cookie` (never a flag; see the module doc).
+            #[arg(skip)]
+            pub cluster_cookie: Option<String>,
             /// Deliberately break this node (the chaos suite's test of its
             /// checkers; see `crate::chaos_break`). A flag only: no variable, no file key.
             #[cfg(feature = "chaos-break")]
@@ -59,12 +80,14 @@ macro_rules! agent_settings {
         #[serde(deny_unknown_fields)]
         struct FileSettings {
             $( $(#[cfg($cfg)])? $field: Option<$ty>, )*
+            cluster_cookie: Option<String>,
         }
 
         impl AgentArgs {
             /// Fills every setting not given as a flag or variable from the file.
             fn merge(mut self, file: FileSettings) -> AgentArgs {
                 $( $(#[cfg($cfg)])? if self.$field.is_none() { self.$field = file.$field; } )*
+                if self.cluster_cookie.is_none() { self.cluster_cookie = file.cluster_cookie; }
                 self
             }
         }
@@ -76,18 +99,35 @@ agent_settings! {
     node_id: NodeId, env = "KAIROS_NODE_ID";
     /// Directory of this node's log and state (default ./kairos-data/node-<id>).
     data_dir: PathBuf, env = "KAIROS_DATA_DIR";
-    /// gRPC listen address for clients and peers (default 127.0.0.1:7101).
+    /// gRPC listen address for clients: jobs, runs, cluster (default 127.0.0.1:7101).
     grpc_addr: String, env = "KAIROS_GRPC_ADDR";
+    /// Listen address for other nodes only: Raft, forwarded writes, probes (default 127.0.0.1:7401).
+    peer_addr: String, env = "KAIROS_PEER_ADDR";
     /// HTTP listen address for /livez, /readyz, /metrics (default 127.0.0.1:7201).
     http_addr: String, env = "KAIROS_HTTP_ADDR";
     /// Worker-cluster (ractor_cluster) listen address (default 127.0.0.1:7301).
     cluster_addr: String, env = "KAIROS_CLUSTER_ADDR";
-    /// gRPC address peers use to reach this node (default: its --initial-cluster entry, else --grpc-addr).
+    /// Peer address other nodes reach this node at (default: its --initial-cluster entry, else --peer-addr).
     advertise_addr: String, env = "KAIROS_ADVERTISE_ADDR";
-    /// Members of a new cluster, `id=host:port,...` (gRPC addresses); same on every node.
+    /// Client API address clients are sent to (leader hints, cluster status) (default --grpc-addr).
+    advertise_client_addr: String, env = "KAIROS_ADVERTISE_CLIENT_ADDR";
+    /// Members of a new cluster, `id=host:port,...` (peer addresses); same on every node.
     initial_cluster: String, env = "KAIROS_INITIAL_CLUSTER";
-    /// Shared secret of the worker network (required).
-    cluster_cookie: String, env = "KAIROS_CLUSTER_COOKIE";
+    /// File holding the cluster cookie, the shared secret of peers and the worker network
+    /// (at least 16 bytes; or set KAIROS_CLUSTER_COOKIE; one of them is required).
+    cluster_cookie_file: PathBuf, env = "KAIROS_CLUSTER_COOKIE_FILE";
+    /// This node's certificate (PEM) for mutual TLS between nodes; with --peer-tls-key and --peer-tls-ca.
+    peer_tls_cert: PathBuf, env = "KAIROS_PEER_TLS_CERT";
+    /// Private key (PEM) of --peer-tls-cert.
+    peer_tls_key: PathBuf, env = "KAIROS_PEER_TLS_KEY";
+    /// CA certificates (PEM) that sign every node's peer certificate.
+    peer_tls_ca: PathBuf, env = "KAIROS_PEER_TLS_CA";
+    /// Serve the client API over TLS with this certificate (PEM); with --tls-key.
+    tls_cert: PathBuf, env = "KAIROS_API_TLS_CERT";
+    /// Private key (PEM) of --tls-cert.
+    tls_key: PathBuf, env = "KAIROS_API_TLS_KEY";
+    /// Ask API clients for a certificate (optional for them) and verify it against these CAs (PEM).
+    tls_client_ca: PathBuf, env = "KAIROS_API_TLS_CLIENT_CA";
     /// Worker actors on this node (default 4 x CPU cores).
     workers: usize, env = "KAIROS_WORKERS";
     /// Enable the `exec` job type on this node (runs programs; off by default).
@@ -127,18 +167,26 @@ pub struct AgentConfig {
     pub node_id: NodeId,
     /// Data directory.
     pub data_dir: PathBuf,
-    /// gRPC listen address.
+    /// Client API (gRPC) listen address.
     pub grpc_addr: SocketAddr,
+    /// Peer listen address.
+    pub peer_addr: SocketAddr,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
     /// Worker-cluster listen address (used by the scheduling engine).
     pub cluster_addr: SocketAddr,
-    /// Address peers reach this node at.
+    /// Peer address other nodes reach this node at.
     pub advertise_addr: String,
-    /// Members of a new cluster; empty to wait to be added.
+    /// Client API address clients are sent to.
+    pub advertise_client_addr: String,
+    /// Members of a new cluster (id → peer address); empty to wait to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
-    /// Worker-network secret.
-    pub cluster_cookie: String,
+    /// The cluster cookie: authenticates peers (without peer TLS) and the worker network.
+    pub cluster_secret: ClusterSecret,
+    /// Peer mutual TLS files, when configured.
+    pub peer_tls: Option<TlsFiles>,
+    /// Client API TLS, when configured.
+    pub api_tls: Option<ApiTlsFiles>,
     /// Worker actors on this node.
     pub workers: usize,
     /// Whether the `exec` handler is enabled.
@@ -161,6 +209,88 @@ pub struct AgentConfig {
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
+}
+
+/// The client API's TLS files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiTlsFiles {
+    /// `--tls-cert`.
+    pub cert: PathBuf,
+    /// `--tls-key`.
+    pub key: PathBuf,
+    /// `--tls-client-ca`: ask for (optional) client certificates signed by it.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// The cluster cookie from the environment (already in `cookie`), the
+/// `--config` file (likewise) or `--cluster-cookie-file`; exactly one.
+fn cluster_secret(
+    cookie: Option<String>,
+    file: Option<&std::path::Path>,
+    flag: Option<&str>,
+) -> Result<ClusterSecret> {
+    if flag.is_some() {
+        return Err(Error::InvalidArgument(format!(
+            "--cluster-cookie: a secret on the command line is readable by every local user; \
+             put it in a file (mode 0600) named by --cluster-cookie-file, or in {COOKIE_ENV}"
+        )));
+    }
+    match (cookie.filter(|c| !c.is_empty()), file) {
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "--cluster-cookie-file: the cluster cookie is also set ({COOKIE_ENV} or the config file's \
+             cluster_cookie); give one"
+        ))),
+        (Some(cookie), None) => ClusterSecret::new(cookie, COOKIE_ENV),
+        (None, Some(path)) => ClusterSecret::from_file(path),
+        (None, None) => Err(Error::InvalidArgument(format!(
+            "--cluster-cookie-file: required, or {COOKIE_ENV} (the cluster's shared secret, \
+             at least {MIN_SECRET_BYTES} bytes)"
+        ))),
+    }
+}
+
+/// `--peer-tls-*`: all three, or none.
+fn peer_tls(cert: Option<PathBuf>, key: Option<PathBuf>, ca: Option<PathBuf>) -> Result<Option<TlsFiles>> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("--peer-tls-cert", cert.is_none()),
+                ("--peer-tls-key", key.is_none()),
+                ("--peer-tls-ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, missing)| missing.then_some(flag))
+            .collect();
+            Err(Error::InvalidArgument(format!(
+                "{}: required with the other --peer-tls-* flags (peer TLS takes a certificate, its key and the CA)",
+                missing.join(", ")
+            )))
+        }
+    }
+}
+
+/// `--tls-cert`, `--tls-key` (both or neither) and `--tls-client-ca` (only with them).
+fn api_tls(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<ApiTlsFiles>> {
+    match (cert, key, client_ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), client_ca) => Ok(Some(ApiTlsFiles { cert, key, client_ca })),
+        (None, _, Some(_)) => Err(Error::InvalidArgument(
+            "--tls-client-ca: needs --tls-cert and --tls-key (client certificates are asked for over TLS)"
+                .into(),
+        )),
+        (Some(_), None, _) => Err(Error::InvalidArgument(
+            "--tls-key: required with --tls-cert".into(),
+        )),
+        (None, Some(_), _) => Err(Error::InvalidArgument(
+            "--tls-cert: required with --tls-key".into(),
+        )),
+    }
 }
 
 fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr> {
@@ -231,7 +361,10 @@ fn leader_settings(type_limits: Option<&str>, fire_ahead_ms: Option<u64>) -> Res
 
 impl AgentConfig {
     /// Resolves flags, environment, file and defaults into a configuration.
-    pub fn resolve(args: AgentArgs) -> Result<AgentConfig> {
+    pub fn resolve(mut args: AgentArgs) -> Result<AgentConfig> {
+        if args.cluster_cookie.is_none() {
+            args.cluster_cookie = std::env::var(COOKIE_ENV).ok();
+        }
         let args = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -251,20 +384,37 @@ impl AgentConfig {
             ));
         }
         let grpc_addr = socket_addr("grpc-addr", args.grpc_addr.as_deref().unwrap_or("127.0.0.1:7101"))?;
+        let peer_addr = socket_addr("peer-addr", args.peer_addr.as_deref().unwrap_or("127.0.0.1:7401"))?;
+        if peer_addr == grpc_addr {
+            return Err(Error::InvalidArgument(format!(
+                "--peer-addr: {peer_addr} is also --grpc-addr; peers and clients need separate listeners"
+            )));
+        }
         let initial_cluster = parse_initial_cluster(args.initial_cluster.as_deref().unwrap_or(""))?;
         let advertise_addr = args
             .advertise_addr
-            .or_else(|| initial_cluster.get(&node_id).cloned())
-            .unwrap_or_else(|| grpc_addr.to_string());
-        let cluster_cookie = args
-            .cluster_cookie
             .clone()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                Error::InvalidArgument(
-                    "--cluster-cookie: required (the shared secret of the worker network)".into(),
-                )
-            })?;
+            .or_else(|| initial_cluster.get(&node_id).cloned())
+            .unwrap_or_else(|| peer_addr.to_string());
+        let advertise_client_addr = args
+            .advertise_client_addr
+            .clone()
+            .unwrap_or_else(|| grpc_addr.to_string());
+        let cluster_secret = cluster_secret(
+            args.cluster_cookie.clone(),
+            args.cluster_cookie_file.as_deref(),
+            args.cluster_cookie_flag.as_deref(),
+        )?;
+        let peer_tls = peer_tls(
+            args.peer_tls_cert.clone(),
+            args.peer_tls_key.clone(),
+            args.peer_tls_ca.clone(),
+        )?;
+        let api_tls = api_tls(
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            args.tls_client_ca.clone(),
+        )?;
         let workers = workers(args.workers)?;
         #[allow(unused_mut)] // set below only with the chaos-break feature
         let mut leader = leader_settings(args.type_limits.as_deref(), args.fire_ahead_ms)?;
@@ -279,14 +429,18 @@ impl AgentConfig {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(format!("kairos-data/node-{node_id}"))),
             grpc_addr,
+            peer_addr,
             http_addr: socket_addr("http-addr", args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"))?,
             cluster_addr: socket_addr(
                 "cluster-addr",
                 args.cluster_addr.as_deref().unwrap_or("127.0.0.1:7301"),
             )?,
             advertise_addr,
+            advertise_client_addr,
             initial_cluster,
-            cluster_cookie,
+            cluster_secret,
+            peer_tls,
+            api_tls,
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
             leader,
@@ -323,6 +477,8 @@ impl AgentConfig {
 mod tests {
     use super::*;
 
+    const TEST_COOKIE: &str = "a-test-cookie-of-32-bytes-length";
+
     #[test]
     fn initial_cluster_parses_and_refuses_garbage() {
         let m = parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=localhost:7103").unwrap();
@@ -352,7 +508,7 @@ mod tests {
         let args = AgentArgs {
             config: Some(path),
             http_addr: Some("127.0.0.1:9999".into()),
-            cluster_cookie: Some("secret".into()),
+            cluster_cookie: Some(TEST_COOKIE.into()),
             ..Default::default()
         };
         let c = AgentConfig::resolve(args).unwrap();
@@ -360,24 +516,118 @@ mod tests {
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:9102");
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:9999");
         assert_eq!(c.data_dir, PathBuf::from("kairos-data/node-2"));
-        assert_eq!(c.advertise_addr, "127.0.0.1:9102");
+        assert_eq!(c.advertise_addr, "127.0.0.1:7401");
+        assert_eq!(c.advertise_client_addr, "127.0.0.1:9102");
     }
 
     #[test]
-    fn the_cluster_cookie_is_required() {
+    fn the_cluster_cookie_is_required_long_enough_and_never_a_flag() {
+        let err = cluster_secret(None, None, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--cluster-cookie-file: required, or KAIROS_CLUSTER_COOKIE"),
+            "{err}"
+        );
+        let err = cluster_secret(Some("short".into()), None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "KAIROS_CLUSTER_COOKIE: the cluster cookie is 5 bytes long; it must have at least 16"
+            ),
+            "{err}"
+        );
+        let err = cluster_secret(None, None, Some(TEST_COOKIE))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--cluster-cookie: a secret on the command line"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cookie");
+        std::fs::write(&file, format!("{TEST_COOKIE}\n")).unwrap();
+        let from_file = cluster_secret(None, Some(&file), None).unwrap();
+        assert_eq!(from_file.as_bytes(), TEST_COOKIE.as_bytes());
+        let err = cluster_secret(Some(TEST_COOKIE.into()), Some(&file), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give one"), "{err}");
+    }
+
+    #[test]
+    fn the_cookie_flag_is_refused_on_the_command_line() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "kairos",
+            "agent",
+            "--node-id=1",
+            "--cluster-cookie=0123456789abcdef",
+        ])
+        .unwrap();
+        let crate::cli::Command::Agent(args) = cli.command else {
+            panic!("not an agent command");
+        };
+        let err = AgentConfig::resolve(*args).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--cluster-cookie: a secret on the command line"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_flags_come_in_sets() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(peer_tls(None, None, None).unwrap(), None);
+        assert!(peer_tls(p("c"), p("k"), p("ca")).unwrap().is_some());
+        let err = peer_tls(p("c"), None, None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--peer-tls-key, --peer-tls-ca: required with the other"),
+            "{err}"
+        );
+        assert!(api_tls(p("c"), p("k"), None).unwrap().is_some());
+        assert!(api_tls(p("c"), p("k"), p("ca"))
+            .unwrap()
+            .unwrap()
+            .client_ca
+            .is_some());
+        let err = api_tls(None, None, p("ca")).unwrap_err().to_string();
+        assert!(err.starts_with("--tls-client-ca: needs --tls-cert"), "{err}");
+        let err = api_tls(p("c"), None, None).unwrap_err().to_string();
+        assert!(err.starts_with("--tls-key: required"), "{err}");
+    }
+
+    #[test]
+    fn peers_and_clients_get_separate_listeners_and_addresses() {
         let args = AgentArgs {
             node_id: Some(1),
+            cluster_cookie: Some(TEST_COOKIE.into()),
+            grpc_addr: Some("127.0.0.1:9101".into()),
+            peer_addr: Some("127.0.0.1:9401".into()),
             ..Default::default()
         };
-        let err = AgentConfig::resolve(args).unwrap_err().to_string();
-        assert!(err.starts_with("--cluster-cookie: required"), "{err}");
+        let c = AgentConfig::resolve(args.clone()).unwrap();
+        assert_eq!(
+            c.advertise_addr, "127.0.0.1:9401",
+            "peers are told the peer address"
+        );
+        assert_eq!(c.advertise_client_addr, "127.0.0.1:9101");
+        let same = AgentArgs {
+            peer_addr: Some("127.0.0.1:9101".into()),
+            ..args
+        };
+        let err = AgentConfig::resolve(same).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--peer-addr: 127.0.0.1:9101 is also --grpc-addr"),
+            "{err}"
+        );
     }
 
     #[test]
     fn type_limits_name_known_job_types() {
         let args = |limits: &str| AgentArgs {
             node_id: Some(1),
-            cluster_cookie: Some("secret".into()),
+            cluster_cookie: Some(TEST_COOKIE.into()),
             type_limits: Some(limits.into()),
             ..Default::default()
         };

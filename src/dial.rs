@@ -1,7 +1,10 @@
 //! Where a node dials its peers.
 //!
-//! A node reaches a peer's Raft service at the gRPC address in the membership
-//! and the peer's worker network at the address the peer reports. A test
+//! A node reaches a peer's Raft service at the peer address in the membership
+//! (`--peer-addr`) and the peer's worker network at the address the peer
+//! reports. A rewrite changes only where the bytes go: peer authentication
+//! runs end to end, and a TLS client still expects the certificate of the
+//! address as the membership names it. A test
 //! harness that wants to cut, slow or break individual links (the chaos suite)
 //! starts each node with a *dial map*, `--dial-map "from=to,..."`, and every
 //! outgoing peer connection to `from` then goes to `to` instead — a TCP proxy

@@ -34,12 +34,14 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     /// The node or cluster cannot serve right now (no leader, shutting down, unreachable
-    /// leader). `leader` is the leader's gRPC address when known, so clients can go there.
+    /// leader). `leader` is the leader's address when known: between nodes its peer
+    /// address, and once the error leaves the node for a client (`Node::write`,
+    /// `Node::read_barrier`) its client API address, so clients can go there.
     #[error("{message}")]
     Unavailable {
         /// Human-readable reason.
         message: String,
-        /// gRPC address of the current leader, if this node knows it.
+        /// Address of the current leader, if this node knows it (see above).
         leader: Option<String>,
     },
     /// A bug or a local I/O failure on this node.

@@ -19,6 +19,7 @@
 //! - [`cli`]: the `kairos` command (agent, dev, job, cluster, cron).
 //! - [`launcher`]: starts `kairos agent` processes (for `kairos dev`, the tests and the chaos harness).
 //! - [`config`]: agent configuration from flags, `KAIROS_*` variables and TOML.
+//! - [`transport`] and [`tls`]: authenticated peer connections (cluster secret or mutual TLS) and TLS of the client API.
 
 pub mod actors;
 pub mod api;
@@ -37,5 +38,7 @@ pub mod node;
 pub mod proto;
 pub mod raft;
 pub mod scheduler;
+pub mod tls;
+pub mod transport;
 
 pub use error::{Error, Result};

@@ -15,6 +15,15 @@
 //! - **Membership** changes are forwarded like writes; adding a node makes it a
 //!   learner, waits until it has caught up, then promotes it to voter.
 //!
+//! Addresses: the membership holds each node's *peer* address (`--peer-addr`),
+//! where its `RaftService` listens and which only other nodes may use. Clients
+//! are only ever given *client* API addresses (`--grpc-addr`): every node
+//! reports its own in [`NodeReport::grpc_addr`], and the node keeps what its
+//! probes learn in an address book ([`Node::client_addr_of`]), refreshed by a
+//! task of its own. A leader hint leaving the node ([`Node::write`],
+//! [`Node::read_barrier`]) is translated there, and dropped when the leader's
+//! client address is not known yet: no hint is better than a peer address.
+//!
 //! Bootstrap: a node started with `--initial-cluster` on an empty data dir
 //! initializes Raft with that membership. Every member does the same with the
 //! same list, which openraft accepts (the first log entry is identical
@@ -60,6 +69,7 @@ use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
 use crate::raft::{decode, encode, open_storage, raft_config, NodeId, Raft, RaftTuning};
 use crate::scheduler::{Command, Request, Response};
+use crate::transport::PeerSecurity;
 
 /// How long a write or read may wait for a leader before giving up.
 pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -68,6 +78,12 @@ const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a forwarded membership change may take: adding a node waits until
 /// it has caught up, which for a large state means shipping a snapshot.
 const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How often the address book asks members whose client address it lacks;
+/// every [`ADDRESS_BOOK_REFRESH_ROUNDS`] rounds it asks every member again.
+const ADDRESS_BOOK_ROUND: Duration = Duration::from_secs(1);
+const ADDRESS_BOOK_REFRESH_ROUNDS: u32 = 10;
+/// How long a joining node may take to answer the leader's check.
+const JOIN_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long [`Node::shutdown`] waits for the node's tasks after Raft stopped:
 /// long enough for a batch in flight to fail and the queue to be answered.
 const TASKS_GRACE: Duration = Duration::from_secs(5);
@@ -79,9 +95,11 @@ pub struct NodeOptions {
     pub id: NodeId,
     /// Where sled keeps the log and state.
     pub data_dir: PathBuf,
-    /// The gRPC address peers and clients use to reach this node.
+    /// The peer address other nodes reach this node's `RaftService` at.
     pub advertise_addr: String,
-    /// Members of a new cluster (id → gRPC address); empty to wait to be added.
+    /// The client API (gRPC) address clients are sent to, reported to peers.
+    pub client_addr: String,
+    /// Members of a new cluster (id → peer address); empty to wait to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// Raft timing and compaction.
     pub tuning: RaftTuning,
@@ -93,6 +111,8 @@ pub struct NodeOptions {
     pub audit_retain: u64,
     /// `--insecure-disable-auth`, reported to peers and clients.
     pub auth_disabled: bool,
+    /// How this node authenticates the connections it opens to peers.
+    pub peer_security: Arc<PeerSecurity>,
     /// The deliberately broken build's setting (see `crate::chaos_break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -124,7 +144,7 @@ pub enum Forwarded {
     AddNode {
         /// New node id.
         id: NodeId,
-        /// Its gRPC address.
+        /// Its peer address.
         addr: String,
     },
     /// Remove a node from the membership.
@@ -161,6 +181,8 @@ pub struct NodeReport {
     pub auth_disabled: bool,
     /// Head of the node's audit chain: sequence number and hash.
     pub audit_head: (u64, [u8; 32]),
+    /// Address of this node's client API (gRPC), what clients are sent to.
+    pub grpc_addr: String,
 }
 
 /// A started node.
@@ -175,14 +197,21 @@ pub struct Node {
     committed: Arc<AtomicU64>,
     /// The committed index found on disk at start; `/readyz` waits until it is applied.
     startup_commit: u64,
-    /// Cached peer clients by address.
+    /// Cached peer clients by peer address.
     peers: Mutex<HashMap<String, RaftServiceClient<Channel>>>,
     /// Where this node dials its peers.
     dial_map: Arc<DialMap>,
+    /// How this node authenticates the connections it opens to peers.
+    peer_security: Arc<PeerSecurity>,
     /// The worker network address, reported in [`NodeReport`].
     cluster_addr: String,
     /// `--insecure-disable-auth`, reported in [`NodeReport`].
     auth_disabled: bool,
+    /// The client API address, reported in [`NodeReport`].
+    client_addr: String,
+    /// Client API addresses of members by peer address, as their reports
+    /// gave them (this node's own included).
+    address_book: Mutex<HashMap<String, String>>,
     /// When this process started (Unix ns) and a counter: with the node id,
     /// they make write ids unique across restarts.
     boot_ns: i64,
@@ -217,6 +246,7 @@ impl Node {
             PeerNetwork {
                 id: options.id,
                 dial_map: options.dial_map.clone(),
+                security: options.peer_security.clone(),
             },
             log_store,
             state_machine,
@@ -245,14 +275,21 @@ impl Node {
             startup_commit,
             peers: Mutex::default(),
             dial_map: options.dial_map.clone(),
+            peer_security: options.peer_security.clone(),
             cluster_addr: options.cluster_addr.clone(),
             auth_disabled: options.auth_disabled,
+            client_addr: options.client_addr.clone(),
+            address_book: Mutex::new(HashMap::from([(
+                options.advertise_addr.clone(),
+                options.client_addr.clone(),
+            )])),
             boot_ns: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
             write_seq: AtomicU64::new(0),
             batcher,
             tasks,
             stopping,
         });
+        node.tasks.spawn(node.clone().keep_address_book());
         if let Err(e) = node.bootstrap(options).await {
             node.shutdown().await;
             return Err(e);
@@ -400,6 +437,63 @@ impl Node {
                 let head = self.state.read().audit().head();
                 (head.seq, head.hash)
             },
+            grpc_addr: self.client_addr.clone(),
+        }
+    }
+
+    /// The client API address of the member at `peer_addr`, if its report
+    /// has been seen.
+    pub fn client_addr_of(&self, peer_addr: &str) -> Option<String> {
+        let book = self.address_book.lock().unwrap_or_else(|p| p.into_inner());
+        book.get(peer_addr).cloned()
+    }
+
+    fn learn_client_addr(&self, peer_addr: &str, report: &NodeReport) {
+        if report.grpc_addr.is_empty() {
+            return;
+        }
+        let mut book = self.address_book.lock().unwrap_or_else(|p| p.into_inner());
+        book.insert(peer_addr.to_string(), report.grpc_addr.clone());
+    }
+
+    /// Keeps the address book: asks members whose client address is unknown
+    /// every [`ADDRESS_BOOK_ROUND`], and every member now and then (a node
+    /// may restart with another client address). Ends when the node stops.
+    async fn keep_address_book(self: Arc<Node>) {
+        let mut rounds = tokio::time::interval(ADDRESS_BOOK_ROUND);
+        rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for round in 0u32.. {
+            tokio::select! {
+                _ = rounds.tick() => {}
+                _ = self.stopping.cancelled() => return,
+            }
+            let everyone = round % ADDRESS_BOOK_REFRESH_ROUNDS == 0;
+            let asks = self
+                .members()
+                .into_iter()
+                .filter(|(id, (addr, _))| *id != self.id && (everyone || self.client_addr_of(addr).is_none()))
+                .map(|(_, (addr, _))| {
+                    let node = self.clone();
+                    async move {
+                        let _ = node.probe(&addr, ADDRESS_BOOK_ROUND).await;
+                    }
+                });
+            tokio::select! {
+                _ = futures::future::join_all(asks) => {}
+                _ = self.stopping.cancelled() => return,
+            }
+        }
+    }
+
+    /// `error` as a client may see it: a leader hint names the leader's
+    /// client API address, or is dropped while that is unknown.
+    fn for_clients(&self, error: Error) -> Error {
+        match error {
+            Error::Unavailable { message, leader } => Error::Unavailable {
+                message,
+                leader: leader.and_then(|peer_addr| self.client_addr_of(&peer_addr)),
+            },
+            other => other,
         }
     }
 
@@ -408,7 +502,7 @@ impl Node {
         &self.dial_map
     }
 
-    /// Members of the current membership: id → (gRPC address, is voter).
+    /// Members of the current membership: id → (peer address, is voter).
     pub fn members(&self) -> BTreeMap<NodeId, (String, bool)> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         let voters: Vec<NodeId> = m.membership().voter_ids().collect();
@@ -430,8 +524,8 @@ impl Node {
         if let Some(client) = peers.get(addr) {
             return Ok(client.clone());
         }
-        let client =
-            peer_client(addr, &self.dial_map).map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
+        let client = peer_client(addr, &self.dial_map, &self.peer_security)
+            .map_err(|e| Error::unavailable(format!("peer {addr}: {e}")))?;
         peers.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -489,6 +583,12 @@ impl Node {
     }
 
     async fn route(&self, request: Forwarded) -> Result<Response> {
+        self.route_to_leader(request)
+            .await
+            .map_err(|e| self.for_clients(e))
+    }
+
+    async fn route_to_leader(&self, request: Forwarded) -> Result<Response> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         loop {
             let result = match self.leader() {
@@ -573,6 +673,7 @@ impl Node {
                 {
                     return Ok(Response::Empty);
                 }
+                self.check_joining_node(id, &addr).await?;
                 tracing::info!(node = id, %addr, "adding learner and waiting for it to catch up");
                 self.raft
                     .add_learner(id, BasicNode::new(&addr), true)
@@ -607,11 +708,33 @@ impl Node {
         }
     }
 
+    /// Before node `id` at peer address `addr` joins: it must answer over the
+    /// authenticated peer network, as node `id`. A node that cannot (wrong
+    /// address, another cookie or CA) would otherwise sit in the membership
+    /// as a learner that never catches up.
+    async fn check_joining_node(&self, id: NodeId, addr: &str) -> Result<()> {
+        match self.probe(addr, JOIN_CHECK_TIMEOUT).await {
+            Ok(report) if report.id == id => Ok(()),
+            Ok(report) => Err(Error::FailedPrecondition(format!(
+                "the node at {addr} is node {}, not node {id}",
+                report.id
+            ))),
+            Err(e) => Err(Error::FailedPrecondition(format!(
+                "node {id} at {addr} does not answer on the peer network ({e}); check its --peer-addr, \
+                 and that it has this cluster's cookie or a certificate from this cluster's CA"
+            ))),
+        }
+    }
+
     /// Waits until a read at `consistency` may be served from this node's state.
     pub async fn read_barrier(&self, consistency: Consistency) -> Result<()> {
         if consistency == Consistency::Stale {
             return Ok(());
         }
+        self.linearizable_barrier().await.map_err(|e| self.for_clients(e))
+    }
+
+    async fn linearizable_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         loop {
             let barrier = match self.leader() {
@@ -685,7 +808,8 @@ impl Node {
             })
     }
 
-    /// Asks the node at `addr` for its own report (for cluster status).
+    /// Asks the node at peer address `addr` for its own report (for cluster
+    /// status), and notes its client API address in the address book.
     pub async fn probe(&self, addr: &str, timeout: Duration) -> Result<NodeReport> {
         let mut client = self.client(addr)?;
         let mut call = tonic::Request::new(NodeMetricsRequest {});
@@ -693,14 +817,75 @@ impl Node {
         let reply = tokio::time::timeout(timeout, client.node_metrics(call))
             .await
             .map_err(|_| Error::unavailable(format!("{addr} did not answer in {timeout:?}")))?
-            .map_err(|s| Error::unavailable(format!("{addr}: {}", s.message())))?;
-        decode(&reply.into_inner().data)
+            .map_err(|s| Error::unavailable(format!("{addr}: {}", status_with_causes(&s))))?;
+        let report: NodeReport = decode(&reply.into_inner().data)?;
+        self.learn_client_addr(addr, &report);
+        Ok(report)
     }
+}
+
+/// A status's message with the chain of errors under it (a transport
+/// error's message alone says little: "transport error").
+fn status_with_causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A leader hint leaves the node as the leader's client address, or not
+    /// at all: never as a peer address.
+    #[tokio::test]
+    async fn leader_hints_for_clients_name_client_addresses_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = NodeOptions {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: "127.0.0.1:7401".into(),
+            client_addr: "127.0.0.1:7101".into(),
+            initial_cluster: BTreeMap::new(),
+            tuning: RaftTuning::default(),
+            cluster_addr: "127.0.0.1:7301".into(),
+            dial_map: Arc::default(),
+            peer_security: Arc::new(PeerSecurity::ClusterSecret(
+                crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap(),
+            )),
+            audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
+            auth_disabled: false,
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
+        };
+        let node = Node::start(&options, CancellationToken::new()).await.unwrap();
+        let hint = |leader: &str| match node.for_clients(Error::Unavailable {
+            message: "not the leader".into(),
+            leader: Some(leader.into()),
+        }) {
+            Error::Unavailable { leader, .. } => leader,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(hint("127.0.0.1:7401").as_deref(), Some("127.0.0.1:7101"));
+        assert_eq!(hint("127.0.0.1:7402"), None, "an unknown peer's hint is dropped");
+        let report = NodeReport {
+            id: 2,
+            grpc_addr: "127.0.0.1:7102".into(),
+            ..NodeReport::default()
+        };
+        node.learn_client_addr("127.0.0.1:7402", &report);
+        assert_eq!(hint("127.0.0.1:7402").as_deref(), Some("127.0.0.1:7102"));
+        assert_eq!(node.report().grpc_addr, "127.0.0.1:7101");
+        node.shutdown().await;
+    }
 
     /// A write that waits for a leader ends when the node shuts down, with
     /// an answer that says so, instead of holding the node for the rest of
@@ -715,12 +900,16 @@ mod tests {
             id: 1,
             data_dir: dir.path().to_path_buf(),
             advertise_addr: "127.0.0.1:9".into(),
+            client_addr: "127.0.0.1:19".into(),
             initial_cluster: members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:11".into(),
             dial_map: Arc::default(),
             audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
             auth_disabled: false,
+            peer_security: Arc::new(PeerSecurity::ClusterSecret(
+                crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap(),
+            )),
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
         };

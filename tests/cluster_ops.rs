@@ -50,7 +50,7 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
             "--node-id",
             &new.to_string(),
             "--addr",
-            &cluster.node(new).grpc,
+            &cluster.node(new).peer,
         ],
     );
     assert!(

@@ -28,8 +28,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// A base port B such that B+1..=B+3, B+101..=B+103 and B+201..=B+203 are free now.
 fn free_dev_base() -> u16 {
     for _ in 0..50 {
-        let base = free_port().saturating_sub(300).max(1024);
-        let ports: Vec<u16> = [1, 2, 3, 101, 102, 103, 201, 202, 203]
+        let base = free_port().saturating_sub(400).max(1024);
+        let ports: Vec<u16> = [1, 2, 3, 101, 102, 103, 201, 202, 203, 301, 302, 303]
             .iter()
             .map(|o| base + o)
             .collect();
@@ -133,12 +133,13 @@ impl Drop for Dev {
     }
 }
 
-/// One node of the tour: `  node N (pid P): gRPC A  cluster C  http://H/metrics  log L`.
+/// One node of the tour: `  node N (pid P): gRPC A  peer E  cluster C  http://H/metrics  log L`.
 #[derive(Debug)]
 struct TourNode {
     id: u64,
     pid: i32,
     grpc: String,
+    peer: String,
     cluster: String,
     http: String,
 }
@@ -147,13 +148,15 @@ fn tour_node(line: &str) -> Option<TourNode> {
     let rest = line.strip_prefix("  node ")?;
     let (id, rest) = rest.split_once(" (pid ")?;
     let (pid, rest) = rest.split_once("): gRPC ")?;
-    let (grpc, rest) = rest.split_once("  cluster ")?;
+    let (grpc, rest) = rest.split_once("  peer ")?;
+    let (peer, rest) = rest.split_once("  cluster ")?;
     let (cluster, rest) = rest.split_once("  http://")?;
     let (http, _) = rest.split_once("/metrics  log ")?;
     Some(TourNode {
         id: id.parse().ok()?,
         pid: pid.parse().ok()?,
         grpc: grpc.into(),
+        peer: peer.into(),
         cluster: cluster.into(),
         http: http.into(),
     })
@@ -195,6 +198,21 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
     let mut dev = Dev::start(&kairos_bin(), base, dir.path());
     let tour = read_tour(&mut dev);
 
+    // A random cookie, kept 0600 in the data directory, never on a command line.
+    let cookie_file = dir.path().join("cluster-cookie");
+    let mode = std::fs::metadata(&cookie_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", cookie_file.display());
+    let cookie = std::fs::read_to_string(&cookie_file).unwrap();
+    assert!(cookie.trim().len() >= 32, "{cookie:?}");
+    for node in &tour {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", node.pid)).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(cookie.trim()),
+            "node {}'s command line holds the cookie",
+            node.id
+        );
+    }
+
     let endpoints: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
     let created = Command::new(kairos_bin())
         .args([
@@ -234,17 +252,25 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
 
 #[test]
 fn the_tour_names_every_port_of_every_node() {
-    let line = "  node 2 (pid 4242): gRPC 127.0.0.1:7102  cluster 127.0.0.1:7302  http://127.0.0.1:7202/metrics  log kairos-data/node-2/agent.log";
+    let line = "  node 2 (pid 4242): gRPC 127.0.0.1:7102  peer 127.0.0.1:7402  cluster 127.0.0.1:7302  http://127.0.0.1:7202/metrics  log kairos-data/node-2/agent.log";
     let node = tour_node(line).unwrap();
     assert_eq!(
         (
             node.id,
             node.pid,
             node.grpc.as_str(),
+            node.peer.as_str(),
             node.cluster.as_str(),
             node.http.as_str()
         ),
-        (2, 4242, "127.0.0.1:7102", "127.0.0.1:7302", "127.0.0.1:7202")
+        (
+            2,
+            4242,
+            "127.0.0.1:7102",
+            "127.0.0.1:7402",
+            "127.0.0.1:7302",
+            "127.0.0.1:7202"
+        )
     );
 }
 
@@ -276,8 +302,8 @@ async fn kairos_dev_restarts_a_node_after_a_rebuild_and_gives_up_on_one_it_canno
     for node in &tour {
         let port = |offset: u64| format!("127.0.0.1:{}", u64::from(base) + offset + node.id);
         assert_eq!(
-            (&node.grpc, &node.cluster, &node.http),
-            (&port(0), &port(200), &port(100)),
+            (&node.grpc, &node.peer, &node.cluster, &node.http),
+            (&port(0), &port(300), &port(200), &port(100)),
             "node {}'s ports in the tour",
             node.id
         );

@@ -33,7 +33,9 @@ fn reference(pattern: &[char], text: &[char]) -> bool {
     match (pattern.first(), text.first()) {
         (None, None) => true,
         (None, Some(_)) => false,
-        (Some('*'), _) => reference(&pattern[1..], text) || (!text.is_empty() && reference(pattern, &text[1..])),
+        (Some('*'), _) => {
+            reference(&pattern[1..], text) || (!text.is_empty() && reference(pattern, &text[1..]))
+        }
         (Some(_), None) => false,
         (Some('?'), Some(_)) => reference(&pattern[1..], &text[1..]),
         (Some(p), Some(t)) => p == t && reference(&pattern[1..], &text[1..]),
@@ -41,13 +43,19 @@ fn reference(pattern: &[char], text: &[char]) -> bool {
 }
 
 fn pattern() -> impl Strategy<Value = String> {
-    proptest::collection::vec(prop_oneof![Just('*'), Just('?'), Just('a'), Just('b'), Just('-'), Just('é')], 0..10)
-        .prop_map(|c| c.into_iter().collect())
+    proptest::collection::vec(
+        prop_oneof![Just('*'), Just('?'), Just('a'), Just('b'), Just('-'), Just('é')],
+        0..10,
+    )
+    .prop_map(|c| c.into_iter().collect())
 }
 
 fn text() -> impl Strategy<Value = String> {
-    proptest::collection::vec(prop_oneof![Just('a'), Just('b'), Just('-'), Just('é'), Just('*')], 0..12)
-        .prop_map(|c| c.into_iter().collect())
+    proptest::collection::vec(
+        prop_oneof![Just('a'), Just('b'), Just('-'), Just('é'), Just('*')],
+        0..12,
+    )
+    .prop_map(|c| c.into_iter().collect())
 }
 
 fn permission() -> impl Strategy<Value = Permission> {

@@ -646,6 +646,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
         cluster_addr: "127.0.0.1:7302".into(),
         auth_disabled: false,
         audit_head: (17, [0xab; 32]),
+        grpc_addr: "127.0.0.1:7102".into(),
     };
     goldens.check("node-report", &report);
     let item = WorkItem {

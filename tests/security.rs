@@ -190,7 +190,7 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
                 add_node,
                 pb::AddNodeRequest {
                     node_id: 9,
-                    grpc_addr: "127.0.0.1:9".into()
+                    peer_addr: "127.0.0.1:9".into()
                 }
             ),
         ),

@@ -273,7 +273,8 @@ async fn run_round(
     if args.break_build {
         extra_args.extend(BREAK_BUILD_ARGS.map(String::from));
     }
-    let cookie = format!("chaos-{seed}");
+    // At least 16 bytes, as every node requires.
+    let cookie = format!("kairos-chaos-cookie-{seed:016x}");
     // Every round starts from empty data dirs (a reused --out must not resurrect an old cluster).
     let nodes_dir = dir.join("nodes");
     if nodes_dir.exists() {

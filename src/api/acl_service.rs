@@ -7,8 +7,8 @@
 //! generator: 256 bits, shown in hex once in the reply; the log and the
 //! state hold only their SHA-256. Accessor ids are 128 random bits in hex.
 
-use rand::rngs::OsRng;
-use rand::RngCore;
+use rand::rngs::SysRng;
+use rand::TryRng;
 use tonic::{Request, Response, Status};
 
 use super::convert::{duration_ms, ms_timestamp};
@@ -22,15 +22,17 @@ use crate::scheduler::acl::{
 use crate::scheduler::{Command, Response as CommandResponse, State};
 
 /// `n` random bytes from the OS, in lowercase hex.
-fn random_hex(n: usize) -> String {
+fn random_hex(n: usize) -> Result<String, Status> {
     let mut bytes = vec![0u8; n];
-    OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| Status::internal(format!("the OS random number generator failed: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A new secret and accessor id.
-fn new_secret() -> (String, String) {
-    (random_hex(16), random_hex(32))
+/// A new accessor id and secret.
+fn new_secret() -> Result<(String, String), Status> {
+    Ok((random_hex(16)?, random_hex(32)?))
 }
 
 fn role_to_pb(role: &Role) -> pb::Role {
@@ -128,7 +130,7 @@ impl AclService for Api {
     ) -> Result<Response<pb::TokenSecret>, Status> {
         let caller = self.caller(&request, "Bootstrap").await;
         self.observed(caller.method, async {
-            let (accessor_id, secret) = new_secret();
+            let (accessor_id, secret) = new_secret()?;
             let token = Token {
                 accessor_id,
                 name: ROOT_TOKEN_NAME.into(),
@@ -225,7 +227,7 @@ impl AclService for Api {
         let caller = self.caller(&request, "CreateToken").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
-            let (accessor_id, secret) = new_secret();
+            let (accessor_id, secret) = new_secret()?;
             let command = (|| {
                 validate_name("name", &req.name).map_err(to_status)?;
                 if req.roles.is_empty() {

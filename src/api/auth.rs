@@ -141,7 +141,7 @@ impl Api {
             }
             return caller;
         }
-        if let Some(subject) = super::tls::certificate_principal(request) {
+        if let Some(subject) = crate::tls::certificate_principal(request) {
             caller.credential = Credential::Certificate { subject };
         }
         caller

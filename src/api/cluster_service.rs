@@ -4,6 +4,11 @@
 //! parallel with a short timeout, so one command shows each node's role, term
 //! and indexes — a node that does not answer is shown as unreachable rather
 //! than delaying the answer.
+//!
+//! Addresses: `grpc_addr` is a member's client API address (from its own
+//! report, or the node's address book for one that did not answer);
+//! `peer_addr` is the address in the membership. `AddNode` takes the new
+//! node's peer address.
 
 use std::time::Duration;
 
@@ -33,10 +38,11 @@ fn role(report: &NodeReport) -> pb::NodeRole {
     }
 }
 
-fn node_status(id: u64, grpc_addr: String, voter: bool, r: &NodeReport) -> pb::NodeStatus {
+fn node_status(id: u64, peer_addr: String, voter: bool, r: &NodeReport) -> pb::NodeStatus {
     pb::NodeStatus {
         id,
-        grpc_addr,
+        grpc_addr: r.grpc_addr.clone(),
+        peer_addr,
         role: role(r) as i32,
         voter,
         term: r.term,
@@ -90,7 +96,8 @@ impl Api {
                     Ok(r) => node_status(id, addr, voter, &r),
                     Err(_) => pb::NodeStatus {
                         id,
-                        grpc_addr: addr,
+                        grpc_addr: self.node.client_addr_of(&addr).unwrap_or_default(),
+                        peer_addr: addr,
                         role: pb::NodeRole::Unreachable as i32,
                         voter,
                         ..Default::default()
@@ -110,7 +117,7 @@ fn check_addr(addr: &str) -> Result<(), Status> {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
-            "grpc_addr: {addr:?} is not host:port"
+            "peer_addr: {addr:?} is not host:port"
         )))
     }
 }
@@ -187,9 +194,9 @@ impl ClusterService for Api {
             if req.node_id == 0 {
                 return Err(Status::invalid_argument("node_id: must be a positive integer"));
             }
-            check_addr(&req.grpc_addr)?;
+            check_addr(&req.peer_addr)?;
             let resource = format!("node {}", req.node_id);
-            self.membership_change(&caller, resource, self.node.add_node(req.node_id, req.grpc_addr))
+            self.membership_change(&caller, resource, self.node.add_node(req.node_id, req.peer_addr))
                 .await
         })
         .await

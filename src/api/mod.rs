@@ -1,5 +1,8 @@
-//! The gRPC face of a node: `JobService`, `RunService`, `ClusterService` and
-//! the peer `RaftService`, all on `--grpc-addr`.
+//! The gRPC face of a node: `JobService`, `RunService` and `ClusterService`
+//! on the client listener (`--grpc-addr`, plain or TLS: [`serve`]); the peer
+//! `RaftService` on the peer listener only (`--peer-addr`:
+//! [`raft_service::serve_peers`]). A `RaftService` call on the client
+//! listener is answered `UNIMPLEMENTED`.
 //!
 //! Handlers convert protobuf to domain types ([`convert`]), validate, and call
 //! the [`Node`]; the node's [`Error`] becomes a `tonic::Status` here and only
@@ -24,7 +27,6 @@ mod one_shot;
 pub mod raft_service;
 pub mod read;
 pub mod run_service;
-pub mod tls;
 pub mod watch;
 pub mod wire_errors;
 
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
@@ -46,9 +49,8 @@ use crate::proto::acl_service_server::AclServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::cluster_service_server::ClusterServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
-use crate::proto::raft_service_server::RaftServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
-use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
+use crate::transport::{authenticated_incoming, TlsHandshake};
 use audit_recorder::AuditRecorder;
 use auth::AuthSettings;
 use wire_errors::WireErrorsLayer;
@@ -59,9 +61,12 @@ pub const MAX_API_MESSAGE_BYTES: usize = 2 << 20;
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`.
 pub const LEADER_HEADER: &str = "x-kairos-leader";
 
-/// Serves all gRPC services on `listener` until `shutdown` is cancelled.
+/// Serves the client services on `listener` until `shutdown` is cancelled:
+/// over TLS with `tls` (`--tls-cert`; see [`crate::tls::api_server_config`]),
+/// else plain.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -83,7 +88,7 @@ pub async fn serve(
         recorder: AuditRecorder::start(node.clone()),
         shutdown: shutdown.clone(),
     };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(wire_errors)
         .add_service(
@@ -94,20 +99,33 @@ pub async fn serve(
         .add_service(RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(AuditServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(
-            RaftServiceServer::new(raft_service::PeerApi { node })
-                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
-        )
-        // Accepted sockets need TCP_NODELAY themselves (the builder's setting
-        // only covers listeners tonic binds): without it a reply split over
-        // two writes waits for the peer's delayed ACK, ~40 ms per request.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await
+        .add_service(AuditServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
+    // Accepted sockets need TCP_NODELAY themselves (the builder's setting
+    // only covers listeners tonic binds): without it a reply split over
+    // two writes waits for the peer's delayed ACK, ~40 ms per request.
+    // The TLS incoming sets it too, and handshakes each connection in a
+    // task of its own.
+    match tls {
+        Some(config) => {
+            let incoming = authenticated_incoming(
+                listener,
+                TlsHandshake::new(config),
+                "client API",
+                shutdown.clone(),
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+        }
+    }
 }
 
 /// State shared by the public services.

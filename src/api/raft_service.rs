@@ -4,19 +4,69 @@
 //! side). A payload of another format version is answered
 //! `FAILED_PRECONDITION` naming both versions, one that does not decode
 //! `INVALID_ARGUMENT`; neither reaches the node.
+//!
+//! [`serve_peers`] serves it on the peer listener (`--peer-addr`) and only
+//! there, to connections that passed the peer authentication of
+//! [`crate::transport`] (mutual TLS or the cluster secret): one forged
+//! `AppendEntries` would otherwise raise every node's term.
 
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 
 use super::to_status;
 use crate::error::Error;
 use crate::node::{Forwarded, Node};
 use crate::proto as pb;
-use crate::proto::raft_service_server::RaftService;
+use crate::proto::raft_service_server::{RaftService, RaftServiceServer};
+use crate::raft::network::MAX_PEER_MESSAGE_BYTES;
 use crate::raft::{decode, encode};
+use crate::transport::{
+    authenticated_incoming, PeerSecurity, SecretHandshake, ServerHandshake, TlsHandshake,
+};
+
+/// Serves `RaftService` on the peer `listener` to authenticated peers
+/// only, until `shutdown` is cancelled.
+pub async fn serve_peers(
+    listener: TcpListener,
+    security: &PeerSecurity,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    match security {
+        PeerSecurity::ClusterSecret(secret) => {
+            serve_authenticated(listener, SecretHandshake(secret.clone()), node, shutdown).await
+        }
+        PeerSecurity::MutualTls(tls) => {
+            serve_authenticated(listener, TlsHandshake::new(tls.server.clone()), node, shutdown).await
+        }
+    }
+}
+
+async fn serve_authenticated<H: ServerHandshake>(
+    listener: TcpListener,
+    handshake: H,
+    node: Arc<Node>,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error>
+where
+    <H::Io as Connected>::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let incoming = authenticated_incoming(listener, handshake, "peer", shutdown.clone());
+    tonic::transport::Server::builder()
+        .add_service(
+            RaftServiceServer::new(PeerApi { node })
+                .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+}
 
 /// The peer service of a node.
 pub struct PeerApi {

@@ -1,9 +1,11 @@
 //! `kairos agent`: one node, from configuration to clean shutdown.
 //!
-//! [`run`] binds both listeners first (a busy port fails fast with a clear
-//! message), starts the node, serves gRPC and HTTP, and waits for the shutdown
-//! token; it then stops the servers, shuts Raft down and waits for every task.
-//! SIGTERM and Ctrl-C cancel the token.
+//! [`run`] loads the TLS files and binds the listeners first (a bad file or a
+//! busy port fails fast with a clear message), starts the node, serves the
+//! client API (`--grpc-addr`), the peer API (`--peer-addr`, authenticated
+//! peers only) and HTTP, and waits for the shutdown token; it then stops the
+//! servers, shuts Raft down and waits for every task. SIGTERM and Ctrl-C
+//! cancel the token.
 
 use std::path::PathBuf;
 
@@ -16,10 +18,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actors::cluster::WorkerTls;
 use crate::actors::worker::{PoolArgs, WorkerPool};
 use crate::config::{AgentArgs, AgentConfig, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
+use crate::tls::PeerTls;
+use crate::transport::PeerSecurity;
 
 /// How long shutdown waits for each group of tasks to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -68,9 +73,23 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 
 /// Runs a node until `shutdown` is cancelled.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let peer_tls = config.peer_tls.as_ref().map(PeerTls::load).transpose()?;
+    let peer_security = Arc::new(match &peer_tls {
+        Some(tls) => PeerSecurity::MutualTls(tls.clone()),
+        None => PeerSecurity::ClusterSecret(config.cluster_secret.clone()),
+    });
+    let worker_tls = peer_tls.as_ref().map(WorkerTls::new);
+    let api_tls = config
+        .api_tls
+        .as_ref()
+        .map(|files| crate::tls::api_server_config(&files.cert, &files.key, files.client_ca.as_deref()))
+        .transpose()?;
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("--grpc-addr {}", config.grpc_addr))?;
+    let peer = TcpListener::bind(config.peer_addr)
+        .await
+        .with_context(|| format!("--peer-addr {}", config.peer_addr))?;
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("--http-addr {}", config.http_addr))?;
@@ -90,12 +109,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     }
 
-    let node = Node::start(&node_options(&config), shutdown.clone()).await?;
+    let node = Node::start(&node_options(&config, peer_security.clone()), shutdown.clone()).await?;
     let metrics = Metrics::new();
     let (node_server, _) = crate::actors::cluster::start_node_server(
         config.node_id,
         config.cluster_addr,
-        config.cluster_cookie.clone(),
+        &config.cluster_secret,
+        worker_tls.as_ref(),
+        shutdown.clone(),
     )
     .await?;
     let registry = registry(&config);
@@ -108,17 +129,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (pool, _) = Actor::spawn(None, WorkerPool, pool_args)
         .await
         .context("start the worker pool")?;
-    tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr,
-        data_dir = %config.data_dir.display(), "kairos node started");
+    tracing::info!(node = config.node_id, grpc = %config.grpc_addr, peer = %config.peer_addr,
+        http = %config.http_addr, cluster = %config.cluster_addr, peer_auth = peer_security.mode(),
+        api_tls = api_tls.is_some(), data_dir = %config.data_dir.display(), "kairos node started");
 
     let services = Services {
         node: node.clone(),
         metrics,
         registry,
         node_server: node_server.clone(),
+        peer_security,
+        worker_tls,
+        api_tls,
         shutdown: shutdown.clone(),
     };
-    let tasks = services.spawn(grpc, http, &config);
+    let tasks = services.spawn(Listeners { grpc, peer, http }, &config);
 
     shutdown.cancelled().await;
     // Stop Raft first: whatever waits for a commit (in-flight requests, the
@@ -140,20 +165,32 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// What the node is started with, from the agent's configuration.
-fn node_options(config: &AgentConfig) -> NodeOptions {
+fn node_options(config: &AgentConfig, peer_security: Arc<PeerSecurity>) -> NodeOptions {
     NodeOptions {
         id: config.node_id,
         data_dir: config.data_dir.clone(),
         advertise_addr: config.advertise_addr.clone(),
+        client_addr: config.advertise_client_addr.clone(),
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
         dial_map: Arc::new(config.dial_map.clone()),
         audit_retain: config.audit_retain,
         auth_disabled: config.auth.disabled,
+        peer_security,
         #[cfg(feature = "chaos-break")]
         chaos_break: config.chaos_break,
     }
+}
+
+/// The bound listeners the servers take.
+struct Listeners {
+    /// Client API (`--grpc-addr`).
+    grpc: TcpListener,
+    /// Peer API (`--peer-addr`).
+    peer: TcpListener,
+    /// Health and metrics (`--http-addr`).
+    http: TcpListener,
 }
 
 /// The job types this node runs: the built-in ones (`exec` only with
@@ -175,23 +212,46 @@ struct Services {
     registry: Arc<crate::handlers::Registry>,
     /// The worker network's server, whose sessions the connector keeps.
     node_server: ActorRef<NodeServerMessage>,
+    /// How peer connections are authenticated.
+    peer_security: Arc<PeerSecurity>,
+    /// The worker network's TLS, with peer TLS.
+    worker_tls: Option<WorkerTls>,
+    /// The client API's TLS, when configured.
+    api_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Ends every task; a server that fails cancels it.
     shutdown: CancellationToken,
 }
 
 impl Services {
-    /// Spawns the gRPC and HTTP servers, the leader-actor supervisor and the
-    /// worker-network connector on a closed tracker the caller waits on.
-    fn spawn(self, grpc: TcpListener, http: TcpListener, config: &AgentConfig) -> TaskTracker {
+    /// Spawns the client, peer and HTTP servers, the leader-actor supervisor
+    /// and the worker-network connector on a closed tracker the caller waits on.
+    fn spawn(self, listeners: Listeners, config: &AgentConfig) -> TaskTracker {
+        let Listeners { grpc, peer, http } = listeners;
         let tasks = TaskTracker::new();
         {
             let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
-            let registry = self.registry.clone();
+            let (registry, tls) = (self.registry.clone(), self.api_tls.clone());
             let auth = config.auth;
             tasks.spawn(async move {
-                if let Err(e) = crate::api::serve(grpc, node, metrics, registry, auth, shutdown.clone()).await
+                if let Err(e) =
+                    crate::api::serve(grpc, tls, node, metrics, registry, auth, shutdown.clone()).await
                 {
                     tracing::error!("gRPC server failed: {e}");
+                    shutdown.cancel();
+                }
+            });
+        }
+        {
+            let (node, security, shutdown) = (
+                self.node.clone(),
+                self.peer_security.clone(),
+                self.shutdown.clone(),
+            );
+            tasks.spawn(async move {
+                if let Err(e) =
+                    crate::api::raft_service::serve_peers(peer, &security, node, shutdown.clone()).await
+                {
+                    tracing::error!("peer server failed: {e}");
                     shutdown.cancel();
                 }
             });
@@ -213,6 +273,7 @@ impl Services {
         tasks.spawn(crate::actors::cluster::run_connector(
             self.node,
             self.node_server,
+            self.worker_tls,
             self.shutdown,
         ));
         tasks.close();

@@ -208,7 +208,7 @@ async fn verify_cluster(client: &Client, out: Output) -> anyhow::Result<()> {
         .map_err(fail)?;
     let mut verdicts = Vec::new();
     for node in &status.nodes {
-        let answer = match Client::channel(&node.grpc_addr) {
+        let answer = match client.channel(&node.grpc_addr) {
             Ok(channel) => AuditServiceClient::new(channel)
                 .verify_audit(client.request(pb::VerifyAuditRequest {}))
                 .await
@@ -234,7 +234,7 @@ async fn verify_cluster(client: &Client, out: Output) -> anyhow::Result<()> {
             .iter_mut()
             .filter(|v| v.answer.as_ref().is_ok_and(|a| a.ok))
         {
-            let Ok(channel) = Client::channel(&verdict.addr) else {
+            let Ok(channel) = client.channel(&verdict.addr) else {
                 continue;
             };
             let request = pb::ListAuditRequest {

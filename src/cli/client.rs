@@ -6,15 +6,23 @@
 //! `kairos dev` wrote to [`DEV_TOKEN_FILE`]. The secret travels as
 //! `authorization: Bearer <secret>` on every call.
 //!
-//! [`Client::call`] tries the endpoints in order. A node that cannot be reached,
-//! or that answers `UNAVAILABLE`, is skipped; if its answer names the leader
+//! [`Client::call`] tries the endpoints in order. A node that cannot be reached
+//! (the connection failed, whatever status tonic gives that), or that answers
+//! `UNAVAILABLE`, is skipped; if its answer names the leader
 //! (`x-kairos-leader`), the leader is tried next. Every other status is final:
 //! a validation error from one node would be the same from any other.
+//!
+//! TLS: with `--tls-ca` the client speaks TLS (https) and verifies each node's
+//! certificate against that CA and the host of the endpoint's address; with
+//! `--tls-cert` and `--tls-key` as well it presents a client certificate.
+//! The files are read once, by [`Client::new`].
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use anyhow::Context;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 use super::DEV_ENDPOINTS;
@@ -43,6 +51,18 @@ pub struct ClientArgs {
     /// A file holding a token's secret (e.g. ./kairos-data/root.token).
     #[arg(long, env = "KAIROS_TOKEN_FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signs the nodes' API certificates: talk TLS and verify them.
+    #[arg(long, env = "KAIROS_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present over TLS (with --tls-key and --tls-ca) [env: KAIROS_TLS_CERT=].
+    // The variable is read by `client_tls`, not by clap: `kairos agent` has
+    // a --tls-cert of its own (its server certificate) under the same id,
+    // and clap would hand a global value taken from the environment to it.
+    #[arg(long, global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert [env: KAIROS_TLS_KEY=].
+    #[arg(long, global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -64,6 +84,42 @@ impl ClientArgs {
     }
 }
 
+/// The variables of the client certificate and key (see [`ClientArgs::tls_cert`]).
+const TLS_CERT_ENV: &str = "KAIROS_TLS_CERT";
+const TLS_KEY_ENV: &str = "KAIROS_TLS_KEY";
+
+/// The client's TLS settings from `--tls-ca`, `--tls-cert` and `--tls-key`.
+fn client_tls(args: &ClientArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("--{flag} {}", path.display()))
+    };
+    let from_env = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cert = args.tls_cert.clone().or_else(|| from_env(TLS_CERT_ENV));
+    let key = args.tls_key.clone().or_else(|| from_env(TLS_KEY_ENV));
+    let identity = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some(Identity::from_pem(read("tls-cert", cert)?, read("tls-key", key)?)),
+        (None, None) => None,
+        (Some(_), None) => anyhow::bail!("--tls-key: required with --tls-cert"),
+        (None, Some(_)) => anyhow::bail!("--tls-cert: required with --tls-key"),
+    };
+    let Some(ca) = &args.tls_ca else {
+        anyhow::ensure!(
+            identity.is_none(),
+            "--tls-ca: required with --tls-cert (the CA that signs the nodes' certificates)"
+        );
+        return Ok(None);
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("tls-ca", ca)?));
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Ok(Some(tls))
+}
+
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -79,6 +135,8 @@ pub struct Client {
     timeout: Duration,
     /// `Bearer <secret>`, when a token was given.
     authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS settings, with `--tls-ca`.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Client {
@@ -106,6 +164,7 @@ impl Client {
             endpoints,
             timeout: args.timeout,
             authorization,
+            tls: client_tls(args)?,
         })
     }
 
@@ -135,12 +194,28 @@ impl Client {
         &self.endpoints
     }
 
-    /// A lazily connecting channel to `addr`.
-    pub fn channel(addr: &str) -> Result<Channel, Status> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}")))?
+    /// A lazily connecting channel to `addr`: https with `--tls-ca`, else http.
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let bad = |e: &dyn std::fmt::Display| Status::invalid_argument(format!("--endpoints: {addr:?}: {e}"));
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(2));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| bad(&e))?;
+        }
         Ok(endpoint.connect_lazy())
+    }
+
+    /// `status` from a failed call to `addr` as `UNAVAILABLE`, with the
+    /// connection's errors and, when plain text may have met a TLS listener,
+    /// a hint.
+    fn unreachable(&self, addr: &str, status: &Status) -> Status {
+        let mut message = format!("{addr}: {}", with_causes(status));
+        if self.tls.is_none() && is_transport_failure(status) {
+            message.push_str(" (if the node serves TLS, give --tls-ca)");
+        }
+        Status::unavailable(message)
     }
 
     /// Sends `message` through `rpc` (a generated client method wrapped in a
@@ -169,19 +244,41 @@ impl Client {
                 continue;
             }
             tried.push(addr.clone());
-            match f(Self::channel(&addr)?).await {
+            match f(self.channel(&addr)?).await {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if status.code() == Code::Unavailable || is_transport_failure(&status) => {
                     if let Some(leader) = status.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()) {
                         queue.insert(0, leader.to_string());
                     }
-                    last_error = Status::unavailable(format!("{addr}: {}", status.message()));
+                    last_error = self.unreachable(&addr, &status);
                 }
                 Err(status) => return Err(status),
             }
         }
         Err(last_error)
     }
+}
+
+/// Whether `status` comes from the connection (tonic attaches the error
+/// under it) rather than from a node's answer (decoded from the reply).
+fn is_transport_failure(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+}
+
+/// A status's message and the errors under it, e.g. "transport error: ...:
+/// invalid peer certificate: UnknownIssuer".
+fn with_causes(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// One line describing a failed call: the status code and message.

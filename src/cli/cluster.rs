@@ -21,7 +21,7 @@ enum ClusterAction {
         /// The new node's --node-id.
         #[arg(long)]
         node_id: u64,
-        /// The new node's gRPC address.
+        /// The new node's peer address (its --peer-addr), e.g. 10.0.0.4:7401.
         #[arg(long)]
         addr: String,
     },
@@ -61,7 +61,12 @@ fn print_status(status: &pb::ClusterStatus) {
             };
             vec![
                 n.id.to_string(),
-                n.grpc_addr.clone(),
+                if n.grpc_addr.is_empty() {
+                    "?".to_string()
+                } else {
+                    n.grpc_addr.clone()
+                },
+                n.peer_addr.clone(),
                 role,
                 if n.voter { "voter" } else { "learner" }.to_string(),
                 num(n.term),
@@ -81,7 +86,17 @@ fn print_status(status: &pb::ClusterStatus) {
         .collect();
     output::table(
         &[
-            "ID", "ADDRESS", "ROLE", "MEMBER", "TERM", "COMMIT", "APPLIED", "LAST LOG", "SNAPSHOT", "AUTH",
+            "ID",
+            "ADDRESS",
+            "PEER ADDRESS",
+            "ROLE",
+            "MEMBER",
+            "TERM",
+            "COMMIT",
+            "APPLIED",
+            "LAST LOG",
+            "SNAPSHOT",
+            "AUTH",
         ],
         &rows,
     );
@@ -113,7 +128,7 @@ pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
         ClusterAction::AddNode { node_id, addr } => {
             let req = pb::AddNodeRequest {
                 node_id,
-                grpc_addr: addr,
+                peer_addr: addr,
             };
             client
                 .send(&req, |ch, r| async move {

@@ -5,9 +5,14 @@
 //! because a node owns process-global state (signal handlers, and the worker
 //! actors' process groups) — with data under `./kairos-data/node-N` and logs
 //! in `./kairos-data/node-N/agent.log`. It waits until every node is ready,
-//! prints the endpoints (gRPC, worker network, HTTP), the pids and the next
-//! commands to try, restarts a node that dies, and on Ctrl-C / SIGTERM sends
-//! SIGTERM to every node and waits for them to exit.
+//! prints the endpoints (client gRPC, peer, worker network, HTTP), the pids
+//! and the next commands to try, restarts a node that dies, and on Ctrl-C /
+//! SIGTERM sends SIGTERM to every node and waits for them to exit.
+//!
+//! The cluster cookie is random: drawn from the OS RNG the first time, kept
+//! in `<data-dir>/cluster-cookie` (mode 0600) and reused after, so a restart
+//! of `dev` finds its cluster again. The nodes get it in their environment,
+//! never on their command line.
 //!
 //! # Invariants
 //!
@@ -59,6 +64,8 @@ const MAX_QUICK_EXITS: u32 = 3;
 const ROOT_TOKEN_FILE: &str = "root.token";
 /// The name of the resolved binary in the data directory.
 const AGENT_BINARY: &str = "kairos-agent";
+/// The name of the cluster cookie's file in the data directory.
+const COOKIE_FILE: &str = "cluster-cookie";
 
 /// `kairos dev` flags.
 #[derive(clap::Args, Debug)]
@@ -69,7 +76,7 @@ pub struct DevArgs {
     /// Where node data and logs go.
     #[arg(long, default_value = "kairos-data")]
     pub data_dir: PathBuf,
-    /// Node N listens on gRPC BASE+N, HTTP BASE+100+N, cluster BASE+200+N.
+    /// Node N listens on gRPC BASE+N, HTTP BASE+100+N, cluster BASE+200+N, peer BASE+300+N.
     #[arg(long, default_value_t = 7100)]
     pub base_port: u16,
 }
@@ -148,8 +155,9 @@ fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
         Ok(([127, 0, 0, 1], port).into())
     };
     let initial_cluster: BTreeMap<NodeId, String> = (1..=args.nodes)
-        .map(|id| Ok((id, addr(0, id)?.to_string())))
+        .map(|id| Ok((id, addr(300, id)?.to_string())))
         .collect::<anyhow::Result<_>>()?;
+    let cookie = cluster_cookie(&args.data_dir)?;
     let mut launches = Vec::new();
     for id in 1..=args.nodes {
         let dir = args.data_dir.join(format!("node-{id}"));
@@ -160,10 +168,11 @@ fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
                 id,
                 data_dir: dir.clone(),
                 grpc_addr: addr(0, id)?,
+                peer_addr: addr(300, id)?,
                 http_addr: addr(100, id)?,
                 cluster_addr: addr(200, id)?,
                 initial_cluster: initial_cluster.clone(),
-                cookie: "kairos-dev".into(),
+                cookie: cookie.clone(),
                 extra_args: Vec::new(),
             },
             env: Vec::new(),
@@ -171,6 +180,35 @@ fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
         });
     }
     Ok(launches)
+}
+
+/// The dev cluster's cookie: read from `<data_dir>/cluster-cookie`, or drawn
+/// from the OS RNG (32 bytes, hex) and written there with mode 0600.
+fn cluster_cookie(data_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use rand::TryRng;
+
+    let path = data_dir.join(COOKIE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(cookie) => return Ok(cookie.trim_end().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("draw a cluster cookie from the OS RNG: {e}"))?;
+    let cookie: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("create {}", path.display()))?;
+    writeln!(file, "{cookie}").with_context(|| format!("write {}", path.display()))?;
+    Ok(cookie)
 }
 
 /// Puts the running executable at `<data_dir>/kairos-agent`: a hard link
@@ -308,10 +346,11 @@ fn print_tour(nodes: &[DevNode], base: u16) {
     for node in nodes {
         let agent = &node.launch.agent;
         progressln!(
-            "  node {} (pid {}): gRPC {}  cluster {}  http://{}/metrics  log {}",
+            "  node {} (pid {}): gRPC {}  peer {}  cluster {}  http://{}/metrics  log {}",
             agent.id,
             node.pid().unwrap_or_default(),
             agent.grpc_addr,
+            agent.peer_addr,
             agent.cluster_addr,
             agent.http_addr,
             node.launch.log.display()

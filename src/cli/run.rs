@@ -180,7 +180,7 @@ async fn watch(
             job_id: job.clone().unwrap_or_default(),
             after,
         };
-        let outcome = match RunServiceClient::new(Client::channel(addr)?)
+        let outcome = match RunServiceClient::new(client.channel(addr)?)
             .watch_runs(client.stream_request(request))
             .await
         {

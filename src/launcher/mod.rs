@@ -6,11 +6,13 @@
 //!
 //! Three steps, each usable alone:
 //!
-//! 1. [`AgentSpec`] describes one node — id, data directory, gRPC, HTTP and
-//!    worker-network addresses, the initial cluster (or none, for a node
-//!    that waits to be added), the cookie and any extra flags — and
-//!    [`AgentSpec::agent_args`] turns it into the `kairos agent` command
-//!    line. The Docker runtime of the chaos harness uses only this step.
+//! 1. [`AgentSpec`] describes one node — id, data directory, client gRPC,
+//!    peer, HTTP and worker-network addresses, the initial cluster of peer
+//!    addresses (or none, for a node that waits to be added), the cookie and
+//!    any extra flags — and [`AgentSpec::agent_args`] turns it into the
+//!    `kairos agent` command line, [`AgentSpec::agent_env`] into its
+//!    environment (the cookie). The Docker runtime of the chaos harness uses
+//!    only this step.
 //! 2. [`Launch`] adds where the binary is, the environment and the log file;
 //!    [`Launch::start`] starts the process (stdin closed, stdout and stderr
 //!    appended to the log) and can be called again to restart the node on
@@ -24,6 +26,9 @@
 //!
 //! * The command line is a function of the [`AgentSpec`] alone, so every
 //!   launcher tells a node the same thing in the same words.
+//! * The cookie is never on the command line (every local user can read a
+//!   process's arguments): it travels in the environment,
+//!   `KAIROS_CLUSTER_COOKIE`, which only the user and root can read.
 //! * A [`NodeProcess`] never outlives its owner: dropping it kills the node.
 //!
 //! # IMPLEMENTATION CAVEATS
@@ -63,15 +68,17 @@ pub struct AgentSpec {
     pub id: NodeId,
     /// `--data-dir`.
     pub data_dir: PathBuf,
-    /// `--grpc-addr`: clients and peers.
+    /// `--grpc-addr`: clients.
     pub grpc_addr: SocketAddr,
+    /// `--peer-addr`: other nodes only.
+    pub peer_addr: SocketAddr,
     /// `--http-addr`: `/livez`, `/readyz`, `/metrics`.
     pub http_addr: SocketAddr,
     /// `--cluster-addr`: the worker network.
     pub cluster_addr: SocketAddr,
-    /// `--initial-cluster` (id → gRPC address); empty for a node that waits to be added.
+    /// `--initial-cluster` (id → peer address); empty for a node that waits to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
-    /// `--cluster-cookie`.
+    /// The cluster cookie, passed as `KAIROS_CLUSTER_COOKIE` (at least 16 bytes).
     pub cookie: String,
     /// Any further flags, appended as given.
     pub extra_args: Vec<String>,
@@ -85,9 +92,9 @@ impl AgentSpec {
             format!("--node-id={}", self.id),
             format!("--data-dir={}", self.data_dir.display()),
             format!("--grpc-addr={}", self.grpc_addr),
+            format!("--peer-addr={}", self.peer_addr),
             format!("--http-addr={}", self.http_addr),
             format!("--cluster-addr={}", self.cluster_addr),
-            format!("--cluster-cookie={}", self.cookie),
         ];
         if !self.initial_cluster.is_empty() {
             let members: Vec<String> = self
@@ -100,6 +107,11 @@ impl AgentSpec {
         args.extend(self.extra_args.iter().cloned());
         args
     }
+
+    /// The environment `kairos agent` needs besides its arguments: the cookie.
+    pub fn agent_env(&self) -> Vec<(String, String)> {
+        vec![(crate::config::COOKIE_ENV.to_string(), self.cookie.clone())]
+    }
 }
 
 /// How to start one node process.
@@ -109,7 +121,7 @@ pub struct Launch {
     pub binary: PathBuf,
     /// The node's command line.
     pub agent: AgentSpec,
-    /// Extra environment variables of the process.
+    /// Extra environment variables of the process (besides [`AgentSpec::agent_env`]).
     pub env: Vec<(String, String)>,
     /// The file stdout and stderr are appended to.
     pub log: PathBuf,
@@ -127,6 +139,7 @@ impl Launch {
         let mut command = Command::new(&self.binary);
         command
             .args(self.agent.agent_args())
+            .envs(self.agent.agent_env())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -206,20 +219,21 @@ mod tests {
             id: 2,
             data_dir: PathBuf::from("/tmp/kairos/node-2"),
             grpc_addr: "127.0.0.1:7102".parse().unwrap(),
+            peer_addr: "127.0.0.1:7402".parse().unwrap(),
             http_addr: "127.0.0.1:7202".parse().unwrap(),
             cluster_addr: "127.0.0.1:7302".parse().unwrap(),
             initial_cluster: initial_cluster
                 .iter()
                 .map(|(id, a)| (*id, a.to_string()))
                 .collect(),
-            cookie: "secret".into(),
+            cookie: "a-test-cookie-of-32-bytes-length".into(),
             extra_args: vec!["--workers".into(), "4".into()],
         }
     }
 
     #[test]
     fn the_command_line_names_every_setting_and_the_extra_flags_last() {
-        let args = spec(&[(1, "127.0.0.1:7101"), (2, "127.0.0.1:7102")]).agent_args();
+        let args = spec(&[(1, "127.0.0.1:7401"), (2, "127.0.0.1:7402")]).agent_args();
         assert_eq!(
             args,
             [
@@ -227,10 +241,10 @@ mod tests {
                 "--node-id=2",
                 "--data-dir=/tmp/kairos/node-2",
                 "--grpc-addr=127.0.0.1:7102",
+                "--peer-addr=127.0.0.1:7402",
                 "--http-addr=127.0.0.1:7202",
                 "--cluster-addr=127.0.0.1:7302",
-                "--cluster-cookie=secret",
-                "--initial-cluster=1=127.0.0.1:7101,2=127.0.0.1:7102",
+                "--initial-cluster=1=127.0.0.1:7401,2=127.0.0.1:7402",
                 "--workers",
                 "4",
             ]
@@ -240,26 +254,42 @@ mod tests {
             !joining.iter().any(|a| a.starts_with("--initial-cluster")),
             "{joining:?}"
         );
+        assert!(
+            !args.iter().any(|a| a.contains("a-test-cookie")),
+            "the cookie is never an argument: {args:?}"
+        );
+        assert_eq!(
+            spec(&[]).agent_env(),
+            [(
+                "KAIROS_CLUSTER_COOKIE".to_string(),
+                "a-test-cookie-of-32-bytes-length".to_string()
+            )]
+        );
     }
 
     #[test]
     fn the_command_line_is_what_the_agent_parses() {
         use clap::Parser;
-        let spec = spec(&[(1, "127.0.0.1:7101"), (2, "127.0.0.1:7102")]);
+        let spec = spec(&[(1, "127.0.0.1:7401"), (2, "127.0.0.1:7402")]);
         let cli =
             crate::cli::Cli::try_parse_from(std::iter::once("kairos".to_string()).chain(spec.agent_args()))
                 .unwrap();
         let crate::cli::Command::Agent(args) = cli.command else {
             panic!("not an agent command");
         };
-        let config = crate::config::AgentConfig::resolve(*args).unwrap();
+        let mut args = *args;
+        // What the launcher puts in the environment.
+        args.cluster_cookie = Some(spec.cookie.clone());
+        let config = crate::config::AgentConfig::resolve(args).unwrap();
         assert_eq!(config.node_id, 2);
         assert_eq!(config.data_dir, spec.data_dir);
         assert_eq!(config.grpc_addr, spec.grpc_addr);
+        assert_eq!(config.peer_addr, spec.peer_addr);
+        assert_eq!(config.advertise_addr, "127.0.0.1:7402");
         assert_eq!(config.http_addr, spec.http_addr);
         assert_eq!(config.cluster_addr, spec.cluster_addr);
         assert_eq!(config.initial_cluster, spec.initial_cluster);
-        assert_eq!(config.cluster_cookie, "secret");
+        assert_eq!(config.cluster_secret.as_bytes(), spec.cookie.as_bytes());
         assert_eq!(config.workers, 4);
     }
 

@@ -1,7 +1,9 @@
 //! Raft RPCs between nodes over tonic.
 //!
 //! Each openraft message is postcard-encoded into a `RaftPayload` and sent to the
-//! peer's `RaftService` on its gRPC address (the same port as the public API).
+//! peer's `RaftService` on its peer address (`--peer-addr`, the address in the
+//! membership), over a connection authenticated as the node's
+//! [`PeerSecurity`] says (see [`crate::transport`]).
 //! The peer answers with the encoded `Result` of its local Raft call, so a
 //! remote Raft error arrives as `RPCError::RemoteError`.
 //!
@@ -20,7 +22,9 @@
 //! then backed off like an unreachable one.
 //!
 //! Peers are dialed through the node's [`DialMap`]: a test harness may send
-//! this node's connections to a peer through a proxy of its own.
+//! this node's connections to a peer through a proxy of its own. A peer
+//! that refuses the connection's authentication is unreachable, like one
+//! that is down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,28 +46,32 @@ use super::{decode, encode, NodeId, TypeConfig};
 use crate::dial::DialMap;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::RaftPayload;
+use crate::transport::{PeerConnector, PeerSecurity};
 
 /// Largest peer message (a batch of entries or a snapshot chunk), bytes.
 pub const MAX_PEER_MESSAGE_BYTES: usize = 512 << 20;
-/// How long a TCP connect to a peer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long opening a connection to a peer may take: the TCP connect and the
+/// authentication handshake (TLS, or the cluster-secret challenge–response).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to reach an unreachable peer.
 const UNREACHABLE_BACKOFF: Duration = Duration::from_millis(200);
 /// Calls to a peer whose TTL expires in a row before it counts as unreachable.
 pub const TIMEOUTS_BEFORE_UNREACHABLE: u32 = 3;
 
-/// A lazily connecting client of a peer's `RaftService` at `addr` (host:port),
-/// dialed where `dial_map` says.
+/// A lazily connecting client of a peer's `RaftService` at `addr` (host:port,
+/// its peer address), dialed where `dial_map` says and authenticated as
+/// `security` says. The connect timeout covers the dial and the handshake.
 pub fn peer_client(
     addr: &str,
-    dial_map: &DialMap,
+    dial_map: &Arc<DialMap>,
+    security: &Arc<PeerSecurity>,
 ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{}", dial_map.resolve(addr)))?
+    let connector = PeerConnector::new(addr, dial_map.clone(), security.clone());
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy();
+        .connect_with_connector_lazy(connector);
     Ok(RaftServiceClient::new(channel)
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
@@ -76,6 +84,8 @@ pub struct PeerNetwork {
     pub id: NodeId,
     /// Where the node dials its peers.
     pub dial_map: Arc<DialMap>,
+    /// How the node authenticates its peer connections.
+    pub security: Arc<PeerSecurity>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -87,6 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             dial_map: self.dial_map.clone(),
+            security: self.security.clone(),
             client: None,
             timeouts_in_a_row: 0,
         }
@@ -101,6 +112,8 @@ pub struct PeerClient {
     addr: String,
     /// Where the sending node dials its peers.
     dial_map: Arc<DialMap>,
+    /// How the sending node authenticates its peer connections.
+    security: Arc<PeerSecurity>,
     client: Option<RaftServiceClient<Channel>>,
     /// Calls whose TTL expired since the last answer.
     timeouts_in_a_row: u32,
@@ -143,7 +156,8 @@ impl PeerClient {
             ))))
         };
         if self.client.is_none() {
-            self.client = Some(peer_client(&self.addr, &self.dial_map).map_err(|e| unreachable(&e))?);
+            self.client =
+                Some(peer_client(&self.addr, &self.dial_map, &self.security).map_err(|e| unreachable(&e))?);
         }
         let mut client = self.client.clone().expect("set above");
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -229,9 +243,11 @@ mod tests {
         let member_addr = unused.local_addr().unwrap().to_string();
         drop(unused);
         let map = DialMap::parse(&format!("{member_addr}={}", proxy.local_addr().unwrap())).unwrap();
+        let secret = crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap();
         let mut network = PeerNetwork {
             id: 1,
             dial_map: Arc::new(map),
+            security: Arc::new(PeerSecurity::ClusterSecret(secret)),
         };
         let mut peer = network.new_client(2, &BasicNode::new(&member_addr)).await;
         let vote = tokio::spawn(async move {

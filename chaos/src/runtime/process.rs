@@ -1,10 +1,12 @@
 //! Nodes as local `kairos agent` processes on loopback, every peer link
 //! through a [`Proxy`] of the harness.
 //!
-//! Node `i` listens on its own free ports (gRPC, HTTP, worker network) and is
-//! started with `--dial-map` entries that send its connections to each peer
-//! `j` — both the Raft gRPC port and the worker-network port — to the proxies
-//! of the ordered pair `(i, j)`. The harness itself talks to the nodes
+//! Node `i` listens on its own free ports (client gRPC, peer, HTTP, worker
+//! network) and is started with `--dial-map` entries that send its
+//! connections to each peer `j` — both the peer (Raft) port and the
+//! worker-network port — to the proxies of the ordered pair `(i, j)`. The
+//! proxies relay bytes, so the nodes' peer authentication (cluster secret or
+//! TLS) runs end to end through them. The harness itself talks to the nodes
 //! directly, so a partition separates nodes from each other, not from the
 //! client; the webhook receiver is reached directly too.
 //!
@@ -68,6 +70,7 @@ impl ProcessCluster {
                 id,
                 data_dir: node_dir.join("data"),
                 grpc_addr: free_port(),
+                peer_addr: free_port(),
                 http_addr: free_port(),
                 cluster_addr: free_port(),
                 initial_cluster: BTreeMap::new(),
@@ -78,7 +81,7 @@ impl ProcessCluster {
         }
         let initial_cluster: BTreeMap<NodeId, String> = specs
             .iter()
-            .map(|(id, (spec, _))| (*id, spec.grpc_addr.to_string()))
+            .map(|(id, (spec, _))| (*id, spec.peer_addr.to_string()))
             .collect();
         let proxies = CancellationToken::new();
         let mut links = BTreeMap::new();
@@ -89,10 +92,10 @@ impl ProcessCluster {
                     continue;
                 }
                 let seed = options.seed ^ (from << 32) ^ (to << 16);
-                let raft = Proxy::start(target.grpc_addr, seed, proxies.clone()).await?;
+                let raft = Proxy::start(target.peer_addr, seed, proxies.clone()).await?;
                 let cluster = Proxy::start(target.cluster_addr, seed ^ 1, proxies.clone()).await?;
                 let map = dial_maps.entry(from).or_default();
-                map.push(format!("{}={}", target.grpc_addr, raft.listen));
+                map.push(format!("{}={}", target.peer_addr, raft.listen));
                 map.push(format!("{}={}", target.cluster_addr, cluster.listen));
                 links.insert((from, to), [raft.control, cluster.control]);
             }

@@ -26,13 +26,17 @@ const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long [`TestCluster::stop`] waits for a node to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// The cluster cookie of every node, unless a test gives one its own.
+pub const TEST_COOKIE: &str = "kairos-test-cookie-0123456789abcdef";
 
 /// One node process.
 pub struct TestNode {
     /// The node id.
     pub id: u64,
-    /// gRPC address (`127.0.0.1:port`).
+    /// Client API (gRPC) address (`127.0.0.1:port`).
     pub grpc: String,
+    /// Peer address (`127.0.0.1:port`), what the membership holds.
+    pub peer: String,
     /// HTTP address (`127.0.0.1:port`).
     pub http: String,
     /// The node's data directory.
@@ -60,6 +64,7 @@ impl TestNode {
         TestNode {
             id,
             grpc: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
             http: format!("127.0.0.1:{}", free_port()),
             log: dir.path().join(format!("node-{id}.log")),
             data_dir,
@@ -80,6 +85,8 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Extra flags of single nodes: `(node id, flag)`.
     node_args: Vec<(u64, String)>,
+    /// Cookies of single nodes that do not use [`TEST_COOKIE`].
+    node_cookies: BTreeMap<u64, String>,
     /// Asks the nodes' `/readyz`.
     probe: HttpProbe,
     /// The root token's secret, once the ACL is bootstrapped.
@@ -96,13 +103,14 @@ impl TestCluster {
     pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
-        let initial_cluster = nodes.iter().map(|n| (n.id, n.grpc.clone())).collect();
+        let initial_cluster = nodes.iter().map(|n| (n.id, n.peer.clone())).collect();
         let mut cluster = TestCluster {
             dir,
             nodes,
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            node_cookies: BTreeMap::new(),
             probe: HttpProbe::new().expect("an HTTP client"),
             root_token: OnceLock::new(),
         };
@@ -124,10 +132,25 @@ impl TestCluster {
     /// Adds a node process that is not in `--initial-cluster` (to be added with
     /// `cluster add-node`) and returns its id.
     pub fn spawn_new_node(&mut self) -> u64 {
+        self.spawn_new_node_with(&[], None)
+    }
+
+    /// Like [`TestCluster::spawn_new_node`], with extra flags for the new
+    /// node and, if given, a cookie of its own instead of [`TEST_COOKIE`].
+    pub fn spawn_new_node_with(&mut self, args: &[&str], cookie: Option<&str>) -> u64 {
         let id = self.nodes.len() as u64 + 1;
         self.nodes.push(TestNode::new(id, &self.dir));
+        self.node_args.extend(args.iter().map(|a| (id, a.to_string())));
+        if let Some(cookie) = cookie {
+            self.node_cookies.insert(id, cookie.to_string());
+        }
         self.spawn_with(id, false);
         id
+    }
+
+    /// The directory holding the nodes' data and logs (e.g. for test certificates).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// (Re)starts node `id`, with or without `--initial-cluster`. Every start
@@ -156,13 +179,18 @@ impl TestCluster {
                 id,
                 data_dir: node.data_dir.clone(),
                 grpc_addr: addr(&node.grpc),
+                peer_addr: addr(&node.peer),
                 http_addr: addr(&node.http),
                 cluster_addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
                 initial_cluster: match initial_cluster {
                     true => self.initial_cluster.clone(),
                     false => BTreeMap::new(),
                 },
-                cookie: "kairos-test".into(),
+                cookie: self
+                    .node_cookies
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| TEST_COOKIE.to_string()),
                 extra_args,
             },
             env: vec![("RUST_LOG".into(), "info,openraft=warn".into())],

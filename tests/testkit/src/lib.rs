@@ -13,6 +13,7 @@
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
 //! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections.
 //! - [`kairos_bin`]: the binary under test.
+//! - [`TestPki`]: certificate authorities and certificates made at test time.
 //!
 //! The tests' `kairos` binary has the test-only `panic` job type: kairos's
 //! dev-dependency on this crate turns on its `test-handlers` feature, which
@@ -30,6 +31,7 @@
 //!   whose other worker keeps the runtime going meanwhile.
 
 mod auth;
+mod certs;
 mod cluster;
 mod jobs;
 mod ports;
@@ -38,7 +40,8 @@ mod recorder;
 use std::path::PathBuf;
 
 pub use auth::{authed, Authed, Bearer};
-pub use cluster::{TestCluster, TestNode};
+pub use certs::{IssuedCert, TestPki};
+pub use cluster::{TestCluster, TestNode, TEST_COOKIE};
 pub use jobs::{create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};

@@ -1,8 +1,9 @@
 //! One node's container: what it runs, and the faults done to it.
 //!
 //! A node's container is created once, by [`run`], from the run's image with
-//! the `kairos agent` arguments of [`agent_args`] (the image's entrypoint is
-//! `/kairos`), the run's label, the extra environment, a fixed address on the
+//! the `kairos agent` arguments and environment of [`agent_spec`] (the image's
+//! entrypoint is `/kairos`; the cookie is in the environment, never an
+//! argument), the run's label, the extra environment, a fixed address on the
 //! run's network and the sysctl `net.ipv4.ip_nonlocal_bind=1`. After that it
 //! is only killed ([`kill`], SIGKILL), started again ([`start`]: same
 //! container, so same arguments and same `/data`), frozen ([`pause`],
@@ -34,8 +35,10 @@ use kairos::launcher::AgentSpec;
 
 use super::{ignore_not_found, is_status, Node};
 
-/// The gRPC port every node listens on, at its own address.
+/// The client gRPC port every node listens on, at its own address.
 pub(super) const GRPC_PORT: u16 = 7101;
+/// The peer port (Raft between nodes) of every node.
+const PEER_PORT: u16 = 7401;
 /// The HTTP (health, metrics) port of every node.
 const HTTP_PORT: u16 = 7201;
 /// The worker-network (ractor_cluster) port of every node.
@@ -59,25 +62,27 @@ pub(super) struct Spec<'a> {
     pub(super) args: Vec<String>,
 }
 
-/// The `kairos agent` arguments of `node`, listening on its own address, in a
-/// cluster of `nodes`, with its data in the container's `/data`; `extra` is
-/// appended. The command line is the launcher's, as for every other node.
-pub(super) fn agent_args(node: &Node, nodes: &[Node], cookie: &str, extra: &[String]) -> Vec<String> {
+/// The `kairos agent` of `node`, listening on its own address, in a cluster
+/// of `nodes` (their peer addresses), with its data in the container's
+/// `/data`; `extra` is appended to its arguments. Arguments and environment
+/// are the launcher's ([`AgentSpec::agent_args`], [`AgentSpec::agent_env`]),
+/// as for every other node.
+pub(super) fn agent_spec(node: &Node, nodes: &[Node], cookie: &str, extra: &[String]) -> AgentSpec {
     let at = |ip: std::net::Ipv4Addr, port: u16| SocketAddr::from((ip, port));
     AgentSpec {
         id: node.id,
         data_dir: PathBuf::from("/data"),
         grpc_addr: at(node.ip, GRPC_PORT),
+        peer_addr: at(node.ip, PEER_PORT),
         http_addr: at(node.ip, HTTP_PORT),
         cluster_addr: at(node.ip, CLUSTER_PORT),
         initial_cluster: nodes
             .iter()
-            .map(|n| (n.id, at(n.ip, GRPC_PORT).to_string()))
+            .map(|n| (n.id, at(n.ip, PEER_PORT).to_string()))
             .collect(),
         cookie: cookie.to_string(),
         extra_args: extra.to_vec(),
     }
-    .agent_args()
 }
 
 /// The container's configuration: `spec` at the node's address.
@@ -211,8 +216,13 @@ mod tests {
     #[test]
     fn agent_args_listen_on_the_node_address_and_name_every_member() {
         let nodes = nodes();
-        let args = agent_args(&nodes[1], &nodes, "secret", &["--workers".into(), "4".into()]);
-        let joined = args.join(" ");
+        let spec = agent_spec(
+            &nodes[1],
+            &nodes,
+            "a-chaos-cookie-of-enough-bytes",
+            &["--workers".into(), "4".into()],
+        );
+        let joined = spec.agent_args().join(" ");
         assert!(
             joined.starts_with("agent --node-id=2 --data-dir=/data "),
             "{joined}"
@@ -220,9 +230,20 @@ mod tests {
         assert!(joined.contains("--grpc-addr=172.18.0.12:7101"), "{joined}");
         assert!(joined.contains("--http-addr=172.18.0.12:7201"), "{joined}");
         assert!(joined.contains("--cluster-addr=172.18.0.12:7301"), "{joined}");
-        assert!(joined.contains("--cluster-cookie=secret"), "{joined}");
+        assert!(joined.contains("--peer-addr=172.18.0.12:7401"), "{joined}");
         assert!(
-            joined.contains("--initial-cluster=1=172.18.0.11:7101,2=172.18.0.12:7101,3=172.18.0.13:7101"),
+            !joined.contains("a-chaos-cookie"),
+            "the cookie is not an argument: {joined}"
+        );
+        assert_eq!(
+            spec.agent_env(),
+            [(
+                "KAIROS_CLUSTER_COOKIE".to_string(),
+                "a-chaos-cookie-of-enough-bytes".to_string()
+            )]
+        );
+        assert!(
+            joined.contains("--initial-cluster=1=172.18.0.11:7401,2=172.18.0.12:7401,3=172.18.0.13:7401"),
             "{joined}"
         );
         assert!(joined.ends_with(" --workers 4"), "{joined}");

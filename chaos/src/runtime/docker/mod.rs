@@ -18,9 +18,9 @@
 //!   network with a user-configured subnet, so the network `kchaos-<run_id>`
 //!   is created once to let Docker choose a free subnet, inspected, removed
 //!   and created again with that subnet and gateway spelled out. Node `i`
-//!   gets host part `10 + i` and listens on that address (`:7101` gRPC,
-//!   `:7201` HTTP, `:7301` worker network); its `--initial-cluster` names
-//!   every node's address. The host reaches these addresses directly over the
+//!   gets host part `10 + i` and listens on that address (`:7101` client
+//!   gRPC, `:7401` peers, `:7201` HTTP, `:7301` worker network); its
+//!   `--initial-cluster` names every node's peer address. The host reaches these addresses directly over the
 //!   Linux bridge, and the containers reach the host at the network's gateway
 //!   ([`DockerCluster::webhook_host`]).
 //! - **Data survives kill + start** ([`container`]). `--data-dir /data` lives
@@ -93,7 +93,7 @@ pub struct DockerOptions {
     pub kairos_bin: PathBuf,
     /// Unique per run; part of every name (`kchaos-<run_id>-...`). Letters, digits, `_`, `.`, `-`.
     pub run_id: String,
-    /// `--cluster-cookie` of every node.
+    /// The cluster cookie of every node (in its environment).
     pub cookie: String,
     /// Extra agent flags appended for every node.
     pub extra_args: Vec<String>,
@@ -180,12 +180,15 @@ impl DockerCluster {
     pub async fn start_all(&mut self) -> Result<()> {
         self.containers_may_exist = true;
         for node in &self.nodes {
+            let agent = container::agent_spec(node, &self.nodes, &self.opts.cookie, &self.opts.extra_args);
+            let mut env = agent.agent_env();
+            env.extend(self.opts.extra_env.iter().cloned());
             let spec = container::Spec {
                 image: &self.image,
                 network: &self.network,
                 label: (LABEL_KEY, &self.opts.run_id),
-                env: &self.opts.extra_env,
-                args: container::agent_args(node, &self.nodes, &self.opts.cookie, &self.opts.extra_args),
+                env: &env,
+                args: agent.agent_args(),
             };
             container::run(&self.docker, node, spec)
                 .await
