@@ -109,7 +109,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .await
         .context("start the worker pool")?;
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, http = %config.http_addr,
-        data_dir = %config.data_dir.display(), "kairos node started");
+        data_dir = %config.data_dir.display(), http_allow = %config.http_allow, "kairos node started");
 
     let services = Services {
         node: node.clone(),
@@ -155,9 +155,11 @@ fn node_options(config: &AgentConfig) -> NodeOptions {
 }
 
 /// The job types this node runs: the built-in ones (`exec` only with
-/// `--allow-exec`), and the test-only ones when asked.
+/// `--allow-exec`, `http` fenced by `--http-allow`), and the test-only ones
+/// when asked.
 fn registry(config: &AgentConfig) -> Arc<crate::handlers::Registry> {
-    let registry = crate::handlers::Registry::builtin(config.allow_exec);
+    let registry =
+        crate::handlers::Registry::builtin_with_http_allow(config.allow_exec, config.http_allow.clone());
     #[cfg(feature = "test-handlers")]
     let registry = crate::handlers::panic::register_if(registry, config.test_handlers);
     Arc::new(registry)

@@ -7,7 +7,10 @@
 //! in `./kairos-data/node-N/agent.log`. It waits until every node is ready,
 //! prints the endpoints (gRPC, worker network, HTTP), the pids and the next
 //! commands to try, restarts a node that dies, and on Ctrl-C / SIGTERM sends
-//! SIGTERM to every node and waits for them to exit.
+//! SIGTERM to every node and waits for them to exit. The nodes allow `http`
+//! jobs to call loopback (`--http-allow=public,loopback`), which a node
+//! refuses by default, so that jobs can call servers on the developer's
+//! machine.
 //!
 //! # Invariants
 //!
@@ -55,6 +58,9 @@ const RESTART_PAUSE: Duration = Duration::from_millis(500);
 const QUICK_EXIT: Duration = Duration::from_secs(10);
 /// Failed starts in a row after which a node is given up.
 const MAX_QUICK_EXITS: u32 = 3;
+/// `--http-allow` of the dev nodes: the default plus loopback, so that jobs
+/// may call servers on the developer's machine.
+const DEV_HTTP_ALLOW: &str = "public,loopback";
 /// The name of the resolved binary in the data directory.
 const AGENT_BINARY: &str = "kairos-agent";
 
@@ -161,7 +167,8 @@ fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
                 cluster_addr: addr(200, id)?,
                 initial_cluster: initial_cluster.clone(),
                 cookie: "kairos-dev".into(),
-                extra_args: Vec::new(),
+                // The tour's webhooks and a developer's own run on this machine.
+                extra_args: vec![format!("--http-allow={DEV_HTTP_ALLOW}")],
             },
             env: Vec::new(),
             log: dir.join("agent.log"),

@@ -20,6 +20,10 @@ use crate::{free_port, kairos_bin};
 /// How long [`TestCluster::stop`] waits for a node to exit after SIGTERM.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
+/// `--http-allow` of every test node unless a test names its own: the
+/// agent's default plus loopback, where the tests' webhooks listen.
+pub const TEST_HTTP_ALLOW: &str = "public,loopback";
+
 /// One node process.
 pub struct TestNode {
     /// The node id.
@@ -73,18 +77,37 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Extra flags of single nodes: `(node id, flag)`.
     node_args: Vec<(u64, String)>,
+    /// Whether nodes that are not given `--http-allow` get [`TEST_HTTP_ALLOW`]
+    /// (else they run with the agent's default, which refuses loopback).
+    allow_loopback_calls: bool,
     /// Asks the nodes' `/readyz`.
     probe: HttpProbe,
 }
 
 impl TestCluster {
-    /// Starts `n` nodes forming a new cluster.
+    /// Starts `n` nodes forming a new cluster. Nodes whose flags do not
+    /// name `--http-allow` get `--http-allow=`[`TEST_HTTP_ALLOW`].
     pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
         Self::start_with_node_args(n, extra_args, &[])
     }
 
     /// Like [`TestCluster::start`], with extra flags for single nodes.
     pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
+        Self::start_inner(n, extra_args, node_args, true)
+    }
+
+    /// Like [`TestCluster::start`], but a node not given `--http-allow` runs
+    /// with the agent's default (`public`: loopback refused).
+    pub fn start_with_agent_http_allow(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_inner(n, extra_args, &[], false)
+    }
+
+    fn start_inner(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &str)],
+        allow_loopback_calls: bool,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
         let initial_cluster = nodes.iter().map(|n| (n.id, n.grpc.clone())).collect();
@@ -94,6 +117,7 @@ impl TestCluster {
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            allow_loopback_calls,
             probe: HttpProbe::new().expect("an HTTP client"),
         };
         for id in 1..=n {
@@ -140,6 +164,12 @@ impl TestCluster {
                 .filter(|(n, _)| *n == id)
                 .map(|(_, a)| a.clone()),
         );
+        let names_http_allow = extra_args
+            .iter()
+            .any(|a| a == "--http-allow" || a.starts_with("--http-allow="));
+        if self.allow_loopback_calls && !names_http_allow {
+            extra_args.push(format!("--http-allow={TEST_HTTP_ALLOW}"));
+        }
         Launch {
             binary: kairos_bin(),
             agent: AgentSpec {

@@ -4,7 +4,8 @@
 //! - [`TestCluster`] / [`TestNode`]: `kairos agent` processes on free
 //!   loopback ports, each with its own temporary data directory, started
 //!   through [`kairos::launcher`] and killed when the cluster is dropped (their
-//!   logs and data kept when the test is failing).
+//!   logs and data kept when the test is failing). Their `http` jobs may call
+//!   loopback ([`TEST_HTTP_ALLOW`]) unless a test says otherwise.
 //! - [`free_port`]: loopback ports for a node to bind later.
 //! - [`http_get`]: a node's HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
@@ -33,7 +34,7 @@ mod recorder;
 
 use std::path::PathBuf;
 
-pub use cluster::{TestCluster, TestNode};
+pub use cluster::{TestCluster, TestNode, TEST_HTTP_ALLOW};
 pub use jobs::{create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};
