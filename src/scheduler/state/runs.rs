@@ -413,7 +413,14 @@ impl State {
         let schedule =
             Schedule::compile(&job.spec.schedule).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut times = Vec::new();
-        let mut cursor = DateTime::<Utc>::from_timestamp_millis(start_ms - 1);
+        // The first fire at or after `start_ms` is the first after the
+        // millisecond before it; a start before chrono's first instant
+        // starts there (`start_ms - 1` overflowed for i64::MIN).
+        let (first, last) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        let before_start = start_ms
+            .saturating_sub(1)
+            .clamp(first.timestamp_millis(), last.timestamp_millis());
+        let mut cursor = DateTime::<Utc>::from_timestamp_millis(before_start);
         while let Some(t) = cursor
             .and_then(|c| schedule.next_after(c))
             .filter(|t| t.timestamp_millis() < end_ms)
