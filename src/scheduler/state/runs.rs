@@ -234,7 +234,9 @@ impl State {
         id
     }
 
-    /// Moves `run` to a terminal status.
+    /// Moves `run` to a terminal status; returns it as it ended. History
+    /// retention may drop it at once (an old run ending after newer ones
+    /// did), so the returned run is the only copy a caller can count on.
     pub(super) fn finish(
         &mut self,
         mut run: Run,
@@ -242,7 +244,7 @@ impl State {
         error: &str,
         at_ms: i64,
         changes: &mut Changes,
-    ) {
+    ) -> Run {
         let job_id = run.job_id.clone();
         run.status = status;
         run.finished_at_ms = Some(at_ms);
@@ -256,8 +258,11 @@ impl State {
             RunStatus::Cancelled => c.cancelled += 1,
             _ => {}
         });
+        let run_id = run.id;
         self.put_run(run, changes);
+        let ended = self.runs[&run_id].clone();
         self.retain_history(&job_id, changes);
+        ended
     }
 
     /// Drops the oldest finished runs of a job beyond its history limits.
