@@ -330,7 +330,7 @@ fn mask(prefix: u8, width: u8) -> u128 {
     };
     match prefix {
         0 => 0,
-        p => all & !((1u128 << (width - p)) - 1) & all,
+        p => all & !((1u128 << (width - p)) - 1),
     }
 }
 
