@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -31,6 +32,7 @@ use crate::actors::limits::parse_type_limits;
 use crate::actors::LeaderSettings;
 use crate::dial::DialMap;
 use crate::error::{Error, Result};
+use crate::handlers::egress::{self, EgressPolicy};
 use crate::handlers::Registry;
 use crate::raft::{NodeId, RaftTuning};
 use crate::tls::TlsFiles;
@@ -132,6 +134,8 @@ agent_settings! {
     workers: usize, env = "KAIROS_WORKERS";
     /// Enable the `exec` job type on this node (runs programs; off by default).
     allow_exec: bool, env = "KAIROS_ALLOW_EXEC" [num_args = 0..=1, default_missing_value = "true"];
+    /// Destinations the `http` job type may call, comma-separated: CIDR blocks (`10.0.0.0/8`), IPs, host names, `*.example.com`, `public` (every address but loopback, link-local, unspecified, multicast, broadcast and this node's listeners) and `loopback` (default `public`).
+    http_allow: String, env = "KAIROS_HTTP_ALLOW";
     /// Cluster-wide limits per job type, enforced by the leader (give every node the same):
     /// `TYPE:concurrency=N,rate=R,burst=B;...`, e.g. `http:concurrency=20,rate=50`.
     type_limits: String, env = "KAIROS_TYPE_LIMITS";
@@ -191,6 +195,8 @@ pub struct AgentConfig {
     pub workers: usize,
     /// Whether the `exec` handler is enabled.
     pub allow_exec: bool,
+    /// Where the `http` job type may call (`--http-allow`).
+    pub http_allow: Arc<EgressPolicy>,
     /// What the leader-only actors need: type limits and the fire look-ahead.
     pub leader: LeaderSettings,
     /// Whether test-only job types are registered.
@@ -334,6 +340,21 @@ fn workers(given: Option<usize>) -> Result<usize> {
     Ok(workers)
 }
 
+/// `--http-allow` (default `public`) for a node listening on `listeners`
+/// and advertised at `advertise_addr` (its address is the node's own too
+/// when it is an IP address).
+fn http_allow(
+    given: Option<&str>,
+    listeners: &[SocketAddr],
+    advertise_addr: &str,
+) -> Result<Arc<EgressPolicy>> {
+    let mut own = listeners.to_vec();
+    own.extend(advertise_addr.parse::<SocketAddr>().ok());
+    EgressPolicy::parse(given.unwrap_or(egress::DEFAULT_ALLOW), &own)
+        .map(Arc::new)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", egress::FLAG)))
+}
+
 /// `--type-limits` (of known job types) and `--fire-ahead-ms`.
 fn leader_settings(type_limits: Option<&str>, fire_ahead_ms: Option<u64>) -> Result<LeaderSettings> {
     let type_limits = parse_type_limits(type_limits.unwrap_or(""))?;
@@ -423,6 +444,16 @@ impl AgentConfig {
             leader.chaos_break = args.unsafe_chaos_break;
         }
         let defaults = RaftTuning::default();
+        let http_addr = socket_addr("http-addr", args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"))?;
+        let cluster_addr = socket_addr(
+            "cluster-addr",
+            args.cluster_addr.as_deref().unwrap_or("127.0.0.1:7301"),
+        )?;
+        let http_allow = http_allow(
+            args.http_allow.as_deref(),
+            &[grpc_addr, peer_addr, http_addr, cluster_addr],
+            &advertise_addr,
+        )?;
         Ok(AgentConfig {
             node_id,
             data_dir: args
@@ -430,11 +461,8 @@ impl AgentConfig {
                 .unwrap_or_else(|| PathBuf::from(format!("kairos-data/node-{node_id}"))),
             grpc_addr,
             peer_addr,
-            http_addr: socket_addr("http-addr", args.http_addr.as_deref().unwrap_or("127.0.0.1:7201"))?,
-            cluster_addr: socket_addr(
-                "cluster-addr",
-                args.cluster_addr.as_deref().unwrap_or("127.0.0.1:7301"),
-            )?,
+            http_addr,
+            cluster_addr,
             advertise_addr,
             advertise_client_addr,
             initial_cluster,
@@ -443,6 +471,7 @@ impl AgentConfig {
             api_tls,
             workers,
             allow_exec: args.allow_exec.unwrap_or(false),
+            http_allow,
             leader,
             #[cfg(feature = "test-handlers")]
             test_handlers: args.test_handlers.unwrap_or(false),
@@ -637,6 +666,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--type-limits: unknown job type \"htp\""), "{err}");
+    }
+
+    #[test]
+    fn http_allow_defaults_to_public_and_knows_the_nodes_listeners() {
+        let args = |http_allow: Option<&str>| AgentArgs {
+            node_id: Some(1),
+            cluster_cookie: Some("sixteen-bytes-or-more".into()),
+            grpc_addr: Some("192.0.2.1:7101".into()),
+            advertise_addr: Some("198.51.100.1:7101".into()),
+            http_allow: http_allow.map(String::from),
+            ..Default::default()
+        };
+        let config = AgentConfig::resolve(args(None)).unwrap();
+        assert_eq!(config.http_allow.to_string(), "public");
+        let refused = |ip: &str| config.http_allow.check_ip(ip.parse().unwrap()).is_err();
+        assert!(refused("127.0.0.1") && refused("169.254.169.254"));
+        assert!(
+            refused("192.0.2.1") && refused("198.51.100.1"),
+            "the node's own addresses"
+        );
+        assert!(!refused("192.0.2.2"));
+        let config = AgentConfig::resolve(args(Some("public,loopback"))).unwrap();
+        assert!(config.http_allow.check_ip("127.0.0.1".parse().unwrap()).is_ok());
+        let err = AgentConfig::resolve(args(Some("public,10.0.0.1/8")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "--http-allow: \"10.0.0.1/8\" has host bits set (did you mean 10.0.0.0/8?)"
+        );
     }
 
     #[test]

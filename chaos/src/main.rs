@@ -269,7 +269,13 @@ async fn run_round(
     // The nodes' log filter: KAIROS_CHAOS_NODE_LOG, e.g. "info,kairos=debug".
     let node_log = std::env::var("KAIROS_CHAOS_NODE_LOG").unwrap_or_else(|_| "info".into());
     let extra_env = vec![("RUST_LOG".to_string(), node_log)];
-    let mut extra_args = vec!["--workers".to_string(), "4".to_string()];
+    // The webhook receiver listens on loopback (process runtime), which a
+    // node's http jobs may not call by default.
+    let mut extra_args = vec![
+        "--workers".to_string(),
+        "4".to_string(),
+        "--http-allow=public,loopback".to_string(),
+    ];
     if args.break_build {
         extra_args.extend(BREAK_BUILD_ARGS.map(String::from));
     }

@@ -30,7 +30,7 @@ pub fn duration_ms(d: &PbDuration, field: &str) -> Result<u64> {
     }
     (d.seconds as u64)
         .checked_mul(1000)
-        .map(|ms| ms + d.nanos as u64 / 1_000_000)
+        .and_then(|ms| ms.checked_add(d.nanos as u64 / 1_000_000))
         .ok_or_else(|| invalid(format!("{field}: too large")))
 }
 
@@ -124,7 +124,8 @@ fn metadata_from_pb(m: Option<&pb::Metadata>) -> Result<Metadata> {
     };
     let fields_json = match &m.fields {
         Some(fields) if !fields.fields.is_empty() => {
-            serde_json::to_string(fields).map_err(|e| invalid(format!("metadata.fields: {e}")))?
+            let value = serde_json::to_value(fields).map_err(|e| invalid(format!("metadata.fields: {e}")))?;
+            with_sorted_keys(value).to_string()
         }
         _ => String::new(),
     };
@@ -132,6 +133,29 @@ fn metadata_from_pb(m: Option<&pb::Metadata>) -> Result<Metadata> {
         labels: m.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         fields_json,
     })
+}
+
+/// `value` with the keys of every object in sorted order. A protobuf
+/// `Struct` is a hash map, and two maps of the same content iterate in
+/// different orders, so without this the same metadata would be stored as
+/// different text: a create repeated with its `request_id` would be refused
+/// as a different body, and a job read and written back would change.
+fn with_sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key, with_sorted_keys(value)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(with_sorted_keys).collect()),
+        other => other,
+    }
 }
 
 fn metadata_to_pb(m: &Metadata) -> pb::Metadata {
@@ -526,6 +550,95 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("policies.catchup_window"));
+    }
+
+    #[test]
+    fn a_duration_at_the_top_of_the_range_is_too_large_not_an_overflow() {
+        // u64::MAX ms is 18,446,744,073,709,551.615 s: the seconds fit, the
+        // nanoseconds' milliseconds on top of them did not (found by
+        // tests/fuzz_convert.rs; a panic in a debug build, a wrap in release).
+        let top = (u64::MAX / 1000) as i64;
+        let d = |seconds: i64, nanos: i32| PbDuration { seconds, nanos };
+        assert_eq!(duration_ms(&d(top, 615_000_000), "f").unwrap(), u64::MAX);
+        for (seconds, nanos) in [(top, 616_000_000), (top, i32::MAX), (top + 1, 0), (i64::MAX, 0)] {
+            let err = duration_ms(&d(seconds, nanos), "policies.catchup_window").unwrap_err();
+            assert_eq!(
+                err,
+                Error::InvalidArgument("policies.catchup_window: too large".into())
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_metadata_fields_are_always_the_same_text() {
+        // Found by tests/fuzz_convert.rs: the text followed the iteration
+        // order of the message's hash map, which differs between two maps
+        // holding the same fields.
+        use pbjson_types::value::Kind;
+        let value = |kind: Kind| pbjson_types::Value { kind: Some(kind) };
+        let fields = || {
+            let inner: std::collections::HashMap<String, pbjson_types::Value> = ["z", "", "m", "a"]
+                .into_iter()
+                .map(|k| (k.to_string(), value(Kind::BoolValue(true))))
+                .collect();
+            let outer: std::collections::HashMap<String, pbjson_types::Value> = (0..16)
+                .map(|i| {
+                    (
+                        format!("k{i}"),
+                        value(Kind::StructValue(pbjson_types::Struct {
+                            fields: inner.clone(),
+                        })),
+                    )
+                })
+                .collect();
+            pb::Metadata {
+                labels: Default::default(),
+                fields: Some(pbjson_types::Struct { fields: outer }),
+            }
+        };
+        let first = metadata_from_pb(Some(&fields())).unwrap();
+        assert!(
+            first
+                .fields_json
+                .starts_with(r#"{"k0":{"":true,"a":true,"m":true,"z":true},"k1":"#),
+            "{}",
+            first.fields_json
+        );
+        for _ in 0..20 {
+            assert_eq!(metadata_from_pb(Some(&fields())).unwrap(), first);
+        }
+        // Read back and written again, it stays the same text.
+        assert_eq!(metadata_from_pb(Some(&metadata_to_pb(&first))).unwrap(), first);
+    }
+
+    #[test]
+    fn metadata_numbers_are_read_back_exactly() {
+        // Found by tests/fuzz_convert.rs: without serde_json's
+        // `float_roundtrip`, 47.732277684277996 was read back as
+        // 47.732277684278, so a job written back changed its metadata.
+        use pbjson_types::value::Kind;
+        for number in [
+            47.732277684277996,
+            0.1 + 0.2,
+            1e-320,
+            f64::MAX,
+            -2.2250738585072014e-308,
+        ] {
+            let message = pb::Metadata {
+                labels: Default::default(),
+                fields: Some(pbjson_types::Struct {
+                    fields: [(
+                        "n".to_string(),
+                        pbjson_types::Value {
+                            kind: Some(Kind::NumberValue(number)),
+                        },
+                    )]
+                    .into(),
+                }),
+            };
+            let stored = metadata_from_pb(Some(&message)).unwrap();
+            assert_eq!(metadata_to_pb(&stored), message, "{number:e}");
+        }
     }
 
     #[test]

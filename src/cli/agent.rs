@@ -131,7 +131,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         .context("start the worker pool")?;
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, peer = %config.peer_addr,
         http = %config.http_addr, cluster = %config.cluster_addr, peer_auth = peer_security.mode(),
-        api_tls = api_tls.is_some(), data_dir = %config.data_dir.display(), "kairos node started");
+        api_tls = api_tls.is_some(), data_dir = %config.data_dir.display(), http_allow = %config.http_allow,
+        "kairos node started");
 
     let services = Services {
         node: node.clone(),
@@ -194,9 +195,11 @@ struct Listeners {
 }
 
 /// The job types this node runs: the built-in ones (`exec` only with
-/// `--allow-exec`), and the test-only ones when asked.
+/// `--allow-exec`, `http` fenced by `--http-allow`), and the test-only ones
+/// when asked.
 fn registry(config: &AgentConfig) -> Arc<crate::handlers::Registry> {
-    let registry = crate::handlers::Registry::builtin(config.allow_exec);
+    let registry =
+        crate::handlers::Registry::builtin_with_http_allow(config.allow_exec, config.http_allow.clone());
     #[cfg(feature = "test-handlers")]
     let registry = crate::handlers::panic::register_if(registry, config.test_handlers);
     Arc::new(registry)

@@ -14,6 +14,10 @@
 //! of `dev` finds its cluster again. The nodes get it in their environment,
 //! never on their command line.
 //!
+//! The nodes allow `http` jobs to call loopback
+//! (`--http-allow=public,loopback`), which a node refuses by default, so
+//! that jobs can call servers on the developer's machine.
+//!
 //! # Invariants
 //!
 //! * **Restarts survive a rebuild.** The binary is resolved once, at start:
@@ -62,6 +66,9 @@ const QUICK_EXIT: Duration = Duration::from_secs(10);
 const MAX_QUICK_EXITS: u32 = 3;
 /// The file (in the data directory) holding the root token's secret.
 const ROOT_TOKEN_FILE: &str = "root.token";
+/// `--http-allow` of the dev nodes: the default plus loopback, so that jobs
+/// may call servers on the developer's machine.
+const DEV_HTTP_ALLOW: &str = "public,loopback";
 /// The name of the resolved binary in the data directory.
 const AGENT_BINARY: &str = "kairos-agent";
 /// The name of the cluster cookie's file in the data directory.
@@ -173,7 +180,8 @@ fn plan(args: &DevArgs, binary: &Path) -> anyhow::Result<Vec<Launch>> {
                 cluster_addr: addr(200, id)?,
                 initial_cluster: initial_cluster.clone(),
                 cookie: cookie.clone(),
-                extra_args: Vec::new(),
+                // The tour's webhooks and a developer's own run on this machine.
+                extra_args: vec![format!("--http-allow={DEV_HTTP_ALLOW}")],
             },
             env: Vec::new(),
             log: dir.join("agent.log"),

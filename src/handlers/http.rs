@@ -12,9 +12,15 @@
 //! since redirects are not followed) fails non-retryably; transport errors are
 //! `http_connect` and running out of time is `timeout`, both retryable. The
 //! whole exchange, body included, is bounded by `min(timeout_ms, ctx.timeout)`.
+//!
+//! Destinations are fenced by the node's `--http-allow` policy (see
+//! [`super::egress`]): the URL's host if it is an IP literal, the addresses
+//! a host name resolves to, and every redirect's target. A refused
+//! destination fails the attempt as `http_refused`, not retryable, before
+//! any connection to it is made.
 
 use std::collections::BTreeMap;
-use std::sync::{Once, OnceLock};
+use std::sync::{Arc, Once, OnceLock};
 
 use chrono::{DateTime, SecondsFormat};
 use futures::future::BoxFuture;
@@ -23,6 +29,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio_util::sync::CancellationToken;
 
+use super::egress::{find_refusal, redirect_policy, EgressPolicy, FencedResolver, Refusal};
 use super::{
     effective_timeout, error_chain, tail, Fields, Handler, HandlerError, HandlerResult, RunContext, TailBuf,
     MAX_OUTPUT_TAIL, MAX_PAYLOAD_MS,
@@ -113,20 +120,42 @@ fn install_crypto_provider() {
     });
 }
 
-/// The `http` job type; holds one connection-pooling client.
+/// The `http` job type; holds its destination policy and one
+/// connection-pooling client.
 #[derive(Debug, Default)]
 pub struct HttpHandler {
+    /// Where calls may go (`--http-allow`).
+    policy: Arc<EgressPolicy>,
+    /// Ignore `HTTP(S)_PROXY` (tests that call loopback servers directly).
+    without_proxy: bool,
     /// Built on first use, so constructing a registry never touches TLS.
     client: OnceLock<Result<reqwest::Client, String>>,
 }
 
 impl HttpHandler {
-    /// A handler whose client is built from [`Self::client_builder`] on first use.
+    /// A handler with the default policy (`public`, knowing no listener
+    /// address of this node); see [`Self::fenced`].
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The client configuration every `http` job uses: aws-lc-rs TLS, no redirects, Kairos user agent.
+    /// A handler whose calls `policy` fences (see [`super::egress`]).
+    pub fn fenced(policy: Arc<EgressPolicy>) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    /// The same handler, ignoring `HTTP(S)_PROXY` from the environment.
+    pub fn without_proxy(mut self) -> Self {
+        self.without_proxy = true;
+        self
+    }
+
+    /// The client configuration every Kairos HTTP client starts from:
+    /// aws-lc-rs TLS, no redirects, Kairos user agent. The `http` job type
+    /// adds its policy's resolver and redirect check to it.
     pub fn client_builder() -> reqwest::ClientBuilder {
         install_crypto_provider();
         reqwest::Client::builder()
@@ -134,17 +163,20 @@ impl HttpHandler {
             .user_agent(USER_AGENT)
     }
 
-    /// A handler using `client` (e.g. one built with `client_builder().no_proxy()`).
-    pub fn with_client(client: reqwest::Client) -> Self {
-        Self {
-            client: OnceLock::from(Ok(client)),
-        }
-    }
-
     /// The shared client, or a non-retryable error if it cannot be built.
     fn client(&self) -> Result<reqwest::Client, HandlerError> {
         self.client
-            .get_or_init(|| Self::client_builder().build().map_err(|e| error_chain(&e)))
+            .get_or_init(|| {
+                let builder = Self::client_builder()
+                    .dns_resolver(Arc::new(FencedResolver::new(self.policy.clone())))
+                    .redirect(redirect_policy(self.policy.clone()));
+                let builder = if self.without_proxy {
+                    builder.no_proxy()
+                } else {
+                    builder
+                };
+                builder.build().map_err(|e| error_chain(&e))
+            })
             .clone()
             .map_err(|e| HandlerError::new("http_client", e, false))
     }
@@ -161,12 +193,15 @@ impl Handler for HttpHandler {
 
     fn run(&self, ctx: RunContext, cancel: CancellationToken) -> BoxFuture<'static, HandlerResult> {
         let client = self.client();
+        let policy = self.policy.clone();
         async move {
             if cancel.is_cancelled() {
                 return Err(HandlerError::cancelled());
             }
             let client = client?;
             let p = parse(&ctx.payload).map_err(HandlerError::invalid_payload)?;
+            // An IP-literal host never reaches the resolver: check it here.
+            policy.check_url(&p.url).map_err(refused)?;
             let limit = effective_timeout(ctx.timeout, p.timeout_ms);
             let req = build_request(&client, p, &ctx)?;
             tracing::debug!(job_id = %ctx.job_id, run_id = ctx.run_id, attempt = ctx.attempt,
@@ -241,10 +276,19 @@ fn classify(status: StatusCode, output: String) -> HandlerResult {
     .with_output(output))
 }
 
-/// Any transport-level failure (refused, reset, TLS, truncated body): retryable.
+/// A transport-level failure (refused, reset, TLS, truncated body) is
+/// retryable, except a destination `--http-allow` refused, which is final.
 /// (No reqwest-level timeouts are configured; the attempt timeout wraps the call.)
 fn transport_error(e: reqwest::Error) -> HandlerError {
+    if let Some(refusal) = find_refusal(&e) {
+        return refused(refusal.clone());
+    }
     HandlerError::new("http_connect", error_chain(&e.without_url()), true)
+}
+
+/// A destination the policy refused: `http_refused`, never retried.
+fn refused(refusal: Refusal) -> HandlerError {
+    HandlerError::new("http_refused", refusal.to_string(), false)
 }
 
 #[cfg(test)]
@@ -261,8 +305,91 @@ mod tests {
 
     /// Runs the handler with an explicit attempt timeout and token.
     async fn call_with(payload: &str, timeout: Duration, cancel: CancellationToken) -> HandlerResult {
-        let h = HttpHandler::with_client(HttpHandler::client_builder().no_proxy().build().unwrap());
+        let h = HttpHandler::fenced(allowing("loopback")).without_proxy();
         h.run(test_ctx(payload, timeout), cancel).await
+    }
+
+    /// The policy `--http-allow=<spec>` of a node with no listener address.
+    fn allowing(spec: &str) -> Arc<EgressPolicy> {
+        Arc::new(EgressPolicy::parse(spec, &[]).unwrap())
+    }
+
+    /// Runs `payload` once through a proxy-free handler fenced by `spec`.
+    async fn call_fenced(spec: &str, payload: &str) -> HandlerResult {
+        let h = HttpHandler::fenced(allowing(spec)).without_proxy();
+        h.run(
+            test_ctx(payload, Duration::from_secs(30)),
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// Answers every request with `302 Found` to `location`.
+    async fn redirect_to(location: String) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, location)],
+                    "",
+                )
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn the_default_policy_refuses_loopback_literals_and_names_before_connecting() {
+        let (base, mut rx) = serve(200, "ok".into()).await;
+        let port = base.rsplit(':').next().unwrap();
+        for url in [
+            format!("{base}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+            format!("http://localhost:{port}/hook"),
+        ] {
+            let err = call_fenced("public", &format!(r#"{{"url":"{url}"}}"#))
+                .await
+                .unwrap_err();
+            assert_eq!(class(&err), ("http_refused", false), "{url}: {err:?}");
+            assert!(
+                err.message
+                    .ends_with("refused by --http-allow (loopback addresses are not allowed)"),
+                "{url}: {err:?}"
+            );
+        }
+        assert!(rx.try_recv().is_err(), "the server was called");
+        let err = call_fenced("public", r#"{"url":"http://169.254.169.254/latest/meta-data/"}"#)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "destination 169.254.169.254 refused by --http-allow (link-local addresses are not allowed)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_a_refused_destination_is_refused() {
+        // 127.0.0.2 is loopback but not 127.0.0.1; nothing is ever sent to it.
+        let hop = redirect_to("http://127.0.0.2:9/next".into()).await;
+        let err = call_fenced("127.0.0.1", &format!(r#"{{"url":"{hop}/start"}}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(class(&err), ("http_refused", false), "{err:?}");
+        assert!(
+            err.message
+                .starts_with("destination 127.0.0.2 refused by --http-allow (loopback"),
+            "{err:?}"
+        );
+        // A hop the policy allows is not followed either: the 3xx is the answer.
+        let allowed_hop = redirect_to("http://127.0.0.1:9/next".into()).await;
+        let err = call_fenced("loopback", &format!(r#"{{"url":"{allowed_hop}/"}}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(class(&err), ("http_302", false), "{err:?}");
     }
 
     #[test]
@@ -346,12 +473,15 @@ mod tests {
         drop(listener);
         let err = call(&format!(r#"{{"url":"http://{addr}/"}}"#)).await.unwrap_err();
         assert_eq!(class(&err), ("http_connect", true), "{err:?}");
-        // Same through the default (lazily built, aws-lc-rs TLS) client, over https.
+        // Same through the lazily built (aws-lc-rs TLS, proxies from the
+        // environment) client, over https.
         let ctx = test_ctx(
             &format!(r#"{{"url":"https://{addr}/"}}"#),
             Duration::from_secs(30),
         );
-        let err = HttpHandler::new().run(ctx, CancellationToken::new()).await;
+        let err = HttpHandler::fenced(allowing("loopback"))
+            .run(ctx, CancellationToken::new())
+            .await;
         assert_eq!(class(&err.unwrap_err()), ("http_connect", true));
     }
 

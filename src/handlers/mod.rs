@@ -46,7 +46,8 @@
 //!
 //! `cancelled` (no), `timeout` (yes), `invalid_payload` (no),
 //! `invalid_context` (no), `http_<code>` (408/429/5xx yes, others no),
-//! `http_connect` (yes), `http_client` (no), `spawn` (no), `exit_<code>`
+//! `http_connect` (yes), `http_refused` (no: `--http-allow` refused the
+//! destination), `http_client` (no), `spawn` (no), `exit_<code>`
 //! (yes), `signal_<n>` (yes), `wait` (yes). Retryability is in parentheses.
 //!
 //! # IMPLEMENTATION CAVEATS
@@ -59,6 +60,9 @@
 //!   and the `KAIROS_*` variables). `--allow-exec` is the trust boundary.
 //! * `http` does not follow redirects: a 3xx is a non-retryable failure,
 //!   because following a 301/302 would silently turn a POST into a GET.
+//! * `http` calls only destinations the node's `--http-allow` allows
+//!   (default `public`: no loopback, link-local or own listener address);
+//!   see [`egress`].
 //! * `http` installs aws-lc-rs as the process-wide rustls crypto provider the
 //!   first time a client is built (ring is never linked). If the embedding
 //!   program installed another provider first, that one is used.
@@ -74,8 +78,10 @@
 //! * Output tails are decoded as lossy UTF-8; invalid bytes become U+FFFD.
 //! * A zero `ctx.timeout` means "time out immediately", not "no timeout".
 
-// Layout: one file per built-in; `support` holds the shared payload parser,
-// output buffer and timeout rule; `testutil` is the tests' context and HTTP server.
+// Layout: one file per built-in; `egress` is the `http` type's destination
+// fence (`--http-allow`); `support` holds the shared payload parser, output
+// buffer and timeout rule; `testutil` is the tests' context and HTTP server.
+pub mod egress;
 mod exec;
 mod http;
 mod noop;
@@ -203,12 +209,20 @@ impl Registry {
         }
     }
 
-    /// noop, sleep, http always; exec only when `allow_exec`.
+    /// noop, sleep, http always; exec only when `allow_exec`. `http` has the
+    /// default policy, knowing no listener address of the node; a node uses
+    /// [`Registry::builtin_with_http_allow`].
     pub fn builtin(allow_exec: bool) -> Registry {
+        Registry::builtin_with_http_allow(allow_exec, Arc::default())
+    }
+
+    /// [`Registry::builtin`] with `http` fenced by `http_allow` (the node's
+    /// `--http-allow`, see [`egress`]).
+    pub fn builtin_with_http_allow(allow_exec: bool, http_allow: Arc<egress::EgressPolicy>) -> Registry {
         let mut r = Registry::empty();
         r.register(Arc::new(NoopHandler));
         r.register(Arc::new(SleepHandler));
-        r.register(Arc::new(HttpHandler::new()));
+        r.register(Arc::new(HttpHandler::fenced(http_allow)));
         if allow_exec {
             r.register(Arc::new(ExecHandler));
         } else {

@@ -212,7 +212,9 @@ impl State {
             )));
         }
         run.output_tail = tail(output_tail);
-        match outcome {
+        // The run as this result left it: history retention may already have
+        // dropped it from the state (an old run finishing after newer ones).
+        let recorded = match outcome {
             AttemptOutcome::Succeeded => self.finish(run, RunStatus::Succeeded, "", at_ms, changes),
             AttemptOutcome::Failed {
                 kind,
@@ -229,10 +231,8 @@ impl State {
                 };
                 self.retry_or(run, failure, at_ms, changes)
             }
-        }
-        Ok(Response::Run(Box::new(
-            self.runs.get(&run_id).cloned().expect("just stored"),
-        )))
+        };
+        Ok(Response::Run(Box::new(recorded)))
     }
 
     /// `ExpireRuns`: times out what is really past its deadline at `at_ms`.
@@ -288,15 +288,14 @@ impl State {
                 run.status
             )));
         }
-        self.finish(run, RunStatus::Cancelled, "cancelled by a client", at_ms, changes);
-        Ok(Response::Run(Box::new(
-            self.runs.get(&run_id).cloned().expect("just stored"),
-        )))
+        // Returned as cancelled even when history retention dropped it at once.
+        let cancelled = self.finish(run, RunStatus::Cancelled, "cancelled by a client", at_ms, changes);
+        Ok(Response::Run(Box::new(cancelled)))
     }
 
     /// Retries `run` after a failed attempt if the policy allows, else ends it
-    /// with `failure.give_up`.
-    fn retry_or(&mut self, mut run: Run, failure: AttemptFailure, at_ms: i64, changes: &mut Changes) {
+    /// with `failure.give_up`; returns the run as it is then.
+    fn retry_or(&mut self, mut run: Run, failure: AttemptFailure, at_ms: i64, changes: &mut Changes) -> Run {
         let AttemptFailure {
             retryable,
             kind,
@@ -318,9 +317,11 @@ impl State {
             run.not_before_ms = at_ms.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
             run.error = error;
             self.count(&job_id, |c| c.retries += 1);
+            let run_id = run.id;
             self.put_run(run, changes);
+            self.runs[&run_id].clone()
         } else {
-            self.finish(run, give_up, &error, at_ms, changes);
+            self.finish(run, give_up, &error, at_ms, changes)
         }
     }
 }

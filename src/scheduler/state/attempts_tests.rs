@@ -270,3 +270,49 @@ fn deadlines_follow_policy_changes_and_leave_with_a_deleted_job() {
     assert_eq!(sm.state.earliest_deadline(), None);
     assert!(sm.state.expired_runs(i64::MAX, 10).is_empty());
 }
+
+#[test]
+fn an_old_run_ending_after_newer_ones_is_answered_although_history_drops_it() {
+    // Found by tests/fuzz_state.rs: cancelling (or recording the result of)
+    // a run older than the job's kept history made retention drop it at
+    // once, and `apply` panicked reading it back for the reply: every
+    // replica applying the entry would have crashed.
+    let mut sm = Sm::new();
+    sm.job("a", T0 - 500, |p| {
+        p.overlap = Overlap::AllowAll;
+        p.retry.max_attempts = 1;
+        p.history.keep_failed = 1;
+    });
+    sm.apply(
+        T0,
+        Command::SetPaused {
+            id: "a".into(),
+            paused: true,
+        },
+    )
+    .unwrap();
+    let trigger = |sm: &mut Sm, at_ms: i64| match sm.apply(at_ms, Command::TriggerJob { id: "a".into() }) {
+        Ok(Response::Run(run)) => run.id,
+        other => panic!("{other:?}"),
+    };
+    let (old, new) = (trigger(&mut sm, T0 + 1), trigger(&mut sm, T0 + 2));
+    let old_token = sm.start(old, T0 + 3);
+    sm.apply(T0 + 4, Command::CancelRun { run_id: new }).unwrap();
+    let reply = sm.finish(old, old_token, T0 + 5, failed(false)).unwrap();
+    let Response::Run(run) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((run.id, run.status), (old, RunStatus::Failed));
+    assert!(sm.state.run(old).is_none(), "beyond keep_failed: dropped at once");
+
+    let (older, newer) = (trigger(&mut sm, T0 + 6), trigger(&mut sm, T0 + 7));
+    sm.apply(T0 + 8, Command::CancelRun { run_id: newer }).unwrap();
+    let reply = sm.apply(T0 + 9, Command::CancelRun { run_id: older }).unwrap();
+    let Response::Run(run) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!((run.id, run.status), (older, RunStatus::Cancelled));
+    assert!(sm.state.run(older).is_none());
+    assert_eq!(sm.counters("a").cancelled, 3);
+    assert_eq!(rebuilt_from_parts(&sm.state), sm.state);
+}

@@ -238,7 +238,9 @@ impl State {
         id
     }
 
-    /// Moves `run` to a terminal status.
+    /// Moves `run` to a terminal status; returns it as it ended. History
+    /// retention may drop it at once (an old run ending after newer ones
+    /// did), so the returned run is the only copy a caller can count on.
     pub(super) fn finish(
         &mut self,
         mut run: Run,
@@ -246,7 +248,7 @@ impl State {
         error: &str,
         at_ms: i64,
         changes: &mut Changes,
-    ) {
+    ) -> Run {
         let job_id = run.job_id.clone();
         run.status = status;
         run.finished_at_ms = Some(at_ms);
@@ -260,8 +262,11 @@ impl State {
             RunStatus::Cancelled => c.cancelled += 1,
             _ => {}
         });
+        let run_id = run.id;
         self.put_run(run, changes);
+        let ended = self.runs[&run_id].clone();
         self.retain_history(&job_id, changes);
+        ended
     }
 
     /// Drops the oldest finished runs of a job beyond its history limits.
@@ -417,7 +422,14 @@ impl State {
         let schedule =
             Schedule::compile(&job.spec.schedule).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let mut times = Vec::new();
-        let mut cursor = DateTime::<Utc>::from_timestamp_millis(start_ms - 1);
+        // The first fire at or after `start_ms` is the first after the
+        // millisecond before it; a start before chrono's first instant
+        // starts there (`start_ms - 1` overflowed for i64::MIN).
+        let (first, last) = (DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC);
+        let before_start = start_ms
+            .saturating_sub(1)
+            .clamp(first.timestamp_millis(), last.timestamp_millis());
+        let mut cursor = DateTime::<Utc>::from_timestamp_millis(before_start);
         while let Some(t) = cursor
             .and_then(|c| schedule.next_after(c))
             .filter(|t| t.timestamp_millis() < end_ms)

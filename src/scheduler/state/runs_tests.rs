@@ -231,6 +231,37 @@ fn backfill_creates_each_fire_once_and_trigger_runs_now() {
 }
 
 #[test]
+fn a_backfill_range_at_the_ends_of_time_is_listed_or_refused_without_overflow() {
+    // Found by tests/fuzz_convert.rs: a start of i64::MIN (a timestamp
+    // whose seconds saturate) overflowed `start_ms - 1`, a panic in a debug
+    // build, both in the API's dry run and in `State::apply`.
+    let mut sm = Sm::new();
+    sm.job("a", T0, |_| {});
+    let err = sm.state.backfill_times("a", i64::MIN, T0).unwrap_err();
+    assert!(err.to_string().contains("more than 10000"), "{err}");
+    assert_eq!(
+        sm.state.backfill_times("a", i64::MIN, i64::MIN + 1).unwrap(),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        sm.state.backfill_times("a", i64::MAX - 1, i64::MAX).unwrap(),
+        Vec::<i64>::new()
+    );
+    let applied = sm.apply(
+        T0,
+        Command::Backfill {
+            id: "a".into(),
+            start_ms: i64::MIN,
+            end_ms: i64::MIN + 2,
+        },
+    );
+    assert!(
+        matches!(applied, Ok(Response::Fired { ref created, refused: 0 }) if created.is_empty()),
+        "{applied:?}"
+    );
+}
+
+#[test]
 fn history_keeps_the_last_runs_and_counters_keep_counting() {
     let mut sm = Sm::new();
     sm.job("a", T0 - 500, |p| {

@@ -29,6 +29,10 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 /// The cluster cookie of every node, unless a test gives one its own.
 pub const TEST_COOKIE: &str = "kairos-test-cookie-0123456789abcdef";
 
+/// `--http-allow` of every test node unless a test names its own: the
+/// agent's default plus loopback, where the tests' webhooks listen.
+pub const TEST_HTTP_ALLOW: &str = "public,loopback";
+
 /// One node process.
 pub struct TestNode {
     /// The node id.
@@ -87,6 +91,9 @@ pub struct TestCluster {
     node_args: Vec<(u64, String)>,
     /// Cookies of single nodes that do not use [`TEST_COOKIE`].
     node_cookies: BTreeMap<u64, String>,
+    /// Whether nodes that are not given `--http-allow` get [`TEST_HTTP_ALLOW`]
+    /// (else they run with the agent's default, which refuses loopback).
+    allow_loopback_calls: bool,
     /// Asks the nodes' `/readyz`.
     probe: HttpProbe,
     /// The root token's secret, once the ACL is bootstrapped.
@@ -94,13 +101,29 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts `n` nodes forming a new cluster.
+    /// Starts `n` nodes forming a new cluster. Nodes whose flags do not
+    /// name `--http-allow` get `--http-allow=`[`TEST_HTTP_ALLOW`].
     pub fn start(n: u64, extra_args: &[&str]) -> TestCluster {
         Self::start_with_node_args(n, extra_args, &[])
     }
 
     /// Like [`TestCluster::start`], with extra flags for single nodes.
     pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
+        Self::start_inner(n, extra_args, node_args, true)
+    }
+
+    /// Like [`TestCluster::start`], but a node not given `--http-allow` runs
+    /// with the agent's default (`public`: loopback refused).
+    pub fn start_with_agent_http_allow(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::start_inner(n, extra_args, &[], false)
+    }
+
+    fn start_inner(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &str)],
+        allow_loopback_calls: bool,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
         let initial_cluster = nodes.iter().map(|n| (n.id, n.peer.clone())).collect();
@@ -111,6 +134,7 @@ impl TestCluster {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             node_cookies: BTreeMap::new(),
+            allow_loopback_calls,
             probe: HttpProbe::new().expect("an HTTP client"),
             root_token: OnceLock::new(),
         };
@@ -173,6 +197,12 @@ impl TestCluster {
                 .filter(|(n, _)| *n == id)
                 .map(|(_, a)| a.clone()),
         );
+        let names_http_allow = extra_args
+            .iter()
+            .any(|a| a == "--http-allow" || a.starts_with("--http-allow="));
+        if self.allow_loopback_calls && !names_http_allow {
+            extra_args.push(format!("--http-allow={TEST_HTTP_ALLOW}"));
+        }
         Launch {
             binary: kairos_bin(),
             agent: AgentSpec {

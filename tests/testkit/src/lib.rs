@@ -8,6 +8,8 @@
 //! - [`Bearer`], [`authed`]: clients carrying a token. Every test cluster
 //!   runs with authentication on; [`TestCluster::wait_ready`] bootstraps its
 //!   ACL and [`TestCluster::token`] is the root token's secret.
+//!   Their `http` jobs may call loopback ([`TEST_HTTP_ALLOW`]) unless a
+//!   test says otherwise.
 //! - [`free_port`]: loopback ports for a node to bind later.
 //! - [`http_get`]: a node's HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
@@ -41,7 +43,7 @@ use std::path::PathBuf;
 
 pub use auth::{authed, Authed, Bearer};
 pub use certs::{IssuedCert, TestPki};
-pub use cluster::{TestCluster, TestNode, TEST_COOKIE};
+pub use cluster::{TestCluster, TestNode, TEST_COOKIE, TEST_HTTP_ALLOW};
 pub use jobs::{create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};
