@@ -3,7 +3,9 @@
 #
 #   fuzz_schedule  the cron parser and fire-time search
 #   fuzz_convert   protobuf -> domain conversion and validation of requests
-#   fuzz_state     State::apply over arbitrary command sequences
+#   fuzz_state     State::apply over arbitrary command sequences (with
+#                  clients' writes, ACL changes and audit records)
+#   fuzz_acl       the ACL scope matcher and the authorization check
 #
 # The suite runs them with a few hundred cases each (seconds); this script
 # runs them in rounds, each round with fresh random seeds and many more
@@ -15,6 +17,7 @@
 #   FUZZ_CASES_SCHEDULE   cases per property per round (default 20000)
 #   FUZZ_CASES_CONVERT    (default 5000)
 #   FUZZ_CASES_STATE      (default 300; each case is a sequence of up to 60 commands)
+#   FUZZ_CASES_ACL        (default 20000)
 #   FUZZ_OUT              where failing rounds' logs go (default target/fuzz-campaign)
 #
 # A failure is a finding: its log is kept under FUZZ_OUT, and proptest saves
@@ -30,11 +33,12 @@ cd "$(dirname "$0")/.."
 
 duration=${FUZZ_SECONDS:-600}
 out=${FUZZ_OUT:-target/fuzz-campaign}
-targets=(fuzz_schedule fuzz_convert fuzz_state)
+targets=(fuzz_schedule fuzz_convert fuzz_state fuzz_acl)
 declare -A per_round=(
     [fuzz_schedule]=${FUZZ_CASES_SCHEDULE:-20000}
     [fuzz_convert]=${FUZZ_CASES_CONVERT:-5000}
     [fuzz_state]=${FUZZ_CASES_STATE:-300}
+    [fuzz_acl]=${FUZZ_CASES_ACL:-20000}
 )
 declare -A properties cases seconds failures
 

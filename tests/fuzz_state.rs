@@ -7,7 +7,11 @@
 //! triggers and backfills; attempt starts, heartbeats and results with right,
 //! stale and random fencing tokens; expiries; run cancels; write ids reused
 //! within and beyond their lifetime; and batches of all of these (a batch
-//! inside a batch among them). Each operation picks its job from a small
+//! inside a batch among them); any of them as a client's write by one of a
+//! few callers (root, a token of a scoped role, unknown, revoked or
+//! expiring tokens, no credential, a certificate subject, an insecure
+//! node), ACL changes (bootstrap, roles, tokens, bindings) and audit
+//! records. Each operation picks its job from a small
 //! pool of ids and its run from the runs the state holds (or one it does
 //! not), so that most commands meet state they can act on. It becomes a
 //! concrete [`Request`] by reading the first replica's state; every replica
@@ -20,6 +24,7 @@
 //!   equal (derived indexes included);
 //! - the state rebuilt from its image ([`State::from_image`]) equals the
 //!   live one;
+//! - the audit chain verifies;
 //!
 //! and once per case, at a random step: the image encoded and decoded as a
 //! snapshot stores it (`codec`) gives a third replica equal to the live
@@ -39,12 +44,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kairos::codec;
+use kairos::scheduler::acl::{secret_hash, Binding, Credential, Permission, Role, Token};
+use kairos::scheduler::audit::{AuditKind, AuditRecord};
 use kairos::scheduler::job::{
     Catchup, HistoryLimits, JobPatch, JobSpec, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
 };
 use kairos::scheduler::run::{AttemptOutcome, AttemptResult, RunCause};
 use kairos::scheduler::state::StateImage;
-use kairos::scheduler::{Changes, Command, CommandResult, Request, RunId, ScheduleSpec, State};
+use kairos::scheduler::{CallContext, Changes, Command, CommandResult, Request, RunId, ScheduleSpec, State};
 use proptest::prelude::*;
 
 /// The first command's time: 2026-01-01T00:00:00Z.
@@ -194,8 +201,125 @@ enum Op {
     },
     /// A batch inside a batch (refused).
     NestedBatch,
+    /// `op` as a client's write, by one of [`CALLERS`] (checked and audited at apply).
+    AsClient {
+        caller: usize,
+        op: Box<Op>,
+    },
+    /// An ACL change by a client (root, a scoped token, or someone unknown).
+    Acl {
+        caller: usize,
+        change: AclChange,
+    },
+    /// Audit records a node made (refusals, coalesced counts).
+    Audit {
+        records: Vec<(usize, u8, u32)>,
+    },
     /// The previous request again, with its write id (see [`step`]).
     Repeat,
+}
+
+/// The credentials clients call with: the root token (once bootstrapped),
+/// a token of the scoped role (once created), tokens that do not exist or
+/// were revoked, no credential, a certificate subject, and an insecure node.
+const CALLERS: [&str; 6] = ["root", "scoped", "ghost", "none", "cert", "insecure"];
+
+fn credential(caller: usize) -> Credential {
+    match CALLERS[caller % CALLERS.len()] {
+        "none" => Credential::None,
+        "insecure" => Credential::Insecure,
+        "cert" => Credential::Certificate {
+            subject: "spiffe://fuzz/ci".into(),
+        },
+        accessor => Credential::Token {
+            accessor_id: accessor.into(),
+        },
+    }
+}
+
+fn client(caller: usize, method: &str, command: Command) -> Command {
+    Command::Client {
+        call: CallContext {
+            credential: credential(caller),
+            source: "127.0.0.1:5000".into(),
+            node: 1 + caller as u64 % 3,
+            method: method.into(),
+            resource: String::new(),
+            request_id: String::new(),
+            trace_id: String::new(),
+        },
+        command: Box::new(command),
+    }
+}
+
+/// One ACL change.
+#[derive(Clone, Debug)]
+enum AclChange {
+    Bootstrap,
+    /// The scoped role: `job:write`, `job:read`, `run:cancel` on owners `o*` (or jobs `a*`).
+    CreateRole {
+        by_job: bool,
+    },
+    DeleteRole,
+    /// A token holding the scoped role, maybe expiring.
+    CreateToken {
+        accessor: usize,
+        ttl_ms: Option<i64>,
+    },
+    RevokeToken {
+        accessor: usize,
+    },
+    Bind,
+    Unbind,
+}
+
+impl AclChange {
+    fn command(&self, at_ms: i64) -> Command {
+        let binding = || Binding {
+            subject: "spiffe://fuzz/ci".into(),
+            role: "scoped".into(),
+        };
+        let token = |accessor: &str, roles: Vec<String>, expires_ms| Token {
+            accessor_id: accessor.into(),
+            name: format!("{accessor}-name"),
+            secret_hash: secret_hash(accessor),
+            roles,
+            expires_ms,
+            created_ms: 0,
+            created_by: String::new(),
+        };
+        match self {
+            AclChange::Bootstrap => Command::AclBootstrap {
+                token: token("root", vec![], None),
+            },
+            AclChange::CreateRole { by_job } => Command::CreateRole {
+                role: Role {
+                    name: "scoped".into(),
+                    permissions: [Permission::JobWrite, Permission::JobRead, Permission::RunCancel].into(),
+                    owners: if *by_job { vec![] } else { vec!["o*".into()] },
+                    jobs: if *by_job { vec!["a*".into()] } else { vec![] },
+                    description: String::new(),
+                    created_ms: 0,
+                    created_by: String::new(),
+                },
+            },
+            AclChange::DeleteRole => Command::DeleteRole {
+                name: "scoped".into(),
+            },
+            AclChange::CreateToken { accessor, ttl_ms } => Command::CreateToken {
+                token: token(
+                    CALLERS[accessor % 3],
+                    vec!["scoped".into()],
+                    ttl_ms.map(|t| at_ms + t),
+                ),
+            },
+            AclChange::RevokeToken { accessor } => Command::RevokeToken {
+                accessor_id: CALLERS[accessor % 3].into(),
+            },
+            AclChange::Bind => Command::CreateBinding { binding: binding() },
+            AclChange::Unbind => Command::DeleteBinding { binding: binding() },
+        }
+    }
 }
 
 impl Op {
@@ -318,6 +442,21 @@ impl Op {
                         principal: format!("p{i}"),
                         command: op.command(state, at_ms),
                         write_id: None,
+                    })
+                    .collect(),
+            },
+            Op::AsClient { caller, op } => client(*caller, "Fuzz", op.command(state, at_ms)),
+            Op::Acl { caller, change } => client(*caller, "Acl", change.command(at_ms)),
+            Op::Audit { records } => Command::RecordAudit {
+                records: records
+                    .iter()
+                    .map(|(caller, code, count)| AuditRecord {
+                        kind: Some(AuditKind::Call),
+                        principal: CALLERS[caller % CALLERS.len()].into(),
+                        method: "DeleteJob".into(),
+                        code: u32::from(*code),
+                        count: *count,
+                        ..AuditRecord::default()
                     })
                     .collect(),
             },
@@ -541,6 +680,32 @@ fn op() -> BoxedStrategy<Op> {
     .boxed()
 }
 
+fn acl_change() -> BoxedStrategy<AclChange> {
+    prop_oneof![
+        2 => Just(AclChange::Bootstrap),
+        2 => any::<bool>().prop_map(|by_job| AclChange::CreateRole { by_job }),
+        1 => Just(AclChange::DeleteRole),
+        3 => (0usize..3, proptest::option::of(0i64..30_000))
+            .prop_map(|(accessor, ttl_ms)| AclChange::CreateToken { accessor, ttl_ms }),
+        1 => (0usize..3).prop_map(|accessor| AclChange::RevokeToken { accessor }),
+        1 => Just(AclChange::Bind),
+        1 => Just(AclChange::Unbind),
+    ]
+    .boxed()
+}
+
+/// [`op`], or the same as a client's write, an ACL change or audit records.
+fn secured_op() -> BoxedStrategy<Op> {
+    let caller = || 0..CALLERS.len();
+    prop_oneof![
+        10 => op(),
+        8 => (caller(), op()).prop_map(|(caller, op)| Op::AsClient { caller, op: Box::new(op) }),
+        4 => (caller(), acl_change()).prop_map(|(caller, change)| Op::Acl { caller, change }),
+        1 => prop::collection::vec((caller(), 0u8..17, 0u32..1_000), 0..4).prop_map(|records| Op::Audit { records }),
+    ]
+    .boxed()
+}
+
 /// One step: how far time moves, an optional write id, and the operation
 /// (sometimes a batch of several, sometimes a repeat of the previous
 /// request, as a node retrying a forwarded write sends it).
@@ -552,8 +717,8 @@ fn step() -> BoxedStrategy<(i64, Option<usize>, Op)> {
         1 => Just(25 * 3_600_000i64),
     ];
     let op = prop_oneof![
-        24 => op(),
-        4 => prop::collection::vec(op(), 0..5).prop_map(|ops| Op::Batch { ops }),
+        24 => secured_op(),
+        4 => prop::collection::vec(secured_op(), 0..5).prop_map(|ops| Op::Batch { ops }),
         1 => Just(Op::NestedBatch),
         2 => Just(Op::Repeat),
     ];
@@ -636,6 +801,8 @@ proptest! {
                 prop_assert_eq!(&restored.apply(&request), &result, "step {} after the snapshot: {:?}", i, request);
             }
             prop_assert!(first.state == second.state, "the replicas differ after step {}: {:?}", i, request);
+            let chain = first.state.audit().verify();
+            prop_assert!(chain.is_ok(), "the audit chain breaks after step {}: {:?}", i, chain);
             prop_assert!(
                 State::from_image(first.state.image()) == first.state,
                 "the indexes differ from the rebuilt ones after step {}: {:?}",
