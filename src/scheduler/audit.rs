@@ -344,7 +344,8 @@ mod tests {
         log.append(record("m"), 5, 10);
         let entry = log.entries().next().unwrap().as_ref().clone();
         let base = entry.compute_hash();
-        let variants: Vec<Box<dyn Fn(&mut AuditEntry)>> = vec![
+        type Change = Box<dyn Fn(&mut AuditEntry)>;
+        let variants: Vec<Change> = vec![
             Box::new(|e| e.seq += 1),
             Box::new(|e| e.at_ms += 1),
             Box::new(|e| e.prev_hash[0] ^= 1),
