@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kairos::api::convert::{ms_timestamp, timestamp_ms};
 use kairos::proto as pb;
-use kairos_testkit::{free_port, http_get, job, kairos_bin, TestCluster};
+use kairos::proto::acl_service_client::AclServiceClient;
+use kairos::proto::job_service_client::JobServiceClient;
+use kairos_testkit::{free_port, http_get, job, kairos_bin, Bearer, TestCluster};
 use tonic::Code;
 
 const READY: Duration = Duration::from_secs(30);
@@ -637,4 +639,54 @@ async fn watching_after_a_position_beyond_the_log_says_so_and_gives_up() {
         lines[1].starts_with("error: watch: the log did not reach revision 999999999 within 2s"),
         "{stderr}"
     );
+}
+
+/// A token is accepted by every node as soon as its creation is
+/// acknowledged: a follower that has not applied the creation yet passes
+/// the read barrier and looks again instead of refusing it (the first
+/// write through a follower right after `acl bootstrap` used to fail with
+/// UNAUTHENTICATED). A token nobody created is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_is_accepted_by_every_node_at_once() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_leader(READY).await;
+    let mut acl = cluster.acl(leader);
+    for i in 0..20 {
+        let name = format!("ci-{i}");
+        let token = acl
+            .create_token(pb::CreateTokenRequest {
+                name: name.clone(),
+                roles: vec!["root".into()],
+                ttl: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Every follower at once, the write first (it is checked before it is proposed).
+        for id in cluster.running().into_iter().filter(|&id| id != leader) {
+            let channel = cluster.channel_as(id, Bearer::new(&token.secret));
+            let created = JobServiceClient::new(channel.clone())
+                .create_job(pb::CreateJobRequest {
+                    job: Some(job(&format!("by-{name}-via-{id}"))),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{name} via node {id}: {e:?}"))
+                .into_inner();
+            assert_eq!(created.created_by, name);
+            let me = AclServiceClient::new(channel)
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(me.principal, name);
+        }
+    }
+    let follower = follower_of(&cluster, leader);
+    let unknown = JobServiceClient::new(cluster.channel_as(follower, Bearer::new("not-a-token")))
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated, "{unknown:?}");
+    assert_eq!(unknown.message(), "the bearer token is invalid or revoked");
 }

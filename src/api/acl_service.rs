@@ -126,7 +126,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::BootstrapRequest>,
     ) -> Result<Response<pb::TokenSecret>, Status> {
-        let caller = self.caller(&request, "Bootstrap");
+        let caller = self.caller(&request, "Bootstrap").await;
         self.observed(caller.method, async {
             let (accessor_id, secret) = new_secret();
             let token = Token {
@@ -155,7 +155,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::CreateRoleRequest>,
     ) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, "CreateRole");
+        let caller = self.caller(&request, "CreateRole").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let resource = format!("role {}", req.role.as_ref().map_or("", |r| r.name.as_str()));
@@ -169,7 +169,7 @@ impl AclService for Api {
     }
 
     async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> Result<Response<pb::Role>, Status> {
-        let caller = self.caller(&request, "GetRole");
+        let caller = self.caller(&request, "GetRole").await;
         self.observed(caller.method, async {
             let name = request.into_inner().name;
             self.acl_read(&caller, |state| {
@@ -187,7 +187,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        let caller = self.caller(&request, "ListRoles");
+        let caller = self.caller(&request, "ListRoles").await;
         self.observed(caller.method, async {
             self.acl_read(&caller, |state| {
                 let roles = std::iter::once(Role::root())
@@ -205,7 +205,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::DeleteRoleRequest>,
     ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
-        let caller = self.caller(&request, "DeleteRole");
+        let caller = self.caller(&request, "DeleteRole").await;
         self.observed(caller.method, async {
             let name = request.into_inner().name;
             let command = validate_name("name", &name)
@@ -222,7 +222,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::TokenSecret>, Status> {
-        let caller = self.caller(&request, "CreateToken");
+        let caller = self.caller(&request, "CreateToken").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let (accessor_id, secret) = new_secret();
@@ -265,7 +265,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let caller = self.caller(&request, "ListTokens");
+        let caller = self.caller(&request, "ListTokens").await;
         self.observed(caller.method, async {
             self.acl_read(&caller, |state| {
                 let tokens = state.tokens().map(token_to_pb).collect();
@@ -280,7 +280,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let caller = self.caller(&request, "RevokeToken");
+        let caller = self.caller(&request, "RevokeToken").await;
         self.observed(caller.method, async {
             let accessor_id = request.into_inner().accessor_id;
             let command = validate_name("accessor_id", &accessor_id)
@@ -299,7 +299,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::CreateBindingRequest>,
     ) -> Result<Response<pb::Binding>, Status> {
-        let caller = self.caller(&request, "CreateBinding");
+        let caller = self.caller(&request, "CreateBinding").await;
         self.observed(caller.method, async {
             let binding = binding_from_pb(request.into_inner().binding);
             let resource = binding
@@ -321,7 +321,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::ListBindingsRequest>,
     ) -> Result<Response<pb::ListBindingsResponse>, Status> {
-        let caller = self.caller(&request, "ListBindings");
+        let caller = self.caller(&request, "ListBindings").await;
         self.observed(caller.method, async {
             self.acl_read(&caller, |state| {
                 let bindings = state
@@ -342,7 +342,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::DeleteBindingRequest>,
     ) -> Result<Response<pb::DeleteBindingResponse>, Status> {
-        let caller = self.caller(&request, "DeleteBinding");
+        let caller = self.caller(&request, "DeleteBinding").await;
         self.observed(caller.method, async {
             let binding = binding_from_pb(request.into_inner().binding);
             let resource = binding
@@ -359,7 +359,7 @@ impl AclService for Api {
         &self,
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
-        let caller = self.caller(&request, "WhoAmI");
+        let caller = self.caller(&request, "WhoAmI").await;
         self.observed(caller.method, async {
             let state = self.node.state.read();
             let Subject { principal, roles } = self.authenticate(&caller, &state, "")?;

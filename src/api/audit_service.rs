@@ -52,7 +52,7 @@ impl AuditService for Api {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        let caller = self.caller(&request, "ListAudit");
+        let caller = self.caller(&request, "ListAudit").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let limit = page_size(req.limit).min(MAX_PAGE_SIZE);
@@ -98,7 +98,7 @@ impl AuditService for Api {
         &self,
         request: Request<pb::VerifyAuditRequest>,
     ) -> Result<Response<pb::VerifyAuditResponse>, Status> {
-        let caller = self.caller(&request, "VerifyAudit");
+        let caller = self.caller(&request, "VerifyAudit").await;
         self.observed(caller.method, async {
             let state = self.node.state.read();
             self.authorize(&caller, &state, Permission::AuditRead, &Resource::Cluster)?;

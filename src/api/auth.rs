@@ -32,9 +32,14 @@ use tonic::{Request, Status};
 use super::audit_recorder::AuditRecorder;
 use super::{to_status, Api};
 use crate::error::Error;
+use crate::node::Consistency;
 use crate::scheduler::acl::{secret_hash, AclTables, Credential, Permission, Resource, Subject};
 use crate::scheduler::audit::{AuditKind, AuditRecord};
 use crate::scheduler::{CallContext, Command, Response as CommandResponse, State};
+
+/// How long a call with a bearer token this node does not know may wait
+/// for the read barrier before it is refused (see [`Api::caller`]).
+pub const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
@@ -98,7 +103,45 @@ fn trace_id(traceparent: &str) -> Option<String> {
 
 impl Api {
     /// Names the caller of `request` (see the module docs).
-    pub(super) fn caller<T>(&self, request: &Request<T>, method: &'static str) -> Caller {
+    ///
+    /// A bearer token this node does not know may have been created moments
+    /// ago and not be applied here yet (a follower a heartbeat behind, or a
+    /// leader still applying): before refusing it, the node passes the read
+    /// barrier — everything committed when the call arrived is then applied
+    /// here — and looks again, bounded by [`RECHECK_TIMEOUT`]. A token that
+    /// was acknowledged as created is so accepted by every node at once.
+    pub(super) fn caller<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> impl std::future::Future<Output = Caller> + Send + '_ {
+        let (mut caller, unknown) = self.caller_now(request, method);
+        async move {
+            if let Some(hash) = unknown {
+                self.recheck_token(&mut caller, &hash).await;
+            }
+            caller
+        }
+    }
+
+    /// Looks the bearer token of `caller` (by its secret's hash) up again
+    /// once this node has applied what was committed before now.
+    async fn recheck_token(&self, caller: &mut Caller, hash: &[u8; 32]) {
+        let barrier = self.node.read_barrier(Consistency::Linearizable);
+        if !matches!(tokio::time::timeout(RECHECK_TIMEOUT, barrier).await, Ok(Ok(()))) {
+            return;
+        }
+        if let Some(token) = self.node.state.read().token_by_secret_hash(hash) {
+            caller.credential = Credential::Token {
+                accessor_id: token.accessor_id.clone(),
+            };
+            caller.rejected = None;
+        }
+    }
+
+    /// The caller as this node's applied state knows it now, and the secret
+    /// hash of a bearer token it does not know.
+    fn caller_now<T>(&self, request: &Request<T>, method: &'static str) -> (Caller, Option<[u8; 32]>) {
         let metadata = request.metadata();
         let source = request
             .remote_addr()
@@ -118,9 +161,10 @@ impl Api {
         };
         if self.auth.disabled {
             caller.credential = Credential::Insecure;
-            return caller;
+            return (caller, None);
         }
         if let Some(value) = metadata.get(AUTHORIZATION_HEADER) {
+            let mut unknown = None;
             match value.to_str().ok().and_then(bearer) {
                 Some(secret) => {
                     let hash = secret_hash(secret);
@@ -130,17 +174,20 @@ impl Api {
                                 accessor_id: token.accessor_id.clone(),
                             }
                         }
-                        None => caller.rejected = Some("the bearer token is invalid or revoked".into()),
+                        None => {
+                            caller.rejected = Some("the bearer token is invalid or revoked".into());
+                            unknown = Some(hash);
+                        }
                     }
                 }
                 None => caller.rejected = Some("authorization: expected `Bearer <secret>`".into()),
             }
-            return caller;
+            return (caller, unknown);
         }
         if let Some(subject) = super::tls::certificate_principal(request) {
             caller.credential = Credential::Certificate { subject };
         }
-        caller
+        (caller, None)
     }
 
     /// Who the caller is; a refusal is recorded and answered `UNAUTHENTICATED`.

@@ -159,7 +159,7 @@ impl ClusterService for Api {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let caller = self.caller(&request, "ClusterStatus");
+        let caller = self.caller(&request, "ClusterStatus").await;
         let req = request.into_inner();
         self.observed(caller.method, async {
             {
@@ -181,7 +181,7 @@ impl ClusterService for Api {
         &self,
         request: Request<pb::AddNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let caller = self.caller(&request, "AddNode");
+        let caller = self.caller(&request, "AddNode").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             if req.node_id == 0 {
@@ -199,7 +199,7 @@ impl ClusterService for Api {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        let caller = self.caller(&request, "RemoveNode");
+        let caller = self.caller(&request, "RemoveNode").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let resource = format!("node {}", req.node_id);

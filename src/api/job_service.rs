@@ -138,7 +138,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let caller = self.caller(&request, "CreateJob");
+        let caller = self.caller(&request, "CreateJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let id = req.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
@@ -171,7 +171,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let caller = self.caller(&request, "GetJob");
+        let caller = self.caller(&request, "GetJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
@@ -188,7 +188,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let caller = self.caller(&request, "ListJobs");
+        let caller = self.caller(&request, "ListJobs").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let filter = JobFilter {
@@ -222,7 +222,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::UpdateJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let caller = self.caller(&request, "UpdateJob");
+        let caller = self.caller(&request, "UpdateJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let id = req.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
@@ -259,7 +259,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::DeleteJobRequest>,
     ) -> Result<Response<pb::DeleteJobResponse>, Status> {
-        let caller = self.caller(&request, "DeleteJob");
+        let caller = self.caller(&request, "DeleteJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let command = required_id(&req.id).map(|_| Command::DeleteJob {
@@ -276,7 +276,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::PauseJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let caller = self.caller(&request, "PauseJob");
+        let caller = self.caller(&request, "PauseJob").await;
         self.set_paused(caller, request.into_inner().id, true).await
     }
 
@@ -284,7 +284,7 @@ impl JobService for Api {
         &self,
         request: Request<pb::ResumeJobRequest>,
     ) -> Result<Response<pb::ScheduledJob>, Status> {
-        let caller = self.caller(&request, "ResumeJob");
+        let caller = self.caller(&request, "ResumeJob").await;
         self.set_paused(caller, request.into_inner().id, false).await
     }
 }

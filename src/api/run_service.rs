@@ -91,7 +91,7 @@ impl RunService for Api {
         &self,
         request: Request<pb::TriggerJobRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let caller = self.caller(&request, "TriggerJob");
+        let caller = self.caller(&request, "TriggerJob").await;
         self.observed(caller.method, async {
             let id = request.into_inner().id;
             let command = required_id(&id).map(|_| Command::TriggerJob { id: id.clone() });
@@ -104,7 +104,7 @@ impl RunService for Api {
         &self,
         request: Request<pb::BackfillJobRequest>,
     ) -> Result<Response<pb::BackfillJobResponse>, Status> {
-        let caller = self.caller(&request, "BackfillJob");
+        let caller = self.caller(&request, "BackfillJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
@@ -151,7 +151,7 @@ impl RunService for Api {
         &self,
         request: Request<pb::DescribeJobRequest>,
     ) -> Result<Response<pb::JobDescription>, Status> {
-        let caller = self.caller(&request, "DescribeJob");
+        let caller = self.caller(&request, "DescribeJob").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             required_id(&req.id)?;
@@ -168,7 +168,7 @@ impl RunService for Api {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        let caller = self.caller(&request, "ListRuns");
+        let caller = self.caller(&request, "ListRuns").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             let filter = RunFilter {
@@ -206,7 +206,7 @@ impl RunService for Api {
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
-        let caller = self.caller(&request, "GetRun");
+        let caller = self.caller(&request, "GetRun").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             self.read(req.consistency, |state| {
@@ -223,7 +223,7 @@ impl RunService for Api {
     }
 
     async fn cancel_run(&self, request: Request<pb::CancelRunRequest>) -> Result<Response<pb::Run>, Status> {
-        let caller = self.caller(&request, "CancelRun");
+        let caller = self.caller(&request, "CancelRun").await;
         self.observed(caller.method, async {
             let run_id = request.into_inner().id;
             let resource = format!("run {run_id}");
@@ -241,7 +241,7 @@ impl RunService for Api {
         &self,
         request: Request<pb::WatchRunsRequest>,
     ) -> Result<Response<Self::WatchRunsStream>, Status> {
-        let caller = self.caller(&request, "WatchRuns");
+        let caller = self.caller(&request, "WatchRuns").await;
         self.observed(caller.method, async {
             let req = request.into_inner();
             {
