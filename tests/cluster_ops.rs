@@ -70,7 +70,11 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     assert_eq!(ids.len(), 20, "the new node serves every job");
 
     // Removing an unknown node fails with one line; removing the new one shrinks the cluster.
-    let unknown = cli(&cluster, &endpoints, &["cluster", "remove-node", "--node-id", "42"]);
+    let unknown = cli(
+        &cluster,
+        &endpoints,
+        &["cluster", "remove-node", "--node-id", "42"],
+    );
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).starts_with("error: NotFound: node 42 is not a member"));
     let removed = cli(

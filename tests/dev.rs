@@ -198,12 +198,20 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
     // dev bootstrapped the ACL and left the root token, readable by its owner only.
     let token_file = dir.path().join("root.token");
     let mode = std::fs::metadata(&token_file)
-        .unwrap_or_else(|e| panic!("{}: {e}; dev printed:\n{}", token_file.display(), dev.seen.join("\n")))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; dev printed:\n{}",
+                token_file.display(),
+                dev.seen.join("\n")
+            )
+        })
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
     assert!(
-        dev.seen.iter().any(|l| l.starts_with("Bootstrapped the ACL: the root token is in ")),
+        dev.seen
+            .iter()
+            .any(|l| l.starts_with("Bootstrapped the ACL: the root token is in ")),
         "{:?}",
         dev.seen
     );
@@ -245,7 +253,9 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
     );
 
     // The commands the tour suggests work as printed (endpoints and token file in the environment).
-    let suggested = dev.expect("the tour's `kairos job list`", |l| l.ends_with(" kairos job list"));
+    let suggested = dev.expect("the tour's `kairos job list`", |l| {
+        l.ends_with(" kairos job list")
+    });
     let suggested = suggested.trim_start();
     let mut listed = Command::new(kairos_bin());
     listed.env_remove("KAIROS_TOKEN").env_remove("KAIROS_TOKEN_FILE");

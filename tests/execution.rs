@@ -341,11 +341,7 @@ async fn exec_runs_only_on_nodes_started_with_allow_exec() {
 }
 
 /// Triggers `job` `n` times through `runs` and waits until every run finished; returns them.
-async fn trigger_and_finish(
-    runs: &mut RunServiceClient<Authed>,
-    job: &str,
-    n: usize,
-) -> Vec<pb::Run> {
+async fn trigger_and_finish(runs: &mut RunServiceClient<Authed>, job: &str, n: usize) -> Vec<pb::Run> {
     let mut ids = Vec::new();
     for _ in 0..n {
         let run = runs
