@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kairos::api::convert::{ms_timestamp, timestamp_ms};
 use kairos::proto as pb;
-use kairos_testkit::{free_port, http_get, job, kairos_bin, TestCluster};
+use kairos::proto::acl_service_client::AclServiceClient;
+use kairos::proto::job_service_client::JobServiceClient;
+use kairos_testkit::{free_port, http_get, job, kairos_bin, Bearer, TestCluster};
 use tonic::Code;
 
 const READY: Duration = Duration::from_secs(30);
@@ -46,6 +48,11 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         (1, pb::JobStatus::Active as i32)
     );
     assert!(created.next_run.is_some());
+    // Who created it is the name of the token that authenticated the call.
+    assert_eq!(
+        (created.created_by.as_str(), created.updated_by.as_str()),
+        ("root", "root")
+    );
     let read = on_leader
         .get_job(pb::GetJobRequest {
             id: "report".into(),
@@ -201,7 +208,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         "{err:?}"
     );
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    let garbage = send_garbage(&cluster.node(follower).grpc).await;
+    let garbage = send_garbage(&cluster, follower).await;
     assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
     assert_eq!(
         job_count(&cluster, follower).await,
@@ -273,6 +280,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     // The CLI: success prints the job, failure exits non-zero with one line.
     let endpoints = format!("{},{}", cluster.node(follower).grpc, cluster.node(leader).grpc);
     let ok = cli(
+        cluster.token(),
         &endpoints,
         &[
             "job",
@@ -290,6 +298,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     let printed: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(printed["id"], "cli-job");
     assert_eq!(printed["status"], "JOB_STATUS_ACTIVE");
+    assert_eq!(printed["createdBy"], "root", "{printed}");
     // Timestamps in the canonical protobuf JSON form: UTC with a `Z`.
     for field in ["createdAt", "updatedAt", "nextRun"] {
         let text = printed[field].as_str().unwrap_or_default();
@@ -298,11 +307,12 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     // `run watch` from the beginning: each triggered run once, in position
     // order, one JSON object per line, past a dead endpoint listed first.
     for _ in 0..2 {
-        let out = cli(&endpoints, &["job", "trigger", "cli-job"]);
+        let out = cli(cluster.token(), &endpoints, &["job", "trigger", "cli-job"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let dead_first = format!("127.0.0.1:{},{endpoints}", free_port());
     let watched = cli(
+        cluster.token(),
         &dead_first,
         &[
             "run", "watch", "--job", "cli-job", "--after", "0", "--count", "2", "-o", "json",
@@ -329,6 +339,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
     );
     assert_ne!(events[0]["run"]["id"], events[1]["run"]["id"]);
     let bad = cli(
+        cluster.token(),
         &endpoints,
         &[
             "job",
@@ -414,8 +425,10 @@ fn cli_usage_errors_are_one_line() {
     assert!(String::from_utf8_lossy(&help.stdout).lines().count() > 10);
 }
 
-fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+/// `kairos --endpoints <endpoints> <args>` with the root token `token`.
+fn cli(token: &str, endpoints: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(kairos_bin())
+        .env("KAIROS_TOKEN", token)
         .arg("--endpoints")
         .arg(endpoints)
         .args(args)
@@ -449,7 +462,7 @@ async fn oversized_and_undecodable_requests_are_the_clients_errors() {
         "{message}"
     );
 
-    let garbage = send_garbage(&cluster.node(1).grpc).await;
+    let garbage = send_garbage(&cluster, 1).await;
     assert_eq!(garbage.code(), Code::InvalidArgument, "{garbage:?}");
     assert!(
         garbage
@@ -575,15 +588,11 @@ async fn a_one_shot_time_in_the_past_is_refused() {
     assert_eq!(resent.owner_service, "other");
 }
 
-/// Sends bytes that are not a `CreateJobRequest` to `CreateJob` and returns
-/// the answer's status (`Code::Ok` if it was accepted).
-async fn send_garbage(addr: &str) -> tonic::Status {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+/// Sends bytes that are not a `CreateJobRequest` to `CreateJob` on node `id`,
+/// with the root token, and returns the answer's status (`Code::Ok` if it
+/// was accepted).
+async fn send_garbage(cluster: &TestCluster, id: u64) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(cluster.channel(id));
     grpc.ready().await.unwrap();
     // A RaftPayload's field 1 is bytes; CreateJobRequest's field 1 is a message,
     // so these bytes must parse as a ScheduledJob — and they do not.
@@ -606,8 +615,10 @@ async fn watching_after_a_position_beyond_the_log_says_so_and_gives_up() {
     let cluster = TestCluster::start(1, &[]);
     cluster.wait_ready(READY).await;
     let endpoint = cluster.node(1).grpc.clone();
+    let token = cluster.token().to_string();
     let out = tokio::task::spawn_blocking(move || {
         cli(
+            &token,
             &endpoint,
             &["--timeout", "2s", "run", "watch", "--after", "999999999:0"],
         )
@@ -628,4 +639,54 @@ async fn watching_after_a_position_beyond_the_log_says_so_and_gives_up() {
         lines[1].starts_with("error: watch: the log did not reach revision 999999999 within 2s"),
         "{stderr}"
     );
+}
+
+/// A token is accepted by every node as soon as its creation is
+/// acknowledged: a follower that has not applied the creation yet passes
+/// the read barrier and looks again instead of refusing it (the first
+/// write through a follower right after `acl bootstrap` used to fail with
+/// UNAUTHENTICATED). A token nobody created is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_token_is_accepted_by_every_node_at_once() {
+    let cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_leader(READY).await;
+    let mut acl = cluster.acl(leader);
+    for i in 0..20 {
+        let name = format!("ci-{i}");
+        let token = acl
+            .create_token(pb::CreateTokenRequest {
+                name: name.clone(),
+                roles: vec!["root".into()],
+                ttl: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // Every follower at once, the write first (it is checked before it is proposed).
+        for id in cluster.running().into_iter().filter(|&id| id != leader) {
+            let channel = cluster.channel_as(id, Bearer::new(&token.secret));
+            let created = JobServiceClient::new(channel.clone())
+                .create_job(pb::CreateJobRequest {
+                    job: Some(job(&format!("by-{name}-via-{id}"))),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{name} via node {id}: {e:?}"))
+                .into_inner();
+            assert_eq!(created.created_by, name);
+            let me = AclServiceClient::new(channel)
+                .who_am_i(pb::WhoAmIRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(me.principal, name);
+        }
+    }
+    let follower = follower_of(&cluster, leader);
+    let unknown = JobServiceClient::new(cluster.channel_as(follower, Bearer::new("not-a-token")))
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated, "{unknown:?}");
+    assert_eq!(unknown.message(), "the bearer token is invalid or revoked");
 }

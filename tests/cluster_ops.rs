@@ -10,8 +10,10 @@ use kairos_testkit::{create, http_get, kairos_bin, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
-fn cli(endpoints: &str, args: &[&str]) -> std::process::Output {
+/// `kairos --endpoints <endpoints> <args>` with the cluster's root token.
+fn cli(cluster: &TestCluster, endpoints: &str, args: &[&str]) -> std::process::Output {
     Command::new(kairos_bin())
+        .env("KAIROS_TOKEN", cluster.token())
         .arg("--endpoints")
         .arg(endpoints)
         .args(args)
@@ -43,6 +45,7 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
 
     let endpoints = cluster.node(1).grpc.clone();
     let added = cli(
+        &cluster,
         &endpoints,
         &[
             "cluster",
@@ -67,10 +70,15 @@ async fn add_node_catches_up_then_votes_and_remove_node_shrinks() {
     assert_eq!(ids.len(), 20, "the new node serves every job");
 
     // Removing an unknown node fails with one line; removing the new one shrinks the cluster.
-    let unknown = cli(&endpoints, &["cluster", "remove-node", "--node-id", "42"]);
+    let unknown = cli(
+        &cluster,
+        &endpoints,
+        &["cluster", "remove-node", "--node-id", "42"],
+    );
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).starts_with("error: NotFound: node 42 is not a member"));
     let removed = cli(
+        &cluster,
         &endpoints,
         &["cluster", "remove-node", "--node-id", &new.to_string()],
     );

@@ -212,25 +212,86 @@ async fn kairos_dev_starts_a_usable_cluster_and_stops_it_on_sigterm() {
             node.id
         );
     }
+    // dev bootstrapped the ACL and left the root token, readable by its owner only.
+    let token_file = dir.path().join("root.token");
+    let mode = std::fs::metadata(&token_file)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; dev printed:\n{}",
+                token_file.display(),
+                dev.seen.join("\n")
+            )
+        })
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", token_file.display());
+    assert!(
+        dev.seen
+            .iter()
+            .any(|l| l.starts_with("Bootstrapped the ACL: the root token is in ")),
+        "{:?}",
+        dev.seen
+    );
 
     let endpoints: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
-    let created = Command::new(kairos_bin())
-        .args([
-            "job",
-            "create",
-            "dev-job",
-            "--type",
-            "noop",
-            "--schedule",
-            "@daily",
-        ])
-        .env("KAIROS_ENDPOINTS", endpoints.join(","))
-        .output()
-        .unwrap();
+    let create = |token_file: Option<&Path>| {
+        let mut command = Command::new(kairos_bin());
+        command
+            .args([
+                "job",
+                "create",
+                "dev-job",
+                "--type",
+                "noop",
+                "--schedule",
+                "@daily",
+            ])
+            .env("KAIROS_ENDPOINTS", endpoints.join(","))
+            .env_remove("KAIROS_TOKEN")
+            .env_remove("KAIROS_TOKEN_FILE");
+        if let Some(file) = token_file {
+            command.arg("--token-file").arg(file);
+        }
+        command.output().unwrap()
+    };
+    // Without a credential the cluster refuses; with dev's root token it serves.
+    let refused = create(None);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("error: Unauthenticated: "),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let created = create(Some(&token_file));
     assert!(
         created.status.success(),
         "{}",
         String::from_utf8_lossy(&created.stderr)
+    );
+
+    // The commands the tour suggests work as printed (endpoints and token file in the environment).
+    let suggested = dev.expect("the tour's `kairos job list`", |l| {
+        l.ends_with(" kairos job list")
+    });
+    let suggested = suggested.trim_start();
+    let mut listed = Command::new(kairos_bin());
+    listed.env_remove("KAIROS_TOKEN").env_remove("KAIROS_TOKEN_FILE");
+    for assignment in suggested.trim_end_matches(" kairos job list").split(' ') {
+        let (name, value) = assignment
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not an assignment in {suggested:?}"));
+        listed.env(name, value);
+    }
+    let listed = listed.args(["job", "list", "-o", "json"]).output().unwrap();
+    assert!(
+        listed.status.success(),
+        "{suggested}: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("dev-job"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
     );
 
     let (status, rest) = dev.stop();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
-use kairos_testkit::{http_get, recorder, Deliveries, TestCluster};
+use kairos_testkit::{http_get, recorder, Authed, Deliveries, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -105,9 +105,7 @@ async fn every_second_webhook_is_delivered_once_across_a_leader_kill() {
             .await
             .unwrap();
     }
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(new_leader).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(new_leader).await;
     let mut open = usize::MAX;
     for _ in 0..100 {
         let mut count = 0;
@@ -214,9 +212,7 @@ async fn an_attempt_on_a_killed_node_times_out_and_succeeds_elsewhere() {
     })
     .await
     .unwrap();
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(leader).await;
     let run = runs
         .trigger_job(pb::TriggerJobRequest { id: "nap".into() })
         .await
@@ -311,9 +307,7 @@ async fn exec_runs_only_on_nodes_started_with_allow_exec() {
         .await
         .unwrap();
 
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(1).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(1).await;
     let mut ids = Vec::new();
     for _ in 0..6 {
         ids.push(
@@ -347,11 +341,7 @@ async fn exec_runs_only_on_nodes_started_with_allow_exec() {
 }
 
 /// Triggers `job` `n` times through `runs` and waits until every run finished; returns them.
-async fn trigger_and_finish(
-    runs: &mut RunServiceClient<tonic::transport::Channel>,
-    job: &str,
-    n: usize,
-) -> Vec<pb::Run> {
+async fn trigger_and_finish(runs: &mut RunServiceClient<Authed>, job: &str, n: usize) -> Vec<pb::Run> {
     let mut ids = Vec::new();
     for _ in 0..n {
         let run = runs
@@ -414,9 +404,7 @@ async fn type_limits_cap_concurrency_and_pace_starts() {
         .await
         .unwrap();
     }
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(leader).await;
 
     // Twelve workers are free, but the sleep runs go one after the other:
     // each starts only after the previous one finished.
@@ -479,9 +467,7 @@ async fn a_panicking_handler_fails_its_attempt_and_the_worker_is_restarted() {
         .await
         .unwrap();
     }
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(leader).await;
     let mut watch = runs
         .watch_runs(pb::WatchRunsRequest {
             job_id: "crashy".into(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kairos::api::convert::{ms_duration, timestamp_ms};
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
-use kairos_testkit::TestCluster;
+use kairos_testkit::{Authed, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -42,7 +42,7 @@ fn every_second_job(id: &str, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
     }
 }
 
-async fn runs(client: &mut RunServiceClient<tonic::transport::Channel>, job: &str) -> Vec<pb::Run> {
+async fn runs(client: &mut RunServiceClient<Authed>, job: &str) -> Vec<pb::Run> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -70,10 +70,8 @@ fn nominal_seconds(runs: &[pb::Run]) -> Vec<i64> {
         .collect()
 }
 
-async fn run_client(cluster: &TestCluster, id: u64) -> RunServiceClient<tonic::transport::Channel> {
-    RunServiceClient::connect(format!("http://{}", cluster.node(id).grpc))
-        .await
-        .unwrap()
+async fn run_client(cluster: &TestCluster, id: u64) -> RunServiceClient<Authed> {
+    cluster.runs(id).await
 }
 
 /// Waits until `job` has at least `n` runs as seen through node `via`.

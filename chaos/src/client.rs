@@ -1,14 +1,24 @@
 //! gRPC access to the nodes, one node at a time, with short deadlines: the
 //! harness must keep recording while nodes are dead, frozen or cut off.
+//!
+//! Every call carries the root token the harness got by bootstrapping the
+//! cluster's ACL ([`bootstrap`]); workload writes also carry a W3C
+//! `traceparent` whose trace id is unique in the round ([`traced`]), which the
+//! nodes record in the write's audit entry, so that the `audit_complete`
+//! checker can find each operation's entry.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use kairos::proto as pb;
+use kairos::proto::audit_service_client::AuditServiceClient;
 use kairos::proto::cluster_service_client::ClusterServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use kairos_testkit::{Authed, Bearer};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::history::{Outcome, Role};
@@ -16,24 +26,48 @@ use crate::history::{Outcome, Role};
 /// Deadline of one workload request; past it the outcome is unknown.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Lazily connecting channels to every node.
+/// How long bootstrapping the ACL may wait for the first leader.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bootstraps the ACL of the new cluster at `addrs` (waiting for a leader,
+/// bounded); the root token.
+pub async fn bootstrap(addrs: &BTreeMap<u64, String>) -> anyhow::Result<pb::TokenSecret> {
+    let endpoints = addrs
+        .values()
+        .map(|a| {
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("{a}: not an ip:port"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    kairos::launcher::bootstrap_root_token(&endpoints, BOOTSTRAP_TIMEOUT)
+        .await
+        .context("bootstrap the ACL")
+}
+
+/// Lazily connecting channels to every node, carrying the root token.
 #[derive(Clone)]
 pub struct Clients {
-    channels: BTreeMap<u64, Channel>,
+    channels: BTreeMap<u64, Authed>,
+    /// The name of the token the calls carry: the principal of every
+    /// workload write in the audit log.
+    principal: String,
 }
 
 impl Clients {
-    /// Channels to `addrs` (node id → host:port).
-    pub fn new(addrs: &BTreeMap<u64, String>) -> anyhow::Result<Clients> {
+    /// Channels to `addrs` (node id → host:port) whose calls carry `token`.
+    pub fn new(addrs: &BTreeMap<u64, String>, token: &pb::TokenSecret) -> anyhow::Result<Clients> {
         let mut channels = BTreeMap::new();
         for (&id, addr) in addrs {
             let channel = Endpoint::from_shared(format!("http://{addr}"))?
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 .connect_lazy();
-            channels.insert(id, channel);
+            channels.insert(id, Authed::new(channel, Bearer::new(&token.secret)));
         }
-        Ok(Clients { channels })
+        Ok(Clients {
+            channels,
+            principal: token.name.clone(),
+        })
     }
 
     /// Node ids.
@@ -41,16 +75,25 @@ impl Clients {
         self.channels.keys().copied().collect()
     }
 
-    pub fn jobs(&self, node: u64) -> JobServiceClient<Channel> {
+    /// Who the calls are made as (the token's name).
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    pub fn jobs(&self, node: u64) -> JobServiceClient<Authed> {
         JobServiceClient::new(self.channels[&node].clone())
     }
 
-    pub fn runs(&self, node: u64) -> RunServiceClient<Channel> {
+    pub fn runs(&self, node: u64) -> RunServiceClient<Authed> {
         RunServiceClient::new(self.channels[&node].clone())
     }
 
-    pub fn cluster(&self, node: u64) -> ClusterServiceClient<Channel> {
+    pub fn cluster(&self, node: u64) -> ClusterServiceClient<Authed> {
         ClusterServiceClient::new(self.channels[&node].clone())
+    }
+
+    pub fn audit(&self, node: u64) -> AuditServiceClient<Authed> {
+        AuditServiceClient::new(self.channels[&node].clone())
     }
 
     /// Node `id`'s own view of itself (role, term, indexes, optionally the
@@ -114,6 +157,18 @@ pub fn role(status: &pb::NodeStatus) -> Role {
 pub fn request<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(REQUEST_TIMEOUT);
+    request
+}
+
+/// A [`request`] carrying `traceparent: 00-<trace_id>-<span>-01`: the node
+/// records `trace_id` (32 lowercase hex digits) in the call's audit entry.
+pub fn traced<T>(message: T, trace_id: &str) -> tonic::Request<T> {
+    let mut request = request(message);
+    let value = format!("00-{trace_id}-{:016x}-01", 1u64);
+    request.metadata_mut().insert(
+        kairos::api::auth::TRACEPARENT_HEADER,
+        value.parse().expect("a traceparent is ASCII"),
+    );
     request
 }
 

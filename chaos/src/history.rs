@@ -50,6 +50,10 @@ pub struct Op {
     pub run_id: Option<u64>,
     /// For pause/resume: the paused state asked for.
     pub paused: Option<bool>,
+    /// The trace id the request carried (`traceparent`), unique in the
+    /// round: the node records it in the write's audit entry.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 /// One request the recording webhook server received.

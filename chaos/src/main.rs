@@ -365,7 +365,10 @@ async fn drive(
         .into_iter()
         .map(|id| (id, runtime.client_addr(id)))
         .collect();
-    let clients = Clients::new(&addrs)?;
+    // A new cluster has no token until its ACL is bootstrapped (once a
+    // leader is elected); every call after this carries the root token.
+    let root = client::bootstrap(&addrs).await?;
+    let clients = Clients::new(&addrs, &root)?;
     let stop = CancellationToken::new();
     let _stop_on_exit = stop.clone().drop_guard();
     let hook_host = match runtime {

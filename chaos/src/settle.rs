@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use kairos::proto as pb;
 
-use crate::client::{classify, request, Clients};
+use crate::client::{classify, request, traced, Clients};
 use crate::history::{Op, OpKind, Outcome, RoleSample};
 use crate::runtime::Runtime;
 use crate::workload::OpLog;
@@ -46,6 +46,28 @@ pub struct FinalState {
     /// Entries the log grew by while the harness waited for the replicas to
     /// converge, with nothing left to do.
     pub idle_log_growth: u64,
+    /// The audit log and each replica's view of it, read last.
+    pub audit: AuditEvidence,
+}
+
+/// The audit log as the harness read it after settling.
+#[derive(Debug, Default)]
+pub struct AuditEvidence {
+    /// Who the harness's calls were made as (the root token's name).
+    pub principal: String,
+    /// Every entry kept, oldest first, as node `read_from` lists it.
+    pub entries: Vec<pb::AuditEntry>,
+    /// The node the entries were read from (0: none could be read).
+    pub read_from: u64,
+    /// Why the entries could not be read, if they could not.
+    pub read_error: Option<String>,
+    /// The oldest sequence number kept (1 unless retention dropped entries).
+    pub first_seq: u64,
+    /// Each replica's `VerifyAudit` answer, or why it gave none.
+    pub verify: BTreeMap<u64, Result<pb::VerifyAuditResponse, String>>,
+    /// Each replica's `(seq, hash)` of its entry at the lowest head every
+    /// replica reached, or why it could not be read.
+    pub common: BTreeMap<u64, Result<(u64, String), String>>,
 }
 
 /// Heals, restarts and unfreezes every node, then waits for a leader.
@@ -70,9 +92,10 @@ async fn pause_job(clients: &Clients, id: &str, log: &OpLog) -> Option<i64> {
     for _ in 0..20 {
         let node = clients.leader().await.unwrap_or(clients.ids()[0]);
         let start_ms = log.now_ms();
+        let trace_id = log.next_trace_id();
         let reply = clients
             .jobs(node)
-            .pause_job(request(pb::PauseJobRequest { id: id.into() }))
+            .pause_job(traced(pb::PauseJobRequest { id: id.into() }, &trace_id))
             .await;
         let (outcome, version) = match &reply {
             Ok(job) => (Outcome::Ok, Some(job.get_ref().version)),
@@ -89,6 +112,7 @@ async fn pause_job(clients: &Clients, id: &str, log: &OpLog) -> Option<i64> {
             version,
             run_id: None,
             paused: Some(true),
+            trace_id,
         });
         match outcome {
             Outcome::Ok => return Some(chrono::Utc::now().timestamp_millis()),
@@ -247,13 +271,128 @@ pub async fn settle(runtime: &mut Runtime, clients: &Clients, log: &OpLog) -> an
                 .notes
                 .push(format!("replicas converged at applied index {}", indexes[0]));
             state.digests = current;
+            state.audit = read_audit(clients).await;
+            state.notes.push(state.audit.summary());
             return Ok(state);
         }
         previous = current;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     state.digests = previous;
+    state.audit = read_audit(clients).await;
+    state.notes.push(state.audit.summary());
     Ok(state)
+}
+
+impl AuditEvidence {
+    /// One line for the report's notes.
+    pub fn summary(&self) -> String {
+        let verified = self
+            .verify
+            .values()
+            .filter(|v| v.as_ref().is_ok_and(|v| v.ok))
+            .count();
+        let common = self
+            .common
+            .values()
+            .find_map(|c| c.as_ref().ok())
+            .map_or(0, |(seq, _)| *seq);
+        match &self.read_error {
+            Some(error) => format!("audit: not read ({error})"),
+            None => format!(
+                "audit: {} entries listed by node {} ({} call, {} execution); chain verified on {verified} of {} nodes; compared at seq {common}",
+                self.entries.len(),
+                self.read_from,
+                self.entries.iter().filter(|e| e.kind == "call").count(),
+                self.entries.iter().filter(|e| e.kind == "execution").count(),
+                self.verify.len(),
+            ),
+        }
+    }
+}
+
+/// How long one audit read may take.
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Verifies every replica's audit chain, reads each one's entry at the
+/// lowest head they all reached, and lists the whole log from the leader.
+async fn read_audit(clients: &Clients) -> AuditEvidence {
+    let mut evidence = AuditEvidence {
+        principal: clients.principal().to_string(),
+        ..AuditEvidence::default()
+    };
+    for id in clients.ids() {
+        let mut request = tonic::Request::new(pb::VerifyAuditRequest {});
+        request.set_timeout(AUDIT_TIMEOUT);
+        let answer = clients.audit(id).verify_audit(request).await;
+        evidence.verify.insert(
+            id,
+            answer.map(tonic::Response::into_inner).map_err(|s| s.to_string()),
+        );
+    }
+    let lowest = evidence
+        .verify
+        .values()
+        .filter_map(|v| v.as_ref().ok().map(|v| v.head_seq))
+        .min()
+        .unwrap_or(0);
+    if lowest > 0 {
+        for id in clients.ids() {
+            let mut request = tonic::Request::new(pb::ListAuditRequest {
+                after_seq: lowest - 1,
+                limit: 1,
+                stale: true,
+                ..Default::default()
+            });
+            request.set_timeout(AUDIT_TIMEOUT);
+            let at = match clients.audit(id).list_audit(request).await {
+                Ok(page) => match page.into_inner().entries.into_iter().next() {
+                    Some(entry) if entry.seq == lowest => Ok((entry.seq, entry.hash)),
+                    Some(entry) => Err(format!("asked for entry {lowest}, got {}", entry.seq)),
+                    None => Err(format!("entry {lowest} is not kept")),
+                },
+                Err(status) => Err(status.to_string()),
+            };
+            evidence.common.insert(id, at);
+        }
+    }
+    let mut last_error = String::from("no node to read from");
+    for _ in 0..5 {
+        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+        match list_audit(clients, node).await {
+            Ok((entries, first_seq)) => {
+                evidence.entries = entries;
+                evidence.first_seq = first_seq;
+                evidence.read_from = node;
+                evidence.read_error = None;
+                return evidence;
+            }
+            Err(status) => last_error = format!("node {node}: {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    evidence.read_error = Some(last_error);
+    evidence
+}
+
+/// Every audit entry `node` keeps (all pages), and the oldest kept seq.
+async fn list_audit(clients: &Clients, node: u64) -> Result<(Vec<pb::AuditEntry>, u64), tonic::Status> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let mut request = tonic::Request::new(pb::ListAuditRequest {
+            after_seq: after,
+            limit: 1000,
+            ..Default::default()
+        });
+        request.set_timeout(AUDIT_TIMEOUT);
+        let page = clients.audit(node).list_audit(request).await?.into_inner();
+        entries.extend(page.entries);
+        if page.scanned_to_seq >= page.head_seq || page.scanned_to_seq <= after {
+            return Ok((entries, page.first_seq));
+        }
+        after = page.scanned_to_seq;
+    }
 }
 
 /// Samples every node's role every `every` until `stop`.

@@ -14,7 +14,7 @@ use kairos::proto as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::client::{classify, request, Clients};
+use crate::client::{classify, request, traced, Clients};
 use crate::history::{Op, OpKind, Outcome};
 
 /// A job that fires every second from setup to settle and is never touched
@@ -49,6 +49,10 @@ pub struct OpLog {
     started: Instant,
     seq: Arc<AtomicU64>,
     ops: Arc<Mutex<Vec<Op>>>,
+    /// The first half of every trace id of the round (random, non-zero).
+    trace_prefix: u64,
+    /// The second half of the last trace id handed out.
+    traces: Arc<AtomicU64>,
 }
 
 impl OpLog {
@@ -57,7 +61,15 @@ impl OpLog {
             started,
             seq: Arc::default(),
             ops: Arc::default(),
+            trace_prefix: rand::random::<u64>() | 1,
+            traces: Arc::default(),
         }
+    }
+
+    /// A trace id no other operation of the round has (32 hex digits).
+    pub fn next_trace_id(&self) -> String {
+        let n = self.traces.fetch_add(1, Ordering::SeqCst) + 1;
+        format!("{:016x}{n:016x}", self.trace_prefix)
     }
 
     /// Milliseconds since the run started.
@@ -165,12 +177,16 @@ pub async fn create_steady_jobs(clients: &Clients, hook: &str, log: &OpLog) -> a
 async fn create(clients: &Clients, node: u64, job: pb::ScheduledJob, log: &OpLog) -> Op {
     let start_ms = log.now_ms();
     let id = job.id.clone();
+    let trace_id = log.next_trace_id();
     let reply = clients
         .jobs(node)
-        .create_job(request(pb::CreateJobRequest {
-            request_id: format!("chaos-create-{id}"),
-            job: Some(job),
-        }))
+        .create_job(traced(
+            pb::CreateJobRequest {
+                request_id: format!("chaos-create-{id}"),
+                job: Some(job),
+            },
+            &trace_id,
+        ))
         .await;
     let (outcome, version) = match reply {
         Ok(job) => (Outcome::Ok, Some(job.into_inner().version)),
@@ -187,6 +203,7 @@ async fn create(clients: &Clients, node: u64, job: pb::ScheduledJob, log: &OpLog
         version,
         run_id: None,
         paused: None,
+        trace_id,
     };
     log.push(op.clone());
     op
@@ -274,6 +291,7 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
         return;
     };
     let start_ms = log.now_ms();
+    let trace_id = log.next_trace_id();
     let mut op = Op {
         seq: 0,
         kind: OpKind::Trigger,
@@ -285,19 +303,20 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
         version: None,
         run_id: None,
         paused: None,
+        trace_id: trace_id.clone(),
     };
     let result: Result<(), tonic::Status> = match roll {
         30..=49 => {
             op.kind = OpKind::Trigger;
             clients
                 .runs(node)
-                .trigger_job(request(pb::TriggerJobRequest { id: target.clone() }))
+                .trigger_job(traced(pb::TriggerJobRequest { id: target.clone() }, &trace_id))
                 .await
                 .map(|run| op.run_id = Some(run.into_inner().id))
         }
         50..=64 => {
             op.kind = OpKind::Update;
-            update(clients, node, &target, hook, rng.gen(), &mut op).await
+            update(clients, node, &target, hook, rng.gen(), &trace_id, &mut op).await
         }
         65..=79 => {
             let pause = rng.gen_bool(0.5);
@@ -306,12 +325,12 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
             let reply = if pause {
                 clients
                     .jobs(node)
-                    .pause_job(request(pb::PauseJobRequest { id: target.clone() }))
+                    .pause_job(traced(pb::PauseJobRequest { id: target.clone() }, &trace_id))
                     .await
             } else {
                 clients
                     .jobs(node)
-                    .resume_job(request(pb::ResumeJobRequest { id: target.clone() }))
+                    .resume_job(traced(pb::ResumeJobRequest { id: target.clone() }, &trace_id))
                     .await
             };
             reply.map(|job| op.version = Some(job.into_inner().version))
@@ -320,10 +339,13 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
             op.kind = OpKind::Delete;
             let reply = clients
                 .jobs(node)
-                .delete_job(request(pb::DeleteJobRequest {
-                    id: target.clone(),
-                    version: 0,
-                }))
+                .delete_job(traced(
+                    pb::DeleteJobRequest {
+                        id: target.clone(),
+                        version: 0,
+                    },
+                    &trace_id,
+                ))
                 .await;
             if reply.is_ok() {
                 known.lock().expect("known jobs").jobs.remove(&target);
@@ -339,13 +361,15 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
     log.record(op);
 }
 
-/// Read-modify-write of the job's payload at the version just read.
+/// Read-modify-write of the job's payload at the version just read; the
+/// write carries `trace_id` (the read is not audited).
 async fn update(
     clients: &Clients,
     node: u64,
     id: &str,
     hook: &str,
     generation: u64,
+    trace_id: &str,
     op: &mut Op,
 ) -> Result<(), tonic::Status> {
     let current = clients
@@ -364,12 +388,15 @@ async fn update(
     };
     let reply = clients
         .jobs(node)
-        .update_job(request(pb::UpdateJobRequest {
-            job: Some(changed),
-            update_mask: Some(pbjson_types::FieldMask {
-                paths: vec!["payload".into()],
-            }),
-        }))
+        .update_job(traced(
+            pb::UpdateJobRequest {
+                job: Some(changed),
+                update_mask: Some(pbjson_types::FieldMask {
+                    paths: vec!["payload".into()],
+                }),
+            },
+            trace_id,
+        ))
         .await?;
     op.version = Some(reply.into_inner().version);
     Ok(())

@@ -56,4 +56,7 @@ fn the_broken_build_is_caught_and_the_real_one_passes() {
     let (code, report) = chaos_round(7, false);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
     assert!(report["runs_checked"].as_u64().unwrap() > 0, "{report}");
+    // Every checker ran, the audit log's among them (the cluster has auth on).
+    let invariants = report["invariants"].as_array().unwrap();
+    assert!(invariants.iter().any(|i| i == "audit_complete"), "{invariants:?}");
 }

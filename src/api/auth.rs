@@ -37,6 +37,10 @@ use crate::scheduler::acl::{secret_hash, AclTables, Credential, Permission, Reso
 use crate::scheduler::audit::{AuditKind, AuditRecord};
 use crate::scheduler::{CallContext, Command, Response as CommandResponse, State};
 
+/// How long a call with a bearer token this node does not know may wait
+/// for the read barrier before it is refused (see [`Api::caller`]).
+pub const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The metadata key of the bearer token.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 /// The W3C trace context header, whose trace id audit entries record.
@@ -98,11 +102,46 @@ fn trace_id(traceparent: &str) -> Option<String> {
 }
 
 impl Api {
-    /// Names the caller of `request` (see the module docs). A token this
-    /// node does not know yet — created a moment ago through another node —
-    /// is looked up again after a linearizable read barrier, so a token
-    /// works on every node as soon as its creation was acknowledged.
-    pub(super) async fn caller<T>(&self, request: &Request<T>, method: &'static str) -> Caller {
+    /// Names the caller of `request` (see the module docs).
+    ///
+    /// A bearer token this node does not know may have been created moments
+    /// ago and not be applied here yet (a follower a heartbeat behind, or a
+    /// leader still applying): before refusing it, the node passes the read
+    /// barrier — everything committed when the call arrived is then applied
+    /// here — and looks again, bounded by [`RECHECK_TIMEOUT`]. A token that
+    /// was acknowledged as created is so accepted by every node at once.
+    pub(super) fn caller<T>(
+        &self,
+        request: &Request<T>,
+        method: &'static str,
+    ) -> impl std::future::Future<Output = Caller> + Send + '_ {
+        let (mut caller, unknown) = self.caller_now(request, method);
+        async move {
+            if let Some(hash) = unknown {
+                self.recheck_token(&mut caller, &hash).await;
+            }
+            caller
+        }
+    }
+
+    /// Looks the bearer token of `caller` (by its secret's hash) up again
+    /// once this node has applied what was committed before now.
+    async fn recheck_token(&self, caller: &mut Caller, hash: &[u8; 32]) {
+        let barrier = self.node.read_barrier(Consistency::Linearizable);
+        if !matches!(tokio::time::timeout(RECHECK_TIMEOUT, barrier).await, Ok(Ok(()))) {
+            return;
+        }
+        if let Some(token) = self.node.state.read().token_by_secret_hash(hash) {
+            caller.credential = Credential::Token {
+                accessor_id: token.accessor_id.clone(),
+            };
+            caller.rejected = None;
+        }
+    }
+
+    /// The caller as this node's applied state knows it now, and the secret
+    /// hash of a bearer token it does not know.
+    fn caller_now<T>(&self, request: &Request<T>, method: &'static str) -> (Caller, Option<[u8; 32]>) {
         let metadata = request.metadata();
         let source = request
             .remote_addr()
@@ -122,36 +161,33 @@ impl Api {
         };
         if self.auth.disabled {
             caller.credential = Credential::Insecure;
-            return caller;
+            return (caller, None);
         }
         if let Some(value) = metadata.get(AUTHORIZATION_HEADER) {
+            let mut unknown = None;
             match value.to_str().ok().and_then(bearer) {
                 Some(secret) => {
                     let hash = secret_hash(secret);
-                    let mut accessor = self.token_accessor(&hash);
-                    if accessor.is_none() && self.node.read_barrier(Consistency::Linearizable).await.is_ok() {
-                        accessor = self.token_accessor(&hash);
-                    }
-                    match accessor {
-                        Some(accessor_id) => caller.credential = Credential::Token { accessor_id },
-                        None => caller.rejected = Some("the bearer token is invalid or revoked".into()),
+                    match self.node.state.read().token_by_secret_hash(&hash) {
+                        Some(token) => {
+                            caller.credential = Credential::Token {
+                                accessor_id: token.accessor_id.clone(),
+                            }
+                        }
+                        None => {
+                            caller.rejected = Some("the bearer token is invalid or revoked".into());
+                            unknown = Some(hash);
+                        }
                     }
                 }
                 None => caller.rejected = Some("authorization: expected `Bearer <secret>`".into()),
             }
-            return caller;
+            return (caller, unknown);
         }
         if let Some(subject) = crate::tls::certificate_principal(request) {
             caller.credential = Credential::Certificate { subject };
         }
-        caller
-    }
-
-    /// The accessor id of the token whose secret hashes to `hash`, in this
-    /// node's applied state.
-    fn token_accessor(&self, hash: &[u8; 32]) -> Option<String> {
-        let state = self.node.state.read();
-        state.token_by_secret_hash(hash).map(|t| t.accessor_id.clone())
+        (caller, None)
     }
 
     /// Who the caller is; a refusal is recorded and answered `UNAUTHENTICATED`.

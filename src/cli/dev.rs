@@ -69,6 +69,9 @@ const ROOT_TOKEN_FILE: &str = "root.token";
 /// `--http-allow` of the dev nodes: the default plus loopback, so that jobs
 /// may call servers on the developer's machine.
 const DEV_HTTP_ALLOW: &str = "public,loopback";
+/// Where node data and logs go by default (the CLI's default token file,
+/// `kairos-data/root.token`, is in it).
+const DEFAULT_DATA_DIR: &str = "kairos-data";
 /// The name of the resolved binary in the data directory.
 const AGENT_BINARY: &str = "kairos-agent";
 /// The name of the cluster cookie's file in the data directory.
@@ -81,7 +84,7 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// Where node data and logs go.
-    #[arg(long, default_value = "kairos-data")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Node N listens on gRPC BASE+N, HTTP BASE+100+N, cluster BASE+200+N, peer BASE+300+N.
     #[arg(long, default_value_t = 7100)]
@@ -139,7 +142,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     if !shutdown.is_cancelled() {
         bootstrap(&nodes, &args.data_dir).await?;
-        print_tour(&nodes, args.base_port);
+        print_tour(&nodes, args.base_port, &args.data_dir);
     }
     supervise(&mut nodes, &shutdown).await;
     progressln!("\nStopping nodes...");
@@ -345,11 +348,21 @@ async fn restart(node: &mut DevNode, status: std::process::ExitStatus, shutdown:
     }
 }
 
-fn print_tour(nodes: &[DevNode], base: u16) {
+fn print_tour(nodes: &[DevNode], base: u16, data_dir: &Path) {
     let endpoints: Vec<String> = nodes
         .iter()
         .map(|n| n.launch.agent.grpc_addr.to_string())
         .collect();
+    // The CLI finds the root token by itself only with the default endpoints
+    // and data directory (`kairos-data/root.token` under its working directory).
+    let default_place = base == 7100 && data_dir == Path::new(DEFAULT_DATA_DIR);
+    let token_env = if default_place {
+        String::new()
+    } else {
+        let token = data_dir.join(ROOT_TOKEN_FILE);
+        let token = std::path::absolute(&token).unwrap_or(token);
+        format!("KAIROS_TOKEN_FILE={} ", token.display())
+    };
     progressln!("\nKairos dev cluster is ready.");
     for node in nodes {
         let agent = &node.launch.agent;
@@ -365,9 +378,9 @@ fn print_tour(nodes: &[DevNode], base: u16) {
         );
     }
     let env = if base == 7100 {
-        String::new()
+        token_env
     } else {
-        format!("KAIROS_ENDPOINTS={} ", endpoints.join(","))
+        format!("KAIROS_ENDPOINTS={} {token_env}", endpoints.join(","))
     };
     progressln!("\nTry, in another terminal:");
     progressln!("  {env}kairos cluster status");

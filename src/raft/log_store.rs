@@ -156,7 +156,11 @@ impl LogStore {
             })),
             syncer,
         };
-        let committed: Option<LogId<NodeId>> = store.read_meta(COMMITTED_KEY).map_err(Error::internal)?;
+        // Stored as openraft saves it, an `Option<LogId>`.
+        let committed = store
+            .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)
+            .map_err(Error::internal)?
+            .flatten();
         store
             .committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
@@ -478,6 +482,9 @@ mod tests {
             assert_eq!(log.try_get_log_entries(2..=4).await.unwrap(), entries);
             assert_eq!(log.read_vote().await.unwrap(), Some(vote));
             assert_eq!(log.read_committed().await.unwrap(), Some(log_id(3)));
+            // What `/readyz` waits for after a restart (it was read as a bare
+            // `LogId`, which made it the committing leader's node id).
+            assert_eq!(log.committed_index(), 3);
             let state = log.get_log_state().await.unwrap();
             assert_eq!(
                 (state.last_purged_log_id, state.last_log_id),

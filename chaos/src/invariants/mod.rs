@@ -3,6 +3,7 @@
 //! violations it found, each naming the job, times and nodes involved.
 
 pub mod acknowledged_writes;
+pub mod audit_complete;
 pub mod durable_terms;
 pub mod fires_accounted;
 pub mod idempotency;
@@ -26,7 +27,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 7] = [
+pub const ALL: [Checker; 8] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -34,6 +35,7 @@ pub const ALL: [Checker; 7] = [
     (settled_runs::NAME, settled_runs::check),
     (replica_digest::NAME, replica_digest::check),
     (durable_terms::NAME, durable_terms::check),
+    (audit_complete::NAME, audit_complete::check),
 ];
 
 /// Runs every checker.

@@ -242,6 +242,7 @@ pub(crate) mod tests {
             version: Some(1),
             run_id: None,
             paused: None,
+            trace_id: String::new(),
         }];
         History {
             ops,

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use kairos::proto as pb;
-use kairos::proto::job_service_client::JobServiceClient;
 
 use crate::TestCluster;
 
@@ -19,19 +18,16 @@ pub fn job(id: &str) -> pb::ScheduledJob {
     }
 }
 
-/// Creates `id` through node `via` with a request id, retrying while the
-/// cluster is unavailable (a retried create with the same request id is
-/// idempotent). Returns whether the write was acknowledged.
+/// Creates `id` through node `via` with the root token and a request id,
+/// retrying while the cluster is unavailable (a retried create with the same
+/// request id is idempotent). Returns whether the write was acknowledged.
 pub async fn create(cluster: &TestCluster, via: u64, id: &str) -> bool {
     let request = pb::CreateJobRequest {
         job: Some(job(id)),
         request_id: format!("req-{id}"),
     };
+    let mut client = cluster.jobs(via).await;
     for _ in 0..20 {
-        let Ok(mut client) = JobServiceClient::connect(format!("http://{}", cluster.node(via).grpc)).await
-        else {
-            return false;
-        };
         match client.create_job(request.clone()).await {
             Ok(reply) => {
                 assert_eq!(reply.into_inner().id, id);
