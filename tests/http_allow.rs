@@ -19,7 +19,6 @@ use std::time::Duration;
 use axum::response::IntoResponse;
 use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
-use kairos::proto::run_service_client::RunServiceClient;
 use kairos_testkit::{recorder, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
@@ -60,9 +59,7 @@ async fn trigger_to_end(cluster: &TestCluster, job: pb::ScheduledJob) -> pb::Run
         })
         .await
         .unwrap();
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(leader).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(leader).await;
     let mut watch = runs
         .watch_runs(pb::WatchRunsRequest {
             job_id: id.clone(),

@@ -7,6 +7,8 @@
 //!   is the token's name and the create's audit entry names the token.
 //! - A revoked token fails on every node.
 //! - Secret payload values read as `<redacted>` without `job:secrets`.
+//! - With `--audit-reads`, allowed reads are audited too; `audit export`
+//!   resumes after the last line it printed.
 //! - Tampering with a stopped node's stored audit entry is found by
 //!   `kairos audit verify --data-dir`, naming the sequence number, and by
 //!   the running cluster's `kairos audit verify`, naming the node.
@@ -732,5 +734,63 @@ async fn a_tampered_audit_entry_is_found_offline_by_sequence_number_and_online_b
     assert!(
         !stderr.contains("node 1:") && !stderr.contains("node 2:"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_reads_are_audited_with_audit_reads_and_an_export_resumes_after_its_last_line() {
+    let cluster = TestCluster::start(3, &["--audit-reads"]);
+    cluster.wait_ready(READY).await;
+    let mut jobs = cluster.jobs(2).await;
+    jobs.create_job(pb::CreateJobRequest {
+        job: Some(job("read-me")),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap();
+    jobs.get_job(pb::GetJobRequest {
+        id: "read-me".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    eventually("the allowed read is audited", || async {
+        audit_entries(&cluster, "root", "GetJob")
+            .await
+            .iter()
+            .any(|e| e.code == 0 && e.job_id == "read-me" && e.node == 2)
+    })
+    .await;
+
+    // An export is NDJSON in sequence order; `--after` its last seq resumes it.
+    let export = |after: u64| {
+        let out = cluster
+            .cli()
+            .args(["audit", "export", "--after", &after.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("one JSON object per line"))
+            .map(|v| {
+                v["seq"]
+                    .as_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .or(v["seq"].as_u64())
+                    .unwrap()
+            })
+            .collect::<Vec<u64>>()
+    };
+    let all = export(0);
+    assert!(all.len() >= 3, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0] + 1 == w[1]), "consecutive: {all:?}");
+    let middle = all[all.len() / 2];
+    let rest = export(middle);
+    assert_eq!(rest.first(), Some(&(middle + 1)));
+    assert!(rest.windows(2).all(|w| w[0] + 1 == w[1]), "consecutive: {rest:?}");
+    assert!(
+        rest.len() >= all.len() - all.len() / 2 - 1,
+        "{rest:?} resumes {all:?}"
     );
 }

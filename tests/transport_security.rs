@@ -13,7 +13,6 @@ use std::time::Duration;
 use kairos::dial::DialMap;
 use kairos::proto as pb;
 use kairos::proto::raft_service_client::RaftServiceClient;
-use kairos::proto::run_service_client::RunServiceClient;
 use kairos::raft::TypeConfig;
 use kairos::transport::{ClusterSecret, PeerConnector, PeerSecurity};
 use kairos_testkit::{create, kairos_bin, IssuedCert, TestCluster, TestPki, TEST_COOKIE};
@@ -197,6 +196,8 @@ async fn a_node_with_another_cookie_cannot_join() {
     wait_listening(&cluster, outsider).await;
     let endpoints = cluster.node(1).grpc.clone();
     let added = cli(&[
+        "--token",
+        cluster.token(),
         "--endpoints",
         &endpoints,
         "cluster",
@@ -242,9 +243,7 @@ fn peer_tls_args(cert: &IssuedCert, pki: &TestPki) -> Vec<String> {
 }
 
 async fn wait_for_run(cluster: &TestCluster, via: u64, run_id: u64) -> pb::Run {
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(via).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(via).await;
     let deadline = tokio::time::Instant::now() + READY;
     loop {
         let run = runs
@@ -287,9 +286,7 @@ async fn a_cluster_with_peer_mtls_runs_a_job_and_refuses_a_node_of_another_ca() 
     // Writes are forwarded and runs dispatched over the TLS links.
     let follower = (1..=3).find(|id| *id != 1).unwrap();
     assert!(create(&cluster, follower, "tls-job").await);
-    let mut runs = RunServiceClient::connect(format!("http://{}", cluster.node(follower).grpc))
-        .await
-        .unwrap();
+    let mut runs = cluster.runs(follower).await;
     let run = runs
         .trigger_job(pb::TriggerJobRequest { id: "tls-job".into() })
         .await
@@ -311,6 +308,8 @@ async fn a_cluster_with_peer_mtls_runs_a_job_and_refuses_a_node_of_another_ca() 
     let outsider = cluster.spawn_new_node_with(&outsider_args, None);
     wait_listening(&cluster, outsider).await;
     let added = cli(&[
+        "--token",
+        cluster.token(),
         "--endpoints",
         &cluster.node(1).grpc,
         "cluster",
@@ -352,7 +351,7 @@ async fn the_cli_reaches_a_tls_api_with_the_ca_and_a_client_certificate_and_fail
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let cluster = TestCluster::start(1, &args);
-    cluster.wait_ready(READY).await;
+    cluster.wait_ready_only(READY).await;
     let endpoint = cluster.node(1).grpc.clone();
     let ca = api_ca.ca_cert.display().to_string();
     let (cert, key) = (
@@ -360,6 +359,37 @@ async fn the_cli_reaches_a_tls_api_with_the_ca_and_a_client_certificate_and_fail
         client.key.display().to_string(),
     );
 
+    // Bootstrap over TLS (no credential needed), then give the client
+    // certificate's subject (its URI SAN) a role.
+    let bootstrap = cli(&["--endpoints", &endpoint, "--tls-ca", &ca, "acl", "bootstrap"]);
+    assert!(bootstrap.status.success(), "{}", stderr(&bootstrap));
+    let root = String::from_utf8_lossy(&bootstrap.stdout).trim().to_string();
+    let as_root = |args: &[&str]| {
+        let mut all = vec!["--endpoints", &endpoint, "--tls-ca", &ca, "--token", &root];
+        all.extend_from_slice(args);
+        cli(&all)
+    };
+    let role = as_root(&[
+        "acl",
+        "role",
+        "create",
+        "status-reader",
+        "--allow",
+        "cluster:read",
+    ]);
+    assert!(role.status.success(), "{}", stderr(&role));
+    let bound = as_root(&[
+        "acl",
+        "binding",
+        "create",
+        "--subject",
+        "spiffe://kairos/ci-bot",
+        "--role",
+        "status-reader",
+    ]);
+    assert!(bound.status.success(), "{}", stderr(&bound));
+
+    // The certificate alone is the credential: its principal holds the role.
     let with_cert = cli(&[
         "--endpoints",
         &endpoint,
@@ -374,10 +404,58 @@ async fn the_cli_reaches_a_tls_api_with_the_ca_and_a_client_certificate_and_fail
     ]);
     assert!(with_cert.status.success(), "{}", stderr(&with_cert));
     assert!(String::from_utf8_lossy(&with_cert.stdout).contains(&endpoint));
+    let whoami = cli(&[
+        "--endpoints",
+        &endpoint,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "acl",
+        "whoami",
+    ]);
+    let said = String::from_utf8_lossy(&whoami.stdout).into_owned();
+    assert!(
+        said.contains("spiffe://kairos/ci-bot")
+            && said.contains("certificate")
+            && said.contains("status-reader"),
+        "{said}{}",
+        stderr(&whoami)
+    );
+    // ...and nothing more: a write needs a permission its role lacks.
+    let write = cli(&[
+        "--endpoints",
+        &endpoint,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "job",
+        "create",
+        "x",
+        "--type",
+        "noop",
+        "--schedule",
+        "@hourly",
+    ]);
+    assert_eq!(write.status.code(), Some(1));
+    assert!(stderr(&write).contains("PermissionDenied"), "{}", stderr(&write));
 
-    // A client certificate is optional (callers may use tokens instead).
-    let without_cert = cli(&["--endpoints", &endpoint, "--tls-ca", &ca, "cluster", "status"]);
-    assert!(without_cert.status.success(), "{}", stderr(&without_cert));
+    // A client certificate is optional: a token over TLS works too, and
+    // without either the call is refused.
+    let with_token = as_root(&["cluster", "status"]);
+    assert!(with_token.status.success(), "{}", stderr(&with_token));
+    let anonymous = cli(&["--endpoints", &endpoint, "--tls-ca", &ca, "cluster", "status"]);
+    assert_eq!(anonymous.status.code(), Some(1));
+    assert!(
+        stderr(&anonymous).contains("Unauthenticated"),
+        "{}",
+        stderr(&anonymous)
+    );
 
     // The same through the environment.
     let by_env = Command::new(kairos_bin())

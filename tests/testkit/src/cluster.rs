@@ -312,8 +312,10 @@ impl TestCluster {
         self.bootstrap().await;
     }
 
-    /// Waits until every running node answers `/readyz` with 200.
-    async fn wait_ready_only(&self, timeout: Duration) {
+    /// Waits until every running node answers `/readyz` with 200, without
+    /// bootstrapping: for clusters the kit's plain-text clients cannot
+    /// reach (an API served over TLS), which a test bootstraps itself.
+    pub async fn wait_ready_only(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         for node in self.nodes.iter().filter(|n| n.is_running()) {
             let process = node.process.as_ref().expect("running");
