@@ -73,7 +73,7 @@ $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 | measure | target | measured |
 |---|---|---|
 | create throughput, 64 clients | ≥ 3 × etcd's, p99 ≤ etcd's | $(j create-64.json '.throughput_per_s|floor') /s, p99 $(j create-64.json '.p99_ms*100|floor/100') ms (etcd: see below) |
-| cost of auth + audit vs audit alone, 64 clients | < 10 % | $(j create-auth-64.json '"throughput \(.throughput_cost_pct*10|round/10) %, p50 \(.p50_cost_pct*10|round/10) %, p99 \(.p99_cost_pct*10|round/10) %"') (see below) |
+| cost of auth + audit vs audit alone, 64 clients | < 10 % | $(j create-auth-64.json '"throughput \(.throughput_cost_pct*10|round/10) %, p50 \(.p50_cost_pct*10|round/10) %, p99 \(.p99_cost_pct*10|round/10) %, node CPU \(.node_cpu_cost_pct*10|round/10) %"') (see below) |
 | create latency, 1 client, p50 | ≤ etcd's | $(j create-1.json '.p50_ms*100|floor/100') ms (etcd: see below) |
 | dispatch, \`noop\` | ≥ 20,000 runs/s | $(for f in dispatch-15000.json dispatch-20000.json dispatch-25000.json; do j "$f" '"\(.runs_per_s|floor) of \(.offered_fires_per_s|floor)"'; done | paste -sd';' | sed 's/;/; /g') runs/s completed of offered |
 | fire lateness at 5,000 fires/s | p50 ≤ 2 ms, p99 ≤ 10 ms | p50 ≤ $(j dispatch-5000.json '.lateness_p50_ms_at_most') ms, p99 ≤ $(j dispatch-5000.json '.lateness_p99_ms_at_most') ms |
@@ -110,11 +110,11 @@ in rounds that alternate which side goes first; a warm-up round each is not
 counted. Cost: how much fewer creates/s, and how much longer the latency, with
 auth on.
 
-| clients | auth | creates | per s | p50 | p99 | per s by round |
-|---:|---|---:|---:|---:|---:|---|
-$(for f in create-auth-1.json create-auth-64.json; do j "$f" '.clients as $c | (["on", .auth_on], ["off", .auth_off]) | "| \($c) | \(.[0]) | \(.[1].creates) | \(.[1].throughput_per_s|floor) | \(.[1].p50_ms*100|floor/100) ms | \(.[1].p99_ms*100|floor/100) ms | \([.[1].rounds_per_s[]|floor]|map(tostring)|join(", ")) |"'; done)
+| clients | auth | creates | per s | p50 | p99 | node CPU per create | per s by round |
+|---:|---|---:|---:|---:|---:|---:|---|
+$(for f in create-auth-1.json create-auth-64.json; do j "$f" '.clients as $c | (["on", .auth_on], ["off", .auth_off]) | "| \($c) | \(.[0]) | \(.[1].creates) | \(.[1].throughput_per_s|floor) | \(.[1].p50_ms*100|floor/100) ms | \(.[1].p99_ms*100|floor/100) ms | \(.[1].node_cpu_us_per_create|floor) µs | \([.[1].rounds_per_s[]|floor]|map(tostring)|join(", ")) |"'; done)
 
-$(for f in create-auth-1.json create-auth-64.json; do j "$f" '"\(.clients) client(s): throughput \(.throughput_cost_pct*10|round/10) % lower, p50 \(.p50_cost_pct*10|round/10) %, p99 \(.p99_cost_pct*10|round/10) % longer with auth on."'; done)
+$(for f in create-auth-1.json create-auth-64.json; do j "$f" '"- \(.clients) client(s), auth on: throughput \(.throughput_cost_pct*10|round/10) % lower, p50 \(.p50_cost_pct*10|round/10) % and p99 \(.p99_cost_pct*10|round/10) % longer, node CPU per create \(.node_cpu_cost_pct*10|round/10) % higher."'; done)
 
 ## Dispatch (\`kairos-bench dispatch\`, \`noop\`)
 
