@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 OUT=target/bench-results
 mkdir -p "$OUT"
 DAY="$(date -u +%Y-%m-%d)"
-if [ -n "${QUICK:-}" ]; then SECS=3; SCALE=5000; KILLS=3; else SECS=10; SCALE="${SCALE:-100000}"; KILLS="${KILLS:-20}"; fi
+if [ -n "${QUICK:-}" ]; then SECS=3; SCALE=5000; KILLS=3; AUTH_1=300; AUTH_64=3000; else SECS=10; SCALE="${SCALE:-100000}"; KILLS="${KILLS:-20}"; AUTH_1="${AUTH_1:-2000}"; AUTH_64="${AUTH_64:-20000}"; fi
 # SKIP_DONE=1 keeps results already in target/bench-results (resume after an interruption).
 # Outputs are cut with `sed -n 1p`, not `head -1`: head closing the pipe early
 # made the producer die of SIGPIPE, which pipefail turned into a silent exit.
@@ -26,6 +26,9 @@ kb_workers() { local workers="$1"; shift; KAIROS_BENCH_WORKERS="$workers" kb "$@
 echo "create ..." >&2
 run_into create-1.json kb create --clients 1 --duration "${SECS}s"
 run_into create-64.json kb create --clients 64 --duration "${SECS}s"
+echo "create, auth on and off ..." >&2
+run_into create-auth-1.json kb create --clients 1 --compare-auth --count "$AUTH_1" --rounds 5 --duration 60s
+run_into create-auth-64.json kb create --clients 64 --compare-auth --count "$AUTH_64" --rounds 5 --duration 60s
 echo "dispatch ..." >&2
 run_into dispatch-1000.json kb dispatch --jobs 2000 --rate 1000 --duration "$((SECS * 2))s"
 # A worker slot is counted busy from the attempt's begin to the
@@ -70,6 +73,7 @@ $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 | measure | target | measured |
 |---|---|---|
 | create throughput, 64 clients | ≥ 3 × etcd's, p99 ≤ etcd's | $(j create-64.json '.throughput_per_s|floor') /s, p99 $(j create-64.json '.p99_ms*100|floor/100') ms (etcd: see below) |
+| cost of auth + audit vs audit alone, 64 clients | < 10 % | $(j create-auth-64.json '"throughput \(.throughput_cost_pct*10|round/10) %, p50 \(.p50_cost_pct*10|round/10) %, p99 \(.p99_cost_pct*10|round/10) %, node CPU \(.node_cpu_cost_pct*10|round/10) %"') (see below) |
 | create latency, 1 client, p50 | ≤ etcd's | $(j create-1.json '.p50_ms*100|floor/100') ms (etcd: see below) |
 | dispatch, \`noop\` | ≥ 20,000 runs/s | $(for f in dispatch-15000.json dispatch-20000.json dispatch-25000.json; do j "$f" '"\(.runs_per_s|floor) of \(.offered_fires_per_s|floor)"'; done | paste -sd';' | sed 's/;/; /g') runs/s completed of offered |
 | fire lateness at 5,000 fires/s | p50 ≤ 2 ms, p99 ≤ 10 ms | p50 ≤ $(j dispatch-5000.json '.lateness_p50_ms_at_most') ms, p99 ≤ $(j dispatch-5000.json '.lateness_p99_ms_at_most') ms |
@@ -92,6 +96,25 @@ $(cat "$OUT/etcd.md")
 | clients | creates | per s | p50 | p99 | p999 |
 |---:|---:|---:|---:|---:|---:|
 $(for f in create-1.json create-64.json; do j "$f" '"| \(.clients) | \(.creates) | \(.throughput_per_s|floor) | \(.p50_ms*100|floor/100) ms | \(.p99_ms*100|floor/100) ms | \(.p999_ms*100|floor/100) ms |"'; done)
+
+## What authentication costs (\`kairos-bench create --compare-auth\`)
+
+\`kairos-bench create --clients N --compare-auth --count C --rounds 5\` ($AUTH_1 creates per round at 1
+client, $AUTH_64 at 64): two 3-node clusters of the same build, one as users run it
+(every call authenticated — SHA-256 of the bearer secret looked up in the
+applied state — and authorized, every write audited) and one started with
+\`--insecure-disable-auth\` (no credential check; every write still audited:
+the audit log cannot be turned off, so there is no point with both off). The
+same clients send the same creates to each leader, the token on both sides,
+in rounds that alternate which side goes first; a warm-up round each is not
+counted. Cost: how much fewer creates/s, and how much longer the latency, with
+auth on.
+
+| clients | auth | creates | per s | p50 | p99 | node CPU per create | per s by round |
+|---:|---|---:|---:|---:|---:|---:|---|
+$(for f in create-auth-1.json create-auth-64.json; do j "$f" '.clients as $c | (["on", .auth_on], ["off", .auth_off]) | "| \($c) | \(.[0]) | \(.[1].creates) | \(.[1].throughput_per_s|floor) | \(.[1].p50_ms*100|floor/100) ms | \(.[1].p99_ms*100|floor/100) ms | \(.[1].node_cpu_us_per_create|floor) µs | \([.[1].rounds_per_s[]|floor]|map(tostring)|join(", ")) |"'; done)
+
+$(for f in create-auth-1.json create-auth-64.json; do j "$f" '"- \(.clients) client(s), auth on: throughput \(.throughput_cost_pct*10|round/10) % lower, p50 \(.p50_cost_pct*10|round/10) % and p99 \(.p99_cost_pct*10|round/10) % longer, node CPU per create \(.node_cpu_cost_pct*10|round/10) % higher."'; done)
 
 ## Dispatch (\`kairos-bench dispatch\`, \`noop\`)
 

@@ -1,50 +1,104 @@
-//! `create`: concurrent clients creating jobs for a bounded time.
+//! `create`: concurrent clients creating jobs for a bounded time (and, with
+//! `--count`, a bounded number of writes).
+//!
+//! With `--compare-auth` it measures what authentication costs: two clusters
+//! of the same build, one as a user runs it (every call authenticated and
+//! authorized, every write audited) and one started with
+//! `--insecure-disable-auth` (no credential check, every caller `anonymous`,
+//! every write still audited: the audit log cannot be turned off, so there
+//! is no point with both off). Both are driven by the same clients over the
+//! same path (to the leader, the token sent on both sides), in rounds that
+//! alternate which side goes first, so that drift of the machine's load hits
+//! both alike.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use kairos::proto::job_service_client::JobServiceClient;
+use kairos_testkit::{Authed, TestCluster};
 
-use crate::support::{channel, create_job, latency_histogram, progress, quantile_ms, started_cluster};
+use crate::support::{
+    channel, cluster_cpu_seconds, create_job, latency_histogram, progress, quantile_ms, started_cluster,
+    started_cluster_with,
+};
 
-pub(crate) async fn create(
+/// What `create` is asked to do.
+pub(crate) struct CreateArgs {
+    pub clients: usize,
+    pub payload: usize,
+    pub duration: Duration,
+    pub endpoints: Option<String>,
+    pub connections: Option<usize>,
+    /// The token for `endpoints` (a started cluster uses its root token).
+    pub token: Option<String>,
+    /// At most this many creates per measurement.
+    pub count: Option<u64>,
+    /// Compare auth on and off (`--insecure-disable-auth`), `rounds` times each.
+    pub compare_auth: bool,
+    pub rounds: usize,
+}
+
+/// One measurement: where the clients write and how much.
+struct Load<'a> {
+    label: &'a str,
+    addrs: &'a [String],
+    secret: &'a str,
     clients: usize,
-    payload: usize,
-    duration: Duration,
-    endpoints: Option<String>,
     connections: Option<usize>,
-) {
-    let target = "kairos";
-    let (cluster, addrs) = match endpoints {
-        Some(list) => (None, list.split(',').map(str::to_string).collect::<Vec<_>>()),
-        None => {
-            let (cluster, leader) = started_cluster().await;
-            let addr = cluster.node(leader).grpc.clone();
-            (Some(cluster), vec![addr])
-        }
-    };
-    let acknowledged = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let until = started + duration;
-    let body = serde_json::json!({ "pad": "x".repeat(payload.saturating_sub(12)) }).to_string();
-    let mut channels = Vec::new();
-    for i in 0..connections.unwrap_or(clients).clamp(1, clients.max(1)) {
-        channels.push(channel(&addrs[i % addrs.len()]).await);
+    body: &'a str,
+    duration: Duration,
+    count: Option<u64>,
+    /// Job ids are `<prefix>-<client>-<n>`.
+    prefix: &'a str,
+}
+
+/// What one measurement saw.
+struct Measured {
+    latencies: Histogram<u64>,
+    errors: u64,
+    seconds: f64,
+    /// CPU time the cluster's nodes used meanwhile, seconds (0 when the
+    /// tool did not start them).
+    node_cpu_seconds: f64,
+}
+
+impl Measured {
+    fn per_s(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
     }
+}
+
+/// Runs `load`'s clients until its duration passes or its count is reached.
+async fn measure(load: &Load<'_>) -> Measured {
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let issued = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let count = load.count.unwrap_or(u64::MAX);
+    let mut channels = Vec::new();
+    for i in 0..load
+        .connections
+        .unwrap_or(load.clients)
+        .clamp(1, load.clients.max(1))
+    {
+        channels.push(channel(&load.addrs[i % load.addrs.len()], load.secret).await);
+    }
+    let started = Instant::now();
+    let until = started + load.duration;
     let mut tasks = Vec::new();
-    for client in 0..clients {
-        let channel = channels[client % channels.len()].clone();
-        let (acknowledged, errors, body) = (acknowledged.clone(), errors.clone(), body.clone());
+    for client in 0..load.clients {
+        let channel: Authed = channels[client % channels.len()].clone();
+        let (acknowledged, issued, errors) = (acknowledged.clone(), issued.clone(), errors.clone());
+        let (body, prefix) = (load.body.to_string(), load.prefix.to_string());
         tasks.push(tokio::spawn(async move {
             let mut jobs = JobServiceClient::new(channel);
             let mut latencies = latency_histogram();
             let mut n = 0u64;
-            while Instant::now() < until {
+            while Instant::now() < until && issued.fetch_add(1, Ordering::Relaxed) < count {
                 n += 1;
                 let sent = Instant::now();
-                match create_job(&mut jobs, format!("bench-{client}-{n}"), &body).await {
+                match create_job(&mut jobs, format!("{prefix}-{client}-{n}"), &body).await {
                     Ok(_) => {
                         latencies
                             .record(sent.elapsed().as_micros() as u64)
@@ -56,48 +110,264 @@ pub(crate) async fn create(
                     }
                 }
             }
-            latencies
+            (latencies, Instant::now())
         }));
     }
     while tasks.iter().any(|t| !t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let done = acknowledged.load(Ordering::Relaxed);
         progress(format!(
-            "create ({target}): {:>5.1} s, {done} acknowledged, {:.0}/s",
+            "create ({}): {:>5.1} s, {done} acknowledged, {:.0}/s",
+            load.label,
             started.elapsed().as_secs_f64(),
             done as f64 / started.elapsed().as_secs_f64()
         ));
     }
-    eprintln!();
-    let seconds = started.elapsed().as_secs_f64();
+    // Until the last client finished (not until the progress loop noticed).
+    let mut ended = started;
     let mut latencies = latency_histogram();
     for task in tasks {
-        latencies
-            .add(task.await.expect("client"))
-            .expect("histograms of one precision");
+        let (client, finished) = task.await.expect("client");
+        latencies.add(client).expect("histograms of one precision");
+        ended = ended.max(finished);
     }
+    let seconds = (ended - started).as_secs_f64();
+    Measured {
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        node_cpu_seconds: 0.0,
+    }
+}
+
+pub(crate) async fn create(args: CreateArgs) {
+    if args.compare_auth {
+        return compare_auth(args).await;
+    }
+    let target = "kairos";
+    let (cluster, addrs, secret) = match &args.endpoints {
+        Some(list) => (
+            None,
+            list.split(',').map(str::to_string).collect::<Vec<_>>(),
+            args.token.clone().unwrap_or_default(),
+        ),
+        None => {
+            let (cluster, leader) = started_cluster().await;
+            let addr = cluster.node(leader).grpc.clone();
+            let secret = cluster.token().to_string();
+            (Some(cluster), vec![addr], secret)
+        }
+    };
+    let body = body(args.payload);
+    let measured = measure(&Load {
+        label: target,
+        addrs: &addrs,
+        secret: &secret,
+        clients: args.clients,
+        connections: args.connections,
+        body: &body,
+        duration: args.duration,
+        count: args.count,
+        prefix: "bench",
+    })
+    .await;
+    eprintln!();
+    let latencies = &measured.latencies;
     let result = serde_json::json!({
         "scenario": "create",
         "target": target,
-        "clients": clients,
-        "payload_bytes": payload,
+        "clients": args.clients,
+        "payload_bytes": args.payload,
         "creates": latencies.len(),
-        "errors": errors.load(Ordering::Relaxed),
-        "seconds": seconds,
-        "throughput_per_s": latencies.len() as f64 / seconds,
-        "p50_ms": quantile_ms(&latencies, 0.5),
-        "p99_ms": quantile_ms(&latencies, 0.99),
-        "p999_ms": quantile_ms(&latencies, 0.999),
+        "errors": measured.errors,
+        "seconds": measured.seconds,
+        "throughput_per_s": measured.per_s(),
+        "p50_ms": quantile_ms(latencies, 0.5),
+        "p99_ms": quantile_ms(latencies, 0.99),
+        "p999_ms": quantile_ms(latencies, 0.999),
     });
     println!("{result}");
     println!("| target | clients | payload | writes | per s | p50 ms | p99 ms | p999 ms |");
     println!(
-        "| {target} | {clients} | {payload} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+        "| {target} | {} | {} B | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+        args.clients,
+        args.payload,
         latencies.len(),
-        latencies.len() as f64 / seconds,
-        quantile_ms(&latencies, 0.5),
-        quantile_ms(&latencies, 0.99),
-        quantile_ms(&latencies, 0.999)
+        measured.per_s(),
+        quantile_ms(latencies, 0.5),
+        quantile_ms(latencies, 0.99),
+        quantile_ms(latencies, 0.999)
     );
     drop(cluster);
+}
+
+/// A JSON payload of about `payload` bytes.
+fn body(payload: usize) -> String {
+    serde_json::json!({ "pad": "x".repeat(payload.saturating_sub(12)) }).to_string()
+}
+
+/// One side of the auth comparison: its cluster and what its rounds measured.
+struct Side {
+    name: &'static str,
+    cluster: TestCluster,
+    leader: String,
+    rounds: Vec<Measured>,
+}
+
+impl Side {
+    /// One measurement on this side's leader; job ids are unique per `label`.
+    async fn measure(
+        &self,
+        args: &CreateArgs,
+        body: &str,
+        label: &str,
+        duration: Duration,
+        count: Option<u64>,
+    ) -> Measured {
+        let prefix = format!("{}-{}", self.name, label.replace(' ', "-"));
+        let cpu_before = cluster_cpu_seconds(&self.cluster);
+        let mut measured = measure(&Load {
+            label: &format!("auth {}, {label}", self.name),
+            addrs: std::slice::from_ref(&self.leader),
+            secret: self.cluster.token(),
+            clients: args.clients,
+            connections: args.connections,
+            body,
+            duration,
+            count,
+            prefix: &prefix,
+        })
+        .await;
+        measured.node_cpu_seconds = cluster_cpu_seconds(&self.cluster) - cpu_before;
+        measured
+    }
+
+    /// Every round's latencies together.
+    fn latencies(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for round in &self.rounds {
+            all.add(&round.latencies).expect("histograms of one precision");
+        }
+        all
+    }
+
+    fn creates(&self) -> u64 {
+        self.rounds.iter().map(|r| r.latencies.len()).sum()
+    }
+
+    fn seconds(&self) -> f64 {
+        self.rounds.iter().map(|r| r.seconds).sum()
+    }
+
+    /// Creates per second over every round.
+    fn per_s(&self) -> f64 {
+        self.creates() as f64 / self.seconds()
+    }
+
+    /// CPU time of the three nodes per acknowledged create, µs: what a
+    /// create costs the cluster, less sensitive than throughput to what else
+    /// the machine runs.
+    fn cpu_us_per_create(&self) -> f64 {
+        let cpu: f64 = self.rounds.iter().map(|r| r.node_cpu_seconds).sum();
+        cpu * 1e6 / self.creates().max(1) as f64
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let latencies = self.latencies();
+        serde_json::json!({
+            "creates": self.creates(),
+            "errors": self.rounds.iter().map(|r| r.errors).sum::<u64>(),
+            "seconds": self.seconds(),
+            "throughput_per_s": self.per_s(),
+            "p50_ms": quantile_ms(&latencies, 0.5),
+            "p99_ms": quantile_ms(&latencies, 0.99),
+            "p999_ms": quantile_ms(&latencies, 0.999),
+            "node_cpu_us_per_create": self.cpu_us_per_create(),
+            "rounds_per_s": self.rounds.iter().map(Measured::per_s).collect::<Vec<_>>(),
+            "rounds_p50_ms": self.rounds.iter().map(|r| quantile_ms(&r.latencies, 0.5)).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `--compare-auth`: see the module docs.
+async fn compare_auth(args: CreateArgs) {
+    assert!(
+        args.endpoints.is_none(),
+        "--compare-auth starts its own clusters; --endpoints does not go with it"
+    );
+    let mut sides = Vec::new();
+    for (name, flags) in [("on", &[][..]), ("off", &["--insecure-disable-auth"][..])] {
+        let (cluster, leader) = started_cluster_with(flags).await;
+        let status = cluster.status(leader).await;
+        assert!(
+            status.nodes.iter().all(|n| n.auth_disabled == (name == "off")),
+            "auth {name}: the nodes report {:?}",
+            status
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.auth_disabled))
+                .collect::<Vec<_>>()
+        );
+        let leader = cluster.node(leader).grpc.clone();
+        sides.push(Side {
+            name,
+            cluster,
+            leader,
+            rounds: Vec::new(),
+        });
+    }
+    let body = body(args.payload);
+    // Warm-up: connections, allocator, the first snapshot; not counted.
+    for side in &sides {
+        let count = args.count.map(|c| (c / 10).max(1));
+        side.measure(&args, &body, "warm-up", Duration::from_secs(2), count)
+            .await;
+    }
+    for round in 0..args.rounds.max(1) {
+        // Alternate which side goes first.
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let label = format!("round {}", round + 1);
+            let measured = sides[i]
+                .measure(&args, &body, &label, args.duration, args.count)
+                .await;
+            sides[i].rounds.push(measured);
+        }
+    }
+    eprintln!();
+    let (on, off) = (&sides[0], &sides[1]);
+    let (on_lat, off_lat) = (on.latencies(), off.latencies());
+    let cost = |on: f64, off: f64| (on / off - 1.0) * 100.0;
+    let result = serde_json::json!({
+        "scenario": "create-auth",
+        "clients": args.clients,
+        "payload_bytes": args.payload,
+        "rounds": args.rounds.max(1),
+        "count_per_round": args.count,
+        "auth_on": on.json(),
+        "auth_off": off.json(),
+        // Positive: auth on is that much slower (fewer creates/s, longer latency).
+        "throughput_cost_pct": -cost(on.per_s(), off.per_s()),
+        "p50_cost_pct": cost(quantile_ms(&on_lat, 0.5), quantile_ms(&off_lat, 0.5)),
+        "p99_cost_pct": cost(quantile_ms(&on_lat, 0.99), quantile_ms(&off_lat, 0.99)),
+        "node_cpu_cost_pct": cost(on.cpu_us_per_create(), off.cpu_us_per_create()),
+    });
+    println!("{result}");
+    println!("| auth | clients | writes | per s | p50 ms | p99 ms | p999 ms | node CPU µs/create | per s by round |");
+    for side in &sides {
+        let latencies = side.latencies();
+        let by_round: Vec<String> = side.rounds.iter().map(|r| format!("{:.0}", r.per_s())).collect();
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            side.name,
+            args.clients,
+            side.creates(),
+            side.per_s(),
+            quantile_ms(&latencies, 0.5),
+            quantile_ms(&latencies, 0.99),
+            quantile_ms(&latencies, 0.999),
+            side.cpu_us_per_create(),
+            by_round.join(", ")
+        );
+    }
 }

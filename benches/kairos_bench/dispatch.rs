@@ -89,32 +89,39 @@ pub(crate) async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     let interval_ms = ((jobs as u64 * 1000) / rate.max(1)).max(1000);
     let actual_rate = jobs as f64 * 1000.0 / interval_ms as f64;
     let loaded = Instant::now();
-    load_jobs(&cluster.node(leader).grpc, jobs, 32, "dispatch", move |i| {
-        let phase = (i as u64 * interval_ms) / jobs as u64;
-        pb::ScheduledJob {
-            id: format!("due-{i:07}"),
-            r#type: "noop".into(),
-            schedule_spec: Some(pb::ScheduleSpec {
-                kind: Some(pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
-                    interval: Some(ms_duration(interval_ms)),
-                    phase: Some(ms_duration(phase)),
-                })),
-            }),
-            policies: Some(pb::Policies {
-                catchup: pb::CatchupPolicy::Latest as i32,
-                // Each job keeps its last KEEP_RUNS succeeded runs, so that
-                // after the warm-up every fire also drops its job's oldest
-                // run, as in a long-running cluster (with the default of 20
-                // that steady state starts 20 intervals in).
-                history: Some(pb::HistoryLimits {
-                    keep_succeeded: KEEP_RUNS,
-                    keep_failed: KEEP_RUNS,
+    load_jobs(
+        &cluster.node(leader).grpc,
+        cluster.token(),
+        jobs,
+        32,
+        "dispatch",
+        move |i| {
+            let phase = (i as u64 * interval_ms) / jobs as u64;
+            pb::ScheduledJob {
+                id: format!("due-{i:07}"),
+                r#type: "noop".into(),
+                schedule_spec: Some(pb::ScheduleSpec {
+                    kind: Some(pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
+                        interval: Some(ms_duration(interval_ms)),
+                        phase: Some(ms_duration(phase)),
+                    })),
+                }),
+                policies: Some(pb::Policies {
+                    catchup: pb::CatchupPolicy::Latest as i32,
+                    // Each job keeps its last KEEP_RUNS succeeded runs, so that
+                    // after the warm-up every fire also drops its job's oldest
+                    // run, as in a long-running cluster (with the default of 20
+                    // that steady state starts 20 intervals in).
+                    history: Some(pb::HistoryLimits {
+                        keep_succeeded: KEEP_RUNS,
+                        keep_failed: KEEP_RUNS,
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }
-    })
+            }
+        },
+    )
     .await;
     // Warm up until history retention is in its steady state, then measure.
     tokio::time::sleep(Duration::from_millis(interval_ms * (KEEP_RUNS as u64 + 1))).await;

@@ -41,7 +41,7 @@ fn now_ms() -> i64 {
 
 pub(crate) async fn failover(kills: usize) {
     let (mut cluster, leader) = started_cluster().await;
-    let mut jobs = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
+    let mut jobs = JobServiceClient::new(channel(&cluster.node(leader).grpc, cluster.token()).await);
     // Overlap allowed: a kill that catches a run of `pulse` on the killed
     // node's worker (≈ 2 % of kills, the run's few milliseconds in flight
     // each second) leaves that run held by its lease (30 s by default, as
@@ -78,8 +78,8 @@ pub(crate) async fn failover(kills: usize) {
         let killed_at = Instant::now();
         let killed_ms = now_ms();
         cluster.kill(leader);
-        let write_ms = first_write(&addr, kill, killed_at).await;
-        let run_ms = first_run_after(&addr, killed_ms, killed_at).await;
+        let write_ms = first_write(&addr, cluster.token(), kill, killed_at).await;
+        let run_ms = first_run_after(&addr, cluster.token(), killed_ms, killed_at).await;
         progress(format!(
             "failover: kill {}/{kills}: write {write_ms:.0} ms, run {run_ms:.0} ms",
             kill + 1
@@ -114,8 +114,8 @@ pub(crate) async fn failover(kills: usize) {
 }
 
 /// Milliseconds from `since` to the first acknowledged create through `addr` (bounded: 30 s).
-async fn first_write(addr: &str, kill: usize, since: Instant) -> f64 {
-    let mut jobs = JobServiceClient::new(channel(addr).await);
+async fn first_write(addr: &str, secret: &str, kill: usize, since: Instant) -> f64 {
+    let mut jobs = JobServiceClient::new(channel(addr, secret).await);
     let mut n = 0;
     while since.elapsed() < Duration::from_secs(30) {
         n += 1;
@@ -157,9 +157,9 @@ fn fire_ahead_ms() -> i64 {
 /// begins more than the look-ahead after the kill was started by the new
 /// leader, and no run of the new leader begins earlier than that (an
 /// election takes longer than the look-ahead).
-async fn first_run_after(addr: &str, killed_ms: i64, since: Instant) -> f64 {
+async fn first_run_after(addr: &str, secret: &str, killed_ms: i64, since: Instant) -> f64 {
     let dispatched_after = killed_ms + fire_ahead_ms();
-    let mut runs = RunServiceClient::new(channel(addr).await);
+    let mut runs = RunServiceClient::new(channel(addr, secret).await);
     let mut last_seen = String::new();
     while since.elapsed() < Duration::from_secs(30) {
         let mut request = tonic::Request::new(pb::ListRunsRequest {

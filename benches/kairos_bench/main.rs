@@ -6,15 +6,20 @@
 //!
 //! ```text
 //! cargo bench --bench kairos-bench -- create   --clients 64 --payload 256 --duration 10s
+//! cargo bench --bench kairos-bench -- create   --clients 64 --compare-auth --count 20000 --rounds 3
 //! cargo bench --bench kairos-bench -- dispatch --jobs 1000 --rate 500 --duration 20s
 //! cargo bench --bench kairos-bench -- failover --kills 20
 //! ```
 //!
 //! - `create`: N concurrent gRPC clients create jobs (payload of the given
-//!   size) for the duration; throughput and latency p50/p99/p999. Without
-//!   `--endpoints` every client sends to the leader of the cluster it starts.
-//!   Each client has its own connection unless `--connections` sets fewer,
-//!   shared round-robin (`benches/etcd-compare.sh` runs it beside etcd).
+//!   size) for the duration (at most `--count` of them); throughput and
+//!   latency p50/p99/p999. Without `--endpoints` every client sends to the
+//!   leader of the cluster it starts, with its root token; with them, the
+//!   token of `--token` / `KAIROS_TOKEN`. Each client has its own connection
+//!   unless `--connections` sets fewer, shared round-robin
+//!   (`benches/etcd-compare.sh` runs it beside etcd). `--compare-auth`
+//!   measures the same load on a cluster with authentication and on one
+//!   started with `--insecure-disable-auth`, in alternating rounds.
 //! - `dispatch`: M `noop` jobs on `every` schedules whose phases spread their
 //!   fires evenly at the given rate; sustained runs/s completed (succeeded
 //!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
@@ -49,7 +54,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::create::create;
+use crate::create::{create, CreateArgs};
 use crate::dispatch::dispatch;
 use crate::failover::failover;
 use crate::scale::scale;
@@ -72,6 +77,20 @@ enum Scenario {
         /// Connections the clients share round-robin; default: one per client.
         #[arg(long)]
         connections: Option<usize>,
+        /// The secret of a token for `--endpoints` (a cluster the tool
+        /// starts is bootstrapped and its root token used).
+        #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Stop each measurement after this many creates (or at `--duration`, if sooner).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Measure auth + audit against `--insecure-disable-auth` (audit
+        /// still on): two clusters, the same clients, alternating rounds.
+        #[arg(long)]
+        compare_auth: bool,
+        /// Rounds of each side with `--compare-auth`.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Due `noop` jobs at a rate.
     Dispatch {
@@ -111,7 +130,24 @@ fn main() {
                 duration,
                 endpoints,
                 connections,
-            } => create(clients, payload, duration, endpoints, connections).await,
+                token,
+                count,
+                compare_auth,
+                rounds,
+            } => {
+                create(CreateArgs {
+                    clients,
+                    payload,
+                    duration,
+                    endpoints,
+                    connections,
+                    token,
+                    count,
+                    compare_auth,
+                    rounds,
+                })
+                .await
+            }
             Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,

@@ -47,15 +47,20 @@ pub(crate) async fn scale(jobs: usize, clients: usize) {
         format!("{} {} * * *", due.minute(), due.hour())
     };
     let schedule = daily.clone();
-    load_jobs(&cluster.node(leader).grpc, jobs, clients, "scale", move |i| {
-        pb::ScheduledJob {
+    load_jobs(
+        &cluster.node(leader).grpc,
+        cluster.token(),
+        jobs,
+        clients,
+        "scale",
+        move |i| pb::ScheduledJob {
             id: format!("scale-{i:08}"),
             r#type: "noop".into(),
             schedule: schedule.clone(),
             payload: vec![b'x'; 64],
             ..Default::default()
-        }
-    })
+        },
+    )
     .await;
     let load_seconds = started.elapsed().as_secs_f64();
     eprintln!();
@@ -69,7 +74,7 @@ pub(crate) async fn scale(jobs: usize, clients: usize) {
             .unwrap_or(65),
     ))
     .await;
-    let mut client = JobServiceClient::new(channel(&cluster.node(leader).grpc).await);
+    let mut client = JobServiceClient::new(channel(&cluster.node(leader).grpc, cluster.token()).await);
     client
         .create_job(pb::CreateJobRequest {
             job: Some(pb::ScheduledJob {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use kairos::proto as pb;
 use kairos::proto::job_service_client::JobServiceClient;
-use kairos_testkit::TestCluster;
-use tonic::transport::Channel;
+use kairos_testkit::{Authed, Bearer, TestCluster};
 
 /// An empty histogram of latencies in microseconds, 3 significant digits.
 pub(crate) fn latency_histogram() -> Histogram<u64> {
@@ -27,11 +26,13 @@ pub(crate) fn progress(line: String) {
     eprint!("\r{line:<100}");
 }
 
-pub(crate) async fn channel(addr: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+/// A lazily connecting channel to `addr` whose calls carry the token `secret`.
+pub(crate) async fn channel(addr: &str, secret: &str) -> Authed {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .tcp_nodelay(true)
-        .connect_lazy()
+        .connect_lazy();
+    Authed::new(channel, Bearer::new(secret))
 }
 
 /// Extra agent flags for the clusters this tool starts: `KAIROS_BENCH_WORKERS`
@@ -56,8 +57,17 @@ pub(crate) fn agent_args() -> Vec<&'static str> {
         .collect()
 }
 
+/// A three-node cluster of this tool ([`agent_args`]), ready, its ACL
+/// bootstrapped (the root token is `cluster.token()`), and its leader.
 pub(crate) async fn started_cluster() -> (TestCluster, u64) {
-    let cluster = TestCluster::start(3, &agent_args());
+    started_cluster_with(&[]).await
+}
+
+/// [`started_cluster`] with more agent flags.
+pub(crate) async fn started_cluster_with(extra: &[&str]) -> (TestCluster, u64) {
+    let mut args = agent_args();
+    args.extend_from_slice(extra);
+    let cluster = TestCluster::start(3, &args);
     cluster.wait_ready(Duration::from_secs(60)).await;
     let leader = cluster.wait_leader(Duration::from_secs(60)).await;
     (cluster, leader)
@@ -66,7 +76,7 @@ pub(crate) async fn started_cluster() -> (TestCluster, u64) {
 /// One write of the `create` scenario: a job that fires once a year, so that
 /// none fires while it is measured.
 pub(crate) async fn create_job(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Authed>,
     key: String,
     body: &str,
 ) -> Result<(), tonic::Status> {
@@ -110,11 +120,12 @@ pub(crate) fn resident_bytes(pid: u32) -> u64 {
 }
 
 /// Creates jobs `0..jobs` (built by `job`) with `clients` concurrent clients
-/// against `addr`, showing progress. A create is retried (same request id, so
+/// against `addr` with the token `secret`, showing progress. A create is retried (same request id, so
 /// a retry of one that did commit is answered as the first) at most 5 times;
 /// a job that still fails stops the tool with the server's error.
 pub(crate) async fn load_jobs(
     addr: &str,
+    secret: &str,
     jobs: usize,
     clients: usize,
     label: &'static str,
@@ -126,9 +137,10 @@ pub(crate) async fn load_jobs(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (addr, next, done, job) = (addr.to_string(), next.clone(), done.clone(), job.clone());
+        let (addr, secret) = (addr.to_string(), secret.to_string());
+        let (next, done, job) = (next.clone(), done.clone(), job.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = JobServiceClient::new(channel(&addr).await);
+            let mut client = JobServiceClient::new(channel(&addr, &secret).await);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= jobs {

@@ -2,7 +2,8 @@
 //!
 //! Each handler starts by naming its caller ([`Api::caller`]): the bearer
 //! token in the `authorization` metadata (looked up by the SHA-256 of its
-//! secret in this node's applied state), else the verified client
+//! secret in this node's applied state, and once more after the read
+//! barrier if this node does not know it yet), else the verified client
 //! certificate's subject (`super::tls`), else nothing. With
 //! `--insecure-disable-auth` every caller is [`Credential::Insecure`]:
 //! `anonymous`, allowed everything, still audited.
@@ -24,6 +25,13 @@
 //! Errors: no, unknown, revoked or expired credential → `UNAUTHENTICATED`;
 //! a valid one without the permission or outside its roles' scope →
 //! `PERMISSION_DENIED` naming the permission.
+//!
+//! IMPLEMENTATION CAVEATS: a call with an unknown bearer token costs a
+//! ReadIndex round trip to the leader (bounded by [`RECHECK_TIMEOUT`])
+//! before it is refused, so a flood of invalid tokens costs the leader a
+//! little more than before. Only tokens are re-checked: a certificate
+//! binding or a role created moments ago may still be missing on a
+//! lagging node.
 
 use std::net::SocketAddr;
 
