@@ -458,12 +458,6 @@ impl State {
         }
         Ok(Response::Audited(self.audit.head().seq))
     }
-
-    /// Job ids a caller may read: every job when they hold `permission`
-    /// unscoped, else those a role's scope covers (for filtering lists).
-    pub fn readable(subject: &Subject, permission: Permission, id: &str, owner: &str) -> bool {
-        subject.allows(permission, &Resource::job(id, owner))
-    }
 }
 
 /// The principal a credential names without checking it (for the audit
