@@ -58,6 +58,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
+use crate::api::status_with_causes;
 use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::proto::raft_service_client::RaftServiceClient;
@@ -822,22 +823,6 @@ impl Node {
         self.learn_client_addr(addr, &report);
         Ok(report)
     }
-}
-
-/// A status's message with the chain of errors under it (a transport
-/// error's message alone says little: "transport error").
-fn status_with_causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_string();
-    let mut cause = std::error::Error::source(status);
-    while let Some(e) = cause {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

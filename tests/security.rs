@@ -343,6 +343,21 @@ async fn token(cluster: &TestCluster, name: &str, roles: &[&str], ttl: Option<Du
     (created.accessor_id, created.secret)
 }
 
+/// Job `id`'s payload as root (holding `job:secrets`) reads it through node `via`.
+async fn payload_as_root(cluster: &TestCluster, via: u64, id: &str) -> serde_json::Value {
+    let job = cluster
+        .jobs(via)
+        .await
+        .get_job(pb::GetJobRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_slice(&job.payload).unwrap()
+}
+
 /// Waits until `check` holds, polling (the change it waits for is applied
 /// on each node in its own time).
 async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -597,17 +612,7 @@ async fn a_revoked_token_fails_on_every_node_and_secrets_are_redacted_without_jo
     assert_eq!(shown["headers"]["Authorization"], "<redacted>");
     assert_eq!(shown["headers"]["X-Team"], "ops");
     // Root holds job:secrets and reads the value.
-    let full = cluster
-        .jobs(3)
-        .await
-        .get_job(pb::GetJobRequest {
-            id: "hook".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let stored: serde_json::Value = serde_json::from_slice(&full.payload).unwrap();
+    let stored = payload_as_root(&cluster, 3, "hook").await;
     assert_eq!(stored["headers"]["Authorization"], "Bearer s3cret");
     // Writing the redacted value back keeps the secret.
     let mut edited = created.clone();
@@ -624,17 +629,7 @@ async fn a_revoked_token_fails_on_every_node_and_secrets_are_redacted_without_jo
     })
     .await
     .unwrap();
-    let after = cluster
-        .jobs(1)
-        .await
-        .get_job(pb::GetJobRequest {
-            id: "hook".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let after: serde_json::Value = serde_json::from_slice(&after.payload).unwrap();
+    let after = payload_as_root(&cluster, 1, "hook").await;
     assert_eq!(after["headers"]["Authorization"], "Bearer s3cret");
     assert_eq!(after["url"], "https://example.com/hook2");
 

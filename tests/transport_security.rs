@@ -28,6 +28,23 @@ fn cli(args: &[&str]) -> Output {
     Command::new(kairos_bin()).args(args).output().unwrap()
 }
 
+/// `kairos cluster add-node` of node `id` at its peer address, through
+/// node 1, as root.
+fn add_node_through_cli(cluster: &TestCluster, id: u64) -> Output {
+    cli(&[
+        "--token",
+        cluster.token(),
+        "--endpoints",
+        &cluster.node(1).grpc,
+        "cluster",
+        "add-node",
+        "--node-id",
+        &id.to_string(),
+        "--addr",
+        &cluster.node(id).peer,
+    ])
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -194,19 +211,7 @@ async fn a_node_with_another_cookie_cannot_join() {
     cluster.wait_ready(READY).await;
     let outsider = cluster.spawn_new_node_with(&[], Some("another-clusters-cookie-0123456789"));
     wait_listening(&cluster, outsider).await;
-    let endpoints = cluster.node(1).grpc.clone();
-    let added = cli(&[
-        "--token",
-        cluster.token(),
-        "--endpoints",
-        &endpoints,
-        "cluster",
-        "add-node",
-        "--node-id",
-        &outsider.to_string(),
-        "--addr",
-        &cluster.node(outsider).peer,
-    ]);
+    let added = add_node_through_cli(&cluster, outsider);
     assert_eq!(added.status.code(), Some(1), "add-node succeeded: {added:?}");
     let said = stderr(&added);
     assert!(
@@ -307,18 +312,7 @@ async fn a_cluster_with_peer_mtls_runs_a_job_and_refuses_a_node_of_another_ca() 
     let outsider_args: Vec<&str> = outsider_args.iter().map(String::as_str).collect();
     let outsider = cluster.spawn_new_node_with(&outsider_args, None);
     wait_listening(&cluster, outsider).await;
-    let added = cli(&[
-        "--token",
-        cluster.token(),
-        "--endpoints",
-        &cluster.node(1).grpc,
-        "cluster",
-        "add-node",
-        "--node-id",
-        &outsider.to_string(),
-        "--addr",
-        &cluster.node(outsider).peer,
-    ]);
+    let added = add_node_through_cli(&cluster, outsider);
     assert_eq!(added.status.code(), Some(1), "add-node succeeded: {added:?}");
     assert!(
         stderr(&added).contains("does not answer on the peer network"),

@@ -25,18 +25,34 @@ use crate::support::{
 };
 
 /// What `create` is asked to do.
+#[derive(clap::Args, Debug)]
 pub(crate) struct CreateArgs {
+    #[arg(long, default_value_t = 1)]
     pub clients: usize,
+    /// Payload bytes per job.
+    #[arg(long, default_value_t = 256)]
     pub payload: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
+    /// Endpoints of a running cluster (host:port,...); default: start one.
+    #[arg(long)]
     pub endpoints: Option<String>,
+    /// Connections the clients share round-robin; default: one per client.
+    #[arg(long)]
     pub connections: Option<usize>,
-    /// The token for `endpoints` (a started cluster uses its root token).
+    /// The secret of a token for `--endpoints` (a cluster the tool
+    /// starts is bootstrapped and its root token used).
+    #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// At most this many creates per measurement.
+    /// Stop each measurement after this many creates (or at `--duration`, if sooner).
+    #[arg(long)]
     pub count: Option<u64>,
-    /// Compare auth on and off (`--insecure-disable-auth`), `rounds` times each.
+    /// Measure auth + audit against `--insecure-disable-auth` (audit
+    /// still on): two clusters, the same clients, alternating rounds.
+    #[arg(long)]
     pub compare_auth: bool,
+    /// Rounds of each side with `--compare-auth`.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
 

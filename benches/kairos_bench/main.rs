@@ -63,35 +63,7 @@ use crate::scale::scale;
 #[command(name = "kairos-bench", about = "Load tool for Kairos")]
 enum Scenario {
     /// Concurrent job creates.
-    Create {
-        #[arg(long, default_value_t = 1)]
-        clients: usize,
-        /// Payload bytes per job.
-        #[arg(long, default_value_t = 256)]
-        payload: usize,
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        /// Endpoints of a running cluster (host:port,...); default: start one.
-        #[arg(long)]
-        endpoints: Option<String>,
-        /// Connections the clients share round-robin; default: one per client.
-        #[arg(long)]
-        connections: Option<usize>,
-        /// The secret of a token for `--endpoints` (a cluster the tool
-        /// starts is bootstrapped and its root token used).
-        #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// Stop each measurement after this many creates (or at `--duration`, if sooner).
-        #[arg(long)]
-        count: Option<u64>,
-        /// Measure auth + audit against `--insecure-disable-auth` (audit
-        /// still on): two clusters, the same clients, alternating rounds.
-        #[arg(long)]
-        compare_auth: bool,
-        /// Rounds of each side with `--compare-auth`.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Create(CreateArgs),
     /// Due `noop` jobs at a rate.
     Dispatch {
         #[arg(long, default_value_t = 1000)]
@@ -124,30 +96,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
         match scenario {
-            Scenario::Create {
-                clients,
-                payload,
-                duration,
-                endpoints,
-                connections,
-                token,
-                count,
-                compare_auth,
-                rounds,
-            } => {
-                create(CreateArgs {
-                    clients,
-                    payload,
-                    duration,
-                    endpoints,
-                    connections,
-                    token,
-                    count,
-                    compare_auth,
-                    rounds,
-                })
-                .await
-            }
+            Scenario::Create(args) => create(args).await,
             Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,

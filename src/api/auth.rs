@@ -331,7 +331,7 @@ impl Api {
     }
 
     /// The audit record of a call by `principal` with outcome `error` (`None`: OK).
-    fn record(
+    pub(super) fn record(
         &self,
         caller: &Caller,
         principal: &str,

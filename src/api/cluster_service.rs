@@ -22,7 +22,6 @@ use crate::node::NodeReport;
 use crate::proto as pb;
 use crate::proto::cluster_service_server::ClusterService;
 use crate::scheduler::acl::{Permission, Resource};
-use crate::scheduler::audit::{AuditKind, AuditRecord};
 
 /// How long the status probe of one member may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
@@ -138,23 +137,8 @@ impl Api {
                 .principal
         };
         let result = change.await;
-        self.recorder().record(AuditRecord {
-            kind: Some(AuditKind::Call),
-            principal,
-            accessor_id: caller.credential.accessor().to_string(),
-            source: caller.source.clone(),
-            node: self.node.id,
-            method: caller.method.to_string(),
-            resource,
-            code: result.as_ref().err().map_or(0, Error::code),
-            message: result
-                .as_ref()
-                .err()
-                .map_or_else(String::new, ToString::to_string),
-            trace_id: caller.trace_id.clone(),
-            count: 1,
-            ..AuditRecord::default()
-        });
+        let record = self.record(caller, &principal, &resource, "", result.as_ref().err());
+        self.recorder().record(record);
         result.map_err(to_status)?;
         Ok(Response::new(self.cluster_status().await))
     }

@@ -183,3 +183,20 @@ pub fn to_status(error: Error) -> Status {
         Error::PermissionDenied(m) => Status::permission_denied(m),
     }
 }
+
+/// A status's message with the chain of errors under it, e.g.
+/// "transport error: ...: invalid peer certificate: UnknownIssuer" (a
+/// transport error's message alone says little: "transport error").
+pub fn status_with_causes(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}

@@ -27,7 +27,7 @@ use tonic::{Code, Status};
 
 use super::DEV_ENDPOINTS;
 use crate::api::auth::AUTHORIZATION_HEADER;
-use crate::api::LEADER_HEADER;
+use crate::api::{status_with_causes, LEADER_HEADER};
 
 /// Where `kairos dev` writes the root token's secret (mode 0600), relative
 /// to the directory it runs in.
@@ -211,7 +211,7 @@ impl Client {
     /// connection's errors and, when plain text may have met a TLS listener,
     /// a hint.
     fn unreachable(&self, addr: &str, status: &Status) -> Status {
-        let mut message = format!("{addr}: {}", with_causes(status));
+        let mut message = format!("{addr}: {}", status_with_causes(status));
         if self.tls.is_none() && is_transport_failure(status) {
             message.push_str(" (if the node serves TLS, give --tls-ca)");
         }
@@ -263,22 +263,6 @@ impl Client {
 /// under it) rather than from a node's answer (decoded from the reply).
 fn is_transport_failure(status: &Status) -> bool {
     std::error::Error::source(status).is_some()
-}
-
-/// A status's message and the errors under it, e.g. "transport error: ...:
-/// invalid peer certificate: UnknownIssuer".
-fn with_causes(status: &Status) -> String {
-    let mut text = status.message().to_string();
-    let mut cause = std::error::Error::source(status);
-    while let Some(e) = cause {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = e.source();
-    }
-    text
 }
 
 /// One line describing a failed call: the status code and message.

@@ -84,8 +84,11 @@ impl LegacyStateImage {
     }
 }
 
-impl From<LegacyStateImage> for StateImage {
-    fn from(legacy: LegacyStateImage) -> StateImage {
+impl<Requests> Image<Requests, ()> {
+    /// An image without a security part (format versions 1 to 3) as
+    /// today's, with an empty ACL and audit log and no request records;
+    /// its own request table apart, for the caller to migrate.
+    fn with_empty_security(self) -> (StateImage, Requests) {
         let Image {
             jobs,
             requests,
@@ -94,8 +97,8 @@ impl From<LegacyStateImage> for StateImage {
             next_run_id,
             counters,
             security: (),
-        } = legacy;
-        let mut image = StateImage {
+        } = self;
+        let image = StateImage {
             jobs,
             requests: Table::default(),
             writes,
@@ -104,6 +107,13 @@ impl From<LegacyStateImage> for StateImage {
             counters,
             security: SecurityImage::default(),
         };
+        (image, requests)
+    }
+}
+
+impl From<LegacyStateImage> for StateImage {
+    fn from(legacy: LegacyStateImage) -> StateImage {
+        let (mut image, requests) = legacy.with_empty_security();
         image.insert_legacy_requests(requests);
         image
     }
@@ -111,24 +121,9 @@ impl From<LegacyStateImage> for StateImage {
 
 impl From<V3StateImage> for StateImage {
     fn from(v3: V3StateImage) -> StateImage {
-        let Image {
-            jobs,
-            requests,
-            writes,
-            runs,
-            next_run_id,
-            counters,
-            security: (),
-        } = v3;
-        StateImage {
-            jobs,
-            requests,
-            writes,
-            runs,
-            next_run_id,
-            counters,
-            security: SecurityImage::default(),
-        }
+        let (mut image, requests) = v3.with_empty_security();
+        image.requests = requests;
+        image
     }
 }
 
