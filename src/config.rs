@@ -150,7 +150,7 @@ agent_settings! {
     heartbeat_ms: u64, env = "KAIROS_HEARTBEAT_MS";
     /// Raft minimum election timeout in ms (default 250; the maximum is twice it).
     election_timeout_ms: u64, env = "KAIROS_ELECTION_TIMEOUT_MS";
-    /// Build a snapshot after this many applied changes (each request, fire, start, result or expiry of an entry), and not before a quarter as many as the state holds jobs, runs and audit entries; node N waits 20 % × (N mod 3) longer, so the nodes do not build at once (default 10000).
+    /// Build a snapshot after this many applied changes (each request, fire, start, result or expiry of an entry), and not before a quarter as many as the state holds jobs and runs; node N waits 20 % × (N mod 3) longer, so the nodes do not build at once (default 10000).
     snapshot_logs: u64, env = "KAIROS_SNAPSHOT_LOGS";
     /// Log entries kept behind a snapshot for slow followers (default 1000).
     snapshot_keep_logs: u64, env = "KAIROS_SNAPSHOT_KEEP_LOGS";

@@ -12,8 +12,7 @@
 //! high enough.
 //!
 //! Invariants: a snapshot is never due before `--snapshot-logs` changes, nor
-//! before a quarter as many as the state holds jobs, runs and audit
-//! entries (a snapshot encodes all of them); the nodes of
+//! before a quarter as many as the state holds jobs and runs; the nodes of
 //! one cluster are due at different counts (so they do not all write their
 //! snapshot files at the same moment).
 //!
@@ -84,7 +83,7 @@ pub async fn snapshot_by_changes(
         }
         let records = {
             let state = state.read();
-            state.job_count() + state.run_count() + state.audit().len()
+            state.job_count() + state.run_count()
         };
         if !snapshot_due(applied.load(Ordering::Relaxed), threshold, records, id) {
             continue;
