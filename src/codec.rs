@@ -40,6 +40,12 @@
 //!   ([`reframe_as_current`]); the state in snapshot files (`KSNAP004`)
 //!   gains the ACL tables and the audit log at its end, and a version 3
 //!   state is migrated with both empty.
+//! - 5: external workers. Commands and results gain variants at the end
+//!   (registered job types, attempts assigned to external workers, roles
+//!   with type globs), so a version 4 log entry is re-framed as version 3
+//!   ones are; the state in snapshot files (`KSNAP005`) gains the workers'
+//!   part at its end (job types, external attempts, role type globs), and
+//!   a version 4 state is migrated with it empty.
 //!
 //! The rule: a change to the layout of any encoded type — a field added,
 //! removed, reordered or retyped, a variant added, moved or changed — is a
@@ -59,7 +65,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The format version this build writes and reads (see the module docs).
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
 /// The bytes every framed value starts with.
 const MARKER: [u8; 2] = [0x80, 0x00];
@@ -176,7 +182,7 @@ mod tests {
     fn a_value_round_trips_in_a_frame_of_this_version() {
         let value = (7u64, String::from("job-1"), Some(-3i64));
         let bytes = encode(&value).unwrap();
-        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 4, 0]);
+        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 5, 0]);
         assert_eq!(bytes.len(), encoded_len(&value).unwrap());
         assert_eq!(&bytes[FRAME_LEN..], &encode_body(&value).unwrap()[..]);
         assert_eq!(decode::<(u64, String, Option<i64>)>(&bytes).unwrap(), value);
@@ -191,7 +197,7 @@ mod tests {
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "log entry is in format version 7, newer than this node understands (it reads 4); \
+            "log entry is in format version 7, newer than this node understands (it reads 5); \
              upgrade this node; every node of a cluster must run the same format version"
         );
         let mut older = encode(&42u64).unwrap();
@@ -203,7 +209,7 @@ mod tests {
         let unframed = encode_body(&42u64).unwrap();
         let err = decode::<u64>(&unframed).unwrap_err().to_string();
         assert!(
-            err.contains("no format version") && err.contains("reads format version 4"),
+            err.contains("no format version") && err.contains("reads format version 5"),
             "{err}"
         );
         assert_eq!(decode::<u64>(&reframe_as_current(&unframed)).unwrap(), 42);

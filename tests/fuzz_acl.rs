@@ -73,6 +73,7 @@ fn role() -> impl Strategy<Value = Role> {
             permissions,
             owners,
             jobs,
+            types: vec![],
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),

@@ -298,6 +298,7 @@ impl AclChange {
                     permissions: [Permission::JobWrite, Permission::JobRead, Permission::RunCancel].into(),
                     owners: if *by_job { vec![] } else { vec!["o*".into()] },
                     jobs: if *by_job { vec!["a*".into()] } else { vec![] },
+                    types: vec![],
                     description: String::new(),
                     created_ms: 0,
                     created_by: String::new(),

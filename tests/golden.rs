@@ -31,8 +31,10 @@ use kairos::scheduler::acl::{secret_hash, Binding, Credential, Permission, Role,
 use kairos::scheduler::audit::{AuditKind, AuditRecord};
 use kairos::scheduler::job::{Catchup, Metadata, Overlap, Policies, RetryPolicy};
 use kairos::scheduler::run::{AttemptOutcome, AttemptResult};
-use kairos::scheduler::state::StateImage;
+use kairos::scheduler::job_type::JobTypeDef;
+use kairos::scheduler::state::{StateImage, V4StateImage};
 use kairos::scheduler::{
+    Assignment,
     CallContext, Changes, Command, JobPatch, JobSpec, Request, Response, ScheduleSpec, State,
 };
 use openraft::error::{Fatal, InstallSnapshotError, RaftError};
@@ -241,12 +243,23 @@ fn token() -> Token {
     }
 }
 
+fn job_type_def() -> JobTypeDef {
+    JobTypeDef {
+        name: "billing.charge".into(),
+        description: "charges a customer".into(),
+        payload_schema: r#"{"type":"object","required":["amount"]}"#.into(),
+        registered_by: "billing-worker".into(),
+        updated_ms: T0,
+    }
+}
+
 fn role() -> Role {
     Role {
         name: "billing-ops".into(),
         permissions: [Permission::JobRead, Permission::JobWrite].into(),
         owners: vec!["billing*".into()],
         jobs: vec!["nightly-*".into()],
+        types: Vec::new(),
         description: "billing jobs".into(),
         created_ms: T0,
         created_by: "root".into(),
@@ -376,6 +389,29 @@ fn every_command() -> Vec<Command> {
                 ..AuditRecord::default()
             }],
         },
+        Command::RegisterJobTypes {
+            types: vec![job_type_def()],
+        },
+        Command::AssignAttempts {
+            starts: vec![
+                Assignment {
+                    run_id: 7,
+                    node: 2,
+                    attempt: 1,
+                    worker: Some("2-a1b2c3d4e5f60718".into()),
+                },
+                Assignment {
+                    run_id: 8,
+                    node: 3,
+                    attempt: 2,
+                    worker: None,
+                },
+            ],
+        },
+        Command::CreateRoleScoped {
+            role: role(),
+            types: vec!["billing.*".into()],
+        },
     ];
     for command in &commands {
         // Exhaustive on purpose: a new command does not compile here until
@@ -405,7 +441,10 @@ fn every_command() -> Vec<Command> {
             | Command::RevokeToken { .. }
             | Command::CreateBinding { .. }
             | Command::DeleteBinding { .. }
-            | Command::RecordAudit { .. } => {}
+            | Command::RecordAudit { .. }
+            | Command::RegisterJobTypes { .. }
+            | Command::AssignAttempts { .. }
+            | Command::CreateRoleScoped { .. } => {}
         }
     }
     commands
@@ -487,6 +526,25 @@ fn small_state() -> State {
         output_tail: "done".into(),
     };
     apply(T0 + 1_500, finish, None);
+    apply(
+        T0 + 1_550,
+        Command::RegisterJobTypes {
+            types: vec![job_type_def()],
+        },
+        None,
+    );
+    apply(
+        T0 + 1_560,
+        Command::AssignAttempts {
+            starts: vec![Assignment {
+                run_id: 1,
+                node: 2,
+                attempt: 1,
+                worker: Some("2-a1b2c3d4e5f60718".into()),
+            }],
+        },
+        None,
+    );
     let call = |method: &str| CallContext {
         credential: Credential::Insecure,
         source: "127.0.0.1:50000".into(),
@@ -514,16 +572,27 @@ fn small_state() -> State {
     state
 }
 
-/// A log written in format version 3 reads the same under today's types
-/// once re-framed, as the log store's migration does: the goldens of
-/// version 3 decode to the commands of today's goldens.
+/// A log written in format version 3 or 4 reads the same under today's
+/// types once re-framed, as the log store's migration does: the goldens of
+/// those versions decode to the commands of today's goldens.
 #[test]
 fn version_3_log_entries_read_the_same_after_reframing() {
-    let v3 = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v3");
+    assert_eq!(older_log_entries_read_the_same("v3"), 16, "every command of version 3");
+}
+
+#[test]
+fn version_4_log_entries_read_the_same_after_reframing() {
+    assert_eq!(older_log_entries_read_the_same("v4"), 25, "every command of version 4");
+}
+
+/// How many log entry goldens of `version` decode, re-framed, to today's
+/// command of the same name.
+fn older_log_entries_read_the_same(version: &str) -> usize {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(version);
     let commands = every_command();
     let mut checked = 0;
     for (index, command) in commands.into_iter().enumerate() {
-        let path = v3.join(format!("entry-{}.hex", command.name()));
+        let path = dir.join(format!("entry-{}.hex", command.name()));
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue; // a command version 3 did not have
         };
@@ -537,7 +606,26 @@ fn version_3_log_entries_read_the_same_after_reframing() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 16, "every command of version 3");
+    checked
+}
+
+/// The snapshot file format version 4 wrote reads as a version 4 state and
+/// migrates to today's with an empty workers' part.
+#[test]
+fn version_4_snapshot_file_migrates() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v4/snapshot-file.hex"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kairos-snapshot"), from_hex(&text)).unwrap();
+    let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
+    assert_eq!(stored.format, Format::V4);
+    let v4 = codec::decode_body::<V4StateImage>(&stored.data).unwrap();
+    let state = State::from_image(StateImage::from(v4));
+    assert_eq!(state.job_count(), 2);
+    assert_eq!(state.job_types().count(), 0);
+    assert!(state.runs().all(|r| r.worker.is_none()));
 }
 
 #[test]
@@ -546,7 +634,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
 
     // Log entries: one of every command, and the Raft-internal ones.
     let commands = every_command();
-    assert_eq!(commands.len(), 25, "one of every command");
+    assert_eq!(commands.len(), 28, "one of every command");
     for (index, command) in commands.into_iter().enumerate() {
         let name = format!("entry-{}", command.name());
         goldens.check(&name, &LogEntry(entry(index as u64 + 1, command)));

@@ -41,6 +41,7 @@ fn role_to_pb(role: &Role) -> pb::Role {
         permissions: role.permissions.iter().map(|p| p.as_str().to_string()).collect(),
         owners: role.owners.clone(),
         jobs: role.jobs.clone(),
+        types: role.types.clone(),
         description: role.description.clone(),
         created_at: (role.created_ms != 0).then(|| ms_timestamp(role.created_ms)),
         created_by: role.created_by.clone(),
@@ -82,6 +83,7 @@ fn role_from_pb(role: Option<pb::Role>) -> Result<Role, Status> {
         permissions,
         owners: role.owners,
         jobs: role.jobs,
+        types: role.types,
         description: role.description,
         created_ms: 0,
         created_by: String::new(),
@@ -161,7 +163,10 @@ impl AclService for Api {
         self.observed(caller.method, async {
             let req = request.into_inner();
             let resource = format!("role {}", req.role.as_ref().map_or("", |r| r.name.as_str()));
-            let command = role_from_pb(req.role).map(|role| Command::CreateRole { role });
+            let command = role_from_pb(req.role).map(|role| Command::CreateRoleScoped {
+                types: role.types.clone(),
+                role,
+            });
             match self.client_write(&caller, &resource, "", command).await? {
                 CommandResponse::Role(role) => Ok(Response::new(role_to_pb(&role))),
                 other => Err(unexpected(other)),

@@ -366,13 +366,14 @@ impl Api {
 fn resource_name(resource: &Resource) -> String {
     match resource {
         Resource::Cluster => String::new(),
+        Resource::JobType(name) => format!("type {name}"),
         Resource::Job { id, .. } => id.clone(),
     }
 }
 
 fn job_id(resource: &Resource) -> &str {
     match resource {
-        Resource::Cluster => "",
+        Resource::Cluster | Resource::JobType(_) => "",
         Resource::Job { id, .. } => id,
     }
 }

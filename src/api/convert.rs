@@ -485,6 +485,7 @@ pub fn run_to_pb(run: &Run) -> pb::Run {
         idempotency_key: run.idempotency_key(),
         not_before: (run.status == RunStatus::Pending).then(|| ms_timestamp(run.not_before_ms)),
         revision: run.revision,
+        worker_id: run.worker.clone().unwrap_or_default(),
     }
 }
 

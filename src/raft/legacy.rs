@@ -41,7 +41,7 @@ use super::snapshot_file::{Format, Meta, SnapshotFile};
 use super::NodeId;
 use crate::codec::{self, decode_body, encode_body};
 use crate::error::{Error, Result};
-use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage};
+use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage, V4StateImage};
 
 /// The tree the snapshot chunks were stored in.
 const SNAPSHOT_TREE: &str = "snapshot";
@@ -125,7 +125,8 @@ pub fn upgrade_snapshot_file(file: &SnapshotFile) -> Result<()> {
     let image = match stored.format {
         Format::V1 => StateImage::from(decode_body::<LegacyStateImage>(&stored.data)?),
         Format::V2 | Format::V3 => StateImage::from(decode_body::<V3StateImage>(&stored.data)?),
-        Format::V4 => return Ok(()),
+        Format::V4 => StateImage::from(decode_body::<V4StateImage>(&stored.data)?),
+        Format::V5 => return Ok(()),
     };
     drop(stored.data);
     let bytes = file
@@ -369,7 +370,7 @@ mod tests {
         assert_eq!(record("req-2").body_hash, body_hash("job-2", &job2.spec));
         assert_eq!(record("req-2").at_ms, job2.created_at_ms);
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
-        assert_eq!((stored.format, stored.meta), (Format::V4, meta));
+        assert_eq!((stored.format, stored.meta), (Format::V5, meta));
     }
 
     #[tokio::test]
@@ -380,9 +381,10 @@ mod tests {
         let disk = Disk::open(dir.path()).unwrap();
         SnapshotFile::in_dir(dir.path()).store(&meta, &data).unwrap();
         // The same state as format version 2 wrote it: another magic, and
-        // no security part (empty here, and last in today's layout).
+        // no security or workers' part (empty here, and last in today's layout).
         let security = encode_body(&crate::scheduler::state::SecurityImage::default()).unwrap();
-        let v2_data = &data[..data.len() - security.len()];
+        let workers = encode_body(&crate::scheduler::state::WorkersImage::default()).unwrap();
+        let v2_data = &data[..data.len() - security.len() - workers.len()];
         SnapshotFile::in_dir(dir.path()).store(&meta, v2_data).unwrap();
         let path = dir.path().join("kairos-snapshot");
         let bytes = std::fs::read(&path).unwrap();
@@ -393,7 +395,7 @@ mod tests {
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
         assert_eq!(
             (stored.format, &stored.meta, &stored.data),
-            (Format::V4, &meta, &data)
+            (Format::V5, &meta, &data)
         );
         let current = store.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);

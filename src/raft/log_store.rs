@@ -249,7 +249,7 @@ impl LogStore {
     }
 }
 
-/// Brings a log of format version 2 (no frames, no format record) or 3 to
+/// Brings a log of format version 2 (no frames, no format record), 3 or 4 to
 /// today's format, once: every value not framed with today's version —
 /// whose body today's layout reads the same (see `crate::codec`) — is
 /// re-framed ([`codec::reframe_as_current`]), the entries in one sled
@@ -265,7 +265,7 @@ fn upgrade_format(disk: &Disk, log: &sled::Tree, meta: &sled::Tree) -> Result<()
         if version == FORMAT_VERSION {
             return Ok(());
         }
-        if version != 3 {
+        if !(3..FORMAT_VERSION).contains(&version) {
             let what = format!("the Raft log in {}", disk.dir().display());
             return Err(codec::version_error(&what, version));
         }
@@ -523,7 +523,7 @@ mod tests {
             let err = log.try_get_log_entries(1..=1).await.unwrap_err().to_string();
             assert!(
                 err.contains(
-                    "log entry is in format version 9, newer than this node understands (it reads 4)"
+                    "log entry is in format version 9, newer than this node understands (it reads 5)"
                 ),
                 "{err}"
             );
@@ -537,7 +537,7 @@ mod tests {
         let err = err.to_string();
         assert!(
             err.contains("the Raft log in ")
-                && err.contains("is in format version 9, newer than this node understands (it reads 4)"),
+                && err.contains("is in format version 9, newer than this node understands (it reads 5)"),
             "{err}"
         );
     }

@@ -17,7 +17,7 @@
 //! ```
 //!
 //! `NNN` is the format version of everything after it, in three ASCII
-//! digits ([`crate::codec`]): today `KSNAP003`. Meta and data (a
+//! digits ([`crate::codec`]): today `KSNAP005`. Meta and data (a
 //! `StateImage`) are encoded without a frame of their own, since the
 //! header states their version. A file of an unknown version is refused,
 //! naming both versions.
@@ -55,13 +55,15 @@ pub enum Format {
     V2,
     /// `KSNAP003`: the data is a `V3StateImage` (no security part), to migrate.
     V3,
-    /// `KSNAP004` (format version 4, today's): the data is a `StateImage`.
+    /// `KSNAP004`: the data is a `V4StateImage` (no workers' part), to migrate.
     V4,
+    /// `KSNAP005` (format version 5, today's): the data is a `StateImage`.
+    V5,
 }
 
 impl Format {
     /// The format of the files written today.
-    pub const CURRENT: Format = Format::V4;
+    pub const CURRENT: Format = Format::V5;
 
     /// The format of format version `version`, if this build reads it.
     fn of_version(version: u16) -> Option<Format> {
@@ -69,7 +71,8 @@ impl Format {
             1 => Some(Format::V1),
             2 => Some(Format::V2),
             3 => Some(Format::V3),
-            FORMAT_VERSION => Some(Format::V4),
+            4 => Some(Format::V4),
+            FORMAT_VERSION => Some(Format::V5),
             _ => None,
         }
     }
@@ -372,7 +375,7 @@ mod tests {
         let stored = file.read().unwrap().unwrap();
         assert_eq!(
             (stored.meta, stored.data, stored.format),
-            (meta(20), vec![7u8; 3000], Format::V4)
+            (meta(20), vec![7u8; 3000], Format::V5)
         );
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
     }
@@ -430,7 +433,7 @@ mod tests {
             Ok((format, out))
         };
         let (m, (format, got)) = file.read_with(read_all).unwrap().unwrap();
-        assert_eq!((m, format, got), (meta(40), Format::V4, data.clone()));
+        assert_eq!((m, format, got), (meta(40), Format::V5, data.clone()));
         // A decoder that stops early still has the rest checked.
         let first_byte = |_: Format, input: &mut dyn Read| {
             let mut one = [0u8; 1];
@@ -456,7 +459,7 @@ mod tests {
         file.store(&meta(10), b"state bytes").unwrap();
         let path = dir.path().join("kairos-snapshot");
         let stored = fs::read(&path).unwrap();
-        assert_eq!(&stored[..8], b"KSNAP004");
+        assert_eq!(&stored[..8], b"KSNAP005");
         assert_eq!(file.read_format().unwrap(), Some(Format::CURRENT));
 
         fs::write(&path, with_magic(stored.clone(), b"KSNAP009")).unwrap();
@@ -464,13 +467,14 @@ mod tests {
             let err = err.to_string();
             assert!(
                 err.contains(
-                    "the snapshot file is in format version 9, newer than this node understands (it reads 4)"
+                    "the snapshot file is in format version 9, newer than this node understands (it reads 5)"
                 ) && err.contains("kairos-snapshot"),
                 "{err}"
             );
         }
         // Files of format versions 1 to 3 are read, as such.
         for (magic, format) in [
+            (b"KSNAP004", Format::V4),
             (b"KSNAP003", Format::V3),
             (b"KSNAP002", Format::V2),
             (b"KSNAP001", Format::V1),

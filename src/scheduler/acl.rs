@@ -134,6 +134,11 @@ pub struct Role {
     pub owners: Vec<String>,
     /// Job id globs; empty: any job.
     pub jobs: Vec<String>,
+    /// Job type globs limiting `worker:connect`; empty: any type. Not in
+    /// the encoding of a role (whose layout format version 4 fixed): the
+    /// state keeps it in a table of its own and sets it here.
+    #[serde(skip)]
+    pub types: Vec<String>,
     /// Free text.
     pub description: String,
     /// When it was created, Unix ms.
@@ -150,6 +155,7 @@ impl Role {
             permissions: Permission::ALL.iter().copied().collect(),
             owners: Vec::new(),
             jobs: Vec::new(),
+            types: Vec::new(),
             description: "every permission on everything (built in)".into(),
             created_ms: 0,
             created_by: String::new(),
@@ -159,7 +165,8 @@ impl Role {
     /// True when the role's scope covers `resource`.
     pub fn covers(&self, resource: &Resource) -> bool {
         match resource {
-            Resource::Cluster => self.owners.is_empty() && self.jobs.is_empty(),
+            Resource::Cluster => self.owners.is_empty() && self.jobs.is_empty() && self.types.is_empty(),
+            Resource::JobType(name) => self.types.is_empty() || self.types.iter().any(|g| glob_match(g, name)),
             Resource::Job { id, owner } => {
                 let owner_ok = self.owners.is_empty() || self.owners.iter().any(|g| glob_match(g, owner));
                 let job_ok = self.jobs.is_empty() || self.jobs.iter().any(|g| glob_match(g, id));
@@ -237,6 +244,8 @@ pub enum Resource {
     /// Something not owned by a job: the cluster, the ACL, the audit log.
     /// Only unscoped roles cover it.
     Cluster,
+    /// A job type, for `worker:connect`: only a role's type globs limit it.
+    JobType(String),
     /// A job, by id and owner.
     Job {
         /// The job id.
@@ -260,6 +269,7 @@ impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Resource::Cluster => f.write_str("the cluster"),
+            Resource::JobType(name) => write!(f, "job type {name:?}"),
             Resource::Job { id, owner } if owner.is_empty() => write!(f, "job {id:?}"),
             Resource::Job { id, owner } => write!(f, "job {id:?} (owner {owner:?})"),
         }
@@ -367,7 +377,7 @@ pub fn validate_role(role: &Role) -> Result<(), Error> {
             "allow: at least one permission is required".into(),
         ));
     }
-    for (field, globs) in [("owner", &role.owners), ("job", &role.jobs)] {
+    for (field, globs) in [("owner", &role.owners), ("job", &role.jobs), ("type", &role.types)] {
         if globs.len() > MAX_GLOBS {
             return Err(Error::InvalidArgument(format!(
                 "{field}: {} globs, at most {MAX_GLOBS}",
@@ -457,6 +467,7 @@ mod tests {
             permissions: permissions.iter().copied().collect(),
             owners: owners.iter().map(|s| s.to_string()).collect(),
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
+            types: Vec::new(),
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),

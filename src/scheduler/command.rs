@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::acl::{Binding, Credential, Role, Token};
 use super::audit::AuditRecord;
 use super::job::{Job, JobId, JobPatch, JobSpec};
+use super::job_type::JobTypeDef;
 use super::run::{AttemptOutcome, AttemptResult, Run, RunId};
 use crate::error::Error;
 
@@ -227,6 +228,40 @@ pub enum Command {
         /// The records, in the order the node made them.
         records: Vec<AuditRecord>,
     },
+    /// Register (or replace) the job types an external worker declares
+    /// (format version 5 on).
+    RegisterJobTypes {
+        /// The types (`registered_by` and `updated_ms` are set at apply).
+        types: Vec<JobTypeDef>,
+    },
+    /// `StartAttempts` naming, for each attempt, the external worker it is
+    /// assigned to, if any (the dispatcher's entry from format version 5 on).
+    AssignAttempts {
+        /// One per attempt to start.
+        starts: Vec<Assignment>,
+    },
+    /// Create a role, limited to some job types for `worker:connect`
+    /// (`CreateRole` of format version 4 cannot carry type globs).
+    CreateRoleScoped {
+        /// The role (its `types` are the next field).
+        role: Role,
+        /// Job type globs; empty: any type.
+        types: Vec<String>,
+    },
+}
+
+/// One attempt the dispatcher starts: on a node's worker pool, or for an
+/// external worker connected to that node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Which run.
+    pub run_id: RunId,
+    /// The node whose pool runs it, or that holds the external worker.
+    pub node: u64,
+    /// Must be the run's attempt count plus one.
+    pub attempt: u32,
+    /// The external worker's id; `None` for the node's own pool.
+    pub worker: Option<String>,
 }
 
 /// Who made a client call and how, as the receiving node verified it.
@@ -261,6 +296,7 @@ impl Request {
             Command::FinishAttempts { results } => results.len().max(1) as u64,
             Command::ExpireRuns { run_ids } => run_ids.len().max(1) as u64,
             Command::RecordAudit { records } => records.len().max(1) as u64,
+            Command::AssignAttempts { starts } => starts.len().max(1) as u64,
             _ => 1,
         }
     }
@@ -295,6 +331,9 @@ impl Command {
             Command::CreateBinding { .. } => "create_binding",
             Command::DeleteBinding { .. } => "delete_binding",
             Command::RecordAudit { .. } => "record_audit",
+            Command::RegisterJobTypes { .. } => "register_job_types",
+            Command::AssignAttempts { .. } => "assign_attempts",
+            Command::CreateRoleScoped { .. } => "create_role_scoped",
         }
     }
 }
@@ -343,6 +382,8 @@ pub enum Response {
     Binding(Binding),
     /// Audit records appended; the chain's head sequence number after them.
     Audited(u64),
+    /// Job types as registered.
+    JobTypes(Vec<JobTypeDef>),
 }
 
 /// What applying a command yields on every replica.

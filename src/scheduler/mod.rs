@@ -10,6 +10,7 @@
 //! - [`job`]: the job record, its spec, policies and partial updates.
 //! - [`schedule`]: cron / one-shot / interval schedules and their fire times.
 //! - [`validate`]: input checks done before a command is proposed.
+//! - [`job_type`]: job types registered by external workers, and payload schemas.
 //! - [`run`]: runs, attempt outcomes, counters and retry back-off.
 //! - [`firing`]: which due fires run under the catch-up policy.
 //! - [`acl`]: permissions, roles, tokens and bindings, and the authorization check.
@@ -22,12 +23,13 @@ pub mod audit;
 pub mod command;
 pub mod firing;
 pub mod job;
+pub mod job_type;
 pub mod run;
 pub mod schedule;
 pub mod state;
 pub mod validate;
 
-pub use command::{CallContext, Command, CommandResult, Request, Response};
+pub use command::{Assignment, CallContext, Command, CommandResult, Request, Response};
 pub use firing::MAX_FIRE_AHEAD_MS;
 pub use job::{Job, JobId, JobPatch, JobSpec, JobStatus};
 pub use run::{Run, RunId, RunStatus};

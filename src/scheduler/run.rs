@@ -20,8 +20,11 @@ use super::job::{JobId, RetryPolicy};
 /// A run's id, unique in the cluster, increasing in creation order.
 pub type RunId = u64;
 
-/// Largest output tail kept per run, bytes.
+/// Largest output tail a built-in handler reports, bytes.
 pub const MAX_OUTPUT_TAIL: usize = 4 * 1024;
+/// Largest output (or failure message) kept per run, bytes: what an
+/// external worker may report; more is refused by the API.
+pub const MAX_OUTPUT: usize = 64 * 1024;
 
 /// Where a run is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -101,6 +104,11 @@ pub struct Run {
     /// Log index of the entry that last changed this run (as etcd's
     /// `mod_revision`); `WatchRuns` positions are built from it.
     pub revision: u64,
+    /// The external worker of the current (or last) attempt, if it had
+    /// one. Not in the encoding of a run (whose layout format version 4
+    /// fixed): the state keeps it apart and sets it here.
+    #[serde(skip)]
+    pub worker: Option<String>,
 }
 
 impl Run {
@@ -309,6 +317,7 @@ mod tests {
             error: String::new(),
             output_tail: String::new(),
             revision: 0,
+            worker: None,
         };
         assert_eq!(run.idempotency_key(), "report:2026-01-01T00:00:00.000Z");
     }

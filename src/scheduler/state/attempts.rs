@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::scheduler::firing::MAX_FIRE_AHEAD_MS;
 use crate::scheduler::job::Overlap;
 use crate::scheduler::run::{
-    retry_delay_ms, AttemptOutcome, AttemptResult, Run, RunId, RunStatus, MAX_OUTPUT_TAIL,
+    retry_delay_ms, AttemptOutcome, AttemptResult, Run, RunId, RunStatus, MAX_OUTPUT,
 };
 
 /// Why an attempt ended without success.
@@ -44,6 +44,22 @@ impl State {
         run_id: RunId,
         node: u64,
         attempt: u32,
+        index: u64,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        self.start_attempt_for(run_id, node, attempt, None, index, at_ms, changes)
+    }
+
+    /// [`State::start_attempt`] on `node`'s pool (`worker` = `None`) or for
+    /// the external worker `worker` connected to `node`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn start_attempt_for(
+        &mut self,
+        run_id: RunId,
+        node: u64,
+        attempt: u32,
+        worker: Option<&str>,
         index: u64,
         at_ms: i64,
         changes: &mut Changes,
@@ -100,6 +116,7 @@ impl State {
         run.node = Some(node);
         run.started_at_ms = Some(begins);
         run.lease_expires_ms = begins.saturating_add(policies.timeouts.heartbeat_timeout_ms as i64);
+        self.set_attempt_worker(&mut run, worker);
         self.put_run(run.clone(), changes);
         Ok(Response::Run(Box::new(run)))
     }
@@ -145,7 +162,8 @@ impl State {
         changes: &mut Changes,
     ) -> CommandResult {
         let mut run = self.fenced(run_id, token)?;
-        if run.status == RunStatus::Cancelled {
+        let cancel_requested = self.external_attempt(run_id).is_some_and(|a| a.cancel_requested);
+        if run.status == RunStatus::Cancelled || (cancel_requested && run.status.is_active()) {
             return Ok(Response::Lease { cancelled: true });
         }
         if !run.status.is_active() {
@@ -191,7 +209,11 @@ impl State {
 
     /// `FinishAttempt`: records the fenced attempt's result. A repeat of an
     /// already recorded result is acknowledged without change, so workers can
-    /// resend until they see a commit.
+    /// resend until they see a commit; a result for a run that ended some
+    /// other way (timed out, cancelled, skipped) is refused.
+    ///
+    /// An external attempt whose run a client cancelled meanwhile ends the
+    /// run cancelled, keeping the worker's output and message.
     pub(super) fn finish_attempt(
         &mut self,
         run_id: RunId,
@@ -202,16 +224,41 @@ impl State {
         changes: &mut Changes,
     ) -> CommandResult {
         let mut run = self.fenced(run_id, token)?;
+        let external = self.external_attempt(run_id).cloned();
         if run.status.is_terminal() {
-            return Ok(Response::Run(Box::new(run)));
+            let recorded = matches!(run.status, RunStatus::Succeeded | RunStatus::Failed)
+                || external.as_ref().is_some_and(|a| a.completed);
+            if recorded {
+                return Ok(Response::Run(Box::new(run)));
+            }
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} already ended {:?} without this result: the attempt is no longer current",
+                run.status
+            )));
         }
         if !run.status.is_active() {
             return Err(Error::FailedPrecondition(format!(
-                "run {run_id} is {:?}; no attempt is running",
+                "run {run_id} is {:?}; no attempt is running (its lease expired)",
                 run.status
             )));
         }
         run.output_tail = tail(output_tail);
+        if external.is_some() {
+            self.update_external(run_id, |a| a.completed = true);
+        }
+        if external.is_some_and(|a| a.cancel_requested) {
+            if let AttemptOutcome::Failed { message, .. } = outcome {
+                run.error = format!("attempt {}: {message}", run.attempt);
+            }
+            let ended = self.finish(
+                run,
+                RunStatus::Cancelled,
+                "cancelled by a client; the worker stopped",
+                at_ms,
+                changes,
+            );
+            return Ok(Response::Run(Box::new(ended)));
+        }
         // The run as this result left it: history retention may already have
         // dropped it from the state (an old run finishing after newer ones).
         let recorded = match outcome {
@@ -249,7 +296,16 @@ impl State {
                 continue;
             }
             expired.push(run_id);
-            if run.status == RunStatus::Pending {
+            let cancel_requested = self.external_attempt(run_id).is_some_and(|a| a.cancel_requested);
+            if cancel_requested && run.status.is_active() {
+                self.finish(
+                    run,
+                    RunStatus::Cancelled,
+                    "cancelled by a client; the worker did not confirm before its lease ran out",
+                    at_ms,
+                    changes,
+                );
+            } else if run.status == RunStatus::Pending {
                 self.finish(
                     run,
                     RunStatus::TimedOut,
@@ -279,7 +335,11 @@ impl State {
         }
     }
 
-    /// `CancelRun`.
+    /// `CancelRun`. A run waiting or running on a node's pool ends
+    /// cancelled at once (the worker stops at its next heartbeat). A run an
+    /// external worker is running is marked: the worker is told at its next
+    /// heartbeat, and the run ends cancelled when the worker completes or
+    /// its lease runs out (the run keeps its slot until then).
     pub(super) fn cancel_run(&mut self, run_id: RunId, at_ms: i64, changes: &mut Changes) -> CommandResult {
         let run = self.runs.get(&run_id).cloned().ok_or_else(|| not_found(run_id))?;
         if run.status.is_terminal() {
@@ -287,6 +347,13 @@ impl State {
                 "run {run_id} already finished ({:?})",
                 run.status
             )));
+        }
+        if run.status.is_active() && self.external_attempt(run_id).is_some() {
+            self.update_external(run_id, |a| a.cancel_requested = true);
+            let mut run = run;
+            run.error = "cancel requested by a client; waiting for the worker".into();
+            self.put_run(run.clone(), changes);
+            return Ok(Response::Run(Box::new(self.runs[&run_id].clone())));
         }
         // Returned as cancelled even when history retention dropped it at once.
         let cancelled = self.finish(run, RunStatus::Cancelled, "cancelled by a client", at_ms, changes);
@@ -326,12 +393,12 @@ impl State {
     }
 }
 
-/// The last [`MAX_OUTPUT_TAIL`] bytes of `output`, cut at a character boundary.
+/// The last [`MAX_OUTPUT`] bytes of `output`, cut at a character boundary.
 fn tail(output: &str) -> String {
-    if output.len() <= MAX_OUTPUT_TAIL {
+    if output.len() <= MAX_OUTPUT {
         return output.to_string();
     }
-    let mut start = output.len() - MAX_OUTPUT_TAIL;
+    let mut start = output.len() - MAX_OUTPUT;
     while !output.is_char_boundary(start) {
         start += 1;
     }

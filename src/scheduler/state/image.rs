@@ -9,10 +9,13 @@
 //! One struct, [`Image`], defines the encoded image of every format; what
 //! changed between formats is its type parameters, the table of create
 //! request records and the security part:
-//! - [`StateImage`] (format version 4, snapshot files `KSNAP004` on):
+//! - [`StateImage`] (format version 5, snapshot files `KSNAP005` on):
 //!   request records under the hash of their request id
 //!   ([`RequestRecord`]), then the ACL tables and the audit log
-//!   ([`SecurityImage`]);
+//!   ([`SecurityImage`]), then registered job types, external attempts and
+//!   role type globs ([`WorkersImage`]);
+//! - [`V4StateImage`] (format version 4): the same without the workers'
+//!   part, migrated with it empty;
 //! - [`V3StateImage`] (format versions 2 and 3): the same without the
 //!   security part, which is `()` and so encodes as nothing. Read as such
 //!   and migrated with an empty ACL and audit log;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::jobs::fire_entry;
 use super::requests::{request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 use super::security::AclState;
+use super::workers::WorkersImage;
 use super::{State, Table, WriteRecord};
 use crate::scheduler::audit::AuditLog;
 use crate::scheduler::job::{Job, JobId};
@@ -36,7 +40,7 @@ use crate::scheduler::run::{JobCounters, Run, RunId};
 /// The replicated content of a [`State`], with the table of create request
 /// records as `Requests` and the security part as `Security` (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Image<Requests, Security> {
+pub struct Image<Requests, Security, Workers> {
     /// Every job, by id.
     jobs: Table<JobId, Arc<Job>>,
     /// Remembered create requests.
@@ -51,6 +55,8 @@ pub struct Image<Requests, Security> {
     counters: Table<JobId, JobCounters>,
     /// Roles, tokens, bindings and the audit log (format version 4 on).
     security: Security,
+    /// Job types, external attempts, role type globs (format version 5 on).
+    workers: Workers,
 }
 
 /// The security part of an image (format version 4 on).
@@ -62,15 +68,19 @@ pub struct SecurityImage {
     audit: AuditLog,
 }
 
-/// The image as stored today: request records by key, and the security part.
-pub type StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage>;
+/// The image as stored today: request records by key, the security part
+/// and the workers' part.
+pub type StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, WorkersImage>;
+
+/// The image of format version 4: no workers' part.
+pub type V4StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, ()>;
 
 /// The image of format versions 2 and 3: no security part.
-pub type V3StateImage = Image<Table<RequestKey, RequestRecord>, ()>;
+pub type V3StateImage = Image<Table<RequestKey, RequestRecord>, (), ()>;
 
 /// The image of format version 1: request records by request id, with
 /// copies of jobs. Read only to migrate it.
-pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>, ()>;
+pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>, (), ()>;
 
 #[cfg(test)]
 impl LegacyStateImage {
@@ -84,7 +94,7 @@ impl LegacyStateImage {
     }
 }
 
-impl<Requests> Image<Requests, ()> {
+impl<Requests> Image<Requests, (), ()> {
     /// An image without a security part (format versions 1 to 3) as
     /// today's, with an empty ACL and audit log and no request records;
     /// its own request table apart, for the caller to migrate.
@@ -97,6 +107,7 @@ impl<Requests> Image<Requests, ()> {
             next_run_id,
             counters,
             security: (),
+            workers: (),
         } = self;
         let image = StateImage {
             jobs,
@@ -106,6 +117,7 @@ impl<Requests> Image<Requests, ()> {
             next_run_id,
             counters,
             security: SecurityImage::default(),
+            workers: WorkersImage::default(),
         };
         (image, requests)
     }
@@ -124,6 +136,31 @@ impl From<V3StateImage> for StateImage {
         let (mut image, requests) = v3.with_empty_security();
         image.requests = requests;
         image
+    }
+}
+
+impl From<V4StateImage> for StateImage {
+    fn from(v4: V4StateImage) -> StateImage {
+        let Image {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security,
+            workers: (),
+        } = v4;
+        StateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security,
+            workers: WorkersImage::default(),
+        }
     }
 }
 
@@ -167,9 +204,10 @@ impl StateImage {
         self.counters.insert(job_id, counters);
     }
 
-    /// Takes the security part (ACL and audit log) of `other`.
+    /// Takes the security part (ACL and audit log) and the workers' part of `other`.
     pub fn set_security_of(&mut self, other: &StateImage) {
         self.security = other.security.clone();
+        self.workers = other.workers.clone();
     }
 
     /// Sets the id the next run gets.
@@ -193,6 +231,7 @@ impl State {
                 acl: self.acl.clone(),
                 audit: self.audit.clone(),
             },
+            workers: self.workers.clone(),
         }
     }
 
@@ -206,6 +245,7 @@ impl State {
             next_run_id,
             counters,
             security: SecurityImage { acl, audit },
+            workers,
         } = image;
         let mut state = State {
             jobs,
@@ -216,8 +256,10 @@ impl State {
             counters,
             acl,
             audit,
+            workers,
             ..State::default()
         };
+        state.restore_worker_fields();
         state.rebuild_indexes();
         state
     }

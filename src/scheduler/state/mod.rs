@@ -15,6 +15,8 @@
 //!   history retention, and the dispatcher's queue;
 //! - `attempts`: attempts of a run — starts with fencing tokens, leases,
 //!   results, retries with back-off, expiry and cancellation;
+//! - `workers`: job types registered by external workers, the external
+//!   worker of each attempt, and the type globs of roles;
 //! - `image`: the replicated content without its derived indexes (what a
 //!   snapshot holds), for each format it was stored in.
 //!
@@ -56,8 +58,10 @@ mod jobs;
 mod requests;
 mod runs;
 mod security;
+mod workers;
 
-pub use image::{Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage};
+pub use image::{Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage, V4StateImage};
+pub use workers::{ExternalAttempt, WorkersImage};
 pub use jobs::{next_fire, JobFilter, JobPage};
 pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
@@ -172,6 +176,8 @@ pub struct State {
     token_by_hash: BTreeMap<[u8; 32], String>,
     /// The audit log.
     audit: AuditLog,
+    /// Registered job types, external attempts and role type globs.
+    workers: WorkersImage,
     /// How many audit entries this replica keeps: a local setting given at
     /// start (`--audit-retain`), not replicated; 0 means the default.
     audit_retain: u64,
@@ -291,6 +297,9 @@ impl State {
             Command::CreateBinding { binding } => self.create_binding(binding),
             Command::DeleteBinding { binding } => self.delete_binding(binding),
             Command::RecordAudit { records } => self.record_audit(records, at_ms),
+            Command::RegisterJobTypes { types } => self.register_job_types(types, at_ms, principal),
+            Command::AssignAttempts { starts } => Ok(self.assign_attempts(starts, index, at_ms, changes)),
+            Command::CreateRoleScoped { role, types } => self.create_role_scoped(role, types, at_ms, principal),
         }
     }
 

@@ -157,6 +157,7 @@ impl State {
 
     pub(super) fn remove_run(&mut self, run_id: RunId, changes: &mut Changes) {
         if let Some(run) = self.runs.remove(&run_id) {
+            self.forget_external(run_id);
             self.unindex_run(&run);
             changes.runs.insert(run_id);
         }
@@ -223,6 +224,7 @@ impl State {
             error: String::new(),
             output_tail: String::new(),
             revision: 0,
+            worker: None,
         };
         self.count(job_id, |c| c.runs_created += 1);
         if skip {

@@ -62,6 +62,8 @@ pub struct RunTransition {
     pub from: Option<RunStatus>,
     /// The node of its attempt, if any.
     pub node: Option<u64>,
+    /// The external worker of its attempt, if any.
+    pub worker: Option<String>,
     /// Its attempt number.
     pub attempt: u32,
     /// Its error, if it ended or was retried after one.
@@ -78,6 +80,7 @@ impl RunTransition {
             to: run.status,
             from,
             node: run.node,
+            worker: run.worker.clone(),
             attempt: run.attempt,
             error: run.error.clone(),
         })
@@ -100,11 +103,13 @@ impl RunTransition {
 
     fn record(&self, principal: &str) -> AuditRecord {
         let message = match self.to {
-            RunStatus::Queued | RunStatus::Running => format!(
-                "attempt {} on node {}",
-                self.attempt,
-                self.node.map_or_else(|| "?".into(), |n| n.to_string())
-            ),
+            RunStatus::Queued | RunStatus::Running => {
+                let node = self.node.map_or_else(|| "?".into(), |n| n.to_string());
+                match &self.worker {
+                    Some(worker) => format!("attempt {} for worker {worker} on node {node}", self.attempt),
+                    None => format!("attempt {} on node {node}", self.attempt),
+                }
+            }
             _ => self.error.clone(),
         };
         AuditRecord {
@@ -329,7 +334,20 @@ impl State {
                 vec![(Permission::RunCancel, stored(&job_id))]
             }
             Command::AclBootstrap { .. } => Vec::new(),
+            Command::RegisterJobTypes { types } => types
+                .iter()
+                .map(|t| (Permission::WorkerConnect, Resource::JobType(t.name.clone())))
+                .collect(),
+            Command::FinishAttempt { run_id, .. } | Command::Heartbeat { run_id, .. } => {
+                let job_type = self
+                    .run(*run_id)
+                    .and_then(|r| self.job(&r.job_id))
+                    .map(|j| j.spec.job_type.clone())
+                    .unwrap_or_default();
+                vec![(Permission::WorkerConnect, Resource::JobType(job_type))]
+            }
             Command::CreateRole { .. }
+            | Command::CreateRoleScoped { .. }
             | Command::DeleteRole { .. }
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
@@ -379,6 +397,7 @@ impl State {
                 "{ROOT_ROLE:?} is the built-in role and cannot be deleted"
             )));
         }
+        self.forget_role_types(name);
         self.acl
             .roles
             .remove(name)

@@ -84,6 +84,7 @@ impl Sm {
             permissions: [Permission::JobWrite].into(),
             owners: vec!["billing*".into()],
             jobs: vec![],
+            types: vec![],
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),
