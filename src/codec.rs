@@ -219,7 +219,7 @@ mod tests {
         assert!(decode::<u64>(&v3).is_err());
         assert_eq!(decode::<u64>(&reframe_as_current(&v3)).unwrap(), 42);
         // Garbage after a good frame is a decode error, not a version error.
-        let err = decode::<String>(&[0x80, 0x00, 4, 0, 0xff]).unwrap_err();
+        let err = decode::<String>(&[0x80, 0x00, 5, 0, 0xff]).unwrap_err();
         assert!(matches!(err, Error::Internal(_)), "{err:?}");
     }
 
