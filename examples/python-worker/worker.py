@@ -421,7 +421,7 @@ class Outcome:
     kind: str = ""
 
 
-@dataclass
+@dataclass(eq=False)
 class RunningTask:
     """A task being run, and the event that cancels it."""
 
