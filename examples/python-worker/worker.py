@@ -635,7 +635,7 @@ class Worker:
             try:
                 reply = self.conn.call(
                     lambda stub: stub.HeartbeatTask(request, timeout=UNARY_TIMEOUT, metadata=self.conn.metadata),
-                    session.index,
+                    self._endpoint_index(session),
                 )
             except grpc.RpcError as error:
                 if error.code() in (Code.FAILED_PRECONDITION, Code.INVALID_ARGUMENT):
@@ -647,6 +647,11 @@ class Worker:
             if reply.cancel_requested:
                 running.cancel_with("cancel requested")
                 return
+
+    def _endpoint_index(self, session: Session) -> int:
+        """Where a task's calls start: the node of the current registration
+        (the task's own one before any re-registration)."""
+        return (self.registration.current or session).index
 
     def _complete(self, running: RunningTask, outcome: Outcome, session: Session) -> str:
         """Sends CompleteTask, retried across endpoints while they are
@@ -664,7 +669,7 @@ class Worker:
             try:
                 self.conn.call(
                     lambda stub: stub.CompleteTask(request, timeout=UNARY_TIMEOUT, metadata=self.conn.metadata),
-                    session.index,
+                    self._endpoint_index(session),
                 )
                 return "ok"
             except grpc.RpcError as error:
