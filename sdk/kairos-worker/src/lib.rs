@@ -140,5 +140,8 @@ pub use events::WorkerEvent;
 pub use task::{CancelReason, TaskContext, TaskError, TaskHandler};
 pub use worker::Worker;
 
-/// Re-exported so that a handler need not name the crate version itself.
+/// Re-exported so that a program need not depend on tokio-util itself
+/// (shutdown tokens; tasks' cancellation).
 pub use tokio_util::sync::CancellationToken;
+/// Re-exported: [`WorkerEvent::TaskCompleted`] carries one.
+pub use tonic::Code;

@@ -7,6 +7,10 @@
 //! for a task, its `wait`, or a change of the node's switches
 //! ([`FakeNode::forget_workers`], [`FakeNode::set_down`]), whichever comes
 //! first.
+//!
+//! Also used by `examples/rust-worker/tests/cli.rs` (through `#[path]`);
+//! each test crate uses part of it.
+#![allow(dead_code)]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -190,10 +194,16 @@ impl Inner {
                 return Err(Status::unauthenticated("a valid token is required"));
             }
         }
+        self.check_up()?;
+        Ok(authorization)
+    }
+
+    /// UNAVAILABLE while the node is down.
+    fn check_up(&self) -> Result<(), Status> {
         if self.state().down {
             return Err(Status::unavailable("node down"));
         }
-        Ok(authorization)
+        Ok(())
     }
 
     fn report(&self, seen: Seen) {
@@ -255,7 +265,7 @@ impl WorkerService for Service {
             let mut tasks = tokio::select! {
                 tasks = node.tasks_out.lock() => tasks,
                 _ = changes.changed() => {
-                    node.admit(&Request::new(()))?;
+                    node.check_up()?;
                     if !known(node) {
                         return Err(Status::not_found("unknown worker"));
                     }
@@ -267,7 +277,7 @@ impl WorkerService for Service {
                 task = tasks.recv() => return Ok(Response::new(proto::PollTaskResponse { task })),
                 _ = changes.changed() => {
                     drop(tasks);
-                    node.admit(&Request::new(()))?;
+                    node.check_up()?;
                     if !known(node) {
                         return Err(Status::not_found("unknown worker"));
                     }
