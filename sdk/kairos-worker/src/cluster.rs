@@ -165,17 +165,20 @@ impl Cluster {
         Ok(response.task)
     }
 
-    pub(crate) async fn heartbeat(&self, index: usize, task_token: &[u8]) -> Result<bool, Status> {
+    /// A heartbeat waiting at most `timeout` (and at most the call timeout).
+    pub(crate) async fn heartbeat(
+        &self,
+        index: usize,
+        task_token: &[u8],
+        timeout: Duration,
+    ) -> Result<bool, Status> {
         let request = proto::HeartbeatTaskRequest {
             task_token: task_token.to_vec(),
             details: Vec::new(),
         };
+        let limit = timeout.min(self.call_timeout);
         let mut client = self.client(index);
-        let response = bounded(
-            self.call_timeout,
-            client.heartbeat_task(timed(request, self.call_timeout)),
-        )
-        .await?;
+        let response = bounded(limit, client.heartbeat_task(timed(request, limit))).await?;
         Ok(response.cancel_requested)
     }
 

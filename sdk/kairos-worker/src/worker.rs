@@ -34,6 +34,9 @@ use crate::task::{CancelReason, Cancellation, TaskContext, TaskError, TaskHandle
 
 /// The shortest pause between two heartbeats of a task.
 const MIN_HEARTBEAT_PERIOD: Duration = Duration::from_millis(50);
+/// The shortest wait for a heartbeat's answer (else the heartbeat period,
+/// bounded by the call timeout).
+const MIN_HEARTBEAT_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 /// The lease assumed when a task carries no `heartbeat_timeout` and the
 /// registration no interval.
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -97,7 +100,8 @@ impl Worker {
             },
             poll_wait: self.config.poll_wait.min(MAX_POLL_WAIT),
             events: self.events,
-            session: tokio::sync::Mutex::new(None),
+            current: Mutex::new(None),
+            renewing: tokio::sync::Mutex::new(()),
             stop: stop.clone(),
             fatal: Mutex::new(None),
         });
@@ -163,8 +167,10 @@ struct Shared {
     register_request: proto::RegisterWorkerRequest,
     poll_wait: Duration,
     events: Option<UnboundedSender<WorkerEvent>>,
-    /// `None` only before the first registration.
-    session: tokio::sync::Mutex<Option<Arc<Registration>>>,
+    /// The registration the poll loops use; `None` only before the first.
+    current: Mutex<Option<Arc<Registration>>>,
+    /// Held while registering again, so that one loop does it for all.
+    renewing: tokio::sync::Mutex<()>,
     stop: CancellationToken,
     /// The first permanent error, returned by [`Worker::serve`].
     fatal: Mutex<Option<WorkerError>>,
@@ -186,6 +192,11 @@ impl Shared {
         self.stop.cancel();
     }
 
+    /// The registration in use.
+    fn current(&self) -> Option<Arc<Registration>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// A registration newer than `stale`: the current one if another loop
     /// has renewed it already, else a new one, trying endpoints round robin
     /// from `start`. `Ok(None)` when stopped first.
@@ -194,10 +205,10 @@ impl Shared {
         stale: Option<&Registration>,
         start: usize,
     ) -> Result<Option<Arc<Registration>>, WorkerError> {
-        let mut session = self.session.lock().await;
-        let generation = match (&*session, stale) {
+        let _renewing = self.renewing.lock().await;
+        let generation = match (self.current(), stale) {
             (Some(current), Some(stale)) if current.generation != stale.generation => {
-                return Ok(Some(current.clone()));
+                return Ok(Some(current));
             }
             (Some(current), _) => current.generation + 1,
             (None, _) => 1,
@@ -206,7 +217,7 @@ impl Shared {
             return Ok(None);
         };
         let registration = Arc::new(registration);
-        *session = Some(registration.clone());
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(registration.clone());
         Ok(Some(registration))
     }
 
@@ -272,7 +283,7 @@ impl Shared {
     /// stopped. Renews the registration when the node forgets the worker or
     /// cannot be reached.
     async fn poll_loop<H: TaskHandler>(self: &Arc<Self>, handler: Arc<H>) -> Result<(), WorkerError> {
-        let Some(mut registration) = self.session.lock().await.clone() else {
+        let Some(mut registration) = self.current() else {
             return Ok(());
         };
         let mut backoff = Backoff::new();
@@ -281,6 +292,11 @@ impl Shared {
         // RegisterWorker but not PollTask) is renewed after a pause.
         let mut failing = false;
         loop {
+            // Another loop may have registered again (its poll failed first):
+            // follow it rather than keep the old registration alive.
+            if let Some(current) = self.current() {
+                registration = current;
+            }
             let wait = registration
                 .heartbeat_interval
                 .map_or(self.poll_wait, |interval| self.poll_wait.min(interval))
@@ -411,7 +427,10 @@ impl Shared {
         let mut cancel_reported = false;
         loop {
             ticks.tick().await;
-            match self.heartbeat(lease).await {
+            match self
+                .heartbeat(lease, period.max(MIN_HEARTBEAT_CALL_TIMEOUT))
+                .await
+            {
                 Ok(cancel_requested) => {
                     if cancel_requested && !cancel_reported {
                         cancel_reported = true;
@@ -445,12 +464,14 @@ impl Shared {
     }
 
     /// One heartbeat, through the lease's endpoint or, while they are
-    /// unreachable, each next one once. `Ok(cancel_requested)`.
-    async fn heartbeat(&self, lease: &Lease) -> Result<bool, Status> {
+    /// unreachable, each next one once; a node silent for `timeout` counts
+    /// as unreachable (so that a hung node cannot outlast the lease).
+    /// `Ok(cancel_requested)`.
+    async fn heartbeat(&self, lease: &Lease, timeout: Duration) -> Result<bool, Status> {
         let mut endpoint = lease.endpoint.load(Ordering::Relaxed);
         let mut last = Status::unavailable("no endpoint");
         for _ in 0..self.cluster.len() {
-            match self.cluster.heartbeat(endpoint, &lease.task_token).await {
+            match self.cluster.heartbeat(endpoint, &lease.task_token, timeout).await {
                 Err(status) if is_unreachable(&status) => {
                     tracing::debug!(
                         endpoint = self.cluster.url(endpoint),
