@@ -9,11 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{FakeNode, FakeSettings, Seen};
+use fake::{FakeNode, FakeSettings, FakeTls, Seen};
 use kairos_worker::proto;
 use kairos_worker::{
-    CancelReason, JobTypeSpec, TaskContext, TaskError, TaskHandler, Worker, WorkerConfig, WorkerError,
-    WorkerEvent,
+    CancelReason, JobTypeSpec, TaskContext, TaskError, TaskHandler, TlsConfig, Worker, WorkerConfig,
+    WorkerError, WorkerEvent,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -564,4 +564,57 @@ async fn a_raw_client_can_replay_a_saved_token() {
         .await
         .expect_err("a stale token is refused");
     assert_eq!(refused.code(), Code::FailedPrecondition);
+}
+
+/// A CA and a certificate it signs for 127.0.0.1 (server and client use):
+/// `(ca_pem, cert_pem, key_pem)`.
+fn test_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("self-signed CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress([127, 0, 0, 1].into()));
+    let key = KeyPair::generate().expect("leaf key");
+    let cert = params.signed_by(&key, &issuer).expect("signed leaf");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn speaks_tls_and_presents_its_client_certificate() {
+    let (ca_pem, cert_pem, key_pem) = test_pki();
+    let (node, mut seen) = FakeNode::start(FakeSettings {
+        tls: Some(FakeTls {
+            cert_pem: cert_pem.clone(),
+            key_pem: key_pem.clone(),
+            client_ca_pem: ca_pem.clone(),
+        }),
+        ..FakeSettings::default()
+    })
+    .await;
+    assert!(node.url.starts_with("https://"));
+    // Without a scheme, the endpoint gets https:// from the TLS settings.
+    let address = node.url.trim_start_matches("https://").to_string();
+    let mut worker = Running::start(
+        WorkerConfig {
+            tls: Some(TlsConfig {
+                ca_pem: ca_pem.into_bytes(),
+                client_cert_pem: Some(cert_pem.into_bytes()),
+                client_key_pem: Some(key_pem.into_bytes()),
+            }),
+            ..config(&[&address])
+        },
+        echo,
+    );
+    let (_, endpoint) = worker.registered().await;
+    assert_eq!(endpoint, node.url);
+    node.assign(task("t1", 111, "secure"));
+    let (_, request) = next_completion(&mut seen).await;
+    assert_eq!(success(&request), Some("job-1 run 111 says secure"));
+    assert_eq!(worker.completed(111).await, Ok(()));
+    worker.stop().await.expect("a clean stop");
 }

@@ -84,6 +84,16 @@ pub struct FakeSettings {
     pub node_id: u64,
     pub token: Option<&'static str>,
     pub heartbeat_interval: Duration,
+    /// Serve TLS (https) with this identity, requiring a client certificate.
+    pub tls: Option<FakeTls>,
+}
+
+/// PEMs of a TLS node: its certificate and key, and the CA its clients'
+/// certificates must chain to.
+pub struct FakeTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
 }
 
 impl Default for FakeSettings {
@@ -93,6 +103,7 @@ impl Default for FakeSettings {
             token: None,
             // Long: a poll waits 30 s (the worker's poll_wait), longer than any test.
             heartbeat_interval: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -117,14 +128,25 @@ impl FakeNode {
             seen,
         });
         let service = WorkerServiceServer::new(Service(inner.clone()));
+        let mut server = tonic::transport::Server::builder();
+        let scheme = match &settings.tls {
+            Some(tls) => {
+                let config = tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem))
+                    .client_ca_root(tonic::transport::Certificate::from_pem(&tls.client_ca_pem));
+                server = server.tls_config(config).expect("server TLS settings");
+                "https"
+            }
+            None => "http",
+        };
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let node = FakeNode {
             inner,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
         };
         (node, seen_rx)
     }
