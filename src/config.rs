@@ -358,12 +358,12 @@ fn http_allow(
 /// `--type-limits` (of known job types) and `--fire-ahead-ms`.
 fn leader_settings(type_limits: Option<&str>, fire_ahead_ms: Option<u64>) -> Result<LeaderSettings> {
     let type_limits = parse_type_limits(type_limits.unwrap_or(""))?;
-    let known = Registry::builtin(true).names();
-    if let Some(unknown) = type_limits.keys().find(|t| !known.contains(&t.as_str())) {
-        return Err(Error::InvalidArgument(format!(
-            "--type-limits: unknown job type {unknown:?} (known: {})",
-            known.join(", ")
-        )));
+    // A type that is not built in may be one external workers register
+    // later; its name must at least be a valid type name.
+    let registry = Registry::builtin(true);
+    for job_type in type_limits.keys().filter(|t| !registry.is_builtin(t)) {
+        crate::scheduler::job_type::validate_type_name(job_type, |_| false)
+            .map_err(|e| Error::InvalidArgument(format!("--type-limits: {e}")))?;
     }
     let fire_ahead_ms = fire_ahead_ms.unwrap_or(LeaderSettings::default().fire_ahead.as_millis() as u64);
     if fire_ahead_ms > crate::scheduler::MAX_FIRE_AHEAD_MS as u64 {
@@ -662,10 +662,16 @@ mod tests {
         };
         let config = AgentConfig::resolve(args("http:concurrency=3;exec:rate=1")).unwrap();
         assert_eq!(config.leader.type_limits["http"].concurrency, Some(3));
-        let err = AgentConfig::resolve(args("htp:concurrency=3"))
+        // An external worker's type may be limited before any worker registers it.
+        let config = AgentConfig::resolve(args("billing.charge:concurrency=3")).unwrap();
+        assert_eq!(config.leader.type_limits["billing.charge"].concurrency, Some(3));
+        let err = AgentConfig::resolve(args("Billing Charge:concurrency=3"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("--type-limits: unknown job type \"htp\""), "{err}");
+        assert!(
+            err.contains("--type-limits: job type \"Billing Charge\""),
+            "{err}"
+        );
     }
 
     #[test]

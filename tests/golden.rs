@@ -30,12 +30,11 @@ use kairos::raft::TypeConfig;
 use kairos::scheduler::acl::{secret_hash, Binding, Credential, Permission, Role, Token};
 use kairos::scheduler::audit::{AuditKind, AuditRecord};
 use kairos::scheduler::job::{Catchup, Metadata, Overlap, Policies, RetryPolicy};
-use kairos::scheduler::run::{AttemptOutcome, AttemptResult};
 use kairos::scheduler::job_type::JobTypeDef;
+use kairos::scheduler::run::{AttemptOutcome, AttemptResult};
 use kairos::scheduler::state::{StateImage, V4StateImage};
 use kairos::scheduler::{
-    Assignment,
-    CallContext, Changes, Command, JobPatch, JobSpec, Request, Response, ScheduleSpec, State,
+    Assignment, CallContext, Changes, Command, JobPatch, JobSpec, Request, Response, ScheduleSpec, State,
 };
 use openraft::error::{Fatal, InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -577,18 +576,28 @@ fn small_state() -> State {
 /// those versions decode to the commands of today's goldens.
 #[test]
 fn version_3_log_entries_read_the_same_after_reframing() {
-    assert_eq!(older_log_entries_read_the_same("v3"), 16, "every command of version 3");
+    assert_eq!(
+        older_log_entries_read_the_same("v3"),
+        16,
+        "every command of version 3"
+    );
 }
 
 #[test]
 fn version_4_log_entries_read_the_same_after_reframing() {
-    assert_eq!(older_log_entries_read_the_same("v4"), 25, "every command of version 4");
+    assert_eq!(
+        older_log_entries_read_the_same("v4"),
+        25,
+        "every command of version 4"
+    );
 }
 
 /// How many log entry goldens of `version` decode, re-framed, to today's
 /// command of the same name.
 fn older_log_entries_read_the_same(version: &str) -> usize {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(version);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(version);
     let commands = every_command();
     let mut checked = 0;
     for (index, command) in commands.into_iter().enumerate() {

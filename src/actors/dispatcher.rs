@@ -20,6 +20,15 @@
 //! first: a run over its type's concurrency or rate stays pending until a
 //! later tick, and the runs behind it are still considered.
 //!
+//! External workers (`actors::external`) are pools too: each node says
+//! which workers are registered with it and available, each worker's load
+//! is the runs of the replicated state whose attempt names it, and an
+//! attempt given to one names it in the `AssignAttempts` entry (so a new
+//! leader counts it). A retry goes to another worker than the one whose
+//! attempt failed or was lost, when another can take it. Runs of a type no
+//! available pool or worker serves stay pending and do not hold back the
+//! runs behind them.
+//!
 //! IMPLEMENTATION CAVEATS: pools are found only on nodes this leader has a
 //! worker-network session with.
 
@@ -30,11 +39,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
+use super::external::{self, ExternalInfo, ExternalPoolMsg, TaskItem};
 use super::limits::{Limiter, TypeLimits};
 use super::worker::{encode_item, group, PoolInfo, WorkItem, WorkerPoolMsg};
 use crate::node::Node;
-use crate::raft::decode;
-use crate::scheduler::{Command, Response};
+use crate::raft::{decode, encode};
+use crate::scheduler::{Assignment, Command, Response};
 
 /// Principal recorded for the dispatcher's proposals.
 const PRINCIPAL: &str = "kairos-dispatcher";
@@ -44,6 +54,9 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const MAX_CANDIDATES: usize = 10_000;
 /// How long a pool's answer about its workers and job types is trusted.
 const POOL_INFO_TTL: Duration = Duration::from_secs(5);
+/// How long a node's answer about its external workers is trusted: they
+/// come and go, and a killed one must stop getting tasks quickly.
+const EXTERNAL_INFO_TTL: Duration = Duration::from_millis(200);
 /// Attempts a pool is offered per worker. A worker is free once its handler
 /// returns, but the replicated state counts the run as running until its
 /// result commits (the reporter's write interval and a commit later), so
@@ -76,6 +89,8 @@ pub struct DispatcherState {
     node: Arc<Node>,
     /// Each pool's workers and job types by Raft node id, with when it was asked.
     pool_info: BTreeMap<u64, (PoolInfo, tokio::time::Instant)>,
+    /// Each node's external workers, with when it was asked.
+    external_info: BTreeMap<u64, (ExternalInfo, tokio::time::Instant)>,
     limiter: Limiter,
     /// See [`DispatcherArgs::fire_ahead`], in ms.
     ahead_ms: i64,
@@ -105,6 +120,7 @@ impl Actor for Dispatcher {
         Ok(DispatcherState {
             node: args.node,
             pool_info: BTreeMap::new(),
+            external_info: BTreeMap::new(),
             limiter: Limiter::new(args.type_limits),
             ahead_ms: args
                 .fire_ahead
@@ -131,139 +147,217 @@ impl Actor for Dispatcher {
         _: DispatcherMsg,
         state: &mut DispatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        let pools = pools(&state.node.members().into_keys().collect::<Vec<_>>());
-        if pools.is_empty() {
+        let members = state.node.members().into_keys().collect::<Vec<_>>();
+        let pools = pools(&members);
+        let externals = externals(&members);
+        if pools.is_empty() && externals.is_empty() {
             return Ok(());
         }
         let now = chrono::Utc::now().timestamp_millis();
-        let (load, mut active_by_type) = active_load(&state.node, !state.limiter.is_empty(), now);
+        let load = active_load(&state.node, !state.limiter.is_empty(), now);
+        let mut active_by_type = load.by_type;
         let mut capacity = Capacity::default();
         for (&id, pool) in &pools {
             let info = pool_info(state, id, pool).await;
-            capacity.add(id, info, load.get(&id).copied().unwrap_or(0));
+            capacity.add_pool(id, info, load.by_node.get(&id).copied().unwrap_or(0));
+        }
+        for (&id, pool) in &externals {
+            let info = external_info(state, id, pool).await;
+            for slot in info.workers.into_iter().filter(|w| w.available) {
+                let busy = load.by_worker.get(&slot.worker_id).copied().unwrap_or(0);
+                capacity.add_worker(id, slot.worker_id, slot.job_types, slot.capacity, busy);
+            }
         }
         let total = capacity.total();
         if total == 0 {
             return Ok(());
         }
-        // Choose a node for each run (most free workers first), then start them
-        // all with one Raft entry.
+        // Choose a target for each run (most free slots first), then start
+        // them all with one Raft entry.
         let mut starts = Vec::new();
-        for (run_id, attempt, job_type) in candidates(state, now, total) {
+        let wide = !state.limiter.is_empty() || state.node.state.read().job_types().next().is_some();
+        for candidate in candidates(state, now, total, wide) {
             if starts.len() as u64 == total {
                 break;
             }
-            let Some(target) = capacity.best_for(&job_type) else {
+            let Some(target) = capacity.best_for(&candidate.job_type, candidate.last_worker.as_deref())
+            else {
                 continue;
             };
-            if !state.limiter.admit(&job_type, &mut active_by_type, now) {
+            if !state.limiter.admit(&candidate.job_type, &mut active_by_type, now) {
                 continue;
             }
-            capacity.take(target);
-            starts.push((run_id, target, attempt));
+            capacity.take(&target);
+            starts.push(Assignment {
+                run_id: candidate.run_id,
+                node: target.node(),
+                attempt: candidate.attempt,
+                worker: target.worker().map(str::to_string),
+            });
         }
         if !starts.is_empty() {
-            start_attempts(&state.node, &pools, starts).await;
+            start_attempts(&state.node, &pools, &externals, starts).await;
         }
         Ok(())
     }
 }
 
-/// Load per node (attempts begun) and, when `by_type` is wanted (some type
-/// has limits), runs queued or running per job type — counted in one pass.
-fn active_load(node: &Node, by_type: bool, now: i64) -> (BTreeMap<u64, u64>, BTreeMap<String, u64>) {
+/// The load the replicated state shows, counted in one pass.
+struct Load {
+    /// Attempts begun on each node's own pool.
+    by_node: BTreeMap<u64, u64>,
+    /// Attempts assigned to each external worker (begun or not).
+    by_worker: BTreeMap<String, u64>,
+    /// Runs queued or running per job type (only when some type has limits).
+    by_type: BTreeMap<String, u64>,
+}
+
+fn active_load(node: &Node, by_type: bool, now: i64) -> Load {
     let view = node.state.read();
-    let mut load: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut active_by_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut load = Load {
+        by_node: BTreeMap::new(),
+        by_worker: BTreeMap::new(),
+        by_type: BTreeMap::new(),
+    };
     for run in view.active_runs() {
         let begun = run.started_at_ms.is_none_or(|t| t <= now);
-        if let (Some(node), true) = (run.node, begun) {
-            *load.entry(node).or_default() += 1;
+        match (&run.worker, run.node) {
+            (Some(worker), _) => *load.by_worker.entry(worker.clone()).or_default() += 1,
+            (None, Some(node)) if begun => *load.by_node.entry(node).or_default() += 1,
+            _ => {}
         }
         if by_type {
             if let Some(job) = view.job(&run.job_id) {
-                *active_by_type.entry(job.spec.job_type.clone()).or_default() += 1;
+                *load.by_type.entry(job.spec.job_type.clone()).or_default() += 1;
             }
         }
     }
-    (load, active_by_type)
+    load
 }
 
-/// The attempts each node's pool may still be offered, and the job types it serves.
+/// Where an attempt goes: a node's own pool, or an external worker
+/// registered with a node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// The worker pool of this node.
+    Pool(u64),
+    /// This external worker, registered with this node.
+    Worker(u64, String),
+}
+
+impl Target {
+    fn node(&self) -> u64 {
+        match self {
+            Target::Pool(node) | Target::Worker(node, _) => *node,
+        }
+    }
+
+    fn worker(&self) -> Option<&str> {
+        match self {
+            Target::Pool(_) => None,
+            Target::Worker(_, worker) => Some(worker),
+        }
+    }
+}
+
+/// The attempts each target may still be offered, and the job types it serves.
 #[derive(Default)]
 struct Capacity {
-    /// Attempts each node may still take this tick.
-    free: BTreeMap<u64, u64>,
-    /// Job types each node's pool serves (e.g. `exec` needs --allow-exec there).
-    serves: BTreeMap<u64, Vec<String>>,
+    /// Attempts each target may still take this tick.
+    free: BTreeMap<Target, u64>,
+    /// Job types each target serves (e.g. `exec` needs --allow-exec there).
+    serves: BTreeMap<Target, Vec<String>>,
 }
 
 impl Capacity {
-    /// Adds node `id`, whose pool is `info` and which has `load` attempts begun.
-    fn add(&mut self, id: u64, info: PoolInfo, load: u64) {
-        self.serves.insert(id, info.job_types);
+    /// Adds node `id`'s pool, which is `info` and has `load` attempts begun.
+    fn add_pool(&mut self, id: u64, info: PoolInfo, load: u64) {
+        let target = Target::Pool(id);
+        self.serves.insert(target.clone(), info.job_types);
         self.free
-            .insert(id, (info.workers * ATTEMPTS_PER_WORKER).saturating_sub(load));
+            .insert(target, (info.workers * ATTEMPTS_PER_WORKER).saturating_sub(load));
     }
 
-    /// Attempts all nodes may still take.
+    /// Adds an external worker on node `node` with `busy` attempts assigned.
+    fn add_worker(&mut self, node: u64, worker_id: String, job_types: Vec<String>, capacity: u32, busy: u64) {
+        let target = Target::Worker(node, worker_id);
+        self.serves.insert(target.clone(), job_types);
+        self.free.insert(target, u64::from(capacity).saturating_sub(busy));
+    }
+
+    /// Attempts all targets may still take.
     fn total(&self) -> u64 {
         self.free.values().sum()
     }
 
-    /// The node with the most free workers among those serving `job_type`
-    /// (the lower id on a tie).
-    fn best_for(&self, job_type: &str) -> Option<u64> {
+    /// The target with the most free slots among those serving `job_type`,
+    /// not `avoid` (the worker whose attempt of the run failed) unless no
+    /// other can take it; the first in order on a tie.
+    fn best_for(&self, job_type: &str, avoid: Option<&str>) -> Option<Target> {
         self.free
             .iter()
-            .filter(|(id, f)| {
+            .filter(|(target, f)| {
                 **f > 0
                     && self
                         .serves
-                        .get(id)
+                        .get(target)
                         .is_some_and(|types| types.iter().any(|t| t == job_type))
             })
-            .max_by_key(|(id, f)| (**f, std::cmp::Reverse(**id)))
-            .map(|(id, _)| *id)
+            .max_by_key(|(target, f)| {
+                let elsewhere = avoid.is_none() || target.worker() != avoid;
+                (elsewhere, **f, std::cmp::Reverse(*target))
+            })
+            .map(|(target, _)| target.clone())
     }
 
-    /// Counts one attempt offered to `node`.
-    fn take(&mut self, node: u64) {
-        *self.free.get_mut(&node).expect("chosen from free") -= 1;
+    /// Counts one attempt offered to `target`.
+    fn take(&mut self, target: &Target) {
+        *self.free.get_mut(target).expect("chosen from free") -= 1;
     }
 }
 
-/// The runs that may start by now plus the look-ahead, as (run, next attempt,
-/// job type): as many as `total` free slots, or more when limits may hold
-/// some back (the runs behind them must not be hidden).
-fn candidates(state: &DispatcherState, now: i64, total: u64) -> Vec<(u64, u32, String)> {
+/// A run that may start now.
+struct Candidate {
+    run_id: u64,
+    /// Its next attempt.
+    attempt: u32,
+    job_type: String,
+    /// The external worker of its previous attempt, if any.
+    last_worker: Option<String>,
+}
+
+/// The runs that may start by now plus the look-ahead: as many as `total`
+/// free slots, or more when `wide` (limits may hold some back, or some
+/// types may have no worker now: the runs behind them must not be hidden).
+fn candidates(state: &DispatcherState, now: i64, total: u64, wide: bool) -> Vec<Candidate> {
     let view = state.node.state.read();
-    let wanted = if state.limiter.is_empty() {
-        total as usize
-    } else {
-        MAX_CANDIDATES
-    };
+    let wanted = if wide { MAX_CANDIDATES } else { total as usize };
     view.dispatchable_runs(now + state.ahead_ms, wanted)
         .iter()
-        .map(|r| {
-            let job_type = view
+        .map(|r| Candidate {
+            run_id: r.id,
+            attempt: r.attempt + 1,
+            job_type: view
                 .job(&r.job_id)
                 .map(|j| j.spec.job_type.clone())
-                .unwrap_or_default();
-            (r.id, r.attempt + 1, job_type)
+                .unwrap_or_default(),
+            last_worker: r.worker.clone(),
         })
         .collect()
 }
 
-/// Proposes one `StartAttempts` entry for `starts` (run, node, attempt) and
-/// sends each attempt it started to its node's pool.
+/// Proposes one `AssignAttempts` entry for `starts` and sends each attempt
+/// it started to its node's pool or external worker.
 async fn start_attempts(
     node: &Node,
     pools: &BTreeMap<u64, ActorRef<WorkerPoolMsg>>,
-    starts: Vec<(u64, u64, u32)>,
+    externals: &BTreeMap<u64, ActorRef<ExternalPoolMsg>>,
+    starts: Vec<Assignment>,
 ) {
+    let workers: BTreeMap<u64, Option<String>> =
+        starts.iter().map(|s| (s.run_id, s.worker.clone())).collect();
     let started = match node
-        .propose_local(PRINCIPAL, Command::StartAttempts { starts })
+        .propose_local(PRINCIPAL, Command::AssignAttempts { starts })
         .await
     {
         Ok(Response::Started(runs)) => runs,
@@ -281,7 +375,30 @@ async fn start_attempts(
         let Some(item) = work_item(node, &run) else {
             continue;
         };
-        if let Err(e) = pools[&target].cast(WorkerPoolMsg::Execute(encode_item(&item))) {
+        if let Some(Some(worker_id)) = workers.get(&run.id) {
+            let task = TaskItem {
+                worker_id: worker_id.clone(),
+                item,
+            };
+            let bytes = encode(&task).expect("encoding a task cannot fail");
+            let sent = externals
+                .get(&target)
+                .map(|pool| pool.cast(ExternalPoolMsg::Deliver(bytes)));
+            if !matches!(sent, Some(Ok(()))) {
+                tracing::warn!(run = run.id, node = target, worker = %worker_id, "sending the task failed; the lease will expire");
+            }
+            tracing::debug!(run = run.id, attempt = run.attempt, node = target, worker = %worker_id, token = run.token, "dispatched to an external worker");
+            continue;
+        }
+        let Some(pool) = pools.get(&target) else {
+            tracing::warn!(
+                run = run.id,
+                node = target,
+                "no pool on the node; the lease will expire"
+            );
+            continue;
+        };
+        if let Err(e) = pool.cast(WorkerPoolMsg::Execute(encode_item(&item))) {
             tracing::warn!(
                 run = run.id,
                 node = target,
@@ -309,6 +426,49 @@ fn pools(members: &[u64]) -> BTreeMap<u64, ActorRef<WorkerPoolMsg>> {
                 .map(|cell| (id, ActorRef::from(cell)))
         })
         .collect()
+}
+
+/// The external pool of each member that has one reachable.
+fn externals(members: &[u64]) -> BTreeMap<u64, ActorRef<ExternalPoolMsg>> {
+    members
+        .iter()
+        .filter_map(|&id| {
+            ractor::pg::get_members(&external::group(id))
+                .into_iter()
+                .next()
+                .map(|cell| (id, ActorRef::from(cell)))
+        })
+        .collect()
+}
+
+/// Node `id`'s external workers (asked at most every [`EXTERNAL_INFO_TTL`]).
+async fn external_info(
+    state: &mut DispatcherState,
+    id: u64,
+    pool: &ActorRef<ExternalPoolMsg>,
+) -> ExternalInfo {
+    if let Some((info, at)) = state.external_info.get(&id) {
+        if at.elapsed() < EXTERNAL_INFO_TTL {
+            return info.clone();
+        }
+    }
+    match ractor::call_t!(pool, ExternalPoolMsg::Info, 500).map(|bytes| decode::<ExternalInfo>(&bytes)) {
+        Ok(Ok(info)) => {
+            state
+                .external_info
+                .insert(id, (info.clone(), tokio::time::Instant::now()));
+            info
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = id, "undecodable external worker info: {e}");
+            ExternalInfo::default()
+        }
+        Err(e) => {
+            tracing::debug!(node = id, "external pool did not answer: {e}");
+            state.external_info.remove(&id);
+            ExternalInfo::default()
+        }
+    }
 }
 
 async fn pool_info(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerPoolMsg>) -> PoolInfo {

@@ -21,6 +21,7 @@
 
 pub mod cluster;
 pub mod dispatcher;
+pub mod external;
 pub mod limits;
 pub mod reporter;
 pub mod timer;

@@ -317,7 +317,14 @@ impl Api {
     }
 
     /// Records a refused call and converts the refusal.
-    fn refused(&self, caller: &Caller, state: &State, resource: &str, job_id: &str, error: Error) -> Status {
+    pub(super) fn refused(
+        &self,
+        caller: &Caller,
+        state: &State,
+        resource: &str,
+        job_id: &str,
+        error: Error,
+    ) -> Status {
         let principal = match &caller.credential {
             Credential::Token { accessor_id } => state.token(accessor_id).map(|t| t.name.clone()),
             Credential::Certificate { subject } => Some(subject.clone()),

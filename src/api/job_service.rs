@@ -21,6 +21,7 @@ use crate::handlers::secrets;
 use crate::proto as pb;
 use crate::proto::job_service_server::JobService;
 use crate::scheduler::acl::{AclTables, Permission, Resource, Subject};
+use crate::scheduler::job_type::validate_payload;
 use crate::scheduler::validate::{validate_id, validate_patch, validate_request_id, validate_spec};
 use crate::scheduler::{Command, Job, JobFilter, JobPatch, Response as CommandResponse, State};
 
@@ -66,8 +67,18 @@ impl Api {
                 .or_else(|| current.map(|j| j.spec.payload.clone()));
             (job_type.unwrap_or_default(), payload.unwrap_or_default())
         };
+        self.validate_payload(&job_type, &payload)
+    }
+
+    /// Checks a job's payload for its type: a built-in handler's own
+    /// check, or the JSON Schema an external worker registered the type
+    /// with. A type neither knows is refused.
+    fn validate_payload(&self, job_type: &str, payload: &[u8]) -> Result<(), Status> {
+        let state = self.node.state.read();
         self.registry
-            .validate(&job_type, &payload)
+            .validate_with_external(job_type, payload, |name| {
+                state.job_type(name).map(|def| validate_payload(def, payload))
+            })
             .map_err(Status::invalid_argument)
     }
 
@@ -152,9 +163,7 @@ impl JobService for Api {
                 let spec = spec_from_pb(job).map_err(to_status)?;
                 validate_spec(&spec).map_err(to_status)?;
                 self.check_create_at(&spec, &req.request_id)?;
-                self.registry
-                    .validate(&spec.job_type, &spec.payload)
-                    .map_err(Status::invalid_argument)?;
+                self.validate_payload(&spec.job_type, &spec.payload)?;
                 Ok(Command::CreateJob {
                     id: job.id.clone(),
                     spec,

@@ -1,4 +1,5 @@
-//! The gRPC face of a node: `JobService`, `RunService` and `ClusterService`
+//! The gRPC face of a node: `JobService`, `RunService`, `ClusterService`,
+//! `AclService`, `AuditService` and `WorkerService`
 //! on the client listener (`--grpc-addr`, plain or TLS: [`serve`]); the peer
 //! `RaftService` on the peer listener only (`--peer-addr`:
 //! [`raft_service::serve_peers`]). A `RaftService` call on the client
@@ -27,8 +28,10 @@ mod one_shot;
 pub mod raft_service;
 pub mod read;
 pub mod run_service;
+pub mod task_token;
 pub mod watch;
 pub mod wire_errors;
+pub mod worker_service;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +44,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Status};
 
+use crate::actors::external::ExternalWorkers;
 use crate::error::Error;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
@@ -50,9 +54,11 @@ use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::cluster_service_server::ClusterServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
+use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::transport::{authenticated_incoming, TlsHandshake};
 use audit_recorder::AuditRecorder;
 use auth::AuthSettings;
+use task_token::TaskTokenKey;
 use wire_errors::WireErrorsLayer;
 
 /// Largest accepted request to `JobService`, `RunService` and
@@ -69,7 +75,7 @@ pub async fn serve(
     tls: Option<Arc<ServerConfig>>,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
+    workers: ApiWorkers,
     auth: AuthSettings,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -83,7 +89,9 @@ pub async fn serve(
     let api = Api {
         node: node.clone(),
         metrics,
-        registry,
+        registry: workers.registry,
+        external: workers.external,
+        task_tokens: workers.task_tokens,
         auth,
         recorder: AuditRecorder::start(node.clone()),
         shutdown: shutdown.clone(),
@@ -99,7 +107,8 @@ pub async fn serve(
         .add_service(RunServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(AuditServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
+        .add_service(AuditServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(WorkerServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
     // Accepted sockets need TCP_NODELAY themselves (the builder's setting
     // only covers listeners tonic binds): without it a reply split over
     // two writes waits for the peer's delayed ACK, ~40 ms per request.
@@ -128,6 +137,18 @@ pub async fn serve(
     }
 }
 
+/// What runs jobs, as the API sees it: the built-in handlers, the external
+/// workers registered with this node, and the key of their task tokens.
+#[derive(Clone)]
+pub struct ApiWorkers {
+    /// Job types this node's pool runs.
+    pub registry: Arc<Registry>,
+    /// External workers registered with this node.
+    pub external: Arc<ExternalWorkers>,
+    /// Signs and checks task tokens.
+    pub task_tokens: TaskTokenKey,
+}
+
 /// State shared by the public services.
 #[derive(Clone)]
 pub struct Api {
@@ -135,6 +156,10 @@ pub struct Api {
     metrics: Arc<Metrics>,
     /// Job types this node knows, for validating creates and updates.
     registry: Arc<Registry>,
+    /// External workers registered with this node.
+    external: Arc<ExternalWorkers>,
+    /// Signs and checks task tokens.
+    task_tokens: TaskTokenKey,
     /// How callers are checked.
     auth: AuthSettings,
     /// Where audit records made outside the state machine go.

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actors::cluster::WorkerTls;
+use crate::actors::external::{ExternalPool, ExternalWorkers};
 use crate::actors::worker::{PoolArgs, WorkerPool};
+use crate::api::task_token::TaskTokenKey;
+use crate::api::ApiWorkers;
 use crate::config::{AgentArgs, AgentConfig, LogFormat};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
@@ -129,6 +132,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (pool, _) = Actor::spawn(None, WorkerPool, pool_args)
         .await
         .context("start the worker pool")?;
+    let external = ExternalWorkers::new(config.node_id);
+    let (external_pool, _) = Actor::spawn(None, ExternalPool, external.clone())
+        .await
+        .context("start the external worker pool")?;
     tracing::info!(node = config.node_id, grpc = %config.grpc_addr, peer = %config.peer_addr,
         http = %config.http_addr, cluster = %config.cluster_addr, peer_auth = peer_security.mode(),
         api_tls = api_tls.is_some(), data_dir = %config.data_dir.display(), http_allow = %config.http_allow,
@@ -137,7 +144,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let services = Services {
         node: node.clone(),
         metrics,
-        registry,
+        workers: ApiWorkers {
+            registry,
+            external,
+            task_tokens: TaskTokenKey::derive(&config.cluster_secret),
+        },
         node_server: node_server.clone(),
         peer_security,
         worker_tls,
@@ -160,6 +171,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     }
     let _ = pool.stop_and_wait(None, Some(SHUTDOWN_GRACE)).await;
+    external_pool.stop(None);
     node_server.stop(None);
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
@@ -211,8 +223,8 @@ struct Services {
     node: Arc<Node>,
     /// Where the servers record requests.
     metrics: Arc<Metrics>,
-    /// Job types, for validating creates and updates.
-    registry: Arc<crate::handlers::Registry>,
+    /// Built-in handlers and external workers, for the API.
+    workers: ApiWorkers,
     /// The worker network's server, whose sessions the connector keeps.
     node_server: ActorRef<NodeServerMessage>,
     /// How peer connections are authenticated.
@@ -233,11 +245,11 @@ impl Services {
         let tasks = TaskTracker::new();
         {
             let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
-            let (registry, tls) = (self.registry.clone(), self.api_tls.clone());
+            let (workers, tls) = (self.workers.clone(), self.api_tls.clone());
             let auth = config.auth;
             tasks.spawn(async move {
                 if let Err(e) =
-                    crate::api::serve(grpc, tls, node, metrics, registry, auth, shutdown.clone()).await
+                    crate::api::serve(grpc, tls, node, metrics, workers, auth, shutdown.clone()).await
                 {
                     tracing::error!("gRPC server failed: {e}");
                     shutdown.cancel();

@@ -192,6 +192,17 @@ pub trait Handler: Send + Sync + 'static {
     fn run(&self, ctx: RunContext, cancel: CancellationToken) -> BoxFuture<'static, HandlerResult>;
 }
 
+/// The job types compiled into Kairos, with what they do.
+pub const BUILTIN_TYPES: &[(&str, &str)] = &[
+    (
+        "exec",
+        "runs a command on the node (only on nodes started with --allow-exec)",
+    ),
+    ("http", "calls a URL (a webhook), fenced by --http-allow"),
+    ("noop", "does nothing and succeeds"),
+    ("sleep", "waits for a while, then succeeds"),
+];
+
 /// Job type name → handler.
 pub struct Registry {
     /// Registered handlers, sorted by name so listings are stable.
@@ -251,6 +262,24 @@ impl Registry {
 
     /// Validates `payload` for job type `name`: unknown type → Err("type: unknown job type \"x\" (known: exec, http, noop, sleep)"), or exec disabled → a clear message saying to start nodes with --allow-exec.
     pub fn validate(&self, name: &str, payload: &[u8]) -> Result<(), String> {
+        self.validate_with_external(name, payload, |_| None)
+    }
+
+    /// True for the name of a type compiled into Kairos (whether or not
+    /// this node runs it): external workers may not register these.
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.handlers.contains_key(name) || BUILTIN_TYPES.iter().any(|(builtin, _)| *builtin == name)
+    }
+
+    /// [`Registry::validate`], where a type no handler here knows may be an
+    /// external one: `external(name)` checks the payload against its schema
+    /// (`None`: no worker registered such a type).
+    pub fn validate_with_external(
+        &self,
+        name: &str,
+        payload: &[u8],
+        external: impl FnOnce(&str) -> Option<Result<(), String>>,
+    ) -> Result<(), String> {
         if let Some(h) = self.handlers.get(name) {
             return h.validate(payload);
         }
@@ -260,13 +289,16 @@ impl Registry {
                 exec::NAME
             ));
         }
+        if let Some(checked) = external(name) {
+            return checked;
+        }
         let mut known = self.names();
         if self.exec_disabled {
             known.push(exec::NAME);
             known.sort_unstable();
         }
         Err(format!(
-            "type: unknown job type \"{name}\" (known: {})",
+            "type: unknown job type \"{name}\": no built-in handler and no worker registration knows it (built in: {}; `kairos type list` shows the registered ones)",
             known.join(", ")
         ))
     }
@@ -311,7 +343,11 @@ mod tests {
         for allow in [false, true] {
             assert_eq!(
                 Registry::builtin(allow).validate("x", b"{}"),
-                Err("type: unknown job type \"x\" (known: exec, http, noop, sleep)".to_string())
+                Err(
+                    "type: unknown job type \"x\": no built-in handler and no worker registration knows it \
+                     (built in: exec, http, noop, sleep; `kairos type list` shows the registered ones)"
+                        .to_string()
+                )
             );
         }
     }

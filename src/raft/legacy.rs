@@ -41,7 +41,9 @@ use super::snapshot_file::{Format, Meta, SnapshotFile};
 use super::NodeId;
 use crate::codec::{self, decode_body, encode_body};
 use crate::error::{Error, Result};
-use crate::scheduler::state::{LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage, V4StateImage};
+use crate::scheduler::state::{
+    LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage, V4StateImage,
+};
 
 /// The tree the snapshot chunks were stored in.
 const SNAPSHOT_TREE: &str = "snapshot";

@@ -166,7 +166,9 @@ impl Role {
     pub fn covers(&self, resource: &Resource) -> bool {
         match resource {
             Resource::Cluster => self.owners.is_empty() && self.jobs.is_empty() && self.types.is_empty(),
-            Resource::JobType(name) => self.types.is_empty() || self.types.iter().any(|g| glob_match(g, name)),
+            Resource::JobType(name) => {
+                self.types.is_empty() || self.types.iter().any(|g| glob_match(g, name))
+            }
             Resource::Job { id, owner } => {
                 let owner_ok = self.owners.is_empty() || self.owners.iter().any(|g| glob_match(g, owner));
                 let job_ok = self.jobs.is_empty() || self.jobs.iter().any(|g| glob_match(g, id));
@@ -377,7 +379,11 @@ pub fn validate_role(role: &Role) -> Result<(), Error> {
             "allow: at least one permission is required".into(),
         ));
     }
-    for (field, globs) in [("owner", &role.owners), ("job", &role.jobs), ("type", &role.types)] {
+    for (field, globs) in [
+        ("owner", &role.owners),
+        ("job", &role.jobs),
+        ("type", &role.types),
+    ] {
         if globs.len() > MAX_GLOBS {
             return Err(Error::InvalidArgument(format!(
                 "{field}: {} globs, at most {MAX_GLOBS}",

@@ -181,7 +181,10 @@ mod tests {
             ("{", "not JSON"),
             ("[1]", "JSON object"),
             (r#"{"type": 12}"#, "not a valid JSON Schema"),
-            (r#"{"$ref": "https://example.com/s.json"}"#, "not a valid JSON Schema"),
+            (
+                r#"{"$ref": "https://example.com/s.json"}"#,
+                "not a valid JSON Schema",
+            ),
         ] {
             let e = compile_schema("t", bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");

@@ -61,11 +61,11 @@ mod security;
 mod workers;
 
 pub use image::{Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage, V4StateImage};
-pub use workers::{ExternalAttempt, WorkersImage};
 pub use jobs::{next_fire, JobFilter, JobPage};
 pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
 pub use security::{AclState, RunTransition, EXEC_JOB_TYPE};
+pub use workers::{ExternalAttempt, WorkersImage};
 
 #[cfg(test)]
 mod ahead_tests;
@@ -299,7 +299,9 @@ impl State {
             Command::RecordAudit { records } => self.record_audit(records, at_ms),
             Command::RegisterJobTypes { types } => self.register_job_types(types, at_ms, principal),
             Command::AssignAttempts { starts } => Ok(self.assign_attempts(starts, index, at_ms, changes)),
-            Command::CreateRoleScoped { role, types } => self.create_role_scoped(role, types, at_ms, principal),
+            Command::CreateRoleScoped { role, types } => {
+                self.create_role_scoped(role, types, at_ms, principal)
+            }
         }
     }
 

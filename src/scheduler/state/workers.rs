@@ -64,7 +64,12 @@ impl State {
     }
 
     /// `RegisterJobTypes`: stores each type as `principal` declared it now.
-    pub(super) fn register_job_types(&mut self, types: &[JobTypeDef], at_ms: i64, principal: &str) -> CommandResult {
+    pub(super) fn register_job_types(
+        &mut self,
+        types: &[JobTypeDef],
+        at_ms: i64,
+        principal: &str,
+    ) -> CommandResult {
         let mut stored = Vec::with_capacity(types.len());
         for def in types {
             let def = JobTypeDef {
