@@ -1,9 +1,9 @@
 //! `kairos run list|get|cancel|watch`, and the run views shared with `kairos job
 //! trigger|backfill|describe`.
 //!
-//! A run's current (or last) attempt ran on a node's worker pool (NODE) or,
-//! for a job type an external worker registered, on that worker (WORKER,
-//! `-` otherwise). The tables show the first line of the error, cut to 60
+//! NODE is the node of a run's current attempt; WORKER is the external
+//! worker that ran the current (or last) attempt of a run whose job type a
+//! worker registered (`-` otherwise). The tables show the first line of the error, cut to 60
 //! characters; the one-run view (`run get`, `run cancel`, `job trigger`)
 //! shows the whole error and the whole output, which an external worker may
 //! make up to 64 KiB, as the cluster stored them.
