@@ -2,7 +2,7 @@
 //! serves them.
 //!
 //! A job's `type` names either a handler compiled into every node (the
-//! built-in types, [`BUILTIN_TYPE_NAMES`]) or a type an external worker
+//! built-in types, [`BUILTIN_TYPES`]) or a type an external worker
 //! registered through `WorkerService.RegisterWorker`, with an optional JSON
 //! Schema its payloads must satisfy. A registered type outlives its workers:
 //! jobs of a type no worker serves stay valid, and their runs wait, pending,
@@ -22,17 +22,15 @@
 
 use super::client::{fail, Client, ClientArgs};
 use super::output;
+use crate::handlers::BUILTIN_TYPES;
 use crate::proto as pb;
 use crate::proto::worker_service_client::WorkerServiceClient;
 
-/// The job types compiled into Kairos (`exec` only runs on nodes started
-/// with `--allow-exec`, but its name is reserved everywhere). Any other
-/// type name is an external worker's.
-pub const BUILTIN_TYPE_NAMES: [&str; 4] = ["noop", "sleep", "http", "exec"];
-
-/// Whether `name` is a built-in job type's (see [`BUILTIN_TYPE_NAMES`]).
+/// Whether `name` is a built-in job type's ([`BUILTIN_TYPES`]: `exec` only
+/// runs on nodes started with `--allow-exec`, but its name is reserved
+/// everywhere). Any other type name is an external worker's.
 pub fn is_builtin_type(name: &str) -> bool {
-    BUILTIN_TYPE_NAMES.contains(&name)
+    BUILTIN_TYPES.iter().any(|(builtin, _)| *builtin == name)
 }
 
 /// `kairos type`.
@@ -374,7 +372,7 @@ mod tests {
         );
         assert_eq!(describe_hint("billing.charge", &TypeLookup::Failed), None);
         // A built-in type never has workers and never needs a hint.
-        for name in BUILTIN_TYPE_NAMES {
+        for (name, _) in BUILTIN_TYPES {
             assert!(!type_needs_lookup(name));
             assert_eq!(describe_hint(name, &TypeLookup::Found(builtin(name))), None);
             assert_eq!(describe_hint(name, &TypeLookup::Unknown), None);
