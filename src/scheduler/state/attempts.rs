@@ -247,16 +247,14 @@ impl State {
             self.update_external(run_id, |a| a.completed = true);
         }
         if external.is_some_and(|a| a.cancel_requested) {
-            if let AttemptOutcome::Failed { message, .. } = outcome {
-                run.error = format!("attempt {}: {message}", run.attempt);
-            }
-            let ended = self.finish(
-                run,
-                RunStatus::Cancelled,
-                "cancelled by a client; the worker stopped",
-                at_ms,
-                changes,
-            );
+            let error = match outcome {
+                AttemptOutcome::Failed { message, .. } => format!(
+                    "cancelled by a client; the worker stopped (attempt {}: {message})",
+                    run.attempt
+                ),
+                AttemptOutcome::Succeeded => "cancelled by a client; the worker finished anyway".to_string(),
+            };
+            let ended = self.finish(run, RunStatus::Cancelled, &error, at_ms, changes);
             return Ok(Response::Run(Box::new(ended)));
         }
         // The run as this result left it: history retention may already have
