@@ -51,7 +51,9 @@ use kairos::scheduler::job::{
 };
 use kairos::scheduler::run::{AttemptOutcome, AttemptResult, RunCause};
 use kairos::scheduler::state::StateImage;
-use kairos::scheduler::{CallContext, Changes, Command, CommandResult, Request, RunId, ScheduleSpec, State};
+use kairos::scheduler::{
+    Assignment, CallContext, Changes, Command, CommandResult, Request, RunId, ScheduleSpec, State,
+};
 use proptest::prelude::*;
 
 /// The first command's time: 2026-01-01T00:00:00Z.
@@ -384,6 +386,20 @@ impl Op {
                     attempt: attempt.saturating_add_signed(i32::from(*attempt_shift)),
                 }
             }
+            // Odd nodes stand for an external worker on the node (its
+            // attempts are named in the state and cancelled in two phases).
+            Op::StartDispatchable { node } if node % 2 == 1 => Command::AssignAttempts {
+                starts: state
+                    .dispatchable_runs(at_ms, 64)
+                    .into_iter()
+                    .map(|r| Assignment {
+                        run_id: r.id,
+                        node: *node,
+                        attempt: r.attempt + 1,
+                        worker: Some(format!("{node}-worker")),
+                    })
+                    .collect(),
+            },
             Op::StartDispatchable { node } => Command::StartAttempts {
                 starts: state
                     .dispatchable_runs(at_ms, 64)

@@ -13,11 +13,14 @@
 //!   when it is zero) and an `ExpireRuns` for every run past its lease, time
 //!   limit or start deadline.
 //! - [`dispatcher::Dispatcher`]: starts attempts of dispatchable runs on the
-//!   least-loaded worker pool, up to the look-ahead before they may begin.
+//!   least-loaded worker pool or external worker, up to the look-ahead
+//!   before they may begin.
 //!
 //! Every node also runs a [`worker::WorkerPool`] (not leader-only), reachable
-//! from other nodes over the worker network of [`cluster`], and a
-//! [`reporter::ResultReporter`] that commits its workers' results in batches.
+//! from other nodes over the worker network of [`cluster`], a
+//! [`reporter::ResultReporter`] that commits its workers' results in batches,
+//! and an [`external::ExternalPool`] holding the external workers registered
+//! with the node.
 
 pub mod cluster;
 pub mod dispatcher;

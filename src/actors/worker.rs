@@ -411,7 +411,7 @@ impl Actor for Worker {
 /// Why the attempt `item` must not begin, judged from this node's replica:
 /// `None` when it may, or when the replica has not yet applied the entry
 /// that started it or is applying one right now (and so cannot tell).
-fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
+pub(crate) fn superseded(node: &Node, item: &WorkItem) -> Option<&'static str> {
     let applied = node.applied_index();
     if applied < item.token {
         return None;

@@ -34,7 +34,7 @@ use super::{to_status, Api};
 use crate::actors::external::{
     self, ExternalPoolMsg, Registration, WorkerView, HEARTBEAT_INTERVAL, MAX_POLL_WAIT,
 };
-use crate::actors::worker::WorkItem;
+use crate::actors::worker::{superseded, WorkItem};
 use crate::error::Error;
 use crate::handlers::BUILTIN_TYPES;
 use crate::proto as pb;
@@ -419,21 +419,46 @@ impl WorkerService for Api {
                     )?;
                 }
             }
-            let opened = self
-                .external
-                .open_poll(&req.worker_id, req.job_types, tokio::time::Instant::now())
-                .map_err(to_status)?;
-            let item = match opened {
-                Ok(item) => Some(item),
-                Err(receiver) => {
-                    tokio::select! {
-                        item = receiver => item.ok(),
-                        _ = tokio::time::sleep(wait) => None,
-                        _ = self.shutdown.cancelled() => None,
+            let deadline = tokio::time::Instant::now() + wait;
+            let item = loop {
+                let opened = self
+                    .external
+                    .open_poll(&req.worker_id, req.job_types.clone(), tokio::time::Instant::now())
+                    .map_err(to_status)?;
+                let item = match opened {
+                    Ok(item) => item,
+                    Err(receiver) => {
+                        tokio::select! {
+                            item = receiver => match item {
+                                Ok(item) => item,
+                                Err(_) => break None,
+                            },
+                            _ = tokio::time::sleep_until(deadline) => break None,
+                            _ = self.shutdown.cancelled() => break None,
+                        }
                     }
+                };
+                // A task this node's replica already knows is moot (its run
+                // was cancelled within the look-ahead, deleted, or given to
+                // a newer attempt) is not handed out.
+                match superseded(&self.node, &item) {
+                    None => break Some(item),
+                    Some(why) => tracing::info!(
+                        run = item.run_id,
+                        token = item.token,
+                        "task not handed out: {why}"
+                    ),
                 }
             };
             self.external.touch(&req.worker_id, tokio::time::Instant::now());
+            if let Some(item) = item.as_ref().filter(|item| item.attempt == 1) {
+                let lateness_ms = chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_sub(item.nominal_ms)
+                    .max(0);
+                self.metrics
+                    .observe_fire_lateness(Duration::from_millis(lateness_ms as u64));
+            }
             Ok(Response::new(pb::PollTaskResponse {
                 task: item.map(|item| self.task(&req.worker_id, item)),
             }))
@@ -491,16 +516,26 @@ impl WorkerService for Api {
         self.observed(caller.method, async {
             let req = request.into_inner();
             let claim = self.verify_task_token(&req.task_token)?;
-            let command = outcome_of(req.result)
-                .map_err(to_status)
-                .map(|(outcome, output)| Command::FinishAttempt {
-                    run_id: claim.run_id,
-                    token: claim.fencing,
-                    outcome,
-                    output_tail: output,
-                });
+            let outcome = outcome_of(req.result).map_err(to_status);
+            let label = match &outcome {
+                Ok((AttemptOutcome::Succeeded, _)) => "succeeded".to_string(),
+                Ok((AttemptOutcome::Failed { kind, .. }, _)) => kind.clone(),
+                Err(_) => String::new(),
+            };
+            let command = outcome.map(|(outcome, output)| Command::FinishAttempt {
+                run_id: claim.run_id,
+                token: claim.fencing,
+                outcome,
+                output_tail: output,
+            });
             let resource = format!("run {}", claim.run_id);
             match self.client_write(&caller, &resource, "", command).await {
+                Ok(CommandResponse::Run(run)) => {
+                    if let Some(job) = self.node.state.read().job(&run.job_id) {
+                        self.metrics.observe_attempt(&job.spec.job_type, &label);
+                    }
+                    Ok(Response::new(pb::CompleteTaskResponse {}))
+                }
                 Ok(_) => Ok(Response::new(pb::CompleteTaskResponse {})),
                 Err(status) => Err(stale(status)),
             }

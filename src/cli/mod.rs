@@ -5,6 +5,8 @@
 //! - `job`, `run`, `cluster`: gRPC clients ([`job`], [`run`], [`cluster`]) that try the
 //!   `--endpoints` in turn and follow a leader hint.
 //! - `acl`, `audit`: access control and the audit log ([`acl`], [`audit`]).
+//! - `type`, `worker`: job types (built-in and registered) and the external
+//!   workers serving them ([`job_type`], [`worker`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
@@ -17,8 +19,10 @@ pub mod cluster;
 pub mod cron;
 pub mod dev;
 pub mod job;
+pub mod job_type;
 pub mod output;
 pub mod run;
+pub mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +58,10 @@ pub enum Command {
     Cluster(cluster::ClusterCommand),
     /// Evaluate cron expressions.
     Cron(cron::CronCommand),
+    /// Job types: built-in ones and those external workers registered.
+    Type(job_type::JobTypeCommand),
+    /// External workers connected to the cluster.
+    Worker(worker::WorkerCommand),
     /// Access control: bootstrap, roles, tokens, certificate bindings.
     Acl(acl::AclCommand),
     /// Read, export and verify the audit log.
@@ -72,6 +80,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(cmd) => run::run(cmd, &cli.client).await,
         Command::Cluster(cmd) => cluster::run(cmd, &cli.client).await,
         Command::Cron(cmd) => cron::run(cmd),
+        Command::Type(cmd) => job_type::run(cmd, &cli.client).await,
+        Command::Worker(cmd) => worker::run(cmd, &cli.client).await,
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,

@@ -73,32 +73,50 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Prints rows as a table with a header, columns padded to the widest cell.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in table_lines(header, rows) {
+        outln!("{line}");
+    }
+}
+
+/// The lines [`table`] prints: the header, then each row, every column
+/// padded to its widest cell (counted in characters), two spaces apart,
+/// without trailing blanks.
+pub fn table_lines(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        outln!("{}", padded.join("  ").trim_end());
+        padded.join("  ").trim_end().to_string()
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for row in rows {
-        line(row.clone());
-    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    std::iter::once(line(&header))
+        .chain(rows.iter().map(|row| line(row)))
+        .collect()
 }
 
 /// Prints `pairs` as aligned `key: value` lines.
 pub fn fields(pairs: &[(&str, String)]) {
-    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    for (key, value) in pairs {
-        outln!("{:<width$} {value}", format!("{key}:"));
+    for line in field_lines(pairs) {
+        outln!("{line}");
     }
+}
+
+/// The lines [`fields`] prints: `key:` padded to the longest key, a space,
+/// the value (as it is: a value of several lines goes on unindented).
+pub fn field_lines(pairs: &[(&str, String)]) -> Vec<String> {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    pairs
+        .iter()
+        .map(|(key, value)| format!("{:<width$} {value}", format!("{key}:")))
+        .collect()
 }
 
 /// Prints in the chosen format: JSON of `value`, or the table printer.
@@ -117,4 +135,85 @@ pub fn timestamp(t: &Option<crate::proto::Timestamp>, precision: SecondsFormat) 
     t.as_ref()
         .and_then(|t| DateTime::<Utc>::from_timestamp_millis(crate::api::convert::timestamp_ms(t)))
         .map_or_else(|| "-".into(), |t| t.to_rfc3339_opts(precision, true))
+}
+
+/// How long before `now` the protobuf time `t` was, for people: `42s ago`
+/// (under two minutes), `17m ago` (under two hours), `5h ago` (under two
+/// days), else `3d ago`, each rounded down. `-` when unset. A time more
+/// than a second after `now` (the clocks of this machine and the node
+/// disagree) has no honest age: it is shown as RFC 3339 instead; one less
+/// than a second ahead counts as `0s ago`.
+pub fn age(t: &Option<crate::proto::Timestamp>, now: DateTime<Utc>) -> String {
+    let Some(at) = t.as_ref() else {
+        return "-".into();
+    };
+    let elapsed_ms = now.timestamp_millis() - crate::api::convert::timestamp_ms(at);
+    if elapsed_ms < -1000 {
+        return timestamp(t, SecondsFormat::Secs);
+    }
+    let seconds = elapsed_ms.max(0) / 1000;
+    match seconds {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 120 * 60 => format!("{}m ago", s / 60),
+        s if s < 48 * 3600 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_pads_each_column_to_its_widest_cell_and_trims_the_end() {
+        let rows = vec![
+            vec!["a".to_string(), "longer cell".to_string(), "".to_string()],
+            vec!["ü-wide".to_string(), "x".to_string(), "z".to_string()],
+        ];
+        assert_eq!(
+            table_lines(&["ID", "TEXT", "LAST"], &rows),
+            [
+                "ID      TEXT         LAST",
+                "a       longer cell",
+                "ü-wide  x            z",
+            ]
+        );
+        assert_eq!(table_lines(&["ONLY", "HEADER"], &[]), ["ONLY  HEADER"]);
+    }
+
+    #[test]
+    fn fields_align_their_values_after_the_longest_key() {
+        let pairs = [("run", "7".to_string()), ("not before", "-".to_string())];
+        assert_eq!(field_lines(&pairs), ["run:        7", "not before: -"]);
+    }
+
+    fn at_ms(ms: i64) -> Option<crate::proto::Timestamp> {
+        Some(crate::api::convert::ms_timestamp(ms))
+    }
+
+    #[test]
+    fn an_age_is_rounded_down_to_seconds_minutes_hours_or_days() {
+        let now = DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000).expect("in range");
+        let before = |ms: i64| age(&at_ms(now.timestamp_millis() - ms), now);
+        assert_eq!(before(0), "0s ago");
+        assert_eq!(before(2_999), "2s ago");
+        assert_eq!(before(119_999), "119s ago");
+        assert_eq!(before(120_000), "2m ago");
+        assert_eq!(before(119 * 60_000 + 59_999), "119m ago");
+        assert_eq!(before(2 * 3_600_000), "2h ago");
+        assert_eq!(before(47 * 3_600_000), "47h ago");
+        assert_eq!(before(48 * 3_600_000), "2d ago");
+        assert_eq!(age(&None, now), "-");
+    }
+
+    #[test]
+    fn a_time_ahead_of_the_local_clock_shows_as_itself() {
+        let now = DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000).expect("in range");
+        // Within a second: the clocks roughly agree.
+        assert_eq!(age(&at_ms(now.timestamp_millis() + 900), now), "0s ago");
+        assert_eq!(
+            age(&at_ms(now.timestamp_millis() + 5_000), now),
+            "2027-01-15T08:00:05Z"
+        );
+    }
 }

@@ -1,5 +1,12 @@
 //! `kairos run list|get|cancel|watch`, and the run views shared with `kairos job
 //! trigger|backfill|describe`.
+//!
+//! NODE is the node of a run's current attempt; WORKER is the external
+//! worker that ran the current (or last) attempt of a run whose job type a
+//! worker registered (`-` otherwise). The tables show the first line of the error, cut to 60
+//! characters; the one-run view (`run get`, `run cancel`, `job trigger`)
+//! shows the whole error and the whole output, which an external worker may
+//! make up to 64 KiB, as the cluster stored them.
 
 use chrono::{DateTime, Utc};
 
@@ -160,14 +167,15 @@ async fn watch(
     let mut next = 0usize;
     if output == Output::Table {
         output::outln!(
-            "{:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {:<5} ERROR",
+            "{:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {:<5} {:<10} ERROR",
             "POSITION",
             "RUN",
             "JOB",
             "NOMINAL",
             "STATUS",
             "ATTEMPT",
-            "NODE"
+            "NODE",
+            "WORKER"
         );
     }
     loop {
@@ -244,19 +252,16 @@ fn print_event(output: Output, event: &pb::RunEvent, run: &pb::Run) -> anyhow::R
                 .position
                 .map(|p| format!("{}:{}", p.revision, p.run_id))
                 .unwrap_or_default();
-            let node = if run.node_id == 0 {
-                "-".to_string()
-            } else {
-                run.node_id.to_string()
-            };
-            let error: String = run.error.lines().next().unwrap_or("").chars().take(60).collect();
             output::outln!(
-                "{position:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {node:<5} {error}",
+                "{position:<14} {:<8} {:<20} {:<24} {:<10} {:<7} {:<5} {:<10} {}",
                 run.id,
                 run.job_id,
                 time(&run.nominal_time),
                 status_name(run.status),
                 run.attempt,
+                node(run),
+                worker(run),
+                error_summary(run),
             );
         }
     }
@@ -288,10 +293,38 @@ fn status_name(v: i32) -> String {
         .unwrap_or_else(|_| v.to_string())
 }
 
-/// Prints runs as a table.
-pub fn print_runs(runs: &[pb::Run]) {
-    let rows: Vec<Vec<String>> = runs
-        .iter()
+/// The NODE cell: the node of the current attempt, `-` for none.
+fn node(run: &pb::Run) -> String {
+    if run.node_id == 0 {
+        "-".into()
+    } else {
+        run.node_id.to_string()
+    }
+}
+
+/// The WORKER cell: the external worker of the current (or last) attempt,
+/// `-` for none.
+fn worker(run: &pb::Run) -> String {
+    if run.worker_id.is_empty() {
+        "-".into()
+    } else {
+        run.worker_id.clone()
+    }
+}
+
+/// The ERROR cell: the error's first line, at most 60 characters.
+fn error_summary(run: &pb::Run) -> String {
+    run.error.lines().next().unwrap_or("").chars().take(60).collect()
+}
+
+/// The columns of a run table (`run list`, `job describe`'s recent runs).
+pub const RUN_COLUMNS: [&str; 8] = [
+    "RUN", "JOB", "NOMINAL", "STATUS", "ATTEMPT", "NODE", "WORKER", "ERROR",
+];
+
+/// The rows of a run table, in [`RUN_COLUMNS`] order.
+pub fn run_rows(runs: &[pb::Run]) -> Vec<Vec<String>> {
+    runs.iter()
         .map(|r| {
             vec![
                 r.id.to_string(),
@@ -299,62 +332,58 @@ pub fn print_runs(runs: &[pb::Run]) {
                 time(&r.nominal_time),
                 status_name(r.status),
                 r.attempt.to_string(),
-                if r.node_id == 0 {
-                    "-".into()
-                } else {
-                    r.node_id.to_string()
-                },
-                r.error.lines().next().unwrap_or("").chars().take(60).collect(),
+                node(r),
+                worker(r),
+                error_summary(r),
             ]
         })
-        .collect();
-    output::table(
-        &["RUN", "JOB", "NOMINAL", "STATUS", "ATTEMPT", "NODE", "ERROR"],
-        &rows,
-    );
+        .collect()
 }
 
-/// Prints one run as fields.
-pub fn print_run(r: &pb::Run) {
+/// Prints runs as a table.
+pub fn print_runs(runs: &[pb::Run]) {
+    output::table(&RUN_COLUMNS, &run_rows(runs));
+}
+
+/// The fields of the one-run view: `worker` only when an external worker
+/// ran an attempt; the error and the output whole (`-` when empty).
+pub fn run_fields(r: &pb::Run) -> Vec<(&'static str, String)> {
     let cause = pb::RunCause::try_from(r.cause)
         .map(|c| c.as_str_name().trim_start_matches("RUN_CAUSE_").to_lowercase())
         .unwrap_or_default();
-    output::fields(&[
+    let or_dash = |text: &str| {
+        if text.is_empty() {
+            "-".to_string()
+        } else {
+            text.to_string()
+        }
+    };
+    let mut fields = vec![
         ("run", r.id.to_string()),
         ("job", r.job_id.clone()),
         ("nominal", time(&r.nominal_time)),
         ("cause", cause),
         ("status", status_name(r.status)),
         ("attempt", r.attempt.to_string()),
-        (
-            "node",
-            if r.node_id == 0 {
-                "-".into()
-            } else {
-                r.node_id.to_string()
-            },
-        ),
+        ("node", node(r)),
+    ];
+    if !r.worker_id.is_empty() {
+        fields.push(("worker", r.worker_id.clone()));
+    }
+    fields.extend([
         ("started", time(&r.started_at)),
         ("finished", time(&r.finished_at)),
         ("not before", time(&r.not_before)),
         ("idempotency key", r.idempotency_key.clone()),
-        (
-            "error",
-            if r.error.is_empty() {
-                "-".into()
-            } else {
-                r.error.clone()
-            },
-        ),
-        (
-            "output",
-            if r.output_tail.is_empty() {
-                "-".into()
-            } else {
-                r.output_tail.clone()
-            },
-        ),
+        ("error", or_dash(&r.error)),
+        ("output", or_dash(&r.output_tail)),
     ]);
+    fields
+}
+
+/// Prints one run as fields.
+pub fn print_run(r: &pb::Run) {
+    output::fields(&run_fields(r));
 }
 
 /// Runs a `kairos run` command.
@@ -442,5 +471,59 @@ impl Cancel {
             .await
             .map_err(fail)?;
         output::print(out, &run, print_run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_with(worker_id: &str, error: &str, output_tail: &str) -> pb::Run {
+        pb::Run {
+            id: 7,
+            job_id: "charge".into(),
+            status: pb::RunStatus::Failed as i32,
+            attempt: 2,
+            worker_id: worker_id.into(),
+            error: error.into(),
+            output_tail: output_tail.into(),
+            ..Default::default()
+        }
+    }
+
+    fn field<'a>(fields: &'a [(&str, String)], key: &str) -> Option<&'a str> {
+        fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn the_one_run_view_names_the_worker_only_when_one_ran_it() {
+        let by_worker = run_fields(&run_with("n1-w3", "", ""));
+        assert_eq!(field(&by_worker, "worker"), Some("n1-w3"));
+        let keys: Vec<&str> = by_worker.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys[5..8], ["attempt", "node", "worker"]);
+        assert_eq!(field(&run_fields(&run_with("", "", "")), "worker"), None);
+    }
+
+    #[test]
+    fn the_one_run_view_keeps_the_whole_error_and_output() {
+        let output_tail = "line\n".repeat(64 * 1024 / 5);
+        let error = "card declined\ncode 51".to_string();
+        let fields = run_fields(&run_with("n1-w3", &error, &output_tail));
+        assert_eq!(field(&fields, "error"), Some(error.as_str()));
+        assert_eq!(field(&fields, "output"), Some(output_tail.as_str()));
+        let empty = run_fields(&run_with("", "", ""));
+        assert_eq!(
+            (field(&empty, "error"), field(&empty, "output")),
+            (Some("-"), Some("-"))
+        );
+    }
+
+    #[test]
+    fn a_run_table_has_a_worker_column_and_the_errors_first_line() {
+        let long_error = format!("{}\nsecond line", "x".repeat(80));
+        let rows = run_rows(&[run_with("n1-w3", &long_error, ""), run_with("", "", "")]);
+        assert_eq!(rows[0][5..], ["-", "n1-w3", &"x".repeat(60)]);
+        assert_eq!(rows[1][5..], ["-", "-", ""]);
+        assert_eq!(rows.iter().map(Vec::len).max(), Some(RUN_COLUMNS.len()));
     }
 }

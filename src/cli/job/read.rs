@@ -1,7 +1,14 @@
 //! `kairos job get|list|describe`: show jobs.
+//!
+//! `describe` (table output) also looks up the job's type when it is not a
+//! built-in one, to say when no worker serves it, or when the cluster does
+//! not know it at all — the two reasons a job's runs stay pending that its
+//! own fields do not show. The lookup never fails the describe, and the
+//! JSON output is the `JobDescription` alone.
 
 use super::{consistency, get_job, owner, print_job, status_name, time};
 use crate::cli::client::{fail, Client, Output};
+use crate::cli::job_type::{describe_hint, lookup_type, type_needs_lookup};
 use crate::cli::output;
 use crate::proto as pb;
 use crate::proto::job_service_client::JobServiceClient;
@@ -141,14 +148,24 @@ impl Describe {
             })
             .await
             .map_err(fail)?;
-        output::print(out, &description, print_description)
+        let job_type = description.job.as_ref().map_or("", |j| j.r#type.as_str());
+        let hint = if out == Output::Table && type_needs_lookup(job_type) {
+            describe_hint(job_type, &lookup_type(client, job_type).await)
+        } else {
+            None
+        };
+        output::print(out, &description, |d| print_description(d, hint.as_deref()))
     }
 }
 
-/// Prints a job description: the job, its counters, next fires and recent runs.
-fn print_description(d: &pb::JobDescription) {
+/// Prints a job description: the job, the `hint` about its type (see
+/// [`describe_hint`]), its counters, next fires and recent runs.
+fn print_description(d: &pb::JobDescription, hint: Option<&str>) {
     if let Some(job) = &d.job {
         print_job(job);
+    }
+    if let Some(hint) = hint {
+        output::outln!("{hint}");
     }
     let c = d.counters.unwrap_or_default();
     output::outln!(

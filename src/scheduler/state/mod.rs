@@ -79,6 +79,8 @@ mod security_tests;
 mod testing;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod workers_tests;
 
 /// How long a create's `request_id` is remembered, ms (24 h).
 pub const REQUEST_ID_TTL_MS: i64 = 24 * 3_600_000;
