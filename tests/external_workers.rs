@@ -9,7 +9,7 @@
 //! - A cancel reaches a long task through its heartbeats; the run ends
 //!   cancelled.
 //! - Registered JSON Schemas check job payloads; job types and workers are
-//!   listed.
+//!   listed (API and `kairos type list|get`, `kairos worker list`).
 //! - A worker whose node dies heartbeats and completes through another node.
 //! - `worker:connect` limited to type globs; only a worker's principal polls it.
 //!
@@ -155,6 +155,19 @@ async fn all_runs(runs: &mut RunServiceClient<Authed>, id: &str) -> Vec<pb::Run>
         }
         token = page.next_page_token;
     }
+}
+
+/// Runs `kairos ARGS` against every node as root; its stdout (it must succeed).
+fn cli(cluster: &TestCluster, args: &[&str]) -> String {
+    let out = cluster.cli().args(args).output().expect("run kairos");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kairos {args:?}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// A worker-service client of node `id` carrying `secret`.
@@ -658,6 +671,37 @@ async fn registered_schemas_check_payloads_and_types_and_workers_are_listed() {
         assert_eq!(w.job_types, vec!["schema.echo".to_string()], "{w:?}");
         assert_eq!(w.principal, "root", "{w:?}");
     }
+    // The same through the CLI.
+    let listed = cli(&cluster, &["type", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("schema.echo") && l.contains("external") && l.contains("echoes")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("noop") && l.contains("builtin")),
+        "{listed}"
+    );
+    let got = cli(&cluster, &["type", "get", "schema.echo"]);
+    for expected in [
+        "external",
+        worker_id.as_str(),
+        "payload schema:",
+        "\"sleep_ms\"",
+        "root",
+    ] {
+        assert!(got.contains(expected), "`type get` shows {expected:?}:\n{got}");
+    }
+    let listed = cli(&cluster, &["worker", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains(&worker_id) && l.contains("schema-worker") && l.contains("schema.echo")),
+        "{listed}"
+    );
     let unknown = workers_as(&cluster, 1, cluster.token())
         .get_job_type(pb::GetJobTypeRequest {
             name: "nobody.serves".into(),
