@@ -624,9 +624,29 @@ async fn registered_schemas_check_payloads_and_types_and_workers_are_listed() {
         refused.message()
     );
 
-    // The type and the worker as every node shows them.
+    // The type and the worker as every node shows them, once the node
+    // reaches the worker's node over the worker network (a node lists only
+    // the workers of the nodes it reaches, and a fresh cluster's mesh may
+    // still be forming).
     for id in 1..=3 {
         let mut workers = workers_as(&cluster, id, cluster.token());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let listed = workers
+                .list_workers(pb::ListWorkersRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if listed.unreachable_nodes.is_empty() && listed.workers.iter().any(|w| w.worker_id == worker_id)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} does not list worker {worker_id}: {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let types = workers
             .list_job_types(pb::ListJobTypesRequest {})
             .await
