@@ -16,6 +16,8 @@
 //! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections.
 //! - [`kairos_bin`]: the binary under test.
 //! - [`TestPki`]: certificate authorities and certificates made at test time.
+//! - [`PythonWorker`]: `examples/python-worker/worker.py` as a child process
+//!   whose stdout events a test awaits; [`complete_token`] replays a task token.
 //!
 //! The tests' `kairos` binary has the test-only `panic` job type: kairos's
 //! dev-dependency on this crate turns on its `test-handlers` feature, which
@@ -38,6 +40,7 @@ mod cluster;
 mod jobs;
 mod ports;
 mod recorder;
+mod workers;
 
 use std::path::PathBuf;
 
@@ -47,6 +50,7 @@ pub use cluster::{TestCluster, TestNode, TEST_COOKIE, TEST_HTTP_ALLOW};
 pub use jobs::{create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};
+pub use workers::{complete_token, python_worker_schema, python_worker_script, PythonWorker};
 
 /// `GET http://<addr><path>` of a node's HTTP endpoint: the status code and the body.
 pub async fn http_get(addr: &str, path: &str) -> kairos::Result<(u16, String)> {
