@@ -139,7 +139,7 @@ impl Api {
     }
 
     /// A job type as `ListJobTypes` shows it.
-    fn job_type_pb(def: &JobTypeDef, workers: &[WorkerView]) -> pb::JobType {
+    fn job_type_pb(def: &JobTypeDef, workers: &[WorkerView], unreachable_nodes: &[u64]) -> pb::JobType {
         pb::JobType {
             name: def.name.clone(),
             description: def.description.clone(),
@@ -148,6 +148,7 @@ impl Api {
             workers: serving(workers, &def.name),
             registered_by: def.registered_by.clone(),
             updated_at: Some(ms_timestamp(def.updated_ms)),
+            unreachable_nodes: unreachable_nodes.to_vec(),
         }
     }
 
@@ -593,13 +594,13 @@ impl WorkerService for Api {
     ) -> Result<Response<pb::ListJobTypesResponse>, Status> {
         let caller = self.caller(&request, "ListJobTypes").await;
         self.observed(caller.method, async {
-            let (workers, _) = self.all_workers().await;
+            let (workers, unreachable) = self.all_workers().await;
             let external: Vec<pb::JobType> = self
                 .read(pb::ReadConsistency::Linearizable as i32, |state| {
                     self.may_read_types(&caller, state)?;
                     Ok(state
                         .job_types()
-                        .map(|def| Self::job_type_pb(def, &workers))
+                        .map(|def| Self::job_type_pb(def, &workers, &unreachable))
                         .collect())
                 })
                 .await?;
@@ -617,7 +618,7 @@ impl WorkerService for Api {
         let caller = self.caller(&request, "GetJobType").await;
         self.observed(caller.method, async {
             let name = request.into_inner().name;
-            let (workers, _) = self.all_workers().await;
+            let (workers, unreachable) = self.all_workers().await;
             let builtin = self.builtin_types_pb().into_iter().find(|t| t.name == name);
             self.read(pb::ReadConsistency::Linearizable as i32, |state| {
                 self.may_read_types(&caller, state)?;
@@ -626,7 +627,7 @@ impl WorkerService for Api {
                 }
                 state
                     .job_type(&name)
-                    .map(|def| Response::new(Self::job_type_pb(def, &workers)))
+                    .map(|def| Response::new(Self::job_type_pb(def, &workers, &unreachable)))
                     .ok_or_else(|| {
                         Status::not_found(format!("job type {name:?} not found: no worker registered it"))
                     })

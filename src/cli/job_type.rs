@@ -143,7 +143,7 @@ pub fn type_lines(t: &pb::JobType) -> Vec<String> {
     }
     let mut lines = output::field_lines(&pairs);
     if !t.builtin && t.workers.is_empty() {
-        lines.push(no_worker_line(&t.name));
+        lines.push(no_worker_line(t));
     }
     if t.payload_schema.trim().is_empty() {
         lines.push("payload schema: (none: any payload)".into());
@@ -157,8 +157,17 @@ pub fn type_lines(t: &pb::JobType) -> Vec<String> {
 }
 
 /// The line saying nothing serves external type `name`.
-fn no_worker_line(name: &str) -> String {
-    format!("no worker for type {name}")
+/// "no worker for type X", saying which nodes could not be asked, if any.
+fn no_worker_line(t: &pb::JobType) -> String {
+    if t.unreachable_nodes.is_empty() {
+        return format!("no worker for type {}", t.name);
+    }
+    let nodes: Vec<String> = t.unreachable_nodes.iter().map(u64::to_string).collect();
+    format!(
+        "no worker for type {} on the nodes that answered (node {} did not)",
+        t.name,
+        nodes.join(", ")
+    )
 }
 
 /// What `GetJobType` said about a job's type, for `kairos job describe`.
@@ -201,7 +210,7 @@ pub fn describe_hint(job_type: &str, lookup: &TypeLookup) -> Option<String> {
     match lookup {
         TypeLookup::Found(t) if !t.builtin && t.workers.is_empty() => Some(format!(
             "{}: its runs stay pending until a worker registers it",
-            no_worker_line(job_type)
+            no_worker_line(t)
         )),
         TypeLookup::Found(_) | TypeLookup::Failed => None,
         TypeLookup::Unknown => Some(format!("unknown job type {job_type}")),
