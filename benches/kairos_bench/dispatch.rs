@@ -1,13 +1,47 @@
 //! `dispatch`: due `noop` jobs at a rate; runs completed and fire lateness
-//! from the nodes' metrics.
+//! from the nodes' metrics. With `--external` (or `--compare-external`,
+//! internal first then external, each on a fresh cluster, in one process
+//! run) the jobs are of the type [`EXTERNAL_TYPE`], served by in-process
+//! workers of the Rust SDK (`kairos-worker`) whose handler returns at once;
+//! runs completed are the results the cluster recorded (`TaskCompleted` ok)
+//! and start lateness is handler start − nominal time, exact (an HDR
+//! histogram in µs), measured by the workers.
 
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use hdrhistogram::Histogram;
 use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
 use kairos_testkit::{http_get, TestCluster};
+use kairos_worker::{
+    CancellationToken, JobTypeSpec, TaskContext, TaskError, Worker, WorkerConfig, WorkerEvent,
+};
 
-use crate::support::{cluster_cpu_seconds, load_jobs, progress, started_cluster};
+use crate::support::{
+    cluster_cpu_seconds, latency_histogram, load_jobs, progress, quantile_ms, started_cluster,
+};
+
+/// The job type the external side's jobs have.
+pub(crate) const EXTERNAL_TYPE: &str = "bench.noop";
+
+/// Which workers run the jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The nodes' own worker pools (`noop`).
+    Internal,
+    /// In-process SDK workers ([`EXTERNAL_TYPE`]).
+    External,
+}
+
+/// The external workers of one measurement.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ExternalArgs {
+    /// How many workers.
+    pub workers: usize,
+    /// Capacity (poll loops) of each.
+    pub capacity: u32,
+}
 
 /// What one pass over the nodes' `/metrics` reads.
 struct Scraped {
@@ -83,8 +117,162 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
 /// Succeeded (and failed) runs each dispatch job keeps.
 const KEEP_RUNS: u32 = 2;
 
-pub(crate) async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
+/// Runs the `dispatch` scenario on each of `sides`, one after the other,
+/// each on its own cluster, and prints both results.
+pub(crate) async fn dispatch(
+    jobs: usize,
+    rate: u64,
+    duration: Duration,
+    sides: &[Side],
+    external: ExternalArgs,
+) {
+    let mut rows = Vec::new();
+    for &side in sides {
+        rows.push(dispatch_once(jobs, rate, duration, side, external).await);
+    }
+    println!(
+        "| side | jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (ms) | entries/s | node CPU (cores) | bench CPU (cores) |"
+    );
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// What the in-process workers saw, shared by their handlers and the event reader.
+#[derive(Default)]
+struct Seen {
+    /// Handler start − nominal time, µs (0 for a handler started early).
+    lateness: Option<Histogram<u64>>,
+    /// Handlers started before their nominal time.
+    early: u64,
+    /// Results the cluster recorded.
+    completed: u64,
+    /// Results discarded or failed.
+    not_completed: u64,
+}
+
+impl Seen {
+    fn reset(&mut self) {
+        self.lateness = Some(latency_histogram());
+        self.early = 0;
+        self.completed = 0;
+        self.not_completed = 0;
+    }
+}
+
+/// Starts `args.workers` SDK workers of [`EXTERNAL_TYPE`] against the
+/// cluster's three nodes (worker i tries node i mod 3 first), waits until
+/// each registered, and returns what they see.
+async fn start_workers(
+    cluster: &TestCluster,
+    args: ExternalArgs,
+    stop: &CancellationToken,
+) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    seen.lock().expect("seen").reset();
+    let endpoints: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.grpc))
+        .collect();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..args.workers {
+        let mut ordered = endpoints.clone();
+        ordered.rotate_left(i % endpoints.len());
+        let config = WorkerConfig {
+            endpoints: ordered,
+            token: Some(cluster.token().to_string()),
+            worker_name: format!("bench-{i}"),
+            job_types: vec![JobTypeSpec::new(EXTERNAL_TYPE)],
+            capacity: args.capacity,
+            ..WorkerConfig::default()
+        };
+        let handler_seen = seen.clone();
+        let handler = Arc::new(move |task: TaskContext| {
+            let seen = handler_seen.clone();
+            async move {
+                let now = SystemTime::now();
+                let nominal = task
+                    .nominal_time
+                    .ok_or_else(|| TaskError::non_retryable("no nominal time"))?;
+                let mut seen = seen.lock().expect("seen");
+                let late_us = match now.duration_since(nominal) {
+                    Ok(late) => late.as_micros() as u64,
+                    Err(_) => {
+                        seen.early += 1;
+                        0
+                    }
+                };
+                if let Some(h) = seen.lateness.as_mut() {
+                    // `record` grows the histogram (`saturating_record` would clamp at its initial 2 µs).
+                    h.record(late_us).expect("auto-resizing histogram");
+                }
+                Ok(String::new())
+            }
+        });
+        let worker = Worker::new(config).with_events(events_tx.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = worker.serve(handler, stop).await {
+                eprintln!("\nworker bench-{i} stopped: {e}");
+            }
+        });
+    }
+    drop(events_tx);
+    let mut registered = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while registered < args.workers {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("every worker registered within 60 s")
+            .expect("worker events");
+        if matches!(event, WorkerEvent::Registered { .. }) {
+            registered += 1;
+        }
+    }
+    let reader_seen = seen.clone();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let WorkerEvent::TaskCompleted { outcome, .. } = event {
+                let mut seen = reader_seen.lock().expect("seen");
+                match outcome {
+                    Ok(()) => seen.completed += 1,
+                    Err(_) => seen.not_completed += 1,
+                }
+            }
+        }
+    });
+    seen
+}
+
+/// CPU time (user + system) this process (the load tool, with its in-process workers) used so far, seconds.
+fn own_cpu_seconds() -> f64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map_or(0.0, |s| {
+            (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64
+        })
+}
+
+/// One measurement on a fresh cluster; returns its table row.
+async fn dispatch_once(
+    jobs: usize,
+    rate: u64,
+    duration: Duration,
+    side: Side,
+    external: ExternalArgs,
+) -> String {
     let (cluster, leader) = started_cluster().await;
+    let stop = CancellationToken::new();
+    let _stop_workers = stop.clone().drop_guard();
+    let seen = match side {
+        Side::Internal => None,
+        Side::External => Some(start_workers(&cluster, external, &stop).await),
+    };
+    let job_type = match side {
+        Side::Internal => "noop",
+        Side::External => EXTERNAL_TYPE,
+    };
     // M jobs every I ms, phases spread evenly: M / I fires per ms = rate.
     let interval_ms = ((jobs as u64 * 1000) / rate.max(1)).max(1000);
     let actual_rate = jobs as f64 * 1000.0 / interval_ms as f64;
@@ -99,7 +287,7 @@ pub(crate) async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
             let phase = (i as u64 * interval_ms) / jobs as u64;
             pb::ScheduledJob {
                 id: format!("due-{i:07}"),
-                r#type: "noop".into(),
+                r#type: job_type.into(),
                 schedule_spec: Some(pb::ScheduleSpec {
                     kind: Some(pb::schedule_spec::Kind::Every(pb::IntervalSchedule {
                         interval: Some(ms_duration(interval_ms)),
@@ -125,48 +313,97 @@ pub(crate) async fn dispatch(jobs: usize, rate: u64, duration: Duration) {
     .await;
     // Warm up until history retention is in its steady state, then measure.
     tokio::time::sleep(Duration::from_millis(interval_ms * (KEEP_RUNS as u64 + 1))).await;
-    let (before, cpu_before) = (scrape(&cluster).await, cluster_cpu_seconds(&cluster));
+    let completed = |scraped: &Scraped| match &seen {
+        None => scraped.succeeded,
+        Some(seen) => seen.lock().expect("seen").completed as f64,
+    };
+    if let Some(seen) = &seen {
+        seen.lock().expect("seen").reset();
+    }
+    let (before, cpu_before, own_before) = (
+        scrape(&cluster).await,
+        cluster_cpu_seconds(&cluster),
+        own_cpu_seconds(),
+    );
+    let completed_before = completed(&before);
     let started = Instant::now();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let succeeded = scrape(&cluster).await.succeeded;
+        let now = scrape(&cluster).await;
         progress(format!(
-            "dispatch: {:>5.1} s, {:.0} runs/s",
+            "dispatch ({side:?}): {:>5.1} s, {:.0} runs/s",
             started.elapsed().as_secs_f64(),
-            (succeeded - before.succeeded) / started.elapsed().as_secs_f64()
+            (completed(&now) - completed_before) / started.elapsed().as_secs_f64()
         ));
     }
-    let (after, cpu_after) = (scrape(&cluster).await, cluster_cpu_seconds(&cluster));
-    eprintln!();
+    let (after, cpu_after, own_after) = (
+        scrape(&cluster).await,
+        cluster_cpu_seconds(&cluster),
+        own_cpu_seconds(),
+    );
     let seconds = started.elapsed().as_secs_f64();
-    let runs_per_s = (after.succeeded - before.succeeded) / seconds;
+    let completed_after = completed(&after);
+    let seen = seen.map(|seen| {
+        let mut seen = seen.lock().expect("seen");
+        let taken = std::mem::take(&mut *seen);
+        seen.reset();
+        taken
+    });
+    eprintln!();
+    let runs_per_s = (completed_after - completed_before) / seconds;
     // What the run rate costs: Raft entries (each one is an fsync on every
     // node) and the three nodes' CPU (`benches/notes.md`, "What an entry costs").
     let entries_per_s = (after.applied - before.applied) / seconds;
     let node_cpu_cores = (cpu_after - cpu_before) / seconds;
-    let (p50, p99, p999) = (
-        bucket_quantile(&before.lateness, &after.lateness, 0.5),
-        bucket_quantile(&before.lateness, &after.lateness, 0.99),
-        bucket_quantile(&before.lateness, &after.lateness, 0.999),
-    );
-    let result = serde_json::json!({
+    let bench_cpu_cores = (own_after - own_before) / seconds;
+    let mut result = serde_json::json!({
         "scenario": "dispatch",
+        "side": format!("{side:?}").to_lowercase(),
         "jobs": jobs,
         "offered_fires_per_s": actual_rate,
         "load_seconds": loaded.elapsed().as_secs_f64() - seconds,
         "seconds": seconds,
         "runs_per_s": runs_per_s,
-        "lateness_p50_ms_at_most": p50,
-        "lateness_p99_ms_at_most": p99,
-        "lateness_p999_ms_at_most": p999,
         "raft_entries_per_s": entries_per_s,
         "node_cpu_cores": node_cpu_cores,
+        "bench_cpu_cores": bench_cpu_cores,
     });
+    let (p50, p99, p999, bound) = match &seen {
+        None => {
+            let (p50, p99, p999) = (
+                bucket_quantile(&before.lateness, &after.lateness, 0.5),
+                bucket_quantile(&before.lateness, &after.lateness, 0.99),
+                bucket_quantile(&before.lateness, &after.lateness, 0.999),
+            );
+            result["lateness_p50_ms_at_most"] = p50.into();
+            result["lateness_p99_ms_at_most"] = p99.into();
+            result["lateness_p999_ms_at_most"] = p999.into();
+            (p50, p99, p999, "≤")
+        }
+        Some(seen) => {
+            let h = seen.lateness.as_ref().expect("histogram");
+            let (p50, p99, p999) = (quantile_ms(h, 0.5), quantile_ms(h, 0.99), quantile_ms(h, 0.999));
+            result["workers"] = external.workers.into();
+            result["capacity"] = external.capacity.into();
+            result["handler_starts"] = h.len().into();
+            result["started_early"] = seen.early.into();
+            result["results_not_recorded"] = seen.not_completed.into();
+            result["start_lateness_p50_ms"] = p50.into();
+            result["start_lateness_p99_ms"] = p99.into();
+            result["start_lateness_p999_ms"] = p999.into();
+            result["start_lateness_max_ms"] = (h.max() as f64 / 1000.0).into();
+            (p50, p99, p999, "")
+        }
+    };
     println!("{result}");
-    println!(
-        "| jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (bucket bounds, ms) | entries/s | node CPU (cores) |"
-    );
-    println!(
-        "| {jobs} | {actual_rate:.0} | {runs_per_s:.0} | ≤{p50:.1} | ≤{p99:.1} | ≤{p999:.1} | {entries_per_s:.0} | {node_cpu_cores:.2} |"
-    );
+    let side = match side {
+        Side::Internal => "internal (noop)".to_string(),
+        Side::External => format!(
+            "external ({EXTERNAL_TYPE}, {} SDK workers × {})",
+            external.workers, external.capacity
+        ),
+    };
+    format!(
+        "| {side} | {jobs} | {actual_rate:.0} | {runs_per_s:.0} | {bound}{p50:.1} | {bound}{p99:.1} | {bound}{p999:.1} | {entries_per_s:.0} | {node_cpu_cores:.2} | {bench_cpu_cores:.2} |"
+    )
 }

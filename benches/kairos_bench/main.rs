@@ -8,6 +8,7 @@
 //! cargo bench --bench kairos-bench -- create   --clients 64 --payload 256 --duration 10s
 //! cargo bench --bench kairos-bench -- create   --clients 64 --compare-auth --count 20000 --rounds 3
 //! cargo bench --bench kairos-bench -- dispatch --jobs 1000 --rate 500 --duration 20s
+//! cargo bench --bench kairos-bench -- dispatch --jobs 10000 --rate 5000 --compare-external
 //! cargo bench --bench kairos-bench -- failover --kills 20
 //! ```
 //!
@@ -24,7 +25,12 @@
 //!   fires evenly at the given rate; sustained runs/s completed (succeeded
 //!   attempts) and fire lateness (nominal → handler start) p50/p99/p999 from
 //!   the nodes' `kairos_fire_lateness_seconds` histograms (bucket upper
-//!   bounds, so a percentile reads "at most").
+//!   bounds, so a percentile reads "at most"). `--external`: the jobs are
+//!   of type `bench.noop`, served by `--ext-workers` in-process Rust SDK
+//!   workers of `--ext-capacity` each (registered round-robin over the
+//!   nodes); runs completed are the results the cluster recorded and start
+//!   lateness (nominal → handler start) is measured exactly by the workers.
+//!   `--compare-external`: internal then external, each on a fresh cluster.
 //! - `failover`: kill -9 the leader repeatedly; time from the kill to the
 //!   first acknowledged write through a survivor, and to the first run
 //!   dispatched after the kill (a job fires every second), each kill's figures
@@ -55,7 +61,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::create::{create, CreateArgs};
-use crate::dispatch::dispatch;
+use crate::dispatch::{dispatch, ExternalArgs, Side};
 use crate::failover::failover;
 use crate::scale::scale;
 
@@ -73,6 +79,18 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Jobs of an external type, served by in-process SDK workers.
+        #[arg(long, conflicts_with = "compare_external")]
+        external: bool,
+        /// Internal workers, then external ones, each on a fresh cluster.
+        #[arg(long)]
+        compare_external: bool,
+        /// In-process external workers.
+        #[arg(long, default_value_t = 4)]
+        ext_workers: usize,
+        /// Capacity of each external worker.
+        #[arg(long, default_value_t = 256)]
+        ext_capacity: u32,
     },
     /// Repeated leader kills.
     Failover {
@@ -97,7 +115,26 @@ fn main() {
     runtime.block_on(async {
         match scenario {
             Scenario::Create(args) => create(args).await,
-            Scenario::Dispatch { jobs, rate, duration } => dispatch(jobs, rate, duration).await,
+            Scenario::Dispatch {
+                jobs,
+                rate,
+                duration,
+                external,
+                compare_external,
+                ext_workers,
+                ext_capacity,
+            } => {
+                let sides: &[Side] = match (external, compare_external) {
+                    (_, true) => &[Side::Internal, Side::External],
+                    (true, false) => &[Side::External],
+                    (false, false) => &[Side::Internal],
+                };
+                let external = ExternalArgs {
+                    workers: ext_workers,
+                    capacity: ext_capacity,
+                };
+                dispatch(jobs, rate, duration, sides, external).await
+            }
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
         }

@@ -17,6 +17,7 @@
 //! judge, [`report`] and [`timeline`] tell.
 
 mod client;
+mod external;
 mod faults;
 mod history;
 mod invariants;
@@ -93,6 +94,10 @@ struct RunArgs {
     /// Concurrent workload clients.
     #[arg(long, default_value_t = 3)]
     clients: usize,
+    /// In-process external workers (the Rust SDK) serving the type
+    /// `chaos.ext`, of which two more steady jobs are created; 0: none.
+    #[arg(long, default_value_t = 2)]
+    external_workers: usize,
     /// Run the deliberately broken build (every fire runs twice): the checkers must fail.
     #[arg(long)]
     break_build: bool,
@@ -389,8 +394,21 @@ async fn drive(
         stop.clone(),
     ));
 
+    // The external workers run until `stop` (after settle): settle waits
+    // for their runs to end.
+    let external = external::start(
+        args.external_workers,
+        &addrs,
+        &root.secret,
+        started,
+        deliveries.clone(),
+        stop.clone(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let steady = workload::steady_jobs(args.external_workers > 0);
     let log = workload::OpLog::new(started);
-    workload::create_steady_jobs(&clients, &hook, &log).await?;
+    workload::create_steady_jobs(&clients, &hook, &log, &steady).await?;
     let fault_start = Instant::now();
     let until = fault_start + args.duration;
     let max_ops = args.duration.as_secs() * 20;
@@ -412,13 +430,13 @@ async fn drive(
     let final_state = settle::settle(runtime, &clients, &log).await?;
     stop.cancel();
     let _ = sampler.await;
+    external.join().await;
     let history = History {
         ops: log.ops(),
         deliveries: deliveries.lock().expect("deliveries").clone(),
         faults,
         roles: roles.lock().expect("roles").clone(),
     };
-    let steady = workload::steady_jobs();
     let evidence = Evidence {
         history: &history,
         final_state: &final_state,

@@ -46,7 +46,6 @@ pub async fn start(
 }
 
 async fn record(State(recorder): State<Recorder>, headers: HeaderMap) -> &'static str {
-    let now_unix_ms = chrono::Utc::now().timestamp_millis();
     let header = |name: &str| {
         headers
             .get(name)
@@ -57,15 +56,47 @@ async fn record(State(recorder): State<Recorder>, headers: HeaderMap) -> &'stati
     let nominal_unix_ms = chrono::DateTime::parse_from_rfc3339(&header("x-kairos-nominal-time"))
         .map(|t| t.timestamp_millis())
         .unwrap_or(0);
-    let delivery = Delivery {
-        key: header("idempotency-key"),
-        job_id: header("x-kairos-job"),
-        run_id: header("x-kairos-run").parse().unwrap_or(u64::MAX),
-        attempt: header("x-kairos-attempt").parse().unwrap_or(0),
-        nominal_unix_ms,
-        t_ms: recorder.started.elapsed().as_millis() as u64,
-        lateness_ms: now_unix_ms - nominal_unix_ms,
-    };
-    recorder.deliveries.lock().expect("recorder lock").push(delivery);
+    push(
+        recorder.started,
+        &recorder.deliveries,
+        Identity {
+            key: header("idempotency-key"),
+            job_id: header("x-kairos-job"),
+            run_id: header("x-kairos-run").parse().unwrap_or(u64::MAX),
+            attempt: header("x-kairos-attempt").parse().unwrap_or(0),
+            nominal_unix_ms,
+        },
+    );
     "ok"
+}
+
+/// What identifies one execution: what the `http` handler sends in its
+/// identity headers.
+pub struct Identity {
+    /// `Idempotency-Key`.
+    pub key: String,
+    /// `X-Kairos-Job`.
+    pub job_id: String,
+    /// `X-Kairos-Run`.
+    pub run_id: u64,
+    /// `X-Kairos-Attempt`.
+    pub attempt: u32,
+    /// `X-Kairos-Nominal-Time` as Unix ms.
+    pub nominal_unix_ms: i64,
+}
+
+/// Records one delivery now: a webhook request, or an external worker's
+/// execution (`external`), which records what its webhook would carry.
+pub fn push(started: Instant, deliveries: &Deliveries, identity: Identity) {
+    let now_unix_ms = chrono::Utc::now().timestamp_millis();
+    let delivery = Delivery {
+        key: identity.key,
+        job_id: identity.job_id,
+        run_id: identity.run_id,
+        attempt: identity.attempt,
+        nominal_unix_ms: identity.nominal_unix_ms,
+        t_ms: started.elapsed().as_millis() as u64,
+        lateness_ms: now_unix_ms - identity.nominal_unix_ms,
+    };
+    deliveries.lock().expect("recorder lock").push(delivery);
 }

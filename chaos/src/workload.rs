@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::client::{classify, request, traced, Clients};
+use crate::external::JOB_TYPE;
 use crate::history::{Op, OpKind, Outcome};
 
 /// A job that fires every second from setup to settle and is never touched
@@ -23,24 +24,28 @@ use crate::history::{Op, OpKind, Outcome};
 pub struct SteadyJob {
     pub id: String,
     pub catchup: pb::CatchupPolicy,
+    /// `http`, or the external workers' type ([`crate::external::JOB_TYPE`]).
+    pub job_type: &'static str,
 }
 
-/// The steady jobs of every run.
-pub fn steady_jobs() -> Vec<SteadyJob> {
-    vec![
-        SteadyJob {
-            id: "steady-all-1".into(),
-            catchup: pb::CatchupPolicy::All,
-        },
-        SteadyJob {
-            id: "steady-all-2".into(),
-            catchup: pb::CatchupPolicy::All,
-        },
-        SteadyJob {
-            id: "steady-latest".into(),
-            catchup: pb::CatchupPolicy::Latest,
-        },
-    ]
+/// The steady jobs of every run: three `http` ones and, with external
+/// workers, two of their type.
+pub fn steady_jobs(external: bool) -> Vec<SteadyJob> {
+    let steady = |id: &str, catchup, job_type| SteadyJob {
+        id: id.into(),
+        catchup,
+        job_type,
+    };
+    let mut jobs = vec![
+        steady("steady-all-1", pb::CatchupPolicy::All, "http"),
+        steady("steady-all-2", pb::CatchupPolicy::All, "http"),
+        steady("steady-latest", pb::CatchupPolicy::Latest, "http"),
+    ];
+    if external {
+        jobs.push(steady("steady-ext-all", pb::CatchupPolicy::All, JOB_TYPE));
+        jobs.push(steady("steady-ext-latest", pb::CatchupPolicy::Latest, JOB_TYPE));
+    }
+    jobs
 }
 
 /// The shared record of operations.
@@ -125,11 +130,18 @@ fn webhook_payload(hook: &str, generation: u64) -> Vec<u8> {
         .into_bytes()
 }
 
-/// A job calling `hook`, firing by `schedule`.
-fn job(id: &str, hook: &str, schedule: pb::ScheduleSpec, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
+/// A job calling `hook` (an `http` one; an external one records what that
+/// call would deliver), firing by `schedule`.
+fn job(
+    id: &str,
+    job_type: &str,
+    hook: &str,
+    schedule: pb::ScheduleSpec,
+    catchup: pb::CatchupPolicy,
+) -> pb::ScheduledJob {
     pb::ScheduledJob {
         id: id.into(),
-        r#type: "http".into(),
+        r#type: job_type.into(),
         owner_service: "chaos".into(),
         schedule_spec: Some(schedule),
         payload: webhook_payload(hook, 0),
@@ -148,9 +160,14 @@ fn every_second() -> pb::ScheduleSpec {
 }
 
 /// Creates the steady jobs, retrying (bounded) until each is acknowledged.
-pub async fn create_steady_jobs(clients: &Clients, hook: &str, log: &OpLog) -> anyhow::Result<()> {
-    for steady in steady_jobs() {
-        let spec = job(&steady.id, hook, every_second(), steady.catchup);
+pub async fn create_steady_jobs(
+    clients: &Clients,
+    hook: &str,
+    log: &OpLog,
+    steady_jobs: &[SteadyJob],
+) -> anyhow::Result<()> {
+    for steady in steady_jobs {
+        let spec = job(&steady.id, steady.job_type, hook, every_second(), steady.catchup);
         let mut last = None;
         for attempt in 0..30u64 {
             let node = clients.ids()[(attempt as usize) % clients.ids().len()];
@@ -281,7 +298,7 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
         let op = create(
             clients,
             node,
-            job(&id, hook, schedule, pb::CatchupPolicy::All),
+            job(&id, "http", hook, schedule, pb::CatchupPolicy::All),
             log,
         )
         .await;

@@ -211,11 +211,15 @@ fn executions(
         if !seen.insert((delivery.run_id, delivery.attempt)) {
             continue;
         }
+        // "attempt N on node X" (a node's own pool) or "attempt N for
+        // worker W on node X" (an external worker).
         let attempt = format!("attempt {} on node ", delivery.attempt);
+        let external = format!("attempt {} for worker ", delivery.attempt);
         let queued = by_run.get(&delivery.run_id).is_some_and(|events| {
-            events
-                .iter()
-                .any(|e| e.method == "run.queued" && e.message.starts_with(&attempt))
+            events.iter().any(|e| {
+                e.method == "run.queued"
+                    && (e.message.starts_with(&attempt) || e.message.starts_with(&external))
+            })
         });
         if !queued {
             violations.push(
