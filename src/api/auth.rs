@@ -80,7 +80,7 @@ pub struct Caller {
 
 impl Caller {
     /// The call's context for a `Client` command.
-    fn context(&self, node: u64, resource: String, request_id: String) -> CallContext {
+    pub(super) fn context(&self, node: u64, resource: String, request_id: String) -> CallContext {
         CallContext {
             credential: self.credential.clone(),
             source: self.source.clone(),

@@ -22,6 +22,7 @@ pub mod audit_recorder;
 pub mod audit_service;
 pub mod auth;
 pub mod cluster_service;
+pub mod completions;
 pub mod convert;
 pub mod job_service;
 mod one_shot;
@@ -58,6 +59,7 @@ use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::transport::{authenticated_incoming, TlsHandshake};
 use audit_recorder::AuditRecorder;
 use auth::AuthSettings;
+use completions::CompletionBatcher;
 use task_token::TaskTokenKey;
 use wire_errors::WireErrorsLayer;
 
@@ -92,6 +94,7 @@ pub async fn serve(
         registry: workers.registry,
         external: workers.external,
         task_tokens: workers.task_tokens,
+        completions: CompletionBatcher::start(node.clone()),
         auth,
         recorder: AuditRecorder::start(node.clone()),
         shutdown: shutdown.clone(),
@@ -160,6 +163,8 @@ pub struct Api {
     external: Arc<ExternalWorkers>,
     /// Signs and checks task tokens.
     task_tokens: TaskTokenKey,
+    /// Commits external workers' results in batches.
+    completions: CompletionBatcher,
     /// How callers are checked.
     auth: AuthSettings,
     /// Where audit records made outside the state machine go.

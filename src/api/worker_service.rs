@@ -14,9 +14,11 @@
 //!   (`Heartbeat`, fenced by the token's attempt) and tells the worker
 //!   whether the run was cancelled. Heartbeats are authorized here and not
 //!   audited (they would flood the log).
-//! - `CompleteTask` proposes the result as the caller's `Client` write of
-//!   `FinishAttempt`: authorized again at apply and audited, like every
-//!   assignment (the run's transition to `queued` names the worker).
+//! - `CompleteTask` is checked here, then committed with the other results
+//!   this node received meanwhile ([`super::completions`]): one `Client`
+//!   write of `FinishAttempts` per credential, authorized again at apply and
+//!   audited; every run's transition is its own execution record, as every
+//!   assignment's is (the run's transition to `queued` names the worker).
 //!
 //! Task tokens ([`super::task_token`]) verify on every node, so a worker
 //! whose node died heartbeats and completes through another. Errors: a
@@ -42,7 +44,7 @@ use crate::proto::worker_service_server::WorkerService;
 use crate::raft::decode;
 use crate::scheduler::acl::{Permission, Resource};
 use crate::scheduler::job_type::{validate_type_spec, JobTypeDef, MAX_TYPES_PER_WORKER};
-use crate::scheduler::run::{AttemptOutcome, MAX_OUTPUT};
+use crate::scheduler::run::{AttemptOutcome, AttemptResult, MAX_OUTPUT};
 use crate::scheduler::{Command, Response as CommandResponse, State};
 
 /// Most tasks one worker may run at once.
@@ -53,6 +55,8 @@ const MAX_WORKER_NAME: usize = 256;
 const MAX_DETAILS: usize = 4 * 1024;
 /// Longest failure kind, bytes.
 const MAX_KIND: usize = 64;
+/// How long a heartbeat or result waits for this node to apply its attempt's start.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `ListWorkers` waits for each node.
 const LIST_TIMEOUT_MS: u64 = 1_000;
 
@@ -63,6 +67,22 @@ impl Api {
     /// The claim of a task token, or `INVALID_ARGUMENT`.
     fn verify_task_token(&self, token: &[u8]) -> Result<TaskClaim, Status> {
         self.task_tokens.verify(token).map_err(to_status)
+    }
+
+    /// Waits (bounded) until this node has applied the entry that started
+    /// the token's attempt: a worker may answer through a node that has not
+    /// applied it yet, which would otherwise take the attempt for stale.
+    async fn caught_up_with(&self, claim: &TaskClaim) -> Result<(), Status> {
+        if self.node.applied_index() >= claim.fencing {
+            return Ok(());
+        }
+        match tokio::time::timeout(CATCH_UP_TIMEOUT, self.node.applied_reached(claim.fencing)).await {
+            Ok(true) => Ok(()),
+            _ => Err(Status::unavailable(format!(
+                "node {} has not applied the attempt's start yet; try again or another node",
+                self.node.id
+            ))),
+        }
     }
 
     /// Refuses an answer for an attempt that is no longer current without
@@ -480,6 +500,7 @@ impl WorkerService for Api {
                     "details: longer than {MAX_DETAILS} bytes"
                 )));
             }
+            self.caught_up_with(&claim).await?;
             let principal = {
                 let state = self.node.state.read();
                 let resource = format!("run {}", claim.run_id);
@@ -517,29 +538,31 @@ impl WorkerService for Api {
         self.observed(caller.method, async {
             let req = request.into_inner();
             let claim = self.verify_task_token(&req.task_token)?;
-            let outcome = outcome_of(req.result).map_err(to_status);
-            let label = match &outcome {
-                Ok((AttemptOutcome::Succeeded, _)) => "succeeded".to_string(),
-                Ok((AttemptOutcome::Failed { kind, .. }, _)) => kind.clone(),
-                Err(_) => String::new(),
+            let (outcome, output) = outcome_of(req.result).map_err(to_status)?;
+            self.caught_up_with(&claim).await?;
+            let resource = format!("run {}", claim.run_id);
+            let (principal, job_type) = {
+                let state = self.node.state.read();
+                let subject = self.authenticate(&caller, &state, &resource)?;
+                let job_type = Self::current_attempt_type(&state, &claim)?;
+                let on = Resource::JobType(job_type.clone());
+                self.check(&caller, &state, &subject, Permission::WorkerConnect, &on)?;
+                (subject.principal, job_type)
             };
-            let command = outcome.map(|(outcome, output)| Command::FinishAttempt {
+            let label = match &outcome {
+                AttemptOutcome::Succeeded => "succeeded".to_string(),
+                AttemptOutcome::Failed { kind, .. } => kind.clone(),
+            };
+            let result = AttemptResult {
                 run_id: claim.run_id,
                 token: claim.fencing,
                 outcome,
                 output_tail: output,
-            });
-            let resource = format!("run {}", claim.run_id);
-            match self.client_write(&caller, &resource, "", command).await {
-                Ok(CommandResponse::Run(run)) => {
-                    if let Some(job) = self.node.state.read().job(&run.job_id) {
-                        self.metrics.observe_attempt(&job.spec.job_type, &label);
-                    }
-                    Ok(Response::new(pb::CompleteTaskResponse {}))
-                }
-                Ok(_) => Ok(Response::new(pb::CompleteTaskResponse {})),
-                Err(status) => Err(stale(status)),
-            }
+            };
+            let call = caller.context(self.node.id, resource, String::new());
+            self.completions.complete(call, principal, result).await?;
+            self.metrics.observe_attempt(&job_type, &label);
+            Ok(Response::new(pb::CompleteTaskResponse {}))
         })
         .await
     }

@@ -20,7 +20,7 @@
 //! `token_by_hash`); every applied `Client` entry appends exactly one `Call`
 //! entry, and every run status change one `Execution` entry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -338,14 +338,12 @@ impl State {
                 .iter()
                 .map(|t| (Permission::WorkerConnect, Resource::JobType(t.name.clone())))
                 .collect(),
+            // A result or heartbeat needs worker:connect on its run's job
+            // type; one for a run that is gone needs nothing (it is refused).
             Command::FinishAttempt { run_id, .. } | Command::Heartbeat { run_id, .. } => {
-                let job_type = self
-                    .run(*run_id)
-                    .and_then(|r| self.job(&r.job_id))
-                    .map(|j| j.spec.job_type.clone())
-                    .unwrap_or_default();
-                vec![(Permission::WorkerConnect, Resource::JobType(job_type))]
+                self.worker_types([*run_id])
             }
+            Command::FinishAttempts { results } => self.worker_types(results.iter().map(|r| r.run_id)),
             Command::CreateRole { .. }
             | Command::CreateRoleScoped { .. }
             | Command::DeleteRole { .. }
@@ -357,6 +355,19 @@ impl State {
             // them, and `apply_client` refuses them anyway.
             _ => vec![(Permission::ClusterAdmin, Resource::Cluster)],
         }
+    }
+
+    /// `worker:connect` on the job type of each of `runs` that still exists.
+    fn worker_types(&self, runs: impl IntoIterator<Item = RunId>) -> Vec<(Permission, Resource)> {
+        let types: BTreeSet<String> = runs
+            .into_iter()
+            .filter_map(|id| self.run(id).and_then(|r| self.job(&r.job_id)))
+            .map(|j| j.spec.job_type.clone())
+            .collect();
+        types
+            .into_iter()
+            .map(|t| (Permission::WorkerConnect, Resource::JobType(t)))
+            .collect()
     }
 
     /// `AclBootstrap`: the root token, once.
