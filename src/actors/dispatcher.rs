@@ -88,9 +88,9 @@ pub struct DispatcherArgs {
 pub struct DispatcherState {
     node: Arc<Node>,
     /// Each pool's workers and job types by Raft node id, with when it was asked.
-    pool_info: BTreeMap<u64, (PoolInfo, tokio::time::Instant)>,
+    pool_info: Answers<PoolInfo>,
     /// Each node's external workers, with when it was asked.
-    external_info: BTreeMap<u64, (ExternalInfo, tokio::time::Instant)>,
+    external_info: Answers<ExternalInfo>,
     limiter: Limiter,
     /// See [`DispatcherArgs::fire_ahead`], in ms.
     ahead_ms: i64,
@@ -441,59 +441,76 @@ fn externals(members: &[u64]) -> BTreeMap<u64, ActorRef<ExternalPoolMsg>> {
         .collect()
 }
 
+/// A node's answer about its pool or external workers, as last asked.
+type Answers<T> = BTreeMap<u64, (T, tokio::time::Instant)>;
+
+/// Node `id`'s answer to the RPC `ask` sends to `pool`, from `answers` when
+/// asked less than `ttl` ago; the default (nothing to offer) when the node
+/// does not answer in 500 ms or answers something undecodable. `what` names
+/// the pool in logs.
+async fn ask_cached<T, M>(
+    answers: &mut Answers<T>,
+    ttl: Duration,
+    id: u64,
+    pool: &ActorRef<M>,
+    ask: fn(ractor::RpcReplyPort<Vec<u8>>) -> M,
+    what: &str,
+) -> T
+where
+    T: Clone + Default + serde::de::DeserializeOwned,
+    M: ractor::Message,
+{
+    if let Some((answer, at)) = answers.get(&id) {
+        if at.elapsed() < ttl {
+            return answer.clone();
+        }
+    }
+    match ractor::call_t!(pool, ask, 500).map(|bytes| decode::<T>(&bytes)) {
+        Ok(Ok(answer)) => {
+            answers.insert(id, (answer.clone(), tokio::time::Instant::now()));
+            answer
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(node = id, "undecodable answer of the {what}: {e}");
+            T::default()
+        }
+        Err(e) => {
+            tracing::debug!(node = id, "the {what} did not answer: {e}");
+            answers.remove(&id);
+            T::default()
+        }
+    }
+}
+
 /// Node `id`'s external workers (asked at most every [`EXTERNAL_INFO_TTL`]).
 async fn external_info(
     state: &mut DispatcherState,
     id: u64,
     pool: &ActorRef<ExternalPoolMsg>,
 ) -> ExternalInfo {
-    if let Some((info, at)) = state.external_info.get(&id) {
-        if at.elapsed() < EXTERNAL_INFO_TTL {
-            return info.clone();
-        }
-    }
-    match ractor::call_t!(pool, ExternalPoolMsg::Info, 500).map(|bytes| decode::<ExternalInfo>(&bytes)) {
-        Ok(Ok(info)) => {
-            state
-                .external_info
-                .insert(id, (info.clone(), tokio::time::Instant::now()));
-            info
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(node = id, "undecodable external worker info: {e}");
-            ExternalInfo::default()
-        }
-        Err(e) => {
-            tracing::debug!(node = id, "external pool did not answer: {e}");
-            state.external_info.remove(&id);
-            ExternalInfo::default()
-        }
-    }
+    let ask = ExternalPoolMsg::Info;
+    ask_cached(
+        &mut state.external_info,
+        EXTERNAL_INFO_TTL,
+        id,
+        pool,
+        ask,
+        "external pool",
+    )
+    .await
 }
 
+/// Node `id`'s pool (asked at most every [`POOL_INFO_TTL`]).
 async fn pool_info(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerPoolMsg>) -> PoolInfo {
-    if let Some((info, at)) = state.pool_info.get(&id) {
-        if at.elapsed() < POOL_INFO_TTL {
-            return info.clone();
-        }
-    }
-    match ractor::call_t!(pool, WorkerPoolMsg::Info, 500).map(|bytes| decode::<PoolInfo>(&bytes)) {
-        Ok(Ok(info)) => {
-            state
-                .pool_info
-                .insert(id, (info.clone(), tokio::time::Instant::now()));
-            info
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(node = id, "undecodable worker pool info: {e}");
-            PoolInfo::default()
-        }
-        Err(e) => {
-            tracing::debug!(node = id, "worker pool did not answer: {e}");
-            state.pool_info.remove(&id);
-            PoolInfo::default()
-        }
-    }
+    ask_cached(
+        &mut state.pool_info,
+        POOL_INFO_TTL,
+        id,
+        pool,
+        WorkerPoolMsg::Info,
+        "worker pool",
+    )
+    .await
 }
 
 fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
