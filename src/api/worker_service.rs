@@ -402,11 +402,13 @@ impl WorkerService for Api {
                 None => MAX_POLL_WAIT,
             }
             .min(MAX_POLL_WAIT);
-            let (owner, registered) = self.external.describe(&req.worker_id).map_err(to_status)?;
             {
                 let state = self.node.state.read();
                 let resource = format!("worker {}", req.worker_id);
+                // Authenticated first: whether a worker id exists is not
+                // told to a caller without a credential.
                 let subject = self.authenticate(&caller, &state, &resource)?;
+                let (owner, registered) = self.external.describe(&req.worker_id).map_err(to_status)?;
                 if subject.principal != owner {
                     return Err(self.refused(
                         &caller,
