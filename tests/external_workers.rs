@@ -23,7 +23,9 @@ use kairos::api::convert::ms_duration;
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
 use kairos::proto::worker_service_client::WorkerServiceClient;
-use kairos_testkit::{complete_token, python_worker_schema, Authed, Bearer, PythonWorker, TestCluster};
+use kairos_testkit::{
+    all_runs, complete_token, python_worker_schema, Authed, Bearer, PythonWorker, TestCluster,
+};
 use kairos_worker::{
     CancellationToken, JobTypeSpec, TaskContext, TaskError, Worker, WorkerConfig, WorkerEvent,
 };
@@ -132,29 +134,6 @@ fn status_name(status: i32) -> &'static str {
     pb::RunStatus::try_from(status)
         .map(|s| s.as_str_name())
         .unwrap_or("?")
-}
-
-/// Every run of job `id`, through node `via`.
-async fn all_runs(runs: &mut RunServiceClient<Authed>, id: &str) -> Vec<pb::Run> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = runs
-            .list_runs(pb::ListRunsRequest {
-                job_id: id.into(),
-                page_size: 1000,
-                page_token: token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.runs);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
-    }
 }
 
 /// Runs `kairos ARGS` against every node as root; its stdout (it must succeed).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use kairos::api::convert::{ms_duration, timestamp_ms};
 use kairos::proto as pb;
 use kairos::proto::run_service_client::RunServiceClient;
-use kairos_testkit::{Authed, TestCluster};
+use kairos_testkit::{all_runs, Authed, TestCluster};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -42,28 +42,6 @@ fn every_second_job(id: &str, catchup: pb::CatchupPolicy) -> pb::ScheduledJob {
     }
 }
 
-async fn runs(client: &mut RunServiceClient<Authed>, job: &str) -> Vec<pb::Run> {
-    let mut all = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = client
-            .list_runs(pb::ListRunsRequest {
-                job_id: job.into(),
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        all.extend(page.runs);
-        if page.next_page_token.is_empty() {
-            return all;
-        }
-        token = page.next_page_token;
-    }
-}
-
 fn nominal_seconds(runs: &[pb::Run]) -> Vec<i64> {
     runs.iter()
         .map(|r| timestamp_ms(r.nominal_time.as_ref().unwrap()) / 1000)
@@ -78,7 +56,7 @@ async fn run_client(cluster: &TestCluster, id: u64) -> RunServiceClient<Authed> 
 async fn wait_runs(cluster: &TestCluster, via: u64, job: &str, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut client = run_client(cluster, via).await;
-    while runs(&mut client, job).await.len() < n {
+    while all_runs(&mut client, job).await.len() < n {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{job} has fewer than {n} runs after 30 s"
@@ -110,14 +88,14 @@ async fn every_second_runs_exactly_once_across_a_leader_kill() {
     // Kill the leader while both jobs fire every second.
     cluster.kill(leader);
     let new_leader = cluster.wait_leader(READY).await;
-    let seen = runs(&mut run_client(&cluster, new_leader).await, "all")
+    let seen = all_runs(&mut run_client(&cluster, new_leader).await, "all")
         .await
         .len();
     wait_runs(&cluster, new_leader, "all", seen + 4).await;
 
     let mut client = run_client(&cluster, new_leader).await;
     for job in ["all", "latest"] {
-        let list = runs(&mut client, job).await;
+        let list = all_runs(&mut client, job).await;
         let seconds = nominal_seconds(&list);
         let unique: BTreeSet<i64> = seconds.iter().copied().collect();
         assert_eq!(
@@ -371,7 +349,7 @@ async fn watch_resumes_on_another_node_without_gaps_or_repeats() {
     let mut client = run_client(&cluster, second).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let finals = loop {
-        let list = runs(&mut client, "w").await;
+        let list = all_runs(&mut client, "w").await;
         if list.iter().all(|r| r.status == pb::RunStatus::Succeeded as i32) {
             break list;
         }

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use kairos::proto as pb;
+use kairos::proto::run_service_client::RunServiceClient;
 
-use crate::TestCluster;
+use crate::{Authed, TestCluster};
 
 /// A minimal valid job message.
 pub fn job(id: &str) -> pb::ScheduledJob {
@@ -40,4 +41,27 @@ pub async fn create(cluster: &TestCluster, via: u64, id: &str) -> bool {
         }
     }
     false
+}
+
+/// Every run of `job`, oldest first, through `client` (all pages).
+pub async fn all_runs(client: &mut RunServiceClient<Authed>, job: &str) -> Vec<pb::Run> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_runs(pb::ListRunsRequest {
+                job_id: job.into(),
+                page_size: 1000,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        all.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return all;
+        }
+        token = page.next_page_token;
+    }
 }

@@ -13,7 +13,8 @@
 //! - [`free_port`]: loopback ports for a node to bind later.
 //! - [`http_get`]: a node's HTTP endpoints (`/livez`, `/readyz`, `/metrics`).
 //! - [`recorder`]: a webhook that records every delivery of the `http` job type.
-//! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections.
+//! - [`job`] and [`create`]: a minimal valid job and a create that rides out elections;
+//!   [`all_runs`]: every run of a job, all pages.
 //! - [`kairos_bin`]: the binary under test.
 //! - [`TestPki`]: certificate authorities and certificates made at test time.
 //! - [`PythonWorker`]: `examples/python-worker/worker.py` as a child process
@@ -47,7 +48,7 @@ use std::path::PathBuf;
 pub use auth::{authed, Authed, Bearer};
 pub use certs::{IssuedCert, TestPki};
 pub use cluster::{TestCluster, TestNode, TEST_COOKIE, TEST_HTTP_ALLOW};
-pub use jobs::{create, job};
+pub use jobs::{all_runs, create, job};
 pub use ports::free_port;
 pub use recorder::{recorder, Deliveries, Delivery};
 pub use workers::{complete_token, python_worker_schema, python_worker_script, PythonWorker};
