@@ -384,11 +384,10 @@ impl Actor for Worker {
             return Ok(());
         }
         let (outcome, output, panic) = execute(&state.env, &item).await;
-        let label = match &outcome {
-            AttemptOutcome::Succeeded => "succeeded".to_string(),
-            AttemptOutcome::Failed { kind, .. } => kind.clone(),
-        };
-        state.env.metrics.observe_attempt(&item.job_type, &label);
+        state
+            .env
+            .metrics
+            .observe_attempt(&item.job_type, &outcome.label());
         state.env.results.report(AttemptResult {
             run_id: item.run_id,
             token: item.token,

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::convert::{duration_ms, ms_duration, ms_timestamp};
 use super::task_token::TaskClaim;
 use super::{to_status, Api};
@@ -83,6 +84,20 @@ impl Api {
                 self.node.id
             ))),
         }
+    }
+
+    /// Who may answer for the token's attempt (a heartbeat or a result),
+    /// and the job type it is of: once this node has applied the attempt's
+    /// start, the caller must authenticate, the attempt must still be
+    /// current, and the caller must hold `worker:connect` on the type.
+    async fn answering_worker(&self, caller: &Caller, claim: &TaskClaim) -> Result<(String, String), Status> {
+        self.caught_up_with(claim).await?;
+        let state = self.node.state.read();
+        let subject = self.authenticate(caller, &state, &format!("run {}", claim.run_id))?;
+        let job_type = Self::current_attempt_type(&state, claim)?;
+        let on = Resource::JobType(job_type.clone());
+        self.check(caller, &state, &subject, Permission::WorkerConnect, &on)?;
+        Ok((subject.principal, job_type))
     }
 
     /// Refuses an answer for an attempt that is no longer current without
@@ -195,7 +210,7 @@ impl Api {
     }
 
     /// Checks that the caller may read job types (`job:read` or `worker:connect`).
-    fn may_read_types(&self, caller: &super::auth::Caller, state: &State) -> Result<(), Status> {
+    fn may_read_types(&self, caller: &Caller, state: &State) -> Result<(), Status> {
         let subject = self.authenticate(caller, state, "job types")?;
         if subject.holds(Permission::JobRead) || subject.holds(Permission::WorkerConnect) {
             return Ok(());
@@ -502,15 +517,7 @@ impl WorkerService for Api {
                     "details: longer than {MAX_DETAILS} bytes"
                 )));
             }
-            self.caught_up_with(&claim).await?;
-            let principal = {
-                let state = self.node.state.read();
-                let resource = format!("run {}", claim.run_id);
-                let subject = self.authenticate(&caller, &state, &resource)?;
-                let job_type = Self::current_attempt_type(&state, &claim)?;
-                self.check(&caller, &state, &subject, Permission::WorkerConnect, &Resource::JobType(job_type))?;
-                subject.principal
-            };
+            let (principal, _) = self.answering_worker(&caller, &claim).await?;
             if claim.node == self.node.id {
                 self.external.touch(&claim.worker_id, tokio::time::Instant::now());
             }
@@ -541,27 +548,15 @@ impl WorkerService for Api {
             let req = request.into_inner();
             let claim = self.verify_task_token(&req.task_token)?;
             let (outcome, output) = outcome_of(req.result).map_err(to_status)?;
-            self.caught_up_with(&claim).await?;
-            let resource = format!("run {}", claim.run_id);
-            let (principal, job_type) = {
-                let state = self.node.state.read();
-                let subject = self.authenticate(&caller, &state, &resource)?;
-                let job_type = Self::current_attempt_type(&state, &claim)?;
-                let on = Resource::JobType(job_type.clone());
-                self.check(&caller, &state, &subject, Permission::WorkerConnect, &on)?;
-                (subject.principal, job_type)
-            };
-            let label = match &outcome {
-                AttemptOutcome::Succeeded => "succeeded".to_string(),
-                AttemptOutcome::Failed { kind, .. } => kind.clone(),
-            };
+            let (principal, job_type) = self.answering_worker(&caller, &claim).await?;
+            let label = outcome.label();
             let result = AttemptResult {
                 run_id: claim.run_id,
                 token: claim.fencing,
                 outcome,
                 output_tail: output,
             };
-            let call = caller.context(self.node.id, resource, String::new());
+            let call = caller.context(self.node.id, format!("run {}", claim.run_id), String::new());
             self.completions.complete(call, principal, result).await?;
             self.metrics.observe_attempt(&job_type, &label);
             Ok(Response::new(pb::CompleteTaskResponse {}))

@@ -137,6 +137,16 @@ pub enum AttemptOutcome {
     },
 }
 
+impl AttemptOutcome {
+    /// The outcome's metric label: `succeeded`, or the failure's kind.
+    pub fn label(&self) -> String {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded".to_string(),
+            AttemptOutcome::Failed { kind, .. } => kind.clone(),
+        }
+    }
+}
+
 /// One attempt's result as a worker reports it (see `Command::FinishAttempts`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptResult {
