@@ -95,10 +95,10 @@ impl LegacyStateImage {
 }
 
 impl<Requests> Image<Requests, (), ()> {
-    /// An image without a security part (format versions 1 to 3) as
-    /// today's, with an empty ACL and audit log and no request records;
-    /// its own request table apart, for the caller to migrate.
-    fn with_empty_security(self) -> (StateImage, Requests) {
+    /// An image without a security part (format versions 1 to 3) as one of
+    /// format version 4, with an empty ACL and audit log and no request
+    /// records; its own request table apart, for the caller to migrate.
+    fn with_empty_security(self) -> (V4StateImage, Requests) {
         let Image {
             jobs,
             requests,
@@ -109,7 +109,7 @@ impl<Requests> Image<Requests, (), ()> {
             security: (),
             workers: (),
         } = self;
-        let image = StateImage {
+        let image = V4StateImage {
             jobs,
             requests: Table::default(),
             writes,
@@ -117,7 +117,7 @@ impl<Requests> Image<Requests, (), ()> {
             next_run_id,
             counters,
             security: SecurityImage::default(),
-            workers: WorkersImage::default(),
+            workers: (),
         };
         (image, requests)
     }
@@ -125,7 +125,8 @@ impl<Requests> Image<Requests, (), ()> {
 
 impl From<LegacyStateImage> for StateImage {
     fn from(legacy: LegacyStateImage) -> StateImage {
-        let (mut image, requests) = legacy.with_empty_security();
+        let (v4, requests) = legacy.with_empty_security();
+        let mut image = StateImage::from(v4);
         image.insert_legacy_requests(requests);
         image
     }
@@ -133,13 +134,14 @@ impl From<LegacyStateImage> for StateImage {
 
 impl From<V3StateImage> for StateImage {
     fn from(v3: V3StateImage) -> StateImage {
-        let (mut image, requests) = v3.with_empty_security();
-        image.requests = requests;
-        image
+        let (mut v4, requests) = v3.with_empty_security();
+        v4.requests = requests;
+        StateImage::from(v4)
     }
 }
 
 impl From<V4StateImage> for StateImage {
+    /// Format version 4's image with an empty workers' part.
     fn from(v4: V4StateImage) -> StateImage {
         let Image {
             jobs,
@@ -205,7 +207,7 @@ impl StateImage {
     }
 
     /// Takes the security part (ACL and audit log) and the workers' part of `other`.
-    pub fn set_security_of(&mut self, other: &StateImage) {
+    pub fn set_security_and_workers_of(&mut self, other: &StateImage) {
         self.security = other.security.clone();
         self.workers = other.workers.clone();
     }

@@ -131,7 +131,7 @@ pub fn rebuilt_from_parts(s: &State) -> State {
     s.counters_iter()
         .for_each(|(id, counters)| image.insert_counters(id.clone(), counters.clone()));
     image.set_next_run_id(s.next_run_id());
-    image.set_security_of(&s.image());
+    image.set_security_and_workers_of(&s.image());
     State::from_image(image)
 }
 
