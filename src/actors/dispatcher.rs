@@ -175,8 +175,7 @@ impl Actor for Dispatcher {
         // Choose a target for each run (most free slots first), then start
         // them all with one Raft entry.
         let mut starts = Vec::new();
-        let wide = !state.limiter.is_empty() || state.node.state.read().job_types().next().is_some();
-        for candidate in candidates(state, now, total, wide) {
+        for candidate in candidates(state, now, total) {
             if starts.len() as u64 == total {
                 break;
             }
@@ -327,10 +326,12 @@ struct Candidate {
 }
 
 /// The runs that may start by now plus the look-ahead: as many as `total`
-/// free slots, or more when `wide` (limits may hold some back, or some
-/// types may have no worker now: the runs behind them must not be hidden).
-fn candidates(state: &DispatcherState, now: i64, total: u64, wide: bool) -> Vec<Candidate> {
+/// free slots, or more when limits may hold some back or some types may
+/// have no worker now (external types exist): the runs behind them must
+/// not be hidden.
+fn candidates(state: &DispatcherState, now: i64, total: u64) -> Vec<Candidate> {
     let view = state.node.state.read();
+    let wide = !state.limiter.is_empty() || view.job_types().next().is_some();
     let wanted = if wide { MAX_CANDIDATES } else { total as usize };
     view.dispatchable_runs(now + state.ahead_ms, wanted)
         .iter()

@@ -173,11 +173,6 @@ impl ExternalWorkers {
         })
     }
 
-    /// The node these workers are registered with.
-    pub fn node_id(&self) -> u64 {
-        self.node_id
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Registered>> {
         self.workers
             .lock()
