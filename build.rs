@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/kairos/v1/acl.proto",
         "proto/kairos/v1/audit.proto",
         "proto/kairos/v1/worker.proto",
+        "proto/kairos/v1/event.proto",
+        "proto/kairos/v1/service.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)

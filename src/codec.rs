@@ -46,6 +46,16 @@
 //!   ones are; the state in snapshot files (`KSNAP005`) gains the workers'
 //!   part at its end (job types, external attempts, role type globs), and
 //!   a version 4 state is migrated with it empty.
+//! - 6: integration. Commands and results gain variants at the end
+//!   (published events, forced deletes, sinks, roles with topic globs),
+//!   schedules gain `OnEvent` and `After`, run causes `Event` and
+//!   `Dependency`, permissions `event:watch` and `sink:admin`, audit kinds
+//!   `Event`: all at the end of their enums, so a version 5 log entry is
+//!   re-framed as version 4 ones are; the state in snapshot files
+//!   (`KSNAP006`) gains the integration part at its end (events, run
+//!   triggers, dependency joins, sinks, role topic globs), and a version 5
+//!   state is migrated with it empty. A worker's work item gains the
+//!   run's event (nodes exchange only the current version).
 //!
 //! The rule: a change to the layout of any encoded type — a field added,
 //! removed, reordered or retyped, a variant added, moved or changed — is a
@@ -65,7 +75,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The format version this build writes and reads (see the module docs).
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 
 /// The bytes every framed value starts with.
 const MARKER: [u8; 2] = [0x80, 0x00];

@@ -188,6 +188,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         .delete_job(pb::DeleteJobRequest {
             id: "nope".into(),
             version: 0,
+            force: false,
         })
         .await
         .unwrap_err();
@@ -236,6 +237,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         .delete_job(pb::DeleteJobRequest {
             id: "report".into(),
             version: 1,
+            force: false,
         })
         .await
         .unwrap_err();
@@ -244,6 +246,7 @@ async fn job_api_semantics_on_a_three_node_cluster() {
         .delete_job(pb::DeleteJobRequest {
             id: "report".into(),
             version: resumed.version,
+            force: false,
         })
         .await
         .unwrap();

@@ -74,6 +74,7 @@ fn role() -> impl Strategy<Value = Role> {
             owners,
             jobs,
             types: vec![],
+            topics: Vec::new(),
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),

@@ -301,6 +301,7 @@ impl AclChange {
                     owners: if *by_job { vec![] } else { vec!["o*".into()] },
                     jobs: if *by_job { vec!["a*".into()] } else { vec![] },
                     types: vec![],
+                    topics: Vec::new(),
                     description: String::new(),
                     created_ms: 0,
                     created_by: String::new(),

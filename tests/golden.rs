@@ -32,7 +32,8 @@ use kairos::scheduler::audit::{AuditKind, AuditRecord};
 use kairos::scheduler::job::{Catchup, Metadata, Overlap, Policies, RetryPolicy};
 use kairos::scheduler::job_type::JobTypeDef;
 use kairos::scheduler::run::{AttemptOutcome, AttemptResult};
-use kairos::scheduler::state::{StateImage, V4StateImage};
+use kairos::scheduler::schedule::{DependencyCondition, DependencyMode};
+use kairos::scheduler::state::{SinkDef, StateImage, V4StateImage, V5StateImage};
 use kairos::scheduler::{
     Assignment, CallContext, Changes, Command, JobPatch, JobSpec, Request, Response, ScheduleSpec, State,
 };
@@ -259,6 +260,7 @@ fn role() -> Role {
         owners: vec!["billing*".into()],
         jobs: vec!["nightly-*".into()],
         types: Vec::new(),
+        topics: Vec::new(),
         description: "billing jobs".into(),
         created_ms: T0,
         created_by: "root".into(),
@@ -411,6 +413,37 @@ fn every_command() -> Vec<Command> {
             role: role(),
             types: vec!["billing.*".into()],
         },
+        Command::PublishEvent {
+            topic: "orders.created".into(),
+            attributes: [("region".to_string(), "eu".to_string())].into_iter().collect(),
+            payload: br#"{"order":42}"#.to_vec(),
+            idempotency_key: "order-42".into(),
+        },
+        Command::ForceDeleteJob {
+            id: "report".into(),
+            expected_version: Some(3),
+        },
+        Command::CreateSink {
+            sink: SinkDef {
+                name: "audit-hook".into(),
+                url: "https://hooks.example/kairos".into(),
+                kinds: vec![1, 6],
+                job: "billing-*".into(),
+                ..SinkDef::default()
+            },
+        },
+        Command::DeleteSink {
+            name: "audit-hook".into(),
+        },
+        Command::AckSink {
+            name: "audit-hook".into(),
+            position: 1234,
+        },
+        Command::CreateRoleWithScopes {
+            role: role(),
+            types: vec!["billing.*".into()],
+            topics: vec!["orders.*".into()],
+        },
     ];
     for command in &commands {
         // Exhaustive on purpose: a new command does not compile here until
@@ -443,7 +476,13 @@ fn every_command() -> Vec<Command> {
             | Command::RecordAudit { .. }
             | Command::RegisterJobTypes { .. }
             | Command::AssignAttempts { .. }
-            | Command::CreateRoleScoped { .. } => {}
+            | Command::CreateRoleScoped { .. }
+            | Command::PublishEvent { .. }
+            | Command::ForceDeleteJob { .. }
+            | Command::CreateSink { .. }
+            | Command::DeleteSink { .. }
+            | Command::AckSink { .. }
+            | Command::CreateRoleWithScopes { .. } => {}
         }
     }
     commands
@@ -544,6 +583,55 @@ fn small_state() -> State {
         },
         None,
     );
+    // Format version 6: an event-triggered job, a job after it, an event
+    // that fires the first, its run's end that fires the second, a sink.
+    let on_orders = JobSpec {
+        schedule: ScheduleSpec::OnEvent {
+            topic: "orders.*".into(),
+            matches: [("region".to_string(), "eu".to_string())].into_iter().collect(),
+        },
+        ..spec()
+    };
+    apply(
+        T0 + 1_570,
+        Command::CreateJob {
+            id: "on-orders".into(),
+            spec: on_orders,
+            request_id: None,
+        },
+        None,
+    );
+    let after = JobSpec {
+        schedule: ScheduleSpec::After {
+            jobs: vec!["on-orders".into()],
+            condition: DependencyCondition::Completed,
+            mode: DependencyMode::All,
+        },
+        ..spec()
+    };
+    apply(
+        T0 + 1_571,
+        Command::CreateJob {
+            id: "after-orders".into(),
+            spec: after,
+            request_id: None,
+        },
+        None,
+    );
+    let publish = Command::PublishEvent {
+        topic: "orders.created".into(),
+        attributes: [("region".to_string(), "eu".to_string())].into_iter().collect(),
+        payload: br#"{"order":42}"#.to_vec(),
+        idempotency_key: "order-42".into(),
+    };
+    apply(T0 + 1_580, publish, None);
+    apply(T0 + 1_581, Command::CancelRun { run_id: 2 }, None);
+    let sink = SinkDef {
+        name: "audit-hook".into(),
+        url: "https://hooks.example/kairos".into(),
+        ..SinkDef::default()
+    };
+    apply(T0 + 1_590, Command::CreateSink { sink }, None);
     let call = |method: &str| CallContext {
         credential: Credential::Insecure,
         source: "127.0.0.1:50000".into(),
@@ -584,6 +672,15 @@ fn version_3_log_entries_read_the_same_after_reframing() {
 }
 
 #[test]
+fn version_5_log_entries_read_the_same_after_reframing() {
+    assert_eq!(
+        older_log_entries_read_the_same("v5"),
+        28,
+        "every command of version 5"
+    );
+}
+
+#[test]
 fn version_4_log_entries_read_the_same_after_reframing() {
     assert_eq!(
         older_log_entries_read_the_same("v4"),
@@ -618,6 +715,26 @@ fn older_log_entries_read_the_same(version: &str) -> usize {
     checked
 }
 
+/// The snapshot file format version 5 wrote reads as a version 5 state and
+/// migrates to today's with an empty integration part.
+#[test]
+fn version_5_snapshot_file_migrates() {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v5/snapshot-file.hex"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("kairos-snapshot"), from_hex(&text)).unwrap();
+    let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
+    assert_eq!(stored.format, Format::V5);
+    let v5 = codec::decode_body::<V5StateImage>(&stored.data).unwrap();
+    let state = State::from_image(StateImage::from(v5));
+    assert_eq!(state.job_count(), 2);
+    assert_eq!(state.job_types().count(), 1, "the workers' part is kept");
+    assert_eq!(state.sinks().count(), 0);
+    assert!(state.runs().all(|r| r.trigger.is_none()));
+}
+
 /// The snapshot file format version 4 wrote reads as a version 4 state and
 /// migrates to today's with an empty workers' part.
 #[test]
@@ -643,7 +760,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
 
     // Log entries: one of every command, and the Raft-internal ones.
     let commands = every_command();
-    assert_eq!(commands.len(), 28, "one of every command");
+    assert_eq!(commands.len(), 34, "one of every command");
     for (index, command) in commands.into_iter().enumerate() {
         let name = format!("entry-{}", command.name());
         goldens.check(&name, &LogEntry(entry(index as u64 + 1, command)));
@@ -756,6 +873,8 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
         nominal_ms: T0,
         begin_at_ms: T0,
         idempotency_key: "report:2026-01-01T00:00:00.000Z".into(),
+        event_id: "ev-7".into(),
+        event_payload: br#"{"order":42}"#.to_vec(),
         attempt_timeout_ms: 600_000,
         heartbeat_timeout_ms: 30_000,
     };

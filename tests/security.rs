@@ -101,7 +101,11 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
             rpc!(
                 JobServiceClient,
                 delete_job,
-                pb::DeleteJobRequest { id: id(), version: 0 }
+                pb::DeleteJobRequest {
+                    id: id(),
+                    version: 0,
+                    force: false
+                }
             ),
         ),
         (

@@ -360,6 +360,7 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
                     pb::DeleteJobRequest {
                         id: target.clone(),
                         version: 0,
+                        force: false,
                     },
                     &trace_id,
                 ))

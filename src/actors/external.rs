@@ -438,6 +438,8 @@ mod tests {
             nominal_ms: 0,
             begin_at_ms: 0,
             idempotency_key: "j:0".into(),
+            event_id: String::new(),
+            event_payload: vec![],
             attempt_timeout_ms: 1_000,
             heartbeat_timeout_ms: 1_000,
         }

@@ -74,8 +74,13 @@ pub struct WorkItem {
     /// When the handler may begin, Unix ms (the nominal time, or a retry's
     /// back-off, when the attempt was started ahead of it).
     pub begin_at_ms: i64,
-    /// `job_id:nominal_time`.
+    /// `job_id:nominal_time` (or `job_id:event_id`).
     pub idempotency_key: String,
+    /// The published event behind the run, if any (format version 6 on).
+    pub event_id: String,
+    /// That event's payload.
+    #[serde(with = "serde_bytes")]
+    pub event_payload: Vec<u8>,
     /// Longest the attempt may take, ms.
     pub attempt_timeout_ms: u64,
     /// Lease length, ms (heartbeats go out three times per lease).
@@ -450,6 +455,7 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
         attempt: item.attempt,
         nominal_ms: item.nominal_ms,
         idempotency_key: item.idempotency_key.clone(),
+        event_id: item.event_id.clone(),
         payload: item.payload.clone(),
         timeout,
     };

@@ -42,6 +42,7 @@ fn role_to_pb(role: &Role) -> pb::Role {
         owners: role.owners.clone(),
         jobs: role.jobs.clone(),
         types: role.types.clone(),
+        topics: role.topics.clone(),
         description: role.description.clone(),
         created_at: (role.created_ms != 0).then(|| ms_timestamp(role.created_ms)),
         created_by: role.created_by.clone(),
@@ -84,6 +85,7 @@ fn role_from_pb(role: Option<pb::Role>) -> Result<Role, Status> {
         owners: role.owners,
         jobs: role.jobs,
         types: role.types,
+        topics: role.topics,
         description: role.description,
         created_ms: 0,
         created_by: String::new(),
@@ -163,8 +165,9 @@ impl AclService for Api {
         self.observed(caller.method, async {
             let req = request.into_inner();
             let resource = format!("role {}", req.role.as_ref().map_or("", |r| r.name.as_str()));
-            let command = role_from_pb(req.role).map(|role| Command::CreateRoleScoped {
+            let command = role_from_pb(req.role).map(|role| Command::CreateRoleWithScopes {
                 types: role.types.clone(),
+                topics: role.topics.clone(),
                 role,
             });
             match self.client_write(&caller, &resource, "", command).await? {

@@ -374,13 +374,14 @@ fn resource_name(resource: &Resource) -> String {
     match resource {
         Resource::Cluster => String::new(),
         Resource::JobType(name) => format!("type {name}"),
+        Resource::Topic(topic) => format!("topic {topic}"),
         Resource::Job { id, .. } => id.clone(),
     }
 }
 
 fn job_id(resource: &Resource) -> &str {
     match resource {
-        Resource::Cluster | Resource::JobType(_) => "",
+        Resource::Cluster | Resource::JobType(_) | Resource::Topic(_) => "",
         Resource::Job { id, .. } => id,
     }
 }

@@ -17,6 +17,7 @@ use crate::scheduler::job::{
     to_thousandths, Catchup, HistoryLimits, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
 };
 use crate::scheduler::run::{JobCounters, RunCause};
+use crate::scheduler::schedule::{DependencyCondition, DependencyMode};
 use crate::scheduler::{Job, JobPatch, JobSpec, JobStatus, Run, RunStatus, ScheduleSpec};
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -89,6 +90,36 @@ pub fn schedule_from_pb(job: &pb::ScheduledJob) -> Result<ScheduleSpec> {
                 "schedule_spec.every.phase",
             )?,
         }),
+        Some(Kind::OnEvent(e)) => Ok(ScheduleSpec::OnEvent {
+            topic: e.topic.clone(),
+            matches: e.r#match.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }),
+        Some(Kind::After(d)) => Ok(ScheduleSpec::After {
+            jobs: d.jobs.clone(),
+            condition: match pb::DependencyCondition::try_from(d.condition) {
+                Ok(pb::DependencyCondition::Unspecified | pb::DependencyCondition::Succeeded) => {
+                    DependencyCondition::Succeeded
+                }
+                Ok(pb::DependencyCondition::Failed) => DependencyCondition::Failed,
+                Ok(pb::DependencyCondition::Completed) => DependencyCondition::Completed,
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "schedule_spec.after.condition: unknown value {}",
+                        d.condition
+                    )))
+                }
+            },
+            mode: match pb::DependencyMode::try_from(d.mode) {
+                Ok(pb::DependencyMode::Unspecified | pb::DependencyMode::All) => DependencyMode::All,
+                Ok(pb::DependencyMode::Any) => DependencyMode::Any,
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "schedule_spec.after.mode: unknown value {}",
+                        d.mode
+                    )))
+                }
+            },
+        }),
         None if !job.schedule.trim().is_empty() => Ok(ScheduleSpec::Cron {
             expr: job.schedule.trim().to_string(),
             timezone: String::new(),
@@ -113,6 +144,26 @@ fn schedule_to_pb(spec: &ScheduleSpec) -> pb::ScheduleSpec {
         } => Kind::Every(pb::IntervalSchedule {
             interval: Some(ms_duration(*interval_ms)),
             phase: (*phase_ms > 0).then(|| ms_duration(*phase_ms)),
+        }),
+        ScheduleSpec::OnEvent { topic, matches } => Kind::OnEvent(pb::EventTrigger {
+            topic: topic.clone(),
+            r#match: matches.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }),
+        ScheduleSpec::After {
+            jobs,
+            condition,
+            mode,
+        } => Kind::After(pb::Dependency {
+            jobs: jobs.clone(),
+            condition: match condition {
+                DependencyCondition::Succeeded => pb::DependencyCondition::Succeeded,
+                DependencyCondition::Failed => pb::DependencyCondition::Failed,
+                DependencyCondition::Completed => pb::DependencyCondition::Completed,
+            } as i32,
+            mode: match mode {
+                DependencyMode::All => pb::DependencyMode::All,
+                DependencyMode::Any => pb::DependencyMode::Any,
+            } as i32,
         }),
     };
     pb::ScheduleSpec { kind: Some(kind) }
@@ -480,12 +531,25 @@ pub fn run_to_pb(run: &Run) -> pb::Run {
             RunCause::Schedule => pb::RunCause::Schedule,
             RunCause::Trigger => pb::RunCause::Trigger,
             RunCause::Backfill => pb::RunCause::Backfill,
+            RunCause::Event => pb::RunCause::Event,
+            RunCause::Dependency => pb::RunCause::Dependency,
         } as i32,
         fencing_token: run.token,
         idempotency_key: run.idempotency_key(),
         not_before: (run.status == RunStatus::Pending).then(|| ms_timestamp(run.not_before_ms)),
         revision: run.revision,
         worker_id: run.worker.clone().unwrap_or_default(),
+        event_id: run
+            .trigger
+            .as_ref()
+            .map(|t| t.event_id.clone())
+            .unwrap_or_default(),
+        event_payload: run
+            .trigger
+            .as_ref()
+            .map(|t| t.event_payload.clone())
+            .unwrap_or_default(),
+        upstream_run_id: run.trigger.as_ref().and_then(|t| t.upstream_run).unwrap_or(0),
     }
 }
 

@@ -70,6 +70,7 @@ fn describe(state: &State, subject: &Subject, job: &Job) -> Result<Response<pb::
         next_fire_times: next_fire_times(job),
         recent_runs: recent,
         counters: Some(counters_to_pb(&state.counters(id).cloned().unwrap_or_default())),
+        blocked: state.blocked_reason(job).unwrap_or_default(),
     }))
 }
 

@@ -145,6 +145,8 @@ impl Api {
             )),
             trace_context: Default::default(),
             idempotency_key: item.idempotency_key,
+            event_id: item.event_id,
+            event_payload: item.event_payload,
             heartbeat_timeout: Some(ms_duration(item.heartbeat_timeout_ms)),
         }
     }

@@ -137,6 +137,7 @@ async fn run_exec(ctx: RunContext, cancel: CancellationToken) -> HandlerResult {
         .env("KAIROS_RUN_ID", ctx.run_id.to_string())
         .env("KAIROS_ATTEMPT", ctx.attempt.to_string())
         .env("KAIROS_IDEMPOTENCY_KEY", &ctx.idempotency_key)
+        .env("KAIROS_EVENT_ID", &ctx.event_id)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -237,6 +237,9 @@ fn build_request(
     headers.insert("x-kairos-run", HeaderValue::from(ctx.run_id));
     headers.insert("x-kairos-attempt", HeaderValue::from(ctx.attempt));
     headers.insert("x-kairos-nominal-time", value(&nominal, "nominal time")?);
+    if !ctx.event_id.is_empty() {
+        headers.insert("x-kairos-event-id", value(&ctx.event_id, "event_id")?);
+    }
     client
         .request(p.method, p.url)
         .headers(headers)

@@ -122,6 +122,9 @@ pub struct RunContext {
     pub nominal_ms: i64,
     /// `job_id:nominal RFC3339`; same for every attempt so receivers can dedupe.
     pub idempotency_key: String,
+    /// The published event behind the run, if any (`X-Kairos-Event-Id`,
+    /// `KAIROS_EVENT_ID`); empty otherwise.
+    pub event_id: String,
     /// The job's payload (JSON for the built-ins).
     pub payload: Vec<u8>,
     /// The attempt timeout; handlers must stop by then.

@@ -23,6 +23,7 @@ pub(crate) fn test_ctx(payload: &str, timeout: Duration) -> RunContext {
         attempt: 3,
         nominal_ms: 1_700_000_000_123,
         idempotency_key: "job-1:2023-11-14T22:13:20.123Z".into(),
+        event_id: String::new(),
         payload: payload.as_bytes().to_vec(),
         timeout,
     }

@@ -42,7 +42,7 @@ use super::NodeId;
 use crate::codec::{self, decode_body, encode_body};
 use crate::error::{Error, Result};
 use crate::scheduler::state::{
-    LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage, V4StateImage,
+    LegacyRequestRecord, LegacyStateImage, StateImage, V3StateImage, V4StateImage, V5StateImage,
 };
 
 /// The tree the snapshot chunks were stored in.
@@ -128,7 +128,8 @@ pub fn upgrade_snapshot_file(file: &SnapshotFile) -> Result<()> {
         Format::V1 => StateImage::from(decode_body::<LegacyStateImage>(&stored.data)?),
         Format::V2 | Format::V3 => StateImage::from(decode_body::<V3StateImage>(&stored.data)?),
         Format::V4 => StateImage::from(decode_body::<V4StateImage>(&stored.data)?),
-        Format::V5 => return Ok(()),
+        Format::V5 => StateImage::from(decode_body::<V5StateImage>(&stored.data)?),
+        Format::V6 => return Ok(()),
     };
     drop(stored.data);
     let bytes = file

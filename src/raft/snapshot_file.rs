@@ -17,7 +17,7 @@
 //! ```
 //!
 //! `NNN` is the format version of everything after it, in three ASCII
-//! digits ([`crate::codec`]): today `KSNAP005`. Meta and data (a
+//! digits ([`crate::codec`]): today `KSNAP006`. Meta and data (a
 //! `StateImage`) are encoded without a frame of their own, since the
 //! header states their version. A file of an unknown version is refused,
 //! naming both versions.
@@ -57,13 +57,15 @@ pub enum Format {
     V3,
     /// `KSNAP004`: the data is a `V4StateImage` (no workers' part), to migrate.
     V4,
-    /// `KSNAP005` (format version 5, today's): the data is a `StateImage`.
+    /// `KSNAP005`: the data is a `V5StateImage` (no integration part), to migrate.
     V5,
+    /// `KSNAP006` (format version 6, today's): the data is a `StateImage`.
+    V6,
 }
 
 impl Format {
     /// The format of the files written today.
-    pub const CURRENT: Format = Format::V5;
+    pub const CURRENT: Format = Format::V6;
 
     /// The format of format version `version`, if this build reads it.
     fn of_version(version: u16) -> Option<Format> {
@@ -72,7 +74,8 @@ impl Format {
             2 => Some(Format::V2),
             3 => Some(Format::V3),
             4 => Some(Format::V4),
-            FORMAT_VERSION => Some(Format::V5),
+            5 => Some(Format::V5),
+            FORMAT_VERSION => Some(Format::V6),
             _ => None,
         }
     }
@@ -459,7 +462,7 @@ mod tests {
         file.store(&meta(10), b"state bytes").unwrap();
         let path = dir.path().join("kairos-snapshot");
         let stored = fs::read(&path).unwrap();
-        assert_eq!(&stored[..8], b"KSNAP005");
+        assert_eq!(&stored[..8], b"KSNAP006");
         assert_eq!(file.read_format().unwrap(), Some(Format::CURRENT));
 
         fs::write(&path, with_magic(stored.clone(), b"KSNAP009")).unwrap();
@@ -467,13 +470,14 @@ mod tests {
             let err = err.to_string();
             assert!(
                 err.contains(
-                    "the snapshot file is in format version 9, newer than this node understands (it reads 5)"
+                    "the snapshot file is in format version 9, newer than this node understands (it reads 6)"
                 ) && err.contains("kairos-snapshot"),
                 "{err}"
             );
         }
         // Files of format versions 1 to 3 are read, as such.
         for (magic, format) in [
+            (b"KSNAP005", Format::V5),
             (b"KSNAP004", Format::V4),
             (b"KSNAP003", Format::V3),
             (b"KSNAP002", Format::V2),

@@ -97,6 +97,10 @@ permissions! {
     EventPublish => "event:publish",
     /// Connect as an external worker.
     WorkerConnect => "worker:connect",
+    /// Watch the lifecycle event stream (`WatchEvents`).
+    EventWatch => "event:watch",
+    /// Create, list and delete sinks.
+    SinkAdmin => "sink:admin",
 }
 
 impl fmt::Display for Permission {
@@ -139,6 +143,10 @@ pub struct Role {
     /// state keeps it in a table of its own and sets it here.
     #[serde(skip)]
     pub types: Vec<String>,
+    /// Event topic globs limiting `event:publish`; empty: any topic. Kept
+    /// apart from the role's encoding like `types` (format version 6 on).
+    #[serde(skip)]
+    pub topics: Vec<String>,
     /// Free text.
     pub description: String,
     /// When it was created, Unix ms.
@@ -156,6 +164,7 @@ impl Role {
             owners: Vec::new(),
             jobs: Vec::new(),
             types: Vec::new(),
+            topics: Vec::new(),
             description: "every permission on everything (built in)".into(),
             created_ms: 0,
             created_by: String::new(),
@@ -165,7 +174,15 @@ impl Role {
     /// True when the role's scope covers `resource`.
     pub fn covers(&self, resource: &Resource) -> bool {
         match resource {
-            Resource::Cluster => self.owners.is_empty() && self.jobs.is_empty() && self.types.is_empty(),
+            Resource::Cluster => {
+                self.owners.is_empty()
+                    && self.jobs.is_empty()
+                    && self.types.is_empty()
+                    && self.topics.is_empty()
+            }
+            Resource::Topic(topic) => {
+                self.topics.is_empty() || self.topics.iter().any(|g| glob_match(g, topic))
+            }
             Resource::JobType(name) => {
                 self.types.is_empty() || self.types.iter().any(|g| glob_match(g, name))
             }
@@ -248,6 +265,8 @@ pub enum Resource {
     Cluster,
     /// A job type, for `worker:connect`: only a role's type globs limit it.
     JobType(String),
+    /// An event topic, for `event:publish`: only a role's topic globs limit it.
+    Topic(String),
     /// A job, by id and owner.
     Job {
         /// The job id.
@@ -272,6 +291,7 @@ impl fmt::Display for Resource {
         match self {
             Resource::Cluster => f.write_str("the cluster"),
             Resource::JobType(name) => write!(f, "job type {name:?}"),
+            Resource::Topic(topic) => write!(f, "topic {topic:?}"),
             Resource::Job { id, owner } if owner.is_empty() => write!(f, "job {id:?}"),
             Resource::Job { id, owner } => write!(f, "job {id:?} (owner {owner:?})"),
         }
@@ -383,6 +403,7 @@ pub fn validate_role(role: &Role) -> Result<(), Error> {
         ("owner", &role.owners),
         ("job", &role.jobs),
         ("type", &role.types),
+        ("topic", &role.topics),
     ] {
         if globs.len() > MAX_GLOBS {
             return Err(Error::InvalidArgument(format!(
@@ -474,6 +495,7 @@ mod tests {
             owners: owners.iter().map(|s| s.to_string()).collect(),
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             types: Vec::new(),
+            topics: Vec::new(),
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),

@@ -58,6 +58,9 @@ pub enum AuditKind {
     Execution,
     /// An ACL change (role, token, binding, bootstrap).
     Acl,
+    /// An event was published (format version 6 on): `resource` is the
+    /// event's id, `message` its topic.
+    Event,
 }
 
 impl AuditKind {
@@ -67,6 +70,7 @@ impl AuditKind {
             AuditKind::Call => "call",
             AuditKind::Execution => "execution",
             AuditKind::Acl => "acl",
+            AuditKind::Event => "event",
         }
     }
 }

@@ -16,6 +16,7 @@
 //! API checks inputs before proposing (`scheduler::validate`), and `apply`
 //! re-checks only what depends on the state.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use super::audit::AuditRecord;
 use super::job::{Job, JobId, JobPatch, JobSpec};
 use super::job_type::JobTypeDef;
 use super::run::{AttemptOutcome, AttemptResult, Run, RunId};
+use super::state::{Published, SinkDef};
 use crate::error::Error;
 
 /// One entry of the Raft log: a command with its context.
@@ -248,6 +250,54 @@ pub enum Command {
         /// Job type globs; empty: any type.
         types: Vec<String>,
     },
+    /// Record a published event and create the runs it triggers (format
+    /// version 6 on, as every command below).
+    PublishEvent {
+        /// Its topic.
+        topic: String,
+        /// Its attributes.
+        attributes: BTreeMap<String, String>,
+        /// Its payload, handed to the runs.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+        /// The publisher's idempotency key; empty: none.
+        idempotency_key: String,
+    },
+    /// `DeleteJob` even when other jobs run after it (they stay, blocked).
+    ForceDeleteJob {
+        /// Which job.
+        id: JobId,
+        /// Delete only at this version.
+        expected_version: Option<u64>,
+    },
+    /// Register a sink; fails if the name is taken.
+    CreateSink {
+        /// The sink (`created_*` are set at apply; `delivered` 0 means the
+        /// newest position).
+        sink: SinkDef,
+    },
+    /// Remove a sink.
+    DeleteSink {
+        /// Its name.
+        name: String,
+    },
+    /// The leader's delivery progress: the sink's receiver acknowledged
+    /// every event up to `position`.
+    AckSink {
+        /// The sink.
+        name: String,
+        /// The position acknowledged.
+        position: u64,
+    },
+    /// Create a role limited to some job types and event topics.
+    CreateRoleWithScopes {
+        /// The role.
+        role: Role,
+        /// Job type globs; empty: any type.
+        types: Vec<String>,
+        /// Topic globs; empty: any topic.
+        topics: Vec<String>,
+    },
 }
 
 /// One attempt the dispatcher starts: on a node's worker pool, or for an
@@ -334,6 +384,12 @@ impl Command {
             Command::RegisterJobTypes { .. } => "register_job_types",
             Command::AssignAttempts { .. } => "assign_attempts",
             Command::CreateRoleScoped { .. } => "create_role_scoped",
+            Command::PublishEvent { .. } => "publish_event",
+            Command::ForceDeleteJob { .. } => "force_delete_job",
+            Command::CreateSink { .. } => "create_sink",
+            Command::DeleteSink { .. } => "delete_sink",
+            Command::AckSink { .. } => "ack_sink",
+            Command::CreateRoleWithScopes { .. } => "create_role_with_scopes",
         }
     }
 }
@@ -384,6 +440,10 @@ pub enum Response {
     Audited(u64),
     /// Job types as registered.
     JobTypes(Vec<JobTypeDef>),
+    /// What a publish created (format version 6 on, as below).
+    Published(Published),
+    /// A sink as stored.
+    Sink(Box<SinkDef>),
 }
 
 /// What applying a command yields on every replica.

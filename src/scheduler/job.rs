@@ -101,7 +101,7 @@ impl Job {
     pub fn status(&self) -> JobStatus {
         if self.spec.paused {
             JobStatus::Paused
-        } else if self.next_fire_ms.is_none() {
+        } else if self.next_fire_ms.is_none() && !self.spec.schedule.is_triggered() {
             JobStatus::Completed
         } else {
             JobStatus::Active

@@ -68,6 +68,28 @@ pub enum RunCause {
     Trigger,
     /// A client backfilled a past range.
     Backfill,
+    /// A published event matched the job's trigger (format version 6 on).
+    Event,
+    /// Upstream runs ended as the job's dependency asks (format version 6 on).
+    Dependency,
+}
+
+/// What created a run of an event-triggered or dependent job: the event
+/// it carries and the upstream run it follows. Kept beside the run in the
+/// state (format version 6 on), since a run's own encoding is fixed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTrigger {
+    /// The published event's id (inherited along a dependency chain); empty
+    /// when none.
+    pub event_id: String,
+    /// The event's payload.
+    #[serde(with = "serde_bytes")]
+    pub event_payload: Vec<u8>,
+    /// The upstream run whose end created this run.
+    pub upstream_run: Option<RunId>,
+    /// What follows `job_id:` in the run's idempotency key: the event id, or
+    /// for a dependency `upstream-<run id>` (mode any) or the nominal time.
+    pub key: String,
 }
 
 /// One execution of a job for one nominal time.
@@ -109,16 +131,28 @@ pub struct Run {
     /// fixed): the state keeps it apart and sets it here.
     #[serde(skip)]
     pub worker: Option<String>,
+    /// The event or upstream run that created it, if any. Not in the
+    /// encoding of a run either: kept apart like `worker`.
+    #[serde(skip)]
+    pub trigger: Option<std::sync::Arc<RunTrigger>>,
 }
 
 impl Run {
-    /// The idempotency key handed to handlers: `job_id:nominal_time` (RFC 3339).
+    /// The idempotency key handed to handlers: `job_id:nominal_time` (RFC
+    /// 3339), or `job_id:event_id` for a run an event created.
     pub fn idempotency_key(&self) -> String {
-        let nominal = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(self.nominal_ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_else(|| self.nominal_ms.to_string());
-        format!("{}:{nominal}", self.job_id)
+        if let Some(trigger) = self.trigger.as_ref().filter(|t| !t.key.is_empty()) {
+            return format!("{}:{}", self.job_id, trigger.key);
+        }
+        format!("{}:{}", self.job_id, nominal_key(self.nominal_ms))
     }
+}
+
+/// A nominal time as idempotency keys write it: RFC 3339, UTC, ms.
+pub fn nominal_key(nominal_ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(nominal_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| nominal_ms.to_string())
 }
 
 /// How an attempt ended, as reported by its worker.
@@ -328,6 +362,7 @@ mod tests {
             output_tail: String::new(),
             revision: 0,
             worker: None,
+            trigger: None,
         };
         assert_eq!(run.idempotency_key(), "report:2026-01-01T00:00:00.000Z");
     }

@@ -95,6 +95,9 @@ pub struct Delete {
     /// Delete only if the job is at this version.
     #[arg(long)]
     version: Option<u64>,
+    /// Delete even if other jobs run after this one (they stay, blocked).
+    #[arg(long)]
+    force: bool,
 }
 
 impl Delete {
@@ -103,6 +106,7 @@ impl Delete {
         let req = pb::DeleteJobRequest {
             id: self.id.clone(),
             version: self.version.unwrap_or(0),
+            force: self.force,
         };
         let reply = client
             .send(&req, |ch, r| async move {

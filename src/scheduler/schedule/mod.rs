@@ -74,6 +74,93 @@ pub enum ScheduleSpec {
     At { at_ms: i64 },
     /// Fire every `interval_ms`, aligned to the unix epoch plus `phase_ms` (0 <= phase < interval).
     Every { interval_ms: u64, phase_ms: u64 },
+    /// Never on time: one run per published event whose topic matches the
+    /// glob `topic` and whose attributes include every pair of `matches`
+    /// (format version 6 on).
+    OnEvent {
+        topic: String,
+        matches: std::collections::BTreeMap<String, String>,
+    },
+    /// Never on time: a run when upstream jobs' runs end as `condition`
+    /// and `mode` say (format version 6 on).
+    After {
+        jobs: Vec<String>,
+        condition: DependencyCondition,
+        mode: DependencyMode,
+    },
+}
+
+/// Which ending of an upstream run counts for an `after` dependency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DependencyCondition {
+    /// The run succeeded.
+    #[default]
+    Succeeded,
+    /// The run failed or timed out.
+    Failed,
+    /// The run succeeded, failed, timed out or was cancelled (a skipped run
+    /// never counts).
+    Completed,
+}
+
+/// How the upstream runs of an `after` dependency combine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DependencyMode {
+    /// One run once every upstream job has a run for the same nominal time
+    /// (or event) ending in the condition.
+    #[default]
+    All,
+    /// One run per upstream run ending in the condition.
+    Any,
+}
+
+impl DependencyCondition {
+    /// True when a run that ended in `status` satisfies the condition.
+    pub fn is_met_by(self, status: crate::scheduler::run::RunStatus) -> bool {
+        use crate::scheduler::run::RunStatus as S;
+        match self {
+            DependencyCondition::Succeeded => status == S::Succeeded,
+            DependencyCondition::Failed => matches!(status, S::Failed | S::TimedOut),
+            DependencyCondition::Completed => {
+                matches!(status, S::Succeeded | S::Failed | S::TimedOut | S::Cancelled)
+            }
+        }
+    }
+
+    /// Lowercase name, as the CLI writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyCondition::Succeeded => "succeeded",
+            DependencyCondition::Failed => "failed",
+            DependencyCondition::Completed => "completed",
+        }
+    }
+}
+
+impl DependencyMode {
+    /// Lowercase name, as the CLI writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependencyMode::All => "all",
+            DependencyMode::Any => "any",
+        }
+    }
+}
+
+impl ScheduleSpec {
+    /// True for the schedules that never fire on time (event triggers and
+    /// dependencies): such a job has no next fire, yet is active.
+    pub fn is_triggered(&self) -> bool {
+        matches!(self, ScheduleSpec::OnEvent { .. } | ScheduleSpec::After { .. })
+    }
+
+    /// The upstream jobs of an `after` dependency (empty for other schedules).
+    pub fn upstream_jobs(&self) -> &[String] {
+        match self {
+            ScheduleSpec::After { jobs, .. } => jobs,
+            _ => &[],
+        }
+    }
 }
 
 /// Why a [`ScheduleSpec`] was rejected. Every message starts with the spec
@@ -103,8 +190,13 @@ pub struct Schedule {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Kind {
+    /// Event triggers and dependencies: no fire time, ever.
+    Never,
     At(DateTime<Utc>),
-    Every { interval_ms: i64, phase_ms: i64 },
+    Every {
+        interval_ms: i64,
+        phase_ms: i64,
+    },
     Cron(Cron),
 }
 /// A compiled cron expression: the validated fields (one bit per allowed
@@ -151,6 +243,7 @@ impl Schedule {
                 interval_ms,
                 phase_ms,
             } => every(*interval_ms, *phase_ms).map_err(ScheduleError::Every)?,
+            ScheduleSpec::OnEvent { .. } | ScheduleSpec::After { .. } => Kind::Never,
         };
         Ok(Schedule { kind })
     }
@@ -158,6 +251,7 @@ impl Schedule {
     /// The first fire time strictly after `after`, or None if the schedule never fires again.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.kind {
+            Kind::Never => None,
             Kind::At(at) => (*at > after).then_some(*at),
             Kind::Every {
                 interval_ms,
@@ -270,6 +364,25 @@ impl ScheduleSpec {
                     s.push_str(&fmt_ms(*phase_ms));
                 }
                 s
+            }
+            ScheduleSpec::OnEvent { topic, matches } => {
+                let mut s = format!("@event {topic}");
+                for (key, value) in matches {
+                    s.push_str(&format!(" {key}={value}"));
+                }
+                s
+            }
+            ScheduleSpec::After {
+                jobs,
+                condition,
+                mode,
+            } => {
+                format!(
+                    "@after {} ({}, {})",
+                    jobs.join(","),
+                    condition.as_str(),
+                    mode.as_str()
+                )
             }
         }
     }

@@ -13,7 +13,11 @@
 //!   request records under the hash of their request id
 //!   ([`RequestRecord`]), then the ACL tables and the audit log
 //!   ([`SecurityImage`]), then registered job types, external attempts and
-//!   role type globs ([`WorkersImage`]);
+//!   role type globs ([`WorkersImage`]), then (format version 6,
+//!   `KSNAP006`, on) published events, run triggers, dependency joins,
+//!   sinks and role topic globs ([`IntegrationImage`]);
+//! - [`V5StateImage`] (format version 5): the same without the
+//!   integration part, migrated with it empty;
 //! - [`V4StateImage`] (format version 4): the same without the workers'
 //!   part, migrated with it empty;
 //! - [`V3StateImage`] (format versions 2 and 3): the same without the
@@ -28,6 +32,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::integration::IntegrationImage;
 use super::jobs::fire_entry;
 use super::requests::{request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 use super::security::AclState;
@@ -40,7 +45,7 @@ use crate::scheduler::run::{JobCounters, Run, RunId};
 /// The replicated content of a [`State`], with the table of create request
 /// records as `Requests` and the security part as `Security` (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Image<Requests, Security, Workers> {
+pub struct Image<Requests, Security, Workers, Integration> {
     /// Every job, by id.
     jobs: Table<JobId, Arc<Job>>,
     /// Remembered create requests.
@@ -57,6 +62,9 @@ pub struct Image<Requests, Security, Workers> {
     security: Security,
     /// Job types, external attempts, role type globs (format version 5 on).
     workers: Workers,
+    /// Events, run triggers, dependency joins, sinks, role topic globs
+    /// (format version 6 on).
+    integration: Integration,
 }
 
 /// The security part of an image (format version 4 on).
@@ -70,17 +78,20 @@ pub struct SecurityImage {
 
 /// The image as stored today: request records by key, the security part
 /// and the workers' part.
-pub type StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, WorkersImage>;
+pub type StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, WorkersImage, IntegrationImage>;
+
+/// The image of format version 5: no integration part.
+pub type V5StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, WorkersImage, ()>;
 
 /// The image of format version 4: no workers' part.
-pub type V4StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, ()>;
+pub type V4StateImage = Image<Table<RequestKey, RequestRecord>, SecurityImage, (), ()>;
 
 /// The image of format versions 2 and 3: no security part.
-pub type V3StateImage = Image<Table<RequestKey, RequestRecord>, (), ()>;
+pub type V3StateImage = Image<Table<RequestKey, RequestRecord>, (), (), ()>;
 
 /// The image of format version 1: request records by request id, with
 /// copies of jobs. Read only to migrate it.
-pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>, (), ()>;
+pub type LegacyStateImage = Image<Table<String, LegacyRequestRecord>, (), (), ()>;
 
 #[cfg(test)]
 impl LegacyStateImage {
@@ -94,7 +105,7 @@ impl LegacyStateImage {
     }
 }
 
-impl<Requests> Image<Requests, (), ()> {
+impl<Requests> Image<Requests, (), (), ()> {
     /// An image without a security part (format versions 1 to 3) as one of
     /// format version 4, with an empty ACL and audit log and no request
     /// records; its own request table apart, for the caller to migrate.
@@ -108,6 +119,7 @@ impl<Requests> Image<Requests, (), ()> {
             counters,
             security: (),
             workers: (),
+            integration: (),
         } = self;
         let image = V4StateImage {
             jobs,
@@ -118,6 +130,7 @@ impl<Requests> Image<Requests, (), ()> {
             counters,
             security: SecurityImage::default(),
             workers: (),
+            integration: (),
         };
         (image, requests)
     }
@@ -152,8 +165,9 @@ impl From<V4StateImage> for StateImage {
             counters,
             security,
             workers: (),
+            integration: (),
         } = v4;
-        StateImage {
+        StateImage::from(V5StateImage {
             jobs,
             requests,
             writes,
@@ -162,6 +176,35 @@ impl From<V4StateImage> for StateImage {
             counters,
             security,
             workers: WorkersImage::default(),
+            integration: (),
+        })
+    }
+}
+
+impl From<V5StateImage> for StateImage {
+    /// Format version 5's image with an empty integration part.
+    fn from(v5: V5StateImage) -> StateImage {
+        let Image {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security,
+            workers,
+            integration: (),
+        } = v5;
+        StateImage {
+            jobs,
+            requests,
+            writes,
+            runs,
+            next_run_id,
+            counters,
+            security,
+            workers,
+            integration: IntegrationImage::default(),
         }
     }
 }
@@ -206,10 +249,12 @@ impl StateImage {
         self.counters.insert(job_id, counters);
     }
 
-    /// Takes the security part (ACL and audit log) and the workers' part of `other`.
+    /// Takes the security part (ACL and audit log), the workers' part and
+    /// the integration part of `other`.
     pub fn set_security_and_workers_of(&mut self, other: &StateImage) {
         self.security = other.security.clone();
         self.workers = other.workers.clone();
+        self.integration = other.integration.clone();
     }
 
     /// Sets the id the next run gets.
@@ -234,6 +279,7 @@ impl State {
                 audit: self.audit.clone(),
             },
             workers: self.workers.clone(),
+            integration: self.integration.clone(),
         }
     }
 
@@ -248,6 +294,7 @@ impl State {
             counters,
             security: SecurityImage { acl, audit },
             workers,
+            integration,
         } = image;
         let mut state = State {
             jobs,
@@ -259,9 +306,11 @@ impl State {
             acl,
             audit,
             workers,
+            integration,
             ..State::default()
         };
         state.restore_worker_fields();
+        state.restore_integration();
         state.rebuild_indexes();
         state
     }

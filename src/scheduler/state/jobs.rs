@@ -98,6 +98,7 @@ impl State {
         if self.jobs.contains_key(id) {
             return Err(Error::AlreadyExists(format!("job {id:?} already exists")));
         }
+        self.check_dependency(id, &spec.schedule)?;
         let mut job = self.new_job(id, spec, at_ms, principal);
         job.next_fire_ms = self.next_fire_memo(spec, at_ms);
         if let Some(rid) = request_id {
@@ -122,6 +123,9 @@ impl State {
         let paused = !job.spec.paused && patch.paused == Some(true);
         let mut updated = Job::clone(job);
         patch.clone().apply_to(&mut updated.spec);
+        if schedule_changed {
+            self.check_dependency(id, &updated.spec.schedule)?;
+        }
         if paused {
             self.cancel_runs_ahead(id, at_ms, |_| false, PAUSED_AHEAD, changes);
         }
@@ -146,6 +150,19 @@ impl State {
 
     /// `DeleteJob`: removes the job with its runs and counters.
     pub(super) fn delete_job(
+        &mut self,
+        id: &str,
+        expected_version: Option<u64>,
+        changes: &mut Changes,
+    ) -> CommandResult {
+        self.job_at_version(id, expected_version)?;
+        self.check_no_dependents(id)?;
+        self.remove_job(id, changes);
+        Ok(Response::Deleted)
+    }
+
+    /// `ForceDeleteJob`: `DeleteJob` whatever runs after the job.
+    pub(super) fn force_delete_job(
         &mut self,
         id: &str,
         expected_version: Option<u64>,
@@ -237,6 +254,8 @@ impl State {
             self.fire_index.insert(entry);
         }
         let id = job.id.clone();
+        let old = self.jobs.get(&id).cloned();
+        self.index_triggers(old.as_deref(), Some(&job));
         let policies_changed = self
             .jobs
             .get(&id)
@@ -256,8 +275,11 @@ impl State {
 
     /// Removes a job with its runs and counters.
     fn remove_job(&mut self, id: &str, changes: &mut Changes) {
-        if let Some(entry) = self.jobs.remove(id).and_then(|job| fire_entry(&job)) {
-            self.fire_index.remove(&entry);
+        if let Some(job) = self.jobs.remove(id) {
+            self.index_triggers(Some(&job), None);
+            if let Some(entry) = fire_entry(&job) {
+                self.fire_index.remove(&entry);
+            }
         }
         for run_id in self.runs_by_job.get(id).cloned().unwrap_or_default() {
             self.remove_run(run_id, changes);

@@ -54,13 +54,20 @@ use crate::error::Error;
 
 mod attempts;
 mod image;
+mod integration;
 mod jobs;
 mod requests;
 mod runs;
 mod security;
 mod workers;
 
-pub use image::{Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage, V4StateImage};
+pub use image::{
+    Image, LegacyStateImage, SecurityImage, StateImage, V3StateImage, V4StateImage, V5StateImage,
+};
+pub use integration::{
+    event_body_hash, trigger_matches, EventRecord, IntegrationImage, Join, Published, SinkDef, EVENT_TTL_MS,
+    JOIN_TTL_MS,
+};
 pub use jobs::{next_fire, JobFilter, JobPage};
 pub use requests::{body_hash, request_key, LegacyRequestRecord, RequestKey, RequestRecord};
 pub use runs::{RunFilter, MAX_BACKFILL_RUNS, MAX_PENDING_RUNS};
@@ -180,6 +187,10 @@ pub struct State {
     audit: AuditLog,
     /// Registered job types, external attempts and role type globs.
     workers: WorkersImage,
+    /// Published events, run triggers, dependency joins, sinks, role topic globs.
+    integration: IntegrationImage,
+    /// Indexes derived from the jobs and `integration`.
+    index: integration::IntegrationIndex,
     /// How many audit entries this replica keeps: a local setting given at
     /// start (`--audit-retain`), not replicated; 0 means the default.
     audit_retain: u64,
@@ -303,6 +314,29 @@ impl State {
             Command::AssignAttempts { starts } => Ok(self.assign_attempts(starts, index, at_ms, changes)),
             Command::CreateRoleScoped { role, types } => {
                 self.create_role_scoped(role, types, at_ms, principal)
+            }
+            Command::PublishEvent {
+                topic,
+                attributes,
+                payload,
+                idempotency_key,
+            } => self.publish_event(
+                topic,
+                attributes,
+                payload,
+                idempotency_key,
+                at_ms,
+                principal,
+                changes,
+            ),
+            Command::ForceDeleteJob { id, expected_version } => {
+                self.force_delete_job(id, *expected_version, changes)
+            }
+            Command::CreateSink { sink } => self.create_sink(sink, at_ms, principal),
+            Command::DeleteSink { name } => self.delete_sink(name),
+            Command::AckSink { name, position } => self.ack_sink(name, *position),
+            Command::CreateRoleWithScopes { role, types, topics } => {
+                self.create_role_with_scopes(role, types, topics, at_ms, principal)
             }
         }
     }

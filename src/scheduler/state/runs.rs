@@ -18,8 +18,10 @@ use super::{Changes, CommandResult, Response, RunTransition, State, MAX_PAGE_SIZ
 use crate::error::Error;
 use crate::scheduler::firing::{plan_fires, MAX_FIRE_AHEAD_MS};
 use crate::scheduler::job::{JobId, Overlap};
+use crate::scheduler::run::RunTrigger;
 use crate::scheduler::run::{JobCounters, Run, RunCause, RunId, RunStatus};
 use crate::scheduler::schedule::Schedule;
+use std::sync::Arc;
 
 /// Most runs that may wait for dispatch cluster-wide; past it triggers and
 /// backfills are refused with `ResourceExhausted` instead of growing the queue.
@@ -158,6 +160,7 @@ impl State {
     pub(super) fn remove_run(&mut self, run_id: RunId, changes: &mut Changes) {
         if let Some(run) = self.runs.remove(&run_id) {
             self.forget_external(run_id);
+            self.set_run_trigger(run_id, None);
             self.unindex_run(&run);
             changes.runs.insert(run_id);
         }
@@ -180,6 +183,19 @@ impl State {
         job_id: &str,
         nominal_ms: i64,
         cause: RunCause,
+        at_ms: i64,
+        changes: &mut Changes,
+    ) -> RunId {
+        self.create_run_with(job_id, nominal_ms, cause, None, at_ms, changes)
+    }
+
+    /// [`State::create_run`] of a run an event or an upstream run created.
+    pub(super) fn create_run_with(
+        &mut self,
+        job_id: &str,
+        nominal_ms: i64,
+        cause: RunCause,
+        trigger: Option<RunTrigger>,
         at_ms: i64,
         changes: &mut Changes,
     ) -> RunId {
@@ -225,7 +241,9 @@ impl State {
             output_tail: String::new(),
             revision: 0,
             worker: None,
+            trigger: trigger.map(Arc::new),
         };
+        self.set_run_trigger(id, run.trigger.clone());
         self.count(job_id, |c| c.runs_created += 1);
         if skip {
             run.status = RunStatus::Skipped;

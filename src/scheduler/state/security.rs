@@ -68,6 +68,10 @@ pub struct RunTransition {
     pub attempt: u32,
     /// Its error, if it ended or was retried after one.
     pub error: String,
+    /// Its nominal time.
+    pub nominal_ms: i64,
+    /// What created it, if an event or an upstream run did.
+    pub trigger: Option<std::sync::Arc<crate::scheduler::run::RunTrigger>>,
 }
 
 impl RunTransition {
@@ -83,6 +87,8 @@ impl RunTransition {
             worker: run.worker.clone(),
             attempt: run.attempt,
             error: run.error.clone(),
+            nominal_ms: run.nominal_ms,
+            trigger: run.trigger.clone(),
         })
     }
 
@@ -217,6 +223,9 @@ impl State {
     /// Appends the execution events of the transitions `changes` collected,
     /// attributed to `principal`.
     pub(super) fn audit_transitions(&mut self, principal: &str, at_ms: i64, changes: &mut Changes) {
+        // Runs that ended may start their dependents' runs, whose creation
+        // is recorded with them.
+        self.follow_upstream(at_ms, changes);
         for transition in std::mem::take(&mut changes.transitions) {
             self.audit_append(transition.record(principal), at_ms);
         }
@@ -323,7 +332,9 @@ impl State {
                 }
                 needed
             }
-            Command::DeleteJob { id, .. } | Command::SetPaused { id, .. } => {
+            Command::DeleteJob { id, .. }
+            | Command::ForceDeleteJob { id, .. }
+            | Command::SetPaused { id, .. } => {
                 vec![(Permission::JobWrite, stored(id))]
             }
             Command::TriggerJob { id } | Command::Backfill { id, .. } => {
@@ -350,7 +361,14 @@ impl State {
             | Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::CreateBinding { .. }
-            | Command::DeleteBinding { .. } => vec![(Permission::AclAdmin, Resource::Cluster)],
+            | Command::DeleteBinding { .. }
+            | Command::CreateRoleWithScopes { .. } => vec![(Permission::AclAdmin, Resource::Cluster)],
+            Command::PublishEvent { topic, .. } => {
+                vec![(Permission::EventPublish, Resource::Topic(topic.clone()))]
+            }
+            Command::CreateSink { .. } | Command::DeleteSink { .. } => {
+                vec![(Permission::SinkAdmin, Resource::Cluster)]
+            }
             // Internal commands: only root-like callers could even name
             // them, and `apply_client` refuses them anyway.
             _ => vec![(Permission::ClusterAdmin, Resource::Cluster)],
@@ -409,6 +427,7 @@ impl State {
             )));
         }
         self.forget_role_types(name);
+        self.forget_role_topics(name);
         self.acl
             .roles
             .remove(name)
@@ -515,6 +534,7 @@ fn is_acl_command(command: &Command) -> bool {
             | Command::RevokeToken { .. }
             | Command::CreateBinding { .. }
             | Command::DeleteBinding { .. }
+            | Command::CreateRoleWithScopes { .. }
     )
 }
 
@@ -524,6 +544,7 @@ fn job_of(command: &Command) -> Option<&str> {
         Command::CreateJob { id, .. }
         | Command::UpdateJob { id, .. }
         | Command::DeleteJob { id, .. }
+        | Command::ForceDeleteJob { id, .. }
         | Command::SetPaused { id, .. }
         | Command::TriggerJob { id }
         | Command::Backfill { id, .. } => Some(id),

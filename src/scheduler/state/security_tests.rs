@@ -85,6 +85,7 @@ impl Sm {
             owners: vec!["billing*".into()],
             jobs: vec![],
             types: vec![],
+            topics: Vec::new(),
             description: String::new(),
             created_ms: 0,
             created_by: String::new(),

@@ -185,6 +185,7 @@ fn role_type_globs_limit_worker_connect_and_survive_a_snapshot() {
         owners: vec![],
         jobs: vec![],
         types: vec![],
+        topics: Vec::new(),
         description: String::new(),
         created_ms: 0,
         created_by: String::new(),
