@@ -5,6 +5,11 @@
 //!   committed log it found at start; 503 with the reason otherwise. Load
 //!   balancers and `kairos dev` wait on it ([`crate::launcher::HttpProbe`]).
 //! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+//! - `/v1/...`: the REST API ([`crate::rest`]), authenticated as the gRPC
+//!   API is; `GET /openapi.json`: its OpenAPI 3.1 document. Any other path
+//!   is `404` in the REST API's error shape.
+//!
+//! The first three and the document need no credential.
 
 use std::sync::Arc;
 
@@ -16,6 +21,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Api;
 use crate::metrics::Metrics;
 use crate::node::Node;
 
@@ -30,16 +36,33 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    api: Api,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let document: Arc<str> = crate::rest::openapi::document()
+        .to_json()
+        .expect("the OpenAPI document serializes")
+        .into();
     let app = Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(AppState { node, metrics });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .with_state(AppState { node, metrics })
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], document.to_string()) }
+            }),
+        )
+        .merge(crate::rest::router(api))
+        .fallback(crate::rest::fallback);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
 }
 
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod raft;
+pub mod rest;
 pub mod scheduler;
 pub mod tls;
 pub mod transport;

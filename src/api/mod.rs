@@ -69,36 +69,49 @@ pub const MAX_API_MESSAGE_BYTES: usize = 2 << 20;
 /// gRPC metadata key carrying the leader's address on `UNAVAILABLE`.
 pub const LEADER_HEADER: &str = "x-kairos-leader";
 
-/// Serves the client services on `listener` until `shutdown` is cancelled:
-/// over TLS with `tls` (`--tls-cert`; see [`crate::tls::api_server_config`]),
-/// else plain.
+impl Api {
+    /// The state the public services share, for [`serve`] and the REST
+    /// gateway ([`crate::rest`]): both answer through the same value, so a
+    /// call over HTTP takes the same checks, audit and batching as one over
+    /// gRPC. Starts the completion batcher and the audit recorder (tasks on
+    /// the current runtime).
+    pub fn new(
+        node: Arc<Node>,
+        metrics: Arc<Metrics>,
+        workers: ApiWorkers,
+        auth: AuthSettings,
+        shutdown: CancellationToken,
+    ) -> Api {
+        if auth.disabled {
+            tracing::warn!(
+                node = node.id,
+                "--insecure-disable-auth: every caller may do anything on this node, as `anonymous`"
+            );
+        }
+        Api {
+            node: node.clone(),
+            metrics,
+            registry: workers.registry,
+            external: workers.external,
+            task_tokens: workers.task_tokens,
+            completions: CompletionBatcher::start(node.clone()),
+            auth,
+            recorder: AuditRecorder::start(node),
+            shutdown,
+        }
+    }
+}
+
+/// Serves the client services of `api` on `listener` until `shutdown` is
+/// cancelled: over TLS with `tls` (`--tls-cert`; see
+/// [`crate::tls::api_server_config`]), else plain.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
-    node: Arc<Node>,
-    metrics: Arc<Metrics>,
-    workers: ApiWorkers,
-    auth: AuthSettings,
+    api: Api,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let wire_errors = WireErrorsLayer::new(metrics.clone());
-    if auth.disabled {
-        tracing::warn!(
-            node = node.id,
-            "--insecure-disable-auth: every caller may do anything on this node, as `anonymous`"
-        );
-    }
-    let api = Api {
-        node: node.clone(),
-        metrics,
-        registry: workers.registry,
-        external: workers.external,
-        task_tokens: workers.task_tokens,
-        completions: CompletionBatcher::start(node.clone()),
-        auth,
-        recorder: AuditRecorder::start(node.clone()),
-        shutdown: shutdown.clone(),
-    };
+    let wire_errors = WireErrorsLayer::new(api.metrics.clone());
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .layer(wire_errors)

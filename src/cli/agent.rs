@@ -202,7 +202,7 @@ struct Listeners {
     grpc: TcpListener,
     /// Peer API (`--peer-addr`).
     peer: TcpListener,
-    /// Health and metrics (`--http-addr`).
+    /// Health, metrics and the REST API (`--http-addr`).
     http: TcpListener,
 }
 
@@ -243,14 +243,18 @@ impl Services {
     fn spawn(self, listeners: Listeners, config: &AgentConfig) -> TaskTracker {
         let Listeners { grpc, peer, http } = listeners;
         let tasks = TaskTracker::new();
+        // One `Api` serves gRPC and the REST gateway on the HTTP listener.
+        let api = crate::api::Api::new(
+            self.node.clone(),
+            self.metrics.clone(),
+            self.workers.clone(),
+            config.auth,
+            self.shutdown.clone(),
+        );
         {
-            let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
-            let (workers, tls) = (self.workers.clone(), self.api_tls.clone());
-            let auth = config.auth;
+            let (api, tls, shutdown) = (api.clone(), self.api_tls.clone(), self.shutdown.clone());
             tasks.spawn(async move {
-                if let Err(e) =
-                    crate::api::serve(grpc, tls, node, metrics, workers, auth, shutdown.clone()).await
-                {
+                if let Err(e) = crate::api::serve(grpc, tls, api, shutdown.clone()).await {
                     tracing::error!("gRPC server failed: {e}");
                     shutdown.cancel();
                 }
@@ -274,7 +278,7 @@ impl Services {
         {
             let (node, metrics, shutdown) = (self.node.clone(), self.metrics.clone(), self.shutdown.clone());
             tasks.spawn(async move {
-                if let Err(e) = crate::http::serve(http, node, metrics, shutdown.clone()).await {
+                if let Err(e) = crate::http::serve(http, node, metrics, api, shutdown.clone()).await {
                     tracing::error!("HTTP server failed: {e}");
                     shutdown.cancel();
                 }
