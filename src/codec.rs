@@ -192,7 +192,7 @@ mod tests {
     fn a_value_round_trips_in_a_frame_of_this_version() {
         let value = (7u64, String::from("job-1"), Some(-3i64));
         let bytes = encode(&value).unwrap();
-        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 5, 0]);
+        assert_eq!(&bytes[..FRAME_LEN], &[0x80, 0x00, 6, 0]);
         assert_eq!(bytes.len(), encoded_len(&value).unwrap());
         assert_eq!(&bytes[FRAME_LEN..], &encode_body(&value).unwrap()[..]);
         assert_eq!(decode::<(u64, String, Option<i64>)>(&bytes).unwrap(), value);
@@ -207,7 +207,7 @@ mod tests {
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "log entry is in format version 7, newer than this node understands (it reads 5); \
+            "log entry is in format version 7, newer than this node understands (it reads 6); \
              upgrade this node; every node of a cluster must run the same format version"
         );
         let mut older = encode(&42u64).unwrap();
@@ -219,7 +219,7 @@ mod tests {
         let unframed = encode_body(&42u64).unwrap();
         let err = decode::<u64>(&unframed).unwrap_err().to_string();
         assert!(
-            err.contains("no format version") && err.contains("reads format version 5"),
+            err.contains("no format version") && err.contains("reads format version 6"),
             "{err}"
         );
         assert_eq!(decode::<u64>(&reframe_as_current(&unframed)).unwrap(), 42);
@@ -229,7 +229,7 @@ mod tests {
         assert!(decode::<u64>(&v3).is_err());
         assert_eq!(decode::<u64>(&reframe_as_current(&v3)).unwrap(), 42);
         // Garbage after a good frame is a decode error, not a version error.
-        let err = decode::<String>(&[0x80, 0x00, 5, 0, 0xff]).unwrap_err();
+        let err = decode::<String>(&[0x80, 0x00, 6, 0, 0xff]).unwrap_err();
         assert!(matches!(err, Error::Internal(_)), "{err:?}");
     }
 

@@ -224,6 +224,8 @@ pub struct Node {
     /// Cancelled when the node stops; a child of the signal given to
     /// [`Node::start`], so the node can also stop on its own.
     stopping: CancellationToken,
+    /// What this node knows of its sink deliveries (it delivers while it leads).
+    pub sink_status: crate::actors::sinks::SinkStatus,
 }
 
 impl Node {
@@ -289,6 +291,7 @@ impl Node {
             batcher,
             tasks,
             stopping,
+            sink_status: Default::default(),
         });
         node.tasks.spawn(node.clone().keep_address_book());
         if let Err(e) = node.bootstrap(options).await {

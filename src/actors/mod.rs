@@ -27,6 +27,7 @@ pub mod dispatcher;
 pub mod external;
 pub mod limits;
 pub mod reporter;
+pub mod sinks;
 pub mod timer;
 pub mod worker;
 

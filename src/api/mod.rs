@@ -24,7 +24,9 @@ pub mod auth;
 pub mod cluster_service;
 pub mod completions;
 pub mod convert;
+pub mod event_service;
 pub mod job_service;
+pub mod lifecycle;
 mod one_shot;
 pub mod raft_service;
 pub mod read;
@@ -53,6 +55,7 @@ use crate::node::Node;
 use crate::proto::acl_service_server::AclServiceServer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::cluster_service_server::ClusterServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::run_service_server::RunServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
@@ -124,7 +127,8 @@ pub async fn serve(
         .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AuditServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
-        .add_service(WorkerServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
+        .add_service(WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(EventServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
     // Accepted sockets need TCP_NODELAY themselves (the builder's setting
     // only covers listeners tonic binds): without it a reply split over
     // two writes waits for the peer's delayed ACK, ~40 ms per request.

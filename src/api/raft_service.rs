@@ -161,7 +161,7 @@ mod tests {
         assert!(
             status
                 .message()
-                .contains("is in format version 6, newer than this node understands (it reads 5)"),
+                .contains("is in format version 7, newer than this node understands (it reads 6)"),
             "{status:?}"
         );
 
@@ -171,7 +171,7 @@ mod tests {
         assert!(status.message().contains("no format version"), "{status:?}");
 
         let status =
-            decode_payload::<VoteRequest<u64>>(payload_of(vec![0x80, 0x00, 5, 0, 0xff])).unwrap_err();
+            decode_payload::<VoteRequest<u64>>(payload_of(vec![0x80, 0x00, 6, 0, 0xff])).unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     }
 }

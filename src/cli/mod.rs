@@ -18,6 +18,7 @@ pub mod client;
 pub mod cluster;
 pub mod cron;
 pub mod dev;
+pub mod event;
 pub mod job;
 pub mod job_type;
 pub mod output;
@@ -62,6 +63,8 @@ pub enum Command {
     Type(job_type::JobTypeCommand),
     /// External workers connected to the cluster.
     Worker(worker::WorkerCommand),
+    /// Publish events that trigger jobs; follow the lifecycle stream.
+    Event(event::EventCommand),
     /// Access control: bootstrap, roles, tokens, certificate bindings.
     Acl(acl::AclCommand),
     /// Read, export and verify the audit log.
@@ -82,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cron(cmd) => cron::run(cmd),
         Command::Type(cmd) => job_type::run(cmd, &cli.client).await,
         Command::Worker(cmd) => worker::run(cmd, &cli.client).await,
+        Command::Event(cmd) => event::run(cmd, &cli.client).await,
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,

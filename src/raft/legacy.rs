@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(record("req-2").body_hash, body_hash("job-2", &job2.spec));
         assert_eq!(record("req-2").at_ms, job2.created_at_ms);
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
-        assert_eq!((stored.format, stored.meta), (Format::V5, meta));
+        assert_eq!((stored.format, stored.meta), (Format::V6, meta));
     }
 
     #[tokio::test]
@@ -398,7 +398,7 @@ mod tests {
         let stored = SnapshotFile::in_dir(dir.path()).read().unwrap().unwrap();
         assert_eq!(
             (stored.format, &stored.meta, &stored.data),
-            (Format::V5, &meta, &data)
+            (Format::V6, &meta, &data)
         );
         let current = store.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);

@@ -523,7 +523,7 @@ mod tests {
             let err = log.try_get_log_entries(1..=1).await.unwrap_err().to_string();
             assert!(
                 err.contains(
-                    "log entry is in format version 9, newer than this node understands (it reads 5)"
+                    "log entry is in format version 9, newer than this node understands (it reads 6)"
                 ),
                 "{err}"
             );
@@ -537,7 +537,7 @@ mod tests {
         let err = err.to_string();
         assert!(
             err.contains("the Raft log in ")
-                && err.contains("is in format version 9, newer than this node understands (it reads 5)"),
+                && err.contains("is in format version 9, newer than this node understands (it reads 6)"),
             "{err}"
         );
     }

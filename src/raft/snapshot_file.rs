@@ -378,7 +378,7 @@ mod tests {
         let stored = file.read().unwrap().unwrap();
         assert_eq!(
             (stored.meta, stored.data, stored.format),
-            (meta(20), vec![7u8; 3000], Format::V5)
+            (meta(20), vec![7u8; 3000], Format::V6)
         );
         assert!(!dir.path().join("kairos-snapshot.tmp").exists());
     }
@@ -436,7 +436,7 @@ mod tests {
             Ok((format, out))
         };
         let (m, (format, got)) = file.read_with(read_all).unwrap().unwrap();
-        assert_eq!((m, format, got), (meta(40), Format::V5, data.clone()));
+        assert_eq!((m, format, got), (meta(40), Format::V6, data.clone()));
         // A decoder that stops early still has the rest checked.
         let first_byte = |_: Format, input: &mut dyn Read| {
             let mut one = [0u8; 1];

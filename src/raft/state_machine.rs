@@ -79,6 +79,9 @@ pub enum RunFeed {
 pub struct StateHandle {
     state: Arc<RwLock<State>>,
     run_feed: broadcast::Sender<RunFeed>,
+    /// The audit chain's head sequence number after each apply: what
+    /// lifecycle watchers and sink deliveries wait on.
+    audit_head: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Default for StateHandle {
@@ -86,6 +89,7 @@ impl Default for StateHandle {
         StateHandle {
             state: Arc::default(),
             run_feed: broadcast::channel(RUN_FEED_CAPACITY).0,
+            audit_head: Arc::new(tokio::sync::watch::channel(0).0),
         }
     }
 }
@@ -115,6 +119,20 @@ impl StateHandle {
     /// so nothing applied in between is missed.
     pub fn subscribe_runs(&self) -> broadcast::Receiver<RunFeed> {
         self.run_feed.subscribe()
+    }
+
+    /// The audit head sequence number as applied, changing after every
+    /// apply that appended entries (or installed a snapshot).
+    pub fn subscribe_audit_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.audit_head.subscribe()
+    }
+
+    fn publish_audit_head(&self, seq: u64) {
+        self.audit_head.send_if_modified(|head| {
+            let changed = *head != seq;
+            *head = seq;
+            changed
+        });
     }
 
     fn publish(&self, feed: RunFeed) {
@@ -221,14 +239,16 @@ impl StateMachineStore {
 
     /// Makes `state`, described by `meta`, the current one.
     fn replace(&mut self, meta: &Meta, state: State) {
-        {
+        let audit_head = {
             let mut current = self.state.write();
             *current = state;
             current.set_audit_retain(self.audit_retain);
             #[cfg(feature = "chaos-break")]
             current.set_chaos_break(self.chaos_break);
-        }
+            current.audit().head().seq
+        };
         self.state.publish(RunFeed::Reset);
+        self.state.publish_audit_head(audit_head);
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
     }
@@ -319,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut results = Vec::new();
         let mut changes = Changes::default();
         let mut run_feed = None;
+        let audit_head;
         {
             let mut state = self.state.write();
             for entry in entries {
@@ -346,10 +367,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 changed.sort_by_key(|r| (r.revision, r.id));
                 run_feed = Some(RunFeed::Changed(Arc::new(changed)));
             }
+            audit_head = state.audit().head().seq;
         }
         if let Some(feed) = run_feed {
             self.state.publish(feed);
         }
+        self.state.publish_audit_head(audit_head);
         Ok(results)
     }
 

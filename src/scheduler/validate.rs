@@ -8,6 +8,8 @@
 //! Every message names the field and the problem, e.g.
 //! `id: "a b" contains ' ' (allowed: letters, digits, '.', '_', '-')`.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SecondsFormat};
 
 use super::job::{format_thousandths, JobPatch, JobSpec, Metadata, Policies, MAX_ID_LEN, MAX_PAYLOAD_BYTES};
@@ -75,10 +77,154 @@ pub fn validate_request_id(request_id: &str) -> Result<()> {
 pub fn validate_spec(spec: &JobSpec) -> Result<()> {
     validate_type(&spec.job_type)?;
     validate_owner(&spec.owner_service)?;
-    Schedule::compile(&spec.schedule).map_err(|e| invalid(e.to_string()))?;
+    validate_schedule(&spec.schedule)?;
     validate_payload(&spec.payload)?;
     validate_metadata(&spec.metadata)?;
     validate_policies(&spec.policies)
+}
+
+/// Most upstream jobs of one `after` dependency.
+pub const MAX_UPSTREAM_JOBS: usize = 32;
+/// Most attributes of a published event (and `match` pairs of a trigger).
+pub const MAX_EVENT_ATTRIBUTES: usize = 64;
+/// Longest event topic (or topic glob), characters.
+pub const MAX_TOPIC_LEN: usize = 256;
+/// Longest attribute key, characters.
+pub const MAX_ATTRIBUTE_KEY_LEN: usize = 128;
+/// Longest attribute value, bytes.
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+/// Largest event payload, bytes (256 KiB).
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 256 * 1024;
+/// Longest publish idempotency key, characters.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Checks a schedule: a time schedule compiles; an event trigger has a
+/// valid topic glob and match pairs; a dependency names 1 to
+/// [`MAX_UPSTREAM_JOBS`] distinct valid job ids.
+pub fn validate_schedule(schedule: &ScheduleSpec) -> Result<()> {
+    Schedule::compile(schedule).map_err(|e| invalid(e.to_string()))?;
+    match schedule {
+        ScheduleSpec::OnEvent { topic, matches } => {
+            validate_topic(topic, "schedule_spec.on_event.topic", true)?;
+            validate_attributes(matches, "schedule_spec.on_event.match")
+        }
+        ScheduleSpec::After { jobs, .. } => {
+            if jobs.is_empty() || jobs.len() > MAX_UPSTREAM_JOBS {
+                return Err(invalid(format!(
+                    "schedule_spec.after.jobs: {} jobs; name 1 to {MAX_UPSTREAM_JOBS}",
+                    jobs.len()
+                )));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for job in jobs {
+                validate_id(job).map_err(|e| invalid(format!("schedule_spec.after.jobs: {e}")))?;
+                if !seen.insert(job) {
+                    return Err(invalid(format!(
+                        "schedule_spec.after.jobs: {job:?} is listed twice"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks a topic (or, with `glob`, a topic glob that may hold `*` and
+/// `?`): 1 to [`MAX_TOPIC_LEN`] characters of `[A-Za-z0-9._:/-]`.
+pub fn validate_topic(topic: &str, field: &str, glob: bool) -> Result<()> {
+    if topic.is_empty() || topic.chars().count() > MAX_TOPIC_LEN {
+        return Err(invalid(format!(
+            "{field}: must be 1 to {MAX_TOPIC_LEN} characters"
+        )));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:/-".contains(c) || (glob && "*?".contains(c));
+    if let Some(bad) = topic.chars().find(|c| !allowed(*c)) {
+        let what = if glob {
+            "[A-Za-z0-9._:/-*?]"
+        } else {
+            "[A-Za-z0-9._:/-]"
+        };
+        return Err(invalid(format!("{field}: {bad:?} is not allowed (use {what})")));
+    }
+    Ok(())
+}
+
+/// Checks event attributes (or a trigger's match pairs).
+pub fn validate_attributes(attributes: &BTreeMap<String, String>, field: &str) -> Result<()> {
+    if attributes.len() > MAX_EVENT_ATTRIBUTES {
+        return Err(invalid(format!(
+            "{field}: {} pairs, at most {MAX_EVENT_ATTRIBUTES}",
+            attributes.len()
+        )));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.chars().count() > MAX_ATTRIBUTE_KEY_LEN {
+            return Err(invalid(format!(
+                "{field}: key {key:?} must be 1 to {MAX_ATTRIBUTE_KEY_LEN} characters"
+            )));
+        }
+        if key.chars().any(char::is_control) || value.chars().any(char::is_control) {
+            return Err(invalid(format!(
+                "{field}[{key:?}]: control characters are not allowed"
+            )));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Err(invalid(format!(
+                "{field}[{key:?}]: value longer than {MAX_ATTRIBUTE_VALUE_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a publish: topic, attributes, payload size, idempotency key.
+pub fn validate_publish(
+    topic: &str,
+    attributes: &BTreeMap<String, String>,
+    payload: &[u8],
+    idempotency_key: &str,
+) -> Result<()> {
+    validate_topic(topic, "topic", false)?;
+    validate_attributes(attributes, "attributes")?;
+    if payload.len() > MAX_EVENT_PAYLOAD_BYTES {
+        return Err(invalid(format!(
+            "payload: {} bytes, at most {MAX_EVENT_PAYLOAD_BYTES} (256 KiB)",
+            payload.len()
+        )));
+    }
+    if idempotency_key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN
+        || idempotency_key.chars().any(char::is_control)
+    {
+        return Err(invalid(format!(
+            "idempotency_key: at most {MAX_IDEMPOTENCY_KEY_LEN} characters, no control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a sink: name `[a-z0-9_-]{1,64}`, an http(s) URL, a job glob.
+pub fn validate_sink(name: &str, url: &str, job: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(invalid("name: 1 to 64 characters of [a-z0-9_-]"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(format!("url: {url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(format!(
+            "url: {url:?} must be an http:// or https:// URL with a host"
+        )));
+    }
+    if job.len() > MAX_TOPIC_LEN || job.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "job: at most {MAX_TOPIC_LEN} characters, no control characters"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the fields a patch sets (update). Fields are independent, so checking
@@ -94,7 +240,7 @@ pub fn validate_patch(patch: &JobPatch) -> Result<()> {
         validate_owner(v)?;
     }
     if let Some(v) = &patch.schedule {
-        Schedule::compile(v).map_err(|e| invalid(e.to_string()))?;
+        validate_schedule(v)?;
     }
     if let Some(v) = &patch.payload {
         validate_payload(v)?;

@@ -23,6 +23,21 @@ enum OverlapArg {
     AllowAll,
 }
 
+/// `--after-condition` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ConditionArg {
+    Succeeded,
+    Failed,
+    Completed,
+}
+
+/// `--after-mode` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ModeArg {
+    All,
+    Any,
+}
+
 /// `--catchup` values.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum CatchupArg {
@@ -67,6 +82,23 @@ pub struct JobFields {
     /// Offset of --every from the epoch alignment.
     #[arg(long, value_parser = duration, requires = "every")]
     phase: Option<Duration>,
+    /// Run once per published event whose topic matches this glob
+    /// (`*` any characters, `?` one), e.g. 'orders.*'.
+    #[arg(long, conflicts_with_all = ["schedule", "tz", "at", "every", "after"])]
+    on_event: Option<String>,
+    /// With --on-event: an attribute the event must carry, key=value (repeatable).
+    #[arg(long = "match", value_parser = label, requires = "on_event")]
+    matches: Vec<(String, String)>,
+    /// Run after these jobs (comma-separated ids).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["schedule", "tz", "at", "every"])]
+    after: Vec<String>,
+    /// With --after: which ending of an upstream run counts (default succeeded).
+    #[arg(long, value_enum, requires = "after")]
+    after_condition: Option<ConditionArg>,
+    /// With --after: all (one run once every upstream job has a run for the
+    /// same nominal time or event; default) or any (one run per upstream run).
+    #[arg(long, value_enum, requires = "after")]
+    after_mode: Option<ModeArg>,
     /// Handler payload as text.
     #[arg(long, conflicts_with = "payload_file")]
     payload: Option<String>,
@@ -192,6 +224,28 @@ impl JobFields {
             return Ok(Some(pb::schedule_spec::Kind::Cron(pb::CronSchedule {
                 expr: cron.expr.clone(),
                 timezone: timezone.clone(),
+            })));
+        }
+        if let Some(topic) = &self.on_event {
+            return Ok(Some(pb::schedule_spec::Kind::OnEvent(pb::EventTrigger {
+                topic: topic.clone(),
+                r#match: self.matches.iter().cloned().collect(),
+            })));
+        }
+        if !self.after.is_empty() {
+            let condition = match self.after_condition {
+                None | Some(ConditionArg::Succeeded) => pb::DependencyCondition::Succeeded,
+                Some(ConditionArg::Failed) => pb::DependencyCondition::Failed,
+                Some(ConditionArg::Completed) => pb::DependencyCondition::Completed,
+            };
+            let mode = match self.after_mode {
+                None | Some(ModeArg::All) => pb::DependencyMode::All,
+                Some(ModeArg::Any) => pb::DependencyMode::Any,
+            };
+            return Ok(Some(pb::schedule_spec::Kind::After(pb::Dependency {
+                jobs: self.after.iter().map(|j| j.trim().to_string()).collect(),
+                condition: condition as i32,
+                mode: mode as i32,
             })));
         }
         if let Some(at) = self.at {

@@ -167,6 +167,9 @@ fn print_description(d: &pb::JobDescription, hint: Option<&str>) {
     if let Some(hint) = hint {
         output::outln!("{hint}");
     }
+    if !d.blocked.is_empty() {
+        output::outln!("{}", d.blocked);
+    }
     let c = d.counters.unwrap_or_default();
     output::outln!(
         "counters: created {} succeeded {} failed {} timed_out {} cancelled {} skipped {} missed {} retries {}",

@@ -79,6 +79,8 @@ mod ahead_tests;
 #[cfg(test)]
 mod attempts_tests;
 #[cfg(test)]
+mod integration_tests;
+#[cfg(test)]
 mod runs_tests;
 #[cfg(test)]
 mod security_tests;
