@@ -14,14 +14,17 @@
 //! - A REST call is audited as the gRPC call is, with the caller's address
 //!   and the `traceparent`'s trace id.
 //! - `/openapi.json` needs no credential and lists one operation per route.
-//! - `GET /v1/runs:watch` streams run changes as Server-Sent Events and
-//!   resumes after `Last-Event-ID`.
+//! - `GET /v1/runs:watch` and `GET /v1/events:watch` stream as
+//!   Server-Sent Events and resume after `Last-Event-ID`; an event
+//!   published over REST runs the job its topic triggers; sinks are
+//!   created, listed and deleted.
 
 use std::time::Duration;
 
 use kairos::proto as pb;
 use kairos::proto::acl_service_client::AclServiceClient;
 use kairos::proto::audit_service_client::AuditServiceClient;
+use kairos::proto::event_service_client::EventServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
 use kairos_testkit::{job, Bearer, TestCluster};
@@ -706,4 +709,88 @@ async fn watch_streams_run_changes_as_server_sent_events_and_resumes() {
     )
     .await;
     assert_error(&reply, 400, "INVALID_ARGUMENT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_publish_watch_and_sinks_over_rest() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.wait_ready(READY).await;
+    cluster.wait_leader(READY).await;
+    let rest = Rest::new(&cluster.node(1).http, Some(cluster.token()));
+    let mut events = EventServiceClient::new(cluster.channel(1));
+
+    // A job triggered by `orders.*` events, created over REST.
+    let on_orders = json!({
+        "id": "on-orders", "type": "noop", "ownerService": "shop", "payload": "e30=",
+        "scheduleSpec": {"onEvent": {"topic": "orders.*"}}
+    });
+    let (code, created) = rest.call("POST", "/v1/jobs", Some(on_orders)).await;
+    assert_eq!(code, 200, "{created}");
+
+    // Publish over REST and over gRPC: the same answer but for the event.
+    let publish = json!({"topic": "orders.created", "attributes": {"region": "eu"}, "payload": "e30="});
+    let (code, rest_published) = rest.call("POST", "/v1/events", Some(publish)).await;
+    assert_eq!(code, 200, "{rest_published}");
+    let grpc_published = events
+        .publish_event(pb::PublishEventRequest {
+            topic: "orders.created".into(),
+            attributes: [("region".to_string(), "eu".to_string())].into(),
+            payload: b"{}".to_vec(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let volatile = ["eventId", "time"];
+    assert_eq!(without(rest_published.clone(), &volatile), without(json_of(&grpc_published), &volatile));
+    assert_eq!(rest_published["runsCreated"], 1);
+    let first_event = rest_published["eventId"].as_str().unwrap().to_string();
+    assert_error(&rest.call("POST", "/v1/events", Some(json!({"topic": ""}))).await, 400, "INVALID_ARGUMENT");
+
+    // Watch the published events from the oldest: both, in order, each
+    // with its position as id.
+    let watch = "/v1/events:watch?kinds=LIFECYCLE_EVENT_KIND_EVENT_PUBLISHED";
+    let mut response = rest.request("GET", watch).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let seen = read_events(&mut response, &mut buffer, 2).await;
+    assert_eq!(seen[0].data["eventId"], first_event.as_str());
+    assert_eq!(seen[1].data["eventId"], grpc_published.event_id.as_str());
+    for event in &seen {
+        assert_eq!(event.id.as_deref(), event.data["position"].as_str());
+        assert_eq!(event.data["topic"], "orders.created");
+    }
+    // Live: a third event arrives on the open stream.
+    let (_, third) = rest
+        .call("POST", "/v1/events", Some(json!({"topic": "orders.paid"})))
+        .await;
+    let live = read_events(&mut response, &mut buffer, 1).await;
+    assert_eq!(live[0].data["eventId"], third["eventId"]);
+    drop(response);
+
+    // Resume after the first: the second and third, not the first again.
+    let mut resumed = rest
+        .request("GET", watch)
+        .header("last-event-id", seen[0].id.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let again = read_events(&mut resumed, &mut buffer, 2).await;
+    assert_eq!(again[0].id, seen[1].id);
+    assert_eq!(again[1].data["eventId"], third["eventId"]);
+
+    // Sinks: create, list, delete.
+    let sink = json!({"name": "audit-hook", "url": "http://127.0.0.1:9/hook"});
+    let (code, created) = rest.call("POST", "/v1/sinks", Some(sink)).await;
+    assert_eq!((code, created["name"].as_str()), (200, Some("audit-hook")), "{created}");
+    let (code, listed) = rest.call("GET", "/v1/sinks", None).await;
+    assert_eq!(code, 200);
+    let grpc_listed = events.list_sinks(pb::ListSinksRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed["sinks"][0]["name"], "audit-hook");
+    assert_eq!(listed["sinks"].as_array().unwrap().len(), grpc_listed.sinks.len());
+    let (code, deleted) = rest.call("DELETE", "/v1/sinks/audit-hook", None).await;
+    assert_eq!((code, deleted), (200, json!({})));
+    assert_error(&rest.call("DELETE", "/v1/sinks/audit-hook", None).await, 404, "NOT_FOUND");
 }

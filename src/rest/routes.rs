@@ -23,6 +23,7 @@ use crate::proto as pb;
 use crate::proto::acl_service_server::AclService;
 use crate::proto::audit_service_server::AuditService;
 use crate::proto::cluster_service_server::ClusterService;
+use crate::proto::event_service_server::EventService;
 use crate::proto::job_service_server::JobService;
 use crate::proto::run_service_server::RunService;
 use crate::proto::worker_service_server::WorkerService;
@@ -269,4 +270,19 @@ pub static ROUTES: &[Route] = &[
         Body::None, "job:read", "Built-in and registered job types.", unary!(WorkerService::list_job_types)),
     route(Get, "/v1/job-types/{name}", "WorkerService", "GetJobType", "GetJobTypeRequest", "JobType", Body::None,
         "job:read", "Gets a job type.", unary!(WorkerService::get_job_type)),
+    // EventService
+    route(Post, "/v1/events", "EventService", "PublishEvent", "PublishEventRequest", "PublishEventResponse",
+        Whole, "event:publish", "Publishes an event; runs every job whose `onEvent` trigger matches it.",
+        unary!(EventService::publish_event)),
+    streaming(route(Get, "/v1/events:watch", "EventService", "WatchEvents", "WatchEventsRequest",
+        "LifecycleEvent", Body::None, "event:watch",
+        "Lifecycle events as Server-Sent Events (id: the position; resume with Last-Event-ID).",
+        stream!(EventService::watch_events, resume_events, event_id))),
+    route(Post, "/v1/sinks", "EventService", "CreateSink", "CreateSinkRequest", "Sink", Field("sink"),
+        "sink:admin", "Registers a webhook that receives lifecycle events (the body is the sink).",
+        unary!(EventService::create_sink)),
+    route(Get, "/v1/sinks", "EventService", "ListSinks", "ListSinksRequest", "ListSinksResponse", Body::None,
+        "sink:admin", "Lists sinks.", unary!(EventService::list_sinks)),
+    route(Delete, "/v1/sinks/{name}", "EventService", "DeleteSink", "DeleteSinkRequest", "DeleteSinkResponse",
+        Body::None, "sink:admin", "Deletes a sink.", unary!(EventService::delete_sink)),
 ];
