@@ -13,7 +13,9 @@
 //!   id), 429 (a body over the limit).
 //! - A REST call is audited as the gRPC call is, with the caller's address
 //!   and the `traceparent`'s trace id.
-//! - `/openapi.json` needs no credential and lists one operation per route.
+//! - `/openapi.json` needs no credential and lists one operation per route;
+//!   every reply the tests get, errors included, validates against its
+//!   schema there.
 //! - `GET /v1/runs:watch` and `GET /v1/events:watch` stream as
 //!   Server-Sent Events and resume after `Last-Event-ID`; an event
 //!   published over REST runs the job its topic triggers; sinks are
@@ -78,12 +80,33 @@ impl Rest {
     }
 }
 
+/// Sends `request`: the status and the JSON reply. An error reply is
+/// checked against the document's error schema.
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    if status != 200 {
+        conforms("Error", &value);
+    }
     (status, value)
+}
+
+/// Asserts that `value` validates against the OpenAPI document's schema
+/// `name` (the document the node serves; the errors test checks that it
+/// is this one).
+fn conforms(name: &str, value: &Value) {
+    static COMPONENTS: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let components = COMPONENTS.get_or_init(|| {
+        let document = serde_json::to_value(kairos::rest::openapi::document()).unwrap();
+        document["components"].clone()
+    });
+    let root = json!({"$ref": format!("#/components/schemas/{name}"), "components": components});
+    let validator = jsonschema::validator_for(&root).unwrap();
+    if let Err(e) = validator.validate(value) {
+        panic!("not a valid {name} ({e}): {value}");
+    }
 }
 
 /// A `uint64` field of a reply: a decimal string, absent when 0 (the JSON
@@ -176,6 +199,7 @@ async fn rest_and_grpc_give_the_same_answers() {
     let (code, rest_job) = send(created).await;
     assert_eq!(code, 200, "{rest_job}");
     assert_eq!(rest_job["id"], "r");
+    conforms("ScheduledJob", &rest_job);
     let grpc_job = jobs
         .create_job(pb::CreateJobRequest {
             job: Some(job("g")),
@@ -223,6 +247,7 @@ async fn rest_and_grpc_give_the_same_answers() {
         .into_inner();
     assert_eq!(listed, json_of(&grpc_list));
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
+    conforms("ListJobsResponse", &listed);
     let next = listed["nextPageToken"].as_str().unwrap();
     let (_, second) = rest
         .call(
@@ -262,6 +287,7 @@ async fn rest_and_grpc_give_the_same_answers() {
         without(json_of(&grpc_updated), JOB_VOLATILE)
     );
     assert_eq!(rest_updated["ownerService"], "tests", "outside the mask: kept");
+    conforms("ScheduledJob", &rest_updated);
     assert_ne!(rest_updated["schedule"], rest_job["schedule"]);
 
     // Pause and resume.
@@ -306,12 +332,14 @@ async fn rest_and_grpc_give_the_same_answers() {
         (rest_run["jobId"].as_str(), rest_run["cause"].as_str()),
         (Some("r"), Some("RUN_CAUSE_TRIGGER"))
     );
+    conforms("Run", &rest_run);
     let run_id = uint64(&rest_run["id"]);
     let ended = ended_run(&mut runs, run_id).await;
     assert_eq!(ended.status, pb::RunStatus::Succeeded as i32);
     let (code, got_run) = rest.call("GET", &format!("/v1/runs/{run_id}"), None).await;
     assert_eq!(code, 200);
     assert_eq!(got_run, json_of(&ended));
+    conforms("Run", &got_run);
     let (code, listed_runs) = rest
         .call("GET", "/v1/runs?jobId=r&status=RUN_STATUS_SUCCEEDED", None)
         .await;
@@ -327,9 +355,11 @@ async fn rest_and_grpc_give_the_same_answers() {
         .into_inner();
     assert_eq!(listed_runs, json_of(&grpc_runs));
     assert_eq!(uint64(&listed_runs["runs"][0]["id"]), run_id);
+    conforms("ListRunsResponse", &listed_runs);
     let (code, described) = rest.call("GET", "/v1/jobs/r:describe", None).await;
     assert_eq!(code, 200);
     assert_eq!(uint64(&described["recentRuns"][0]["id"]), run_id);
+    conforms("JobDescription", &described);
 
     // Cancel an open run of a sleeping twin.
     let mut sleeper = job("sleepy-r");
@@ -372,6 +402,7 @@ async fn rest_and_grpc_give_the_same_answers() {
         without(json_of(&grpc_cancelled), RUN_VOLATILE)
     );
     assert_eq!(cancelled["status"], "RUN_STATUS_CANCELLED");
+    conforms("Run", &cancelled);
 
     // Cluster status, the answering node's own view.
     let (code, status) = rest.call("GET", "/v1/cluster/status?localOnly=true", None).await;
@@ -381,6 +412,7 @@ async fn rest_and_grpc_give_the_same_answers() {
     assert_eq!(status["leaderId"], grpc_status.leader_id.to_string());
     assert_eq!(status["nodes"][0]["grpcAddr"], grpc_status.nodes[0].grpc_addr);
     assert_eq!(status["nodes"][0]["role"], "NODE_ROLE_LEADER");
+    conforms("ClusterStatus", &status);
 
     // Delete; then both say NOT_FOUND with the same message.
     let (code, deleted) = rest.call("DELETE", "/v1/jobs/r", None).await;
@@ -516,10 +548,12 @@ async fn errors_carry_the_grpc_message_under_the_mapped_http_code() {
         )
         .await;
     assert_eq!(code, 200, "{reader}");
+    conforms("TokenSecret", &reader);
     let secret = reader["secret"].as_str().unwrap();
     let as_reader = Rest::new(&http, Some(secret));
     let (code, me) = as_reader.call("GET", "/v1/acl/whoami", None).await;
     assert_eq!((code, me["principal"].as_str()), (200, Some("reader-token")));
+    conforms("WhoAmIResponse", &me);
     let reply = as_reader
         .call("POST", "/v1/jobs", Some(json_of(&job("denied"))))
         .await;
@@ -580,6 +614,20 @@ async fn errors_carry_the_grpc_message_under_the_mapped_http_code() {
     let (code, document) = anonymous.call("GET", "/openapi.json", None).await;
     assert_eq!(code, 200);
     assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(
+        document,
+        serde_json::to_value(kairos::rest::openapi::document()).unwrap()
+    );
+    // The schema check refuses what the mapping never sends.
+    for (name, wrong) in [
+        ("Run", json!({"id": 5})),
+        ("Run", json!({"status": "DONE"})),
+        ("ScheduledJob", json!({"owner_service": "x"})),
+        ("Error", json!({"error": {"code": 404}})),
+    ] {
+        let refused = std::panic::catch_unwind(|| conforms(name, &wrong));
+        assert!(refused.is_err(), "{name} accepted {wrong}");
+    }
     let operations: usize = document["paths"]
         .as_object()
         .unwrap()
@@ -679,6 +727,9 @@ async fn watch_streams_run_changes_as_server_sent_events_and_resumes() {
     let changes: Vec<&SseEvent> = seen.iter().filter(|e| e.data.get("run").is_some()).collect();
     assert!(changes.iter().all(|e| e.data["run"]["id"] == run_id));
     assert!(changes.iter().all(|e| e.id.is_some() && e.event.is_none()));
+    for event in &seen {
+        conforms("RunEvent", &event.data);
+    }
     drop(response);
 
     // Resume after the notice, and after the first change when there were
@@ -722,7 +773,9 @@ async fn events_publish_watch_and_sinks_over_rest() {
     // A job triggered by `orders.*` events, created over REST.
     let on_orders = json!({
         "id": "on-orders", "type": "noop", "ownerService": "shop", "payload": "e30=",
-        "scheduleSpec": {"onEvent": {"topic": "orders.*"}}
+        "scheduleSpec": {"onEvent": {"topic": "orders.*"}},
+        // Each event's run, even while the last one's is still open.
+        "policies": {"overlap": "OVERLAP_POLICY_ALLOW_ALL"}
     });
     let (code, created) = rest.call("POST", "/v1/jobs", Some(on_orders)).await;
     assert_eq!(code, 200, "{created}");
@@ -742,10 +795,18 @@ async fn events_publish_watch_and_sinks_over_rest() {
         .unwrap()
         .into_inner();
     let volatile = ["eventId", "time"];
-    assert_eq!(without(rest_published.clone(), &volatile), without(json_of(&grpc_published), &volatile));
+    assert_eq!(
+        without(rest_published.clone(), &volatile),
+        without(json_of(&grpc_published), &volatile)
+    );
     assert_eq!(rest_published["runsCreated"], 1);
+    conforms("PublishEventResponse", &rest_published);
     let first_event = rest_published["eventId"].as_str().unwrap().to_string();
-    assert_error(&rest.call("POST", "/v1/events", Some(json!({"topic": ""}))).await, 400, "INVALID_ARGUMENT");
+    assert_error(
+        &rest.call("POST", "/v1/events", Some(json!({"topic": ""}))).await,
+        400,
+        "INVALID_ARGUMENT",
+    );
 
     // Watch the published events from the oldest: both, in order, each
     // with its position as id.
@@ -760,6 +821,7 @@ async fn events_publish_watch_and_sinks_over_rest() {
     for event in &seen {
         assert_eq!(event.id.as_deref(), event.data["position"].as_str());
         assert_eq!(event.data["topic"], "orders.created");
+        conforms("LifecycleEvent", &event.data);
     }
     // Live: a third event arrives on the open stream.
     let (_, third) = rest
@@ -784,13 +846,26 @@ async fn events_publish_watch_and_sinks_over_rest() {
     // Sinks: create, list, delete.
     let sink = json!({"name": "audit-hook", "url": "http://127.0.0.1:9/hook"});
     let (code, created) = rest.call("POST", "/v1/sinks", Some(sink)).await;
-    assert_eq!((code, created["name"].as_str()), (200, Some("audit-hook")), "{created}");
+    assert_eq!(
+        (code, created["name"].as_str()),
+        (200, Some("audit-hook")),
+        "{created}"
+    );
     let (code, listed) = rest.call("GET", "/v1/sinks", None).await;
     assert_eq!(code, 200);
-    let grpc_listed = events.list_sinks(pb::ListSinksRequest {}).await.unwrap().into_inner();
+    let grpc_listed = events
+        .list_sinks(pb::ListSinksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed["sinks"][0]["name"], "audit-hook");
+    conforms("ListSinksResponse", &listed);
     assert_eq!(listed["sinks"].as_array().unwrap().len(), grpc_listed.sinks.len());
     let (code, deleted) = rest.call("DELETE", "/v1/sinks/audit-hook", None).await;
     assert_eq!((code, deleted), (200, json!({})));
-    assert_error(&rest.call("DELETE", "/v1/sinks/audit-hook", None).await, 404, "NOT_FOUND");
+    assert_error(
+        &rest.call("DELETE", "/v1/sinks/audit-hook", None).await,
+        404,
+        "NOT_FOUND",
+    );
 }
