@@ -13,6 +13,8 @@
 #   - the Server-Sent Events streams (`:watch`), which never end;
 #   - AddNode and RemoveNode, which would change the one-node cluster's
 #     membership under the run;
+#   - RevokeToken, which revokes the run's own token once the fuzzer has
+#     read its accessor id from ListTokens (every call after is 401);
 #   - CreateSink, whose body names a URL the node then sends events to:
 #     no fuzzer picks where this machine sends traffic.
 # The node runs with `--http-allow=loopback`, so an `http` job a fuzzer
@@ -92,6 +94,7 @@ args=(
   --exclude-operation-id ClusterService.AddNode
   --exclude-operation-id ClusterService.RemoveNode
   --exclude-operation-id EventService.CreateSink
+  --exclude-operation-id AclService.RevokeToken
   --request-timeout 20
   --workers 1
   --no-color

@@ -210,7 +210,10 @@ fn operation(route: &Route, reached: &mut Reached) -> (String, utoipa::openapi::
                 .required(Some(required))
                 .content(
                     "application/json",
-                    ContentBuilder::new().schema(Some(schema)).build(),
+                    ContentBuilder::new()
+                        .schema(Some(schema))
+                        .example(body_example(route.rpc))
+                        .build(),
                 )
                 .build(),
         ));
@@ -249,6 +252,39 @@ fn operation(route: &Route, reached: &mut Reached) -> (String, utoipa::openapi::
         builder = builder.securities(Some(Vec::<SecurityRequirement>::new()));
     }
     (path, builder.build())
+}
+
+/// A valid body of some writes, built from the message types (so it is
+/// their JSON mapping): what a reader copies, and what a fuzzer starts from.
+fn body_example(rpc: &str) -> Option<serde_json::Value> {
+    use crate::proto as pb;
+    let value = match rpc {
+        "CreateJob" => serde_json::to_value(pb::ScheduledJob {
+            id: "example-job".into(),
+            r#type: "noop".into(),
+            owner_service: "examples".into(),
+            schedule: "*/5 * * * *".into(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        }),
+        "PublishEvent" => serde_json::to_value(pb::PublishEventRequest {
+            topic: "examples.created".into(),
+            attributes: [("region".to_string(), "eu".to_string())].into(),
+            ..Default::default()
+        }),
+        "CreateRole" => serde_json::to_value(pb::Role {
+            name: "example-reader".into(),
+            permissions: vec!["job:read".into(), "run:read".into()],
+            ..Default::default()
+        }),
+        "CreateToken" => serde_json::to_value(pb::CreateTokenRequest {
+            name: "example-token".into(),
+            roles: vec!["example-reader".into()],
+            ..Default::default()
+        }),
+        _ => return None,
+    };
+    Some(value.expect("a message serializes"))
 }
 
 fn non_empty(text: &str) -> Option<String> {
@@ -648,5 +684,22 @@ mod tests {
             "#/components/responses/Error404"
         );
         assert!(responses["Error503"]["headers"]["x-kairos-leader"].is_object());
+    }
+
+    #[test]
+    fn every_body_example_is_valid_for_its_schema() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let mut checked = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                let content = &operation["requestBody"]["content"]["application/json"];
+                let Some(example) = content.get("example") else { continue };
+                let root = serde_json::json!({"components": doc["components"], "allOf": [content["schema"]]});
+                let validator = jsonschema::validator_for(&root).unwrap();
+                assert!(validator.is_valid(example), "{}: {example}", operation["operationId"]);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4);
     }
 }
