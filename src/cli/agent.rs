@@ -184,6 +184,7 @@ fn node_options(config: &AgentConfig, peer_security: Arc<PeerSecurity>) -> NodeO
         data_dir: config.data_dir.clone(),
         advertise_addr: config.advertise_addr.clone(),
         client_addr: config.advertise_client_addr.clone(),
+        http_addr: config.advertised_http_addr(),
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
         cluster_addr: config.cluster_addr.to_string(),
