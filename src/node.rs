@@ -104,6 +104,9 @@ pub struct NodeOptions {
     /// The HTTP address (`/readyz`, `/metrics`) as reachable by others,
     /// reported to peers.
     pub http_addr: String,
+    /// The cluster's id, the same on every node (see
+    /// [`crate::api::service_info::derive_cluster_id`]).
+    pub cluster_id: String,
     /// Members of a new cluster (id → peer address); empty to wait to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// Raft timing and compaction.
@@ -218,6 +221,8 @@ pub struct Node {
     client_addr: String,
     /// The HTTP address, reported in [`NodeReport`].
     http_addr: String,
+    /// The cluster's id.
+    cluster_id: String,
     /// Client API addresses of members by peer address, as their reports
     /// gave them (this node's own included).
     address_book: Mutex<HashMap<String, String>>,
@@ -289,6 +294,7 @@ impl Node {
             auth_disabled: options.auth_disabled,
             client_addr: options.client_addr.clone(),
             http_addr: options.http_addr.clone(),
+            cluster_id: options.cluster_id.clone(),
             address_book: Mutex::new(HashMap::from([(
                 options.advertise_addr.clone(),
                 options.client_addr.clone(),
@@ -450,6 +456,12 @@ impl Node {
             grpc_addr: self.client_addr.clone(),
             http_addr: self.http_addr.clone(),
         }
+    }
+
+    /// The cluster's id, the same on every node and across restarts (see
+    /// [`crate::api::service_info::derive_cluster_id`]).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// The client API address of the member at `peer_addr`, if its report
@@ -850,6 +862,7 @@ mod tests {
             advertise_addr: "127.0.0.1:7401".into(),
             client_addr: "127.0.0.1:7101".into(),
             http_addr: "127.0.0.1:7201".into(),
+            cluster_id: "test".into(),
             initial_cluster: BTreeMap::new(),
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:7301".into(),
@@ -899,6 +912,7 @@ mod tests {
             advertise_addr: "127.0.0.1:9".into(),
             client_addr: "127.0.0.1:19".into(),
             http_addr: "127.0.0.1:29".into(),
+            cluster_id: "test".into(),
             initial_cluster: members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:11".into(),
