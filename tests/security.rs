@@ -23,6 +23,7 @@ use kairos::proto::audit_service_client::AuditServiceClient;
 use kairos::proto::cluster_service_client::ClusterServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos::proto::service_info_service_client::ServiceInfoServiceClient;
 use kairos_testkit::{job, Authed, Bearer, TestCluster};
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -312,6 +313,15 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
             "VerifyAudit",
             false,
             rpc!(AuditServiceClient, verify_audit, pb::VerifyAuditRequest {}),
+        ),
+        (
+            "DescribeService",
+            true,
+            rpc!(
+                ServiceInfoServiceClient,
+                describe_service,
+                pb::DescribeServiceRequest {}
+            ),
         ),
     ]
 }
