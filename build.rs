@@ -3,8 +3,13 @@
 //! come from `pbjson_types`, except `Timestamp` (`src/proto/timestamp.rs`).
 //! protoc comes from `protoc-bin-vendored`, so a fresh machine needs nothing
 //! installed.
+//!
+//! Also names the commit the binary is built from, `KAIROS_BUILD_COMMIT`
+//! (`git rev-parse --short=12 HEAD`, or "unknown" without git or outside a
+//! checkout), which `ServiceInfoService` reports.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -40,5 +45,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    build_commit();
     Ok(())
+}
+
+/// The trimmed output of `git args`, if git ran, succeeded and said something.
+fn git(args: &[&str]) -> Option<String> {
+    let output = Command::new("git").args(args).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).ok()?.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Sets `KAIROS_BUILD_COMMIT`, and reruns this script when HEAD moves: when
+/// `HEAD` changes (a checkout), the branch it names does (a commit), or the
+/// checkout's reflog of HEAD does (either, also for a packed branch). Only
+/// files that exist are named: cargo would rerun the script on every build
+/// for a missing one.
+fn build_commit() {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=KAIROS_BUILD_COMMIT={commit}");
+    let mut watched = vec![
+        git(&["rev-parse", "--git-path", "HEAD"]),
+        git(&["rev-parse", "--git-path", "logs/HEAD"]),
+    ];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+    }
+    for path in watched.into_iter().flatten() {
+        if Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

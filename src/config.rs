@@ -500,6 +500,19 @@ impl AgentConfig {
             chaos_break: args.unsafe_chaos_break,
         })
     }
+
+    /// The address others reach this node's HTTP endpoints at: `--http-addr`,
+    /// or, when that listens on every interface (`0.0.0.0`, `::`), the host
+    /// of the advertised client address with the HTTP port.
+    pub fn advertised_http_addr(&self) -> String {
+        if !self.http_addr.ip().is_unspecified() {
+            return self.http_addr.to_string();
+        }
+        match self.advertise_client_addr.rsplit_once(':') {
+            Some((host, _)) if !host.is_empty() => format!("{host}:{}", self.http_addr.port()),
+            _ => self.http_addr.to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -547,6 +560,30 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("kairos-data/node-2"));
         assert_eq!(c.advertise_addr, "127.0.0.1:7401");
         assert_eq!(c.advertise_client_addr, "127.0.0.1:9102");
+    }
+
+    #[test]
+    fn the_advertised_http_address_takes_the_client_host_when_listening_everywhere() {
+        let resolve = |http: &str, client: Option<&str>| {
+            AgentConfig::resolve(AgentArgs {
+                node_id: Some(1),
+                http_addr: Some(http.into()),
+                advertise_client_addr: client.map(Into::into),
+                cluster_cookie: Some(TEST_COOKIE.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .advertised_http_addr()
+        };
+        assert_eq!(resolve("127.0.0.1:9201", Some("10.0.0.4:7101")), "127.0.0.1:9201");
+        assert_eq!(resolve("0.0.0.0:9201", Some("10.0.0.4:7101")), "10.0.0.4:9201");
+        assert_eq!(resolve("[::]:9201", Some("[fd00::4]:7101")), "[fd00::4]:9201");
+        assert_eq!(
+            resolve("0.0.0.0:9201", Some("kairos-2.internal:7101")),
+            "kairos-2.internal:9201"
+        );
+        // Without an advertised client address it is --grpc-addr's default host.
+        assert_eq!(resolve("0.0.0.0:9201", None), "127.0.0.1:9201");
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //! Addresses: the membership holds each node's *peer* address (`--peer-addr`),
 //! where its `RaftService` listens and which only other nodes may use. Clients
 //! are only ever given *client* API addresses (`--grpc-addr`): every node
-//! reports its own in [`NodeReport::grpc_addr`], and the node keeps what its
-//! probes learn in an address book ([`Node::client_addr_of`]), refreshed by a
-//! task of its own. A leader hint leaving the node ([`Node::write`],
+//! reports its own in [`NodeReport::grpc_addr`] (and its HTTP address in
+//! [`NodeReport::http_addr`], which the service record shows), and the node
+//! keeps what its probes learn in an address book ([`Node::client_addr_of`]),
+//! refreshed by a task of its own. A leader hint leaving the node ([`Node::write`],
 //! [`Node::read_barrier`]) is translated there, and dropped when the leader's
 //! client address is not known yet: no hint is better than a peer address.
 //!
@@ -100,6 +101,12 @@ pub struct NodeOptions {
     pub advertise_addr: String,
     /// The client API (gRPC) address clients are sent to, reported to peers.
     pub client_addr: String,
+    /// The HTTP address (`/readyz`, `/metrics`) as reachable by others,
+    /// reported to peers.
+    pub http_addr: String,
+    /// The cluster's id, the same on every node (see
+    /// [`crate::api::service_info::derive_cluster_id`]).
+    pub cluster_id: String,
     /// Members of a new cluster (id → peer address); empty to wait to be added.
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// Raft timing and compaction.
@@ -184,6 +191,8 @@ pub struct NodeReport {
     pub audit_head: (u64, [u8; 32]),
     /// Address of this node's client API (gRPC), what clients are sent to.
     pub grpc_addr: String,
+    /// Address of this node's HTTP endpoints (`/readyz`, `/metrics`).
+    pub http_addr: String,
 }
 
 /// A started node.
@@ -210,6 +219,10 @@ pub struct Node {
     auth_disabled: bool,
     /// The client API address, reported in [`NodeReport`].
     client_addr: String,
+    /// The HTTP address, reported in [`NodeReport`].
+    http_addr: String,
+    /// The cluster's id.
+    cluster_id: String,
     /// Client API addresses of members by peer address, as their reports
     /// gave them (this node's own included).
     address_book: Mutex<HashMap<String, String>>,
@@ -282,6 +295,8 @@ impl Node {
             cluster_addr: options.cluster_addr.clone(),
             auth_disabled: options.auth_disabled,
             client_addr: options.client_addr.clone(),
+            http_addr: options.http_addr.clone(),
+            cluster_id: options.cluster_id.clone(),
             address_book: Mutex::new(HashMap::from([(
                 options.advertise_addr.clone(),
                 options.client_addr.clone(),
@@ -442,7 +457,14 @@ impl Node {
                 (head.seq, head.hash)
             },
             grpc_addr: self.client_addr.clone(),
+            http_addr: self.http_addr.clone(),
         }
+    }
+
+    /// The cluster's id, the same on every node and across restarts (see
+    /// [`crate::api::service_info::derive_cluster_id`]).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     /// The client API address of the member at `peer_addr`, if its report
@@ -842,6 +864,8 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             advertise_addr: "127.0.0.1:7401".into(),
             client_addr: "127.0.0.1:7101".into(),
+            http_addr: "127.0.0.1:7201".into(),
+            cluster_id: "test".into(),
             initial_cluster: BTreeMap::new(),
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:7301".into(),
@@ -872,6 +896,7 @@ mod tests {
         node.learn_client_addr("127.0.0.1:7402", &report);
         assert_eq!(hint("127.0.0.1:7402").as_deref(), Some("127.0.0.1:7102"));
         assert_eq!(node.report().grpc_addr, "127.0.0.1:7101");
+        assert_eq!(node.report().http_addr, "127.0.0.1:7201");
         node.shutdown().await;
     }
 
@@ -889,6 +914,8 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             advertise_addr: "127.0.0.1:9".into(),
             client_addr: "127.0.0.1:19".into(),
+            http_addr: "127.0.0.1:29".into(),
+            cluster_id: "test".into(),
             initial_cluster: members.iter().map(|(id, a)| (*id, a.to_string())).collect(),
             tuning: RaftTuning::default(),
             cluster_addr: "127.0.0.1:11".into(),

@@ -861,6 +861,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
         auth_disabled: false,
         audit_head: (17, [0xab; 32]),
         grpc_addr: "127.0.0.1:7102".into(),
+        http_addr: "127.0.0.1:7202".into(),
     };
     goldens.check("node-report", &report);
     let item = WorkItem {

@@ -2,7 +2,7 @@
 //!
 //! - The same calls over REST and gRPC give the same answers: create, get,
 //!   list, update with a mask, pause, resume, trigger, get and list runs,
-//!   cancel, delete, cluster status. Writes are made on twin jobs (one per
+//!   cancel, delete, cluster status, the service record. Writes are made on twin jobs (one per
 //!   protocol) and compared without their ids and times; reads of one
 //!   resource are compared whole (REST's JSON against the gRPC reply in
 //!   the JSON mapping).
@@ -29,6 +29,7 @@ use kairos::proto::audit_service_client::AuditServiceClient;
 use kairos::proto::event_service_client::EventServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos::proto::service_info_service_client::ServiceInfoServiceClient;
 use kairos_testkit::{job, Bearer, TestCluster};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -413,6 +414,20 @@ async fn rest_and_grpc_give_the_same_answers() {
     assert_eq!(status["nodes"][0]["grpcAddr"], grpc_status.nodes[0].grpc_addr);
     assert_eq!(status["nodes"][0]["role"], "NODE_ROLE_LEADER");
     conforms("ClusterStatus", &status);
+
+    // The service record: the same over both, listing the REST routes too.
+    let (code, service) = rest.call("GET", "/v1/service", None).await;
+    assert_eq!(code, 200, "{service}");
+    conforms("ServiceDescription", &service);
+    let grpc_service = ServiceInfoServiceClient::new(cluster.channel(1))
+        .describe_service(pb::DescribeServiceRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(service, json_of(&grpc_service));
+    let rest_routes = grpc_service.endpoints.iter().filter(|e| e.protocol == "rest").count();
+    assert_eq!(rest_routes, kairos::rest::routes::ROUTES.len());
+    assert!(grpc_service.features.iter().any(|f| f == "rest"));
 
     // Delete; then both say NOT_FOUND with the same message.
     let (code, deleted) = rest.call("DELETE", "/v1/jobs/r", None).await;

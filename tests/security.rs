@@ -21,8 +21,10 @@ use kairos::proto as pb;
 use kairos::proto::acl_service_client::AclServiceClient;
 use kairos::proto::audit_service_client::AuditServiceClient;
 use kairos::proto::cluster_service_client::ClusterServiceClient;
+use kairos::proto::event_service_client::EventServiceClient;
 use kairos::proto::job_service_client::JobServiceClient;
 use kairos::proto::run_service_client::RunServiceClient;
+use kairos::proto::service_info_service_client::ServiceInfoServiceClient;
 use kairos_testkit::{job, Authed, Bearer, TestCluster};
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -312,6 +314,65 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
             "VerifyAudit",
             false,
             rpc!(AuditServiceClient, verify_audit, pb::VerifyAuditRequest {}),
+        ),
+        (
+            "DescribeService",
+            true,
+            rpc!(
+                ServiceInfoServiceClient,
+                describe_service,
+                pb::DescribeServiceRequest {}
+            ),
+        ),
+        (
+            "PublishEvent",
+            false,
+            rpc!(
+                EventServiceClient,
+                publish_event,
+                pb::PublishEventRequest {
+                    topic: "orders.created".into(),
+                    ..Default::default()
+                }
+            ),
+        ),
+        (
+            "WatchEvents",
+            false,
+            rpc!(
+                EventServiceClient,
+                watch_events,
+                pb::WatchEventsRequest::default()
+            ),
+        ),
+        (
+            "CreateSink",
+            false,
+            rpc!(
+                EventServiceClient,
+                create_sink,
+                pb::CreateSinkRequest {
+                    sink: Some(pb::Sink {
+                        name: "hook".into(),
+                        url: "http://127.0.0.1:9/".into(),
+                        ..Default::default()
+                    })
+                }
+            ),
+        ),
+        (
+            "ListSinks",
+            false,
+            rpc!(EventServiceClient, list_sinks, pb::ListSinksRequest {}),
+        ),
+        (
+            "DeleteSink",
+            false,
+            rpc!(
+                EventServiceClient,
+                delete_sink,
+                pb::DeleteSinkRequest { name: "hook".into() }
+            ),
         ),
     ]
 }

@@ -84,6 +84,10 @@ impl Clients {
         JobServiceClient::new(self.channels[&node].clone())
     }
 
+    pub fn events(&self, node: u64) -> kairos::proto::event_service_client::EventServiceClient<Authed> {
+        kairos::proto::event_service_client::EventServiceClient::new(self.channels[&node].clone())
+    }
+
     pub fn runs(&self, node: u64) -> RunServiceClient<Authed> {
         RunServiceClient::new(self.channels[&node].clone())
     }

@@ -30,6 +30,8 @@ pub enum OpKind {
     Pause,
     Resume,
     Trigger,
+    /// An event published to the event-triggered job's topic.
+    Publish,
 }
 
 /// One client operation.
@@ -54,6 +56,9 @@ pub struct Op {
     /// round: the node records it in the write's audit entry.
     #[serde(default)]
     pub trace_id: String,
+    /// For a publish: the event id the reply carried, if ok.
+    #[serde(default)]
+    pub event_id: String,
 }
 
 /// One request the recording webhook server received.

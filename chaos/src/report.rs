@@ -203,5 +203,6 @@ pub fn op_name(kind: &OpKind) -> &'static str {
         OpKind::Pause => "pause",
         OpKind::Resume => "resume",
         OpKind::Trigger => "trigger",
+        OpKind::Publish => "publish",
     }
 }

@@ -113,6 +113,7 @@ async fn pause_job(clients: &Clients, id: &str, log: &OpLog) -> Option<i64> {
             run_id: None,
             paused: Some(true),
             trace_id,
+            event_id: String::new(),
         });
         match outcome {
             Outcome::Ok => return Some(chrono::Utc::now().timestamp_millis()),

@@ -159,15 +159,58 @@ fn every_second() -> pb::ScheduleSpec {
     }
 }
 
-/// Creates the steady jobs, retrying (bounded) until each is acknowledged.
+/// The job that runs after [`CHAIN_UPSTREAM`]'s successes.
+pub const CHAIN_JOB: &str = "chain-after-steady";
+/// The steady job [`CHAIN_JOB`] runs after.
+pub const CHAIN_UPSTREAM: &str = "steady-all-1";
+/// The job triggered by the workload's published events.
+pub const EVENT_JOB: &str = "on-chaos-event";
+
+/// The jobs beside the steady ones: one runs after a steady job's
+/// successes, one on the workload's published events.
+fn integration_jobs(hook: &str) -> Vec<pb::ScheduledJob> {
+    let after = pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::After(pb::Dependency {
+            jobs: vec![CHAIN_UPSTREAM.into()],
+            condition: pb::DependencyCondition::Succeeded as i32,
+            mode: pb::DependencyMode::All as i32,
+        })),
+    };
+    let on_event = pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::OnEvent(pb::EventTrigger {
+            topic: "chaos.*".into(),
+            r#match: [("source".to_string(), "chaos".to_string())]
+                .into_iter()
+                .collect(),
+        })),
+    };
+    vec![
+        job(CHAIN_JOB, "http", hook, after, pb::CatchupPolicy::All),
+        job(EVENT_JOB, "http", hook, on_event, pb::CatchupPolicy::All),
+    ]
+}
+
+/// Creates the steady jobs (and the jobs that follow a steady job or the
+/// workload's events), retrying (bounded) until each is acknowledged.
 pub async fn create_steady_jobs(
     clients: &Clients,
     hook: &str,
     log: &OpLog,
     steady_jobs: &[SteadyJob],
 ) -> anyhow::Result<()> {
-    for steady in steady_jobs {
-        let spec = job(&steady.id, steady.job_type, hook, every_second(), steady.catchup);
+    let steady_specs = steady_jobs.iter().map(|steady| {
+        (
+            steady.id.clone(),
+            job(&steady.id, steady.job_type, hook, every_second(), steady.catchup),
+        )
+    });
+    let others = integration_jobs(hook).into_iter().map(|j| (j.id.clone(), j));
+    for (id, spec) in steady_specs.chain(others).collect::<Vec<_>>() {
+        let steady = SteadyJob {
+            id,
+            catchup: pb::CatchupPolicy::All,
+            job_type: "http",
+        };
         let mut last = None;
         for attempt in 0..30u64 {
             let node = clients.ids()[(attempt as usize) % clients.ids().len()];
@@ -221,6 +264,7 @@ async fn create(clients: &Clients, node: u64, job: pb::ScheduledJob, log: &OpLog
         run_id: None,
         paused: None,
         trace_id,
+        event_id: String::new(),
     };
     log.push(op.clone());
     op
@@ -321,9 +365,15 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
         run_id: None,
         paused: None,
         trace_id: trace_id.clone(),
+        event_id: String::new(),
     };
     let result: Result<(), tonic::Status> = match roll {
-        30..=49 => {
+        45..=49 => {
+            op.kind = OpKind::Publish;
+            op.job_id = EVENT_JOB.into();
+            publish(clients, node, rng.gen(), &trace_id, &mut op).await
+        }
+        30..=44 => {
             op.kind = OpKind::Trigger;
             clients
                 .runs(node)
@@ -377,6 +427,42 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
     };
     op.end_ms = log.now_ms();
     log.record(op);
+}
+
+/// Publishes an event on [`EVENT_TOPIC`]'s branch with a key of its own;
+/// an answer without certainty (a leader change) is retried once with the
+/// same key, which must not create a second run.
+async fn publish(
+    clients: &Clients,
+    node: u64,
+    nonce: u64,
+    trace_id: &str,
+    op: &mut Op,
+) -> Result<(), tonic::Status> {
+    let request = pb::PublishEventRequest {
+        topic: "chaos.order".into(),
+        attributes: [("source".to_string(), "chaos".to_string())]
+            .into_iter()
+            .collect(),
+        payload: format!("{{\"nonce\":{nonce}}}").into_bytes(),
+        idempotency_key: format!("chaos-pub-{nonce:016x}"),
+    };
+    let mut last = None;
+    for _ in 0..2 {
+        match clients
+            .events(node)
+            .publish_event(traced(request.clone(), trace_id))
+            .await
+        {
+            Ok(reply) => {
+                op.event_id = reply.into_inner().event_id;
+                return Ok(());
+            }
+            Err(status) if matches!(classify(&status), Outcome::Unknown(_)) => last = Some(status),
+            Err(status) => return Err(status),
+        }
+    }
+    Err(last.expect("a failed attempt"))
 }
 
 /// Read-modify-write of the job's payload at the version just read; the

@@ -26,7 +26,8 @@ use crate::scheduler::acl::{Permission, Resource};
 /// How long the status probe of one member may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1_500);
 
-fn role(report: &NodeReport) -> pb::NodeRole {
+/// A member's role as its report names it.
+pub(super) fn role(report: &NodeReport) -> pb::NodeRole {
     match report.role.as_str() {
         "leader" => pb::NodeRole::Leader,
         "follower" => pb::NodeRole::Follower,
@@ -79,33 +80,62 @@ impl Api {
         }
     }
 
-    async fn cluster_status(&self) -> pb::ClusterStatus {
-        let own = self.node.report();
+    /// Every member's own report (this node's included), asked in
+    /// parallel; `None` for a member that did not answer in
+    /// [`PROBE_TIMEOUT`].
+    pub(super) async fn member_reports(&self) -> Vec<MemberReport> {
         let probes = self
             .node
             .members()
             .into_iter()
-            .map(|(id, (addr, voter))| async move {
+            .map(|(id, (peer_addr, voter))| async move {
                 let report = if id == self.node.id {
-                    Ok(self.node.report())
+                    Some(self.node.report())
                 } else {
-                    self.node.probe(&addr, PROBE_TIMEOUT).await
+                    self.node.probe(&peer_addr, PROBE_TIMEOUT).await.ok()
                 };
-                match report {
-                    Ok(r) => node_status(id, addr, voter, &r),
-                    Err(_) => pb::NodeStatus {
-                        id,
-                        grpc_addr: self.node.client_addr_of(&addr).unwrap_or_default(),
-                        peer_addr: addr,
-                        role: pb::NodeRole::Unreachable as i32,
-                        voter,
-                        ..Default::default()
-                    },
+                MemberReport {
+                    id,
+                    peer_addr,
+                    voter,
+                    report,
                 }
             });
-        let nodes = join_all(probes).await;
+        join_all(probes).await
+    }
+
+    async fn cluster_status(&self) -> pb::ClusterStatus {
+        let own = self.node.report();
+        let nodes = self
+            .member_reports()
+            .await
+            .into_iter()
+            .map(|m| match &m.report {
+                Some(r) => node_status(m.id, m.peer_addr, m.voter, r),
+                None => pb::NodeStatus {
+                    id: m.id,
+                    grpc_addr: self.node.client_addr_of(&m.peer_addr).unwrap_or_default(),
+                    peer_addr: m.peer_addr,
+                    role: pb::NodeRole::Unreachable as i32,
+                    voter: m.voter,
+                    ..Default::default()
+                },
+            })
+            .collect();
         self.answer(&own, nodes)
     }
+}
+
+/// One member as [`Api::member_reports`] found it.
+pub(super) struct MemberReport {
+    /// Node id.
+    pub id: u64,
+    /// Its peer address (in the membership).
+    pub peer_addr: String,
+    /// Voter, or learner.
+    pub voter: bool,
+    /// Its own report; `None` when it did not answer.
+    pub report: Option<NodeReport>,
 }
 
 fn check_addr(addr: &str) -> Result<(), Status> {

@@ -31,6 +31,7 @@ mod one_shot;
 pub mod raft_service;
 pub mod read;
 pub mod run_service;
+pub mod service_info;
 pub mod task_token;
 pub mod watch;
 pub mod wire_errors;
@@ -127,6 +128,7 @@ pub async fn serve(
         .add_service(ClusterServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AuditServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
+        .add_service(service_info::server(api.clone()))
         .add_service(WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(EventServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
     // Accepted sockets need TCP_NODELAY themselves (the builder's setting

@@ -190,7 +190,7 @@ impl Api {
     }
 
     /// The built-in types this build knows (and the test ones this node runs).
-    fn builtin_types_pb(&self) -> Vec<pb::JobType> {
+    pub(super) fn builtin_types_pb(&self) -> Vec<pb::JobType> {
         let mut names: Vec<(String, String)> = BUILTIN_TYPES
             .iter()
             .map(|(name, about)| (name.to_string(), about.to_string()))

@@ -7,6 +7,8 @@
 //! - `acl`, `audit`: access control and the audit log ([`acl`], [`audit`]).
 //! - `type`, `worker`: job types (built-in and registered) and the external
 //!   workers serving them ([`job_type`], [`worker`]).
+//! - `service describe`: the cluster's service record, for a service
+//!   registry ([`service`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
@@ -23,6 +25,7 @@ pub mod job;
 pub mod job_type;
 pub mod output;
 pub mod run;
+pub mod service;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +68,8 @@ pub enum Command {
     Worker(worker::WorkerCommand),
     /// Publish events that trigger jobs; follow the lifecycle stream.
     Event(event::EventCommand),
+    /// The cluster's service record: build, cluster id, nodes, job types, permissions, endpoints.
+    Service(service::ServiceCommand),
     /// Access control: bootstrap, roles, tokens, certificate bindings.
     Acl(acl::AclCommand),
     /// Read, export and verify the audit log.
@@ -86,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Type(cmd) => job_type::run(cmd, &cli.client).await,
         Command::Worker(cmd) => worker::run(cmd, &cli.client).await,
         Command::Event(cmd) => event::run(cmd, &cli.client).await,
+        Command::Service(cmd) => service::run(cmd, &cli.client).await,
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,

@@ -227,6 +227,23 @@ fn kind(f: &FieldDescriptorProto) -> Kind {
     }
 }
 
+/// The field at dotted `path` of message `message`.
+pub fn resolve(message: &str, path: &str) -> Field {
+    let d = descriptors();
+    let mut message = message.to_string();
+    let mut field = None;
+    for segment in path.split('.') {
+        let f = d
+            .field_named(&message, segment)
+            .unwrap_or_else(|| panic!("{message} has no field {segment}"));
+        if let Kind::Message(inner) = &f.kind {
+            message = inner.clone();
+        }
+        field = Some(f);
+    }
+    field.expect("a non-empty path")
+}
+
 /// The short name of a full name: `Run` of `kairos.v1.Run`.
 pub fn short_name(full_name: &str) -> &str {
     full_name.rsplit('.').next().unwrap_or(full_name)

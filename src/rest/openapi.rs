@@ -45,7 +45,7 @@ use utoipa::openapi::{
     ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
 };
 
-use super::descriptor::{api_name, descriptors, short_name, Field, Kind};
+use super::descriptor::{api_name, descriptors, resolve, short_name, Field, Kind};
 use super::error::{http_code, status_name, ERROR_CODES};
 use super::request::Body;
 use super::routes::{self, Method, Route, ROUTES};
@@ -133,29 +133,24 @@ fn operation(route: &Route, reached: &mut Reached) -> (String, utoipa::openapi::
             }
         )));
     // Path parameters.
+    let path = route.public_path();
     let mut path_fields = Vec::new();
-    let path = route
-        .path
-        .split('/')
-        .map(|segment| {
-            let Some(rest) = segment.strip_prefix('{') else {
-                return segment.to_string();
-            };
-            let (field_path, after) = rest.split_once('}').expect("a closed parameter");
-            let field = resolve(&request, field_path);
-            builder = std::mem::take(&mut builder).parameter(
-                ParameterBuilder::new()
-                    .name(&field.json_name)
-                    .parameter_in(ParameterIn::Path)
-                    .required(Required::True)
-                    .description(non_empty(&field.comment))
-                    .schema(Some(field_schema(&field, reached))),
-            );
-            path_fields.push(field_path.to_string());
-            format!("{{{}}}{after}", field.json_name)
-        })
-        .collect::<Vec<_>>()
-        .join("/");
+    for segment in route.path.split('/') {
+        let Some(rest) = segment.strip_prefix('{') else {
+            continue;
+        };
+        let (field_path, _verb) = rest.split_once('}').expect("a closed parameter");
+        let field = resolve(&request, field_path);
+        builder = builder.parameter(
+            ParameterBuilder::new()
+                .name(&field.json_name)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(non_empty(&field.comment))
+                .schema(Some(field_schema(&field, reached))),
+        );
+        path_fields.push(field_path.to_string());
+    }
     // Query parameters: every field neither the path nor the body sets.
     if route.body != Body::Whole {
         let mut excluded: Vec<String> = path_fields;
@@ -289,23 +284,6 @@ fn body_example(rpc: &str) -> Option<serde_json::Value> {
 
 fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
-}
-
-/// The field at dotted `path` of message `message`.
-fn resolve(message: &str, path: &str) -> Field {
-    let d = descriptors();
-    let mut message = message.to_string();
-    let mut field = None;
-    for segment in path.split('.') {
-        let f = d
-            .field_named(&message, segment)
-            .unwrap_or_else(|| panic!("{message} has no field {segment}"));
-        if let Kind::Message(inner) = &f.kind {
-            message = inner.clone();
-        }
-        field = Some(f);
-    }
-    field.expect("a non-empty path")
 }
 
 /// The query parameters of `message`: its fields by dotted JSON name,
@@ -693,10 +671,16 @@ mod tests {
         for item in doc["paths"].as_object().unwrap().values() {
             for operation in item.as_object().unwrap().values() {
                 let content = &operation["requestBody"]["content"]["application/json"];
-                let Some(example) = content.get("example") else { continue };
+                let Some(example) = content.get("example") else {
+                    continue;
+                };
                 let root = serde_json::json!({"components": doc["components"], "allOf": [content["schema"]]});
                 let validator = jsonschema::validator_for(&root).unwrap();
-                assert!(validator.is_valid(example), "{}: {example}", operation["operationId"]);
+                assert!(
+                    validator.is_valid(example),
+                    "{}: {example}",
+                    operation["operationId"]
+                );
                 checked += 1;
             }
         }

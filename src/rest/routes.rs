@@ -26,6 +26,7 @@ use crate::proto::cluster_service_server::ClusterService;
 use crate::proto::event_service_server::EventService;
 use crate::proto::job_service_server::JobService;
 use crate::proto::run_service_server::RunService;
+use crate::proto::service_info_service_server::ServiceInfoService;
 use crate::proto::worker_service_server::WorkerService;
 
 /// An HTTP method of a route.
@@ -85,6 +86,26 @@ pub struct Route {
 }
 
 impl Route {
+    /// The path as the OpenAPI document and the service record show it:
+    /// each parameter named by its field's JSON name (`{job.id}` → `{id}`).
+    pub fn public_path(&self) -> String {
+        let request = super::descriptor::api_name(self.request);
+        self.path
+            .split('/')
+            .map(|segment| {
+                let Some(rest) = segment.strip_prefix('{') else {
+                    return segment.to_string();
+                };
+                let (field_path, after) = rest.split_once('}').expect("a closed parameter");
+                format!(
+                    "{{{}}}{after}",
+                    super::descriptor::resolve(&request, field_path).json_name
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
     /// `kairos.v1.JobService/CreateJob`.
     pub fn grpc_name(&self) -> String {
         format!("{}.{}/{}", super::descriptor::PACKAGE, self.service, self.rpc)
@@ -285,4 +306,8 @@ pub static ROUTES: &[Route] = &[
         "sink:admin", "Lists sinks.", unary!(EventService::list_sinks)),
     route(Delete, "/v1/sinks/{name}", "EventService", "DeleteSink", "DeleteSinkRequest", "DeleteSinkResponse",
         Body::None, "sink:admin", "Deletes a sink.", unary!(EventService::delete_sink)),
+    // ServiceInfoService
+    route(Get, "/v1/service", "ServiceInfoService", "DescribeService", "DescribeServiceRequest",
+        "ServiceDescription", Body::None, "authenticated", "What this cluster is and offers.",
+        unary!(ServiceInfoService::describe_service)),
 ];

@@ -73,6 +73,7 @@ fn method(kind: &OpKind) -> &'static str {
         OpKind::Pause => "PauseJob",
         OpKind::Resume => "ResumeJob",
         OpKind::Trigger => "TriggerJob",
+        OpKind::Publish => "PublishEvent",
     }
 }
 
@@ -351,6 +352,7 @@ mod tests {
             run_id: None,
             paused: None,
             trace_id: format!("{:032x}", seq + 1),
+            event_id: String::new(),
         }
     }
 

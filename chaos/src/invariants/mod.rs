@@ -9,6 +9,7 @@ pub mod fires_accounted;
 pub mod idempotency;
 pub mod replica_digest;
 pub mod settled_runs;
+pub mod triggered_runs;
 pub mod unique_runs;
 
 use crate::history::History;
@@ -27,7 +28,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 8] = [
+pub const ALL: [Checker; 9] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -36,6 +37,7 @@ pub const ALL: [Checker; 8] = [
     (replica_digest::NAME, replica_digest::check),
     (durable_terms::NAME, durable_terms::check),
     (audit_complete::NAME, audit_complete::check),
+    (triggered_runs::NAME, triggered_runs::check),
 ];
 
 /// Runs every checker.

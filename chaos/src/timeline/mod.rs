@@ -243,6 +243,7 @@ pub(crate) mod tests {
             run_id: None,
             paused: None,
             trace_id: String::new(),
+            event_id: String::new(),
         }];
         History {
             ops,
