@@ -102,7 +102,9 @@ args=(
 [ -n "${SEED:-}" ] && args+=(--seed "$SEED")
 started=$(date +%s)
 set +e
-timeout --signal=INT "$TIME_LIMIT" schemathesis "${args[@]}"
+# From the temporary directory: schemathesis keeps a cache in its working
+# directory (.schemathesis/), which belongs to no checkout.
+(cd "$dir" && timeout --signal=INT "$TIME_LIMIT" schemathesis "${args[@]}")
 status=$?
 set -e
 echo "schemathesis.sh: exit $status after $(( $(date +%s) - started )) s (max $EXAMPLES examples per operation)"
