@@ -50,6 +50,7 @@ use kairos::scheduler::job::{
     Catchup, HistoryLimits, JobPatch, JobSpec, Metadata, Overlap, Policies, RetryPolicy, Timeouts,
 };
 use kairos::scheduler::run::{AttemptOutcome, AttemptResult, RunCause};
+use kairos::scheduler::schedule::{DependencyCondition, DependencyMode};
 use kairos::scheduler::state::StateImage;
 use kairos::scheduler::{
     Assignment, CallContext, Changes, Command, CommandResult, Request, RunId, ScheduleSpec, State,
@@ -60,6 +61,8 @@ use proptest::prelude::*;
 const T0: i64 = 1_767_225_600_000;
 /// The job ids operations choose from.
 const JOB_IDS: [&str; 5] = ["a", "b", "c", "d", "e"];
+/// Topics of published events.
+const TOPICS: [&str; 3] = ["orders.created", "orders.paid", "refunds.created"];
 /// The write ids operations choose from (few, so that they repeat).
 const WRITE_IDS: [&str; 4] = ["w1", "w2", "w3", "w4"];
 
@@ -162,6 +165,15 @@ enum Op {
         shift_ms: i64,
     },
     Trigger {
+        job: usize,
+    },
+    /// A published event on one of a few topics, with an idempotency key or none.
+    Publish {
+        topic: usize,
+        key: Option<u8>,
+    },
+    /// A delete whatever runs after the job.
+    ForceDelete {
         job: usize,
     },
     Backfill {
@@ -369,6 +381,21 @@ impl Op {
                 }
             }
             Op::Trigger { job } => Command::TriggerJob { id: id(job) },
+            Op::Publish { topic, key } => Command::PublishEvent {
+                topic: TOPICS[*topic].into(),
+                attributes: [(
+                    "region".to_string(),
+                    if topic % 2 == 0 { "eu" } else { "us" }.to_string(),
+                )]
+                .into_iter()
+                .collect(),
+                payload: vec![*topic as u8],
+                idempotency_key: key.map(|k| format!("key-{k}")).unwrap_or_default(),
+            },
+            Op::ForceDelete { job } => Command::ForceDeleteJob {
+                id: id(job),
+                expected_version: None,
+            },
             Op::Backfill { job, back_ms, len_ms } => Command::Backfill {
                 id: id(job),
                 start_ms: at_ms - back_ms,
@@ -516,6 +543,36 @@ fn schedule() -> BoxedStrategy<ScheduleSpec> {
             timezone: tz.into()
         }),
         (0i64..600_000).prop_map(|ms| ScheduleSpec::At { at_ms: T0 + ms }),
+        (
+            prop::sample::select(vec!["orders.*", "*.created", "refunds.created"]),
+            any::<bool>()
+        )
+            .prop_map(|(topic, eu)| ScheduleSpec::OnEvent {
+                topic: topic.into(),
+                matches: if eu {
+                    [("region".to_string(), "eu".to_string())].into_iter().collect()
+                } else {
+                    Default::default()
+                },
+            }),
+        (
+            prop::collection::vec(0..JOB_IDS.len(), 1..3),
+            prop::sample::select(vec![
+                DependencyCondition::Succeeded,
+                DependencyCondition::Failed,
+                DependencyCondition::Completed
+            ]),
+            any::<bool>()
+        )
+            .prop_map(|(jobs, condition, all)| ScheduleSpec::After {
+                jobs: jobs.into_iter().map(|j| JOB_IDS[j].to_string()).collect(),
+                condition,
+                mode: if all {
+                    DependencyMode::All
+                } else {
+                    DependencyMode::Any
+                },
+            }),
     ]
     .boxed()
 }
@@ -684,6 +741,8 @@ fn op() -> BoxedStrategy<Op> {
         10 => proptest::option::of(0i64..1_500).prop_map(|ahead_ms| Op::Fire { ahead_ms }),
         1 => (job(), -3_000i64..3_000).prop_map(|(job, shift_ms)| Op::FireOdd { job, shift_ms }),
         2 => job().prop_map(|job| Op::Trigger { job }),
+        3 => (0..TOPICS.len(), proptest::option::of(0u8..3)).prop_map(|(topic, key)| Op::Publish { topic, key }),
+        1 => job().prop_map(|job| Op::ForceDelete { job }),
         1 => (job(), 0i64..120_000, 0i64..30_000).prop_map(|(job, back_ms, len_ms)| Op::Backfill { job, back_ms, len_ms }),
         2 => (run_choice(), 1u64..4, -1i8..2).prop_map(|(run, node, attempt_shift)| Op::Start { run, node, attempt_shift }),
         6 => (1u64..4).prop_map(|node| Op::StartDispatchable { node }),

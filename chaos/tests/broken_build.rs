@@ -48,7 +48,7 @@ fn the_broken_build_is_caught_and_the_real_one_passes() {
     let violations = report["violations"].as_array().unwrap();
     assert!(
         violations.iter().any(|v| v["invariant"] == "unique_runs"
-            && v["message"].as_str().unwrap().contains("for one nominal time")
+            && v["message"].as_str().unwrap().contains("for one fire")
             && v["job"].as_str().unwrap().starts_with("steady-")),
         "no duplicate-run violation naming a job: {violations:?}"
     );

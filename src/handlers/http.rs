@@ -4,7 +4,8 @@
 //! (default ""), "timeout_ms"}`. Every request also carries the attempt's
 //! identity so the receiver can dedupe and log: `Idempotency-Key`,
 //! `X-Kairos-Job`, `X-Kairos-Run`, `X-Kairos-Attempt` and
-//! `X-Kairos-Nominal-Time` (RFC 3339, UTC, ms). Payload headers may not
+//! `X-Kairos-Nominal-Time` (RFC 3339, UTC, ms), and `X-Kairos-Event-Id` for a
+//! run a published event created. Payload headers may not
 //! override those, nor the framing headers the client computes.
 //!
 //! Outcome: 2xx succeeds with `status line + "\n" + body tail`; 408, 429 and
@@ -440,6 +441,26 @@ mod tests {
         assert_eq!(h("x-kairos-nominal-time"), Some("2023-11-14T22:13:20.123Z"));
         assert_eq!(h("x-custom"), Some("v"));
         assert_eq!(h("user-agent"), Some(USER_AGENT));
+        assert_eq!(h("x-kairos-event-id"), None, "a run no event created");
+    }
+
+    #[tokio::test]
+    async fn a_run_an_event_created_names_the_event() {
+        let (base, mut rx) = serve(200, "ok".into()).await;
+        let mut ctx = test_ctx(&format!(r#"{{"url":"{base}/"}}"#), Duration::from_secs(30));
+        ctx.event_id = "ev-7".into();
+        ctx.idempotency_key = "job-1:ev-7".into();
+        let h = HttpHandler::fenced(allowing("loopback")).without_proxy();
+        h.run(ctx, CancellationToken::new()).await.unwrap();
+        let seen = rx.recv().await.unwrap();
+        assert_eq!(
+            seen.headers.get("x-kairos-event-id").map(String::as_str),
+            Some("ev-7")
+        );
+        assert_eq!(
+            seen.headers.get("idempotency-key").map(String::as_str),
+            Some("job-1:ev-7")
+        );
     }
 
     #[tokio::test]

@@ -1,4 +1,7 @@
-//! Property: **at most one run per `(job, nominal_time)`.**
+//! Property: **at most one run per `(job, nominal_time)`** — per
+//! idempotency key, which is `job:nominal time` for a fire, a trigger or a
+//! backfill and `job:event id` for a run a published event created (two
+//! events committed in one entry share a nominal time, not a key).
 //!
 //! Checked twice: on the runs stored after settle (any cause), and on the
 //! webhook deliveries, which also cover jobs deleted since — two different
@@ -15,22 +18,19 @@ pub const NAME: &str = "unique_runs";
 
 pub fn check(evidence: &Evidence) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let mut stored: BTreeMap<(&str, i64), Vec<&kairos::proto::Run>> = BTreeMap::new();
+    let mut stored: BTreeMap<&str, Vec<&kairos::proto::Run>> = BTreeMap::new();
     for run in &evidence.final_state.runs {
-        stored
-            .entry((&run.job_id, unix_ms(&run.nominal_time)))
-            .or_default()
-            .push(run);
+        stored.entry(&run.idempotency_key).or_default().push(run);
     }
-    for ((job, nominal), runs) in stored.into_iter().filter(|(_, runs)| runs.len() > 1) {
+    for (key, runs) in stored.into_iter().filter(|(_, runs)| runs.len() > 1) {
         let ids: Vec<u64> = runs.iter().map(|r| r.id).collect();
         violations.push(
             Violation::new(
                 NAME,
-                format!("{} stored runs {ids:?} for one nominal time", runs.len()),
+                format!("{} stored runs {ids:?} for one fire ({key})", runs.len()),
             )
-            .job(job)
-            .time(rfc3339(nominal))
+            .job(&runs[0].job_id)
+            .time(rfc3339(unix_ms(&runs[0].nominal_time)))
             .nodes(runs.iter().map(|r| r.node_id).filter(|&n| n != 0)),
         );
     }

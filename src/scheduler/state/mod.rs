@@ -128,6 +128,28 @@ pub struct WriteRecord {
     pub result: CommandResult,
 }
 
+/// `result` as its encoding keeps it: the runs it holds without the fields
+/// kept apart from a run's encoding (its external worker and trigger), so
+/// that a write record reads the same before and after a snapshot.
+fn as_encoded(result: CommandResult) -> CommandResult {
+    fn strip(run: &mut super::run::Run) {
+        run.worker = None;
+        run.trigger = None;
+    }
+    result.map(|response| match response {
+        Response::Run(mut run) => {
+            strip(&mut run);
+            Response::Run(run)
+        }
+        Response::Started(mut runs) => {
+            runs.iter_mut().for_each(strip);
+            Response::Started(runs)
+        }
+        Response::Batch(results) => Response::Batch(results.into_iter().map(as_encoded).collect()),
+        other => other,
+    })
+}
+
 /// A map of replicated content. Persistent (structure-shared) so that a
 /// [`StateImage`] of the whole state is taken in O(1) and encoded for a
 /// snapshot on another thread while the state machine goes on applying:
@@ -225,7 +247,7 @@ impl State {
         let result = self.apply_request(index, request, changes);
         let record = WriteRecord {
             at_ms: request.at_ms,
-            result: result.clone(),
+            result: as_encoded(result.clone()),
         };
         self.writes.insert(write_id.clone(), record);
         self.write_expiry.insert((request.at_ms, write_id.clone()));
