@@ -425,7 +425,11 @@ async fn rest_and_grpc_give_the_same_answers() {
         .unwrap()
         .into_inner();
     assert_eq!(service, json_of(&grpc_service));
-    let rest_routes = grpc_service.endpoints.iter().filter(|e| e.protocol == "rest").count();
+    let rest_routes = grpc_service
+        .endpoints
+        .iter()
+        .filter(|e| e.protocol == "rest")
+        .count();
     assert_eq!(rest_routes, kairos::rest::routes::ROUTES.len());
     assert!(grpc_service.features.iter().any(|f| f == "rest"));
 
