@@ -4,8 +4,11 @@
 //! openraft's metrics at scrape time, so they are never stale and cost nothing
 //! between scrapes. API metrics are recorded by the gRPC services per call:
 //! requests by method and status code, and a latency histogram by method.
+//! Sink gauges come from the applied state at scrape time (every node
+//! reports the same positions: what the last `AckSink` recorded); failed
+//! deliveries are counted by the node that delivers (the leader).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -43,6 +46,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of the sink metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// The sink's name.
+    pub sink: String,
+}
+
 /// All metrics of a node.
 pub struct Metrics {
     fire_lateness: Histogram,
@@ -62,6 +72,12 @@ pub struct Metrics {
     raft_last_log_index: Gauge,
     raft_snapshot_index: Gauge,
     jobs_stored: Gauge,
+    sink_lag: Family<SinkLabels, Gauge>,
+    sink_delivered: Family<SinkLabels, Gauge>,
+    sink_failures: Family<SinkLabels, Counter>,
+    /// Held while the sink families are rebuilt, so concurrent scrapes do
+    /// not interleave.
+    sink_refresh: Mutex<()>,
 }
 
 impl Metrics {
@@ -89,6 +105,10 @@ impl Metrics {
             runs_pending: Gauge::default(),
             fires_missed: Gauge::default(),
             fires_skipped: Gauge::default(),
+            sink_lag: Family::default(),
+            sink_delivered: Family::default(),
+            sink_failures: Family::default(),
+            sink_refresh: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +183,21 @@ impl Metrics {
             "Fires dropped by the overlap policy, all jobs",
             m.fires_skipped.clone(),
         );
+        registry.register(
+            "sink_lag",
+            "Lifecycle positions after a sink's recorded position (audit head minus delivered position)",
+            m.sink_lag.clone(),
+        );
+        registry.register(
+            "sink_delivered_position",
+            "Lifecycle position a sink's receiver acknowledged, as last recorded",
+            m.sink_delivered.clone(),
+        );
+        registry.register(
+            "sink_delivery_failures",
+            "Failed sink delivery attempts made by this node",
+            m.sink_failures.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -223,6 +258,29 @@ impl Metrics {
                 .fold((0u64, 0u64), |(m, s), (_, c)| (m + c.missed, s + c.skipped));
             self.fires_missed.set(as_gauge(missed));
             self.fires_skipped.set(as_gauge(skipped));
+        }
+        let _refreshing = self.sink_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            // Rebuilt on every scrape: a deleted sink's series go away.
+            self.sink_lag.clear();
+            self.sink_delivered.clear();
+            self.sink_failures.clear();
+            let state = node.state.read();
+            let head = state.audit().head().seq;
+            for sink in state.sinks() {
+                let labels = SinkLabels {
+                    sink: sink.name.clone(),
+                };
+                self.sink_lag
+                    .get_or_create(&labels)
+                    .set(as_gauge(head.saturating_sub(sink.delivered)));
+                self.sink_delivered
+                    .get_or_create(&labels)
+                    .set(as_gauge(sink.delivered));
+                self.sink_failures
+                    .get_or_create(&labels)
+                    .inc_by(node.sink_status.failures(&sink.name));
+            }
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
