@@ -7,6 +7,7 @@
 //! - `acl`, `audit`: access control and the audit log ([`acl`], [`audit`]).
 //! - `type`, `worker`: job types (built-in and registered) and the external
 //!   workers serving them ([`job_type`], [`worker`]).
+//! - `sink`: outbound webhooks receiving the lifecycle stream ([`sink`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
@@ -22,6 +23,7 @@ pub mod job;
 pub mod job_type;
 pub mod output;
 pub mod run;
+pub mod sink;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +68,8 @@ pub enum Command {
     Acl(acl::AclCommand),
     /// Read, export and verify the audit log.
     Audit(audit::AuditCommand),
+    /// Sinks: webhooks receiving every lifecycle event, in order, at least once.
+    Sink(sink::SinkCommand),
     /// Internal diagnostics (used by the durability test).
     #[command(hide = true)]
     Debug(agent::DebugCommand),
@@ -84,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(cmd) => worker::run(cmd, &cli.client).await,
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
+        Command::Sink(cmd) => sink::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,
     }
 }
