@@ -7,6 +7,11 @@
 //! Sink gauges come from the applied state at scrape time (every node
 //! reports the same positions: what the last `AckSink` recorded); failed
 //! deliveries are counted by the node that delivers (the leader).
+//!
+//! The body is the Prometheus text format (0.0.4), in which a counter's
+//! family is named as its samples (`x_total`); prometheus-client writes the
+//! OpenMetrics naming (`# TYPE x counter` above `x_total` samples), so
+//! [`text_format_counters`] renames the `HELP` and `TYPE` lines of counters.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -284,6 +289,89 @@ impl Metrics {
         }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        text_format_counters(&out)
+    }
+}
+
+/// `text` with the `HELP` and `TYPE` lines of every counter family `x`
+/// naming it `x_total`, as its samples are named: in the Prometheus text
+/// format a sample belongs to the family of its own name, so Prometheus
+/// keeps the counter's type and `promtool check metrics` finds its help.
+pub fn text_format_counters(text: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.split_inclusive('\n') {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(renamed) => out.push_str(&renamed),
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_families_are_named_as_their_samples() {
+        let text = "# HELP kairos_api_requests gRPC API requests.\n\
+                    # TYPE kairos_api_requests counter\n\
+                    kairos_api_requests_total{method=\"CreateJob\",code=\"Ok\"} 3\n\
+                    # HELP kairos_sink_lag Positions behind.\n\
+                    # TYPE kairos_sink_lag gauge\n\
+                    kairos_sink_lag{sink=\"a\"} 0\n\
+                    # EOF\n";
+        assert_eq!(
+            text_format_counters(text),
+            "# HELP kairos_api_requests_total gRPC API requests.\n\
+             # TYPE kairos_api_requests_total counter\n\
+             kairos_api_requests_total{method=\"CreateJob\",code=\"Ok\"} 3\n\
+             # HELP kairos_sink_lag Positions behind.\n\
+             # TYPE kairos_sink_lag gauge\n\
+             kairos_sink_lag{sink=\"a\"} 0\n\
+             # EOF\n"
+        );
+    }
+
+    #[test]
+    fn the_rendered_metrics_name_every_sample_in_a_help_and_type_line() {
+        let metrics = Metrics::new();
+        metrics.observe_api("CreateSink", tonic::Code::Ok, Duration::from_millis(3));
+        metrics.observe_attempt("noop", "succeeded");
+        metrics
+            .sink_failures
+            .get_or_create(&SinkLabels { sink: "a".into() })
+            .inc();
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).unwrap();
+        let text = text_format_counters(&text);
+        for family in [
+            "kairos_api_requests_total",
+            "kairos_attempts_total",
+            "kairos_sink_delivery_failures_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("kairos_sink_delivery_failures_total{sink=\"a\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("_total_total"), "{text}");
     }
 }
