@@ -31,11 +31,13 @@
 //! **Progress.** The position is recorded in the replicated state with the
 //! internal `AckSink` command, batched ([`Progress`]): at most one proposal
 //! per sink per [`ACK_INTERVAL`] unless [`ACK_EVERY`] events were delivered
-//! since the last, once more when the sink goes idle, and on stop. A new
-//! leader resumes after the last *recorded* position, so after a failover
-//! the receiver may see again the events delivered since the last record
-//! (up to about a second's worth): positions only increase, and a receiver
-//! drops an event whose position is not above the last it processed.
+//! since the last, once more when the sink goes idle, and on stop (which
+//! commits only if this node can still commit then: a leader that steps
+//! down or shuts down usually cannot). A new leader resumes after the last
+//! *recorded* position, so after a failover the receiver may see again the
+//! events delivered since the last record (up to about a second's worth):
+//! positions only increase, and a receiver drops an event whose position
+//! is not above the last it processed.
 //! Before it starts, a new leader passes a read barrier, so it resumes
 //! from the newest record the cluster committed; a record from a former
 //! leader applied later still moves the position forward (never back).
