@@ -492,6 +492,8 @@ struct Running {
     /// Ends it; a child of the supervisor's stop token. Cancelled on its
     /// own, it retires the delivery without recording (the sink is gone).
     cancel: CancellationToken,
+    /// Its task.
+    task: tokio::task::Id,
 }
 
 /// Starts, retires and finally stops the per-sink tasks.
@@ -516,6 +518,8 @@ async fn supervise<H: SinkHost>(host: Arc<H>, stop: CancellationToken) {
     }
     let mut head = host.subscribe_head();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Sinks whose delivery panicked: started again after the next change.
+    let mut panicked = std::collections::BTreeSet::new();
     let mut tasks = JoinSet::new();
     loop {
         head.mark_unchanged();
@@ -532,26 +536,49 @@ async fn supervise<H: SinkHost>(host: Arc<H>, stop: CancellationToken) {
             keep
         });
         for def in sinks {
-            if running.contains_key(&def.name) {
+            if running.contains_key(&def.name) || panicked.contains(&def.name) {
                 continue;
             }
             tracing::info!(sink = %def.name, url = %def.url, after = def.delivered, "delivering to sink");
-            let run = Running {
-                def: def.clone(),
-                cancel: stop.child_token(),
-            };
-            tasks.spawn(deliver(
-                host.clone(),
-                client.clone(),
-                def,
-                stop.clone(),
-                run.cancel.clone(),
-            ));
-            running.insert(run.def.name.clone(), run);
+            let cancel = stop.child_token();
+            let task = tasks
+                .spawn(deliver(
+                    host.clone(),
+                    client.clone(),
+                    def.clone(),
+                    stop.clone(),
+                    cancel.clone(),
+                ))
+                .id();
+            running.insert(def.name.clone(), Running { def, cancel, task });
         }
-        while tasks.try_join_next().is_some() {}
         tokio::select! {
-            changed = head.changed() => if changed.is_err() { break },
+            changed = head.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                panicked.clear();
+            }
+            Some(ended) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                // A delivery ends on its own when its sink is gone; one that
+                // panicked is started again with the next change.
+                let (id, failed) = match ended {
+                    Ok((id, ())) => (id, false),
+                    Err(e) => (e.id(), true),
+                };
+                running.retain(|name, run| {
+                    if run.task != id {
+                        return true;
+                    }
+                    if failed {
+                        tracing::error!(sink = %name, "sink delivery failed; it starts again with the next change");
+                        panicked.insert(name.clone());
+                    } else {
+                        host.status().forget(name);
+                    }
+                    false
+                });
+            }
             () = stop.cancelled() => break,
         }
     }
