@@ -49,7 +49,7 @@ enum SinkAction {
         /// Only events of jobs whose id matches this glob (events about no job then do not match).
         #[arg(long, default_value = "")]
         job: String,
-        /// Deliver the events after this position (default: the newest position when created).
+        /// Deliver the events after this position (default, as 0: the newest position when created).
         #[arg(long, value_name = "POS")]
         start_after: Option<u64>,
     },
