@@ -4,8 +4,16 @@
 //! openraft's metrics at scrape time, so they are never stale and cost nothing
 //! between scrapes. API metrics are recorded by the gRPC services per call:
 //! requests by method and status code, and a latency histogram by method.
+//! Sink gauges come from the applied state at scrape time (every node
+//! reports the same positions: what the last `AckSink` recorded); failed
+//! deliveries are counted by the node that delivers (the leader).
+//!
+//! The body is the Prometheus text format (0.0.4), in which a counter's
+//! family is named as its samples (`x_total`); prometheus-client writes the
+//! OpenMetrics naming (`# TYPE x counter` above `x_total` samples), so
+//! [`text_format_counters`] renames the `HELP` and `TYPE` lines of counters.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
@@ -43,6 +51,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of the sink metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// The sink's name.
+    pub sink: String,
+}
+
 /// All metrics of a node.
 pub struct Metrics {
     fire_lateness: Histogram,
@@ -62,6 +77,12 @@ pub struct Metrics {
     raft_last_log_index: Gauge,
     raft_snapshot_index: Gauge,
     jobs_stored: Gauge,
+    sink_lag: Family<SinkLabels, Gauge>,
+    sink_delivered: Family<SinkLabels, Gauge>,
+    sink_failures: Family<SinkLabels, Counter>,
+    /// Held while the sink families are rebuilt, so concurrent scrapes do
+    /// not interleave.
+    sink_refresh: Mutex<()>,
 }
 
 impl Metrics {
@@ -89,6 +110,10 @@ impl Metrics {
             runs_pending: Gauge::default(),
             fires_missed: Gauge::default(),
             fires_skipped: Gauge::default(),
+            sink_lag: Family::default(),
+            sink_delivered: Family::default(),
+            sink_failures: Family::default(),
+            sink_refresh: Mutex::new(()),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +188,21 @@ impl Metrics {
             "Fires dropped by the overlap policy, all jobs",
             m.fires_skipped.clone(),
         );
+        registry.register(
+            "sink_lag",
+            "Lifecycle positions after a sink's recorded position (audit head minus delivered position)",
+            m.sink_lag.clone(),
+        );
+        registry.register(
+            "sink_delivered_position",
+            "Lifecycle position a sink's receiver acknowledged, as last recorded",
+            m.sink_delivered.clone(),
+        );
+        registry.register(
+            "sink_delivery_failures",
+            "Failed sink delivery attempts made by this node",
+            m.sink_failures.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -224,8 +264,114 @@ impl Metrics {
             self.fires_missed.set(as_gauge(missed));
             self.fires_skipped.set(as_gauge(skipped));
         }
+        let _refreshing = self.sink_refresh.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            // Rebuilt on every scrape: a deleted sink's series go away.
+            self.sink_lag.clear();
+            self.sink_delivered.clear();
+            self.sink_failures.clear();
+            let state = node.state.read();
+            let head = state.audit().head().seq;
+            for sink in state.sinks() {
+                let labels = SinkLabels {
+                    sink: sink.name.clone(),
+                };
+                self.sink_lag
+                    .get_or_create(&labels)
+                    .set(as_gauge(head.saturating_sub(sink.delivered)));
+                self.sink_delivered
+                    .get_or_create(&labels)
+                    .set(as_gauge(sink.delivered));
+                self.sink_failures
+                    .get_or_create(&labels)
+                    .inc_by(node.sink_status.failures(&sink.name));
+            }
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        text_format_counters(&out)
+    }
+}
+
+/// `text` with the `HELP` and `TYPE` lines of every counter family `x`
+/// naming it `x_total`, as its samples are named: in the Prometheus text
+/// format a sample belongs to the family of its own name, so Prometheus
+/// keeps the counter's type and `promtool check metrics` finds its help.
+pub fn text_format_counters(text: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.split_inclusive('\n') {
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(renamed) => out.push_str(&renamed),
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_families_are_named_as_their_samples() {
+        let text = "# HELP kairos_api_requests gRPC API requests.\n\
+                    # TYPE kairos_api_requests counter\n\
+                    kairos_api_requests_total{method=\"CreateJob\",code=\"Ok\"} 3\n\
+                    # HELP kairos_sink_lag Positions behind.\n\
+                    # TYPE kairos_sink_lag gauge\n\
+                    kairos_sink_lag{sink=\"a\"} 0\n\
+                    # EOF\n";
+        assert_eq!(
+            text_format_counters(text),
+            "# HELP kairos_api_requests_total gRPC API requests.\n\
+             # TYPE kairos_api_requests_total counter\n\
+             kairos_api_requests_total{method=\"CreateJob\",code=\"Ok\"} 3\n\
+             # HELP kairos_sink_lag Positions behind.\n\
+             # TYPE kairos_sink_lag gauge\n\
+             kairos_sink_lag{sink=\"a\"} 0\n\
+             # EOF\n"
+        );
+    }
+
+    #[test]
+    fn the_rendered_metrics_name_every_sample_in_a_help_and_type_line() {
+        let metrics = Metrics::new();
+        metrics.observe_api("CreateSink", tonic::Code::Ok, Duration::from_millis(3));
+        metrics.observe_attempt("noop", "succeeded");
+        metrics
+            .sink_failures
+            .get_or_create(&SinkLabels { sink: "a".into() })
+            .inc();
+        let mut text = String::new();
+        encode(&mut text, &metrics.registry).unwrap();
+        let text = text_format_counters(&text);
+        for family in [
+            "kairos_api_requests_total",
+            "kairos_attempts_total",
+            "kairos_sink_delivery_failures_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{family}:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("kairos_sink_delivery_failures_total{sink=\"a\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("_total_total"), "{text}");
     }
 }

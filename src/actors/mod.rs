@@ -15,6 +15,9 @@
 //! - [`dispatcher::Dispatcher`]: starts attempts of dispatchable runs on the
 //!   least-loaded worker pool or external worker, up to the look-ahead
 //!   before they may begin.
+//! - [`sinks::SinkDelivery`]: delivers the lifecycle stream to every sink,
+//!   in order and at least once, recording progress with `AckSink` (a plain
+//!   task per sink with a cancellation token, not an actor).
 //!
 //! Every node also runs a [`worker::WorkerPool`] (not leader-only), reachable
 //! from other nodes over the worker network of [`cluster`], a
@@ -79,14 +82,20 @@ pub async fn run_leader_actors(node: Arc<Node>, settings: LeaderSettings, shutdo
         if leading && actors.is_none() {
             match LeaderActors::start(&node, &settings).await {
                 Ok(started) => {
-                    tracing::info!(node = node.id, "became leader: timer and dispatcher started");
+                    tracing::info!(
+                        node = node.id,
+                        "became leader: timer, dispatcher and sink delivery started"
+                    );
                     actors = Some(started);
                 }
                 Err(e) => tracing::error!(node = node.id, "cannot start the leader actors: {e}"),
             }
         } else if !leading {
             if let Some(stopping) = actors.take() {
-                tracing::info!(node = node.id, "no longer leader: timer and dispatcher stopped");
+                tracing::info!(
+                    node = node.id,
+                    "no longer leader: timer, dispatcher and sink delivery stopped"
+                );
                 stopping.stop().await;
             }
         }
@@ -104,6 +113,7 @@ pub async fn run_leader_actors(node: Arc<Node>, settings: LeaderSettings, shutdo
 struct LeaderActors {
     timer: ActorRef<timer::TimerMsg>,
     dispatcher: ActorRef<dispatcher::DispatcherMsg>,
+    sinks: sinks::SinkDelivery,
 }
 
 impl LeaderActors {
@@ -126,7 +136,11 @@ impl LeaderActors {
             fire_ahead: settings.fire_ahead,
         };
         match Actor::spawn(None, dispatcher::Dispatcher, args).await {
-            Ok((dispatcher, _)) => Ok(LeaderActors { timer, dispatcher }),
+            Ok((dispatcher, _)) => Ok(LeaderActors {
+                timer,
+                dispatcher,
+                sinks: sinks::SinkDelivery::start(node.clone()),
+            }),
             Err(e) => {
                 timer.stop(None);
                 Err(e)
@@ -134,11 +148,15 @@ impl LeaderActors {
         }
     }
 
-    /// Stops both, waiting at most a few seconds each (a handler blocked on a
-    /// proposal that cannot commit must not hold up a step-down or shutdown).
+    /// Stops them, waiting at most a few seconds each (a handler blocked on
+    /// a proposal that cannot commit must not hold up a step-down or
+    /// shutdown); sink delivery meanwhile, bounded alike.
     async fn stop(self) {
-        let grace = Some(std::time::Duration::from_secs(3));
-        let _ = self.timer.stop_and_wait(None, grace).await;
-        let _ = self.dispatcher.stop_and_wait(None, grace).await;
+        let grace = std::time::Duration::from_secs(3);
+        let actors = async {
+            let _ = self.timer.stop_and_wait(None, Some(grace)).await;
+            let _ = self.dispatcher.stop_and_wait(None, Some(grace)).await;
+        };
+        tokio::join!(self.sinks.stop(grace), actors);
     }
 }

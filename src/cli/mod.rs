@@ -9,6 +9,7 @@
 //!   workers serving them ([`job_type`], [`worker`]).
 //! - `service describe`: the cluster's service record, for a service
 //!   registry ([`service`]).
+//! - `sink`: outbound webhooks receiving the lifecycle stream ([`sink`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
@@ -26,6 +27,7 @@ pub mod job_type;
 pub mod output;
 pub mod run;
 pub mod service;
+pub mod sink;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -74,6 +76,8 @@ pub enum Command {
     Acl(acl::AclCommand),
     /// Read, export and verify the audit log.
     Audit(audit::AuditCommand),
+    /// Sinks: webhooks receiving every lifecycle event, in order, at least once.
+    Sink(sink::SinkCommand),
     /// Internal diagnostics (used by the durability test).
     #[command(hide = true)]
     Debug(agent::DebugCommand),
@@ -94,6 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service::run(cmd, &cli.client).await,
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
+        Command::Sink(cmd) => sink::run(cmd, &cli.client).await,
         Command::Debug(cmd) => agent::debug(cmd).await,
     }
 }
