@@ -527,16 +527,8 @@ fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
         nominal_ms: run.nominal_ms,
         begin_at_ms: run.started_at_ms.unwrap_or(run.nominal_ms),
         idempotency_key: run.idempotency_key(),
-        event_id: run
-            .trigger
-            .as_ref()
-            .map(|t| t.event_id.clone())
-            .unwrap_or_default(),
-        event_payload: run
-            .trigger
-            .as_ref()
-            .map(|t| t.event_payload.clone())
-            .unwrap_or_default(),
+        event_id: run.event_id().to_string(),
+        event_payload: run.event_payload().to_vec(),
         attempt_timeout_ms: job.spec.policies.timeouts.attempt_timeout_ms,
         heartbeat_timeout_ms: job.spec.policies.timeouts.heartbeat_timeout_ms,
     })

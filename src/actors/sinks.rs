@@ -73,7 +73,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::lifecycle::{lifecycle_event, EventFilter, SCAN_BATCH};
+use crate::api::lifecycle::{events_after, Dropped, EventFilter};
 use crate::error::{Error, Result};
 use crate::node::{Consistency, Node};
 use crate::proto as pb;
@@ -354,7 +354,8 @@ pub fn sink_filter(def: &SinkDef) -> EventFilter {
     }
 }
 
-/// The next step of sink `def` at `position`: up to [`SCAN_BATCH`] audit
+/// The next step of sink `def` at `position`: up to
+/// [`SCAN_BATCH`](crate::api::lifecycle::SCAN_BATCH) audit
 /// entries are examined after the larger of `position` and the recorded
 /// position (a former leader's record may be applied after this one began).
 pub fn next_step(state: &State, def: &SinkDef, position: u64, filter: &EventFilter) -> Step {
@@ -362,23 +363,13 @@ pub fn next_step(state: &State, def: &SinkDef, position: u64, filter: &EventFilt
         return Step::Gone;
     };
     let after = position.max(stored.delivered);
-    let audit = state.audit();
-    let oldest = audit.anchor().seq;
-    if after < oldest {
-        return Step::Dropped { after, oldest };
-    }
-    let mut scanned = after;
-    let mut events = Vec::new();
-    for entry in audit.after(after).take(SCAN_BATCH) {
-        scanned = entry.seq;
-        if let Some(event) = lifecycle_event(state, entry).filter(|e| filter.matches(e)) {
-            events.push(event);
-        }
-    }
-    Step::Deliver {
-        after,
-        events,
-        scanned,
+    match events_after(state, after, filter) {
+        Ok((events, scanned)) => Step::Deliver {
+            after,
+            events,
+            scanned,
+        },
+        Err(Dropped { oldest }) => Step::Dropped { after, oldest },
     }
 }
 
@@ -721,6 +712,8 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    use crate::api::lifecycle::{lifecycle_event, SCAN_BATCH};
     use std::sync::RwLock;
 
     use axum::extract::State as Extract;

@@ -539,16 +539,8 @@ pub fn run_to_pb(run: &Run) -> pb::Run {
         not_before: (run.status == RunStatus::Pending).then(|| ms_timestamp(run.not_before_ms)),
         revision: run.revision,
         worker_id: run.worker.clone().unwrap_or_default(),
-        event_id: run
-            .trigger
-            .as_ref()
-            .map(|t| t.event_id.clone())
-            .unwrap_or_default(),
-        event_payload: run
-            .trigger
-            .as_ref()
-            .map(|t| t.event_payload.clone())
-            .unwrap_or_default(),
+        event_id: run.event_id().to_string(),
+        event_payload: run.event_payload().to_vec(),
         upstream_run_id: run.trigger.as_ref().and_then(|t| t.upstream_run).unwrap_or(0),
     }
 }

@@ -149,6 +149,25 @@ pub fn check_kinds(kinds: &[i32], field: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Events after a position were dropped by audit retention: the oldest
+/// position that can still be resumed from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    /// Resume from here or later.
+    pub oldest: u64,
+}
+
+impl Dropped {
+    /// A watch's answer to resuming after `after`.
+    fn to_status(self, after: u64) -> Status {
+        let oldest = self.oldest;
+        Status::out_of_range(format!(
+            "position {after} is older than the oldest this node keeps ({oldest}, --audit-retain): \
+             resume from {oldest} or later"
+        ))
+    }
+}
+
 /// Up to [`SCAN_BATCH`] audit entries after `after` as lifecycle events
 /// matching `filter`, and the last position examined. `Err` when `after`
 /// is older than what this node keeps.
@@ -156,14 +175,11 @@ pub fn events_after(
     state: &State,
     after: u64,
     filter: &EventFilter,
-) -> Result<(Vec<pb::LifecycleEvent>, u64), Status> {
+) -> Result<(Vec<pb::LifecycleEvent>, u64), Dropped> {
     let audit = state.audit();
-    let oldest_kept = audit.anchor().seq;
-    if after < oldest_kept {
-        return Err(Status::out_of_range(format!(
-            "position {after} is older than the oldest this node keeps ({oldest_kept}, --audit-retain): \
-             resume from {oldest_kept} or later"
-        )));
+    let oldest = audit.anchor().seq;
+    if after < oldest {
+        return Err(Dropped { oldest });
     }
     let mut last = after;
     let mut found = Vec::new();
@@ -209,64 +225,76 @@ pub fn watch_events(
 ) -> ReceiverStream<Result<pb::LifecycleEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Subscribe before the first read: a change applied in between moves the head.
-    let mut head = state.subscribe_audit_head();
+    let head = state.subscribe_audit_head();
     tokio::spawn(async move {
-        let stream = async {
-            let mut last = match after {
-                Some(after) => after,
-                None => {
-                    let newest = state.read().audit().head().seq;
-                    let notice = pb::LifecycleEvent {
-                        position: newest,
-                        ..pb::LifecycleEvent::default()
-                    };
-                    tx.send(Ok(notice)).await.map_err(|_| ())?;
-                    newest
-                }
-            };
-            loop {
-                head.mark_unchanged();
-                let batch = {
-                    let state = state.read();
-                    events_after(&state, last, &filter).and_then(|(events, scanned)| {
-                        let visible = events
-                            .into_iter()
-                            .map(|e| watcher.may_watch(&state, &e).map(|ok| ok.then_some(e)))
-                            .collect::<Result<Vec<_>, Status>>()?;
-                        Ok((visible, scanned))
-                    })
-                };
-                let (events, scanned) = match batch {
-                    Ok(batch) => batch,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return Err(());
-                    }
-                };
-                for event in events.into_iter().flatten() {
-                    tx.send(Ok(event)).await.map_err(|_| ())?;
-                }
-                if scanned > last {
-                    last = scanned;
-                    continue; // maybe more behind this batch
-                }
-                tokio::select! {
-                    changed = head.changed() => if changed.is_err() {
-                        let _ = tx.send(Err(Status::unavailable("node shutting down"))).await;
-                        return Err(());
-                    },
-                    () = tx.closed() => return Err(()),
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), ()>(())
-        };
         tokio::select! {
-            _ = stream => {}
+            _ = follow(state, head, watcher, filter, after, tx.clone()) => {}
             () = shutdown.cancelled() => {
                 let _ = tx.try_send(Err(Status::unavailable("node shutting down")));
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The stream ended: the client went away, or it was told why.
+struct Ended;
+
+/// Sends the events of a watch (see [`watch_events`]) until it ends.
+async fn follow(
+    state: StateHandle,
+    mut head: tokio::sync::watch::Receiver<u64>,
+    watcher: Watcher,
+    filter: EventFilter,
+    after: Option<u64>,
+    tx: mpsc::Sender<Result<pb::LifecycleEvent, Status>>,
+) -> Result<std::convert::Infallible, Ended> {
+    let mut last = match after {
+        Some(after) => after,
+        None => {
+            let newest = state.read().audit().head().seq;
+            let notice = pb::LifecycleEvent {
+                position: newest,
+                ..pb::LifecycleEvent::default()
+            };
+            tx.send(Ok(notice)).await.map_err(|_| Ended)?;
+            newest
+        }
+    };
+    loop {
+        head.mark_unchanged();
+        let batch = {
+            let state = state.read();
+            events_after(&state, last, &filter)
+                .map_err(|dropped| dropped.to_status(last))
+                .and_then(|(events, scanned)| {
+                    let visible = events
+                        .into_iter()
+                        .map(|e| watcher.may_watch(&state, &e).map(|ok| ok.then_some(e)))
+                        .collect::<Result<Vec<_>, Status>>()?;
+                    Ok((visible, scanned))
+                })
+        };
+        let (events, scanned) = match batch {
+            Ok(batch) => batch,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return Err(Ended);
+            }
+        };
+        for event in events.into_iter().flatten() {
+            tx.send(Ok(event)).await.map_err(|_| Ended)?;
+        }
+        if scanned > last {
+            last = scanned;
+            continue; // maybe more behind this batch
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() {
+                let _ = tx.send(Err(Status::unavailable("node shutting down"))).await;
+                return Err(Ended);
+            },
+            () = tx.closed() => return Err(Ended),
+        }
+    }
 }

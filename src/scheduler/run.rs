@@ -138,6 +138,19 @@ pub struct Run {
 }
 
 impl Run {
+    /// The published event behind the run (inherited along a dependency
+    /// chain); empty when none.
+    pub fn event_id(&self) -> &str {
+        self.trigger.as_deref().map_or("", |t| t.event_id.as_str())
+    }
+
+    /// The payload of the published event behind the run (empty when none).
+    pub fn event_payload(&self) -> &[u8] {
+        self.trigger
+            .as_deref()
+            .map_or(&[], |t| t.event_payload.as_slice())
+    }
+
     /// The idempotency key handed to handlers: `job_id:nominal_time` (RFC
     /// 3339), or `job_id:event_id` for a run an event created.
     pub fn idempotency_key(&self) -> String {
