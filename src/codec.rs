@@ -117,6 +117,25 @@ pub fn decode_named<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> 
     decode_body(body).map_err(|e| Error::internal(format!("decode {what}: {e}")))
 }
 
+/// Decodes a value written by [`encode`] followed by a trailer (what
+/// [`append_trailer`] added), returning both; the trailer is empty when
+/// there is none. Older builds decode the value and ignore the trailer, so
+/// a trailer may carry what they do not need (a trace context).
+pub fn decode_with_trailer<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8])> {
+    let what = type_label::<T>();
+    let body = match framed_version(bytes) {
+        Some(FORMAT_VERSION) => &bytes[FRAME_LEN..],
+        Some(version) => return Err(version_error(&what, version)),
+        None => return decode_named(&what, bytes).map(|value| (value, &[][..])),
+    };
+    postcard::take_from_bytes(body).map_err(|e| Error::internal(format!("decode {what}: {e}")))
+}
+
+/// Appends `trailer` to an encoding made by [`encode`] (see [`decode_with_trailer`]).
+pub fn append_trailer<T: Serialize>(encoded: Vec<u8>, trailer: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(trailer, encoded).map_err(|e| Error::internal(format!("encode: {e}")))
+}
+
 /// The refusal of `what` written in format `version`, which is not this build's.
 pub fn version_error(what: &str, version: u16) -> Error {
     let (relation, advice) = if version > FORMAT_VERSION {

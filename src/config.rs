@@ -160,6 +160,12 @@ agent_settings! {
     audit_reads: bool, env = "KAIROS_AUDIT_READS" [num_args = 0..=1, default_missing_value = "true"];
     /// Audit entries this node keeps; older ones are dropped, the newest dropped one's hash kept as the chain's anchor (default 1000000).
     audit_retain: u64, env = "KAIROS_AUDIT_RETAIN";
+    /// Export traces over OTLP/gRPC to this collector, e.g. `http://127.0.0.1:4317` (default: off, no spans made).
+    otlp_endpoint: String, env = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    /// Share of the traces starting on this node that are exported, 0 to 1; a call carrying a sampled `traceparent` is always traced (default 1).
+    trace_sampling: f64, env = "OTEL_TRACES_SAMPLER_ARG";
+    /// `service.name` of the exported spans (default `kairos`).
+    trace_service_name: String, env = "OTEL_SERVICE_NAME";
     /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
 }
@@ -212,6 +218,8 @@ pub struct AgentConfig {
     pub auth: crate::api::auth::AuthSettings,
     /// Audit entries kept (`--audit-retain`).
     pub audit_retain: u64,
+    /// Trace export (`--otlp-endpoint`), when configured.
+    pub traces: Option<crate::telemetry::TraceSettings>,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -496,6 +504,7 @@ impl AgentConfig {
                 Some(n) => n,
                 None => crate::scheduler::audit::DEFAULT_RETAIN,
             },
+            traces: trace_settings(args.otlp_endpoint, args.trace_sampling, args.trace_service_name)?,
             #[cfg(feature = "chaos-break")]
             chaos_break: args.unsafe_chaos_break,
         })
@@ -513,6 +522,40 @@ impl AgentConfig {
             _ => self.http_addr.to_string(),
         }
     }
+}
+
+/// Trace export settings: none without an endpoint (an empty one
+/// included, so `OTEL_EXPORTER_OTLP_ENDPOINT=` turns export off).
+fn trace_settings(
+    endpoint: Option<String>,
+    sampling: Option<f64>,
+    service_name: Option<String>,
+) -> Result<Option<crate::telemetry::TraceSettings>> {
+    let sampling = sampling.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling) {
+        return Err(Error::InvalidArgument(format!(
+            "--trace-sampling: {sampling} is not between 0 and 1"
+        )));
+    }
+    let Some(endpoint) = endpoint.filter(|e| !e.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match endpoint.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "--otlp-endpoint: {endpoint:?} is not an http:// or https:// URL of an OTLP/gRPC collector"
+            )))
+        }
+    }
+    let service_name = service_name
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "kairos".to_string());
+    Ok(Some(crate::telemetry::TraceSettings {
+        endpoint,
+        sampling,
+        service_name,
+    }))
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub mod proto;
 pub mod raft;
 pub mod rest;
 pub mod scheduler;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 

@@ -203,6 +203,11 @@ impl Metrics {
             "Failed sink delivery attempts made by this node",
             m.sink_failures.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Finished spans dropped because the trace export queue was full (collector away or slow)",
+            crate::telemetry::spans_dropped(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -50,6 +50,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
@@ -273,6 +274,7 @@ impl Node {
         let proposer = RaftProposer {
             id: options.id,
             raft: raft.clone(),
+            traces: state.traces.clone(),
         };
         let batcher = WriteBatcher::start(proposer, &tasks, stopping.clone());
         tasks.spawn(snapshot_by_changes(
@@ -660,10 +662,23 @@ impl Node {
     }
 
     async fn forward(&self, addr: &str, request: &Forwarded) -> Result<Response> {
+        let span = match crate::telemetry::enabled() {
+            true => tracing::info_span!("kairos.forward", otel.kind = "client", leader = %addr),
+            false => tracing::Span::none(),
+        };
+        self.forward_in(addr, request, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn forward_in(&self, addr: &str, request: &Forwarded, span: &tracing::Span) -> Result<Response> {
         let mut client = self.client(addr)?;
         let mut call = tonic::Request::new(RaftPayload {
             data: encode(request)?,
         });
+        let mut headers = std::mem::take(call.metadata_mut()).into_headers();
+        crate::telemetry::inject_headers(span, &mut headers);
+        *call.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
         call.set_timeout(match request {
             Forwarded::Write { .. } => PEER_CALL_TIMEOUT,
             Forwarded::AddNode { .. } | Forwarded::RemoveNode { .. } => MEMBERSHIP_CALL_TIMEOUT,

@@ -41,9 +41,9 @@ use tokio::task::JoinHandle;
 
 use super::external::{self, ExternalInfo, ExternalPoolMsg, TaskItem};
 use super::limits::{Limiter, TypeLimits};
-use super::worker::{encode_item, group, PoolInfo, WorkItem, WorkerPoolMsg};
+use super::worker::{encode_item, encode_traced, group, PoolInfo, WorkItem, WorkerPoolMsg};
 use crate::node::Node;
-use crate::raft::{decode, encode};
+use crate::raft::decode;
 use crate::scheduler::{Assignment, Command, Response};
 
 /// Principal recorded for the dispatcher's proposals.
@@ -373,15 +373,18 @@ async fn start_attempts(
     };
     for run in started {
         let Some(target) = run.node else { continue };
-        let Some(item) = work_item(node, &run) else {
+        let Some(mut item) = work_item(node, &run) else {
             continue;
         };
+        let span = dispatch_span(node, &run, target);
+        item.trace_parent = crate::telemetry::traceparent(&span);
+        let _entered = span.enter();
         if let Some(Some(worker_id)) = workers.get(&run.id) {
             let task = TaskItem {
                 worker_id: worker_id.clone(),
                 item,
             };
-            let bytes = encode(&task).expect("encoding a task cannot fail");
+            let bytes = encode_traced(&task, &task.item.trace_parent);
             let sent = externals
                 .get(&target)
                 .map(|pool| pool.cast(ExternalPoolMsg::Deliver(bytes)));
@@ -514,6 +517,30 @@ async fn pool_info(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerP
     .await
 }
 
+/// The `kairos.dispatch` span of `run`'s attempt sent to node `target`: in
+/// the trace of the span that created the run while this node led (a
+/// trigger's API call, the timer's fire window), else a trace of its own
+/// (disabled while tracing is off).
+fn dispatch_span(node: &Node, run: &crate::scheduler::Run, target: u64) -> tracing::Span {
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "kairos.dispatch",
+        otel.kind = "producer",
+        kairos.job = %run.job_id,
+        kairos.run = run.id,
+        kairos.attempt = run.attempt,
+        kairos.node = target,
+        kairos.token = run.token,
+    );
+    if let Some(creator) = node.state.traces.runs.creator(run.id) {
+        crate::telemetry::continue_from(&span, creator);
+    }
+    span
+}
+
 fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
     let state = node.state.read();
     let job = state.job(&run.job_id)?;
@@ -531,5 +558,6 @@ fn work_item(node: &Node, run: &crate::scheduler::Run) -> Option<WorkItem> {
         event_payload: run.event_payload().to_vec(),
         attempt_timeout_ms: job.spec.policies.timeouts.attempt_timeout_ms,
         heartbeat_timeout_ms: job.spec.policies.timeouts.heartbeat_timeout_ms,
+        trace_parent: String::new(),
     })
 }

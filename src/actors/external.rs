@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use super::worker::WorkItem;
 use crate::error::Error;
-use crate::raft::{decode, encode};
+use crate::raft::encode;
 
 /// How often a worker must poll or heartbeat (told to it at registration).
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -386,8 +386,11 @@ impl Actor for ExternalPool {
         workers: &mut Arc<ExternalWorkers>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ExternalPoolMsg::Deliver(bytes) => match decode::<TaskItem>(&bytes) {
-                Ok(task) => deliver_when_due(workers.clone(), task),
+            ExternalPoolMsg::Deliver(bytes) => match super::worker::decode_traced::<TaskItem>(&bytes) {
+                Ok((mut task, trace_parent)) => {
+                    task.item.trace_parent = trace_parent;
+                    deliver_when_due(workers.clone(), task)
+                }
                 Err(e) => tracing::warn!("undecodable task item: {e}"),
             },
             ExternalPoolMsg::Info(reply) => {
@@ -442,6 +445,7 @@ mod tests {
             event_payload: vec![],
             attempt_timeout_ms: 1_000,
             heartbeat_timeout_ms: 1_000,
+            trace_parent: String::new(),
         }
     }
 

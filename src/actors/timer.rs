@@ -36,6 +36,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -193,7 +194,18 @@ pub async fn tick(host: &impl TimerHost, now_ms: i64, ahead_ms: i64) -> Tick {
     let mut failed = false;
     if !fires.is_empty() {
         let count = fires.len();
-        match host.propose(fire_command(fires, now_ms, ahead_ms), now_ms).await {
+        // A fired run's trace starts here (a root: no caller).
+        let span = match crate::telemetry::enabled() {
+            true => {
+                tracing::info_span!(parent: None, "timer.fire_window", timer.fires = count, timer.until_ms = now_ms + ahead_ms)
+            }
+            false => tracing::Span::none(),
+        };
+        let proposed = host
+            .propose(fire_command(fires, now_ms, ahead_ms), now_ms)
+            .instrument(span)
+            .await;
+        match proposed {
             Ok(()) => {
                 tracing::debug!(jobs = count, "fire batch committed");
                 done.fired = count;

@@ -32,8 +32,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::reporter::ResultReporter;
 use super::WORKER_PRINCIPAL;
@@ -41,7 +43,7 @@ use crate::error::Error;
 use crate::handlers::{HandlerError, Registry, RunContext};
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::raft::{decode, encode};
+use crate::raft::encode;
 use crate::scheduler::run::{AttemptOutcome, AttemptResult, RunId};
 use crate::scheduler::{Command, Response};
 
@@ -85,6 +87,11 @@ pub struct WorkItem {
     pub attempt_timeout_ms: u64,
     /// Lease length, ms (heartbeats go out three times per lease).
     pub heartbeat_timeout_ms: u64,
+    /// W3C `traceparent` of the dispatch (empty when not traced). Not part
+    /// of the encoded item: it travels as the message's trailer
+    /// ([`encode_item`]), which builds that do not trace ignore.
+    #[serde(skip)]
+    pub trace_parent: String,
 }
 
 /// What a pool tells the dispatcher about itself.
@@ -286,13 +293,14 @@ impl Actor for WorkerPool {
         state: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerPoolMsg::Execute(bytes) => match decode::<WorkItem>(&bytes) {
-                Ok(item) if state.queued() < MAX_QUEUED_ITEMS => {
+            WorkerPoolMsg::Execute(bytes) => match decode_traced::<WorkItem>(&bytes) {
+                Ok((mut item, trace_parent)) if state.queued() < MAX_QUEUED_ITEMS => {
+                    item.trace_parent = trace_parent;
                     tracing::debug!(run = item.run_id, attempt = item.attempt, "work item received");
                     state.accept(&myself, item);
                     state.dispatch();
                 }
-                Ok(item) => tracing::warn!(
+                Ok((item, _)) => tracing::warn!(
                     run = item.run_id,
                     "pool queue full; the attempt's lease will expire"
                 ),
@@ -388,7 +396,9 @@ impl Actor for Worker {
             let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
             return Ok(());
         }
-        let (outcome, output, panic) = execute(&state.env, &item).await;
+        let span = attempt_span(&item);
+        let (outcome, output, panic) = execute(&state.env, &item).instrument(span.clone()).await;
+        span.record("kairos.outcome", outcome.label().as_str());
         state
             .env
             .metrics
@@ -468,7 +478,7 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
         env.metrics
             .observe_fire_lateness(Duration::from_micros(lateness_us as u64));
     }
-    let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
+    let mut task = tokio::spawn(handler.run(ctx, cancel.clone()).in_current_span());
     // The lease starts with the attempt (StartAttempts sets it), so the first
     // heartbeat is due one period in, not at once: a short attempt writes no
     // heartbeat entry at all.
@@ -529,7 +539,89 @@ fn outcome(
     }
 }
 
-/// Encodes a work item for [`WorkerPoolMsg::Execute`].
+/// Encodes a work item for [`WorkerPoolMsg::Execute`], its trace context
+/// (if any) as the trailer.
 pub fn encode_item(item: &WorkItem) -> Vec<u8> {
-    encode(item).expect("encoding a work item cannot fail")
+    encode_traced(item, &item.trace_parent)
+}
+
+/// `value` encoded, with `trace_parent` as the trailer when there is one.
+pub(crate) fn encode_traced<T: Serialize>(value: &T, trace_parent: &str) -> Vec<u8> {
+    let encoded = encode(value).expect("encoding a work item cannot fail");
+    match trace_parent.is_empty() {
+        true => encoded,
+        false => crate::codec::append_trailer(encoded, &trace_parent).expect("encoding a string cannot fail"),
+    }
+}
+
+/// Decodes what [`encode_traced`] wrote: the value and its trace context
+/// (empty when none, or when the trailer is not one).
+pub(crate) fn decode_traced<T: DeserializeOwned>(bytes: &[u8]) -> crate::error::Result<(T, String)> {
+    let (value, trailer) = crate::codec::decode_with_trailer::<T>(bytes)?;
+    let trace_parent = match trailer.is_empty() {
+        true => String::new(),
+        false => crate::codec::decode_body::<String>(trailer).unwrap_or_default(),
+    };
+    Ok((value, trace_parent))
+}
+
+/// The `kairos.attempt` span of `item` on this node, continuing the
+/// dispatch's trace (disabled while tracing is off).
+fn attempt_span(item: &WorkItem) -> tracing::Span {
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "kairos.attempt",
+        kairos.job = %item.job_id,
+        kairos.run = item.run_id,
+        kairos.attempt = item.attempt,
+        kairos.job_type = %item.job_type,
+        kairos.token = item.token,
+        kairos.outcome = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from(&span, crate::telemetry::context_of(&item.trace_parent));
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(trace_parent: &str) -> WorkItem {
+        WorkItem {
+            run_id: 7,
+            token: 41,
+            attempt: 1,
+            job_id: "report".into(),
+            job_type: "http".into(),
+            payload: b"{}".to_vec(),
+            nominal_ms: 1_767_225_600_000,
+            begin_at_ms: 1_767_225_600_000,
+            idempotency_key: "report:2026-01-01T00:00:00.000Z".into(),
+            event_id: String::new(),
+            event_payload: Vec::new(),
+            attempt_timeout_ms: 600_000,
+            heartbeat_timeout_ms: 30_000,
+            trace_parent: trace_parent.into(),
+        }
+    }
+
+    #[test]
+    fn a_trace_context_rides_as_a_trailer_that_a_build_without_it_ignores() {
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = encode_item(&item(traceparent));
+        // What a build before traces decodes: the item, the trailer ignored.
+        assert_eq!(crate::raft::decode::<WorkItem>(&traced).unwrap(), item(""));
+        let (decoded, trace_parent) = decode_traced::<WorkItem>(&traced).unwrap();
+        assert_eq!((decoded, trace_parent.as_str()), (item(""), traceparent));
+
+        // Untraced, the encoding is exactly the item's, and decodes with no context.
+        let plain = encode_item(&item(""));
+        assert_eq!(plain, encode(&item("")).unwrap());
+        assert_eq!(
+            decode_traced::<WorkItem>(&plain).unwrap(),
+            (item(""), String::new())
+        );
+    }
 }

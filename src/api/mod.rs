@@ -118,6 +118,9 @@ pub async fn serve(
     let wire_errors = WireErrorsLayer::new(api.metrics.clone());
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // One server span per call, continuing the caller's `traceparent`
+        // (none while tracing is off).
+        .trace_fn(crate::telemetry::grpc_server_span)
         .layer(wire_errors)
         .add_service(
             JobServiceServer::new(api.clone())

@@ -11,6 +11,7 @@
 //! `AppendEntries` would otherwise raise every node's term.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -111,8 +112,18 @@ impl RaftService for PeerApi {
     }
 
     async fn forward(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        // The follower's `kairos.forward` span is the parent, when traced.
+        let span = match crate::telemetry::enabled() {
+            true => {
+                let span = tracing::info_span!("kairos.forwarded", otel.kind = "server");
+                let headers = request.metadata().clone().into_headers();
+                crate::telemetry::continue_from(&span, crate::telemetry::extract_headers(&headers));
+                span
+            }
+            false => tracing::Span::none(),
+        };
         let forwarded: Forwarded = decode_payload(request)?;
-        payload(&self.node.execute(forwarded).await)
+        payload(&self.node.execute(forwarded).instrument(span).await)
     }
 
     async fn read_index(

@@ -143,7 +143,10 @@ impl Api {
                 item.begin_at_ms
                     .saturating_add(i64::try_from(item.attempt_timeout_ms).unwrap_or(i64::MAX)),
             )),
-            trace_context: Default::default(),
+            trace_context: match item.trace_parent.is_empty() {
+                true => Default::default(),
+                false => [("traceparent".to_string(), item.trace_parent)].into(),
+            },
             idempotency_key: item.idempotency_key,
             event_id: item.event_id,
             event_payload: item.event_payload,

@@ -23,7 +23,7 @@ use crate::actors::external::{ExternalPool, ExternalWorkers};
 use crate::actors::worker::{PoolArgs, WorkerPool};
 use crate::api::task_token::TaskTokenKey;
 use crate::api::ApiWorkers;
-use crate::config::{AgentArgs, AgentConfig, LogFormat};
+use crate::config::{AgentArgs, AgentConfig};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
 use crate::tls::PeerTls;
@@ -32,29 +32,19 @@ use crate::transport::PeerSecurity;
 /// How long shutdown waits for each group of tasks to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Parses the agent's configuration, sets up logging and signals, and runs it.
+/// Parses the agent's configuration, sets up logging, traces and signals,
+/// and runs it; exports the last spans on the way out.
 pub async fn run_from_args(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig::resolve(args)?;
-    init_logging(config.log_format);
+    let telemetry = crate::telemetry::init(config.log_format, config.traces.as_ref(), config.node_id)?;
+    if let Some(traces) = &config.traces {
+        tracing::info!(endpoint = %traces.endpoint, sampling = traces.sampling, "exporting traces over OTLP/gRPC");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run(config, shutdown).await
-}
-
-/// Installs the tracing subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
-    });
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let result = run(config, shutdown).await;
+    telemetry.shutdown();
+    result
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C (SIGINT).

@@ -138,6 +138,12 @@ async fn run_exec(ctx: RunContext, cancel: CancellationToken) -> HandlerResult {
         .env("KAIROS_ATTEMPT", ctx.attempt.to_string())
         .env("KAIROS_IDEMPOTENCY_KEY", &ctx.idempotency_key)
         .env("KAIROS_EVENT_ID", &ctx.event_id)
+        // The attempt's trace context (empty while tracing is off), as
+        // OpenTelemetry SDKs read it.
+        .env(
+            "TRACEPARENT",
+            crate::telemetry::traceparent(&tracing::Span::current()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

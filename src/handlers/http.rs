@@ -5,7 +5,8 @@
 //! identity so the receiver can dedupe and log: `Idempotency-Key`,
 //! `X-Kairos-Job`, `X-Kairos-Run`, `X-Kairos-Attempt` and
 //! `X-Kairos-Nominal-Time` (RFC 3339, UTC, ms), and `X-Kairos-Event-Id` for a
-//! run a published event created. Payload headers may not
+//! run a published event created; with tracing on, also the W3C
+//! `traceparent` of the request's span. Payload headers may not
 //! override those, nor the framing headers the client computes.
 //!
 //! Outcome: 2xx succeeds with `status line + "\n" + body tail`; 408, 429 and
@@ -29,6 +30,7 @@ use futures::FutureExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::egress::{find_refusal, redirect_policy, EgressPolicy, FencedResolver, Refusal};
 use super::{
@@ -204,19 +206,41 @@ impl Handler for HttpHandler {
             // An IP-literal host never reaches the resolver: check it here.
             policy.check_url(&p.url).map_err(refused)?;
             let limit = effective_timeout(ctx.timeout, p.timeout_ms);
-            let req = build_request(&client, p, &ctx)?;
+            let mut req = build_request(&client, p, &ctx)?;
+            let span = request_span(&req);
+            crate::telemetry::inject_headers(&span, req.headers_mut());
             tracing::debug!(job_id = %ctx.job_id, run_id = ctx.run_id, attempt = ctx.attempt,
                 method = %req.method(), "http attempt");
-            tokio::select! {
+            let result = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Err(HandlerError::cancelled()),
-                r = tokio::time::timeout(limit, execute(&client, req)) => {
+                r = tokio::time::timeout(limit, execute(&client, req)).instrument(span.clone()) => {
                     r.unwrap_or_else(|_| Err(HandlerError::timeout(limit)))
                 }
+            };
+            if let Err(e) = &result {
+                span.record("error.type", e.kind.as_str());
             }
+            result
         }
         .boxed()
     }
+}
+
+/// The `kairos.http` client span of `req` (disabled while tracing is off):
+/// its context is the `traceparent` the request carries. Names the host,
+/// not the URL, whose query may hold a secret.
+fn request_span(req: &reqwest::Request) -> tracing::Span {
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "kairos.http",
+        otel.kind = "client",
+        http.request.method = %req.method(),
+        server.address = req.url().host_str().unwrap_or(""),
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// Builds the request: payload headers plus the attempt-identity headers.

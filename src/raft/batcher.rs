@@ -39,7 +39,9 @@
 //! queued.
 
 use std::future::Future;
+
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -77,6 +79,29 @@ const BATCH_PRINCIPAL: &str = "kairos-batcher";
 pub trait Proposer: Send + Sync + 'static {
     /// Proposes one entry and waits for its result (committed and applied).
     fn propose(&self, request: Request) -> impl Future<Output = Result<Response>> + Send;
+
+    /// [`Proposer::propose`] of an entry with traced writes (`writes`: the
+    /// context of each write of the entry, in its order), also telling
+    /// where the entry landed when that is known (for the `raft.commit` and
+    /// `raft.apply` spans, and the runs' creators).
+    fn propose_traced(
+        &self,
+        request: Request,
+        writes: Vec<Option<opentelemetry::Context>>,
+    ) -> impl Future<Output = (Result<Response>, Option<Landed>)> + Send {
+        let _ = writes;
+        async move { (self.propose(request).await, None) }
+    }
+}
+
+/// Where a proposed entry landed: its log index and, when known, when the
+/// leader's state machine applied it.
+#[derive(Clone, Copy, Debug)]
+pub struct Landed {
+    /// The entry's log index.
+    pub log_index: u64,
+    /// When the apply began and ended.
+    pub applied: Option<(std::time::SystemTime, std::time::SystemTime)>,
 }
 
 /// A write waiting in the queue.
@@ -84,6 +109,8 @@ struct Queued {
     request: Request,
     bytes: usize,
     reply: oneshot::Sender<Result<Response>>,
+    /// The write's `raft.propose` span (disabled while tracing is off).
+    span: tracing::Span,
 }
 
 /// The queue in front of the proposer task; see the module docs.
@@ -112,12 +139,21 @@ impl WriteBatcher {
     /// Proposes `request` (alone or with others) and returns its own result;
     /// `ResourceExhausted` at once when the queue is full.
     pub async fn propose(&self, request: Request) -> Result<Response> {
+        let span = match crate::telemetry::enabled() {
+            true => tracing::info_span!("raft.propose"),
+            false => tracing::Span::none(),
+        };
+        self.propose_in(request, span.clone()).instrument(span).await
+    }
+
+    async fn propose_in(&self, request: Request, span: tracing::Span) -> Result<Response> {
         let bytes = crate::raft::encoded_len(&request)?;
         let (reply, answer) = oneshot::channel();
         let queued = Queued {
             request,
             bytes,
             reply,
+            span,
         };
         self.queue.try_send(queued).map_err(|e| match e {
             TrySendError::Full(_) => Error::ResourceExhausted(format!(
@@ -192,9 +228,11 @@ async fn run<P: Proposer>(
 
 /// Proposes `batch` as one entry and hands every caller its own result.
 async fn propose_batch<P: Proposer>(proposer: &P, mut batch: Vec<Queued>) {
+    let traced = traced_writes(&batch);
     if batch.len() == 1 {
         let Queued { request, reply, .. } = batch.pop().expect("one request");
-        let _ = reply.send(proposer.propose(request).await);
+        let result = propose_with_spans(proposer, request, traced).await;
+        let _ = reply.send(result);
         return;
     }
     let (requests, replies): (Vec<Request>, Vec<_>) = batch.into_iter().map(|q| (q.request, q.reply)).unzip();
@@ -205,7 +243,7 @@ async fn propose_batch<P: Proposer>(proposer: &P, mut batch: Vec<Queued>) {
         command: Command::Batch { requests },
         write_id: None,
     };
-    match proposer.propose(entry).await {
+    match propose_with_spans(proposer, entry, traced).await {
         Ok(Response::Batch(results)) if results.len() == count => {
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result);
@@ -223,6 +261,74 @@ async fn propose_batch<P: Proposer>(proposer: &P, mut batch: Vec<Queued>) {
             }
         }
     }
+}
+
+/// The traced writes of `batch`: per write, its context when it is
+/// sampled, and for each such write a `raft.commit` span (a child of its
+/// `raft.propose`: the entry carrying the write, from its proposal to its
+/// apply on the leader). Empty while tracing is off or nothing is sampled.
+struct TracedWrites {
+    contexts: Vec<Option<opentelemetry::Context>>,
+    commit_spans: Vec<tracing::Span>,
+}
+
+fn traced_writes(batch: &[Queued]) -> TracedWrites {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let mut traced = TracedWrites {
+        contexts: Vec::new(),
+        commit_spans: Vec::new(),
+    };
+    if !crate::telemetry::enabled() {
+        return traced;
+    }
+    for queued in batch {
+        let context = queued.span.context();
+        if !context.span().span_context().is_sampled() {
+            traced.contexts.push(None);
+            continue;
+        }
+        traced.commit_spans.push(tracing::info_span!(
+            parent: &queued.span,
+            "raft.commit",
+            raft.requests = batch.len(),
+            raft.log_index = tracing::field::Empty,
+        ));
+        traced.contexts.push(Some(context));
+    }
+    traced
+}
+
+/// Proposes `entry`; with traced writes, records where it landed on their
+/// `raft.commit` spans (and their `raft.apply` children), which end when
+/// this returns.
+async fn propose_with_spans<P: Proposer>(
+    proposer: &P,
+    entry: Request,
+    traced: TracedWrites,
+) -> Result<Response> {
+    if traced.commit_spans.is_empty() {
+        return proposer.propose(entry).await;
+    }
+    let (result, landed) = proposer.propose_traced(entry, traced.contexts).await;
+    if let Some(landed) = landed {
+        for span in &traced.commit_spans {
+            span.record("raft.log_index", landed.log_index);
+            if let Some((started, ended)) = landed.applied {
+                crate::telemetry::record_past_span(
+                    "raft.apply",
+                    span,
+                    started,
+                    ended,
+                    vec![opentelemetry::KeyValue::new(
+                        "raft.log_index",
+                        landed.log_index as i64,
+                    )],
+                );
+            }
+        }
+    }
+    result
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
 
-use super::batcher::Proposer;
+use super::batcher::{Landed, Proposer};
 use super::{NodeId, Raft};
 use crate::error::{Error, Result};
 use crate::scheduler::{Request, Response};
+use crate::telemetry::TracedEntry;
 
 /// Proposes entries through the local Raft instance of node `id`.
 pub struct RaftProposer {
@@ -26,6 +27,8 @@ pub struct RaftProposer {
     pub id: NodeId,
     /// Its Raft handle.
     pub raft: Raft,
+    /// The leader's tracing, shared with the state machine.
+    pub traces: std::sync::Arc<crate::telemetry::LeaderTraces>,
 }
 
 impl Proposer for RaftProposer {
@@ -33,6 +36,31 @@ impl Proposer for RaftProposer {
         match self.raft.client_write(request).await {
             Ok(reply) => reply.data,
             Err(e) => Err(write_error(self.id, e)),
+        }
+    }
+
+    async fn propose_traced(
+        &self,
+        request: Request,
+        writes: Vec<Option<opentelemetry::Context>>,
+    ) -> (Result<Response>, Option<Landed>) {
+        self.traces.proposing(TracedEntry {
+            at_ms: request.at_ms,
+            principal: request.principal.clone(),
+            writes,
+        });
+        let written = self.raft.client_write(request).await;
+        self.traces.proposed();
+        match written {
+            Ok(reply) => {
+                let log_index = reply.log_id.index;
+                let landed = Landed {
+                    log_index,
+                    applied: self.traces.apply_times.of(log_index),
+                };
+                (reply.data, Some(landed))
+            }
+            Err(e) => (Err(write_error(self.id, e)), None),
         }
     }
 }

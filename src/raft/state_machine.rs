@@ -82,6 +82,8 @@ pub struct StateHandle {
     /// The audit chain's head sequence number after each apply: what
     /// lifecycle watchers and sink deliveries wait on.
     audit_head: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The leader's tracing: apply times, traced writes in flight, run creators.
+    pub traces: Arc<crate::telemetry::LeaderTraces>,
 }
 
 impl Default for StateHandle {
@@ -90,6 +92,7 @@ impl Default for StateHandle {
             state: Arc::default(),
             run_feed: broadcast::channel(RUN_FEED_CAPACITY).0,
             audit_head: Arc::new(tokio::sync::watch::channel(0).0),
+            traces: Arc::default(),
         }
     }
 }
@@ -349,7 +352,22 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(request) => {
                         self.changes_since_snapshot
                             .fetch_add(request.weight(), Ordering::Relaxed);
-                        state.apply(entry.log_id.index, &request, &mut changes)
+                        if !crate::telemetry::enabled() {
+                            state.apply(entry.log_id.index, &request, &mut changes)
+                        } else {
+                            let started = std::time::SystemTime::now();
+                            let result = state.apply(entry.log_id.index, &request, &mut changes);
+                            let traces = &self.state.traces;
+                            traces.apply_times.record(
+                                entry.log_id.index,
+                                started,
+                                std::time::SystemTime::now(),
+                            );
+                            if let Some(writes) = traces.take_proposal(request.at_ms, &request.principal) {
+                                remember_creators(&traces.runs, &state, &result, &writes);
+                            }
+                            result
+                        }
                     }
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -424,6 +442,46 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     /// file, hundreds of MB at a million jobs, stayed resident after it).
     async fn get_current_snapshot_meta(&mut self) -> Result<Option<Meta>, StorageError> {
         self.snapshot_file.read_meta().map_err(snap_read)
+    }
+}
+
+/// Remembers, for each traced write of an applied entry (`writes`, in
+/// the entry's order), the runs its result created: the ids a fire or
+/// backfill lists, a trigger's run; for a publish, its event's runs among the
+/// newest ones.
+fn remember_creators(
+    runs: &crate::telemetry::RunTraces,
+    state: &State,
+    result: &CommandResult,
+    writes: &[Option<opentelemetry::Context>],
+) {
+    let results: Vec<&CommandResult> = match (result, writes.len()) {
+        (Ok(Response::Batch(results)), n) if results.len() == n => results.iter().collect(),
+        (_, 1) => vec![result],
+        _ => return,
+    };
+    for (result, creator) in results.into_iter().zip(writes) {
+        let (Ok(response), Some(creator)) = (result, creator) else {
+            continue;
+        };
+        match response {
+            Response::Fired { created, .. } => runs.remember(creator, created.iter().copied()),
+            // A trigger's run (other writes answering a run end or cancel it).
+            Response::Run(run) if run.status == crate::scheduler::RunStatus::Pending => {
+                runs.remember(creator, [run.id])
+            }
+            Response::Published(published) if published.runs_created > 0 && !published.duplicate => {
+                const LOOK_BACK: usize = 4_096;
+                let created = state
+                    .runs_newest_first()
+                    .take(LOOK_BACK)
+                    .filter(|run| run.event_id() == published.event_id)
+                    .map(|run| run.id)
+                    .take(published.runs_created as usize);
+                runs.remember(creator, created);
+            }
+            _ => {}
+        }
     }
 }
 

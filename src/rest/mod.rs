@@ -49,6 +49,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Query};
@@ -185,14 +186,40 @@ fn json_reply<T: Serialize>(message: &T) -> Result<Response, RestError> {
 pub fn router(api: Api) -> Router {
     let dispatch: Dispatch = Arc::new(move |route, params, request| {
         let api = api.clone();
-        Box::pin(async move {
-            match call(api, route, params, request).await {
-                Ok(response) => response,
-                Err(error) => error.into_response(),
+        let span = server_span(route, &request);
+        Box::pin(
+            async move {
+                let response = match call(api, route, params, request).await {
+                    Ok(response) => response,
+                    Err(error) => error.into_response(),
+                };
+                tracing::Span::current().record("http.response.status_code", response.status().as_u16());
+                response
             }
-        })
+            .instrument(span),
+        )
     });
     build_router(dispatch)
+}
+
+/// The server span of a REST call (a disabled span while tracing is off):
+/// named `METHOD /route/template`, continuing the caller's `traceparent`.
+fn server_span(route: &'static Route, request: &axum::extract::Request) -> tracing::Span {
+    if !crate::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "kairos.api",
+        otel.name = %format_args!("{} {}", request.method(), route.path),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route.path,
+        rpc.service = route.service,
+        rpc.method = route.rpc,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from(&span, crate::telemetry::extract_headers(request.headers()));
+    span
 }
 
 /// Answers one matched route: `params` are the path parameters by field path.

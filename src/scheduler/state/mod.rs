@@ -398,6 +398,11 @@ impl State {
         self.runs.values()
     }
 
+    /// Every kept run, the most recently created first.
+    pub fn runs_newest_first(&self) -> impl Iterator<Item = &Run> {
+        self.runs.values().rev()
+    }
+
     /// A run by id.
     pub fn run(&self, id: RunId) -> Option<&Run> {
         self.runs.get(&id)

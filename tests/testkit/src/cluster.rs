@@ -89,6 +89,8 @@ pub struct TestCluster {
     extra_args: Vec<String>,
     /// Extra flags of single nodes: `(node id, flag)`.
     node_args: Vec<(u64, String)>,
+    /// Extra environment variables of every node (they win over the kit's `RUST_LOG`).
+    env: Vec<(String, String)>,
     /// Cookies of single nodes that do not use [`TEST_COOKIE`].
     node_cookies: BTreeMap<u64, String>,
     /// Whether nodes that are not given `--http-allow` get [`TEST_HTTP_ALLOW`]
@@ -109,13 +111,18 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`], with extra flags for single nodes.
     pub fn start_with_node_args(n: u64, extra_args: &[&str], node_args: &[(u64, &str)]) -> TestCluster {
-        Self::start_inner(n, extra_args, node_args, true)
+        Self::start_inner(n, extra_args, node_args, true, &[])
+    }
+
+    /// Like [`TestCluster::start`], with extra environment variables for every node.
+    pub fn start_with_env(n: u64, extra_args: &[&str], env: &[(&str, &str)]) -> TestCluster {
+        Self::start_inner(n, extra_args, &[], true, env)
     }
 
     /// Like [`TestCluster::start`], but a node not given `--http-allow` runs
     /// with the agent's default (`public`: loopback refused).
     pub fn start_with_agent_http_allow(n: u64, extra_args: &[&str]) -> TestCluster {
-        Self::start_inner(n, extra_args, &[], false)
+        Self::start_inner(n, extra_args, &[], false, &[])
     }
 
     fn start_inner(
@@ -123,6 +130,7 @@ impl TestCluster {
         extra_args: &[&str],
         node_args: &[(u64, &str)],
         allow_loopback_calls: bool,
+        env: &[(&str, &str)],
     ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
@@ -133,6 +141,7 @@ impl TestCluster {
             initial_cluster,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             node_cookies: BTreeMap::new(),
             allow_loopback_calls,
             probe: HttpProbe::new().expect("an HTTP client"),
@@ -223,7 +232,9 @@ impl TestCluster {
                     .unwrap_or_else(|| TEST_COOKIE.to_string()),
                 extra_args,
             },
-            env: vec![("RUST_LOG".into(), "info,openraft=warn".into())],
+            env: std::iter::once(("RUST_LOG".to_string(), "info,openraft=warn".to_string()))
+                .chain(self.env.iter().cloned())
+                .collect(),
             log: node.log.clone(),
         }
     }
