@@ -97,7 +97,9 @@ async fn file_of_symbol_v1(channel: Authed, symbol: &str) -> Vec<prost_types::Fi
         MessageResponse::FileDescriptorResponse(files) => files
             .file_descriptor_proto
             .iter()
-            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor"))
+            .map(|bytes| {
+                prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor")
+            })
             .collect(),
         other => panic!("FileContainingSymbol({symbol}) answered {other:?}"),
     }
@@ -116,7 +118,9 @@ async fn file_of_symbol_v1alpha(channel: Authed, symbol: &str) -> Vec<prost_type
         MessageResponse::FileDescriptorResponse(files) => files
             .file_descriptor_proto
             .iter()
-            .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor"))
+            .map(|bytes| {
+                prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor")
+            })
             .collect(),
         other => panic!("FileContainingSymbol({symbol}) answered {other:?}"),
     }

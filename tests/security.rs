@@ -75,9 +75,9 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
         use tonic_reflection::pb::v1 as reflection;
         let request = reflection::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            )),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
         };
         Box::pin(async move {
             let mut client = reflection::server_reflection_client::ServerReflectionClient::new(ch);
@@ -92,9 +92,9 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
         use tonic_reflection::pb::v1alpha as reflection;
         let request = reflection::ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(
-                String::new(),
-            )),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
         };
         Box::pin(async move {
             let mut client = reflection::server_reflection_client::ServerReflectionClient::new(ch);
@@ -584,7 +584,10 @@ async fn every_rpc_refuses_bad_credentials_and_missing_permissions_and_audits_th
         }
     }
     // The deliberate exception: health answers whatever the credential.
-    for (what, bearer) in unauthenticated.iter().chain([("the reader's token", Bearer::new(&reader))].iter()) {
+    for (what, bearer) in unauthenticated
+        .iter()
+        .chain([("the reader's token", Bearer::new(&reader))].iter())
+    {
         for (name, call) in unauthenticated_by_design() {
             let answered = call(cluster.channel_as(3, bearer.clone())).await;
             assert!(answered.is_ok(), "{name} with {what}: {answered:?}");

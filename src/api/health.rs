@@ -118,7 +118,9 @@ mod tests {
         assert!(services.iter().any(|s| s == "kairos.v1.JobService"));
         assert!(services.iter().any(|s| s == "kairos.v1.WorkerService"));
         assert!(
-            !services.iter().any(|s| s.contains("RaftService") || s.starts_with("grpc.")),
+            !services
+                .iter()
+                .any(|s| s.contains("RaftService") || s.starts_with("grpc.")),
             "{services:?}"
         );
     }

@@ -171,10 +171,7 @@ pub const GRPC_PERMISSIONS: &[(&str, Option<Permission>)] = &[
     ("grpc.health.v1.Health/Check", None),
     ("grpc.health.v1.Health/Watch", None),
     // Any valid credential, as DescribeService (see super::reflection).
-    (
-        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        None,
-    ),
+    ("grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),
     (
         "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         None,
@@ -251,7 +248,10 @@ pub fn public_services() -> Vec<String> {
 pub fn kairos_services() -> Vec<String> {
     public_services()
         .into_iter()
-        .filter(|name| name.strip_prefix(PACKAGE).is_some_and(|rest| rest.starts_with('.')))
+        .filter(|name| {
+            name.strip_prefix(PACKAGE)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
         .collect()
 }
 
