@@ -105,6 +105,27 @@ async fn file_of_symbol_v1(channel: Authed, symbol: &str) -> Vec<prost_types::Fi
     }
 }
 
+/// The files (decoded) a v1 reflection `FileByFilename` answers.
+async fn file_by_name_v1(channel: Authed, name: &str) -> Vec<prost_types::FileDescriptorProto> {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let answer = reflect!(
+        tonic_reflection::pb::v1,
+        channel,
+        MessageRequest::FileByFilename(name.into())
+    );
+    match answer.expect("reflection answers") {
+        MessageResponse::FileDescriptorResponse(files) => files
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| {
+                prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("a file descriptor")
+            })
+            .collect(),
+        other => panic!("FileByFilename({name}) answered {other:?}"),
+    }
+}
+
 /// The files (decoded) a v1alpha reflection `FileContainingSymbol` answers.
 async fn file_of_symbol_v1alpha(channel: Authed, symbol: &str) -> Vec<prost_types::FileDescriptorProto> {
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
@@ -245,6 +266,16 @@ async fn reflection_lists_and_resolves_for_authenticated_callers_only() {
             .any(|m| m.name() == "CreateJob"),
         "{job_file:?}"
     );
+    // What it imports resolves by name too, as a client walking the
+    // imports (grpcurl describe) asks.
+    assert!(!job_file.dependency.is_empty(), "{job_file:?}");
+    for dependency in &job_file.dependency {
+        let files = file_by_name_v1(cluster.channel(1), dependency).await;
+        assert!(
+            files.iter().any(|f| f.name() == dependency),
+            "{dependency}: {files:?}"
+        );
+    }
     let files = file_of_symbol_v1alpha(cluster.channel(1), "grpc.health.v1.Health").await;
     assert!(
         files
