@@ -3,6 +3,11 @@
 //! - Every RPC refuses a call with no credential, a wrong secret, an expired
 //!   or a revoked token (`UNAUTHENTICATED`), and one whose role lacks the
 //!   permission (`PERMISSION_DENIED`); each refusal leaves an audit entry.
+//!   Server reflection (v1 and v1alpha) is in that matrix, as a read any
+//!   valid credential may make. The deliberate exception is the standard
+//!   health service (`grpc.health.v1.Health`), which answers every caller
+//!   whatever credential it carries: probes cannot send one and it reveals
+//!   what `/readyz` does.
 //! - A role scoped to owners sees and changes only those jobs; `created_by`
 //!   is the token's name and the create's audit entry names the token.
 //! - A revoked token fails on every node.
@@ -66,7 +71,43 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
             role: "reader".into(),
         })
     };
+    let reflection_v1 = Box::new(|ch: Authed| {
+        use tonic_reflection::pb::v1 as reflection;
+        let request = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        Box::pin(async move {
+            let mut client = reflection::server_reflection_client::ServerReflectionClient::new(ch);
+            let mut answers = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await?
+                .into_inner();
+            answers.message().await.map(|_| ())
+        }) as Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>
+    }) as Call;
+    let reflection_v1alpha = Box::new(|ch: Authed| {
+        use tonic_reflection::pb::v1alpha as reflection;
+        let request = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        Box::pin(async move {
+            let mut client = reflection::server_reflection_client::ServerReflectionClient::new(ch);
+            let mut answers = client
+                .server_reflection_info(tokio_stream::iter([request]))
+                .await?
+                .into_inner();
+            answers.message().await.map(|_| ())
+        }) as Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>
+    }) as Call;
     vec![
+        (kairos::api::reflection::V1_METHOD, true, reflection_v1),
+        (kairos::api::reflection::V1ALPHA_METHOD, true, reflection_v1alpha),
         (
             "CreateJob",
             false,
@@ -377,6 +418,37 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
     ]
 }
 
+/// The RPCs that answer every caller whatever credential it carries, on
+/// purpose: the standard health service (see `kairos::api::health`).
+fn unauthenticated_by_design() -> Vec<(&'static str, Call)> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    vec![
+        (
+            "grpc.health.v1.Health/Check",
+            rpc!(
+                HealthClient,
+                check,
+                HealthCheckRequest {
+                    service: "kairos.v1.JobService".into()
+                }
+            ),
+        ),
+        (
+            "grpc.health.v1.Health/Watch",
+            Box::new(|ch: Authed| {
+                Box::pin(async move {
+                    let mut updates = HealthClient::new(ch)
+                        .watch(HealthCheckRequest { service: "".into() })
+                        .await?
+                        .into_inner();
+                    updates.message().await.map(|_| ())
+                }) as Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>
+            }) as Call,
+        ),
+    ]
+}
+
 /// Creates a role through node 1 as root.
 async fn role(cluster: &TestCluster, name: &str, permissions: &[&str], owners: &[&str]) {
     cluster
@@ -501,7 +573,7 @@ async fn every_rpc_refuses_bad_credentials_and_missing_permissions_and_audits_th
         ("an expired token", Bearer::new(&expiring)),
         ("a revoked token", Bearer::new(&revoked)),
     ];
-    for (node, (what, bearer)) in (1..=3).cycle().zip(unauthenticated) {
+    for (node, (what, bearer)) in (1..=3).cycle().zip(unauthenticated.clone()) {
         for (name, _, call) in every_rpc("victim") {
             let status = call(cluster.channel_as(node, bearer.clone())).await.unwrap_err();
             assert_eq!(
@@ -509,6 +581,16 @@ async fn every_rpc_refuses_bad_credentials_and_missing_permissions_and_audits_th
                 Code::Unauthenticated,
                 "{name} with {what}: {status:?}"
             );
+        }
+    }
+    // The deliberate exception: health answers whatever the credential.
+    for (what, bearer) in unauthenticated
+        .iter()
+        .chain([("the reader's token", Bearer::new(&reader))].iter())
+    {
+        for (name, call) in unauthenticated_by_design() {
+            let answered = call(cluster.channel_as(3, bearer.clone())).await;
+            assert!(answered.is_ok(), "{name} with {what}: {answered:?}");
         }
     }
     for (name, reader_may, call) in every_rpc("victim") {

@@ -1,5 +1,7 @@
 //! The gRPC face of a node: `JobService`, `RunService`, `ClusterService`,
-//! `AclService`, `AuditService` and `WorkerService`
+//! `AclService`, `AuditService`, `WorkerService`, `EventService` and
+//! `ServiceInfoService`, with the standard `grpc.health.v1.Health`
+//! ([`health`], no credential) and server reflection ([`reflection`]),
 //! on the client listener (`--grpc-addr`, plain or TLS: [`serve`]); the peer
 //! `RaftService` on the peer listener only (`--peer-addr`:
 //! [`raft_service::serve_peers`]). A `RaftService` call on the client
@@ -25,11 +27,13 @@ pub mod cluster_service;
 pub mod completions;
 pub mod convert;
 pub mod event_service;
+pub mod health;
 pub mod job_service;
 pub mod lifecycle;
 mod one_shot;
 pub mod raft_service;
 pub mod read;
+pub mod reflection;
 pub mod run_service;
 pub mod service_info;
 pub mod task_token;
@@ -108,7 +112,8 @@ impl Api {
 
 /// Serves the client services of `api` on `listener` until `shutdown` is
 /// cancelled: over TLS with `tls` (`--tls-cert`; see
-/// [`crate::tls::api_server_config`]), else plain.
+/// [`crate::tls::api_server_config`]), else plain. The health service's
+/// statuses follow the node's readiness until then ([`health::start`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
@@ -116,6 +121,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let wire_errors = WireErrorsLayer::new(api.metrics.clone());
+    let health = health::start(api.node.clone(), shutdown.clone()).await;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // One server span per call, continuing the caller's `traceparent`
@@ -132,6 +138,9 @@ pub async fn serve(
         .add_service(AclServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(AuditServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(service_info::server(api.clone()))
+        .add_service(health)
+        .add_service(reflection::server_v1(api.clone()))
+        .add_service(reflection::server_v1alpha(api.clone()))
         .add_service(WorkerServiceServer::new(api.clone()).max_decoding_message_size(MAX_API_MESSAGE_BYTES))
         .add_service(EventServiceServer::new(api).max_decoding_message_size(MAX_API_MESSAGE_BYTES));
     // Accepted sockets need TCP_NODELAY themselves (the builder's setting

@@ -33,17 +33,22 @@
 //! - **Features**: [`FEATURES`], fixed for this build.
 //! - **Endpoints**: every method of every public gRPC service, with the
 //!   permission it needs ([`grpc_endpoints`]). The list of methods is
-//!   decoded from the descriptor set `build.rs` compiles from the protos,
-//!   so it cannot drift from what is served; the permission of each comes
-//!   from [`GRPC_PERMISSIONS`], which a unit test holds to the descriptor in
-//!   both directions. The peer-only `RaftService` is left out. Then the
-//!   REST endpoints ([`rest_endpoints`]).
+//!   decoded from the descriptor set `build.rs` compiles from the protos
+//!   and from those of the standard `grpc.health.v1.Health` and
+//!   `grpc.reflection.v1{,alpha}.ServerReflection` services the listener
+//!   serves too ([`SERVED_DESCRIPTOR_SETS`]), so it cannot drift from what
+//!   is served; the permission of each comes from [`GRPC_PERMISSIONS`],
+//!   which a unit test holds to the descriptors in both directions. The
+//!   peer-only `RaftService` is left out. Then the REST endpoints
+//!   ([`rest_endpoints`]). Reflection advertises the same services
+//!   ([`public_services`]).
 //!
 //! The permission of an endpoint is the one it always needs; where the
 //! request decides more it is not spelled out: a create or update of an
 //! `exec` job also needs `job:exec`, `ListJobTypes` and `GetJobType` accept
 //! `worker:connect` instead of `job:read`. An empty permission: any valid
-//! credential (`WhoAmI`, `DescribeService`), or none (`Bootstrap`).
+//! credential (`WhoAmI`, `DescribeService`, reflection), or none
+//! (`Bootstrap`, health).
 
 use std::sync::LazyLock;
 
@@ -162,6 +167,15 @@ pub const GRPC_PERMISSIONS: &[(&str, Option<Permission>)] = &[
     ("kairos.v1.EventService/ListSinks", Some(Permission::SinkAdmin)),
     ("kairos.v1.EventService/DeleteSink", Some(Permission::SinkAdmin)),
     ("kairos.v1.ServiceInfoService/DescribeService", None),
+    // Needs no credential: what `/readyz` answers (see super::health).
+    ("grpc.health.v1.Health/Check", None),
+    ("grpc.health.v1.Health/Watch", None),
+    // Any valid credential, as DescribeService (see super::reflection).
+    ("grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),
+    (
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        None,
+    ),
 ];
 
 /// The HMAC label of the cluster id (see the module docs).
@@ -181,22 +195,73 @@ pub fn derive_cluster_id(secret: &ClusterSecret) -> String {
         .collect()
 }
 
-/// Every method of every public service in the compiled descriptor set,
-/// as `kairos.v1.Service/Method`, in the protos' order.
-pub fn grpc_methods() -> Vec<String> {
-    let set = prost_types::FileDescriptorSet::decode(DESCRIPTOR_SET)
-        .expect("the descriptor set build.rs wrote decodes");
-    set.file
+/// The encoded descriptor sets of every service the client listener
+/// serves: Kairos's own (of which [`PEER_ONLY_SERVICES`] are not served
+/// there), then the standard health and reflection services
+/// ([`super::health`], [`super::reflection`]).
+pub const SERVED_DESCRIPTOR_SETS: &[&[u8]] = &[
+    DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// Every public service in [`SERVED_DESCRIPTOR_SETS`], by full name
+/// (`kairos.v1.JobService`, `grpc.health.v1.Health`), with the full names
+/// of its methods (`kairos.v1.JobService/CreateJob`).
+fn public_services_with_methods() -> Vec<(String, Vec<String>)> {
+    SERVED_DESCRIPTOR_SETS
         .iter()
-        .filter(|file| file.package() == PACKAGE)
-        .flat_map(|file| &file.service)
-        .filter(|service| !PEER_ONLY_SERVICES.contains(&service.name()))
-        .flat_map(|service| {
-            service
-                .method
-                .iter()
-                .map(move |method| format!("{PACKAGE}.{}/{}", service.name(), method.name()))
+        .map(|encoded| {
+            prost_types::FileDescriptorSet::decode(*encoded).expect("a compiled-in descriptor set decodes")
         })
+        .flat_map(|set| set.file)
+        .flat_map(|file| {
+            let package = file.package().to_string();
+            file.service.into_iter().filter_map(move |service| {
+                if package == PACKAGE && PEER_ONLY_SERVICES.contains(&service.name()) {
+                    return None;
+                }
+                let name = format!("{package}.{}", service.name());
+                let methods = service
+                    .method
+                    .iter()
+                    .map(|method| format!("{name}/{}", method.name()))
+                    .collect();
+                Some((name, methods))
+            })
+        })
+        .collect()
+}
+
+/// Every public gRPC service the client listener serves, by full name,
+/// Kairos's first: what reflection advertises.
+pub fn public_services() -> Vec<String> {
+    public_services_with_methods()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Kairos's own public services (`kairos.v1.*`), by full name: those the
+/// health service reports on besides the whole server.
+pub fn kairos_services() -> Vec<String> {
+    public_services()
+        .into_iter()
+        .filter(|name| {
+            name.strip_prefix(PACKAGE)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+        .collect()
+}
+
+/// Every method of every public service the client listener serves, as
+/// `package.Service/Method`, Kairos's in the protos' order, then health's
+/// and reflection's.
+pub fn grpc_methods() -> Vec<String> {
+    public_services_with_methods()
+        .into_iter()
+        .flat_map(|(_, methods)| methods)
         .collect()
 }
 
@@ -396,9 +461,20 @@ mod tests {
             "kairos.v1.RunService",
             "kairos.v1.ServiceInfoService",
             "kairos.v1.WorkerService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
         ]
         .into();
         assert_eq!(services, expected);
+        assert_eq!(
+            public_services().into_iter().collect::<BTreeSet<String>>(),
+            expected.iter().map(|s| s.to_string()).collect()
+        );
+        assert_eq!(kairos_services().len(), 8, "{:?}", kairos_services());
+        assert!(kairos_services().iter().all(|s| s.starts_with("kairos.v1.")));
+        let health = find("grpc.health.v1.Health/Check").expect("Health/Check");
+        assert_eq!(health.permission, "");
         let job_service = endpoints
             .iter()
             .filter(|e| e.name.starts_with("kairos.v1.JobService/"))
