@@ -162,6 +162,8 @@ agent_settings! {
     audit_retain: u64, env = "KAIROS_AUDIT_RETAIN";
     /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
+    /// Jobs that get a `job` label of their own in /metrics: the N oldest (by creation time, then id); every other job is counted under `job="_other"` (default 1000; 0 puts every job there).
+    metrics_job_limit: usize, env = "KAIROS_METRICS_JOB_LIMIT";
 }
 
 /// A node's complete, validated configuration.
@@ -212,6 +214,8 @@ pub struct AgentConfig {
     pub auth: crate::api::auth::AuthSettings,
     /// Audit entries kept (`--audit-retain`).
     pub audit_retain: u64,
+    /// Jobs with a `job` label of their own in `/metrics` (`--metrics-job-limit`).
+    pub metrics_job_limit: usize,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -496,6 +500,9 @@ impl AgentConfig {
                 Some(n) => n,
                 None => crate::scheduler::audit::DEFAULT_RETAIN,
             },
+            metrics_job_limit: args
+                .metrics_job_limit
+                .unwrap_or(crate::metrics::jobs::DEFAULT_JOB_LIMIT),
             #[cfg(feature = "chaos-break")]
             chaos_break: args.unsafe_chaos_break,
         })

@@ -388,11 +388,11 @@ impl Actor for Worker {
             let _ = state.pool.cast(WorkerPoolMsg::WorkerIdle(state.index as u64));
             return Ok(());
         }
+        let began = std::time::Instant::now();
         let (outcome, output, panic) = execute(&state.env, &item).await;
-        state
-            .env
-            .metrics
-            .observe_attempt(&item.job_type, &outcome.label());
+        let metrics = &state.env.metrics;
+        metrics.observe_attempt(&item.job_type, &outcome.label());
+        metrics.observe_attempt_duration(&item.job_type, began.elapsed());
         state.env.results.report(AttemptResult {
             run_id: item.run_id,
             token: item.token,
@@ -465,8 +465,11 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
         let lateness_us = now_us()
             .saturating_sub(item.nominal_ms.saturating_mul(1000))
             .max(0);
-        env.metrics
-            .observe_fire_lateness(Duration::from_micros(lateness_us as u64));
+        env.metrics.observe_fire_lateness(
+            &node.state,
+            &item.job_id,
+            Duration::from_micros(lateness_us as u64),
+        );
     }
     let mut task = tokio::spawn(handler.run(ctx, cancel.clone()));
     // The lease starts with the attempt (StartAttempts sets it), so the first

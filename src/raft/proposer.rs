@@ -14,6 +14,7 @@
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::batcher::Proposer;
 use super::{NodeId, Raft};
@@ -26,12 +27,19 @@ pub struct RaftProposer {
     pub id: NodeId,
     /// Its Raft handle.
     pub raft: Raft,
+    /// Seconds from proposing an entry until it was committed and applied
+    /// (committed proposals only).
+    pub commit_seconds: Histogram,
 }
 
 impl Proposer for RaftProposer {
     async fn propose(&self, request: Request) -> Result<Response> {
+        let proposed = std::time::Instant::now();
         match self.raft.client_write(request).await {
-            Ok(reply) => reply.data,
+            Ok(reply) => {
+                self.commit_seconds.observe(proposed.elapsed().as_secs_f64());
+                reply.data
+            }
             Err(e) => Err(write_error(self.id, e)),
         }
     }
