@@ -570,6 +570,25 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_job_limit_comes_from_the_file_or_defaults_to_a_thousand() {
+        let resolve = |file: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kairos.toml");
+            std::fs::write(&path, format!("node_id = 1\n{file}")).unwrap();
+            AgentConfig::resolve(AgentArgs {
+                config: Some(path),
+                cluster_cookie: Some(TEST_COOKIE.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .metrics_job_limit
+        };
+        assert_eq!(resolve(""), 1000);
+        assert_eq!(resolve("metrics_job_limit = 2\n"), 2);
+        assert_eq!(resolve("metrics_job_limit = 0\n"), 0);
+    }
+
+    #[test]
     fn the_advertised_http_address_takes_the_client_host_when_listening_everywhere() {
         let resolve = |http: &str, client: Option<&str>| {
             AgentConfig::resolve(AgentArgs {

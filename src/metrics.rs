@@ -536,7 +536,235 @@ pub fn text_format_counters(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+    use crate::node::NodeOptions;
+    use crate::scheduler::job::{JobSpec, Metadata, Policies, ScheduleSpec};
+    use crate::scheduler::Command;
+
+    /// What `promtool check metrics` checks of the structure: every sample
+    /// belongs to a family announced before it by one `# HELP` and one
+    /// `# TYPE` line (a histogram's `_bucket`, `_sum` and `_count` samples
+    /// to the histogram), no family is announced twice, counters are
+    /// named `_total`. The problems found, one per line.
+    fn exposition_problems(text: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let (mut helps, mut types) = (BTreeSet::new(), BTreeMap::new());
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                if !helps.insert(name.to_string()) {
+                    problems.push(format!("HELP of {name} twice"));
+                }
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+                if types.insert(name.to_string(), kind.to_string()).is_some() {
+                    problems.push(format!("TYPE of {name} twice"));
+                }
+                if kind == "counter" && !name.ends_with("_total") {
+                    problems.push(format!("counter {name} is not named _total"));
+                }
+                if !helps.contains(name) {
+                    problems.push(format!("TYPE of {name} without a HELP before it"));
+                }
+            } else if line.starts_with('#') || line.is_empty() {
+                continue;
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .filter_map(|suffix| name.strip_suffix(suffix))
+                    .find(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+                    .unwrap_or(name);
+                if !types.contains_key(family) {
+                    problems.push(format!("sample {name} has no TYPE before it: {line}"));
+                }
+            }
+        }
+        problems
+    }
+
+    /// A `noop` job firing every hour.
+    fn create(id: &str) -> Command {
+        let spec = JobSpec {
+            job_type: "noop".into(),
+            owner_service: String::new(),
+            schedule: ScheduleSpec::Every {
+                interval_ms: 3_600_000,
+                phase_ms: 0,
+            },
+            payload: vec![],
+            metadata: Metadata::default(),
+            policies: Policies::default().shared(),
+            paused: false,
+        };
+        Command::CreateJob {
+            id: id.into(),
+            spec,
+            request_id: None,
+        }
+    }
+
+    /// A scrape of a running (single-node) cluster with jobs, a snapshot
+    /// and a sample of every recorded metric: valid Prometheus text with
+    /// every family of the README.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scrape_of_a_running_node_is_valid_prometheus_text_with_every_family() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::with_job_limit(1);
+        let options = NodeOptions {
+            id: 1,
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: "127.0.0.1:9".into(),
+            client_addr: "127.0.0.1:19".into(),
+            http_addr: "127.0.0.1:29".into(),
+            cluster_id: "test".into(),
+            initial_cluster: BTreeMap::from([(1, "127.0.0.1:9".to_string())]),
+            tuning: crate::raft::RaftTuning::default(),
+            cluster_addr: "127.0.0.1:11".into(),
+            dial_map: Arc::default(),
+            audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
+            auth_disabled: false,
+            peer_security: Arc::new(crate::transport::PeerSecurity::ClusterSecret(
+                crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap(),
+            )),
+            metrics: metrics.clone(),
+            #[cfg(feature = "chaos-break")]
+            chaos_break: None,
+        };
+        let node = Node::start(&options, CancellationToken::new()).await.unwrap();
+        let within = Some(Duration::from_secs(20));
+        node.raft
+            .wait(within)
+            .current_leader(1, "the single node leads")
+            .await
+            .unwrap();
+        for id in ["first", "second"] {
+            node.write("test", create(id)).await.unwrap();
+        }
+        // A run of the first job that succeeds, as the dispatcher and a worker would make it.
+        let run = |response| match response {
+            Ok(crate::scheduler::Response::Run(run)) => run,
+            other => panic!("{other:?}"),
+        };
+        let trigger = Command::TriggerJob { id: "first".into() };
+        let run_id = run(node.write("test", trigger).await).id;
+        let start = Command::StartAttempt {
+            run_id,
+            node: 1,
+            attempt: 1,
+        };
+        let token = run(node.write("test", start).await).token;
+        let finish = Command::FinishAttempt {
+            run_id,
+            token,
+            outcome: crate::scheduler::run::AttemptOutcome::Succeeded,
+            output_tail: String::new(),
+        };
+        node.write("test", finish).await.unwrap();
+        node.raft.trigger().snapshot().await.unwrap();
+        node.raft
+            .wait(within)
+            .metrics(|m| m.snapshot.is_some(), "a snapshot is built")
+            .await
+            .unwrap();
+        metrics.observe_api("CreateJob", tonic::Code::Ok, Duration::from_millis(3));
+        metrics.observe_attempt("noop", "succeeded");
+        metrics.observe_attempt_duration("noop", Duration::from_millis(12));
+        metrics.observe_fire_lateness(&node.state, "first", Duration::from_millis(2));
+        metrics.observe_fire_lateness(&node.state, "second", Duration::from_millis(2));
+        metrics.count_fires(2);
+        let text = metrics.render(&node);
+        node.shutdown().await;
+
+        let problems = exposition_problems(&text);
+        assert!(problems.is_empty(), "{}\nin:\n{text}", problems.join("\n"));
+        for (family, kind) in [
+            ("kairos_job_runs_total", "counter"),
+            ("kairos_job_fires_missed_total", "counter"),
+            ("kairos_job_fires_skipped_total", "counter"),
+            ("kairos_job_last_success_timestamp_seconds", "gauge"),
+            ("kairos_job_fire_lateness_seconds", "histogram"),
+            ("kairos_attempt_duration_seconds", "histogram"),
+            ("kairos_queue_depth", "gauge"),
+            ("kairos_fires_total", "counter"),
+            ("kairos_raft_proposal_commit_seconds", "histogram"),
+            ("kairos_raft_apply_lag", "gauge"),
+            ("kairos_raft_log_fsync_seconds", "histogram"),
+            ("kairos_raft_snapshot_duration_seconds", "histogram"),
+            ("kairos_raft_snapshot_size_bytes", "gauge"),
+            ("kairos_raft_leader_changes_total", "counter"),
+            ("kairos_ready", "gauge"),
+            ("kairos_oldest_pending_run_age_seconds", "gauge"),
+            ("kairos_audit_chain_length", "gauge"),
+            ("kairos_audit_head_sequence", "gauge"),
+            ("kairos_audit_chain_verified", "gauge"),
+            ("process_cpu_seconds_total", "counter"),
+            ("process_resident_memory_bytes", "gauge"),
+            ("process_virtual_memory_bytes", "gauge"),
+            ("process_open_fds", "gauge"),
+            ("process_max_fds", "gauge"),
+            ("process_start_time_seconds", "gauge"),
+            ("process_threads", "gauge"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family}:\n{text}"
+            );
+        }
+        let value = |sample: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+        };
+        assert_eq!(value("kairos_ready"), 1.0);
+        assert_eq!(value("kairos_raft_leader_changes_total"), 1.0);
+        assert_eq!(value("kairos_audit_chain_verified"), 1.0);
+        assert_eq!(value("kairos_fires_total"), 2.0);
+        assert!(value("kairos_raft_snapshot_size_bytes") > 0.0);
+        assert_eq!(value("kairos_raft_snapshot_duration_seconds_count"), 1.0);
+        assert!(value("kairos_raft_log_fsync_seconds_count") >= 1.0);
+        assert!(
+            value("kairos_raft_proposal_commit_seconds_count") >= 2.0,
+            "the creates"
+        );
+        assert!(
+            value("kairos_audit_chain_length") >= 2.0,
+            "the creates are audited"
+        );
+        assert!(value("process_resident_memory_bytes") > 0.0);
+        // One job named (the older), the other one under _other.
+        assert_eq!(
+            value("kairos_job_runs_total{job=\"first\",outcome=\"succeeded\"}"),
+            1.0
+        );
+        let finished = value("kairos_job_last_success_timestamp_seconds{job=\"first\"}");
+        let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+        assert!(finished <= now && finished > now - 60.0, "{finished} vs {now}");
+        assert!(
+            !text.contains("kairos_raft_replication_lag"),
+            "a leader without peers has no replication lag"
+        );
+        assert_eq!(
+            value("kairos_job_runs_total{job=\"_other\",outcome=\"failed\"}"),
+            0.0
+        );
+        assert_eq!(
+            value("kairos_job_fire_lateness_seconds_count{job=\"first\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("kairos_job_fire_lateness_seconds_count{job=\"_other\"}"),
+            1.0
+        );
+        assert!(!text.contains("job=\"second\""), "{text}");
+        assert_eq!(value("kairos_queue_depth{job_type=\"noop\"}"), 0.0);
+        assert!(text.ends_with("# EOF\n"), "one EOF, at the end");
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
 
     #[test]
     fn counter_families_are_named_as_their_samples() {

@@ -63,6 +63,7 @@ use tonic::transport::Channel;
 use crate::api::status_with_causes;
 use crate::dial::DialMap;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
 use crate::raft::batcher::WriteBatcher;
@@ -70,7 +71,6 @@ use crate::raft::network::{peer_client, PeerNetwork};
 use crate::raft::proposer::{write_error, RaftProposer};
 use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
-use crate::metrics::Metrics;
 use crate::raft::stats::count_leader_changes;
 use crate::raft::{decode, encode, open_storage_measured, raft_config, NodeId, Raft, RaftTuning};
 use crate::scheduler::{Command, Request, Response};
@@ -253,7 +253,8 @@ impl Node {
     /// new cluster if asked to. The tasks stop when `shutdown` is cancelled
     /// or [`Node::shutdown`] is called, which waits for them.
     pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
-        let (log_store, state_machine) = open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
+        let (log_store, state_machine) =
+            open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
         log_store.resign_leadership(options.id)?;
         #[cfg(feature = "chaos-break")]
         let state_machine = state_machine.with_chaos_break(options.chaos_break);

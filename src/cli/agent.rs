@@ -182,7 +182,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// What the node is started with, from the agent's configuration.
-fn node_options(config: &AgentConfig, peer_security: Arc<PeerSecurity>, metrics: Arc<Metrics>) -> NodeOptions {
+fn node_options(
+    config: &AgentConfig,
+    peer_security: Arc<PeerSecurity>,
+    metrics: Arc<Metrics>,
+) -> NodeOptions {
     NodeOptions {
         id: config.node_id,
         data_dir: config.data_dir.clone(),

@@ -123,7 +123,10 @@ mod tests {
         }
         let mut broken = other.clone();
         broken.tamper(19, |e| e.record.principal = "mallory".into());
-        assert!(!check.verifies(&broken), "the verified entry changed: checked again");
+        assert!(
+            !check.verifies(&broken),
+            "the verified entry changed: checked again"
+        );
         assert!(check.verifies(&other));
     }
 }

@@ -226,7 +226,9 @@ impl JobMetrics {
             last_success: Family::default(),
             // Fewer buckets than the node-wide histogram: this one is per job.
             // 1 ms .. 16 s, ×4.
-            fire_lateness: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 4.0, 8))),
+            fire_lateness: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 8))
+            }),
             lateness_labels: Mutex::default(),
             queue_depth: Family::default(),
             oldest_pending_age: Gauge::default(),
@@ -315,7 +317,8 @@ impl JobMetrics {
         }
         for (job_id, pending) in state.pending_counts() {
             if let Some(job) = state.job(job_id) {
-                *depth.entry(job.spec.job_type.as_str()).or_default() += i64::try_from(pending).unwrap_or(i64::MAX);
+                *depth.entry(job.spec.job_type.as_str()).or_default() +=
+                    i64::try_from(pending).unwrap_or(i64::MAX);
             }
         }
         for (job_type, pending) in depth {
@@ -422,7 +425,14 @@ mod tests {
                 paused: false,
             };
             let request_id = None;
-            self.apply(at_ms, Command::CreateJob { id: id.into(), spec, request_id });
+            self.apply(
+                at_ms,
+                Command::CreateJob {
+                    id: id.into(),
+                    spec,
+                    request_id,
+                },
+            );
         }
 
         fn delete(&mut self, id: &str, at_ms: i64) {
@@ -475,7 +485,11 @@ mod tests {
         s.create("beta", T0 + 1);
         s.create("alpha", T0 + 1);
         assert_eq!(NamedJobs::of(&s.0, 3), NamedJobs::All);
-        assert_eq!(NamedJobs::of(&s.0, 2), named(&["zeta", "alpha"]), "a tie goes by id");
+        assert_eq!(
+            NamedJobs::of(&s.0, 2),
+            named(&["zeta", "alpha"]),
+            "a tie goes by id"
+        );
         s.create("aaa", T0 + 2);
         assert_eq!(
             NamedJobs::of(&s.0, 2),
@@ -540,7 +554,10 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(!text.contains("job=\"first\""), "{text}");
-        assert!(text.contains("kairos_job_runs_total{job=\"third\",outcome=\"failed\"} 1\n"), "{text}");
+        assert!(
+            text.contains("kairos_job_runs_total{job=\"third\",outcome=\"failed\"} 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("job=\"_other\""), "two jobs, two names: {text}");
     }
 
@@ -560,8 +577,14 @@ mod tests {
         metrics.register(&mut registry);
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
-        assert!(text.contains("kairos_job_fire_lateness_seconds_count{job=\"old\"} 1\n"), "{text}");
-        assert!(text.contains("kairos_job_fire_lateness_seconds_count{job=\"_other\"} 1\n"), "{text}");
+        assert!(
+            text.contains("kairos_job_fire_lateness_seconds_count{job=\"old\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kairos_job_fire_lateness_seconds_count{job=\"_other\"} 1\n"),
+            "{text}"
+        );
         {
             let mut s = Applied(handle.read().clone(), 100);
             s.delete("old", T0 + 2);
@@ -571,6 +594,9 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &registry).unwrap();
         assert!(!text.contains("job=\"old\""), "{text}");
-        assert!(text.contains("kairos_job_fire_lateness_seconds_count{job=\"_other\"} 1\n"), "{text}");
+        assert!(
+            text.contains("kairos_job_fire_lateness_seconds_count{job=\"_other\"} 1\n"),
+            "{text}"
+        );
     }
 }

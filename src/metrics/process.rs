@@ -11,11 +11,11 @@
 //! A value that cannot be read (no `/proc`, a limit that is `unlimited`) is
 //! left out rather than reported as 0; the others are still reported.
 
+use procfs::process::{LimitValue, Process};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use procfs::process::{LimitValue, Process};
 
 /// What `/proc/self` says about this process.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -92,13 +92,21 @@ impl Collector for ProcessCollector {
                 "Virtual memory size in bytes.",
                 sample.virtual_bytes,
             ),
-            ("process_open_fds", "Number of open file descriptors.", sample.open_fds),
+            (
+                "process_open_fds",
+                "Number of open file descriptors.",
+                sample.open_fds,
+            ),
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors.",
                 sample.max_fds,
             ),
-            ("process_threads", "Number of OS threads in the process.", sample.threads),
+            (
+                "process_threads",
+                "Number of OS threads in the process.",
+                sample.threads,
+            ),
         ];
         for (name, help, value) in gauges {
             let Some(value) = value else { continue };
@@ -126,7 +134,10 @@ mod tests {
     fn this_process_has_cpu_time_memory_fds_threads_and_a_start_time() {
         let sample = ProcessSample::of_self();
         assert!(sample.resident_bytes.unwrap() > 0, "{sample:?}");
-        assert!(sample.virtual_bytes.unwrap() >= sample.resident_bytes.unwrap(), "{sample:?}");
+        assert!(
+            sample.virtual_bytes.unwrap() >= sample.resident_bytes.unwrap(),
+            "{sample:?}"
+        );
         assert!(sample.open_fds.unwrap() >= 3, "stdin, stdout, stderr: {sample:?}");
         assert!(sample.max_fds.unwrap() >= sample.open_fds.unwrap(), "{sample:?}");
         assert!(sample.threads.unwrap() >= 1, "{sample:?}");
@@ -136,6 +147,9 @@ mod tests {
             .unwrap()
             .as_secs_f64();
         let start = sample.start_time_seconds.unwrap();
-        assert!(start <= now + 1.0 && start > now - 86_400.0, "started in the last day: {start} vs {now}");
+        assert!(
+            start <= now + 1.0 && start > now - 86_400.0,
+            "started in the last day: {start} vs {now}"
+        );
     }
 }

@@ -8,6 +8,9 @@
 //! flush with `fdatasync` on sled's data file. Linux applies `fdatasync` to the
 //! inode, so a separate read-only descriptor of the same file is enough.
 //!
+//! Every sync is timed into [`RaftStats::log_fsync_seconds`]
+//! (`kairos_raft_log_fsync_seconds`).
+//!
 //! The test `tests/durability.rs` runs a node's log store under `strace` and
 //! checks that every acknowledged append is preceded by an `fdatasync` of the
 //! data file.
