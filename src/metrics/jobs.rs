@@ -32,10 +32,13 @@
 //! attempt this node starts ([`JobMetrics::observe_fire_lateness`]), under
 //! the same rule. Deciding the label there must not cost a pass over the
 //! jobs per fire, so the node keeps the named set it last computed
-//! ([`JobLabeler`]): every scrape recomputes it, and an observation does
-//! when it is older than a second and the number of jobs changed since,
-//! or older than [`LABELS_MAX_AGE`]. A job that becomes named after a
-//! deletion may therefore be observed under `_other` for that long.
+//! ([`JobLabeler`]): every scrape recomputes it, and an observation that
+//! finds it older than a second while the number of jobs changed since, or
+//! older than [`LABELS_MAX_AGE`], has it recomputed on the blocking pool
+//! (and uses the old one meanwhile). A job that becomes named after a
+//! deletion may therefore be observed under `_other` for that long, and a
+//! job created past the limit under its own name (its series is dropped at
+//! the next scrape).
 //!
 //! The last success (`kairos_job_last_success_timestamp_seconds`) is the
 //! latest finish time of the job's kept succeeded runs (history retention
@@ -44,7 +47,8 @@
 //! nothing), and no series for a job that has no kept success.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -146,7 +150,9 @@ struct Computed {
 #[derive(Debug)]
 pub struct JobLabeler {
     limit: usize,
-    computed: RwLock<Option<Computed>>,
+    computed: Arc<RwLock<Option<Computed>>>,
+    /// Set while a recomputation runs on the blocking pool.
+    refreshing: Arc<AtomicBool>,
 }
 
 impl JobLabeler {
@@ -154,49 +160,70 @@ impl JobLabeler {
     pub fn new(limit: usize) -> JobLabeler {
         JobLabeler {
             limit,
-            computed: RwLock::new(None),
+            computed: Arc::default(),
+            refreshing: Arc::default(),
         }
     }
 
     /// Recomputes the named set from `state` and returns it.
     pub fn recompute(&self, state: &State) -> NamedJobs {
-        let named = NamedJobs::of(state, self.limit);
-        let mut computed = self.computed.write().unwrap_or_else(|p| p.into_inner());
-        *computed = Some(Computed {
-            named: named.clone(),
-            job_count: state.job_count(),
-            at: Instant::now(),
-        });
-        named
+        compute_into(&self.computed, state, self.limit)
     }
 
-    /// The `job` label of `job_id`. Waits for the state lock only the
-    /// first time: afterwards, while an apply holds it, the set computed
-    /// last is used.
+    /// The `job` label of `job_id`: O(1) but for the first call, which
+    /// computes the named set (a pass over the jobs). A stale set is used
+    /// while a new one is computed on the blocking pool, so that an
+    /// attempt about to start never waits for that pass.
     pub fn label(&self, state: &StateHandle, job_id: &str) -> String {
-        let stale_label = {
+        {
             let computed = self.computed.read().unwrap_or_else(|p| p.into_inner());
-            match computed.as_ref() {
-                None => None,
-                Some(c) => {
-                    let label = c.named.label(job_id).to_string();
-                    let age = c.at.elapsed();
-                    let stale = age >= LABELS_MAX_AGE
-                        || (age >= LABELS_MIN_AGE
-                            && state.try_read().is_some_and(|s| s.job_count() != c.job_count));
-                    if !stale {
-                        return label;
-                    }
-                    Some(label)
+            if let Some(c) = computed.as_ref() {
+                let age = c.at.elapsed();
+                let stale = age >= LABELS_MAX_AGE
+                    || (age >= LABELS_MIN_AGE
+                        && state.try_read().is_some_and(|s| s.job_count() != c.job_count));
+                if stale {
+                    self.refresh_in_background(state);
                 }
+                return c.named.label(job_id).to_string();
             }
-        };
-        match (state.try_read(), stale_label) {
-            (Some(s), _) => self.recompute(&s).label(job_id).to_string(),
-            (None, Some(label)) => label,
-            (None, None) => self.recompute(&state.read()).label(job_id).to_string(),
         }
+        self.recompute(&state.read()).label(job_id).to_string()
     }
+
+    /// Recomputes the named set on the blocking pool, unless that is
+    /// already under way (or there is no runtime: then not at all, and the
+    /// next scrape does).
+    fn refresh_in_background(&self, state: &StateHandle) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (computed, refreshing, state, limit) = (
+            self.computed.clone(),
+            self.refreshing.clone(),
+            state.clone(),
+            self.limit,
+        );
+        runtime.spawn_blocking(move || {
+            compute_into(&computed, &state.read(), limit);
+            refreshing.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Computes the named set of `state` into `computed` and returns it.
+fn compute_into(computed: &RwLock<Option<Computed>>, state: &State, limit: usize) -> NamedJobs {
+    let named = NamedJobs::of(state, limit);
+    let mut computed = computed.write().unwrap_or_else(|p| p.into_inner());
+    *computed = Some(Computed {
+        named: named.clone(),
+        job_count: state.job_count(),
+        at: Instant::now(),
+    });
+    named
 }
 
 /// The per-job and per-type families (see the module doc).
@@ -287,10 +314,9 @@ impl JobMetrics {
     /// Rebuilds the families read from `state` at `now_ms` (see the module doc).
     pub fn refresh(&self, state: &State, now_ms: i64) {
         let named = self.labeler.recompute(state);
-        for family in [&self.fires_missed, &self.fires_skipped] {
-            family.clear();
-        }
         self.runs.clear();
+        self.fires_missed.clear();
+        self.fires_skipped.clear();
         self.last_success.clear();
         self.queue_depth.clear();
         let mut other = JobCounters::default();
