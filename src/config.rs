@@ -168,6 +168,8 @@ agent_settings! {
     trace_service_name: String, env = "OTEL_SERVICE_NAME";
     /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
+    /// Jobs that get a `job` label of their own in /metrics: the N oldest (by creation time, then id); every other job is counted under `job="_other"` (default 1000; 0 puts every job there).
+    metrics_job_limit: usize, env = "KAIROS_METRICS_JOB_LIMIT";
 }
 
 /// A node's complete, validated configuration.
@@ -220,6 +222,8 @@ pub struct AgentConfig {
     pub audit_retain: u64,
     /// Trace export (`--otlp-endpoint`), when configured.
     pub traces: Option<crate::telemetry::TraceSettings>,
+    /// Jobs with a `job` label of their own in `/metrics` (`--metrics-job-limit`).
+    pub metrics_job_limit: usize,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -505,6 +509,9 @@ impl AgentConfig {
                 None => crate::scheduler::audit::DEFAULT_RETAIN,
             },
             traces: trace_settings(args.otlp_endpoint, args.trace_sampling, args.trace_service_name)?,
+            metrics_job_limit: args
+                .metrics_job_limit
+                .unwrap_or(crate::metrics::jobs::DEFAULT_JOB_LIMIT),
             #[cfg(feature = "chaos-break")]
             chaos_break: args.unsafe_chaos_break,
         })
@@ -603,6 +610,25 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("kairos-data/node-2"));
         assert_eq!(c.advertise_addr, "127.0.0.1:7401");
         assert_eq!(c.advertise_client_addr, "127.0.0.1:9102");
+    }
+
+    #[test]
+    fn the_metrics_job_limit_comes_from_the_file_or_defaults_to_a_thousand() {
+        let resolve = |file: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kairos.toml");
+            std::fs::write(&path, format!("node_id = 1\n{file}")).unwrap();
+            AgentConfig::resolve(AgentArgs {
+                config: Some(path),
+                cluster_cookie: Some(TEST_COOKIE.into()),
+                ..Default::default()
+            })
+            .unwrap()
+            .metrics_job_limit
+        };
+        assert_eq!(resolve(""), 1000);
+        assert_eq!(resolve("metrics_job_limit = 2\n"), 2);
+        assert_eq!(resolve("metrics_job_limit = 0\n"), 0);
     }
 
     #[test]

@@ -72,10 +72,22 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics_text(State(app): State<AppState>) -> impl IntoResponse {
-    let body = app.metrics.render(&app.node);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        body,
-    )
+/// A scrape walks the jobs and may hash new audit entries: it runs on the
+/// blocking pool, not on a runtime worker.
+async fn metrics_text(State(app): State<AppState>) -> axum::response::Response {
+    match tokio::task::spawn_blocking(move || app.metrics.render(&app.node)).await {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("rendering /metrics failed: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering the metrics failed\n",
+            )
+                .into_response()
+        }
+    }
 }

@@ -33,8 +33,9 @@
 //! ignores the flag.
 //!
 //! Tasks: the node owns what it spawns — the write batcher's proposer and
-//! its per-entry tasks, the snapshot trigger ([`crate::raft::snapshot_policy`])
-//! and the result reporter of the local worker pool — in one tracker. They
+//! its per-entry tasks, the snapshot trigger ([`crate::raft::snapshot_policy`]),
+//! the counter of leader changes ([`crate::raft::stats`]) and the result
+//! reporter of the local worker pool — in one tracker. They
 //! end when the shutdown signal given to [`Node::start`] is cancelled, and
 //! [`Node::shutdown`] stops Raft and waits for them, bounded. A write
 //! waiting for a leader stops waiting then too, answered `UNAVAILABLE`
@@ -63,6 +64,7 @@ use tonic::transport::Channel;
 use crate::api::status_with_causes;
 use crate::dial::DialMap;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::proto::raft_service_client::RaftServiceClient;
 use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
 use crate::raft::batcher::WriteBatcher;
@@ -70,7 +72,8 @@ use crate::raft::network::{peer_client, PeerNetwork};
 use crate::raft::proposer::{write_error, RaftProposer};
 use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
-use crate::raft::{decode, encode, open_storage, raft_config, NodeId, Raft, RaftTuning};
+use crate::raft::stats::count_leader_changes;
+use crate::raft::{decode, encode, open_storage_measured, raft_config, NodeId, Raft, RaftTuning};
 use crate::scheduler::{Command, Request, Response};
 use crate::transport::PeerSecurity;
 
@@ -122,6 +125,8 @@ pub struct NodeOptions {
     pub auth_disabled: bool,
     /// How this node authenticates the connections it opens to peers.
     pub peer_security: Arc<PeerSecurity>,
+    /// Where the node and its Raft layer record what they measure.
+    pub metrics: Arc<Metrics>,
     /// The deliberately broken build's setting (see `crate::chaos_break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
@@ -240,6 +245,8 @@ pub struct Node {
     stopping: CancellationToken,
     /// What this node knows of its sink deliveries (it delivers while it leads).
     pub sink_status: crate::actors::sinks::SinkStatus,
+    /// This node's metrics (served at `/metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -247,7 +254,8 @@ impl Node {
     /// new cluster if asked to. The tasks stop when `shutdown` is cancelled
     /// or [`Node::shutdown`] is called, which waits for them.
     pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
-        let (log_store, state_machine) = open_storage(&options.data_dir)?;
+        let (log_store, state_machine) =
+            open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
         log_store.resign_leadership(options.id)?;
         #[cfg(feature = "chaos-break")]
         let state_machine = state_machine.with_chaos_break(options.chaos_break);
@@ -275,6 +283,7 @@ impl Node {
             id: options.id,
             raft: raft.clone(),
             traces: state.traces.clone(),
+            commit_seconds: options.metrics.raft_stats().proposal_commit_seconds,
         };
         let batcher = WriteBatcher::start(proposer, &tasks, stopping.clone());
         tasks.spawn(snapshot_by_changes(
@@ -283,6 +292,11 @@ impl Node {
             options.tuning.snapshot_logs,
             options.id,
             state.clone(),
+            stopping.clone(),
+        ));
+        tasks.spawn(count_leader_changes(
+            raft.clone(),
+            options.metrics.raft_stats().leader_changes,
             stopping.clone(),
         ));
         let node = Arc::new(Node {
@@ -309,6 +323,7 @@ impl Node {
             tasks,
             stopping,
             sink_status: Default::default(),
+            metrics: options.metrics.clone(),
         });
         node.tasks.spawn(node.clone().keep_address_book());
         if let Err(e) = node.bootstrap(options).await {
@@ -890,6 +905,7 @@ mod tests {
             )),
             audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
             auth_disabled: false,
+            metrics: Metrics::new(),
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
         };
@@ -940,6 +956,7 @@ mod tests {
             peer_security: Arc::new(PeerSecurity::ClusterSecret(
                 crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap(),
             )),
+            metrics: Metrics::new(),
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
         };

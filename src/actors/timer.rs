@@ -299,15 +299,16 @@ impl Actor for Timer {
         let TimerMsg::Tick = msg;
         let clock = state.clock;
         #[cfg(not(feature = "chaos-break"))]
-        let Tick { wake_at, .. } = tick(&state.node, clock.now_ms(), state.ahead_ms).await;
+        let Tick { wake_at, fired, .. } = tick(&state.node, clock.now_ms(), state.ahead_ms).await;
         #[cfg(feature = "chaos-break")]
-        let Tick { wake_at, .. } = match state.chaos_break {
+        let Tick { wake_at, fired, .. } = match state.chaos_break {
             Some(crate::chaos_break::ChaosBreak::DuplicateFires) => {
                 let host = crate::chaos_break::FiresTwice(&state.node);
                 tick(&host, clock.now_ms(), state.ahead_ms).await
             }
             None => tick(&state.node, clock.now_ms(), state.ahead_ms).await,
         };
+        state.node.metrics.count_fires(fired);
         // Re-arm unless an earlier wake-up is already pending.
         if let Some(at) = wake_at {
             let now = clock.now_ms();

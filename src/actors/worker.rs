@@ -397,12 +397,12 @@ impl Actor for Worker {
             return Ok(());
         }
         let span = attempt_span(&item);
+        let began = std::time::Instant::now();
         let (outcome, output, panic) = execute(&state.env, &item).instrument(span.clone()).await;
         span.record("kairos.outcome", outcome.label().as_str());
-        state
-            .env
-            .metrics
-            .observe_attempt(&item.job_type, &outcome.label());
+        let metrics = &state.env.metrics;
+        metrics.observe_attempt(&item.job_type, &outcome.label());
+        metrics.observe_attempt_duration(&item.job_type, began.elapsed());
         state.env.results.report(AttemptResult {
             run_id: item.run_id,
             token: item.token,
@@ -475,8 +475,11 @@ async fn execute(env: &WorkerEnv, item: &WorkItem) -> (AttemptOutcome, String, O
         let lateness_us = now_us()
             .saturating_sub(item.nominal_ms.saturating_mul(1000))
             .max(0);
-        env.metrics
-            .observe_fire_lateness(Duration::from_micros(lateness_us as u64));
+        env.metrics.observe_fire_lateness(
+            &node.state,
+            &item.job_id,
+            Duration::from_micros(lateness_us as u64),
+        );
     }
     let mut task = tokio::spawn(handler.run(ctx, cancel.clone()).in_current_span());
     // The lease starts with the attempt (StartAttempts sets it), so the first

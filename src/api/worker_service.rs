@@ -233,6 +233,14 @@ fn serving(workers: &[WorkerView], job_type: &str) -> Vec<String> {
         .collect()
 }
 
+/// When the attempt `claim` names was assigned, Unix ms, as this node's
+/// replica knows it (`None` when the attempt is no longer current).
+fn attempt_assigned_ms(node: &crate::node::Node, claim: &TaskClaim) -> Option<i64> {
+    let state = node.state.read();
+    let run = state.run(claim.run_id).filter(|run| run.token == claim.fencing)?;
+    run.started_at_ms
+}
+
 /// A random worker id on node `node`: `<node>-<16 hex digits>`.
 fn new_worker_id(node: u64) -> String {
     format!("{node}-{:016x}", rand::random::<u64>())
@@ -499,8 +507,11 @@ impl WorkerService for Api {
                     .timestamp_millis()
                     .saturating_sub(item.nominal_ms)
                     .max(0);
-                self.metrics
-                    .observe_fire_lateness(Duration::from_millis(lateness_ms as u64));
+                self.metrics.observe_fire_lateness(
+                    &self.node.state,
+                    &item.job_id,
+                    Duration::from_millis(lateness_ms as u64),
+                );
             }
             Ok(Response::new(pb::PollTaskResponse {
                 task: item.map(|item| self.task(&req.worker_id, item)),
@@ -562,8 +573,14 @@ impl WorkerService for Api {
                 output_tail: output,
             };
             let call = caller.context(self.node.id, format!("run {}", claim.run_id), String::new());
+            let assigned_ms = attempt_assigned_ms(&self.node, &claim);
             self.completions.complete(call, principal, result).await?;
             self.metrics.observe_attempt(&job_type, &label);
+            if let Some(assigned_ms) = assigned_ms {
+                let elapsed_ms = chrono::Utc::now().timestamp_millis().saturating_sub(assigned_ms);
+                self.metrics
+                    .observe_attempt_duration(&job_type, Duration::from_millis(elapsed_ms.max(0) as u64));
+            }
             Ok(Response::new(pb::CompleteTaskResponse {}))
         })
         .await

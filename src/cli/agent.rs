@@ -102,8 +102,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         );
     }
 
-    let node = Node::start(&node_options(&config, peer_security.clone()), shutdown.clone()).await?;
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_job_limit(config.metrics_job_limit);
+    let node = Node::start(
+        &node_options(&config, peer_security.clone(), metrics.clone()),
+        shutdown.clone(),
+    )
+    .await?;
     let (node_server, _) = crate::actors::cluster::start_node_server(
         config.node_id,
         config.cluster_addr,
@@ -168,7 +172,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// What the node is started with, from the agent's configuration.
-fn node_options(config: &AgentConfig, peer_security: Arc<PeerSecurity>) -> NodeOptions {
+fn node_options(
+    config: &AgentConfig,
+    peer_security: Arc<PeerSecurity>,
+    metrics: Arc<Metrics>,
+) -> NodeOptions {
     NodeOptions {
         id: config.node_id,
         data_dir: config.data_dir.clone(),
@@ -183,6 +191,7 @@ fn node_options(config: &AgentConfig, peer_security: Arc<PeerSecurity>) -> NodeO
         audit_retain: config.audit_retain,
         auth_disabled: config.auth.disabled,
         peer_security,
+        metrics,
         #[cfg(feature = "chaos-break")]
         chaos_break: config.chaos_break,
     }

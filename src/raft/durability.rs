@@ -8,6 +8,9 @@
 //! flush with `fdatasync` on sled's data file. Linux applies `fdatasync` to the
 //! inode, so a separate read-only descriptor of the same file is enough.
 //!
+//! Every sync is timed into [`RaftStats::log_fsync_seconds`]
+//! (`kairos_raft_log_fsync_seconds`).
+//!
 //! The test `tests/durability.rs` runs a node's log store under `strace` and
 //! checks that every acknowledged append is preceded by an `fdatasync` of the
 //! data file.
@@ -24,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::stats::RaftStats;
 use crate::error::{Error, Result};
 
 /// How long [`Disk::open`] waits for sled's lock on the data file to be released.
@@ -38,6 +42,8 @@ pub struct Disk {
     data_file: Arc<File>,
     /// The directory holding the database (and the snapshot file).
     dir: Arc<Path>,
+    /// Where syncs (and, through the state machine, snapshots) are measured.
+    stats: RaftStats,
 }
 
 impl Disk {
@@ -62,7 +68,18 @@ impl Disk {
             db,
             data_file: Arc::new(data_file),
             dir: dir.into(),
+            stats: RaftStats::default(),
         })
+    }
+
+    /// This disk, recording into `stats` (see [`crate::raft::stats`]).
+    pub fn with_stats(self, stats: RaftStats) -> Disk {
+        Disk { stats, ..self }
+    }
+
+    /// Where this disk's syncs and the snapshots stored beside it are measured.
+    pub fn stats(&self) -> &RaftStats {
+        &self.stats
     }
 
     /// The directory the database lives in.
@@ -73,8 +90,13 @@ impl Disk {
     /// Makes every write issued so far durable: sled flush, then `fdatasync`.
     /// Blocking; call from a blocking context.
     pub fn sync(&self) -> std::io::Result<()> {
+        let started = Instant::now();
         self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()
+        self.data_file.sync_data()?;
+        self.stats
+            .log_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// [`Disk::sync`] on the blocking thread pool.

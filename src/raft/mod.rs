@@ -43,6 +43,7 @@ pub mod proposer;
 pub mod snapshot_file;
 pub mod snapshot_policy;
 pub mod state_machine;
+pub mod stats;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -74,7 +75,15 @@ pub use crate::codec::{decode, encode, encoded_len};
 /// Opens (or creates) the node's sled database under `data_dir` and returns the
 /// log store and state machine that share it.
 pub fn open_storage(data_dir: &Path) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
-    let disk = durability::Disk::open(&data_dir.join("sled"))?;
+    open_storage_measured(data_dir, stats::RaftStats::default())
+}
+
+/// [`open_storage`], recording log syncs and snapshots into `stats`.
+pub fn open_storage_measured(
+    data_dir: &Path,
+    stats: stats::RaftStats,
+) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
+    let disk = durability::Disk::open(&data_dir.join("sled"))?.with_stats(stats);
     let log = log_store::LogStore::open(disk.clone())?;
     let sm = state_machine::StateMachineStore::open(disk)?;
     Ok((log, sm))

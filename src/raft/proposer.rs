@@ -7,6 +7,8 @@
 //! `Unavailable`, naming the leader when this node knows one, so the
 //! router in [`crate::node`] retries there; [`write_error`] makes that
 //! translation, also for the membership changes the node makes itself.
+//! Each committed proposal's time from `client_write` to its return is
+//! recorded (`kairos_raft_proposal_commit_seconds`, see [`super::stats`]).
 //!
 //! IMPLEMENTATION CAVEATS: a fatal Raft error (the node is shutting down) is
 //! reported as `Unavailable` too: for the caller it is the same advice, try
@@ -14,6 +16,7 @@
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
+use prometheus_client::metrics::histogram::Histogram;
 
 use super::batcher::{Landed, Proposer};
 use super::{NodeId, Raft};
@@ -29,12 +32,19 @@ pub struct RaftProposer {
     pub raft: Raft,
     /// The leader's tracing, shared with the state machine.
     pub traces: std::sync::Arc<crate::telemetry::LeaderTraces>,
+    /// Seconds from proposing an entry until it was committed and applied
+    /// (committed proposals only).
+    pub commit_seconds: Histogram,
 }
 
 impl Proposer for RaftProposer {
     async fn propose(&self, request: Request) -> Result<Response> {
+        let proposed = std::time::Instant::now();
         match self.raft.client_write(request).await {
-            Ok(reply) => reply.data,
+            Ok(reply) => {
+                self.commit_seconds.observe(proposed.elapsed().as_secs_f64());
+                reply.data
+            }
             Err(e) => Err(write_error(self.id, e)),
         }
     }
@@ -49,10 +59,12 @@ impl Proposer for RaftProposer {
             principal: request.principal.clone(),
             writes,
         });
+        let proposed = std::time::Instant::now();
         let written = self.raft.client_write(request).await;
         self.traces.proposed();
         match written {
             Ok(reply) => {
+                self.commit_seconds.observe(proposed.elapsed().as_secs_f64());
                 let log_index = reply.log_id.index;
                 let landed = Landed {
                     log_index,

@@ -46,6 +46,7 @@ use tokio::sync::broadcast;
 
 use super::durability::Disk;
 use super::snapshot_file::{Format, Meta, SnapshotFile};
+use super::stats::RaftStats;
 use super::{legacy, NodeId, StorageError, TypeConfig};
 use crate::codec;
 use crate::error::{Error, Result};
@@ -112,6 +113,12 @@ impl StateHandle {
         }
     }
 
+    /// Replaces the state (tests of what reads it).
+    #[cfg(test)]
+    pub(crate) fn replace_for_tests(&self, state: State) {
+        *self.write() = state;
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state
             .write()
@@ -158,6 +165,8 @@ pub struct StateMachineStore {
     /// Changes applied since the last snapshot was built ([`crate::scheduler::Request::weight`]
     /// of each entry; see [`crate::node`]'s snapshot trigger).
     changes_since_snapshot: Arc<AtomicU64>,
+    /// Where building snapshots is measured.
+    stats: RaftStats,
     /// The deliberately broken build's setting, given to every state this
     /// store makes (see `crate::chaos_break`).
     #[cfg(feature = "chaos-break")]
@@ -180,6 +189,7 @@ impl StateMachineStore {
             snapshot_seq: 0,
             audit_retain: crate::scheduler::audit::DEFAULT_RETAIN,
             changes_since_snapshot: Arc::default(),
+            stats: disk.stats().clone(),
             #[cfg(feature = "chaos-break")]
             chaos_break: None,
         };
@@ -289,6 +299,8 @@ pub struct SnapshotBuilder {
     file: Arc<SnapshotFile>,
     meta: Meta,
     image: Option<StateImage>,
+    /// Where the build's duration and size are recorded.
+    stats: RaftStats,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -304,6 +316,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .ok_or_else(|| snap_write("snapshot already built"))?;
         let (file, meta) = (self.file.clone(), self.meta.clone());
+        let started = std::time::Instant::now();
         let bytes = tokio::task::spawn_blocking(move || {
             let written = file.store_with(&meta, |out| {
                 postcard::to_io(&image, out)
@@ -319,6 +332,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(snap_write)??;
         if let Some(bytes) = bytes {
             tracing::info!(last_log_id = ?self.meta.last_log_id, bytes, "snapshot built");
+            self.stats
+                .snapshot_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.stats
+                .snapshot_size_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
         Ok(Snapshot {
             meta: self.meta.clone(),
@@ -413,6 +432,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 snapshot_id,
             },
             image: Some(image),
+            stats: self.stats.clone(),
         }
     }
 

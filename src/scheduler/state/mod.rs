@@ -421,6 +421,29 @@ impl State {
         self.pending_order.len()
     }
 
+    /// How many runs of each job wait to be dispatched, for the jobs that
+    /// have any (from the dispatch index: no pass over the runs).
+    pub fn pending_counts(&self) -> impl Iterator<Item = (&JobId, usize)> {
+        self.pending_by_job.iter().map(|(job, runs)| (job, runs.len()))
+    }
+
+    /// The earliest time a run waiting to be dispatched may start (its
+    /// `not_before_ms`, the nominal time for a first attempt), Unix ms.
+    pub fn oldest_pending_due_ms(&self) -> Option<i64> {
+        self.pending_order.first().map(|(due, _)| *due)
+    }
+
+    /// When the job last succeeded as far as its kept runs tell: the latest
+    /// `finished_at_ms` of its kept succeeded runs (history retention keeps
+    /// the newest `keep_succeeded` of them), Unix ms.
+    pub fn last_success_ms(&self, job_id: &str) -> Option<i64> {
+        self.succeeded_by_job
+            .get(job_id)?
+            .iter()
+            .filter_map(|id| self.runs.get(id)?.finished_at_ms)
+            .max()
+    }
+
     /// The runs of a job that have not finished (pending, queued or
     /// running), oldest first: from the dispatch indexes, without walking
     /// the job's kept history.
