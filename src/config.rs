@@ -572,6 +572,34 @@ mod tests {
     const TEST_COOKIE: &str = "a-test-cookie-of-32-bytes-length";
 
     #[test]
+    fn trace_settings_need_an_endpoint_and_a_sampling_between_0_and_1() {
+        assert_eq!(trace_settings(None, Some(0.5), None).unwrap(), None);
+        assert_eq!(trace_settings(Some(" ".into()), None, None).unwrap(), None);
+        let on = trace_settings(Some("http://127.0.0.1:4317".into()), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!((on.sampling, on.service_name.as_str()), (1.0, "kairos"));
+        let named = trace_settings(
+            Some("https://otel.example:4317".into()),
+            Some(0.01),
+            Some("sched".into()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((named.sampling, named.service_name.as_str()), (0.01, "sched"));
+        for bad in ["127.0.0.1:4317", "grpc://x:1", "http://"] {
+            let err = trace_settings(Some(bad.into()), None, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--otlp-endpoint"), "{bad}: {err}");
+        }
+        let err = trace_settings(Some("http://x:1".into()), Some(1.5), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--trace-sampling"), "{err}");
+    }
+
+    #[test]
     fn initial_cluster_parses_and_refuses_garbage() {
         let m = parse_initial_cluster("1=127.0.0.1:7101, 2=127.0.0.1:7102,3=localhost:7103").unwrap();
         assert_eq!(m.len(), 3);

@@ -9,7 +9,8 @@
 //!   dispatch and the attempt and `http` request on the worker node, every
 //!   parent link resolving inside the trace, spans from at least two
 //!   `service.instance.id`s; the webhook receives a `traceparent` naming the
-//!   `http` span; the JSON log lines written in those spans carry the trace id.
+//!   `http` span; the JSON log lines written in those spans carry the trace
+//!   id. A REST call continues its caller's trace as well.
 //! - With the collector a black hole (it accepts connections and never
 //!   answers), writes go on being acknowledged and the nodes count the spans
 //!   they drop.
@@ -270,6 +271,28 @@ async fn a_run_triggered_through_a_follower_is_one_trace_across_the_nodes_down_t
     let instances: BTreeSet<&str> = spans.iter().map(|s| s.instance.as_str()).collect();
     assert!(instances.len() >= 2, "spans from {instances:?}");
 
+    // A REST call continues its caller's trace too.
+    let rest_trace = format!("{:032x}", rand_u128() ^ 0xabcdef);
+    let request = format!(
+        "GET /v1/jobs/traced HTTP/1.1\r\nHost: kairos\r\nAuthorization: Bearer {}\r\n\
+         traceparent: 00-{rest_trace}-{caller_span}-01\r\nConnection: close\r\n\r\n",
+        cluster.token()
+    );
+    let status_line = raw_http(&cluster.node(follower).http, &request).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    let rest_span = eventually(Duration::from_secs(30), "the REST call's span", || {
+        receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.trace_id == rest_trace && s.name == "GET /v1/jobs/{id}")
+            .cloned()
+    })
+    .await;
+    assert_eq!(rest_span.parent_span_id, caller_span);
+    assert_eq!(rest_span.instance, follower.to_string());
+
     // The worker node's JSON log lines written in the trace carry its id.
     let needle = format!("\"trace_id\":\"{trace_id}\"");
     let logged = (1..=3).any(|id| {
@@ -351,6 +374,20 @@ async fn with_the_collector_a_black_hole_writes_go_on_and_spans_are_dropped_and_
     };
     assert!(dropped > 0.0);
     held.abort();
+}
+
+/// Sends `request` as is to `addr` and returns the answer's status line.
+async fn raw_http(addr: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// A random 128-bit trace id (never zero).

@@ -20,8 +20,8 @@ use kairos::proto::job_service_client::JobServiceClient;
 use kairos_testkit::{Authed, TestCluster};
 
 use crate::support::{
-    channel, cluster_cpu_seconds, create_job, latency_histogram, progress, quantile_ms, started_cluster,
-    started_cluster_with,
+    channel, cluster_cpu_seconds, create_job, latency_histogram, progress, quantile_ms, start_span_sink,
+    started_cluster, started_cluster_with, tracing_sides,
 };
 
 /// What `create` is asked to do.
@@ -51,7 +51,11 @@ pub(crate) struct CreateArgs {
     /// still on): two clusters, the same clients, alternating rounds.
     #[arg(long)]
     pub compare_auth: bool,
-    /// Rounds of each side with `--compare-auth`.
+    /// Measure tracing's cost: off, sampling 0.01 and 1.0 (exporting to an
+    /// in-process OTLP receiver), three clusters, alternating rounds.
+    #[arg(long, conflicts_with = "compare_auth")]
+    pub compare_tracing: bool,
+    /// Rounds of each side with `--compare-auth` or `--compare-tracing`.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
@@ -157,6 +161,9 @@ async fn measure(load: &Load<'_>) -> Measured {
 }
 
 pub(crate) async fn create(args: CreateArgs) {
+    if args.compare_tracing {
+        return compare_tracing(args).await;
+    }
     if args.compare_auth {
         return compare_auth(args).await;
     }
@@ -332,25 +339,7 @@ async fn compare_auth(args: CreateArgs) {
             rounds: Vec::new(),
         });
     }
-    let body = body(args.payload);
-    // Warm-up: connections, allocator, the first snapshot; not counted.
-    for side in &sides {
-        let count = args.count.map(|c| (c / 10).max(1));
-        side.measure(&args, &body, "warm-up", Duration::from_secs(2), count)
-            .await;
-    }
-    for round in 0..args.rounds.max(1) {
-        // Alternate which side goes first.
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let label = format!("round {}", round + 1);
-            let measured = sides[i]
-                .measure(&args, &body, &label, args.duration, args.count)
-                .await;
-            sides[i].rounds.push(measured);
-        }
-    }
-    eprintln!();
+    run_rounds(&args, &mut sides).await;
     let (on, off) = (&sides[0], &sides[1]);
     let (on_lat, off_lat) = (on.latencies(), off.latencies());
     let cost = |on: f64, off: f64| (on / off - 1.0) * 100.0;
@@ -369,8 +358,37 @@ async fn compare_auth(args: CreateArgs) {
         "node_cpu_cost_pct": cost(on.cpu_us_per_create(), off.cpu_us_per_create()),
     });
     println!("{result}");
-    println!("| auth | clients | writes | per s | p50 ms | p99 ms | p999 ms | node CPU µs/create | per s by round |");
-    for side in &sides {
+    print_sides("auth", &args, &sides);
+}
+
+/// Warms every side up, then measures `args.rounds` rounds of each,
+/// alternating which side goes first.
+async fn run_rounds(args: &CreateArgs, sides: &mut [Side]) {
+    let body = body(args.payload);
+    // Warm-up: connections, allocator, the first snapshot; not counted.
+    for side in sides.iter() {
+        let count = args.count.map(|c| (c / 10).max(1));
+        side.measure(args, &body, "warm-up", Duration::from_secs(2), count)
+            .await;
+    }
+    for round in 0..args.rounds.max(1) {
+        let mut order: Vec<usize> = (0..sides.len()).collect();
+        order.rotate_left(round % sides.len());
+        for i in order {
+            let label = format!("round {}", round + 1);
+            let measured = sides[i]
+                .measure(args, &body, &label, args.duration, args.count)
+                .await;
+            sides[i].rounds.push(measured);
+        }
+    }
+    eprintln!();
+}
+
+/// The comparison's table, one row per side; `column` names what differs.
+fn print_sides(column: &str, args: &CreateArgs, sides: &[Side]) {
+    println!("| {column} | clients | writes | per s | p50 ms | p99 ms | p999 ms | node CPU µs/create | per s by round |");
+    for side in sides {
         let latencies = side.latencies();
         let by_round: Vec<String> = side.rounds.iter().map(|r| format!("{:.0}", r.per_s())).collect();
         println!(
@@ -386,4 +404,55 @@ async fn compare_auth(args: CreateArgs) {
             by_round.join(", ")
         );
     }
+}
+
+/// `--compare-tracing`: three clusters — tracing off, sampling 0.01 and
+/// 1.0 exporting to an in-process OTLP receiver — the same clients,
+/// alternating rounds.
+async fn compare_tracing(args: CreateArgs) {
+    assert!(
+        args.endpoints.is_none(),
+        "--compare-tracing starts its own clusters; --endpoints does not go with it"
+    );
+    let (endpoint, received) = start_span_sink().await;
+    let mut sides = Vec::new();
+    for (name, flags) in tracing_sides(&endpoint) {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let (cluster, leader) = started_cluster_with(&flags).await;
+        let leader = cluster.node(leader).grpc.clone();
+        sides.push(Side {
+            name,
+            cluster,
+            leader,
+            rounds: Vec::new(),
+        });
+    }
+    run_rounds(&args, &mut sides).await;
+    let off = &sides[0];
+    let off_lat = off.latencies();
+    let cost = |on: f64, off: f64| (on / off - 1.0) * 100.0;
+    let mut costs = serde_json::Map::new();
+    for side in &sides[1..] {
+        let lat = side.latencies();
+        costs.insert(
+            side.name.to_string(),
+            serde_json::json!({
+                "throughput_cost_pct": -cost(side.per_s(), off.per_s()),
+                "p50_cost_pct": cost(quantile_ms(&lat, 0.5), quantile_ms(&off_lat, 0.5)),
+                "p99_cost_pct": cost(quantile_ms(&lat, 0.99), quantile_ms(&off_lat, 0.99)),
+                "node_cpu_cost_pct": cost(side.cpu_us_per_create(), off.cpu_us_per_create()),
+            }),
+        );
+    }
+    let result = serde_json::json!({
+        "scenario": "create-tracing",
+        "clients": args.clients,
+        "payload_bytes": args.payload,
+        "rounds": args.rounds.max(1),
+        "spans_received": received.load(std::sync::atomic::Ordering::Relaxed),
+        "sides": sides.iter().map(|s| (s.name.to_string(), s.json())).collect::<serde_json::Map<_, _>>(),
+        "cost_vs_off": costs,
+    });
+    println!("{result}");
+    print_sides("tracing", &args, &sides);
 }

@@ -19,7 +19,7 @@ use kairos_worker::{
 };
 
 use crate::support::{
-    cluster_cpu_seconds, latency_histogram, load_jobs, progress, quantile_ms, started_cluster,
+    cluster_cpu_seconds, latency_histogram, load_jobs, progress, quantile_ms, started_cluster_with,
 };
 
 /// The job type the external side's jobs have.
@@ -125,10 +125,36 @@ pub(crate) async fn dispatch(
     duration: Duration,
     sides: &[Side],
     external: ExternalArgs,
+    compare_tracing: bool,
 ) {
     let mut rows = Vec::new();
-    for &side in sides {
-        rows.push(dispatch_once(jobs, rate, duration, side, external).await);
+    if compare_tracing {
+        // Internal workers; tracing off, sampling 0.01 and 1.0, each on a
+        // fresh cluster exporting to an in-process OTLP receiver.
+        let (endpoint, received) = crate::support::start_span_sink().await;
+        for (name, flags) in crate::support::tracing_sides(&endpoint) {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let label = format!("tracing {name}");
+            rows.push(
+                dispatch_once(
+                    jobs,
+                    rate,
+                    duration,
+                    Side::Internal,
+                    external,
+                    &flags,
+                    Some(&label),
+                )
+                .await,
+            );
+        }
+        eprintln!(
+            "spans received: {}",
+            received.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+    for &side in sides.iter().filter(|_| !compare_tracing) {
+        rows.push(dispatch_once(jobs, rate, duration, side, external, &[], None).await);
     }
     println!(
         "| side | jobs | offered/s | completed runs/s | lateness p50 | p99 | p999 (ms) | entries/s | node CPU (cores) | bench CPU (cores) |"
@@ -261,8 +287,10 @@ async fn dispatch_once(
     duration: Duration,
     side: Side,
     external: ExternalArgs,
+    agent_flags: &[&str],
+    label: Option<&str>,
 ) -> String {
-    let (cluster, leader) = started_cluster().await;
+    let (cluster, leader) = started_cluster_with(agent_flags).await;
     let stop = CancellationToken::new();
     let _stop_workers = stop.clone().drop_guard();
     let seen = match side {
@@ -397,6 +425,7 @@ async fn dispatch_once(
     };
     println!("{result}");
     let side = match side {
+        _ if label.is_some() => label.unwrap_or_default().to_string(),
         Side::Internal => "internal (noop)".to_string(),
         Side::External => format!(
             "external ({EXTERNAL_TYPE}, {} SDK workers × {})",

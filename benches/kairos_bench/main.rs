@@ -85,6 +85,10 @@ enum Scenario {
         /// Internal workers, then external ones, each on a fresh cluster.
         #[arg(long)]
         compare_external: bool,
+        /// Internal workers with tracing off, at sampling 0.01 and at 1.0,
+        /// each on a fresh cluster exporting to an in-process OTLP receiver.
+        #[arg(long, conflicts_with_all = ["external", "compare_external"])]
+        compare_tracing: bool,
         /// In-process external workers.
         #[arg(long, default_value_t = 4)]
         ext_workers: usize,
@@ -121,6 +125,7 @@ fn main() {
                 duration,
                 external,
                 compare_external,
+                compare_tracing,
                 ext_workers,
                 ext_capacity,
             } => {
@@ -133,7 +138,7 @@ fn main() {
                     workers: ext_workers,
                     capacity: ext_capacity,
                 };
-                dispatch(jobs, rate, duration, sides, external).await
+                dispatch(jobs, rate, duration, sides, external, compare_tracing).await
             }
             Scenario::Failover { kills } => failover(kills).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,

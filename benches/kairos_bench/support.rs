@@ -172,3 +172,67 @@ pub(crate) async fn load_jobs(
         task.await.expect("loader");
     }
 }
+
+/// The tracing settings a comparison measures: a name and the agent flags,
+/// exporting to `endpoint`.
+pub(crate) fn tracing_sides(endpoint: &str) -> Vec<(&'static str, Vec<String>)> {
+    let traced = |sampling: &str| {
+        vec![
+            format!("--otlp-endpoint={endpoint}"),
+            format!("--trace-sampling={sampling}"),
+        ]
+    };
+    vec![
+        ("off", Vec::new()),
+        ("0.01", traced("0.01")),
+        ("1.0", traced("1")),
+    ]
+}
+
+/// An OTLP/gRPC trace receiver on a free loopback port that counts the
+/// spans it gets and keeps nothing: its URL and the count.
+pub(crate) async fn start_span_sink() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<AtomicU64>);
+
+    #[tonic::async_trait]
+    impl TraceService for Sink {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans: usize = request
+                .into_inner()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.0.fetch_add(spans as u64, Ordering::Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let sink = Sink::default();
+    let received = sink.0.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(sink))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    (url, received)
+}

@@ -4,7 +4,8 @@
 //! registered when the node runs with `--allow-exec`, since it lets job
 //! authors run arbitrary code on every node. The child gets stdin = null, the
 //! node's environment plus `env`, and `KAIROS_JOB_ID`, `KAIROS_RUN_ID`,
-//! `KAIROS_ATTEMPT`, `KAIROS_IDEMPOTENCY_KEY` (which `env` may not override).
+//! `KAIROS_ATTEMPT`, `KAIROS_IDEMPOTENCY_KEY` (which `env` may not override),
+//! `KAIROS_EVENT_ID` and, with tracing on, the attempt's W3C `TRACEPARENT`.
 //! stdout and stderr are read concurrently into one rolling tail, so lines
 //! appear roughly in the order they were written.
 //!
@@ -138,11 +139,12 @@ async fn run_exec(ctx: RunContext, cancel: CancellationToken) -> HandlerResult {
         .env("KAIROS_ATTEMPT", ctx.attempt.to_string())
         .env("KAIROS_IDEMPOTENCY_KEY", &ctx.idempotency_key)
         .env("KAIROS_EVENT_ID", &ctx.event_id)
-        // The attempt's trace context (empty while tracing is off), as
-        // OpenTelemetry SDKs read it.
-        .env(
-            "TRACEPARENT",
-            crate::telemetry::traceparent(&tracing::Span::current()),
+        // The attempt's trace context, as OpenTelemetry SDKs read it (only
+        // while tracing is on: a payload's own `TRACEPARENT` stays otherwise).
+        .envs(
+            Some(crate::telemetry::traceparent(&tracing::Span::current()))
+                .filter(|t| !t.is_empty())
+                .map(|t| ("TRACEPARENT", t)),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
