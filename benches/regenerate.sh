@@ -29,6 +29,12 @@ run_into create-64.json kb create --clients 64 --duration "${SECS}s"
 echo "create, auth on and off ..." >&2
 run_into create-auth-1.json kb create --clients 1 --compare-auth --count "$AUTH_1" --rounds 5 --duration 60s
 run_into create-auth-64.json kb create --clients 64 --compare-auth --count "$AUTH_64" --rounds 5 --duration 60s
+echo "create and dispatch, tracing off, at 0.01 and 1.0 ..." >&2
+run_into create-tracing-64.json kb create --clients 64 --compare-tracing --rounds 3 --duration "${SECS}s"
+if [ -z "${SKIP_DONE:-}" ] || [ ! -s "$OUT/dispatch-tracing.json" ]; then
+  KAIROS_BENCH_WORKERS=256 cargo bench -q --bench kairos-bench -- dispatch --jobs 10000 --rate 5000 \
+    --duration "$((SECS * 2))s" --compare-tracing 2>/dev/null | grep '^{' >"$OUT/dispatch-tracing.json"
+fi
 echo "dispatch ..." >&2
 run_into dispatch-1000.json kb dispatch --jobs 2000 --rate 1000 --duration "$((SECS * 2))s"
 # A worker slot is counted busy from the attempt's begin to the
@@ -131,6 +137,24 @@ default) and begin at their nominal time.
 | jobs | offered fires/s | completed runs/s | lateness p50 | p99 | p999 | Raft entries/s | node CPU |
 |---:|---:|---:|---:|---:|---:|---:|---:|
 $(for f in dispatch-1000.json dispatch-5000.json dispatch-10000.json dispatch-15000.json dispatch-20000.json dispatch-25000.json; do j "$f" '"| \(.jobs) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms | \(.raft_entries_per_s // "–" | if type == "number" then floor else . end) | \(.node_cpu_cores // "–" | if type == "number" then (.*100|floor/100) else . end) |"'; done)
+
+## Tracing (\`kairos-bench create|dispatch --compare-tracing\`)
+
+Three 3-node clusters of the same build: tracing off, and exporting to an
+OTLP/gRPC receiver inside the load tool at \`--trace-sampling 0.01\` and
+\`1\`. Creates: the same 64 clients to each leader, 3 rounds alternating
+which side goes first. Fires: 5,000 fires/s for $((SECS * 2)) s on each
+cluster in turn (256 workers per node), lateness from the nodes' histograms.
+
+| tracing | creates/s | p50 | p99 | node CPU per create | per s by round |
+|---|---:|---:|---:|---:|---|
+$(j create-tracing-64.json '.sides | to_entries[] | "| \(.key) | \(.value.throughput_per_s|floor) | \(.value.p50_ms*100|floor/100) ms | \(.value.p99_ms*100|floor/100) ms | \(.value.node_cpu_us_per_create|floor) µs | \([.value.rounds_per_s[]|floor]|map(tostring)|join(", ")) |"')
+
+$(j create-tracing-64.json '.cost_vs_off | to_entries[] | "- sampling \(.key): throughput \(.value.throughput_cost_pct*10|round/10) % lower, p99 \(.value.p99_cost_pct*10|round/10) % longer, node CPU per create \(.value.node_cpu_cost_pct*10|round/10) % higher than off."')
+
+| tracing | offered fires/s | completed runs/s | lateness p50 | p99 | p999 | node CPU |
+|---|---:|---:|---:|---:|---:|---:|
+$(jq -r '"| \(.label) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms | \(.node_cpu_cores // "–" | if type == "number" then (.*100|floor/100) else . end) |"' "$OUT/dispatch-tracing.json")
 
 ## Failover (\`kairos-bench failover --kills $KILLS\`)
 

@@ -677,7 +677,7 @@ impl Node {
     }
 
     async fn forward(&self, addr: &str, request: &Forwarded) -> Result<Response> {
-        let span = match crate::telemetry::enabled() {
+        let span = match crate::telemetry::in_trace() {
             true => tracing::info_span!("kairos.forward", otel.kind = "client", leader = %addr),
             false => tracing::Span::none(),
         };

@@ -231,6 +231,8 @@ fn body(payload: usize) -> String {
 
 /// One side of the auth comparison: its cluster and what its rounds measured.
 struct Side {
+    /// What the sides differ in (`auth`, `tracing`), for progress lines.
+    column: &'static str,
     name: &'static str,
     cluster: TestCluster,
     leader: String,
@@ -250,7 +252,7 @@ impl Side {
         let prefix = format!("{}-{}", self.name, label.replace(' ', "-"));
         let cpu_before = cluster_cpu_seconds(&self.cluster);
         let mut measured = measure(&Load {
-            label: &format!("auth {}, {label}", self.name),
+            label: &format!("{} {}, {label}", self.column, self.name),
             addrs: std::slice::from_ref(&self.leader),
             secret: self.cluster.token(),
             clients: args.clients,
@@ -333,6 +335,7 @@ async fn compare_auth(args: CreateArgs) {
         );
         let leader = cluster.node(leader).grpc.clone();
         sides.push(Side {
+            column: "auth",
             name,
             cluster,
             leader,
@@ -421,6 +424,7 @@ async fn compare_tracing(args: CreateArgs) {
         let (cluster, leader) = started_cluster_with(&flags).await;
         let leader = cluster.node(leader).grpc.clone();
         sides.push(Side {
+            column: "tracing",
             name,
             cluster,
             leader,

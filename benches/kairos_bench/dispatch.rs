@@ -387,6 +387,7 @@ async fn dispatch_once(
     let mut result = serde_json::json!({
         "scenario": "dispatch",
         "side": format!("{side:?}").to_lowercase(),
+        "label": label,
         "jobs": jobs,
         "offered_fires_per_s": actual_rate,
         "load_seconds": loaded.elapsed().as_secs_f64() - seconds,

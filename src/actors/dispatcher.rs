@@ -522,7 +522,8 @@ async fn pool_info(state: &mut DispatcherState, id: u64, pool: &ActorRef<WorkerP
 /// trigger's API call, the timer's fire window), else a trace of its own
 /// (disabled while tracing is off).
 fn dispatch_span(node: &Node, run: &crate::scheduler::Run, target: u64) -> tracing::Span {
-    if !crate::telemetry::enabled() {
+    let creator = node.state.traces.runs.creator(run.id);
+    if creator.is_none() && !crate::telemetry::start_trace() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -535,7 +536,7 @@ fn dispatch_span(node: &Node, run: &crate::scheduler::Run, target: u64) -> traci
         kairos.node = target,
         kairos.token = run.token,
     );
-    if let Some(creator) = node.state.traces.runs.creator(run.id) {
+    if let Some(creator) = creator {
         crate::telemetry::continue_from(&span, creator);
     }
     span

@@ -195,7 +195,7 @@ pub async fn tick(host: &impl TimerHost, now_ms: i64, ahead_ms: i64) -> Tick {
     if !fires.is_empty() {
         let count = fires.len();
         // A fired run's trace starts here (a root: no caller).
-        let span = match crate::telemetry::enabled() {
+        let span = match crate::telemetry::start_trace() {
             true => {
                 tracing::info_span!(parent: None, "timer.fire_window", timer.fires = count, timer.until_ms = now_ms + ahead_ms)
             }

@@ -571,10 +571,12 @@ pub(crate) fn decode_traced<T: DeserializeOwned>(bytes: &[u8]) -> crate::error::
 /// The `kairos.attempt` span of `item` on this node, continuing the
 /// dispatch's trace (disabled while tracing is off).
 fn attempt_span(item: &WorkItem) -> tracing::Span {
-    if !crate::telemetry::enabled() {
+    let parent = crate::telemetry::context_of(&item.trace_parent);
+    if !crate::telemetry::continues(&parent) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
+        parent: None,
         "kairos.attempt",
         kairos.job = %item.job_id,
         kairos.run = item.run_id,
@@ -583,7 +585,7 @@ fn attempt_span(item: &WorkItem) -> tracing::Span {
         kairos.token = item.token,
         kairos.outcome = tracing::field::Empty,
     );
-    crate::telemetry::continue_from(&span, crate::telemetry::context_of(&item.trace_parent));
+    crate::telemetry::continue_from(&span, parent);
     span
 }
 

@@ -113,11 +113,14 @@ impl RaftService for PeerApi {
 
     async fn forward(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         // The follower's `kairos.forward` span is the parent, when traced.
-        let span = match crate::telemetry::enabled() {
+        let parent = match crate::telemetry::enabled() {
+            true => crate::telemetry::extract_headers(&request.metadata().clone().into_headers()),
+            false => opentelemetry::Context::new(),
+        };
+        let span = match crate::telemetry::continues(&parent) {
             true => {
-                let span = tracing::info_span!("kairos.forwarded", otel.kind = "server");
-                let headers = request.metadata().clone().into_headers();
-                crate::telemetry::continue_from(&span, crate::telemetry::extract_headers(&headers));
+                let span = tracing::info_span!(parent: None, "kairos.forwarded", otel.kind = "server");
+                crate::telemetry::continue_from(&span, parent);
                 span
             }
             false => tracing::Span::none(),

@@ -231,7 +231,7 @@ impl Handler for HttpHandler {
 /// its context is the `traceparent` the request carries. Names the host,
 /// not the URL, whose query may hold a secret.
 fn request_span(req: &reqwest::Request) -> tracing::Span {
-    if !crate::telemetry::enabled() {
+    if !crate::telemetry::in_trace() {
         return tracing::Span::none();
     }
     tracing::info_span!(

@@ -139,7 +139,7 @@ impl WriteBatcher {
     /// Proposes `request` (alone or with others) and returns its own result;
     /// `ResourceExhausted` at once when the queue is full.
     pub async fn propose(&self, request: Request) -> Result<Response> {
-        let span = match crate::telemetry::enabled() {
+        let span = match crate::telemetry::in_trace() {
             true => tracing::info_span!("raft.propose"),
             false => tracing::Span::none(),
         };

@@ -202,13 +202,14 @@ pub fn router(api: Api) -> Router {
     build_router(dispatch)
 }
 
-/// The server span of a REST call (a disabled span while tracing is off):
+/// The server span of a REST call (a disabled span when it is not traced):
 /// named `METHOD /route/template`, continuing the caller's `traceparent`.
 fn server_span(route: &'static Route, request: &axum::extract::Request) -> tracing::Span {
-    if !crate::telemetry::enabled() {
+    let Some(parent) = crate::telemetry::admit(request.headers()) else {
         return tracing::Span::none();
-    }
+    };
     let span = tracing::info_span!(
+        parent: None,
         "kairos.api",
         otel.name = %format_args!("{} {}", request.method(), route.path),
         otel.kind = "server",
@@ -218,7 +219,7 @@ fn server_span(route: &'static Route, request: &axum::extract::Request) -> traci
         rpc.method = route.rpc,
         http.response.status_code = tracing::field::Empty,
     );
-    crate::telemetry::continue_from(&span, crate::telemetry::extract_headers(request.headers()));
+    crate::telemetry::continue_from(&span, parent);
     span
 }
 
