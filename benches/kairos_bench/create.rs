@@ -20,8 +20,8 @@ use kairos::proto::job_service_client::JobServiceClient;
 use kairos_testkit::{Authed, TestCluster};
 
 use crate::support::{
-    channel, cluster_cpu_seconds, create_job, latency_histogram, progress, quantile_ms, start_span_sink,
-    started_cluster, started_cluster_with, tracing_sides,
+    black_hole_collector, channel, cluster_cpu_seconds, create_job, latency_histogram, progress, quantile_ms,
+    start_span_sink, started_cluster, started_cluster_with, tracing_sides,
 };
 
 /// What `create` is asked to do.
@@ -52,7 +52,8 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     pub compare_auth: bool,
     /// Measure tracing's cost: off, sampling 0.01 and 1.0 (exporting to an
-    /// in-process OTLP receiver), three clusters, alternating rounds.
+    /// in-process OTLP receiver), and 1.0 with the collector down; four
+    /// clusters, alternating rounds.
     #[arg(long, conflicts_with = "compare_auth")]
     pub compare_tracing: bool,
     /// Rounds of each side with `--compare-auth` or `--compare-tracing`.
@@ -409,17 +410,22 @@ fn print_sides(column: &str, args: &CreateArgs, sides: &[Side]) {
     }
 }
 
-/// `--compare-tracing`: three clusters — tracing off, sampling 0.01 and
-/// 1.0 exporting to an in-process OTLP receiver — the same clients,
-/// alternating rounds.
+/// `--compare-tracing`: four clusters — tracing off, sampling 0.01 and
+/// 1.0 exporting to an in-process OTLP receiver, and 1.0 exporting to a
+/// collector that accepts connections and never answers — the same
+/// clients, alternating rounds.
 async fn compare_tracing(args: CreateArgs) {
     assert!(
         args.endpoints.is_none(),
         "--compare-tracing starts its own clusters; --endpoints does not go with it"
     );
     let (endpoint, received) = start_span_sink().await;
+    let (down, _black_hole) = black_hole_collector().await;
     let mut sides = Vec::new();
-    for (name, flags) in tracing_sides(&endpoint) {
+    let all = tracing_sides(&endpoint)
+        .into_iter()
+        .chain([("1.0, collector down", down)]);
+    for (name, flags) in all {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let (cluster, leader) = started_cluster_with(&flags).await;
         let leader = cluster.node(leader).grpc.clone();

@@ -189,6 +189,28 @@ pub(crate) fn tracing_sides(endpoint: &str) -> Vec<(&'static str, Vec<String>)> 
     ]
 }
 
+/// The agent flags of a node exporting every trace to a collector that is
+/// down: a listener on a free loopback port that accepts connections and
+/// never answers (each export waits out its timeout). The listener lives
+/// as long as the returned task.
+pub(crate) async fn black_hole_collector() -> (Vec<String>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("bound"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let flags = vec![
+        format!("--otlp-endpoint={endpoint}"),
+        "--trace-sampling=1".to_string(),
+    ];
+    (flags, task)
+}
+
 /// An OTLP/gRPC trace receiver on a free loopback port that counts the
 /// spans it gets and keeps nothing: its URL and the count.
 pub(crate) async fn start_span_sink() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
