@@ -424,7 +424,7 @@ async fn compare_tracing(args: CreateArgs) {
     let mut sides = Vec::new();
     let all = tracing_sides(&endpoint)
         .into_iter()
-        .chain([("1.0, collector down", down)]);
+        .chain([("1.0-collector-down", down)]);
     for (name, flags) in all {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let (cluster, leader) = started_cluster_with(&flags).await;
