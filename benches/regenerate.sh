@@ -140,9 +140,9 @@ $(for f in dispatch-1000.json dispatch-5000.json dispatch-10000.json dispatch-15
 
 ## Tracing (\`kairos-bench create|dispatch --compare-tracing\`)
 
-Three 3-node clusters of the same build: tracing off, and exporting to an
-OTLP/gRPC receiver inside the load tool at \`--trace-sampling 0.01\` and
-\`1\`. Creates: the same 64 clients to each leader, 3 rounds alternating
+3-node clusters of the same build: tracing off; exporting to an OTLP/gRPC
+receiver inside the load tool at \`--trace-sampling 0.01\` and \`1\`; and
+(creates only) at \`1\` to a collector that accepts and never answers. Creates: the same 64 clients to each leader, 3 rounds alternating
 which side goes first. Fires: 5,000 fires/s for $((SECS * 2)) s on each
 cluster in turn (256 workers per node), lateness from the nodes' histograms.
 
