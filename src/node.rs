@@ -714,12 +714,12 @@ impl Node {
                 write_id,
             } => {
                 let request = Request {
-                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    at_ms: 0, // stamped as it is queued
                     principal,
                     command: *command,
                     write_id,
                 };
-                self.batcher.propose(request).await
+                self.batcher.propose_now(request).await
             }
             Forwarded::AddNode { id, addr } => {
                 if self

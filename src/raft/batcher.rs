@@ -117,6 +117,9 @@ struct Queued {
 pub struct WriteBatcher {
     /// Writes waiting for the proposer task (at most [`MAX_QUEUED_WRITES`]).
     queue: mpsc::Sender<Queued>,
+    /// The last time [`WriteBatcher::propose_now`] stamped, Unix ms; held
+    /// while a write is stamped and queued.
+    last_stamp: std::sync::Mutex<i64>,
 }
 
 impl WriteBatcher {
@@ -133,7 +136,11 @@ impl WriteBatcher {
     ) -> (WriteBatcher, tokio::task::JoinHandle<()>) {
         let (queue, receiver) = mpsc::channel(MAX_QUEUED_WRITES);
         let task = tasks.spawn(run(Arc::new(proposer), receiver, tasks.clone(), shutdown));
-        (WriteBatcher { queue }, task)
+        let batcher = WriteBatcher {
+            queue,
+            last_stamp: std::sync::Mutex::new(i64::MIN),
+        };
+        (batcher, task)
     }
 
     /// Proposes `request` (alone or with others) and returns its own result;
@@ -146,9 +153,48 @@ impl WriteBatcher {
         self.propose_in(request, span.clone()).instrument(span).await
     }
 
+    /// [`WriteBatcher::propose`] with `request` stamped with the leader's
+    /// time now (`at_ms`) as it is queued: stamps follow the queue's order,
+    /// which is the log's, and never go back, so a write that the log
+    /// orders after another never carries an earlier time (two writers
+    /// stamping first and queueing after could swap otherwise, and a run's
+    /// end could read as before a pause that the log applied first).
+    pub async fn propose_now(&self, request: Request) -> Result<Response> {
+        let span = match crate::telemetry::in_trace() {
+            true => tracing::info_span!("raft.propose"),
+            false => tracing::Span::none(),
+        };
+        self.queue_and_wait(request, span.clone(), true)
+            .instrument(span)
+            .await
+    }
+
     async fn propose_in(&self, request: Request, span: tracing::Span) -> Result<Response> {
+        self.queue_and_wait(request, span, false).await
+    }
+
+    async fn queue_and_wait(&self, request: Request, span: tracing::Span, stamp: bool) -> Result<Response> {
+        let answer = self.enqueue(request, span, stamp)?;
+        answer
+            .await
+            .map_err(|_| Error::unavailable("the write batcher stopped before answering"))?
+    }
+
+    /// Queues `request` (stamped now when `stamp`, under the stamp's lock,
+    /// so stamps follow the queue); `ResourceExhausted` when the queue is full.
+    fn enqueue(
+        &self,
+        mut request: Request,
+        span: tracing::Span,
+        stamp: bool,
+    ) -> Result<oneshot::Receiver<Result<Response>>> {
         let bytes = crate::raft::encoded_len(&request)?;
         let (reply, answer) = oneshot::channel();
+        let mut last_stamp = stamp.then(|| self.last_stamp.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(last) = last_stamp.as_deref_mut() {
+            request.at_ms = chrono::Utc::now().timestamp_millis().max(*last);
+            *last = request.at_ms;
+        }
         let queued = Queued {
             request,
             bytes,
@@ -162,9 +208,7 @@ impl WriteBatcher {
             )),
             TrySendError::Closed(_) => Error::unavailable("the write batcher has stopped"),
         })?;
-        answer
-            .await
-            .map_err(|_| Error::unavailable("the write batcher stopped before answering"))?
+        Ok(answer)
     }
 }
 
@@ -425,6 +469,46 @@ mod tests {
             settle().await;
         }
         (raft, batcher, calls)
+    }
+
+    #[tokio::test]
+    async fn stamps_follow_the_queue_and_never_go_back() {
+        let (raft, batcher, busy) = busy_batcher().await;
+        let mut calls = Vec::new();
+        for i in 0..20 {
+            let batcher = batcher.clone();
+            let request = Request {
+                at_ms: i64::MAX,
+                ..delete(&format!("w{i}"))
+            };
+            calls.push(tokio::spawn(async move { batcher.propose_now(request).await }));
+        }
+        settle().await;
+        for _ in 0..4 {
+            raft.release.notify_waiters();
+            settle().await;
+        }
+        for call in busy.into_iter().chain(calls) {
+            let _ = call.await.unwrap();
+        }
+        let stamps: Vec<i64> = raft
+            .entries
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|e| match &e.command {
+                Command::Batch { requests } => requests.iter().map(|r| r.at_ms).collect(),
+                _ => vec![e.at_ms],
+            })
+            .filter(|&at| at != 1_000)
+            .collect();
+        assert_eq!(stamps.len(), 20, "{stamps:?}");
+        assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(
+            stamps.iter().all(|&at| at <= now && at > now - 60_000),
+            "{stamps:?}"
+        );
     }
 
     #[test]
