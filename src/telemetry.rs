@@ -538,7 +538,7 @@ impl RunTraces {
 /// were applied, and which span created which run.
 #[derive(Default)]
 pub struct LeaderTraces {
-    /// When recent entries were applied.
+    /// When the leader's recent entries with traced writes were applied.
     pub apply_times: ApplyTimes,
     /// The spans that created runs, for their dispatch.
     pub runs: RunTraces,
@@ -584,9 +584,9 @@ impl LeaderTraces {
     }
 }
 
-/// When the state machine applied its most recent entries, kept while
-/// tracing is on so the leader's proposer can show the apply of its entry
-/// as a `raft.apply` span (the apply runs in openraft's task, outside the
+/// When the state machine applied the leader's most recent entries with
+/// traced writes, so the proposer can show the apply of its entry as a
+/// `raft.apply` span (the apply runs in openraft's task, outside the
 /// proposal's span).
 #[derive(Default)]
 pub struct ApplyTimes {

@@ -146,11 +146,7 @@ impl WriteBatcher {
     /// Proposes `request` (alone or with others) and returns its own result;
     /// `ResourceExhausted` at once when the queue is full.
     pub async fn propose(&self, request: Request) -> Result<Response> {
-        let span = match crate::telemetry::in_trace() {
-            true => tracing::info_span!("raft.propose"),
-            false => tracing::Span::none(),
-        };
-        self.propose_in(request, span.clone()).instrument(span).await
+        self.propose_stamped(request, false).await
     }
 
     /// [`WriteBatcher::propose`] with `request` stamped with the leader's
@@ -160,22 +156,19 @@ impl WriteBatcher {
     /// stamping first and queueing after could swap otherwise, and a run's
     /// end could read as before a pause that the log applied first).
     pub async fn propose_now(&self, request: Request) -> Result<Response> {
+        self.propose_stamped(request, true).await
+    }
+
+    /// Queues `request` (stamped when `stamp`) in its `raft.propose` span
+    /// (when traced) and waits for its answer.
+    async fn propose_stamped(&self, request: Request, stamp: bool) -> Result<Response> {
         let span = match crate::telemetry::in_trace() {
             true => tracing::info_span!("raft.propose"),
             false => tracing::Span::none(),
         };
-        self.queue_and_wait(request, span.clone(), true)
-            .instrument(span)
-            .await
-    }
-
-    async fn propose_in(&self, request: Request, span: tracing::Span) -> Result<Response> {
-        self.queue_and_wait(request, span, false).await
-    }
-
-    async fn queue_and_wait(&self, request: Request, span: tracing::Span, stamp: bool) -> Result<Response> {
-        let answer = self.enqueue(request, span, stamp)?;
+        let answer = self.enqueue(request, span.clone(), stamp)?;
         answer
+            .instrument(span)
             .await
             .map_err(|_| Error::unavailable("the write batcher stopped before answering"))?
     }

@@ -371,21 +371,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(request) => {
                         self.changes_since_snapshot
                             .fetch_add(request.weight(), Ordering::Relaxed);
-                        if !crate::telemetry::enabled() {
-                            state.apply(entry.log_id.index, &request, &mut changes)
-                        } else {
-                            let started = std::time::SystemTime::now();
-                            let result = state.apply(entry.log_id.index, &request, &mut changes);
-                            let traces = &self.state.traces;
-                            traces.apply_times.record(
-                                entry.log_id.index,
-                                started,
-                                std::time::SystemTime::now(),
-                            );
-                            if let Some(writes) = traces.take_proposal(request.at_ms, &request.principal) {
+                        // Only the leader's entry with traced writes in it
+                        // is timed and has its runs' creators recorded.
+                        let traces = &self.state.traces;
+                        let traced = crate::telemetry::enabled()
+                            .then(|| traces.take_proposal(request.at_ms, &request.principal))
+                            .flatten();
+                        match traced {
+                            None => state.apply(entry.log_id.index, &request, &mut changes),
+                            Some(writes) => {
+                                let started = std::time::SystemTime::now();
+                                let result = state.apply(entry.log_id.index, &request, &mut changes);
+                                traces.apply_times.record(
+                                    entry.log_id.index,
+                                    started,
+                                    std::time::SystemTime::now(),
+                                );
                                 remember_creators(&traces.runs, &state, &result, &writes);
+                                result
                             }
-                            result
                         }
                     }
                     EntryPayload::Membership(membership) => {
