@@ -8,9 +8,9 @@
 //!   named comes from a publish without a definite answer (there can be at
 //!   most as many such runs as such publishes).
 //! - Dependencies: the job that runs after a steady job has exactly one run
-//!   per nominal time at which the steady job's run succeeded before the
-//!   dependent job was paused at settle, and none for any other nominal
-//!   time.
+//!   per nominal time at which the steady job's run succeeded after the
+//!   dependent job was created and before it was paused at settle, and none
+//!   for any other nominal time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -111,11 +111,14 @@ fn dependencies(evidence: &Evidence) -> Vec<Violation> {
     let state = evidence.final_state;
     // The dependent job's last change is settle's pause (the workload never
     // touches it): the leader's time of the entry that paused it.
-    let Some(paused_at) = state
+    // The workload creates the dependent job after the steady ones, so the
+    // upstream job's first fires may end before it exists: only runs that
+    // ended after its creation must have a follower.
+    let Some((created_at, paused_at)) = state
         .jobs
         .get(CHAIN_JOB)
         .filter(|j| j.paused)
-        .map(|j| unix_ms(&j.updated_at))
+        .map(|j| (unix_ms(&j.created_at), unix_ms(&j.updated_at)))
     else {
         return Vec::new(); // not paused: settle could not reach it; other checkers say why
     };
@@ -156,11 +159,13 @@ fn dependencies(evidence: &Evidence) -> Vec<Violation> {
             );
         }
     }
-    // An upstream run that ended in an entry before the pause must have a
-    // follower; one that ended in the same millisecond is not judged.
+    // An upstream run that ended in an entry after the dependent job's
+    // creation and before its pause must have a follower; one that ended in
+    // the same millisecond as either is not judged (entry times follow the
+    // log's order, never going back).
     for (nominal, run) in upstream {
         let ended = unix_ms(&run.finished_at);
-        if ended < paused_at && !downstream.contains_key(&nominal) {
+        if created_at < ended && ended < paused_at && !downstream.contains_key(&nominal) {
             violations.push(
                 Violation::new(
                     NAME,
