@@ -57,15 +57,25 @@
 //!   state is migrated with it empty. A worker's work item gains the
 //!   run's event (nodes exchange only the current version).
 //!
+//! Within a format version, a release may add what the previous release
+//! of that format never receives: a variant at the end of an enum, written
+//! only once the cluster version says every member reads it
+//! ([`crate::cluster_version`]). Release 0.2 (still format 6) adds so the
+//! command `SetClusterVersion`, and after a snapshot's state the recorded
+//! cluster version once it is above 0.1 (bytes 0.1 does not read: it
+//! decodes the state and ignores what follows). Everything else a 0.2 node
+//! writes is laid out as 0.1 writes it, which `tests/upgrade.sh` checks by
+//! running both in one cluster.
+//!
 //! The rule: a change to the layout of any encoded type — a field added,
 //! removed, reordered or retyped, a variant added, moved or changed — is a
 //! new format version, with its golden encodings (`tests/golden/`) and a
 //! way to read or refuse what the previous version wrote.
 //!
 //! IMPLEMENTATION CAVEATS: a node understands exactly one format version on
-//! the wire, so every node of a cluster must run the same one (rolling
-//! upgrades are not supported yet: a message of another version is refused
-//! and the sender's request fails). Stored data of older versions is
+//! the wire, so every node of a cluster must run the same one (a rolling
+//! upgrade works between releases of one format version; a message of
+//! another version is refused and the sender's request fails). Stored data of older versions is
 //! migrated once, when a node opens its data directory (`raft::log_store`,
 //! `raft::legacy`).
 

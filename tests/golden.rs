@@ -444,6 +444,11 @@ fn every_command() -> Vec<Command> {
             types: vec!["billing.*".into()],
             topics: vec!["orders.*".into()],
         },
+        // Added in release 0.2 within format 6: written only once the
+        // cluster version is 0.2 (src/cluster_version.rs).
+        Command::SetClusterVersion {
+            version: kairos::cluster_version::Version::new(0, 2),
+        },
     ];
     for command in &commands {
         // Exhaustive on purpose: a new command does not compile here until
@@ -482,7 +487,8 @@ fn every_command() -> Vec<Command> {
             | Command::CreateSink { .. }
             | Command::DeleteSink { .. }
             | Command::AckSink { .. }
-            | Command::CreateRoleWithScopes { .. } => {}
+            | Command::CreateRoleWithScopes { .. }
+            | Command::SetClusterVersion { .. } => {}
         }
     }
     commands
@@ -760,7 +766,7 @@ fn every_stored_and_sent_encoding_matches_its_golden() {
 
     // Log entries: one of every command, and the Raft-internal ones.
     let commands = every_command();
-    assert_eq!(commands.len(), 34, "one of every command");
+    assert_eq!(commands.len(), 35, "one of every command");
     for (index, command) in commands.into_iter().enumerate() {
         let name = format!("entry-{}", command.name());
         goldens.check(&name, &LogEntry(entry(index as u64 + 1, command)));

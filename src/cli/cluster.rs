@@ -1,4 +1,4 @@
-//! `kairos cluster status|add-node|remove-node`.
+//! `kairos cluster status|version|add-node|remove-node`.
 
 use super::client::{fail, Client, ClientArgs};
 use super::output;
@@ -16,6 +16,9 @@ pub struct ClusterCommand {
 enum ClusterAction {
     /// Every member's role, term and log indexes.
     Status,
+    /// The cluster version (what every member supports, as the cluster
+    /// recorded it) and the version each member advertises.
+    Version,
     /// Add a running node (started without --initial-cluster): learner, then voter.
     AddNode {
         /// The new node's --node-id.
@@ -40,8 +43,9 @@ fn print_status(status: &pb::ClusterStatus) {
         status.leader_id.to_string()
     };
     output::outln!(
-        "leader: {leader}   term: {}   (answered by node {})",
+        "leader: {leader}   term: {}   cluster version: {}   (answered by node {})",
         status.term,
+        status.cluster_version,
         status.answered_by
     );
     let rows: Vec<Vec<String>> = status
@@ -114,10 +118,44 @@ fn print_status(status: &pb::ClusterStatus) {
     }
 }
 
+fn print_version(version: &pb::ClusterVersion) {
+    output::outln!(
+        "cluster version: {}   (answered by node {})",
+        version.cluster_version,
+        version.answered_by
+    );
+    let rows: Vec<Vec<String>> = version
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                if m.voter { "voter" } else { "learner" }.to_string(),
+                if m.version.is_empty() {
+                    "?".to_string()
+                } else {
+                    m.version.clone()
+                },
+                m.error.clone(),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "MEMBER", "VERSION", "ERROR"], &rows);
+}
+
 /// Runs a `kairos cluster` command.
 pub async fn run(cmd: ClusterCommand, args: &ClientArgs) -> anyhow::Result<()> {
     let client = Client::new(args)?;
     let status = match cmd.action {
+        ClusterAction::Version => {
+            let version = client
+                .send(&pb::ClusterVersionRequest::default(), |ch, r| async move {
+                    ClusterServiceClient::new(ch).version(r).await
+                })
+                .await
+                .map_err(fail)?;
+            return output::print(args.output, &version, print_version);
+        }
         ClusterAction::Status => {
             client
                 .send(&pb::ClusterStatusRequest::default(), |ch, r| async move {
