@@ -47,7 +47,7 @@ run_into dispatch-15000.json kb_workers 256 dispatch --jobs 30000 --rate 15000 -
 run_into dispatch-20000.json kb_workers 256 dispatch --jobs 40000 --rate 20000 --duration "$((SECS * 2))s"
 run_into dispatch-25000.json kb_workers 256 dispatch --jobs 50000 --rate 25000 --duration "$((SECS * 2))s"
 echo "failover ..." >&2
-run_into failover.json kb failover --kills "$KILLS"
+run_into failover.json kb failover --kills "$((KILLS * 2))" --stop both
 echo "scale ..." >&2
 run_into scale.json kb scale --jobs "$SCALE"
 echo "etcd ..." >&2
@@ -83,7 +83,8 @@ $(nproc) vCPU $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 | create latency, 1 client, p50 | ≤ etcd's | $(j create-1.json '.p50_ms*100|floor/100') ms (etcd: see below) |
 | dispatch, \`noop\` | ≥ 20,000 runs/s | $(for f in dispatch-15000.json dispatch-20000.json dispatch-25000.json; do j "$f" '"\(.runs_per_s|floor) of \(.offered_fires_per_s|floor)"'; done | paste -sd';' | sed 's/;/; /g') runs/s completed of offered |
 | fire lateness at 5,000 fires/s | p50 ≤ 2 ms, p99 ≤ 10 ms | p50 ≤ $(j dispatch-5000.json '.lateness_p50_ms_at_most') ms, p99 ≤ $(j dispatch-5000.json '.lateness_p99_ms_at_most') ms |
-| failover, leader kill → first dispatched run | ≤ 1 s at p99 over 20 kills | p99 $(j failover.json '.run_p99_ms|floor') ms over $(j failover.json '.kills') kills |
+| failover, leader kill → first dispatched run | ≤ 1 s at p99 over 20 kills | p99 $(j failover.json '.sides[] | select(.stop == "kill -9") | .scheduled_run_p99_ms|floor') ms over $(j failover.json '.sides[] | select(.stop == "kill -9") | .stops') kills |
+| planned leader stop (SIGTERM) → first dispatched run | ≤ 100 ms at p99 over 20 stops | p99 $(j failover.json '.sides[] | select(.stop == "SIGTERM") | .triggered_run_p99_ms|floor') ms over $(j failover.json '.sides[] | select(.stop == "SIGTERM") | .stops') stops (a run triggered right after the stop) |
 | scale | 1M jobs at ≤ 1 KiB/job; restart ≤ 10 s | $(j scale.json '.jobs') jobs: $(j scale.json '[.nodes[].bytes_per_job]|max|floor') B/job at rest (worst node), $(j scale.json '.restarted_bytes_per_job|floor') B/job after a restart; restart to ready $(j scale.json '.restart_to_ready_s*10|floor/10') s |
 
 ## Kairos and etcd, each to its leader, one run
@@ -156,12 +157,24 @@ $(j create-tracing-64.json '.cost_vs_off | to_entries[] | "- sampling \(.key): t
 |---|---:|---:|---:|---:|---:|---:|
 $(jq -r '"| \(.label) | \(.offered_fires_per_s|floor) | \(.runs_per_s|floor) | ≤ \(.lateness_p50_ms_at_most) ms | ≤ \(.lateness_p99_ms_at_most) ms | ≤ \(.lateness_p999_ms_at_most) ms | \(.node_cpu_cores // "–" | if type == "number" then (.*100|floor/100) else . end) |"' "$OUT/dispatch-tracing.json")
 
-## Failover (\`kairos-bench failover --kills $KILLS\`)
+## Failover (\`kairos-bench failover --kills $((KILLS * 2)) --stop both\`)
 
-| | p50 | p99 |
-|---|---:|---:|
-| kill -9 leader → first acknowledged write via a survivor | $(j failover.json '.write_p50_ms|floor') ms | $(j failover.json '.write_p99_ms|floor') ms |
-| kill -9 leader → first run dispatched after the kill (begins more than the fire look-ahead after it) | $(j failover.json '.run_p50_ms|floor') ms | $(j failover.json '.run_p99_ms|floor') ms |
+SIGTERM (a planned stop: the leader hands over first) and kill -9 (a crash)
+alternate in one run, $KILLS of each, on one three-node cluster; the
+stopped node is restarted and the cluster ready before the next stop. After
+each stop, through a survivor: a trigger of the job \`pulse\` (acknowledged
+= the first write), that triggered run's start, and the first scheduled run
+of \`pulse\` (it fires every second) that began more than the fire
+look-ahead after the stop. Times are from the stop to the event (the run's
+own start time).
+
+| stop | stops | first write p50 | p99 | triggered run p50 | p99 | scheduled run p50 | p99 |
+|---|---:|---:|---:|---:|---:|---:|---:|
+$(j failover.json '.sides[] | "| \(.stop) | \(.stops) | \(.write_p50_ms|floor) ms | \(.write_p99_ms|floor) ms | \(.triggered_run_p50_ms|floor) ms | \(.triggered_run_p99_ms|floor) ms | \(.scheduled_run_p50_ms|floor) ms | \(.scheduled_run_p99_ms|floor) ms |"')
+
+The scheduled run after a SIGTERM is the next whole second's fire: once the
+handover takes milliseconds, it measures the schedule, not the failover;
+the triggered run is the figure for a planned stop.
 
 ## Scale (\`kairos-bench scale --jobs $SCALE\`)
 

@@ -31,10 +31,12 @@
 //!   nodes); runs completed are the results the cluster recorded and start
 //!   lateness (nominal → handler start) is measured exactly by the workers.
 //!   `--compare-external`: internal then external, each on a fresh cluster.
-//! - `failover`: kill -9 the leader repeatedly; time from the kill to the
-//!   first acknowledged write through a survivor, and to the first run
-//!   dispatched after the kill (a job fires every second), each kill's figures
-//!   and p50/p99.
+//! - `failover`: stop the leader repeatedly (`--stop kill`, the default:
+//!   kill -9; `term`: SIGTERM, a planned stop with leadership handover;
+//!   `both`: alternately, in one run); time from the stop to the first
+//!   acknowledged write through a survivor (a trigger of a job), to that
+//!   triggered run's start, and to the first scheduled run dispatched after
+//!   the stop (the job fires every second), each stop's figures and p50/p99.
 //! - `scale`: load N daily cron jobs (64-byte payload, each with a request
 //!   id as the CLI sends), due 12 hours after the start so that none fires
 //!   while it measures (a fire would add a run and counters per job: that
@@ -96,10 +98,14 @@ enum Scenario {
         #[arg(long, default_value_t = 256)]
         ext_capacity: u32,
     },
-    /// Repeated leader kills.
+    /// Repeated leader stops (kill -9, SIGTERM, or both alternately).
     Failover {
+        /// Stops in all (with `--stop both`, half of each).
         #[arg(long, default_value_t = 20)]
         kills: usize,
+        /// How the leader is stopped.
+        #[arg(long, value_enum, default_value = "kill")]
+        stop: crate::failover::StopMode,
     },
     /// Many cron jobs: memory per job, disk, restart time.
     Scale {
@@ -140,7 +146,7 @@ fn main() {
                 };
                 dispatch(jobs, rate, duration, sides, external, compare_tracing).await
             }
-            Scenario::Failover { kills } => failover(kills).await,
+            Scenario::Failover { kills, stop } => failover(kills, stop).await,
             Scenario::Scale { jobs, clients } => scale(jobs, clients).await,
         }
     });

@@ -3,6 +3,7 @@
 use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyerror::AnyError;
@@ -234,6 +235,9 @@ pub struct Config {
 pub(crate) struct RuntimeConfig {
     pub(crate) enable_heartbeat: AtomicBool,
     pub(crate) enable_elect: AtomicBool,
+    /// Kairos patch: while set, a vote request is not refused for the leader lease
+    /// (shared with the engine, see `RuntimeConfigHandle::leader_lease`).
+    pub(crate) leader_lease_waived: Arc<AtomicBool>,
 }
 
 impl RuntimeConfig {
@@ -241,6 +245,7 @@ impl RuntimeConfig {
         Self {
             enable_heartbeat: AtomicBool::from(config.enable_heartbeat),
             enable_elect: AtomicBool::from(config.enable_elect),
+            leader_lease_waived: Arc::new(AtomicBool::new(false)),
         }
     }
 }

@@ -92,6 +92,10 @@ where C: RaftTypeConfig
 
     /// Output entry for the runtime.
     pub(crate) output: EngineOutput<C>,
+
+    /// Kairos patch: when set, `handle_vote_req` skips the leader lease check
+    /// (shared with `RuntimeConfig`, see `RuntimeConfigHandle::leader_lease`).
+    pub(crate) leader_lease_waived: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<C> Engine<C>
@@ -108,6 +112,7 @@ where C: RaftTypeConfig
             leader: None,
             candidate: None,
             output: EngineOutput::new(4096),
+            leader_lease_waived: Default::default(),
         }
     }
 
@@ -302,7 +307,8 @@ where C: RaftTypeConfig
             vote_utime + lease - now
         );
 
-        if vote.is_committed() {
+        let lease_waived = self.leader_lease_waived.load(std::sync::atomic::Ordering::Relaxed);
+        if vote.is_committed() && !lease_waived {
             // Current leader lease has not yet expired, reject voting request
             if now <= vote_utime + lease {
                 tracing::info!(

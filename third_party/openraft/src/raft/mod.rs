@@ -269,7 +269,8 @@ where C: RaftTypeConfig
             helper.get_initial_state().await?
         };
 
-        let engine = Engine::new(state, eng_config);
+        let mut engine = Engine::new(state, eng_config);
+        engine.leader_lease_waived = runtime_config.leader_lease_waived.clone();
 
         let sm_handle = worker::Worker::spawn(state_machine, tx_notify.clone());
 

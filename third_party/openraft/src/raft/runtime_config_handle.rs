@@ -42,4 +42,16 @@ where C: RaftTypeConfig
     pub fn elect(&self, enabled: bool) {
         self.raft_inner.runtime_config.enable_elect.store(enabled, Ordering::Relaxed);
     }
+
+    /// Enable or disable the leader lease check of incoming vote requests.
+    ///
+    /// Kairos patch: a voter that heard from its leader within the lease refuses to
+    /// vote, which keeps a partitioned node from disrupting a healthy leader. When
+    /// the leader itself announces that it steps down (a leadership transfer), that
+    /// protection only delays the election; disabling the check lets this node vote
+    /// at once. Election safety does not depend on the lease: one vote per term and
+    /// the log comparison still apply. Enabled by default.
+    pub fn leader_lease(&self, enabled: bool) {
+        self.raft_inner.runtime_config.leader_lease_waived.store(!enabled, Ordering::Relaxed);
+    }
 }
