@@ -385,3 +385,63 @@ async fn watch_resumes_on_another_node_without_gaps_or_repeats() {
         assert_eq!(position(event), (run.revision, run.id));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_past_the_limit_are_refused_until_one_ends() {
+    use kairos::proto::event_service_client::EventServiceClient;
+    let cluster = TestCluster::start(1, &["--max-watches", "2"]);
+    cluster.wait_ready(READY).await;
+    cluster.wait_leader(READY).await;
+    let watch_runs = || async {
+        run_client(&cluster, 1)
+            .await
+            .watch_runs(pb::WatchRunsRequest {
+                job_id: String::new(),
+                after: None,
+            })
+            .await
+    };
+
+    // A run watch and an event watch take the two places; each answers its
+    // progress notice, so both streams are open on the node.
+    let mut runs = watch_runs().await.unwrap().into_inner();
+    runs.message().await.unwrap().expect("a progress notice");
+    let mut events = EventServiceClient::new(cluster.channel(1))
+        .watch_events(pb::WatchEventsRequest {
+            from_now: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    events.message().await.unwrap().expect("a progress notice");
+
+    let refused = watch_runs().await.expect_err("a third watch is past the limit");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-watches"),
+        "{}",
+        refused.message()
+    );
+
+    // The client of the run watch goes away (no event is flowing): the node
+    // notices and gives its place back. Polled, bounded: the client has no
+    // other way to learn it.
+    drop(runs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        match watch_runs().await {
+            Ok(stream) => break stream.into_inner(),
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the place of a closed watch was never given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("watch refused: {status:?}"),
+        }
+    };
+    again.message().await.unwrap().expect("a progress notice");
+    drop(events);
+}

@@ -111,6 +111,7 @@ impl EventService for Api {
                     )?;
                 }
             }
+            let slot = self.watches.take()?;
             let filter = EventFilter {
                 kinds: req.kinds,
                 job: req.job,
@@ -125,6 +126,7 @@ impl EventService for Api {
                 watcher,
                 filter,
                 after,
+                slot,
                 self.shutdown.clone(),
             )))
         })

@@ -252,6 +252,7 @@ impl RunService for Api {
                     self.check(&caller, &state, &subject, Permission::RunRead, &Resource::Cluster)?;
                 }
             }
+            let slot = self.watches.take()?;
             let job = (!req.job_id.is_empty()).then_some(req.job_id);
             let after = req.after.map(Position::from_pb);
             let ahead = after
@@ -266,6 +267,7 @@ impl RunService for Api {
                 job,
                 after,
                 ahead,
+                slot,
                 self.shutdown.clone(),
             )))
         })

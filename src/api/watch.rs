@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert::run_to_pb;
+use super::watch_limit::WatchSlot;
 use crate::proto as pb;
 use crate::raft::state_machine::{RunFeed, StateHandle};
 use crate::scheduler::acl::{AclTables, Credential, Permission, Resource};
@@ -122,19 +123,22 @@ pub type PositionReached = BoxFuture<'static, bool>;
 /// Starts a watch of `job`'s runs (all jobs when `None`) after `after` (from
 /// now when `None`); `ahead` is given when `after` is beyond what this node
 /// has applied (see the module docs). The stream ends with `UNAVAILABLE`
-/// when `shutdown` fires, and the task ends when the client goes away.
+/// when `shutdown` fires, and the task ends when the client goes away,
+/// giving back its `slot` (see [`super::watch_limit`]).
 pub fn watch_runs(
     state: StateHandle,
     reader: Reader,
     job: Option<String>,
     after: Option<Position>,
     ahead: Option<PositionReached>,
+    slot: WatchSlot,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<pb::RunEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Subscribe now, before anything reads the state.
     let feed = state.subscribe_runs();
     tokio::spawn(async move {
+        let _slot = slot;
         let watcher = Watcher {
             feed,
             last: after.unwrap_or_else(|| latest_position(&state.read())),
@@ -143,8 +147,11 @@ pub fn watch_runs(
             job,
             tx: tx.clone(),
         };
+        let gone = tx.clone();
         tokio::select! {
             () = watcher.run(after.is_none(), ahead) => {}
+            // The client went away while no event was flowing.
+            () = gone.closed() => {}
             () = shutdown.cancelled() => {
                 // Tell the client to resume elsewhere (it may already be gone).
                 let _ = tx.try_send(Err(Status::unavailable("node shutting down")));
