@@ -16,6 +16,27 @@
 //! checker must catch. The state machine gets the setting when it is built
 //! (`StateMachineStore::set_chaos_break`), as a setting of the local
 //! `State` that is not replicated; the timer gets it in its arguments.
+//!
+//! [`ChaosBreak::NoPreVote`] starts elections the way plain openraft does,
+//! raising the term before asking for votes, instead of after a pre-vote
+//! (`crate::raft::pre_vote`): a follower that returns from a pause deposes
+//! the leader — what the `no_needless_elections` checker must catch.
+//!
+//! [`ChaosBreak::StaleReads`] skips the read barrier (`Node::read_barrier`):
+//! a node answers linearizable reads from whatever it has applied, as a
+//! store without ReadIndex would — what `linearizable_reads` must catch.
+//!
+//! [`ChaosBreak::TrustsWallClock`] makes the timer keep its place in each
+//! job's schedule by its own wall clock, as a scheduler with an in-memory
+//! cron table does, instead of by the replicated next fire: when the
+//! leader's clock steps back, it fires again every time between the new
+//! reading and each job's last fire ([`replay_after_step_back`]), and the
+//! state machine runs them (as for `DuplicateFires`) — the duplicates a
+//! clock jump must never cause.
+//!
+//! [`ChaosBreak::RunOnAfterStorageErrors`] does not stop the process when
+//! its storage fails (`stop_on_storage_failure` in `crate::node`):
+//! the node runs on — what `storage_errors_stop` must catch.
 
 use std::sync::Arc;
 
@@ -30,6 +51,65 @@ pub enum ChaosBreak {
     /// Every fire runs twice: the timer proposes each fire twice and the
     /// state machine runs a fire that already happened again.
     DuplicateFires,
+    /// Elections without a pre-vote: openraft's own election timer, which
+    /// raises the term before asking, so a follower that returns from a
+    /// pause or a restart unseats a healthy leader.
+    NoPreVote,
+    /// Reads without the read barrier: every node answers from its own
+    /// state, even a lagging or cut-off follower, so reads can be stale.
+    StaleReads,
+    /// A node whose storage failed (a failed fsync) keeps running instead
+    /// of stopping.
+    RunOnAfterStorageErrors,
+    /// The timer trusts its wall clock: when the leader's clock steps back,
+    /// the fires between the new reading and each job's last fire run again.
+    TrustsWallClock,
+}
+
+impl ChaosBreak {
+    /// Whether the state machine runs a fire that already happened again
+    /// (instead of refusing it).
+    pub fn reruns_fires(self) -> bool {
+        matches!(self, ChaosBreak::DuplicateFires | ChaosBreak::TrustsWallClock)
+    }
+}
+
+/// Most fires the broken timer replays in one step back.
+const MAX_REPLAYED_FIRES: usize = 5_000;
+
+/// The broken timer's extra step ([`ChaosBreak::TrustsWallClock`]): when
+/// its clock reads `now_ms` after it read the later `previous_ms`, every
+/// job that fired after `now_ms` fires again from `now_ms` to its last fire.
+pub async fn replay_after_step_back(node: &Arc<Node>, previous_ms: i64, now_ms: i64) {
+    if now_ms >= previous_ms {
+        return;
+    }
+    let fires: Vec<(String, i64)> = TimerHost::read(node, |state| {
+        let mut fires = Vec::new();
+        for job in state.jobs() {
+            let Some(last) = job.last_fired_ms.filter(|&last| last > now_ms) else {
+                continue;
+            };
+            let mut next = crate::scheduler::state::next_fire(&job.spec, now_ms);
+            while let Some(t) = next.filter(|&t| t <= last && fires.len() < MAX_REPLAYED_FIRES) {
+                fires.push((job.id.to_string(), t));
+                next = crate::scheduler::state::next_fire(&job.spec, t);
+            }
+        }
+        fires
+    });
+    if fires.is_empty() {
+        return;
+    }
+    tracing::error!(
+        fires = fires.len(),
+        "chaos break: replaying fires after the clock stepped back"
+    );
+    let command = Command::FireWindow {
+        fires,
+        until_ms: previous_ms,
+    };
+    let _ = TimerHost::propose(node, command, previous_ms).await;
 }
 
 /// The timer's host in the broken build: every fire command it proposes is

@@ -122,15 +122,21 @@ impl Clients {
 
     /// The node that reports itself leader with the highest term, if any does.
     pub async fn leader(&self) -> Option<u64> {
+        self.leadership().await.map(|(id, _)| id)
+    }
+
+    /// `(leader, term)` of the node that reports itself leader with the
+    /// highest term, if any does.
+    pub async fn leadership(&self) -> Option<(u64, u64)> {
         let mut best: Option<(u64, u64)> = None;
         for id in self.ids() {
             if let Some(status) = self.local_status(id, false, Duration::from_millis(500)).await {
-                if role(&status) == Role::Leader && best.is_none_or(|(term, _)| status.term > term) {
-                    best = Some((status.term, id));
+                if role(&status) == Role::Leader && best.is_none_or(|(_, term)| status.term > term) {
+                    best = Some((id, status.term));
                 }
             }
         }
-        best.map(|(_, id)| id)
+        best
     }
 
     /// Waits (bounded by `timeout`) until some node is leader; returns it.

@@ -6,6 +6,7 @@
 //! seeded time, healed, and followed by a recovery pause in which the cluster
 //! must elect a leader again. Every fault is recorded with the nodes it hit.
 
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -14,11 +15,28 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::client::Clients;
-use crate::history::{Fault, FaultKind};
+use crate::history::{Fault, FaultKind, LeadershipWatch};
 use crate::runtime::{NodeId, Runtime};
 
 /// Longest wait for a leader after a heal.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long after a follower-only fault heals the harness watches for a
+/// needless election: twice the longest a returning node of the default
+/// timing waits before it stands (lease 500 ms + timeout up to 500 ms).
+const LEADERSHIP_WATCH: Duration = Duration::from_millis(2_000);
+
+/// The largest offset of a skewed clock, ms (either way).
+pub const MAX_CLOCK_OFFSET_MS: i64 = 120_000;
+
+/// The largest jump of a jumping clock from the real time, ms (either way).
+const MAX_CLOCK_JUMP_MS: i64 = 90_000;
+
+/// How often a drifting clock's offset moves.
+const CLOCK_STEP: Duration = Duration::from_millis(100);
+
+/// How long a node whose fsync fails, or whose disk is full, may take to stop.
+const STOP_ON_STORAGE_ERROR: Duration = Duration::from_secs(10);
 
 /// The kinds `runtime` can inject, among `wanted`.
 pub fn supported(runtime: &Runtime, wanted: &[FaultKind]) -> Vec<FaultKind> {
@@ -32,6 +50,9 @@ pub fn supported(runtime: &Runtime, wanted: &[FaultKind]) -> Vec<FaultKind> {
                     FaultKind::Bridge | FaultKind::SlowLinks | FaultKind::LossyLinks
                 )
         })
+        .filter(|k| runtime.supports_disk_faults() || !k.needs_disk_library())
+        .filter(|k| runtime.supports_clock_faults() || !k.needs_clock_library())
+        .filter(|k| runtime.supports_disk_full() || *k != FaultKind::DiskFull)
         .collect()
 }
 
@@ -76,6 +97,78 @@ async fn hold(rng: &mut StdRng, from_ms: u64, to_ms: u64) {
     tokio::time::sleep(Duration::from_millis(rng.gen_range(from_ms..to_ms))).await;
 }
 
+/// Makes node `victim`'s storage fail as `kind` says (`fsync_error`:
+/// syncs fail with EIO; `disk_full`: its filesystem is full), or work again.
+fn set_storage_failing(runtime: &mut Runtime, kind: FaultKind, victim: NodeId, failing: bool) -> Result<()> {
+    match kind {
+        FaultKind::FsyncError => runtime.set_sync_failing(victim, failing),
+        _ => runtime.set_disk_full(victim, failing),
+    }
+}
+
+/// Waits up to [`STOP_ON_STORAGE_ERROR`] for node `victim` to exit; how it
+/// exited, or `None` if it is still running.
+async fn await_exit(runtime: &Runtime, victim: NodeId) -> Option<ExitStatus> {
+    let deadline = tokio::time::Instant::now() + STOP_ON_STORAGE_ERROR;
+    loop {
+        if let Some(status) = runtime.exit_status(victim) {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the victim of a storage fault (`fault`) did, from how it exited
+/// (`None`: still running): the fault's detail, and what it did wrong, if
+/// anything. `must_stop`: one of its syncs or writes failed, so it had to
+/// exit, and with a failure status.
+fn judge_storage_stop(fault: &str, status: Option<ExitStatus>, must_stop: bool) -> (String, Option<String>) {
+    match status {
+        Some(status) => (
+            format!("{fault}; the node exited ({status})"),
+            (must_stop && status.success())
+                .then(|| format!("exited with {status} (success) after its storage failed")),
+        ),
+        None if must_stop => (
+            format!("{fault}; the node did not stop"),
+            Some(format!(
+                "still running {} s after its storage started failing",
+                STOP_ON_STORAGE_ERROR.as_secs()
+            )),
+        ),
+        None => (
+            format!("{fault}; no write of the node failed (it wrote into space its files had), it ran on"),
+            None,
+        ),
+    }
+}
+
+/// The node whose clock a clock fault moves: the leader (whose clock fires
+/// jobs and stamps every entry) two times in three, else any node.
+async fn clock_victim(clients: &Clients, ids: &[NodeId], rng: &mut StdRng) -> NodeId {
+    match rng.gen_bool(2.0 / 3.0) {
+        true => leader_or_any(clients, rng).await,
+        false => ids[rng.gen_range(0..ids.len())],
+    }
+}
+
+/// A clock offset in `range` ms, ahead or behind by the seed.
+fn offset(rng: &mut StdRng, range: std::ops::Range<i64>) -> i64 {
+    let magnitude = rng.gen_range(range);
+    match rng.gen_bool(0.5) {
+        true => magnitude,
+        false => -magnitude,
+    }
+}
+
+/// `+90.5 s` / `-12.0 s`.
+fn signed_s(ms: i64) -> String {
+    format!("{:+.1} s", ms as f64 / 1000.0)
+}
+
 /// The current leader, or a seeded node when none is known.
 async fn leader_or_any(clients: &Clients, rng: &mut StdRng) -> NodeId {
     match clients.leader().await {
@@ -98,9 +191,26 @@ async fn inject(
     let ids = runtime.ids();
     let majority = ids.len() / 2 + 1;
     let start_ms = ms(started);
+    let mut misbehaviour = None;
+    // Faults that touch only followers must leave the leader in place, and
+    // so must a clock fault on any node: Raft times itself by the monotonic
+    // clock, which a clock fault leaves true. (Not yet the follower kill:
+    // one docker round saw the term rise, leader unchanged, after a
+    // follower restart 4 s into the round; not yet understood.)
+    let watched = matches!(
+        kind,
+        FaultKind::FlappingFollower | FaultKind::ClockSkew | FaultKind::ClockJump
+    );
+    let before = match watched {
+        true => clients.leadership().await,
+        false => None,
+    };
     let (nodes, detail) = match kind {
         FaultKind::KillLeader | FaultKind::KillFollower => {
-            let leader = leader_or_any(clients, rng).await;
+            let leader = match before {
+                Some((leader, _)) => leader,
+                None => leader_or_any(clients, rng).await,
+            };
             let victim = if kind == FaultKind::KillLeader {
                 leader
             } else {
@@ -186,6 +296,107 @@ async fn inject(
             runtime.heal().await?;
             (ids.clone(), format!("break {per_mille}/1000 chunks"))
         }
+        FaultKind::Upgrade => anyhow::bail!("an upgrade is a step of the upgrade scenario, not a fault"),
+        FaultKind::FlappingFollower => {
+            let leader = match before {
+                Some((leader, _)) => leader,
+                None => leader_or_any(clients, rng).await,
+            };
+            let followers: Vec<NodeId> = ids.iter().copied().filter(|&id| id != leader).collect();
+            let victim = followers[rng.gen_range(0..followers.len())];
+            let flaps = rng.gen_range(2..=4);
+            for flap in 0..flaps {
+                runtime.pause(victim).await?;
+                // Longer than the lease plus the election timeout (up to
+                // 1 s by default): the node's timer is overdue when it returns.
+                hold(rng, 1_200, 2_500).await;
+                runtime.resume(victim).await?;
+                if flap + 1 < flaps {
+                    hold(rng, 200, 1_000).await;
+                }
+            }
+            (vec![victim], format!("SIGSTOP, SIGCONT x{flaps}"))
+        }
+        FaultKind::FsyncError | FaultKind::DiskFull => {
+            // Any node: a follower meets it at its next append, a leader at its own.
+            let victim = ids[rng.gen_range(0..ids.len())];
+            let fault = match kind {
+                FaultKind::FsyncError => "fdatasync EIO",
+                _ => "disk full (ENOSPC)",
+            };
+            let log_from = runtime.log_len(victim);
+            set_storage_failing(runtime, kind, victim, true)?;
+            let status = await_exit(runtime, victim).await;
+            // A failed fsync always counts. A full disk fails only the
+            // writes that need new space: a node whose store had room
+            // inside its files (sled reuses freed segments) wrote nothing
+            // that failed, and is right to go on; one that met ENOSPC must
+            // have stopped.
+            let must_stop = kind == FaultKind::FsyncError
+                || runtime
+                    .log_since(victim, log_from)
+                    .contains("No space left on device");
+            let (detail, wrong) = judge_storage_stop(fault, status, must_stop);
+            misbehaviour = wrong;
+            // The disk is healthy again; the node is started on its data.
+            set_storage_failing(runtime, kind, victim, false)?;
+            runtime.kill(victim).await?;
+            hold(rng, 300, 1_500).await;
+            runtime.start(victim).await?;
+            (vec![victim], detail)
+        }
+        FaultKind::SlowDisk => {
+            let victim = leader_or_any(clients, rng).await;
+            let delay = rng.gen_range(50..400);
+            runtime.set_sync_slow(victim, Some(delay))?;
+            hold(rng, 2_000, 5_000).await;
+            runtime.set_sync_slow(victim, None)?;
+            (vec![victim], format!("fdatasync +{delay} ms"))
+        }
+        FaultKind::ClockSkew => {
+            let victim = clock_victim(clients, &ids, rng).await;
+            let hold_ms = rng.gen_range(3_000..6_000);
+            let detail = if rng.gen_bool(0.5) {
+                let offset_ms = offset(rng, 20_000..MAX_CLOCK_OFFSET_MS);
+                runtime.set_clock_offset(victim, offset_ms)?;
+                tokio::time::sleep(Duration::from_millis(hold_ms)).await;
+                format!("wall clock {}", signed_s(offset_ms))
+            } else {
+                // A clock running at `rate`: the offset grows (or shrinks)
+                // by (rate - 1) of the real time, moved every 100 ms.
+                let rate = [0.5, 0.75, 1.5, 2.0][rng.gen_range(0..4)];
+                let from = tokio::time::Instant::now();
+                let until = from + Duration::from_millis(hold_ms);
+                let mut tick = tokio::time::interval(CLOCK_STEP);
+                while tokio::time::Instant::now() < until {
+                    tick.tick().await;
+                    let elapsed = from.elapsed().as_millis() as f64;
+                    runtime.set_clock_offset(victim, ((rate - 1.0) * elapsed) as i64)?;
+                }
+                format!("wall clock at x{rate} for {:.1} s", hold_ms as f64 / 1000.0)
+            };
+            // The node's clock is set right in one step.
+            runtime.set_clock_offset(victim, 0)?;
+            (vec![victim], format!("{detail}, then stepped back"))
+        }
+        FaultKind::ClockJump => {
+            let victim = clock_victim(clients, &ids, rng).await;
+            let jumps = rng.gen_range(2..=4);
+            let mut offsets = Vec::new();
+            for jump in 0..jumps {
+                // Forward and back in turn, from where the clock is.
+                let magnitude = rng.gen_range(10_000..MAX_CLOCK_JUMP_MS);
+                let offset_ms = if jump % 2 == 0 { magnitude } else { -magnitude };
+                runtime.set_clock_offset(victim, offset_ms)?;
+                offsets.push(signed_s(offset_ms));
+                hold(rng, 1_000, 3_000).await;
+            }
+            runtime.set_clock_offset(victim, 0)?;
+            (
+                vec![victim],
+                format!("wall clock jumps {}, then back to 0", offsets.join(", ")),
+            )
+        }
         FaultKind::FullRestart => {
             for &id in &ids {
                 runtime.kill(id).await?;
@@ -197,11 +408,59 @@ async fn inject(
             (ids.clone(), "kill -9 all, start all".to_string())
         }
     };
+    let end_ms = ms(started);
+    let leadership = match before {
+        Some(before) => {
+            tokio::time::sleep(LEADERSHIP_WATCH).await;
+            let after = match clients.leadership().await {
+                Some(after) => Some(after),
+                None => {
+                    clients.wait_leader(RECOVERY_TIMEOUT).await;
+                    clients.leadership().await
+                }
+            };
+            Some(LeadershipWatch {
+                before,
+                after,
+                after_ms: ms(started),
+            })
+        }
+        None => None,
+    };
     Ok(Fault {
         kind,
         nodes,
         start_ms,
-        end_ms: ms(started),
+        end_ms,
         detail,
+        leadership,
+        misbehaviour,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    #[test]
+    fn a_storage_fault_victim_must_exit_with_a_failure_only_when_its_storage_failed() {
+        let failed = Some(ExitStatus::from_raw(1 << 8));
+        let succeeded = Some(ExitStatus::from_raw(0));
+        assert_eq!(judge_storage_stop("f", failed, true).1, None);
+        assert!(judge_storage_stop("f", succeeded, true)
+            .1
+            .unwrap()
+            .contains("(success)"));
+        assert!(judge_storage_stop("f", None, true)
+            .1
+            .unwrap()
+            .starts_with("still running"));
+        // A full disk that failed no write: running on is right.
+        let (detail, wrong) = judge_storage_stop("f", None, false);
+        assert_eq!(wrong, None);
+        assert!(detail.contains("ran on"), "{detail}");
+        assert_eq!(judge_storage_stop("f", succeeded, false).1, None);
+    }
 }

@@ -32,6 +32,16 @@ pub enum OpKind {
     Trigger,
     /// An event published to the event-triggered job's topic.
     Publish,
+    /// A linearizable read (`GetJob`) of a hot job: `version` is the
+    /// version it returned. Not a write; `linearizable_reads` judges it.
+    Read,
+}
+
+impl OpKind {
+    /// Whether the operation asks for a change (every kind but `Read`).
+    pub fn is_write(&self) -> bool {
+        *self != OpKind::Read
+    }
 }
 
 /// One client operation.
@@ -103,11 +113,32 @@ pub enum FaultKind {
     LossyLinks,
     /// kill -9 every node, then start them all again.
     FullRestart,
+    /// SIGSTOP a follower for longer than the election timeout, SIGCONT it,
+    /// several times over: it must never unseat the healthy leader.
+    FlappingFollower,
+    /// A node's `fdatasync`/`fsync` fail with EIO: it must stop, and is
+    /// started again once its syncs work.
+    FsyncError,
+    /// A node's `fdatasync`/`fsync` take 50–400 ms longer.
+    SlowDisk,
+    /// A node's filesystem fills up: its writes fail with ENOSPC. It must
+    /// stop, and is started again once there is room.
+    DiskFull,
+    /// A node's wall clock is off for a while: a fixed offset of 20 s to
+    /// 2 min either way, or a clock running at 0.5x to 2x; then it steps
+    /// back to the real time (as NTP would). Its monotonic clock is true.
+    ClockSkew,
+    /// A node's wall clock jumps forward and back by 10 s to 90 s a few
+    /// times, then returns to the real time.
+    ClockJump,
+    /// Not a fault: a node stopped gracefully and started on another build
+    /// (the upgrade scenario, `src/upgrade.rs`). Not in [`FaultKind::ALL`].
+    Upgrade,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -118,7 +149,23 @@ impl FaultKind {
         FaultKind::SlowLinks,
         FaultKind::LossyLinks,
         FaultKind::FullRestart,
+        FaultKind::FlappingFollower,
+        FaultKind::FsyncError,
+        FaultKind::SlowDisk,
+        FaultKind::DiskFull,
+        FaultKind::ClockSkew,
+        FaultKind::ClockJump,
     ];
+
+    /// Whether the kind needs the disk-fault library (`crate::preload`).
+    pub fn needs_disk_library(self) -> bool {
+        matches!(self, FaultKind::FsyncError | FaultKind::SlowDisk)
+    }
+
+    /// Whether the kind needs the clock-fault library (`crate::preload`).
+    pub fn needs_clock_library(self) -> bool {
+        matches!(self, FaultKind::ClockSkew | FaultKind::ClockJump)
+    }
 
     /// The snake_case name used in reports and on the command line.
     pub fn name(self) -> &'static str {
@@ -133,6 +180,13 @@ impl FaultKind {
             FaultKind::SlowLinks => "slow_links",
             FaultKind::LossyLinks => "lossy_links",
             FaultKind::FullRestart => "full_restart",
+            FaultKind::FlappingFollower => "flapping_follower",
+            FaultKind::FsyncError => "fsync_error",
+            FaultKind::SlowDisk => "slow_disk",
+            FaultKind::DiskFull => "disk_full",
+            FaultKind::ClockSkew => "clock_skew",
+            FaultKind::ClockJump => "clock_jump",
+            FaultKind::Upgrade => "upgrade",
         }
     }
 }
@@ -147,6 +201,26 @@ pub struct Fault {
     pub end_ms: u64,
     /// Free-form detail, e.g. "delay 120 ms" or "{1} | {2,3}".
     pub detail: String,
+    /// For a fault that touches only followers: the leader before it and
+    /// after it healed (judged by `no_needless_elections`).
+    #[serde(default)]
+    pub leadership: Option<LeadershipWatch>,
+    /// What the fault's victim did that it must not (e.g. a node that went
+    /// on after a failed fsync), judged by `storage_errors_stop`.
+    #[serde(default)]
+    pub misbehaviour: Option<String>,
+}
+
+/// The leader and its term when a follower-only fault began, and once the
+/// fault had healed and the returning nodes had had time to disturb it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadershipWatch {
+    /// `(leader, term)` when the fault was injected.
+    pub before: (u64, u64),
+    /// `(leader, term)` after the watch, or `None` if no leader was seen.
+    pub after: Option<(u64, u64)>,
+    /// When `after` was read, ms since the run started.
+    pub after_ms: u64,
 }
 
 /// A node's role as seen by polling it.

@@ -21,12 +21,15 @@ mod external;
 mod faults;
 mod history;
 mod invariants;
+mod preload;
 mod proxy;
 mod recorder;
 mod report;
 mod runtime;
 mod settle;
+mod small_disk;
 mod timeline;
+mod upgrade;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -56,6 +59,74 @@ use crate::runtime::Runtime;
 enum Cli {
     /// Run one or more rounds of workload + faults + checks.
     Run(RunArgs),
+    /// A rolling upgrade from one build to another (and a downgrade) under
+    /// the live workload, judged by every checker (see src/upgrade.rs).
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct UpgradeArgs {
+    /// The build the cluster starts on (the previous release).
+    #[arg(long)]
+    old_bin: PathBuf,
+    /// The build it is upgraded to.
+    #[arg(long)]
+    new_bin: PathBuf,
+    /// Where the report and node logs go (default: chaos-out/upgrade-<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How long the upgrade steps are spread over (the workload runs as long;
+    /// the steps take longer if the nodes do).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Seed of the workload; random when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Concurrent workload clients.
+    #[arg(long, default_value_t = 3)]
+    clients: usize,
+    /// In-process external workers serving `chaos.ext`; 0: none.
+    #[arg(long, default_value_t = 2)]
+    external_workers: usize,
+}
+
+impl UpgradeArgs {
+    /// The round that runs the upgrade instead of faults: three nodes on the
+    /// old build, in process mode.
+    fn round(self) -> anyhow::Result<RunArgs> {
+        for bin in [&self.old_bin, &self.new_bin] {
+            anyhow::ensure!(bin.is_file(), "{} not found", bin.display());
+        }
+        let plan = upgrade::Plan {
+            old_version: upgrade::build_version(&self.old_bin)?,
+            new_version: upgrade::build_version(&self.new_bin)?,
+            old_bin: self.old_bin.clone(),
+            new_bin: self.new_bin,
+        };
+        anyhow::ensure!(
+            plan.old_version != plan.new_version,
+            "both builds are version {}: nothing to upgrade",
+            plan.old_version
+        );
+        let seed = self.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+        Ok(RunArgs {
+            nodes: 3,
+            duration: self.duration,
+            seed: Some(seed),
+            rounds: 1,
+            runtime: RuntimeKind::Process,
+            kairos_bin: Some(self.old_bin),
+            out: Some(
+                self.out
+                    .unwrap_or_else(|| PathBuf::from(format!("chaos-out/upgrade-{seed}"))),
+            ),
+            faults: "none".into(),
+            clients: self.clients,
+            external_workers: self.external_workers,
+            break_build: None,
+            upgrade: Some(plan),
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -98,9 +169,18 @@ struct RunArgs {
     /// `chaos.ext`, of which two more steady jobs are created; 0: none.
     #[arg(long, default_value_t = 2)]
     external_workers: usize,
-    /// Run the deliberately broken build (every fire runs twice): the checkers must fail.
-    #[arg(long)]
-    break_build: bool,
+    /// Run the deliberately broken build: the checkers must fail.
+    /// `duplicate-fires` (the default): every fire runs twice;
+    /// `no-pre-vote`: elections without a pre-vote, so a returning
+    /// follower unseats the leader; `stale-reads`: reads without the read
+    /// barrier; `run-on-after-storage-errors`: a node whose fsync failed
+    /// keeps running; `trusts-wall-clock`: the timer replays fires when the
+    /// leader's clock steps back.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "duplicate-fires")]
+    break_build: Option<BreakKind>,
+    /// The upgrade scenario's builds (`kairos-chaos upgrade`), instead of faults.
+    #[arg(skip)]
+    upgrade: Option<upgrade::Plan>,
 }
 
 fn parse_faults(value: &str) -> anyhow::Result<Vec<FaultKind>> {
@@ -122,16 +202,38 @@ fn parse_faults(value: &str) -> anyhow::Result<Vec<FaultKind>> {
     }
 }
 
-/// The agent flags of the deliberately broken build.
-const BREAK_BUILD_ARGS: [&str; 2] = ["--unsafe-chaos-break", "duplicate-fires"];
+/// How the deliberately broken build is broken (`--break-build`), as the
+/// agent's `--unsafe-chaos-break` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BreakKind {
+    DuplicateFires,
+    NoPreVote,
+    StaleReads,
+    RunOnAfterStorageErrors,
+    TrustsWallClock,
+}
 
-/// Checks that `kairos_bin` knows [`BREAK_BUILD_ARGS`]: only a build with the
-/// `chaos-break` feature does (`cargo test --workspace` builds
+impl BreakKind {
+    /// The agent flags of the broken build.
+    fn agent_args(self) -> [&'static str; 2] {
+        let value = match self {
+            BreakKind::DuplicateFires => "duplicate-fires",
+            BreakKind::NoPreVote => "no-pre-vote",
+            BreakKind::StaleReads => "stale-reads",
+            BreakKind::RunOnAfterStorageErrors => "run-on-after-storage-errors",
+            BreakKind::TrustsWallClock => "trusts-wall-clock",
+        };
+        ["--unsafe-chaos-break", value]
+    }
+}
+
+/// Checks that `kairos_bin` knows `--unsafe-chaos-break`: only a build with
+/// the `chaos-break` feature does (`cargo test --workspace` builds
 /// target/debug/kairos with it; release builds never have it).
-fn ensure_breakable(kairos_bin: &Path) -> anyhow::Result<()> {
+fn ensure_breakable(kairos_bin: &Path, kind: BreakKind) -> anyhow::Result<()> {
     let probe = std::process::Command::new(kairos_bin)
         .arg("agent")
-        .args(BREAK_BUILD_ARGS)
+        .args(kind.agent_args())
         .arg("--help")
         .output()
         .with_context(|| format!("running {}", kairos_bin.display()))?;
@@ -162,7 +264,16 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cli::Run(args) = Cli::parse();
+    let args = match Cli::parse() {
+        Cli::Run(args) => args,
+        Cli::Upgrade(args) => match args.round() {
+            Ok(args) => args,
+            Err(e) => {
+                eprintln!("kairos-chaos: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
     // On Ctrl-C or SIGTERM the round is dropped, and dropping a runtime stops
     // its nodes and removes what it made.
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -196,8 +307,8 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
         "{} not found: build it (cargo build --release --bin kairos) or pass --kairos-bin",
         kairos_bin.display()
     );
-    if args.break_build {
-        ensure_breakable(&kairos_bin)?;
+    if let Some(kind) = args.break_build {
+        ensure_breakable(&kairos_bin, kind)?;
     }
     if args.runtime == RuntimeKind::Docker {
         anyhow::ensure!(
@@ -247,8 +358,14 @@ fn campaign_summary(reports: &[Report]) -> String {
         for (kind, n) in &r.faults_by_kind {
             *faults.entry(kind.clone()).or_default() += n;
         }
-        acked += r.ops.values().map(|c| c.ok).sum::<u64>();
-        unknown += r.ops.values().map(|c| c.unknown).sum::<u64>();
+        let writes = || {
+            r.ops
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != "read")
+                .map(|(_, c)| c)
+        };
+        acked += writes().map(|c| c.ok).sum::<u64>();
+        unknown += writes().map(|c| c.unknown).sum::<u64>();
         runs += r.runs_checked;
         violations += r.violations.len();
         seconds += r.fault_phase_ms / 1000;
@@ -261,6 +378,10 @@ fn campaign_summary(reports: &[Report]) -> String {
         faults.join(", ")
     )
 }
+
+/// The size of each node's filesystem in a round with `disk_full`: room for
+/// a round's Raft log and snapshots several times over.
+const SMALL_DISK_MIB: u64 = 256;
 
 async fn run_round(
     args: &RunArgs,
@@ -281,8 +402,11 @@ async fn run_round(
         "4".to_string(),
         "--http-allow=public,loopback".to_string(),
     ];
-    if args.break_build {
-        extra_args.extend(BREAK_BUILD_ARGS.map(String::from));
+    if let Some(kind) = args.break_build {
+        extra_args.extend(kind.agent_args().map(String::from));
+    }
+    if args.upgrade.is_some() {
+        extra_args.extend(upgrade::AGENT_ARGS.map(String::from));
     }
     // At least 16 bytes, as every node requires.
     let cookie = format!("kairos-chaos-cookie-{seed:016x}");
@@ -293,6 +417,15 @@ async fn run_round(
     }
     let mut runtime = match args.runtime {
         RuntimeKind::Process => {
+            // The fault libraries, preloaded only when their faults are wanted.
+            let libraries = preload::Libraries::build(
+                &dir.join("preload"),
+                kinds.iter().any(|k| k.needs_disk_library()),
+                kinds.iter().any(|k| k.needs_clock_library()),
+            );
+            // Each node's data on a small filesystem of its own, only when
+            // the disk is to fill up.
+            let small_disk_mib = kinds.contains(&FaultKind::DiskFull).then_some(SMALL_DISK_MIB);
             let mut cluster = ProcessCluster::create(ProcessOptions {
                 nodes: args.nodes,
                 kairos_bin: kairos_bin.to_path_buf(),
@@ -301,6 +434,8 @@ async fn run_round(
                 extra_args: extra_args.clone(),
                 extra_env,
                 seed,
+                libraries,
+                small_disk_mib,
             })
             .await?;
             cluster.start_all().await?;
@@ -423,7 +558,16 @@ async fn drive(
     ));
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let kinds = faults::supported(runtime, kinds);
-    let faults = faults::run(runtime, &clients, &kinds, &mut rng, started, until).await?;
+    let (faults, mut upgrade_violations) = match &args.upgrade {
+        Some(plan) => {
+            let outcome = upgrade::run(runtime, &clients, plan, started, until).await?;
+            (outcome.steps, outcome.violations)
+        }
+        None => (
+            faults::run(runtime, &clients, &kinds, &mut rng, started, until).await?,
+            Vec::new(),
+        ),
+    };
     let fault_phase_ms = fault_start.elapsed().as_millis() as u64;
     let _ = workload.await;
 
@@ -449,8 +593,16 @@ async fn drive(
         started_at,
         fault_phase_ms,
         runs_checked: final_state.runs.len() as u64,
-        invariants: invariants::ALL.iter().map(|(name, _)| name.to_string()).collect(),
-        violations: invariants::check_all(&evidence),
+        invariants: invariants::ALL
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .chain(args.upgrade.as_ref().map(|_| upgrade::INVARIANT.to_string()))
+            .collect(),
+        violations: {
+            let mut violations = invariants::check_all(&evidence);
+            violations.append(&mut upgrade_violations);
+            violations
+        },
         notes: final_state.notes.clone(),
         ..Default::default()
     };

@@ -126,7 +126,13 @@ impl Report {
     /// The human summary printed at the end of a run.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let total = |f: fn(&OpCounts) -> u64| self.ops.values().map(f).sum::<u64>();
+        let total = |f: fn(&OpCounts) -> u64| {
+            self.ops
+                .iter()
+                .filter(|(kind, _)| kind.as_str() != "read")
+                .map(|(_, c)| f(c))
+                .sum::<u64>()
+        };
         let _ = writeln!(
             out,
             "kairos-chaos: {} nodes ({}), {} s of faults, {} s in all",
@@ -153,6 +159,13 @@ impl Report {
             total(|c| c.failed),
             total(|c| c.unknown)
         );
+        if let Some(reads) = self.ops.get("read") {
+            let _ = writeln!(
+                out,
+                "  linearizable reads of hot jobs: {} answered, {} refused, {} unknown",
+                reads.ok, reads.failed, reads.unknown
+            );
+        }
         let _ = writeln!(
             out,
             "  runs checked: {}, webhook deliveries: {}, lateness p50 {} ms / p99 {} ms / max {} ms",
@@ -204,5 +217,6 @@ pub fn op_name(kind: &OpKind) -> &'static str {
         OpKind::Resume => "resume",
         OpKind::Trigger => "trigger",
         OpKind::Publish => "publish",
+        OpKind::Read => "read",
     }
 }

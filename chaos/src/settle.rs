@@ -18,8 +18,10 @@ use crate::history::{Op, OpKind, Outcome, RoleSample};
 use crate::runtime::Runtime;
 use crate::workload::OpLog;
 
-/// Longest wait for the open runs to finish.
-const RUNS_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for the open runs to finish: 90 s, plus the most a clock
+/// fault sets a leader's clock ahead (the runs it fired ahead of the real
+/// time begin when the workers' clocks reach their nominal times).
+const RUNS_TIMEOUT: Duration = Duration::from_secs(90 + crate::faults::MAX_CLOCK_OFFSET_MS as u64 / 1000);
 /// Longest wait for the replicas to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -165,6 +165,10 @@ pub const CHAIN_JOB: &str = "chain-after-steady";
 pub const CHAIN_UPSTREAM: &str = "steady-all-1";
 /// The job triggered by the workload's published events.
 pub const EVENT_JOB: &str = "on-chaos-event";
+/// The hot jobs: one client only reads (linearizable `GetJob`) and updates
+/// these, through random nodes, for `linearizable_reads`. Their one fire is
+/// a day ahead, so they never run.
+pub const HOT_JOBS: [&str; 2] = ["hot-1", "hot-2"];
 
 /// The jobs beside the steady ones: one runs after a steady job's
 /// successes, one on the workload's published events.
@@ -184,10 +188,21 @@ fn integration_jobs(hook: &str) -> Vec<pb::ScheduledJob> {
                 .collect(),
         })),
     };
-    vec![
+    let a_day_ahead = || pb::ScheduleSpec {
+        kind: Some(pb::schedule_spec::Kind::At(ms_timestamp(
+            chrono::Utc::now().timestamp_millis() + 86_400_000,
+        ))),
+    };
+    let mut jobs = vec![
         job(CHAIN_JOB, "http", hook, after, pb::CatchupPolicy::All),
         job(EVENT_JOB, "http", hook, on_event, pb::CatchupPolicy::All),
-    ]
+    ];
+    jobs.extend(
+        HOT_JOBS
+            .iter()
+            .map(|id| job(id, "http", hook, a_day_ahead(), pb::CatchupPolicy::All)),
+    );
+    jobs
 }
 
 /// Creates the steady jobs (and the jobs that follow a steady job or the
@@ -289,6 +304,17 @@ pub async fn run(
     let known = Arc::new(Mutex::new(Known::default()));
     let issued = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    // One more client reads and updates the hot jobs, at a faster pace.
+    {
+        let (clients, hook, log, issued) = (clients.clone(), hook.clone(), log.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(clients_count as u64));
+            while Instant::now() < until && issued.fetch_add(1, Ordering::SeqCst) < max_ops {
+                hot_op(&clients, &hook, &log, &mut rng).await;
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(10..60))).await;
+            }
+        }));
+    }
     for client in 0..clients_count {
         let (clients, hook, log, known, issued) = (
             clients.clone(),
@@ -429,6 +455,75 @@ async fn one_op(clients: &Clients, hook: &str, log: &OpLog, known: &Mutex<Known>
     log.record(op);
 }
 
+/// Reads (linearizable `GetJob`, two times in three) or updates one of the
+/// [`HOT_JOBS`] through a random node, and records it. An acknowledged
+/// update is read back at once through another node: the read that most
+/// easily comes out stale where reads are not linearizable.
+async fn hot_op(clients: &Clients, hook: &str, log: &OpLog, rng: &mut StdRng) {
+    let ids = clients.ids();
+    let node = ids[rng.gen_range(0..ids.len())];
+    let target = HOT_JOBS[rng.gen_range(0..HOT_JOBS.len())];
+    let update_it = rng.gen_range(0..3) == 0;
+    let updated = hot_read_or_update(clients, hook, log, rng, node, target, update_it).await;
+    if updated {
+        let others: Vec<u64> = ids.iter().copied().filter(|&id| id != node).collect();
+        if !others.is_empty() {
+            let other = others[rng.gen_range(0..others.len())];
+            hot_read_or_update(clients, hook, log, rng, other, target, false).await;
+        }
+    }
+}
+
+/// One read (`update` false) or update of hot job `target` through `node`,
+/// recorded; returns whether it was an acknowledged update.
+async fn hot_read_or_update(
+    clients: &Clients,
+    hook: &str,
+    log: &OpLog,
+    rng: &mut StdRng,
+    node: u64,
+    target: &str,
+    update_it: bool,
+) -> bool {
+    let mut op = Op {
+        seq: 0,
+        kind: OpKind::Read,
+        job_id: target.into(),
+        node,
+        start_ms: log.now_ms(),
+        end_ms: 0,
+        outcome: Outcome::Ok,
+        version: None,
+        run_id: None,
+        paused: None,
+        trace_id: String::new(),
+        event_id: String::new(),
+    };
+    let result = if !update_it {
+        clients
+            .jobs(node)
+            .get_job(request(pb::GetJobRequest {
+                id: target.into(),
+                consistency: pb::ReadConsistency::Linearizable as i32,
+            }))
+            .await
+            .map(|job| op.version = Some(job.into_inner().version))
+    } else {
+        op.kind = OpKind::Update;
+        op.trace_id = log.next_trace_id();
+        let trace_id = op.trace_id.clone();
+        update(clients, node, target, hook, rng.gen(), &trace_id, &mut op).await
+    };
+    op.outcome = match result {
+        Ok(()) => Outcome::Ok,
+        Err(status) => classify(&status),
+    };
+    op.end_ms = log.now_ms();
+    let updated = op.kind == OpKind::Update && op.outcome == Outcome::Ok;
+    log.record(op);
+    updated
+}
+
 /// Publishes an event on [`EVENT_TOPIC`]'s branch with a key of its own;
 /// an answer without certainty (a leader change) is retried once with the
 /// same key, which must not create a second run.
@@ -447,22 +542,16 @@ async fn publish(
         payload: format!("{{\"nonce\":{nonce}}}").into_bytes(),
         idempotency_key: format!("chaos-pub-{nonce:016x}"),
     };
-    let mut last = None;
-    for _ in 0..2 {
-        match clients
-            .events(node)
-            .publish_event(traced(request.clone(), trace_id))
-            .await
-        {
-            Ok(reply) => {
-                op.event_id = reply.into_inner().event_id;
-                return Ok(());
-            }
-            Err(status) if matches!(classify(&status), Outcome::Unknown(_)) => last = Some(status),
-            Err(status) => return Err(status),
-        }
-    }
-    Err(last.expect("a failed attempt"))
+    // One attempt: a retry under the same trace id would be a second call
+    // (answered `duplicate` by the idempotency key, but audited as a call
+    // of its own), which `audit_complete` cannot tell from a write applied
+    // twice. An unknown outcome stays unknown.
+    let reply = clients
+        .events(node)
+        .publish_event(traced(request, trace_id))
+        .await?;
+    op.event_id = reply.into_inner().event_id;
+    Ok(())
 }
 
 /// Read-modify-write of the job's payload at the version just read; the

@@ -412,16 +412,13 @@ impl Actor for ExternalPool {
 /// Delivers `task` now, or at its `begin_at_ms` when it was started ahead
 /// of its time (the worker must not begin early).
 fn deliver_when_due(workers: Arc<ExternalWorkers>, task: TaskItem) {
-    let wait_ms = task
-        .item
-        .begin_at_ms
-        .saturating_sub(chrono::Utc::now().timestamp_millis());
-    if wait_ms <= 0 {
+    let begin_at_ms = task.item.begin_at_ms;
+    if begin_at_ms <= crate::wall_clock::now_ms() {
         workers.deliver(&task.worker_id, task.item);
         return;
     }
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+        crate::wall_clock::sleep_until(begin_at_ms).await;
         workers.deliver(&task.worker_id, task.item);
     });
 }

@@ -89,13 +89,16 @@ pub struct TimerState {
     clock: Clock,
     /// See [`TimerArgs::fire_ahead`], in ms.
     ahead_ms: i64,
-    /// The instant (Unix ms) a wake-up is already scheduled for.
-    armed_for: Option<i64>,
+    /// When (on the monotonic clock) a wake-up is already scheduled.
+    armed_until: Option<tokio::time::Instant>,
     /// Sends a tick whenever the applied state changes.
     watcher: JoinHandle<()>,
     /// See [`TimerArgs::chaos_break`].
     #[cfg(feature = "chaos-break")]
     chaos_break: Option<crate::chaos_break::ChaosBreak>,
+    /// The broken build's last clock reading (`ChaosBreak::TrustsWallClock`).
+    #[cfg(feature = "chaos-break")]
+    last_reading: i64,
 }
 
 /// The timer's idea of the wall-clock time.
@@ -159,6 +162,20 @@ pub struct Tick {
     /// When to wake next (Unix ms): the earliest fire or deadline, or soon
     /// after a failed proposal; `None` when nothing is scheduled.
     pub wake_at: Option<i64>,
+}
+
+/// Whether a wake-up at `wake` must be scheduled at `now`, all on the
+/// monotonic clock, when one is pending at `armed` (if any): yes unless the
+/// pending one comes no later and has not passed. The pending wake-up is
+/// kept on the monotonic clock, not the wall clock: after the wall clock
+/// stepped back, a wake-up "at" a wall-clock time that has not come again
+/// would otherwise look pending forever once it had passed.
+fn must_arm(
+    armed: Option<tokio::time::Instant>,
+    wake: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> bool {
+    armed.is_none_or(|armed| wake < armed || armed <= now)
 }
 
 /// The command that fires `fires` at `now_ms`, `ahead_ms` ahead.
@@ -265,10 +282,12 @@ impl Actor for Timer {
             node: args.node,
             clock: args.clock,
             ahead_ms: args.fire_ahead.as_millis().min(max) as i64,
-            armed_for: None,
+            armed_until: None,
             watcher,
             #[cfg(feature = "chaos-break")]
             chaos_break: args.chaos_break,
+            #[cfg(feature = "chaos-break")]
+            last_reading: i64::MIN,
         })
     }
 
@@ -306,16 +325,24 @@ impl Actor for Timer {
                 let host = crate::chaos_break::FiresTwice(&state.node);
                 tick(&host, clock.now_ms(), state.ahead_ms).await
             }
-            None => tick(&state.node, clock.now_ms(), state.ahead_ms).await,
+            Some(crate::chaos_break::ChaosBreak::TrustsWallClock) => {
+                let now = clock.now_ms();
+                crate::chaos_break::replay_after_step_back(&state.node, state.last_reading, now).await;
+                state.last_reading = now;
+                tick(&state.node, now, state.ahead_ms).await
+            }
+            // The other breaks are not the timer's.
+            _ => tick(&state.node, clock.now_ms(), state.ahead_ms).await,
         };
         state.node.metrics.count_fires(fired);
         // Re-arm unless an earlier wake-up is already pending.
         if let Some(at) = wake_at {
-            let now = clock.now_ms();
-            if state.armed_for.is_none_or(|armed| at < armed || armed <= now) {
-                let delay = Duration::from_millis(at.saturating_sub(now).max(0) as u64);
+            // At most a second: a wall clock that steps is followed.
+            let delay = crate::wall_clock::next_sleep(at, clock.now_ms());
+            let now = tokio::time::Instant::now();
+            if must_arm(state.armed_until, now + delay, now) {
                 myself.send_after(delay, || TimerMsg::Tick);
-                state.armed_for = Some(at);
+                state.armed_until = Some(now + delay);
             }
         }
         Ok(())
@@ -450,6 +477,58 @@ mod tests {
             expr: "* * * * * *".into(),
             timezone: String::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_wall_clock_that_jumps_forward_and_back_fires_every_second_once() {
+        use crate::scheduler::job::{Catchup, Overlap};
+        let host = TestHost::new();
+        let policies = Policies {
+            catchup: Catchup::Latest,
+            overlap: Overlap::AllowAll,
+            ..Policies::default()
+        };
+        host.create("tick", every_second(), policies, T0 + 300);
+        // On time to 3 s; then the leader's clock jumps a minute ahead and
+        // back, twice over, before it runs on time again to 70 s.
+        let clock_readings = [1, 2, 3, 63, 4, 5, 64, 6, 65, 66, 70].map(|s| T0 + s * 1_000);
+        for now in clock_readings {
+            tick(&host, now, 100).await;
+        }
+        let nominal: Vec<i64> = host.read(|s| s.job_runs("tick").map(|r| r.nominal_ms).collect());
+        let distinct: std::collections::BTreeSet<i64> = nominal.iter().copied().collect();
+        assert_eq!(distinct.len(), nominal.len(), "a second ran twice: {nominal:?}");
+        // Ahead fires: the last reading fired up to 70.1 s, so 70 s is the newest.
+        assert_eq!(nominal.last(), Some(&(T0 + 70_000)), "{nominal:?}");
+        // Every second from 1 s to 70 s ran or was counted missed (catch-up latest).
+        let missed = host.read(|s| s.counters("tick").map(|c| c.missed).unwrap_or(0));
+        assert_eq!(
+            nominal.len() as u64 + missed,
+            70,
+            "runs {nominal:?}, missed {missed}"
+        );
+        // The readings behind the clock's high point fired nothing.
+        let before_jump: Vec<i64> = nominal.iter().copied().filter(|&t| t <= T0 + 3_000).collect();
+        assert_eq!(before_jump, (1..=3).map(|s| T0 + s * 1_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_passed_wake_up_is_replaced_even_after_the_wall_clock_stepped_back() {
+        let now = tokio::time::Instant::now();
+        let second = Duration::from_secs(1);
+        assert!(must_arm(None, now + second, now), "nothing pending: arm");
+        assert!(
+            !must_arm(Some(now + second), now + 2 * second, now),
+            "a sooner one is pending"
+        );
+        assert!(
+            must_arm(Some(now + 2 * second), now + second, now),
+            "a sooner wake-up replaces it"
+        );
+        // The pending wake-up came; the next one is armed whatever wall-clock
+        // time it is for (the old wall-clock bookkeeping missed this case
+        // after the clock stepped back, and the timer slept until a write).
+        assert!(must_arm(Some(now + second), now + 2 * second, now + second));
     }
 
     #[tokio::test(start_paused = true)]

@@ -194,7 +194,10 @@ impl PoolState {
         if self.begin_armed_for.is_some_and(|armed| armed <= first) {
             return;
         }
-        let delay = Duration::from_micros(first.saturating_mul(1000).saturating_sub(now_us()).max(0) as u64);
+        // At most a second (`crate::wall_clock`): a wall clock that steps
+        // is followed, since every `Begin` re-arms.
+        let delay = Duration::from_micros(first.saturating_mul(1000).saturating_sub(now_us()).max(0) as u64)
+            .min(crate::wall_clock::RECHECK);
         myself.send_after(delay, || WorkerPoolMsg::Begin);
         self.begin_armed_for = Some(first);
     }

@@ -11,6 +11,17 @@
 //! Every sync is timed into [`RaftStats::log_fsync_seconds`]
 //! (`kairos_raft_log_fsync_seconds`).
 //!
+//! **A failed sync poisons the disk for the life of the process.** After an
+//! `fsync` reports EIO the kernel may have dropped the dirty pages, so a later
+//! sync that succeeds proves nothing about them (PostgreSQL's "fsyncgate").
+//! The first failure is therefore kept: every later [`Disk::sync`] fails with
+//! it, and [`Disk::failure`] tells whoever watches (the node, which stops the
+//! process; see `stop_on_storage_failure` in `crate::node`). sled's own
+//! background flusher only logs the failures of its periodic `fsync`, so the
+//! log store also syncs a disk that had no append for [`IDLE_SYNC`] (see
+//! `crate::raft::log_store`): a node with nothing to write still finds a
+//! failing disk within about a second.
+//!
 //! The test `tests/durability.rs` runs a node's log store under `strace` and
 //! checks that every acknowledged append is preceded by an `fdatasync` of the
 //! data file.
@@ -27,11 +38,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use super::stats::RaftStats;
 use crate::error::{Error, Result};
 
 /// How long [`Disk::open`] waits for sled's lock on the data file to be released.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// A disk with no append for this long is synced anyway, to find out whether
+/// it still works (see the module notes).
+pub const IDLE_SYNC: Duration = Duration::from_secs(1);
 
 /// The node's sled database and a handle to fsync it.
 #[derive(Clone)]
@@ -44,6 +61,8 @@ pub struct Disk {
     dir: Arc<Path>,
     /// Where syncs (and, through the state machine, snapshots) are measured.
     stats: RaftStats,
+    /// The first sync failure, once there was one (see the module notes).
+    failure: Arc<watch::Sender<Option<Arc<str>>>>,
 }
 
 impl Disk {
@@ -69,6 +88,7 @@ impl Disk {
             data_file: Arc::new(data_file),
             dir: dir.into(),
             stats: RaftStats::default(),
+            failure: Arc::new(watch::Sender::new(None)),
         })
     }
 
@@ -88,15 +108,43 @@ impl Disk {
     }
 
     /// Makes every write issued so far durable: sled flush, then `fdatasync`.
-    /// Blocking; call from a blocking context.
+    /// Once a sync failed, every later one fails with that first error
+    /// (see the module notes). Blocking; call from a blocking context.
     pub fn sync(&self) -> std::io::Result<()> {
+        if let Some(first) = self.failure.borrow().clone() {
+            return Err(std::io::Error::other(format!(
+                "the disk failed earlier and is not trusted again in this process: {first}"
+            )));
+        }
         let started = Instant::now();
-        self.db.flush().map_err(std::io::Error::other)?;
-        self.data_file.sync_data()?;
-        self.stats
-            .log_fsync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(())
+        let synced = self
+            .db
+            .flush()
+            .map_err(std::io::Error::other)
+            .and_then(|_| self.data_file.sync_data());
+        match &synced {
+            Ok(()) => self
+                .stats
+                .log_fsync_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(e) => {
+                let reason: Arc<str> = format!("sync of {} failed: {e}", self.dir.display()).into();
+                self.failure.send_if_modified(|first| match first {
+                    None => {
+                        *first = Some(reason);
+                        true
+                    }
+                    Some(_) => false,
+                });
+            }
+        }
+        synced
+    }
+
+    /// The first sync failure of this disk: `None` while every sync worked;
+    /// changes once, when one fails.
+    pub fn failure(&self) -> watch::Receiver<Option<Arc<str>>> {
+        self.failure.subscribe()
     }
 
     /// [`Disk::sync`] on the blocking thread pool.

@@ -35,13 +35,14 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
-use super::durability::Disk;
+use super::durability::{Disk, IDLE_SYNC};
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::codec::{self, FORMAT_VERSION};
 use crate::error::{Error, Result};
@@ -88,8 +89,11 @@ pub struct LogStore {
 /// Makes the log's appends durable in the order they were made: one thread
 /// takes every append waiting, syncs once ([`Disk::sync`]: sled flush, then
 /// `fdatasync`, which covers every write issued before it) and reports each
-/// of them flushed, oldest first. The thread ends when the last [`LogStore`]
-/// clone is dropped, after the appends already submitted.
+/// of them flushed, oldest first. With no append for [`IDLE_SYNC`] it syncs
+/// anyway, so a disk that fails while the node has nothing to write is
+/// found (the disk records the failure; see [`Disk::failure`]). The thread
+/// ends when the last [`LogStore`] clone is dropped, after the appends
+/// already submitted.
 struct Syncer {
     queue: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
 }
@@ -100,7 +104,17 @@ impl Syncer {
         std::thread::Builder::new()
             .name("kairos-log-sync".into())
             .spawn(move || {
-                while let Ok(first) = waiting.recv() {
+                loop {
+                    let first = match waiting.recv_timeout(IDLE_SYNC) {
+                        Ok(first) => first,
+                        Err(RecvTimeoutError::Timeout) => {
+                            // Only to learn whether the disk still works: a
+                            // failure is kept by the disk and stops the node.
+                            let _ = disk.sync();
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
                     let batch: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
                     let synced = disk.sync();
                     for callback in batch {
@@ -172,6 +186,33 @@ impl LogStore {
         self.committed.load(Ordering::Relaxed)
     }
 
+    /// The id of the last entry written to the log (durable or not yet), or
+    /// of the last purged one when the log is empty.
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
+        self.last_log_id_or(last_purged_log_id)
+    }
+
+    fn last_log_id_or(
+        &self,
+        last_purged: Option<LogId<NodeId>>,
+    ) -> Result<Option<LogId<NodeId>>, StorageError> {
+        Ok(match self.log.last().map_err(io_read)? {
+            Some((_, value)) => Some(
+                codec::decode_named::<Entry<TypeConfig>>(LOG_ENTRY, &value)
+                    .map_err(io_read)?
+                    .log_id,
+            ),
+            None => last_purged,
+        })
+    }
+
+    /// The first failed sync of the disk under this log, once there is one
+    /// (see [`Disk::failure`]).
+    pub fn disk_failure(&self) -> tokio::sync::watch::Receiver<Option<Arc<str>>> {
+        self.disk.failure()
+    }
+
     /// A shared handle to the committed index, updated as openraft saves it.
     pub fn committed_handle(&self) -> Arc<AtomicU64> {
         self.committed.clone()
@@ -209,6 +250,28 @@ impl LogStore {
             term,
             "led term {term} before this start: a new term must be won first"
         );
+        Ok(())
+    }
+
+    /// Makes this log start after `last`, the log id of a snapshot stored
+    /// beside it, with `vote` stored: every entry is removed, `last` is the
+    /// last purged and the committed log id, durably on return. For a node
+    /// whose state is replaced offline (`kairos snapshot restore`,
+    /// `--force-new-cluster`: see `crate::backup`); never while Raft runs.
+    pub fn reset_to_snapshot(&self, last: LogId<NodeId>, vote: &Vote<NodeId>) -> Result<()> {
+        // The purge mark first, as `purge` does: a crash before the entries
+        // are gone leaves a longer log, not a hole.
+        self.write_meta(LAST_PURGED_KEY, &last).map_err(Error::internal)?;
+        let mut batch = sled::Batch::default();
+        for key in self.log.iter().keys() {
+            batch.remove(key.map_err(Error::internal)?);
+        }
+        self.log.apply_batch(batch).map_err(Error::internal)?;
+        self.write_meta(COMMITTED_KEY, &Some(last))
+            .map_err(Error::internal)?;
+        self.write_meta(VOTE_KEY, vote).map_err(Error::internal)?;
+        self.disk.sync().map_err(Error::internal)?;
+        self.committed.store(last.index, Ordering::Relaxed);
         Ok(())
     }
 
@@ -331,14 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(LAST_PURGED_KEY)?;
-        let last_log_id = match self.log.last().map_err(io_read)? {
-            Some((_, value)) => Some(
-                codec::decode_named::<Entry<TypeConfig>>(LOG_ENTRY, &value)
-                    .map_err(io_read)?
-                    .log_id,
-            ),
-            None => last_purged_log_id,
-        };
+        let last_log_id = self.last_log_id_or(last_purged_log_id)?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,

@@ -74,6 +74,7 @@ fn method(kind: &OpKind) -> &'static str {
         OpKind::Resume => "ResumeJob",
         OpKind::Trigger => "TriggerJob",
         OpKind::Publish => "PublishEvent",
+        OpKind::Read => "GetJob",
     }
 }
 
@@ -88,7 +89,8 @@ fn calls(ops: &[Op], audit: &AuditEvidence) -> Vec<Violation> {
         by_trace.entry(entry.trace_id.as_str()).or_default().push(entry);
     }
     let mut violations = Vec::new();
-    for op in ops.iter().filter(|o| !o.trace_id.is_empty()) {
+    // Reads are not audited (and carry no trace id).
+    for op in ops.iter().filter(|o| o.kind.is_write() && !o.trace_id.is_empty()) {
         let ok: Vec<&pb::AuditEntry> = by_trace
             .get(op.trace_id.as_str())
             .into_iter()

@@ -7,8 +7,11 @@ pub mod audit_complete;
 pub mod durable_terms;
 pub mod fires_accounted;
 pub mod idempotency;
+pub mod linearizable_reads;
+pub mod no_needless_elections;
 pub mod replica_digest;
 pub mod settled_runs;
+pub mod storage_errors_stop;
 pub mod triggered_runs;
 pub mod unique_runs;
 
@@ -28,7 +31,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 9] = [
+pub const ALL: [Checker; 12] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -38,6 +41,9 @@ pub const ALL: [Checker; 9] = [
     (durable_terms::NAME, durable_terms::check),
     (audit_complete::NAME, audit_complete::check),
     (triggered_runs::NAME, triggered_runs::check),
+    (no_needless_elections::NAME, no_needless_elections::check),
+    (linearizable_reads::NAME, linearizable_reads::check),
+    (storage_errors_stop::NAME, storage_errors_stop::check),
 ];
 
 /// Runs every checker.

@@ -14,7 +14,7 @@
 pub mod docker;
 pub mod process;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// A node id.
 pub type NodeId = u64;
@@ -89,6 +89,98 @@ impl Runtime {
     /// Whether single links can be cut, slowed and broken (process mode).
     pub fn supports_link_faults(&self) -> bool {
         matches!(self, Runtime::Process(_))
+    }
+
+    /// Whether the nodes run with the disk-fault library (process mode,
+    /// with a C compiler to build it).
+    pub fn supports_disk_faults(&self) -> bool {
+        match self {
+            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.sync_faults(id).is_some()),
+            Runtime::Docker(_) => false,
+        }
+    }
+
+    /// Node `id`'s fsyncs fail with EIO (`true`) or work again.
+    pub fn set_sync_failing(&mut self, id: NodeId, failing: bool) -> Result<()> {
+        self.sync_faults(id)?.set_failing(failing)
+    }
+
+    /// Node `id`'s fsyncs take `ms` longer, or their own time again.
+    pub fn set_sync_slow(&mut self, id: NodeId, ms: Option<u64>) -> Result<()> {
+        self.sync_faults(id)?.set_slow(ms)
+    }
+
+    /// How node `id`'s process ended, if it exited by itself (process mode).
+    pub fn exit_status(&self, id: NodeId) -> Option<std::process::ExitStatus> {
+        match self {
+            Runtime::Process(c) => c.exit_status(id),
+            Runtime::Docker(_) => None,
+        }
+    }
+
+    /// The length of node `id`'s log now (process mode; 0 in docker mode).
+    pub fn log_len(&self, id: NodeId) -> u64 {
+        match self {
+            Runtime::Process(c) => c.log_len(id),
+            Runtime::Docker(_) => 0,
+        }
+    }
+
+    /// What node `id` logged since its log was `from` long (process mode).
+    pub fn log_since(&self, id: NodeId, from: u64) -> String {
+        match self {
+            Runtime::Process(c) => c.log_since(id, from),
+            Runtime::Docker(_) => String::new(),
+        }
+    }
+
+    /// Whether each node's data lives on a small filesystem the harness can
+    /// fill (process mode, where mounting is allowed).
+    pub fn supports_disk_full(&self) -> bool {
+        match self {
+            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.small_disk(id).is_some()),
+            Runtime::Docker(_) => false,
+        }
+    }
+
+    /// Fills node `id`'s filesystem to the last block, or frees it again.
+    pub fn set_disk_full(&mut self, id: NodeId, full: bool) -> Result<()> {
+        match self {
+            Runtime::Process(c) => c
+                .small_disk(id)
+                .context("the nodes' data is not on a filesystem of the harness")?
+                .set_full(full),
+            Runtime::Docker(_) => anyhow::bail!("docker runtime: the disk is not filled"),
+        }
+    }
+
+    /// Whether the nodes run with the clock-fault library (process mode,
+    /// with a C compiler to build it).
+    pub fn supports_clock_faults(&self) -> bool {
+        match self {
+            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.clock_faults(id).is_some()),
+            Runtime::Docker(_) => false,
+        }
+    }
+
+    /// Node `id`'s wall clock reads `ms` off the real time (0: the real time).
+    pub fn set_clock_offset(&mut self, id: NodeId, ms: i64) -> Result<()> {
+        match self {
+            Runtime::Process(c) => c
+                .clock_faults(id)
+                .context("the nodes run without the clock-fault library")?
+                .set_offset(ms),
+            Runtime::Docker(_) => anyhow::bail!("docker runtime: clock faults are not injected"),
+        }
+    }
+
+    fn sync_faults(&self, id: NodeId) -> Result<&crate::preload::SyncFaults> {
+        match self {
+            Runtime::Process(c) => c
+                .sync_faults(id)
+                .context("the nodes run without the disk-fault library"),
+            Runtime::Docker(_) => anyhow::bail!("docker runtime: disk faults are not injected"),
+        }
     }
 
     /// Cuts the links between the given pairs only (both directions).

@@ -24,7 +24,9 @@ use nix::sys::signal::Signal;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeId;
+use crate::preload::{ClockFaults, Libraries, NodeFaults, SyncFaults};
 use crate::proxy::{LinkControl, Proxy};
+use crate::small_disk::SmallDisk;
 
 /// How to start the nodes.
 pub struct ProcessOptions {
@@ -36,12 +38,22 @@ pub struct ProcessOptions {
     pub extra_args: Vec<String>,
     pub extra_env: Vec<(String, String)>,
     pub seed: u64,
+    /// The fault libraries to preload into every node
+    /// ([`crate::preload`]), those that were wanted and could be built.
+    pub libraries: Libraries,
+    /// Each node's data on a tmpfs of this many MiB ([`SmallDisk`], for
+    /// `disk_full`); left out, with a warning, where mounting is refused.
+    pub small_disk_mib: Option<u64>,
 }
 
 /// One node: how it starts, and its process while it runs.
 struct Node {
     launch: Launch,
     process: Option<NodeProcess>,
+    /// Its switches of the fault libraries preloaded into it.
+    faults: NodeFaults,
+    /// The filesystem its data lives on, when the harness mounted one.
+    disk: Option<SmallDisk>,
 }
 
 /// The nodes, their proxies and the knobs of every link.
@@ -50,6 +62,28 @@ pub struct ProcessCluster {
     /// Raft and worker-network proxies of each ordered pair (from, to).
     links: BTreeMap<(NodeId, NodeId), [Arc<LinkControl>; 2]>,
     proxies: CancellationToken,
+}
+
+/// The nodes' small filesystems, when asked for and the harness may mount:
+/// all or none (a refused mount leaves `disk_full` out with a warning).
+fn small_disks(options: &ProcessOptions) -> Result<BTreeMap<NodeId, SmallDisk>> {
+    let Some(mib) = options.small_disk_mib else {
+        return Ok(BTreeMap::new());
+    };
+    let mut disks = BTreeMap::new();
+    for id in 1..=options.nodes {
+        let mount = options.data_root.join(format!("node-{id}")).join("disk");
+        match SmallDisk::mount(&mount, mib) {
+            Ok(disk) => {
+                disks.insert(id, disk);
+            }
+            Err(e) => {
+                tracing::warn!("disk_full not injected: {e:#}");
+                return Ok(BTreeMap::new());
+            }
+        }
+    }
+    Ok(disks)
 }
 
 /// A loopback address for a node to bind, from below the ephemeral range
@@ -63,12 +97,17 @@ impl ProcessCluster {
     /// Picks ports and starts every proxy; nodes start with [`ProcessCluster::start_all`].
     pub async fn create(options: ProcessOptions) -> Result<ProcessCluster> {
         let mut specs = BTreeMap::new();
+        let mut disks = small_disks(&options)?;
         for id in 1..=options.nodes {
             let node_dir = options.data_root.join(format!("node-{id}"));
             std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
+            let data_dir = match disks.get(&id) {
+                Some(disk) => disk.data_dir(),
+                None => node_dir.join("data"),
+            };
             let spec = AgentSpec {
                 id,
-                data_dir: node_dir.join("data"),
+                data_dir,
                 grpc_addr: free_port(),
                 peer_addr: free_port(),
                 http_addr: free_port(),
@@ -77,17 +116,17 @@ impl ProcessCluster {
                 cookie: options.cookie.clone(),
                 extra_args: options.extra_args.clone(),
             };
-            specs.insert(id, (spec, node_dir.join("agent.log")));
+            specs.insert(id, (spec, node_dir.join("agent.log"), node_dir));
         }
         let initial_cluster: BTreeMap<NodeId, String> = specs
             .iter()
-            .map(|(id, (spec, _))| (*id, spec.peer_addr.to_string()))
+            .map(|(id, (spec, _, _))| (*id, spec.peer_addr.to_string()))
             .collect();
         let proxies = CancellationToken::new();
         let mut links = BTreeMap::new();
         let mut dial_maps: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
         for &from in specs.keys() {
-            for (&to, (target, _)) in &specs {
+            for (&to, (target, _, _)) in &specs {
                 if from == to {
                     continue;
                 }
@@ -101,14 +140,17 @@ impl ProcessCluster {
             }
         }
         let mut nodes = BTreeMap::new();
-        for (id, (mut agent, log)) in specs {
+        for (id, (mut agent, log, node_dir)) in specs {
             agent.initial_cluster = initial_cluster.clone();
             let dial_map = dial_maps.remove(&id).unwrap_or_default().join(",");
             agent.extra_args.extend(["--dial-map".to_string(), dial_map]);
+            let mut env = options.extra_env.clone();
+            let (faults, preload) = options.libraries.for_node(&node_dir);
+            env.extend(preload);
             let launch = Launch {
                 binary: options.kairos_bin.clone(),
                 agent,
-                env: options.extra_env.clone(),
+                env,
                 log,
             };
             nodes.insert(
@@ -116,6 +158,8 @@ impl ProcessCluster {
                 Node {
                     launch,
                     process: None,
+                    faults,
+                    disk: disks.remove(&id),
                 },
             );
         }
@@ -160,6 +204,26 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Stops node `id` as an operator would (SIGTERM, waiting up to
+    /// `grace` for it to exit, then SIGKILL); returns whether it had to be killed.
+    pub async fn stop(&mut self, id: NodeId, grace: std::time::Duration) -> Result<bool> {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let Some(process) = node.process.take() else {
+            return Ok(false);
+        };
+        Ok(process.process().terminate_async(grace).await.forced)
+    }
+
+    /// Runs node `id` on `binary` from its next start (a rolling upgrade).
+    pub fn set_binary(&mut self, id: NodeId, binary: &std::path::Path) {
+        self.nodes.get_mut(&id).expect("known node").launch.binary = binary.to_path_buf();
+    }
+
+    /// How node `id`'s process ended, if the harness started it and it exited.
+    pub fn exit_status(&self, id: NodeId) -> Option<std::process::ExitStatus> {
+        self.process(id).and_then(|p| p.process().exit_status())
+    }
+
     pub async fn kill(&mut self, id: NodeId) -> Result<()> {
         let node = self.nodes.get_mut(&id).expect("known node");
         if let Some(process) = node.process.take() {
@@ -181,6 +245,43 @@ impl ProcessCluster {
 
     pub async fn pause(&mut self, id: NodeId) -> Result<()> {
         self.signal(id, Signal::SIGSTOP)
+    }
+
+    /// Node `id`'s switches of the disk-fault library, if it is preloaded.
+    pub fn sync_faults(&self, id: NodeId) -> Option<&SyncFaults> {
+        self.nodes.get(&id).expect("known node").faults.sync.as_ref()
+    }
+
+    /// The length of node `id`'s log file now (where a later read starts).
+    pub fn log_len(&self, id: NodeId) -> u64 {
+        let log = &self.nodes.get(&id).expect("known node").launch.log;
+        std::fs::metadata(log).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// What node `id` logged after the first `from` bytes of its log file
+    /// (empty if the file cannot be read).
+    pub fn log_since(&self, id: NodeId, from: u64) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let log = &self.nodes.get(&id).expect("known node").launch.log;
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(log).and_then(|mut file| {
+            file.seek(SeekFrom::Start(from))
+                .and_then(|_| file.read_to_end(&mut bytes))
+        });
+        match read {
+            Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Node `id`'s filesystem, if the harness mounted one for it.
+    pub fn small_disk(&self, id: NodeId) -> Option<&SmallDisk> {
+        self.nodes.get(&id).expect("known node").disk.as_ref()
+    }
+
+    /// Node `id`'s switch of the clock-fault library, if it is preloaded.
+    pub fn clock_faults(&self, id: NodeId) -> Option<&ClockFaults> {
+        self.nodes.get(&id).expect("known node").faults.clock.as_ref()
     }
 
     pub async fn resume(&mut self, id: NodeId) -> Result<()> {
@@ -225,10 +326,14 @@ impl ProcessCluster {
         Ok(())
     }
 
-    /// Stops every node (kill -9 ends a paused one too) and the proxies.
+    /// Stops every node (kill -9 ends a paused one too) and the proxies,
+    /// and unmounts the nodes' filesystems.
     pub async fn shutdown(&mut self) {
         for id in self.ids() {
             let _ = self.kill(id).await;
+        }
+        for node in self.nodes.values_mut() {
+            node.disk.take();
         }
         self.proxies.cancel();
     }

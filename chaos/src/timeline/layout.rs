@@ -245,6 +245,8 @@ mod tests {
             start_ms,
             end_ms: start_ms + 1000,
             detail: String::new(),
+            leadership: None,
+            misbehaviour: None,
         };
         let faults = [fault(0), fault(500), fault(1000), fault(60_000)];
         let rows = assign_fault_label_rows(&faults, 100_000);

@@ -219,6 +219,8 @@ pub(crate) mod tests {
                 start_ms: 20_000,
                 end_ms: 30_000,
                 detail: "kill -9 <pid 123> & restart".to_string(),
+                leadership: None,
+                misbehaviour: None,
             },
             Fault {
                 kind: FaultKind::SlowLinks,
@@ -226,6 +228,8 @@ pub(crate) mod tests {
                 start_ms: 22_000,
                 end_ms: 45_000,
                 detail: "delay 120 ms".to_string(),
+                leadership: None,
+                misbehaviour: None,
             },
         ];
         let deliveries = (0..100)
@@ -356,6 +360,8 @@ pub(crate) mod tests {
                 start_ms: 5,
                 end_ms: 0,
                 detail: String::new(),
+                leadership: None,
+                misbehaviour: None,
             }],
             ..History::default()
         };

@@ -57,6 +57,11 @@ impl TestNode {
         self.process.is_some()
     }
 
+    /// How the node's process ended, if the harness started it and it exited by itself.
+    pub fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.process.as_ref().and_then(|p| p.process().exit_status())
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.process().pid())
@@ -125,7 +130,58 @@ impl TestCluster {
         Self::start_inner(n, extra_args, &[], false, &[])
     }
 
+    /// `n` nodes ready to start (ports and empty data directories chosen,
+    /// `--initial-cluster` naming all of them) of which none is started:
+    /// for a test that prepares their data first (`kairos snapshot
+    /// restore`), then starts each with [`TestCluster::spawn`].
+    pub fn unstarted(n: u64, extra_args: &[&str]) -> TestCluster {
+        Self::prepare(n, extra_args, &[], true, &[])
+    }
+
+    /// `--initial-cluster` of the nodes started with one: `1=127.0.0.1:port,...`.
+    pub fn initial_cluster(&self) -> String {
+        let members: Vec<String> = self
+            .initial_cluster
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect();
+        members.join(",")
+    }
+
+    /// Takes `secret` as the root token instead of bootstrapping the ACL
+    /// (a cluster restored from a backup already has one).
+    pub fn use_root_token(&self, secret: &str) {
+        assert!(
+            self.root_token.set(secret.to_string()).is_ok(),
+            "the root token is already set"
+        );
+    }
+
+    /// (Re)starts node `id` on its data directory with `--initial-cluster`
+    /// and, for this start only, the extra flags `args`.
+    pub fn spawn_with_args(&mut self, id: u64, args: &[&str]) {
+        let mut launch = self.launch(id, true);
+        launch.agent.extra_args.extend(args.iter().map(|a| a.to_string()));
+        let node = &mut self.nodes[(id - 1) as usize];
+        assert!(node.process.is_none(), "node {id} is already running");
+        node.process = Some(launch.start().expect("start kairos agent"));
+    }
+
     fn start_inner(
+        n: u64,
+        extra_args: &[&str],
+        node_args: &[(u64, &str)],
+        allow_loopback_calls: bool,
+        env: &[(&str, &str)],
+    ) -> TestCluster {
+        let mut cluster = Self::prepare(n, extra_args, node_args, allow_loopback_calls, env);
+        for id in 1..=n {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    fn prepare(
         n: u64,
         extra_args: &[&str],
         node_args: &[(u64, &str)],
@@ -135,7 +191,7 @@ impl TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let nodes: Vec<TestNode> = (1..=n).map(|id| TestNode::new(id, &dir)).collect();
         let initial_cluster = nodes.iter().map(|n| (n.id, n.peer.clone())).collect();
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             nodes,
             initial_cluster,
@@ -146,11 +202,7 @@ impl TestCluster {
             allow_loopback_calls,
             probe: HttpProbe::new().expect("an HTTP client"),
             root_token: OnceLock::new(),
-        };
-        for id in 1..=n {
-            cluster.spawn(id);
         }
-        cluster
     }
 
     pub fn node(&self, id: u64) -> &TestNode {
@@ -239,10 +291,26 @@ impl TestCluster {
         }
     }
 
+    /// Replaces the extra environment variables every node gets from its next start on.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+
     /// kill -9 node `id`.
     pub fn kill(&mut self, id: u64) {
         if let Some(process) = self.nodes[(id - 1) as usize].process.take() {
             process.process().kill();
+        }
+    }
+
+    /// SIGTERM node `id` without waiting (it keeps running while it stops);
+    /// [`TestCluster::stop`] then waits for it to exit.
+    pub fn request_stop(&self, id: u64) {
+        if let Some(process) = &self.nodes[(id - 1) as usize].process {
+            process
+                .process()
+                .request_stop()
+                .unwrap_or_else(|e| panic!("SIGTERM node {id}: {e}"));
         }
     }
 
@@ -378,6 +446,35 @@ impl TestCluster {
             .await
             .unwrap()
             .into_inner()
+    }
+
+    /// Waits until node `id` has applied the cluster version `expected`
+    /// ("MAJOR.MINOR") and returns its answer to `ClusterService.Version`.
+    pub async fn wait_cluster_version(
+        &self,
+        id: u64,
+        expected: &str,
+        timeout: Duration,
+    ) -> pb::ClusterVersion {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self
+                .cluster_client(id)
+                .await
+                .version(pb::ClusterVersionRequest {})
+                .await
+                .map(|a| a.into_inner());
+            if let Ok(answer) = &answer {
+                if answer.cluster_version == expected {
+                    return answer.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id}: cluster version {answer:?} after {timeout:?}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until every running node agrees on one leader that is running,

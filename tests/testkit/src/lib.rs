@@ -40,6 +40,7 @@ mod certs;
 mod cluster;
 mod jobs;
 mod ports;
+mod preload;
 mod recorder;
 mod workers;
 
@@ -50,6 +51,9 @@ pub use certs::{IssuedCert, TestPki};
 pub use cluster::{TestCluster, TestNode, TEST_COOKIE, TEST_HTTP_ALLOW};
 pub use jobs::{all_runs, create, job};
 pub use ports::free_port;
+pub use preload::{
+    build_clock_fault_library, build_disk_fault_library, CLOCK_FAULTS_SOURCE, DISK_FAULTS_SOURCE,
+};
 pub use recorder::{recorder, Deliveries, Delivery};
 pub use workers::{complete_token, python_worker_schema, python_worker_script, PythonWorker};
 
