@@ -41,6 +41,16 @@ use crate::transport::secret::{ClusterSecret, MIN_SECRET_BYTES};
 /// The variable the cluster cookie may come from.
 pub const COOKIE_ENV: &str = "KAIROS_CLUSTER_COOKIE";
 
+/// The variable the root token's secret may come from (instead of
+/// `--bootstrap-token-file`).
+pub const BOOTSTRAP_TOKEN_ENV: &str = "KAIROS_BOOTSTRAP_TOKEN";
+
+/// The shortest root token secret the agent accepts, characters.
+pub const MIN_BOOTSTRAP_TOKEN_CHARS: usize = 32;
+
+/// The longest root token secret the agent accepts, characters.
+pub const MAX_BOOTSTRAP_TOKEN_CHARS: usize = 1024;
+
 /// Output format of the node's logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +80,15 @@ macro_rules! agent_settings {
             /// file's `cluster_cookie` (never a flag; see the module doc).
             #[arg(skip)]
             pub cluster_cookie: Option<String>,
+            /// Recovery from a lost majority: before starting, make this node's data a one-node cluster
+            /// of itself holding everything its log holds, then run normally (see README "Disaster
+            /// recovery"). A flag or KAIROS_FORCE_NEW_CLUSTER only, never a config file key.
+            #[arg(long, env = "KAIROS_FORCE_NEW_CLUSTER", num_args = 0..=1, default_missing_value = "true")]
+            pub force_new_cluster: Option<bool>,
+            /// The root token's secret from [`BOOTSTRAP_TOKEN_ENV`] (never a
+            /// flag, never the `--config` file; see `--bootstrap-token-file`).
+            #[arg(skip)]
+            pub bootstrap_token: Option<String>,
             /// Deliberately break this node (the chaos suite's test of its
             /// checkers; see `crate::chaos_break`). A flag only: no variable, no file key.
             #[cfg(feature = "chaos-break")]
@@ -99,6 +118,8 @@ macro_rules! agent_settings {
 agent_settings! {
     /// Unique, never reused id of this node (positive integer).
     node_id: NodeId, env = "KAIROS_NODE_ID";
+    /// Take the node id from this host's name instead of --node-id: `NAME-<n>` (a StatefulSet pod, e.g. `kairos-0`) is node n+1.
+    node_id_from_hostname: bool, env = "KAIROS_NODE_ID_FROM_HOSTNAME" [num_args = 0..=1, default_missing_value = "true"];
     /// Directory of this node's log and state (default ./kairos-data/node-<id>).
     data_dir: PathBuf, env = "KAIROS_DATA_DIR";
     /// gRPC listen address for clients: jobs, runs, cluster (default 127.0.0.1:7101).
@@ -111,13 +132,15 @@ agent_settings! {
     cluster_addr: String, env = "KAIROS_CLUSTER_ADDR";
     /// Peer address other nodes reach this node at (default: its --initial-cluster entry, else --peer-addr).
     advertise_addr: String, env = "KAIROS_ADVERTISE_ADDR";
-    /// Client API address clients are sent to (leader hints, cluster status) (default --grpc-addr).
+    /// Client API address clients are sent to (leader hints, cluster status) (default --grpc-addr; when that listens on 0.0.0.0 or ::, the host of the advertised peer address with --grpc-addr's port).
     advertise_client_addr: String, env = "KAIROS_ADVERTISE_CLIENT_ADDR";
     /// Members of a new cluster, `id=host:port,...` (peer addresses); same on every node.
     initial_cluster: String, env = "KAIROS_INITIAL_CLUSTER";
     /// File holding the cluster cookie, the shared secret of peers and the worker network
     /// (at least 16 bytes; or set KAIROS_CLUSTER_COOKIE; one of them is required).
     cluster_cookie_file: PathBuf, env = "KAIROS_CLUSTER_COOKIE_FILE";
+    /// File holding the root token's secret (32 to 1024 visible ASCII characters; or set KAIROS_BOOTSTRAP_TOKEN): the leader bootstraps the ACL with it once, if nobody has.
+    bootstrap_token_file: PathBuf, env = "KAIROS_BOOTSTRAP_TOKEN_FILE";
     /// This node's certificate (PEM) for mutual TLS between nodes; with --peer-tls-key and --peer-tls-ca.
     peer_tls_cert: PathBuf, env = "KAIROS_PEER_TLS_CERT";
     /// Private key (PEM) of --peer-tls-cert.
@@ -168,8 +191,12 @@ agent_settings! {
     trace_service_name: String, env = "OTEL_SERVICE_NAME";
     /// Commit and dispatch fires up to this many ms before their nominal time, so handlers begin on time (default 100, at most 1000; 0 fires at the nominal time). Give every node the same.
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
+    /// Watch streams (`WatchRuns`, `WatchEvents`, REST `:watch`) this node serves at once; one more is refused with RESOURCE_EXHAUSTED (default 1024).
+    max_watches: usize, env = "KAIROS_MAX_WATCHES";
     /// Jobs that get a `job` label of their own in /metrics: the N oldest (by creation time, then id); every other job is counted under `job="_other"` (default 1000; 0 puts every job there).
     metrics_job_limit: usize, env = "KAIROS_METRICS_JOB_LIMIT";
+    /// On SIGTERM, how long a leader tries to hand leadership over before it stops anyway (default 2000; 0 stops at once, without a handover).
+    handover_timeout_ms: u64, env = "KAIROS_HANDOVER_TIMEOUT_MS";
 }
 
 /// A node's complete, validated configuration.
@@ -195,6 +222,9 @@ pub struct AgentConfig {
     pub initial_cluster: BTreeMap<NodeId, String>,
     /// The cluster cookie: authenticates peers (without peer TLS) and the worker network.
     pub cluster_secret: ClusterSecret,
+    /// The root token to bootstrap the ACL with, when given
+    /// (`--bootstrap-token-file`, [`BOOTSTRAP_TOKEN_ENV`]).
+    pub bootstrap_token: Option<BootstrapToken>,
     /// Peer mutual TLS files, when configured.
     pub peer_tls: Option<TlsFiles>,
     /// Client API TLS, when configured.
@@ -224,9 +254,15 @@ pub struct AgentConfig {
     pub traces: Option<crate::telemetry::TraceSettings>,
     /// Jobs with a `job` label of their own in `/metrics` (`--metrics-job-limit`).
     pub metrics_job_limit: usize,
+    /// Watch streams served at once (`--max-watches`).
+    pub max_watches: usize,
+    /// How long a stopping leader tries to hand over (`--handover-timeout-ms`).
+    pub handover_timeout: std::time::Duration,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
     #[cfg(feature = "chaos-break")]
     pub chaos_break: Option<crate::chaos_break::ChaosBreak>,
+    /// `--force-new-cluster` (see `crate::backup::force`).
+    pub force_new_cluster: bool,
 }
 
 /// The client API's TLS files.
@@ -238,6 +274,174 @@ pub struct ApiTlsFiles {
     pub key: PathBuf,
     /// `--tls-client-ca`: ask for (optional) client certificates signed by it.
     pub client_ca: Option<PathBuf>,
+}
+
+/// A root token secret given to the agent, and where it came from. `Debug`
+/// shows only the source.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    secret: String,
+    source: String,
+}
+
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BootstrapToken(from {})", self.source)
+    }
+}
+
+impl BootstrapToken {
+    /// A root token secret from `value`, checked (naming `source`): 32 to
+    /// 1024 visible ASCII characters, since it travels as an HTTP header.
+    pub fn new(value: String, source: &str) -> Result<BootstrapToken> {
+        let chars = value.chars().count();
+        if !(MIN_BOOTSTRAP_TOKEN_CHARS..=MAX_BOOTSTRAP_TOKEN_CHARS).contains(&chars) {
+            return Err(Error::InvalidArgument(format!(
+                "{source}: the root token is {chars} characters long; it must have \
+                 {MIN_BOOTSTRAP_TOKEN_CHARS} to {MAX_BOOTSTRAP_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+            )));
+        }
+        if !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::InvalidArgument(format!(
+                "{source}: the root token may hold only visible ASCII characters \
+                 (no spaces or control characters): it is sent as an `authorization` header"
+            )));
+        }
+        Ok(BootstrapToken {
+            secret: value,
+            source: source.to_string(),
+        })
+    }
+
+    /// The secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Where it came from: `--bootstrap-token-file FILE` or [`BOOTSTRAP_TOKEN_ENV`].
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+/// The root token from [`BOOTSTRAP_TOKEN_ENV`] (already in `value`; empty
+/// counts as unset) or `--bootstrap-token-file` (one trailing newline
+/// dropped); at most one of them; none is fine.
+fn bootstrap_token(value: Option<String>, file: Option<&std::path::Path>) -> Result<Option<BootstrapToken>> {
+    match (value.filter(|v| !v.is_empty()), file) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "--bootstrap-token-file: the root token is also set in {BOOTSTRAP_TOKEN_ENV}; give one"
+        ))),
+        (Some(value), None) => BootstrapToken::new(value, BOOTSTRAP_TOKEN_ENV).map(Some),
+        (None, Some(path)) => {
+            let source = format!("--bootstrap-token-file {}", path.display());
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::InvalidArgument(format!("{source}: {e}")))?;
+            warn_if_readable_by_others(path, "the root token file");
+            let value = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(&text);
+            BootstrapToken::new(value.to_string(), &source).map(Some)
+        }
+    }
+}
+
+/// Logs a warning when the secret file at `path` is readable by group or others.
+fn warn_if_readable_by_others(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "{what} is readable by other users; make it 0600");
+        }
+    }
+}
+
+/// `--node-id`, or with `--node-id-from-hostname` the id [`node_id_from_host_name`]
+/// reads from the name `host_name` gives; exactly one of them.
+fn node_id(
+    given: Option<NodeId>,
+    from_hostname: bool,
+    host_name: impl FnOnce() -> Result<String>,
+) -> Result<NodeId> {
+    let node_id = match (given, from_hostname) {
+        (Some(_), true) => {
+            return Err(Error::InvalidArgument(
+                "--node-id-from-hostname: --node-id is also given; give one".into(),
+            ))
+        }
+        (None, true) => node_id_from_host_name(&host_name()?)?,
+        (Some(id), false) => id,
+        (None, false) => {
+            return Err(Error::InvalidArgument(
+                "--node-id: required (or --node-id-from-hostname)".into(),
+            ))
+        }
+    };
+    if node_id == 0 {
+        return Err(Error::InvalidArgument(
+            "--node-id: must be a positive integer".into(),
+        ));
+    }
+    Ok(node_id)
+}
+
+/// The node id a host name stands for: its first label (the part before
+/// the first `.`) ends in `-<n>`, a StatefulSet pod's ordinal, and the
+/// node is `n + 1` (ids start at 1, ordinals at 0): `kairos-0` is node 1,
+/// `kairos-2.kairos-peers.prod.svc.cluster.local` node 3.
+pub fn node_id_from_host_name(host: &str) -> Result<NodeId> {
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "--node-id-from-hostname: host name {host:?} does not end in -<ordinal> \
+             (a StatefulSet pod's name: kairos-0 is node 1, kairos-1 node 2)"
+        ))
+    };
+    let label = host.trim().split('.').next().unwrap_or_default();
+    let (name, ordinal) = label.rsplit_once('-').ok_or_else(bad)?;
+    if name.is_empty() || ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    ordinal
+        .parse::<NodeId>()
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .ok_or_else(bad)
+}
+
+/// This host's name (`uname -n`).
+fn host_name() -> Result<String> {
+    let name = nix::sys::utsname::uname()
+        .map_err(|e| Error::InvalidArgument(format!("--node-id-from-hostname: uname: {e}")))?
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    Ok(name)
+}
+
+/// The address others reach a listener on `listen` at: `listen` itself,
+/// or, when it listens on every interface (`0.0.0.0`, `::`), the host of
+/// `advertised` (another address of the node others are told) with
+/// `listen`'s port — unless that host is itself unspecified.
+fn reachable_addr(listen: SocketAddr, advertised: &str) -> String {
+    if !listen.ip().is_unspecified() {
+        return listen.to_string();
+    }
+    match advertised.rsplit_once(':') {
+        Some((host, _)) if !host.is_empty() && !is_unspecified_host(host) => {
+            format!("{host}:{}", listen.port())
+        }
+        _ => listen.to_string(),
+    }
+}
+
+/// Whether `host` (an address's host part, maybe `[...]`) is `0.0.0.0` or `::`.
+fn is_unspecified_host(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
 }
 
 /// The cluster cookie from the environment (already in `cookie`), the
@@ -398,24 +602,35 @@ impl AgentConfig {
         if args.cluster_cookie.is_none() {
             args.cluster_cookie = std::env::var(COOKIE_ENV).ok();
         }
+        if args.bootstrap_token.is_none() {
+            args.bootstrap_token = std::env::var(BOOTSTRAP_TOKEN_ENV).ok();
+        }
         let args = match &args.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| Error::InvalidArgument(format!("--config {}: {e}", path.display())))?;
+                if text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("force_new_cluster"))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "--config {}: force_new_cluster is not a config file setting (a file would \
+                         force again at every start): give --force-new-cluster or \
+                         KAIROS_FORCE_NEW_CLUSTER for the one start that needs it",
+                        path.display()
+                    )));
+                }
                 let file: FileSettings = toml::from_str(&text)
                     .map_err(|e| Error::InvalidArgument(format!("--config {}: {e}", path.display())))?;
                 args.clone().merge(file)
             }
             None => args,
         };
-        let node_id = args
-            .node_id
-            .ok_or_else(|| Error::InvalidArgument("--node-id: required".into()))?;
-        if node_id == 0 {
-            return Err(Error::InvalidArgument(
-                "--node-id: must be a positive integer".into(),
-            ));
-        }
+        let node_id = node_id(
+            args.node_id,
+            args.node_id_from_hostname.unwrap_or(false),
+            host_name,
+        )?;
         let grpc_addr = socket_addr("grpc-addr", args.grpc_addr.as_deref().unwrap_or("127.0.0.1:7101"))?;
         let peer_addr = socket_addr("peer-addr", args.peer_addr.as_deref().unwrap_or("127.0.0.1:7401"))?;
         if peer_addr == grpc_addr {
@@ -432,12 +647,14 @@ impl AgentConfig {
         let advertise_client_addr = args
             .advertise_client_addr
             .clone()
-            .unwrap_or_else(|| grpc_addr.to_string());
+            .unwrap_or_else(|| reachable_addr(grpc_addr, &advertise_addr));
         let cluster_secret = cluster_secret(
             args.cluster_cookie.clone(),
             args.cluster_cookie_file.as_deref(),
             args.cluster_cookie_flag.as_deref(),
         )?;
+        let bootstrap_token =
+            bootstrap_token(args.bootstrap_token.clone(), args.bootstrap_token_file.as_deref())?;
         let peer_tls = peer_tls(
             args.peer_tls_cert.clone(),
             args.peer_tls_key.clone(),
@@ -479,6 +696,7 @@ impl AgentConfig {
             advertise_client_addr,
             initial_cluster,
             cluster_secret,
+            bootstrap_token,
             peer_tls,
             api_tls,
             workers,
@@ -512,8 +730,18 @@ impl AgentConfig {
             metrics_job_limit: args
                 .metrics_job_limit
                 .unwrap_or(crate::metrics::jobs::DEFAULT_JOB_LIMIT),
+            max_watches: match args.max_watches {
+                Some(0) => return Err(Error::InvalidArgument("--max-watches: must be at least 1".into())),
+                Some(n) => n,
+                None => crate::api::watch_limit::DEFAULT_MAX_WATCHES,
+            },
+            handover_timeout: args
+                .handover_timeout_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(crate::cli::agent::HANDOVER_TIMEOUT),
             #[cfg(feature = "chaos-break")]
             chaos_break: args.unsafe_chaos_break,
+            force_new_cluster: args.force_new_cluster.unwrap_or(false),
         })
     }
 
@@ -521,13 +749,15 @@ impl AgentConfig {
     /// or, when that listens on every interface (`0.0.0.0`, `::`), the host
     /// of the advertised client address with the HTTP port.
     pub fn advertised_http_addr(&self) -> String {
-        if !self.http_addr.ip().is_unspecified() {
-            return self.http_addr.to_string();
-        }
-        match self.advertise_client_addr.rsplit_once(':') {
-            Some((host, _)) if !host.is_empty() => format!("{host}:{}", self.http_addr.port()),
-            _ => self.http_addr.to_string(),
-        }
+        reachable_addr(self.http_addr, &self.advertise_client_addr)
+    }
+
+    /// The address other nodes reach this node's worker network at (what
+    /// its status reports say): `--cluster-addr`, or, when that listens on
+    /// every interface, the host of the advertised peer address with the
+    /// worker network's port.
+    pub fn advertised_cluster_addr(&self) -> String {
+        reachable_addr(self.cluster_addr, &self.advertise_addr)
     }
 }
 
@@ -719,6 +949,35 @@ mod tests {
     }
 
     #[test]
+    fn force_new_cluster_is_a_flag_or_variable_never_a_file_key() {
+        use clap::Parser;
+        let args = |extra: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from(["kairos", "agent", "--node-id=1"].iter().chain(extra))
+                .unwrap();
+            let crate::cli::Command::Agent(mut args) = cli.command else {
+                panic!("not an agent command");
+            };
+            args.cluster_cookie = Some(TEST_COOKIE.into());
+            *args
+        };
+        assert!(!AgentConfig::resolve(args(&[])).unwrap().force_new_cluster);
+        assert!(
+            AgentConfig::resolve(args(&["--force-new-cluster"]))
+                .unwrap()
+                .force_new_cluster
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kairos.toml");
+        std::fs::write(&path, "force_new_cluster = true\n").unwrap();
+        let config = format!("--config={}", path.display());
+        let err = AgentConfig::resolve(args(&[&config])).unwrap_err().to_string();
+        assert!(
+            err.contains("force_new_cluster is not a config file setting"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_cookie_flag_is_refused_on_the_command_line() {
         use clap::Parser;
         let cli = crate::cli::Cli::try_parse_from([
@@ -836,6 +1095,192 @@ mod tests {
             err,
             "--http-allow: \"10.0.0.1/8\" has host bits set (did you mean 10.0.0.0/8?)"
         );
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
+        for (host, id) in [
+            ("kairos-0", 1),
+            ("kairos-2", 3),
+            ("my-kairos-10", 11),
+            ("kairos-4.kairos-peers.prod.svc.cluster.local", 5),
+            ("kairos-0\n", 1),
+        ] {
+            assert_eq!(node_id_from_host_name(host).unwrap(), id, "{host}");
+        }
+        for bad in [
+            "kairos",
+            "kairos-",
+            "-3",
+            "kairos-x",
+            "kairos-1a",
+            "kairos-+1",
+            "kairos.1",
+            "kairos-18446744073709551615",
+            "",
+        ] {
+            let err = node_id_from_host_name(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--node-id-from-hostname: host name") && err.contains("-<ordinal>"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_node_id_comes_from_the_flag_or_the_host_name_not_both() {
+        let pod = || Ok("kairos-1".to_string());
+        assert_eq!(node_id(None, true, pod).unwrap(), 2);
+        assert_eq!(node_id(Some(7), false, pod).unwrap(), 7);
+        let err = node_id(Some(7), true, pod).unwrap_err().to_string();
+        assert!(err.contains("give one"), "{err}");
+        let err = node_id(None, false, pod).unwrap_err().to_string();
+        assert!(err.starts_with("--node-id: required"), "{err}");
+        let err = node_id(Some(0), false, pod).unwrap_err().to_string();
+        assert!(err.contains("positive"), "{err}");
+        // The host name is asked for only with the flag.
+        let unused = || -> Result<String> { panic!("host name read without --node-id-from-hostname") };
+        assert_eq!(node_id(Some(3), false, unused).unwrap(), 3);
+        // This machine's name is read (whatever it is, the error names it).
+        match node_id(None, true, host_name) {
+            Ok(id) => assert!(id > 0),
+            Err(e) => assert!(e.to_string().contains("host name"), "{e}"),
+        }
+    }
+
+    /// Compose and Kubernetes: listeners on every interface, peers named by
+    /// host name in --initial-cluster; every address the node advertises
+    /// takes its own entry's host.
+    #[test]
+    fn a_node_listening_everywhere_advertises_the_host_of_its_initial_cluster_entry() {
+        let args = AgentArgs {
+            node_id: Some(2),
+            cluster_cookie: Some(TEST_COOKIE.into()),
+            grpc_addr: Some("0.0.0.0:7101".into()),
+            peer_addr: Some("0.0.0.0:7401".into()),
+            http_addr: Some("0.0.0.0:7201".into()),
+            cluster_addr: Some("0.0.0.0:7301".into()),
+            initial_cluster: Some(
+                "1=kairos-0.kairos-peers.prod.svc.cluster.local:7401,\
+                 2=kairos-1.kairos-peers.prod.svc.cluster.local:7401,\
+                 3=kairos-2.kairos-peers.prod.svc.cluster.local:7401"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args.clone()).unwrap();
+        let host = "kairos-1.kairos-peers.prod.svc.cluster.local";
+        assert_eq!(
+            c.initial_cluster[&1],
+            "kairos-0.kairos-peers.prod.svc.cluster.local:7401"
+        );
+        assert_eq!(c.advertise_addr, format!("{host}:7401"));
+        assert_eq!(c.advertise_client_addr, format!("{host}:7101"));
+        assert_eq!(c.advertised_http_addr(), format!("{host}:7201"));
+        assert_eq!(c.advertised_cluster_addr(), format!("{host}:7301"));
+        // Given addresses win; specific listeners are advertised as they are.
+        let c = AgentConfig::resolve(AgentArgs {
+            advertise_client_addr: Some("kairos.example.com:443".into()),
+            cluster_addr: Some("10.1.2.3:7301".into()),
+            ..args.clone()
+        })
+        .unwrap();
+        assert_eq!(c.advertise_client_addr, "kairos.example.com:443");
+        assert_eq!(c.advertised_http_addr(), "kairos.example.com:7201");
+        assert_eq!(c.advertised_cluster_addr(), "10.1.2.3:7301");
+        // Nothing better known: the listen address itself.
+        let c = AgentConfig::resolve(AgentArgs {
+            initial_cluster: None,
+            ..args
+        })
+        .unwrap();
+        assert_eq!(c.advertise_addr, "0.0.0.0:7401");
+        assert_eq!(c.advertise_client_addr, "0.0.0.0:7101");
+        assert_eq!(c.advertised_cluster_addr(), "0.0.0.0:7301");
+    }
+
+    #[test]
+    fn reachable_addresses_keep_ipv6_brackets() {
+        let listen: SocketAddr = "[::]:7301".parse().unwrap();
+        assert_eq!(reachable_addr(listen, "[fd00::2]:7401"), "[fd00::2]:7301");
+        assert_eq!(reachable_addr(listen, "[::]:7401"), "[::]:7301");
+        assert_eq!(
+            reachable_addr("127.0.0.1:1".parse().unwrap(), "x:2"),
+            "127.0.0.1:1"
+        );
+    }
+
+    #[test]
+    fn the_root_token_comes_from_the_variable_or_a_file_and_is_checked() {
+        const SECRET: &str = "0123456789abcdef0123456789abcdef";
+        assert_eq!(bootstrap_token(None, None).unwrap(), None);
+        assert_eq!(bootstrap_token(Some(String::new()), None).unwrap(), None);
+        let token = bootstrap_token(Some(SECRET.into()), None).unwrap().unwrap();
+        assert_eq!((token.secret(), token.source()), (SECRET, BOOTSTRAP_TOKEN_ENV));
+        assert_eq!(
+            format!("{token:?}"),
+            "BootstrapToken(from KAIROS_BOOTSTRAP_TOKEN)"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("root-token");
+        std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+        let token = bootstrap_token(None, Some(&file)).unwrap().unwrap();
+        assert_eq!(token.secret(), SECRET, "one trailing newline dropped");
+        assert!(token.source().starts_with("--bootstrap-token-file "));
+        let err = bootstrap_token(Some(SECRET.into()), Some(&file))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("give one"), "{err}");
+        let err = bootstrap_token(None, Some(&dir.path().join("missing")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--bootstrap-token-file "), "{err}");
+
+        let err = bootstrap_token(Some("CHANGE-ME".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "KAIROS_BOOTSTRAP_TOKEN: the root token is 9 characters long; it must have 32 to 1024 \
+             (e.g. `openssl rand -hex 32`)"
+        );
+        assert!(bootstrap_token(Some("x".repeat(1025)), None).is_err());
+        assert!(bootstrap_token(Some("x".repeat(1024)), None).is_ok());
+        for bad in [
+            format!("{SECRET} x"),
+            format!("{SECRET}\u{e9}"),
+            format!("{SECRET}\t"),
+        ] {
+            let err = bootstrap_token(Some(bad.clone()), None).unwrap_err().to_string();
+            assert!(err.contains("visible ASCII"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_node_id_and_root_token_file_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("root-token");
+        std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let path = dir.path().join("kairos.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id_from_hostname = true\nbootstrap_token_file = {:?}\n",
+                token.display().to_string()
+            ),
+        )
+        .unwrap();
+        let resolved = AgentConfig::resolve(AgentArgs {
+            config: Some(path),
+            cluster_cookie: Some(TEST_COOKIE.into()),
+            ..Default::default()
+        });
+        // This machine's host name decides the outcome; either way the file was read.
+        match resolved {
+            Ok(c) => assert!(c.bootstrap_token.is_some() && c.node_id > 0),
+            Err(e) => assert!(e.to_string().starts_with("--node-id-from-hostname"), "{e}"),
+        }
     }
 
     #[test]

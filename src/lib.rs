@@ -10,6 +10,8 @@
 //! Module map, from the core outwards:
 //! - [`scheduler`]: the deterministic core (jobs, schedules, validation, `State::apply`).
 //! - [`raft`]: openraft wiring — sled log store with fsync, state machine, snapshots, peer network.
+//! - [`backup`]: backup files of the state (`kairos snapshot`), restoring them, and `--force-new-cluster`.
+//! - [`cluster_version`]: the version every member supports, which gates what is new during a rolling upgrade.
 //! - [`codec`]: the versioned encoding of log entries, snapshots and messages between nodes.
 //! - [`node`]: a running node — bootstrap, write forwarding, read barriers, shutdown.
 //! - [`actors`]: leader-only actors (the timer that fires due jobs).
@@ -23,9 +25,11 @@
 
 pub mod actors;
 pub mod api;
+pub mod backup;
 #[cfg(feature = "chaos-break")]
 pub mod chaos_break;
 pub mod cli;
+pub mod cluster_version;
 pub mod codec;
 pub mod config;
 pub mod dial;
@@ -42,5 +46,6 @@ pub mod scheduler;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod wall_clock;
 
 pub use error::{Error, Result};

@@ -326,6 +326,21 @@ impl Metrics {
             m.raft.leader_changes.clone(),
         );
         registry.register(
+            "raft_timeout_now_received",
+            "Leadership handovers this node took part in: TimeoutNow requests accepted from a stopping leader",
+            m.raft.timeout_now_received.clone(),
+        );
+        registry.register(
+            "raft_pre_votes_won",
+            "Pre-votes this node won, each followed by an election it stood in",
+            m.raft.pre_votes_won.clone(),
+        );
+        registry.register(
+            "raft_pre_votes_lost",
+            "Pre-votes this node lost: elections it did not start because a majority still heard from a leader or did not answer",
+            m.raft.pre_votes_lost.clone(),
+        );
+        registry.register(
             "raft_replication_lag",
             "On the leader: entries of its log each peer has not acknowledged",
             m.raft_replication_lag.clone(),
@@ -702,6 +717,9 @@ mod tests {
             ("kairos_raft_snapshot_duration_seconds", "histogram"),
             ("kairos_raft_snapshot_size_bytes", "gauge"),
             ("kairos_raft_leader_changes_total", "counter"),
+            ("kairos_raft_timeout_now_received_total", "counter"),
+            ("kairos_raft_pre_votes_won_total", "counter"),
+            ("kairos_raft_pre_votes_lost_total", "counter"),
             ("kairos_ready", "gauge"),
             ("kairos_oldest_pending_run_age_seconds", "gauge"),
             ("kairos_audit_chain_length", "gauge"),

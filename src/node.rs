@@ -34,8 +34,9 @@
 //!
 //! Tasks: the node owns what it spawns — the write batcher's proposer and
 //! its per-entry tasks, the snapshot trigger ([`crate::raft::snapshot_policy`]),
-//! the counter of leader changes ([`crate::raft::stats`]) and the result
-//! reporter of the local worker pool — in one tracker. They
+//! the counter of leader changes ([`crate::raft::stats`]), the leader's
+//! keeper of the cluster version ([`crate::cluster_version::maintain`]) and
+//! the result reporter of the local worker pool — in one tracker. They
 //! end when the shutdown signal given to [`Node::start`] is cancelled, and
 //! [`Node::shutdown`] stops Raft and waits for them, bounded. A write
 //! waiting for a leader stops waiting then too, answered `UNAVAILABLE`
@@ -66,9 +67,14 @@ use crate::dial::DialMap;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::raft_service_client::RaftServiceClient;
-use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest};
+use crate::proto::{NodeMetricsRequest, RaftPayload, ReadIndexRequest, TimeoutNowRequest};
 use crate::raft::batcher::WriteBatcher;
+use crate::raft::handover::{Handover, HandoverOutcome};
+use crate::raft::log_store::LogStore;
 use crate::raft::network::{peer_client, PeerNetwork};
+use crate::raft::pre_vote::{
+    stand_when_leader_lost, ElectionHost, ElectionTiming, ElectionView, PreVoteRequest, PreVoteResponse,
+};
 use crate::raft::proposer::{write_error, RaftProposer};
 use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
@@ -90,6 +96,10 @@ const ADDRESS_BOOK_ROUND: Duration = Duration::from_secs(1);
 const ADDRESS_BOOK_REFRESH_ROUNDS: u32 = 10;
 /// How long a joining node may take to answer the leader's check.
 const JOIN_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a voter told of a handover votes without the leader lease at
+/// most, if no leader of a later term shows up (see [`Node::timeout_now`]).
+const LEASE_WAIVER_LIMIT: Duration = Duration::from_secs(5);
+
 /// How long [`Node::shutdown`] waits for the node's tasks after Raft stopped:
 /// long enough for a batch in flight to fail and the queue to be answered.
 const TASKS_GRACE: Duration = Duration::from_secs(5);
@@ -247,6 +257,23 @@ pub struct Node {
     pub sink_status: crate::actors::sinks::SinkStatus,
     /// This node's metrics (served at `/metrics`).
     pub metrics: Arc<Metrics>,
+    /// Refuses this leader's proposals once it hands over (see [`Node::hand_over_leadership`]).
+    handover: Arc<Handover>,
+    /// When the node started: a restarted node keeps to a leader lease
+    /// counted from then (see [`crate::raft::pre_vote`]).
+    booted: tokio::time::Instant,
+    /// Reads the last log id for pre-votes (a clone of the log store Raft owns).
+    log_reader: LogStore,
+    /// The election timers, for pre-votes.
+    election_timing: ElectionTiming,
+    /// The deliberately broken build's setting (see `crate::chaos_break`).
+    #[cfg(feature = "chaos-break")]
+    chaos_break: Option<crate::chaos_break::ChaosBreak>,
+    /// Why Raft stopped on its own (a storage error), once it did.
+    raft_failure: Arc<Mutex<Option<String>>>,
+    /// Set while this voter has heard from no leader for longer than its
+    /// election timeout (see [`crate::raft::pre_vote`]).
+    leader_silent: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -263,27 +290,49 @@ impl Node {
         let committed = log_store.committed_handle();
         let startup_commit = log_store.committed_index();
         let state = state_machine.state_handle();
+        // A node older than the cluster version its own state recorded
+        // must not run on it (see `crate::cluster_version`).
+        let recorded = state.read().cluster_version();
+        if let Err(refusal) = state.cluster_version.check(recorded) {
+            return Err(Error::FailedPrecondition(refusal));
+        }
         let changes_since_snapshot = state_machine.changes_since_snapshot();
-        let config = Arc::new(raft_config(&options.tuning)?);
+        #[allow(unused_mut)]
+        let mut config = raft_config(&options.tuning)?;
+        // The broken build elects on openraft's own timer, with no pre-vote.
+        #[cfg(feature = "chaos-break")]
+        let pre_vote = options.chaos_break != Some(crate::chaos_break::ChaosBreak::NoPreVote);
+        #[cfg(not(feature = "chaos-break"))]
+        let pre_vote = true;
+        config.enable_elect = !pre_vote;
+        let election_timing = ElectionTiming::of(&config);
+        let config = Arc::new(config);
+        let log_reader = log_store.clone();
         let raft = Raft::new(
             options.id,
             config,
-            PeerNetwork {
-                id: options.id,
-                dial_map: options.dial_map.clone(),
-                security: options.peer_security.clone(),
-            },
+            PeerNetwork::new(
+                options.id,
+                options.dial_map.clone(),
+                options.peer_security.clone(),
+            ),
             log_store,
             state_machine,
         )
         .await
-        .map_err(|e| Error::internal(format!("start raft: {e}")))?;
+        .map_err(|e| match state.cluster_version.refusal() {
+            // Replaying the log met a cluster version above this node's.
+            Some(refusal) => Error::FailedPrecondition(refusal),
+            None => Error::internal(format!("start raft: {e}")),
+        })?;
         let (tasks, stopping) = (TaskTracker::new(), shutdown.child_token());
+        let handover = Arc::new(Handover::default());
         let proposer = RaftProposer {
             id: options.id,
             raft: raft.clone(),
             traces: state.traces.clone(),
             commit_seconds: options.metrics.raft_stats().proposal_commit_seconds,
+            handover: handover.clone(),
         };
         let batcher = WriteBatcher::start(proposer, &tasks, stopping.clone());
         tasks.spawn(snapshot_by_changes(
@@ -324,8 +373,53 @@ impl Node {
             stopping,
             sink_status: Default::default(),
             metrics: options.metrics.clone(),
+            handover,
+            booted: tokio::time::Instant::now(),
+            log_reader,
+            election_timing,
+            #[cfg(feature = "chaos-break")]
+            chaos_break: options.chaos_break,
+            raft_failure: Arc::default(),
+            leader_silent: tokio::sync::watch::Sender::new(false),
         });
+        if pre_vote {
+            node.tasks.spawn(stand_when_leader_lost(
+                node.clone(),
+                election_timing,
+                node.stopping.clone(),
+            ));
+        }
         node.tasks.spawn(node.clone().keep_address_book());
+        node.tasks.spawn(crate::cluster_version::maintain(
+            node.clone(),
+            node.stopping.clone(),
+        ));
+        // A node whose storage failed (a failed fsync, a full disk) stops
+        // the process: see `stop_on_storage_failure`.
+        #[cfg(feature = "chaos-break")]
+        let stops = options.chaos_break != Some(crate::chaos_break::ChaosBreak::RunOnAfterStorageErrors);
+        #[cfg(not(feature = "chaos-break"))]
+        let stops = true;
+        if stops {
+            node.tasks.spawn(stop_on_storage_failure(
+                node.raft.clone(),
+                node.log_reader.disk_failure(),
+                node.id,
+                node.raft_failure.clone(),
+                shutdown.clone(),
+                node.stopping.clone(),
+            ));
+        }
+        // A node that finds itself too old for the cluster version stops the process.
+        node.tasks.spawn({
+            let (refused, stopping) = (node.state.cluster_version.refused(), node.stopping.clone());
+            async move {
+                tokio::select! {
+                    _ = refused.cancelled() => shutdown.cancel(),
+                    _ = stopping.cancelled() => {}
+                }
+            }
+        });
         if let Err(e) = node.bootstrap(options).await {
             node.shutdown().await;
             return Err(e);
@@ -396,6 +490,209 @@ impl Node {
         }
     }
 
+    /// Hands leadership to an up-to-date voter before this node stops (see
+    /// [`crate::raft::handover`]), within `timeout`. From the call on, this
+    /// node proposes nothing more; call it only on the way out, before
+    /// [`Node::shutdown`] and while the peer server still runs (the
+    /// stopping leader's vote elects the target).
+    pub async fn hand_over_leadership(&self, timeout: Duration) -> HandoverOutcome {
+        let deadline = Instant::now() + timeout;
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return HandoverOutcome::NotLeader;
+        }
+        if timeout.is_zero() {
+            return HandoverOutcome::Abandoned {
+                reason: "--handover-timeout-ms is 0".into(),
+            };
+        }
+        let transfer = crate::cluster_version::Feature::LeadershipTransfer;
+        if !self.cluster_supports(transfer) {
+            return HandoverOutcome::Abandoned {
+                reason: format!(
+                    "the cluster version is below {}: a member may not know TimeoutNow",
+                    transfer.since()
+                ),
+            };
+        }
+        self.handover.begin();
+        let abandoned = |reason: String| HandoverOutcome::Abandoned { reason };
+        if tokio::time::timeout_at(deadline, self.handover.drain())
+            .await
+            .is_err()
+        {
+            return abandoned("proposals in flight did not return in time".into());
+        }
+        let mut metrics = self.raft.metrics();
+        let (target, addr, term) = loop {
+            let found = {
+                let m = metrics.borrow_and_update();
+                if m.current_leader != Some(self.id) {
+                    return match m.current_leader {
+                        Some(to) => HandoverOutcome::Transferred { to },
+                        None => abandoned("lost leadership while handing over".into()),
+                    };
+                }
+                caught_up_voter(self.id, &m).map(|(id, addr)| (id, addr, m.current_term))
+            };
+            if let Some(found) = found {
+                break found;
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return abandoned("Raft stopped".into()),
+                Err(_) => return abandoned("no voter caught up with the log in time".into()),
+            }
+        };
+        // This node votes for the target at once, and so do the other
+        // voters once told: they are told first, the target last.
+        self.raft.runtime_config().leader_lease(false);
+        let voters: Vec<(NodeId, String)> = {
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter(|&id| id != self.id && id != target)
+                .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+                .collect()
+        };
+        let told = voters
+            .iter()
+            .map(|(id, addr)| self.send_timeout_now(*id, addr, term, target, deadline));
+        for (result, (id, _)) in futures::future::join_all(told).await.into_iter().zip(&voters) {
+            if let Err(e) = result {
+                tracing::info!(node = self.id, voter = id, "handover: {e}");
+            }
+        }
+        if let Err(e) = self.send_timeout_now(target, &addr, term, target, deadline).await {
+            return abandoned(e.to_string());
+        }
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                match m.current_leader {
+                    Some(to) if to != self.id => return HandoverOutcome::Transferred { to },
+                    _ => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return abandoned("Raft stopped".into()),
+                Err(_) => {
+                    return abandoned(format!(
+                        "node {target} was asked to stand but no new leader was seen in time"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends `TimeoutNow` for `term` naming `candidate` to voter `id` at `addr`.
+    async fn send_timeout_now(
+        &self,
+        id: NodeId,
+        addr: &str,
+        term: u64,
+        candidate: NodeId,
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut client = self.client(addr)?;
+        let mut call = tonic::Request::new(TimeoutNowRequest {
+            leader_id: self.id,
+            term,
+            candidate,
+        });
+        call.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        client.timeout_now(call).await.map(|_| ()).map_err(|status| {
+            Error::unavailable(format!("TimeoutNow to node {id} at {addr}: {}", status.message()))
+        })
+    }
+
+    /// Answers a stopping leader's `TimeoutNow` (see
+    /// [`crate::raft::handover`]), if `leader_id` leads this node's current
+    /// `term` (a stale or forged request changes nothing) and this node is a
+    /// voter: votes without waiting for the leader lease until a later term
+    /// is seen (at most [`LEASE_WAIVER_LIMIT`]), and stands for election at
+    /// once if it is the `candidate`.
+    pub async fn timeout_now(&self, leader_id: NodeId, term: u64, candidate: NodeId) -> Result<()> {
+        {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(leader_id) || m.current_term != term {
+                return Err(Error::FailedPrecondition(format!(
+                    "TimeoutNow from node {leader_id} for term {term}, but this node follows {:?} in term {}",
+                    m.current_leader, m.current_term
+                )));
+            }
+            if !m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == self.id)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {} is not a voter",
+                    self.id
+                )));
+            }
+        }
+        self.raft.runtime_config().leader_lease(false);
+        let (raft, stopping) = (self.raft.clone(), self.stopping.clone());
+        self.tasks.spawn(async move {
+            let waiter = raft.wait(Some(LEASE_WAIVER_LIMIT));
+            let moved_on = waiter.metrics(
+                |m| m.current_term > term && m.current_leader.is_some(),
+                "a leader of a later term",
+            );
+            tokio::select! {
+                _ = moved_on => {}
+                _ = stopping.cancelled() => {}
+            }
+            raft.runtime_config().leader_lease(true);
+        });
+        self.metrics.raft_stats().timeout_now_received.inc();
+        if candidate == self.id {
+            tracing::info!(
+                node = self.id,
+                leader = leader_id,
+                term,
+                "the leader hands over: standing for election"
+            );
+            self.raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| Error::unavailable(format!("start an election: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Answers a peer's pre-vote (see [`crate::raft::pre_vote`]): whether
+    /// this node would vote for it now. Changes nothing.
+    pub async fn pre_vote(&self, request: &PreVoteRequest) -> Result<PreVoteResponse> {
+        let view = ElectionHost::view(self)
+            .await
+            .ok_or_else(|| Error::unavailable("Raft has stopped"))?;
+        let own_last = self.log_reader.last_log_id().map_err(Error::internal)?;
+        let answer =
+            crate::raft::pre_vote::answer(&self.election_timing, self.id, &view, own_last.as_ref(), request);
+        if answer.granted {
+            tracing::info!(
+                node = self.id,
+                candidate = request.candidate,
+                term = request.term,
+                "pre-vote granted"
+            );
+        } else {
+            tracing::debug!(
+                node = self.id,
+                candidate = request.candidate,
+                term = request.term,
+                reason = %answer.reason,
+                "pre-vote refused"
+            );
+        }
+        Ok(answer)
+    }
+
     /// The tasks this node owns; [`Node::shutdown`] waits for them. Parts
     /// that work for the node (the worker pool's result reporter) spawn
     /// their tasks here.
@@ -416,7 +713,19 @@ impl Node {
     /// `Ok` when the node knows a leader and has applied what was committed
     /// when it started; otherwise the reason it is not ready.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(failure) = self.raft_failure() {
+            return Err(failure);
+        }
         let metrics = self.raft.metrics().borrow().clone();
+        if let Err(fatal) = &metrics.running_state {
+            return Err(format!("Raft has stopped: {fatal}"));
+        }
+        if *self.leader_silent.borrow() {
+            return Err(format!(
+                "no word from leader {} for longer than the election timeout; a majority of voters does not answer",
+                metrics.current_leader.map_or("?".to_string(), |l| l.to_string())
+            ));
+        }
         if metrics.current_leader.is_none() {
             return Err("no known leader".into());
         }
@@ -428,6 +737,22 @@ impl Node {
             ));
         }
         Ok(())
+    }
+
+    /// Why the node stopped on a storage error (a failed `fdatasync`, a
+    /// full disk), if it did; the process then stops (see
+    /// [`stop_on_storage_failure`]).
+    pub fn raft_failure(&self) -> Option<String> {
+        self.raft_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes when this voter's leader falls silent or is heard again
+    /// (see [`Node::readiness`]).
+    pub fn leader_silence(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.leader_silent.subscribe()
     }
 
     /// The index of the last entry this node applied.
@@ -634,7 +959,8 @@ impl Node {
     async fn route_to_leader(&self, request: Forwarded) -> Result<Response> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         loop {
-            let result = match self.leader() {
+            let tried = self.leader();
+            let result = match tried.clone() {
                 Some((leader, _)) if leader == self.id => self.execute(request.clone()).await,
                 Some((_, addr)) => self.forward(&addr, &request).await,
                 None => Err(Error::unavailable("no leader is elected yet")),
@@ -644,7 +970,8 @@ impl Node {
                     return Err(Error::unavailable("this node is shutting down"))
                 }
                 Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
-                    self.wait_for_leader_change(deadline).await
+                    self.wait_for_leader_change(tried.map(|(id, _)| id), deadline)
+                        .await
                 }
                 other => return other,
             }
@@ -652,17 +979,18 @@ impl Node {
     }
 
     /// Waits (bounded by `deadline`, and ended by the node's shutdown) until a
-    /// leader other than a failed one is known.
-    async fn wait_for_leader_change(&self, deadline: Instant) {
-        let before = self.raft.metrics().borrow().current_leader;
+    /// leader other than `failed` (the one just tried, if any) is known; at
+    /// once if one already is (the change may have come while the attempt
+    /// failed, as in a handover).
+    async fn wait_for_leader_change(&self, failed: Option<NodeId>, deadline: Instant) {
         let mut metrics = self.raft.metrics();
         let changed = async {
             loop {
-                if metrics.changed().await.is_err() {
+                let now = metrics.borrow_and_update().current_leader;
+                if now.is_some() && now != failed {
                     return;
                 }
-                let now = metrics.borrow().current_leader;
-                if now.is_some() && now != before {
+                if metrics.changed().await.is_err() {
                     return;
                 }
             }
@@ -767,10 +1095,24 @@ impl Node {
     /// Before node `id` at peer address `addr` joins: it must answer over the
     /// authenticated peer network, as node `id`. A node that cannot (wrong
     /// address, another cookie or CA) would otherwise sit in the membership
-    /// as a learner that never catches up.
+    /// as a learner that never catches up. It must also run at least the
+    /// cluster version: an older node could not read what the cluster
+    /// already uses (see [`crate::cluster_version`]).
     async fn check_joining_node(&self, id: NodeId, addr: &str) -> Result<()> {
         match self.probe(addr, JOIN_CHECK_TIMEOUT).await {
-            Ok(report) if report.id == id => Ok(()),
+            Ok(report) if report.id == id => {
+                let cluster = self.cluster_version().current();
+                match self.ask_version(addr).await {
+                    Ok(version) if version >= cluster => Ok(()),
+                    Ok(version) => Err(Error::FailedPrecondition(format!(
+                        "node {id} at {addr} runs Kairos {version}, older than the cluster version \
+                         {cluster}; start it on Kairos {cluster} or newer"
+                    ))),
+                    Err(e) => Err(Error::FailedPrecondition(format!(
+                        "node {id} at {addr} did not tell its version: {e}"
+                    ))),
+                }
+            }
             Ok(report) => Err(Error::FailedPrecondition(format!(
                 "the node at {addr} is node {}, not node {id}",
                 report.id
@@ -787,13 +1129,18 @@ impl Node {
         if consistency == Consistency::Stale {
             return Ok(());
         }
+        #[cfg(feature = "chaos-break")]
+        if self.chaos_break == Some(crate::chaos_break::ChaosBreak::StaleReads) {
+            return Ok(());
+        }
         self.linearizable_barrier().await.map_err(|e| self.for_clients(e))
     }
 
     async fn linearizable_barrier(&self) -> Result<()> {
         let deadline = Instant::now() + ROUTE_TIMEOUT;
         loop {
-            let barrier = match self.leader() {
+            let tried = self.leader();
+            let barrier = match tried.clone() {
                 // On the leader: a quorum confirms leadership, then applied catches up.
                 Some((leader, _)) if leader == self.id => self
                     .raft
@@ -814,9 +1161,45 @@ impl Node {
             match barrier {
                 Ok(()) => return Ok(()),
                 Err(Error::Unavailable { .. }) if Instant::now() < deadline => {
-                    self.wait_for_leader_change(deadline).await
+                    self.wait_for_leader_change(tried.map(|(id, _)| id), deadline)
+                        .await
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// On the leader: confirms with a quorum that it still leads and waits
+    /// until it has applied everything committed before the call, so that
+    /// what it then reads is linearizable (a backup is taken so). On
+    /// another node: `UNAVAILABLE` naming the leader's client address.
+    /// Waits (up to [`ROUTE_TIMEOUT`]) while no leader is known.
+    pub async fn leader_barrier(&self) -> Result<()> {
+        let deadline = Instant::now() + ROUTE_TIMEOUT;
+        loop {
+            let leader = self.leader();
+            let tried = leader.as_ref().map(|(id, _)| *id);
+            let barrier = match leader {
+                Some((leader, _)) if leader == self.id => {
+                    self.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| {
+                        Error::unavailable(format!("node {} cannot confirm its leadership: {e}", self.id))
+                    })
+                }
+                Some((leader, addr)) => {
+                    return Err(self.for_clients(Error::Unavailable {
+                        message: format!("node {} is not the leader (node {leader} is)", self.id),
+                        leader: Some(addr),
+                    }))
+                }
+                None => Err(Error::unavailable("no leader is elected yet")),
+            };
+            match barrier {
+                Err(Error::Unavailable { .. })
+                    if Instant::now() < deadline && !self.stopping.is_cancelled() =>
+                {
+                    self.wait_for_leader_change(tried, deadline).await
+                }
+                other => return other,
             }
         }
     }
@@ -864,6 +1247,57 @@ impl Node {
             })
     }
 
+    /// The recorded cluster version as this node applied it: what node code
+    /// asks before it uses something new (see [`crate::cluster_version`]).
+    pub fn cluster_version(&self) -> &crate::cluster_version::ClusterVersion {
+        &self.state.cluster_version
+    }
+
+    /// Whether every member supports `feature`, as the cluster recorded it.
+    pub fn cluster_supports(&self, feature: crate::cluster_version::Feature) -> bool {
+        self.state.cluster_version.supports(feature)
+    }
+
+    /// The version every member (voters and learners) advertises, asked in
+    /// parallel: this node's own, [`Version::OLDEST`] for a member that does
+    /// not serve `NodeVersion` (0.1), an error for one that did not answer
+    /// within [`crate::cluster_version::ASK_TIMEOUT`].
+    ///
+    /// [`Version::OLDEST`]: crate::cluster_version::Version::OLDEST
+    pub async fn member_versions(&self) -> crate::cluster_version::MemberVersions {
+        let asks = self.members().into_iter().map(|(id, (addr, _))| async move {
+            match id == self.id {
+                true => (id, Ok(crate::cluster_version::own())),
+                false => (id, self.ask_version(&addr).await),
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
+    /// The version the node at peer address `addr` advertises (0.1 when it
+    /// does not serve `NodeVersion`), or why it is unknown.
+    async fn ask_version(&self, addr: &str) -> std::result::Result<crate::cluster_version::Version, String> {
+        use crate::cluster_version::{Version, ASK_TIMEOUT};
+        let mut client = self.client(addr).map_err(|e| e.to_string())?;
+        let mut call = tonic::Request::new(crate::proto::NodeVersionRequest {});
+        call.set_timeout(ASK_TIMEOUT);
+        match tokio::time::timeout(ASK_TIMEOUT, client.node_version(call)).await {
+            Err(_) => Err(format!("{addr} did not answer in {ASK_TIMEOUT:?}")),
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                match (u16::try_from(reply.major), u16::try_from(reply.minor)) {
+                    (Ok(major), Ok(minor)) => Ok(Version::new(major, minor)),
+                    _ => Err(format!(
+                        "{addr} answered an impossible version {}.{}",
+                        reply.major, reply.minor
+                    )),
+                }
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(Version::OLDEST),
+            Ok(Err(status)) => Err(format!("{addr}: {}", status_with_causes(&status))),
+        }
+    }
+
     /// Asks the node at peer address `addr` for its own report (for cluster
     /// status), and notes its client API address in the address book.
     pub async fn probe(&self, addr: &str, timeout: Duration) -> Result<NodeReport> {
@@ -877,6 +1311,173 @@ impl Node {
         let report: NodeReport = decode(&reply.into_inner().data)?;
         self.learn_client_addr(addr, &report);
         Ok(report)
+    }
+}
+
+/// A voter other than `me` whose replicated log reaches the leader's last
+/// log index, with its peer address: the target of a handover. The first by
+/// id when several qualify.
+fn caught_up_voter(me: NodeId, m: &openraft::RaftMetrics<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    let last = m.last_log_index?;
+    let replication = m.replication.as_ref()?;
+    let membership = m.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter(|&id| id != me)
+        .find(|id| matches!(replication.get(id), Some(Some(matched)) if matched.index >= last))
+        .and_then(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+}
+
+/// Stops the process (cancels `shutdown`) when its storage fails, and
+/// records why in `failure` (for `/readyz` and the agent's exit): when Raft
+/// stops on its own, or when a sync of the disk fails (`disk_failure`, which
+/// also catches a failure while there is nothing to append; see
+/// `crate::raft::durability`).
+///
+/// openraft stops for good on a storage error: an append whose `fdatasync`
+/// failed (EIO, a full disk) is never reported durable, so nothing this
+/// node could not persist is acknowledged, but the node cannot go on
+/// either — after a failed fsync the kernel may have dropped the dirty
+/// pages, and the data on disk is unknown until it is read again (the
+/// "fsyncgate" lesson: retrying the fsync can succeed without the data).
+/// So the process stops with the reason; started again once the disk is
+/// healthy, it re-reads its data from disk and catches up from its peers,
+/// while the rest of the cluster keeps serving. Ends when `stopping` is
+/// cancelled.
+async fn stop_on_storage_failure(
+    raft: Raft,
+    mut disk_failure: tokio::sync::watch::Receiver<Option<Arc<str>>>,
+    id: NodeId,
+    failure: Arc<Mutex<Option<String>>>,
+    shutdown: CancellationToken,
+    stopping: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let cause = match metrics.borrow_and_update().running_state.clone() {
+            // `Stopped` is a shutdown asked for (`Node::shutdown`).
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => Some(format!("Raft stopped: {fatal}")),
+            Ok(()) => disk_failure.borrow_and_update().as_ref().map(|e| e.to_string()),
+        };
+        if stopping.is_cancelled() {
+            return;
+        }
+        if let Some(cause) = cause {
+            let reason = format!(
+                "node {id} stops on a storage error ({cause}); nothing it could not persist was \
+                 acknowledged. Start it again once the disk is healthy: it re-reads its data and \
+                 catches up from its peers"
+            );
+            tracing::error!(node = id, "{reason}");
+            *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            changed = disk_failure.changed() => if changed.is_err() { return },
+            _ = stopping.cancelled() => return,
+        }
+    }
+}
+
+/// The node as the pre-vote election task sees it (`crate::raft::pre_vote`).
+impl ElectionHost for Node {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    async fn view(&self) -> Option<ElectionView> {
+        let (id, since_boot) = (self.id, self.booted.elapsed());
+        let stepping_down = self.handover.stepping_down();
+        self.raft
+            .with_raft_state(move |state| {
+                let membership = state.membership_state.effective().membership();
+                let vote = state.vote_ref();
+                ElectionView {
+                    state: state.server_state,
+                    // A node handing its leadership over does not stand again.
+                    voter: membership.voter_ids().any(|v| v == id) && !stepping_down,
+                    other_voters: membership
+                        .voter_ids()
+                        .filter(|&v| v != id)
+                        .filter_map(|v| Some((v, membership.get_node(&v)?.addr.clone())))
+                        .collect(),
+                    term: vote.leader_id.term,
+                    vote_committed: vote.committed,
+                    leader: if vote.committed {
+                        vote.leader_id.voted_for()
+                    } else {
+                        None
+                    },
+                    // Nothing heard since start counts from the start: a
+                    // restarted node keeps to the lease of the leader it
+                    // may not have heard from yet.
+                    since_vote_touched: Some(
+                        state
+                            .vote_last_modified()
+                            .map_or(since_boot, |at| at.elapsed())
+                            .min(since_boot),
+                    ),
+                }
+            })
+            .await
+            .ok()
+    }
+
+    fn last_log_id(&self) -> Option<openraft::LogId<NodeId>> {
+        self.log_reader.last_log_id().ok().flatten()
+    }
+
+    async fn ask(
+        &self,
+        id: NodeId,
+        addr: &str,
+        request: &PreVoteRequest,
+        timeout: Duration,
+    ) -> Result<Option<PreVoteResponse>> {
+        let mut client = self.client(addr)?;
+        let mut call = tonic::Request::new(RaftPayload {
+            data: encode(request)?,
+        });
+        call.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.pre_vote(call)).await {
+            Err(_) => Err(Error::unavailable(format!(
+                "PreVote to node {id} at {addr}: no answer within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(None),
+            Ok(Err(status)) => Err(Error::unavailable(format!(
+                "PreVote to node {id} at {addr}: {}",
+                status.message()
+            ))),
+            Ok(Ok(reply)) => Ok(Some(decode(&reply.into_inner().data)?)),
+        }
+    }
+
+    async fn stand(&self) -> Result<()> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| Error::unavailable(format!("start an election: {e}")))
+    }
+
+    fn set_leader_silent(&self, silent: bool) {
+        self.leader_silent.send_if_modified(|current| {
+            let changed = *current != silent;
+            *current = silent;
+            changed
+        });
+    }
+
+    fn count_round(&self, won: bool) {
+        let stats = self.metrics.raft_stats();
+        match won {
+            true => stats.pre_votes_won.inc(),
+            false => stats.pre_votes_lost.inc(),
+        };
     }
 }
 

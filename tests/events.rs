@@ -236,10 +236,15 @@ async fn chains_and_fan_ins_run_once_per_nominal_time_and_a_failure_starts_only_
         })
     };
     use pb::DependencyCondition::{Failed, Succeeded};
-    create(&cluster, via, job_with("a", "noop", every(2)))
+    // The upstream jobs are created paused and resumed once every job that
+    // follows them exists: an upstream run that ends before its dependent
+    // job is created has no follower (by design), and a 2 s boundary can
+    // fall between two creates.
+    let paused = |job: pb::ScheduledJob| pb::ScheduledJob { paused: true, ..job };
+    create(&cluster, via, paused(job_with("a", "noop", every(2))))
         .await
         .unwrap();
-    create(&cluster, via, job_with("b", "noop", every(2)))
+    create(&cluster, via, paused(job_with("b", "noop", every(2))))
         .await
         .unwrap();
     create(
@@ -256,7 +261,7 @@ async fn chains_and_fan_ins_run_once_per_nominal_time_and_a_failure_starts_only_
     )
     .await
     .unwrap();
-    let mut failing = job_with("f", "panic", every(2));
+    let mut failing = paused(job_with("f", "panic", every(2)));
     failing.payload = br#"{"attempts": 1000}"#.to_vec();
     create(&cluster, via, failing).await.unwrap();
     create(
@@ -318,6 +323,11 @@ async fn chains_and_fan_ins_run_once_per_nominal_time_and_a_failure_starts_only_
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    for id in ["a", "b", "f"] {
+        jobs.resume_job(pb::ResumeJobRequest { id: id.into() })
+            .await
+            .unwrap();
+    }
 
     // Let a, b and f run at least three nominal times, then stop them.
     let mut runs = cluster.runs(via).await;

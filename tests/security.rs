@@ -253,6 +253,11 @@ fn every_rpc(job_id: &'static str) -> Vec<(&'static str, bool, Call)> {
             ),
         ),
         (
+            "SaveSnapshot",
+            false,
+            rpc!(ClusterServiceClient, save_snapshot, pb::SaveSnapshotRequest {}),
+        ),
+        (
             "CreateRole",
             false,
             rpc!(

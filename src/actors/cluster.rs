@@ -64,9 +64,14 @@ impl WorkerTls {
 
 /// Starts this node's `NodeServer` on `addr`, with TLS when `tls` is given
 /// (then `addr` is served by [`accept_tls`], until `shutdown`).
+/// `advertised` is the address peers dial (`NodeReport::cluster_addr`): its
+/// host names this node in ractor_cluster's handshake, which takes two
+/// sessions with the same host and port for a connection to itself — so it
+/// must differ between nodes even when they all listen on `0.0.0.0:7301`.
 pub async fn start_node_server(
     id: u64,
     addr: SocketAddr,
+    advertised: &str,
     secret: &ClusterSecret,
     tls: Option<&WorkerTls>,
     shutdown: CancellationToken,
@@ -87,7 +92,7 @@ pub async fn start_node_server(
         port,
         secret.to_cookie(),
         node_name(id),
-        addr.ip().to_string(),
+        advertised_host(advertised, addr),
         Some(encryption),
         None,
     )
@@ -99,6 +104,15 @@ pub async fn start_node_server(
         tokio::spawn(accept_tls(listener, tls.clone(), actor.clone(), shutdown));
     }
     Ok((actor, handle))
+}
+
+/// The host of the advertised address `advertised` (`host:port`, IPv6 in
+/// brackets), else the listener's IP.
+fn advertised_host(advertised: &str, addr: SocketAddr) -> String {
+    match advertised.rsplit_once(':') {
+        Some((host, _)) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        _ => addr.ip().to_string(),
+    }
 }
 
 /// Accepts worker-network connections on `listener`, runs each TLS
@@ -236,5 +250,20 @@ pub async fn run_connector(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes that all listen on 0.0.0.0:7301 still name themselves apart.
+    #[test]
+    fn the_node_server_is_named_by_the_advertised_host() {
+        let any: SocketAddr = "0.0.0.0:7301".parse().unwrap();
+        assert_eq!(advertised_host("kairos-2:7301", any), "kairos-2");
+        assert_eq!(advertised_host("10.0.0.2:7301", any), "10.0.0.2");
+        assert_eq!(advertised_host("[fd00::2]:7301", any), "fd00::2");
+        assert_eq!(advertised_host("", any), "0.0.0.0");
     }
 }

@@ -22,7 +22,7 @@ use crate::scheduler::acl::{
 use crate::scheduler::{Command, Response as CommandResponse, State};
 
 /// `n` random bytes from the OS, in lowercase hex.
-fn random_hex(n: usize) -> Result<String, Status> {
+pub(super) fn random_hex(n: usize) -> Result<String, Status> {
     let mut bytes = vec![0u8; n];
     SysRng
         .try_fill_bytes(&mut bytes)

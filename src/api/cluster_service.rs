@@ -5,10 +5,14 @@
 //! and indexes — a node that does not answer is shown as unreachable rather
 //! than delaying the answer.
 //!
+//! `Version` answers the cluster version this node applied and asks every
+//! member its own (`RaftService.NodeVersion`, see `crate::cluster_version`).
+//!
 //! Addresses: `grpc_addr` is a member's client API address (from its own
 //! report, or the node's address book for one that did not answer);
 //! `peer_addr` is the address in the membership. `AddNode` takes the new
-//! node's peer address.
+//! node's peer address. `SaveSnapshot` streams a backup file
+//! (`super::snapshot_save`).
 
 use std::time::Duration;
 
@@ -77,6 +81,7 @@ impl Api {
             leader_id: own.leader.unwrap_or(0),
             term: own.term,
             nodes,
+            cluster_version: self.node.cluster_version().current().to_string(),
         }
     }
 
@@ -176,6 +181,8 @@ impl Api {
 
 #[tonic::async_trait]
 impl ClusterService for Api {
+    type SaveSnapshotStream = super::snapshot_save::SnapshotStream;
+
     async fn status(
         &self,
         request: Request<pb::ClusterStatusRequest>,
@@ -216,6 +223,49 @@ impl ClusterService for Api {
         .await
     }
 
+    async fn version(
+        &self,
+        request: Request<pb::ClusterVersionRequest>,
+    ) -> Result<Response<pb::ClusterVersion>, Status> {
+        let caller = self.caller(&request, "ClusterVersion").await;
+        self.observed(caller.method, async {
+            {
+                let state = self.node.state.read();
+                self.authorize(&caller, &state, Permission::ClusterRead, &Resource::Cluster)?;
+            }
+            let voters = self.node.members();
+            let members = self
+                .node
+                .member_versions()
+                .await
+                .into_iter()
+                .map(|(id, answer)| {
+                    let voter = voters.get(&id).is_some_and(|(_, voter)| *voter);
+                    match answer {
+                        Ok(version) => pb::MemberVersion {
+                            id,
+                            voter,
+                            version: version.to_string(),
+                            error: String::new(),
+                        },
+                        Err(error) => pb::MemberVersion {
+                            id,
+                            voter,
+                            version: String::new(),
+                            error,
+                        },
+                    }
+                })
+                .collect();
+            Ok(Response::new(pb::ClusterVersion {
+                answered_by: self.node.id,
+                cluster_version: self.node.cluster_version().current().to_string(),
+                members,
+            }))
+        })
+        .await
+    }
+
     async fn remove_node(
         &self,
         request: Request<pb::RemoveNodeRequest>,
@@ -228,5 +278,14 @@ impl ClusterService for Api {
                 .await
         })
         .await
+    }
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let caller = self.caller(&request, "SaveSnapshot").await;
+        self.observed(caller.method, self.save_snapshot_for(caller.clone()))
+            .await
     }
 }

@@ -69,7 +69,8 @@ async fn report(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Recomputes `node`'s readiness whenever its Raft metrics change and
+/// Recomputes `node`'s readiness whenever its Raft metrics or its leader's
+/// silence (see `crate::raft::pre_vote`) change and
 /// reports a changed status through `reporter`, starting from `reported`;
 /// ends when `shutdown` is cancelled or Raft stops, reporting `NOT_SERVING`.
 pub async fn follow_readiness(
@@ -79,10 +80,12 @@ pub async fn follow_readiness(
     shutdown: CancellationToken,
 ) {
     let mut metrics = node.raft.metrics();
+    let mut silence = node.leader_silence();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             changed = metrics.changed() => if changed.is_err() { break },
+            changed = silence.changed() => if changed.is_err() { break },
         }
         let readiness = node.readiness();
         let status = serving_status(&readiness);

@@ -235,6 +235,16 @@ impl JobService for Api {
         self.observed(caller.method, async {
             let req = request.into_inner();
             let id = req.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+            // The patch is completed and checked against this node's copy of
+            // the job (redacted secrets restored, the payload validated for
+            // the job's type), so that copy must hold every write acknowledged
+            // before this call: a follower that had not yet applied the
+            // create it forwarded would see no job, check the payload against
+            // no type and store the redaction marker as the secret.
+            self.node
+                .read_barrier(crate::node::Consistency::Linearizable)
+                .await
+                .map_err(to_status)?;
             let command = (|| {
                 let job = req
                     .job

@@ -215,20 +215,26 @@ impl Watcher {
 
 /// Streams lifecycle events matching `filter` after `after` (after the
 /// newest when `None`, beginning with a progress notice), until the client
-/// goes away or `shutdown` fires (then `UNAVAILABLE`: resume elsewhere).
+/// goes away or `shutdown` fires (then `UNAVAILABLE`: resume elsewhere);
+/// the stream holds `slot` until then (see [`super::watch_limit`]).
 pub fn watch_events(
     state: StateHandle,
     watcher: Watcher,
     filter: EventFilter,
     after: Option<u64>,
+    slot: super::watch_limit::WatchSlot,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<pb::LifecycleEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     // Subscribe before the first read: a change applied in between moves the head.
     let head = state.subscribe_audit_head();
     tokio::spawn(async move {
+        let _slot = slot;
+        let gone = tx.clone();
         tokio::select! {
             _ = follow(state, head, watcher, filter, after, tx.clone()) => {}
+            // The client went away while no event was flowing.
+            () = gone.closed() => {}
             () = shutdown.cancelled() => {
                 let _ = tx.try_send(Err(Status::unavailable("node shutting down")));
             }

@@ -23,6 +23,7 @@ pub mod acl_service;
 pub mod audit_recorder;
 pub mod audit_service;
 pub mod auth;
+pub mod bootstrap_token;
 pub mod cluster_service;
 pub mod completions;
 pub mod convert;
@@ -36,8 +37,10 @@ pub mod read;
 pub mod reflection;
 pub mod run_service;
 pub mod service_info;
+pub mod snapshot_save;
 pub mod task_token;
 pub mod watch;
+pub mod watch_limit;
 pub mod wire_errors;
 pub mod worker_service;
 
@@ -88,6 +91,7 @@ impl Api {
         metrics: Arc<Metrics>,
         workers: ApiWorkers,
         auth: AuthSettings,
+        max_watches: usize,
         shutdown: CancellationToken,
     ) -> Api {
         if auth.disabled {
@@ -105,6 +109,7 @@ impl Api {
             completions: CompletionBatcher::start(node.clone()),
             auth,
             recorder: AuditRecorder::start(node),
+            watches: watch_limit::WatchSlots::new(max_watches),
             shutdown,
         }
     }
@@ -200,6 +205,8 @@ pub struct Api {
     auth: AuthSettings,
     /// Where audit records made outside the state machine go.
     recorder: AuditRecorder,
+    /// The bound on this node's open watch streams (`--max-watches`).
+    watches: watch_limit::WatchSlots,
     /// Fires when the server stops; ends open streams.
     shutdown: CancellationToken,
 }

@@ -1,5 +1,7 @@
-//! `RaftService`: the peer side of Raft RPCs, forwarded writes, ReadIndex and
-//! status probes. Payloads are openraft / Kairos types encoded with their
+//! `RaftService`: the peer side of Raft RPCs, forwarded writes, ReadIndex,
+//! status probes, the version query of `crate::cluster_version` and a
+//! stopping leader's `TimeoutNow` (`crate::raft::handover`), the pre-vote
+//! of `crate::raft::pre_vote`. Payloads are openraft / Kairos types encoded with their
 //! format version (`crate::codec`; see `crate::raft::network` for the client
 //! side). A payload of another format version is answered
 //! `FAILED_PRECONDITION` naming both versions, one that does not decode
@@ -142,6 +144,38 @@ impl RaftService for PeerApi {
         _request: Request<pb::NodeMetricsRequest>,
     ) -> Result<Response<pb::RaftPayload>, Status> {
         payload(&self.node.report())
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let pb::TimeoutNowRequest {
+            leader_id,
+            term,
+            candidate,
+        } = request.into_inner();
+        self.node
+            .timeout_now(leader_id, term, candidate)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
+    }
+
+    async fn pre_vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
+        let request = decode_payload(request)?;
+        payload(&self.node.pre_vote(&request).await.map_err(to_status)?)
+    }
+
+    async fn node_version(
+        &self,
+        _request: Request<pb::NodeVersionRequest>,
+    ) -> Result<Response<pb::NodeVersionResponse>, Status> {
+        let own = crate::cluster_version::own();
+        Ok(Response::new(pb::NodeVersionResponse {
+            major: own.major.into(),
+            minor: own.minor.into(),
+        }))
     }
 }
 

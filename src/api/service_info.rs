@@ -122,6 +122,11 @@ pub const GRPC_PERMISSIONS: &[(&str, Option<Permission>)] = &[
         "kairos.v1.ClusterService/RemoveNode",
         Some(Permission::ClusterAdmin),
     ),
+    (
+        "kairos.v1.ClusterService/SaveSnapshot",
+        Some(Permission::ClusterAdmin),
+    ),
+    ("kairos.v1.ClusterService/Version", Some(Permission::ClusterRead)),
     ("kairos.v1.AclService/Bootstrap", None),
     ("kairos.v1.AclService/CreateRole", Some(Permission::AclAdmin)),
     ("kairos.v1.AclService/GetRole", Some(Permission::AclAdmin)),

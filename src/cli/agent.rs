@@ -3,9 +3,14 @@
 //! [`run`] loads the TLS files and binds the listeners first (a bad file or a
 //! busy port fails fast with a clear message), starts the node, serves the
 //! client API (`--grpc-addr`), the peer API (`--peer-addr`, authenticated
-//! peers only) and HTTP, and waits for the shutdown token; it then stops the
-//! servers, shuts Raft down and waits for every task. SIGTERM and Ctrl-C
-//! cancel the token.
+//! peers only) and HTTP, and waits for the shutdown token; it then hands
+//! leadership over if it leads (at most `--handover-timeout-ms`, default
+//! [`HANDOVER_TIMEOUT`], see
+//! [`crate::raft::handover`]), stops the servers, shuts Raft down and waits
+//! for every task. SIGTERM and Ctrl-C cancel the token. The servers run on
+//! a token of their own, so they keep answering peers during the handover;
+//! a server that fails cancels that one and stops the node without a
+//! handover.
 
 use std::path::PathBuf;
 
@@ -26,11 +31,17 @@ use crate::api::ApiWorkers;
 use crate::config::{AgentArgs, AgentConfig};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeOptions};
+use crate::raft::handover::HandoverOutcome;
 use crate::tls::PeerTls;
 use crate::transport::PeerSecurity;
 
 /// How long shutdown waits for each group of tasks to finish.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a stopping leader tries to hand leadership over before it
+/// stops anyway (then the followers elect after their timeout), unless
+/// `--handover-timeout-ms` says otherwise.
+pub const HANDOVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Parses the agent's configuration, sets up logging, traces and signals,
 /// and runs it; exports the last spans on the way out.
@@ -98,22 +109,30 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     if let Some(chaos_break) = config.chaos_break {
         tracing::error!(
             ?chaos_break,
-            "--unsafe-chaos-break: THIS NODE IS DELIBERATELY BROKEN AND RUNS EVERY FIRE TWICE (the chaos checker's test)"
+            "--unsafe-chaos-break: THIS NODE IS DELIBERATELY BROKEN (the chaos checker's test)"
         );
     }
 
+    if config.force_new_cluster {
+        crate::backup::force::before_start(&config.data_dir, config.node_id, &config.advertise_addr).await?;
+    }
+
     let metrics = Metrics::with_job_limit(config.metrics_job_limit);
+    // Cancelled once the node stops serving: after the handover on a
+    // planned stop, at once when a server fails.
+    let serving = CancellationToken::new();
     let node = Node::start(
         &node_options(&config, peer_security.clone(), metrics.clone()),
-        shutdown.clone(),
+        serving.clone(),
     )
     .await?;
     let (node_server, _) = crate::actors::cluster::start_node_server(
         config.node_id,
         config.cluster_addr,
+        &config.advertised_cluster_addr(),
         &config.cluster_secret,
         worker_tls.as_ref(),
-        shutdown.clone(),
+        serving.clone(),
     )
     .await?;
     let registry = registry(&config);
@@ -147,11 +166,27 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         peer_security,
         worker_tls,
         api_tls,
-        shutdown: shutdown.clone(),
+        shutdown: serving.clone(),
     };
     let tasks = services.spawn(Listeners { grpc, peer, http }, &config);
 
-    shutdown.cancelled().await;
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            let started = std::time::Instant::now();
+            match node.hand_over_leadership(config.handover_timeout).await {
+                HandoverOutcome::NotLeader => {}
+                HandoverOutcome::Transferred { to } => tracing::info!(
+                    node = config.node_id, to, elapsed = ?started.elapsed(), "leadership handed over"
+                ),
+                HandoverOutcome::Abandoned { reason } => tracing::warn!(
+                    node = config.node_id, elapsed = ?started.elapsed(),
+                    "leadership not handed over ({reason}); the followers elect after their timeout"
+                ),
+            }
+        }
+        _ = serving.cancelled() => {}
+    }
+    serving.cancel();
     // Stop Raft first: whatever waits for a commit (in-flight requests, the
     // leader's timer and dispatcher) then fails at once instead of waiting for
     // peers that may already be gone. The servers drain meanwhile; the node
@@ -168,6 +203,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     external_pool.stop(None);
     node_server.stop(None);
     tracing::info!(node = config.node_id, "stopped");
+    // Stopped because this node is too old for the cluster version.
+    if let Some(refusal) = node.cluster_version().refusal() {
+        anyhow::bail!(refusal);
+    }
+    // Stopped because Raft failed on a storage error.
+    if let Some(failure) = node.raft_failure() {
+        anyhow::bail!(failure);
+    }
     Ok(())
 }
 
@@ -186,7 +229,7 @@ fn node_options(
         cluster_id: crate::api::service_info::derive_cluster_id(&config.cluster_secret),
         initial_cluster: config.initial_cluster.clone(),
         tuning: config.tuning.clone(),
-        cluster_addr: config.cluster_addr.to_string(),
+        cluster_addr: config.advertised_cluster_addr(),
         dial_map: Arc::new(config.dial_map.clone()),
         audit_retain: config.audit_retain,
         auth_disabled: config.auth.disabled,
@@ -250,6 +293,7 @@ impl Services {
             self.metrics.clone(),
             self.workers.clone(),
             config.auth,
+            config.max_watches,
             self.shutdown.clone(),
         );
         {
@@ -290,6 +334,13 @@ impl Services {
             config.leader.clone(),
             self.shutdown.clone(),
         ));
+        if let Some(token) = config.bootstrap_token.clone() {
+            tasks.spawn(crate::api::bootstrap_token::run(
+                self.node.clone(),
+                token,
+                self.shutdown.clone(),
+            ));
+        }
         tasks.spawn(crate::actors::cluster::run_connector(
             self.node,
             self.node_server,

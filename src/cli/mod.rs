@@ -10,7 +10,9 @@
 //! - `service describe`: the cluster's service record, for a service
 //!   registry ([`service`]).
 //! - `sink`: outbound webhooks receiving the lifecycle stream ([`sink`]).
+//! - `snapshot save|inspect|restore`: backups of the cluster's state ([`snapshot`]).
 //! - `cron next`: fire times from the same schedule code the server uses ([`cron`]).
+//! - `probe`: one HTTP GET with an exit status, for container health checks ([`probe`]).
 //!
 //! Errors end the process with a non-zero code and one line on stderr.
 
@@ -25,9 +27,11 @@ pub mod event;
 pub mod job;
 pub mod job_type;
 pub mod output;
+pub mod probe;
 pub mod run;
 pub mod service;
 pub mod sink;
+pub mod snapshot;
 pub mod worker;
 
 use clap::{Parser, Subcommand};
@@ -78,6 +82,10 @@ pub enum Command {
     Audit(audit::AuditCommand),
     /// Sinks: webhooks receiving every lifecycle event, in order, at least once.
     Sink(sink::SinkCommand),
+    /// Backups: save the cluster's state to a file, inspect one, restore one into a new cluster.
+    Snapshot(snapshot::SnapshotCommand),
+    /// GET an HTTP URL (default: this host's /readyz); exit 0 on 2xx, else 1 (container health checks).
+    Probe(probe::ProbeArgs),
     /// Internal diagnostics (used by the durability test).
     #[command(hide = true)]
     Debug(agent::DebugCommand),
@@ -99,6 +107,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acl(cmd) => acl::run(cmd, &cli.client).await,
         Command::Audit(cmd) => audit::run(cmd, &cli.client).await,
         Command::Sink(cmd) => sink::run(cmd, &cli.client).await,
+        Command::Snapshot(cmd) => snapshot::run(cmd, &cli.client).await,
+        Command::Probe(args) => probe::run(args, cli.client.timeout).await,
         Command::Debug(cmd) => agent::debug(cmd).await,
     }
 }

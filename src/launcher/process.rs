@@ -142,6 +142,12 @@ impl ChildProcess {
         Ok(true)
     }
 
+    /// Sends SIGTERM (a planned stop) unless the child has exited, without
+    /// waiting; returns whether it was sent.
+    pub fn request_stop(&self) -> io::Result<bool> {
+        self.signal(Signal::SIGTERM)
+    }
+
     /// Blocks until the child exits or `timeout` passes; `None` on timeout.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
         let status = self.exit.lock();

@@ -21,8 +21,9 @@
 //! Log entries, snapshots and peer messages carry a format version
 //! ([`crate::codec`], re-exported here as [`encode`] and [`decode`]): a node
 //! refuses a version it does not know with an error naming both, and every
-//! node of a cluster must run the same format version (no rolling upgrades
-//! yet). A data directory written before versions existed is migrated when
+//! node of a cluster must run the same format version (releases of one
+//! format version share a cluster during a rolling upgrade, see
+//! [`crate::cluster_version`]). A data directory written before versions existed is migrated when
 //! it is opened (the log by [`log_store`], snapshots by [`legacy`]).
 //!
 //! IMPLEMENTATION CAVEATS: sled stores values larger than a quarter of a segment
@@ -30,15 +31,21 @@
 //! 8 MiB segments, so values up to ~2 MiB stay inline; job payloads are capped at
 //! 1 MiB and batch entries to 1 MiB to stay below that; snapshots are files of
 //! their own ([`snapshot_file`]).
+//!
+//! Elections are started by [`pre_vote`], not by openraft's own timer: a
+//! node asks the other voters first, so one that was paused or cut off
+//! does not unseat a healthy leader when it returns.
 
 #![allow(clippy::result_large_err)] // openraft's trait signatures fix `StorageError`.
 
 pub mod batcher;
 pub mod durability;
+pub mod handover;
 pub mod legacy;
 pub mod log_store;
 pub mod network;
 pub mod offline;
+pub mod pre_vote;
 pub mod proposer;
 pub mod snapshot_file;
 pub mod snapshot_policy;
@@ -103,6 +110,9 @@ pub fn raft_config(tuning: &RaftTuning) -> Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: tuning.snapshot_keep_logs,
         snapshot_max_chunk_size: 1 << 20,
+        // Elections are started after a pre-vote by `pre_vote`, with the
+        // same timing as openraft's timer, which would raise the term first.
+        enable_elect: false,
         ..Default::default()
     };
     config

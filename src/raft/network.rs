@@ -21,11 +21,23 @@
 //! expire in a row: a peer that stopped answering (paused, partitioned) is
 //! then backed off like an unreachable one.
 //!
+//! One connection per peer: openraft asks for a new client for every
+//! replication stream, every election and every linearizable read (whose
+//! leadership check is a round of heartbeats bounded by the heartbeat
+//! interval, 50 ms). A new client with a new connection paid the TCP
+//! connect and the peer authentication inside those 50 ms; under load every
+//! such check failed and reads on the leader answered `UNAVAILABLE` for
+//! seconds (seen in CI, thousands of "timeout while confirming leadership"
+//! in a row). [`PeerNetwork`] therefore hands every client of one peer the
+//! same channel, an HTTP/2 connection that carries the calls side by side
+//! and reconnects by itself.
+//!
 //! Peers are dialed through the node's [`DialMap`]: a test harness may send
 //! this node's connections to a peer through a proxy of its own. A peer
 //! that refuses the connection's authentication is unreachable, like one
 //! that is down.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,15 +89,43 @@ pub fn peer_client(
         .max_encoding_message_size(MAX_PEER_MESSAGE_BYTES))
 }
 
-/// Creates [`PeerClient`]s for openraft on node `id`.
+/// Creates [`PeerClient`]s for openraft on node `id`, all clients of one
+/// peer sharing one channel (see the module notes).
 #[derive(Clone)]
 pub struct PeerNetwork {
     /// The node that sends.
-    pub id: NodeId,
+    id: NodeId,
     /// Where the node dials its peers.
-    pub dial_map: Arc<DialMap>,
+    dial_map: Arc<DialMap>,
     /// How the node authenticates its peer connections.
-    pub security: Arc<PeerSecurity>,
+    security: Arc<PeerSecurity>,
+    /// The channel of each peer address, made on first use.
+    channels: Arc<std::sync::Mutex<HashMap<String, RaftServiceClient<Channel>>>>,
+}
+
+impl PeerNetwork {
+    /// The network of node `id`, dialing through `dial_map` and
+    /// authenticating as `security` says.
+    pub fn new(id: NodeId, dial_map: Arc<DialMap>, security: Arc<PeerSecurity>) -> PeerNetwork {
+        PeerNetwork {
+            id,
+            dial_map,
+            security,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The shared channel to `addr`; `None` if no channel can be made for
+    /// it (an address that is no URI), which the call reports.
+    fn channel(&self, addr: &str) -> Option<RaftServiceClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = channels.get(addr) {
+            return Some(client.clone());
+        }
+        let client = peer_client(addr, &self.dial_map, &self.security).ok()?;
+        channels.insert(addr.to_string(), client.clone());
+        Some(client)
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -98,7 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.addr.clone(),
             dial_map: self.dial_map.clone(),
             security: self.security.clone(),
-            client: None,
+            client: self.channel(&node.addr),
             timeouts_in_a_row: 0,
         }
     }
@@ -159,33 +199,45 @@ impl PeerClient {
             self.client =
                 Some(peer_client(&self.addr, &self.dial_map, &self.security).map_err(|e| unreachable(&e))?);
         }
-        let mut client = self.client.clone().expect("set above");
-        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let request = tonic::Request::new(RaftPayload { data });
-        let call = async {
-            match rpc {
-                Rpc::AppendEntries => client.append_entries(request).await,
-                Rpc::Vote => client.vote(request).await,
-                Rpc::InstallSnapshot => client.install_snapshot(request).await,
-            }
-        };
-        let reply = match tokio::time::timeout(ttl, call).await {
-            Ok(Ok(reply)) => reply.into_inner(),
-            Ok(Err(status)) => return Err(unreachable(&status)),
-            Err(_) => {
-                self.timeouts_in_a_row += 1;
-                if self.timeouts_in_a_row >= TIMEOUTS_BEFORE_UNREACHABLE {
-                    let n = self.timeouts_in_a_row;
-                    return Err(unreachable(&format!(
-                        "no answer within {ttl:?}, {n} times in a row"
-                    )));
+        let client = self.client.clone().expect("set above");
+        let deadline = tokio::time::Instant::now() + ttl;
+        let mut attempt = 0;
+        let reply = loop {
+            attempt += 1;
+            let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let request = tonic::Request::new(RaftPayload { data });
+            let mut client = client.clone();
+            let call = async move {
+                match rpc {
+                    Rpc::AppendEntries => client.append_entries(request).await,
+                    Rpc::Vote => client.vote(request).await,
+                    Rpc::InstallSnapshot => client.install_snapshot(request).await,
                 }
-                return Err(RPCError::Timeout(Timeout {
-                    action: rpc.openraft_type(),
-                    id: self.id,
-                    target: self.target,
-                    timeout: ttl,
-                }));
+            };
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(Ok(reply)) => break reply.into_inner(),
+                // The shared channel answers the first call after a failed
+                // connection with that failure and reconnects for the next
+                // one (a vote right after start-up met the failed dial of a
+                // peer not yet listening): once more, within the TTL. The
+                // calls are idempotent (Raft's own retries resend them too).
+                Ok(Err(_)) if attempt == 1 => continue,
+                Ok(Err(status)) => return Err(unreachable(&status)),
+                Err(_) => {
+                    self.timeouts_in_a_row += 1;
+                    if self.timeouts_in_a_row >= TIMEOUTS_BEFORE_UNREACHABLE {
+                        let n = self.timeouts_in_a_row;
+                        return Err(unreachable(&format!(
+                            "no answer within {ttl:?}, {n} times in a row"
+                        )));
+                    }
+                    return Err(RPCError::Timeout(Timeout {
+                        action: rpc.openraft_type(),
+                        id: self.id,
+                        target: self.target,
+                        timeout: ttl,
+                    }));
+                }
             }
         };
         self.timeouts_in_a_row = 0;
@@ -244,11 +296,7 @@ mod tests {
         drop(unused);
         let map = DialMap::parse(&format!("{member_addr}={}", proxy.local_addr().unwrap())).unwrap();
         let secret = crate::transport::ClusterSecret::new("sixteen-bytes-ok".into(), "test").unwrap();
-        let mut network = PeerNetwork {
-            id: 1,
-            dial_map: Arc::new(map),
-            security: Arc::new(PeerSecurity::ClusterSecret(secret)),
-        };
+        let mut network = PeerNetwork::new(1, Arc::new(map), Arc::new(PeerSecurity::ClusterSecret(secret)));
         let mut peer = network.new_client(2, &BasicNode::new(&member_addr)).await;
         let vote = tokio::spawn(async move {
             let request = VoteRequest::new(openraft::Vote::new(1, 1), None);

@@ -35,10 +35,25 @@ pub struct RaftProposer {
     /// Seconds from proposing an entry until it was committed and applied
     /// (committed proposals only).
     pub commit_seconds: Histogram,
+    /// Refuses proposals while this leader hands over (see [`super::handover`]).
+    pub handover: std::sync::Arc<super::handover::Handover>,
+}
+
+impl RaftProposer {
+    /// The refusal of a proposal made while this node hands leadership over.
+    fn stepping_down(&self) -> Error {
+        Error::Unavailable {
+            message: format!("node {} is handing leadership over before it stops", self.id),
+            leader: None,
+        }
+    }
 }
 
 impl Proposer for RaftProposer {
     async fn propose(&self, request: Request) -> Result<Response> {
+        let Some(_in_flight) = self.handover.admit() else {
+            return Err(self.stepping_down());
+        };
         let proposed = std::time::Instant::now();
         match self.raft.client_write(request).await {
             Ok(reply) => {
@@ -54,6 +69,9 @@ impl Proposer for RaftProposer {
         request: Request,
         writes: Vec<Option<opentelemetry::Context>>,
     ) -> (Result<Response>, Option<Landed>) {
+        let Some(_in_flight) = self.handover.admit() else {
+            return (Err(self.stepping_down()), None);
+        };
         self.traces.proposing(TracedEntry {
             at_ms: request.at_ms,
             principal: request.principal.clone(),

@@ -33,9 +33,9 @@
 //! fit in RAM twice) and sent with openraft's chunked transfer. Good enough for
 //! a few hundred MB of state; streaming from a file is future work.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -48,13 +48,14 @@ use super::durability::Disk;
 use super::snapshot_file::{Format, Meta, SnapshotFile};
 use super::stats::RaftStats;
 use super::{legacy, NodeId, StorageError, TypeConfig};
-use crate::codec;
+use crate::cluster_version::{ClusterVersion, SnapshotTrailer, Version};
 use crate::error::{Error, Result};
 use crate::scheduler::run::Run;
 use crate::scheduler::state::StateImage;
 use crate::scheduler::{Changes, CommandResult, Response, State};
 
-type Membership = StoredMembership<NodeId, BasicNode>;
+/// A membership as stored with the state.
+pub type Membership = StoredMembership<NodeId, BasicNode>;
 
 fn snap_write(e: impl std::fmt::Display) -> StorageError {
     StorageIOError::write_snapshot(None, AnyError::error(e)).into()
@@ -85,6 +86,23 @@ pub struct StateHandle {
     audit_head: Arc<tokio::sync::watch::Sender<u64>>,
     /// The leader's tracing: apply times, traced writes in flight, run creators.
     pub traces: Arc<crate::telemetry::LeaderTraces>,
+    /// Where in the log the state is: changed only while the state's write
+    /// lock is held, so a reader holding the read lock sees the position of
+    /// the state it reads ([`StateHandle::read_at`]).
+    position: Arc<Mutex<AppliedPosition>>,
+    /// The recorded cluster version as applied, and this node's refusal
+    /// to go on when it is too old for it (see [`crate::cluster_version`]).
+    pub cluster_version: ClusterVersion,
+}
+
+/// The log position of the applied state: its last applied log id and the
+/// membership as of that entry.
+#[derive(Clone, Debug, Default)]
+pub struct AppliedPosition {
+    /// The last applied log id (`None` before anything was applied).
+    pub log_id: Option<LogId<NodeId>>,
+    /// The membership in effect at `log_id`.
+    pub membership: Membership,
 }
 
 impl Default for StateHandle {
@@ -94,6 +112,8 @@ impl Default for StateHandle {
             run_feed: broadcast::channel(RUN_FEED_CAPACITY).0,
             audit_head: Arc::new(tokio::sync::watch::channel(0).0),
             traces: Arc::default(),
+            position: Arc::default(),
+            cluster_version: ClusterVersion::default(),
         }
     }
 }
@@ -102,6 +122,23 @@ impl StateHandle {
     /// A read guard on the state. Hold it briefly: `apply` waits for it.
     pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A read guard on the state and the log position it is at (a
+    /// consistent pair: what a backup is taken from). Hold it briefly.
+    pub fn read_at(&self) -> (RwLockReadGuard<'_, State>, AppliedPosition) {
+        let state = self.read();
+        let position = self.position.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (state, position)
+    }
+
+    /// Sets the position; call with the state's write lock held.
+    fn set_position(&self, log_id: Option<LogId<NodeId>>, membership: Option<&Membership>) {
+        let mut position = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        position.log_id = log_id;
+        if let Some(membership) = membership {
+            position.membership = membership.clone();
+        }
     }
 
     /// A read guard on the state if no apply holds it now.
@@ -245,9 +282,14 @@ impl StateMachineStore {
         }
     }
 
-    /// Decodes a snapshot's state.
+    /// Decodes a snapshot's state: its image, and the cluster version
+    /// recorded after it (see [`SnapshotTrailer`]).
     fn decode_state(data: &[u8]) -> Result<State, StorageError> {
-        Ok(State::from_image(codec::decode_body(data).map_err(snap_read)?))
+        let (image, rest) =
+            postcard::take_from_bytes::<StateImage>(data).map_err(|e| snap_read(format!("decode: {e}")))?;
+        let mut state = State::from_image(image);
+        state.set_cluster_version(SnapshotTrailer::decode(rest).map_err(snap_read)?);
+        Ok(state)
     }
 
     /// Makes `state`, described by `meta`, the current one.
@@ -258,6 +300,9 @@ impl StateMachineStore {
             current.set_audit_retain(self.audit_retain);
             #[cfg(feature = "chaos-break")]
             current.set_chaos_break(self.chaos_break);
+            self.state
+                .set_position(meta.last_log_id, Some(&meta.last_membership));
+            self.state.cluster_version.set_applied(current.cluster_version());
             current.audit().head().seq
         };
         self.state.publish(RunFeed::Reset);
@@ -288,9 +333,27 @@ fn decode_streamed(format: Format, input: &mut dyn std::io::Read) -> std::io::Re
     // Strings and byte strings pass through this buffer one at a time (a
     // payload is at most 1 MiB); nothing in the state borrows from it.
     let mut scratch = vec![0u8; 2 << 20];
-    let (image, _) =
+    let (image, (input, _)) =
         postcard::from_io::<StateImage, _>((input, &mut scratch[..])).map_err(std::io::Error::other)?;
-    Ok(State::from_image(image))
+    // What follows the image: the recorded cluster version, if above 0.1.
+    let mut rest = Vec::new();
+    input
+        .take(SnapshotTrailer::LEN as u64 * 4)
+        .read_to_end(&mut rest)?;
+    let mut state = State::from_image(image);
+    state.set_cluster_version(SnapshotTrailer::decode(&rest).map_err(std::io::Error::other)?);
+    Ok(state)
+}
+
+/// The highest cluster version `request` records, if it records one (it may
+/// be inside a batch).
+fn recorded_version(request: &crate::scheduler::Request) -> Option<Version> {
+    use crate::scheduler::Command;
+    match &request.command {
+        Command::SetClusterVersion { version } => Some(*version),
+        Command::Batch { requests } => requests.iter().filter_map(recorded_version).max(),
+        _ => None,
+    }
 }
 
 /// Builds a snapshot from an image of the state taken while the state machine
@@ -299,6 +362,9 @@ pub struct SnapshotBuilder {
     file: Arc<SnapshotFile>,
     meta: Meta,
     image: Option<StateImage>,
+    /// What follows the image: the recorded cluster version
+    /// ([`SnapshotTrailer`], empty at 0.1 so the file is what 0.1 writes).
+    trailer: Vec<u8>,
     /// Where the build's duration and size are recorded.
     stats: RaftStats,
 }
@@ -316,12 +382,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .ok_or_else(|| snap_write("snapshot already built"))?;
         let (file, meta) = (self.file.clone(), self.meta.clone());
+        let trailer = std::mem::take(&mut self.trailer);
         let started = std::time::Instant::now();
         let bytes = tokio::task::spawn_blocking(move || {
             let written = file.store_with(&meta, |out| {
-                postcard::to_io(&image, out)
-                    .map(|_| ())
-                    .map_err(std::io::Error::other)
+                postcard::to_io(&image, &mut *out).map_err(std::io::Error::other)?;
+                out.write_all(&trailer)
             });
             // The image shares nodes with the live state; dropping it here
             // keeps the release of the copies off the state machine's task.
@@ -362,9 +428,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut changes = Changes::default();
         let mut run_feed = None;
         let audit_head;
+        let mut membership_changed = false;
         {
             let mut state = self.state.write();
             for entry in entries {
+                // A cluster version above this node's: stop before applying it.
+                if let EntryPayload::Normal(request) = &entry.payload {
+                    if let Some(version) = recorded_version(request) {
+                        if let Err(refusal) = self.state.cluster_version.check(version) {
+                            return Err(StorageIOError::apply(entry.log_id, AnyError::error(refusal)).into());
+                        }
+                    }
+                }
                 self.last_applied = Some(entry.log_id);
                 let result = match entry.payload {
                     EntryPayload::Blank => Ok(Response::Empty),
@@ -394,6 +469,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        membership_changed = true;
                         Ok(Response::Empty)
                     }
                 };
@@ -409,6 +485,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 run_feed = Some(RunFeed::Changed(Arc::new(changed)));
             }
             audit_head = state.audit().head().seq;
+            self.state
+                .set_position(self.last_applied, membership_changed.then_some(&self.membership));
+            self.state.cluster_version.set_applied(state.cluster_version());
         }
         if let Some(feed) = run_feed {
             self.state.publish(feed);
@@ -423,7 +502,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // happen in `build_snapshot`, while applying goes on.
         self.snapshot_seq += 1;
         self.changes_since_snapshot.store(0, Ordering::Relaxed);
-        let image = self.state.read().image();
+        let (image, cluster_version) = {
+            let state = self.state.read();
+            (state.image(), state.cluster_version())
+        };
         let snapshot_id = match self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, self.snapshot_seq),
             None => format!("0-0-{}", self.snapshot_seq),
@@ -436,6 +518,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 snapshot_id,
             },
             image: Some(image),
+            trailer: SnapshotTrailer::encode(cluster_version),
             stats: self.stats.clone(),
         }
     }
@@ -452,6 +535,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "installing snapshot");
         let state = Self::decode_state(&data)?;
+        // A cluster version above this node's: stop before installing it.
+        self.state
+            .cluster_version
+            .check(state.cluster_version())
+            .map_err(snap_read)?;
         // Stored before it becomes the state: the log behind it may go.
         self.snapshot_file.store(meta, &data).map_err(snap_write)?;
         self.replace(meta, state);
@@ -567,10 +655,72 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = SnapshotFile::in_dir(dir.path());
         let meta = Meta::default();
-        file.store(&meta, &codec::encode_body(&state.image()).unwrap())
+        file.store(&meta, &crate::codec::encode_body(&state.image()).unwrap())
             .unwrap();
         let (_, decoded) = file.read_with(decode_streamed).unwrap().unwrap();
         assert_eq!(decoded, state);
         assert!(decoded.run_count() >= 20 && decoded.request("req-3").is_some());
+    }
+
+    #[tokio::test]
+    async fn the_cluster_version_follows_the_image_only_above_the_oldest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(SnapshotFile::in_dir(dir.path()));
+        let mut state = State::default();
+        let create = Command::CreateJob {
+            id: "job-1".into(),
+            spec: JobSpec {
+                job_type: "noop".into(),
+                owner_service: "svc".into(),
+                schedule: ScheduleSpec::Every {
+                    interval_ms: 1_000,
+                    phase_ms: 0,
+                },
+                payload: vec![1; 10],
+                metadata: Metadata::default(),
+                policies: Policies::default().shared(),
+                paused: false,
+            },
+            request_id: None,
+        };
+        let request = Request {
+            at_ms: 1_000,
+            principal: "tester".into(),
+            command: create,
+            write_id: None,
+        };
+        state.apply(1, &request, &mut Changes::default()).unwrap();
+        for (index, version) in [(1, Version::OLDEST), (2, Version::new(0, 2))] {
+            state.set_cluster_version(version);
+            let meta = Meta {
+                last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+                ..Meta::default()
+            };
+            let mut builder = SnapshotBuilder {
+                file: file.clone(),
+                meta,
+                image: Some(state.image()),
+                trailer: SnapshotTrailer::encode(version),
+                stats: RaftStats::default(),
+            };
+            builder.build_snapshot().await.unwrap();
+            let stored = file.read().unwrap().unwrap();
+            let image = crate::codec::encode_body(&state.image()).unwrap();
+            if version == Version::OLDEST {
+                // Byte for byte what a node of 0.1 writes.
+                assert_eq!(stored.data, image);
+            } else {
+                assert_eq!(&stored.data[..image.len()], &image[..]);
+                assert_eq!(stored.data.len(), image.len() + SnapshotTrailer::LEN);
+            }
+            // What a node of 0.1 reads: the image, ignoring what follows.
+            let old_read: StateImage = crate::codec::decode_body(&stored.data).unwrap();
+            assert_eq!(old_read, state.image());
+            let (_, streamed) = file.read_with(decode_streamed).unwrap().unwrap();
+            assert_eq!(streamed.cluster_version(), version);
+            assert_eq!(streamed, state);
+            let whole = StateMachineStore::decode_state(&stored.data).unwrap();
+            assert_eq!(whole.cluster_version(), version);
+        }
     }
 }

@@ -39,6 +39,13 @@ pub struct RaftStats {
     pub snapshot_size_bytes: Gauge,
     /// Leader changes this node observed.
     pub leader_changes: Counter,
+    /// `TimeoutNow` requests this node accepted from a stopping leader.
+    pub timeout_now_received: Counter,
+    /// Pre-votes this node won, each followed by an election it stood in.
+    pub pre_votes_won: Counter,
+    /// Pre-votes this node lost (a majority still heard from a leader, or
+    /// did not answer): the elections a plain Raft node would have started.
+    pub pre_votes_lost: Counter,
 }
 
 impl Default for RaftStats {
@@ -52,6 +59,9 @@ impl Default for RaftStats {
             snapshot_duration_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             snapshot_size_bytes: Gauge::default(),
             leader_changes: Counter::default(),
+            timeout_now_received: Counter::default(),
+            pre_votes_won: Counter::default(),
+            pre_votes_lost: Counter::default(),
         }
     }
 }

@@ -249,6 +249,9 @@ pub static ROUTES: &[Route] = &[
         "cluster:admin", "Adds a node (a learner, then a voter once caught up).", unary!(ClusterService::add_node)),
     route(Delete, "/v1/cluster/nodes/{node_id}", "ClusterService", "RemoveNode", "RemoveNodeRequest",
         "ClusterStatus", Body::None, "cluster:admin", "Removes a node.", unary!(ClusterService::remove_node)),
+    route(Get, "/v1/cluster/version", "ClusterService", "Version", "ClusterVersionRequest", "ClusterVersion",
+        Body::None, "cluster:read", "The cluster version and the version each member advertises.",
+        unary!(ClusterService::version)),
     // AclService
     route(Post, "/v1/acl:bootstrap", "AclService", "Bootstrap", "BootstrapRequest", "TokenSecret", Body::None,
         "none", "Creates the root token, once per cluster.", unary!(AclService::bootstrap)),

@@ -298,6 +298,13 @@ pub enum Command {
         /// Topic globs; empty: any topic.
         topics: Vec<String>,
     },
+    /// Record the cluster version (`crate::cluster_version`): proposed by
+    /// the leader only once every member supports `version`, since nodes of
+    /// 0.1 cannot decode this command. Never lowers the recorded version.
+    SetClusterVersion {
+        /// The lowest version among the members.
+        version: crate::cluster_version::Version,
+    },
 }
 
 /// One attempt the dispatcher starts: on a node's worker pool, or for an
@@ -390,6 +397,7 @@ impl Command {
             Command::DeleteSink { .. } => "delete_sink",
             Command::AckSink { .. } => "ack_sink",
             Command::CreateRoleWithScopes { .. } => "create_role_with_scopes",
+            Command::SetClusterVersion { .. } => "set_cluster_version",
         }
     }
 }

@@ -215,6 +215,10 @@ pub struct State {
     integration: IntegrationImage,
     /// Indexes derived from the jobs and `integration`.
     index: integration::IntegrationIndex,
+    /// The recorded cluster version (`crate::cluster_version`). Not part of
+    /// the image: a snapshot carries it after the image, and only once it
+    /// is above 0.1 (see `raft::state_machine`).
+    cluster_version: crate::cluster_version::Version,
     /// How many audit entries this replica keeps: a local setting given at
     /// start (`--audit-retain`), not replicated; 0 means the default.
     audit_retain: u64,
@@ -362,6 +366,10 @@ impl State {
             Command::CreateRoleWithScopes { role, types, topics } => {
                 self.create_role_with_scopes(role, types, topics, at_ms, principal)
             }
+            Command::SetClusterVersion { version } => {
+                self.cluster_version = self.cluster_version.max(*version);
+                Ok(Response::Empty)
+            }
         }
     }
 
@@ -376,6 +384,17 @@ impl State {
             })
             .collect();
         Response::Batch(results)
+    }
+
+    /// The recorded cluster version (0.1 when none was recorded).
+    pub fn cluster_version(&self) -> crate::cluster_version::Version {
+        self.cluster_version
+    }
+
+    /// Sets the recorded cluster version: from a snapshot's trailer, which
+    /// the image does not hold.
+    pub fn set_cluster_version(&mut self, version: crate::cluster_version::Version) {
+        self.cluster_version = version;
     }
 
     /// The next run id, as stored.

@@ -346,7 +346,7 @@ impl State {
             };
             if job.spec.paused || job.next_fire_ms != Some(*expected) || *expected > until_ms {
                 #[cfg(feature = "chaos-break")]
-                if self.chaos_break == Some(crate::chaos_break::ChaosBreak::DuplicateFires)
+                if self.chaos_break.is_some_and(|b| b.reruns_fires())
                     && job.last_fired_ms.is_some_and(|l| *expected <= l)
                 {
                     // The deliberately broken build: run a fire that already happened again.
