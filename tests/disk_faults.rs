@@ -135,5 +135,5 @@ async fn an_idle_node_whose_fsync_fails_stops_too() {
     cluster.spawn(3);
     cluster.wait_ready(READY).await;
     let on_node_3 = cluster.list_ids(3, pb::ReadConsistency::Linearizable).await;
-    assert!(on_node_3.contains(&"before-fault".to_string()), "{on_node_3:?}");
+    assert!(on_node_3.contains("before-fault"), "{on_node_3:?}");
 }
