@@ -34,6 +34,10 @@
 //! state machine runs them (as for `DuplicateFires`) — the duplicates a
 //! clock jump must never cause.
 //!
+//! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
+//! set as high as a semaphore allows): a flood queues instead of being
+//! refused — what `overload_answered` must catch.
+//!
 //! [`ChaosBreak::RunOnAfterStorageErrors`] does not stop the process when
 //! its storage fails (`stop_on_storage_failure` in `crate::node`):
 //! the node runs on — what `storage_errors_stop` must catch.
@@ -64,6 +68,9 @@ pub enum ChaosBreak {
     /// The timer trusts its wall clock: when the leader's clock steps back,
     /// the fires between the new reading and each job's last fire run again.
     TrustsWallClock,
+    /// `--max-requests` is ignored: a flood of calls queues without bound
+    /// instead of being refused past it.
+    NoRequestLimit,
 }
 
 impl ChaosBreak {

@@ -193,6 +193,8 @@ agent_settings! {
     fire_ahead_ms: u64, env = "KAIROS_FIRE_AHEAD_MS";
     /// Watch streams (`WatchRuns`, `WatchEvents`, REST `:watch`) this node serves at once; one more is refused with RESOURCE_EXHAUSTED (default 1024).
     max_watches: usize, env = "KAIROS_MAX_WATCHES";
+    /// Client calls (gRPC and REST, not counting watches, workers and health checks) this node serves at once; one more is refused at once with RESOURCE_EXHAUSTED (default 1024).
+    max_requests: usize, env = "KAIROS_MAX_REQUESTS";
     /// Jobs that get a `job` label of their own in /metrics: the N oldest (by creation time, then id); every other job is counted under `job="_other"` (default 1000; 0 puts every job there).
     metrics_job_limit: usize, env = "KAIROS_METRICS_JOB_LIMIT";
     /// On SIGTERM, how long a leader tries to hand leadership over before it stops anyway (default 2000; 0 stops at once, without a handover).
@@ -256,6 +258,8 @@ pub struct AgentConfig {
     pub metrics_job_limit: usize,
     /// Watch streams served at once (`--max-watches`).
     pub max_watches: usize,
+    /// Client calls served at once (`--max-requests`).
+    pub max_requests: usize,
     /// How long a stopping leader tries to hand over (`--handover-timeout-ms`).
     pub handover_timeout: std::time::Duration,
     /// The deliberately broken build's setting (`--unsafe-chaos-break`).
@@ -733,7 +737,20 @@ impl AgentConfig {
             max_watches: match args.max_watches {
                 Some(0) => return Err(Error::InvalidArgument("--max-watches: must be at least 1".into())),
                 Some(n) => n,
-                None => crate::api::watch_limit::DEFAULT_MAX_WATCHES,
+                None => crate::api::limits::DEFAULT_MAX_WATCHES,
+            },
+            max_requests: match args.max_requests {
+                Some(0) => {
+                    return Err(Error::InvalidArgument(
+                        "--max-requests: must be at least 1".into(),
+                    ))
+                }
+                #[cfg(feature = "chaos-break")]
+                _ if args.unsafe_chaos_break == Some(crate::chaos_break::ChaosBreak::NoRequestLimit) => {
+                    tokio::sync::Semaphore::MAX_PERMITS
+                }
+                Some(n) => n,
+                None => crate::api::limits::DEFAULT_MAX_REQUESTS,
             },
             handover_timeout: args
                 .handover_timeout_ms

@@ -445,3 +445,72 @@ async fn watches_past_the_limit_are_refused_until_one_ends() {
     again.message().await.unwrap().expect("a progress notice");
     drop(events);
 }
+
+/// `--max-requests 1`: a REST call whose body has not all arrived holds the
+/// node's only request slot (the gateway takes it before reading the body),
+/// so a gRPC call is refused at once naming the limit while health checks
+/// still answer; once the body is complete and answered, calls are served
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_request_limit_are_refused_until_one_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = TestCluster::start(1, &["--max-requests", "1"]);
+    cluster.wait_ready(READY).await;
+    cluster.wait_leader(READY).await;
+    let list = || async {
+        cluster
+            .jobs(1)
+            .await
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+    };
+    list().await.expect("one call at a time is served");
+
+    // Headers, and half the body.
+    let body = br#"{"topic":"limits.test","payload":""}"#;
+    let mut slow = tokio::net::TcpStream::connect(&cluster.node(1).http)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: kairos\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        cluster.token(),
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body[..10]).await.unwrap();
+
+    // The node takes the slow call's slot as it dispatches it: polled,
+    // bounded (nothing tells the client when that happened).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        match list().await {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the slow REST call never took the only slot"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("--max-requests"),
+        "{}",
+        refused.message()
+    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(cluster.channel(1));
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health checks take no slot");
+
+    // The rest of the body: the call is answered and gives its slot back.
+    slow.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    list().await.expect("the slot was given back");
+}

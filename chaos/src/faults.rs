@@ -194,12 +194,13 @@ async fn inject(
     let mut misbehaviour = None;
     // Faults that touch only followers must leave the leader in place, and
     // so must a clock fault on any node: Raft times itself by the monotonic
-    // clock, which a clock fault leaves true. (Not yet the follower kill:
+    // clock, which a clock fault leaves true. An overload must not starve
+    // the heartbeats. (Not yet the follower kill:
     // one docker round saw the term rise, leader unchanged, after a
     // follower restart 4 s into the round; not yet understood.)
     let watched = matches!(
         kind,
-        FaultKind::FlappingFollower | FaultKind::ClockSkew | FaultKind::ClockJump
+        FaultKind::FlappingFollower | FaultKind::ClockSkew | FaultKind::ClockJump | FaultKind::Overload
     );
     let before = match watched {
         true => clients.leadership().await,
@@ -396,6 +397,11 @@ async fn inject(
                 vec![victim],
                 format!("wall clock jumps {}, then back to 0", offsets.join(", ")),
             )
+        }
+        FaultKind::Overload => {
+            let flood = crate::overload::flood(runtime, clients, rng).await;
+            misbehaviour = flood.misbehaviour;
+            (ids.clone(), flood.detail)
         }
         FaultKind::FullRestart => {
             for &id in &ids {

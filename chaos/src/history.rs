@@ -131,6 +131,9 @@ pub enum FaultKind {
     /// A node's wall clock jumps forward and back by 10 s to 90 s a few
     /// times, then returns to the real time.
     ClockJump,
+    /// More client requests than the cluster can serve, for a few seconds
+    /// (creates, event publishes, watches; `src/overload.rs`).
+    Overload,
     /// Not a fault: a node stopped gracefully and started on another build
     /// (the upgrade scenario, `src/upgrade.rs`). Not in [`FaultKind::ALL`].
     Upgrade,
@@ -138,7 +141,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 17] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -155,6 +158,7 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::ClockSkew,
         FaultKind::ClockJump,
+        FaultKind::Overload,
     ];
 
     /// Whether the kind needs the disk-fault library (`crate::preload`).
@@ -186,6 +190,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk_full",
             FaultKind::ClockSkew => "clock_skew",
             FaultKind::ClockJump => "clock_jump",
+            FaultKind::Overload => "overload",
             FaultKind::Upgrade => "upgrade",
         }
     }

@@ -21,6 +21,7 @@ mod external;
 mod faults;
 mod history;
 mod invariants;
+mod overload;
 mod preload;
 mod proxy;
 mod recorder;
@@ -211,6 +212,7 @@ enum BreakKind {
     StaleReads,
     RunOnAfterStorageErrors,
     TrustsWallClock,
+    NoRequestLimit,
 }
 
 impl BreakKind {
@@ -222,6 +224,7 @@ impl BreakKind {
             BreakKind::StaleReads => "stale-reads",
             BreakKind::RunOnAfterStorageErrors => "run-on-after-storage-errors",
             BreakKind::TrustsWallClock => "trusts-wall-clock",
+            BreakKind::NoRequestLimit => "no-request-limit",
         };
         ["--unsafe-chaos-break", value]
     }
@@ -402,6 +405,10 @@ async fn run_round(
         "4".to_string(),
         "--http-allow=public,loopback".to_string(),
     ];
+    if kinds.contains(&FaultKind::Overload) {
+        extra_args.push(format!("--max-watches={}", overload::MAX_WATCHES));
+        extra_args.push(format!("--max-requests={}", overload::MAX_REQUESTS));
+    }
     if let Some(kind) = args.break_build {
         extra_args.extend(kind.agent_args().map(String::from));
     }

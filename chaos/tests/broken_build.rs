@@ -9,7 +9,9 @@
 //! run-on-after-storage-errors`: a node whose fsync failed keeps running
 //! (`storage_errors_stop`), and so does one whose disk filled up;
 //! `--break-build trusts-wall-clock`: the timer
-//! replays fires when the leader's clock steps back (`unique_runs`).
+//! replays fires when the leader's clock steps back (`unique_runs`);
+//! `--break-build no-request-limit`: `--max-requests` is ignored, so a
+//! flood queues instead of being refused (`overload_answered`).
 
 use std::process::Command;
 
@@ -180,6 +182,25 @@ fn a_build_that_runs_on_when_its_disk_is_full_is_caught_and_the_real_one_passes(
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
     assert!(
         report["faults_by_kind"]["disk_full"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_build_without_a_request_bound_is_caught_queueing_a_flood_and_the_real_one_passes() {
+    let (code, report) = chaos_round(7, "overload", Some("no-request-limit"));
+    assert_eq!(code, 1, "the build without the bound must fail the run: {report}");
+    let violations = report["violations"].as_array().unwrap();
+    assert!(
+        violations.iter().any(|v| v["invariant"] == "overload_answered"
+            && v["message"].as_str().unwrap().contains("--max-requests")),
+        "no overload violation: {violations:?}"
+    );
+
+    let (code, report) = chaos_round(7, "overload", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    assert!(
+        report["faults_by_kind"]["overload"].as_u64().unwrap() >= 1,
         "{report}"
     );
 }

@@ -216,13 +216,13 @@ impl Watcher {
 /// Streams lifecycle events matching `filter` after `after` (after the
 /// newest when `None`, beginning with a progress notice), until the client
 /// goes away or `shutdown` fires (then `UNAVAILABLE`: resume elsewhere);
-/// the stream holds `slot` until then (see [`super::watch_limit`]).
+/// the stream holds `slot` until then (see [`super::limits`]).
 pub fn watch_events(
     state: StateHandle,
     watcher: Watcher,
     filter: EventFilter,
     after: Option<u64>,
-    slot: super::watch_limit::WatchSlot,
+    slot: super::limits::Slot,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<pb::LifecycleEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);

@@ -31,6 +31,7 @@ pub mod event_service;
 pub mod health;
 pub mod job_service;
 pub mod lifecycle;
+pub mod limits;
 mod one_shot;
 pub mod raft_service;
 pub mod read;
@@ -40,7 +41,6 @@ pub mod service_info;
 pub mod snapshot_save;
 pub mod task_token;
 pub mod watch;
-pub mod watch_limit;
 pub mod wire_errors;
 pub mod worker_service;
 
@@ -91,7 +91,7 @@ impl Api {
         metrics: Arc<Metrics>,
         workers: ApiWorkers,
         auth: AuthSettings,
-        max_watches: usize,
+        limits: Limits,
         shutdown: CancellationToken,
     ) -> Api {
         if auth.disabled {
@@ -109,10 +109,20 @@ impl Api {
             completions: CompletionBatcher::start(node.clone()),
             auth,
             recorder: AuditRecorder::start(node),
-            watches: watch_limit::WatchSlots::new(max_watches),
+            watches: limits::Slots::watches(limits.max_watches),
+            requests: limits::Slots::requests(limits.max_requests),
             shutdown,
         }
     }
+}
+
+/// How much one node serves at once (see [`limits`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open watch streams (`--max-watches`).
+    pub max_watches: usize,
+    /// Client calls in progress (`--max-requests`).
+    pub max_requests: usize,
 }
 
 /// Serves the client services of `api` on `listener` until `shutdown` is
@@ -126,6 +136,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let wire_errors = WireErrorsLayer::new(api.metrics.clone());
+    let request_limit = limits::RequestLimitLayer::new(api.requests.clone());
     let health = health::start(api.node.clone(), shutdown.clone()).await;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -133,6 +144,7 @@ pub async fn serve(
         // (none while tracing is off).
         .trace_fn(crate::telemetry::grpc_server_span)
         .layer(wire_errors)
+        .layer(request_limit)
         .add_service(
             JobServiceServer::new(api.clone())
                 .max_decoding_message_size(MAX_API_MESSAGE_BYTES)
@@ -206,12 +218,21 @@ pub struct Api {
     /// Where audit records made outside the state machine go.
     recorder: AuditRecorder,
     /// The bound on this node's open watch streams (`--max-watches`).
-    watches: watch_limit::WatchSlots,
+    watches: limits::Slots,
+    /// The bound on this node's client calls in progress (`--max-requests`).
+    requests: limits::Slots,
     /// Fires when the server stops; ends open streams.
     shutdown: CancellationToken,
 }
 
 impl Api {
+    /// A slot of the node's bound on client calls in progress, or
+    /// `RESOURCE_EXHAUSTED` (the REST gateway's share of
+    /// [`limits::RequestLimitLayer`]).
+    pub fn take_request_slot(&self) -> Result<limits::Slot, Status> {
+        self.requests.take()
+    }
+
     /// Runs a handler, recording its status code and latency.
     async fn observed<T>(
         &self,

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::convert::run_to_pb;
-use super::watch_limit::WatchSlot;
+use super::limits::Slot;
 use crate::proto as pb;
 use crate::raft::state_machine::{RunFeed, StateHandle};
 use crate::scheduler::acl::{AclTables, Credential, Permission, Resource};
@@ -124,14 +124,14 @@ pub type PositionReached = BoxFuture<'static, bool>;
 /// now when `None`); `ahead` is given when `after` is beyond what this node
 /// has applied (see the module docs). The stream ends with `UNAVAILABLE`
 /// when `shutdown` fires, and the task ends when the client goes away,
-/// giving back its `slot` (see [`super::watch_limit`]).
+/// giving back its `slot` (see [`super::limits`]).
 pub fn watch_runs(
     state: StateHandle,
     reader: Reader,
     job: Option<String>,
     after: Option<Position>,
     ahead: Option<PositionReached>,
-    slot: WatchSlot,
+    slot: Slot,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<pb::RunEvent, Status>> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);

@@ -293,7 +293,10 @@ impl Services {
             self.metrics.clone(),
             self.workers.clone(),
             config.auth,
-            config.max_watches,
+            crate::api::Limits {
+                max_watches: config.max_watches,
+                max_requests: config.max_requests,
+            },
             self.shutdown.clone(),
         );
         {

@@ -189,9 +189,19 @@ pub fn router(api: Api) -> Router {
         let span = server_span(route, &request);
         Box::pin(
             async move {
-                let response = match call(api, route, params, request).await {
-                    Ok(response) => response,
-                    Err(error) => error.into_response(),
+                // The same bound as the gRPC server's (`--max-requests`),
+                // held until the answer is ready (a stream's body is not).
+                let path = format!("/kairos.v1.{}/{}", route.service, route.rpc);
+                let slot = match crate::api::limits::counts_as_request(&path) {
+                    true => api.take_request_slot().map(Some),
+                    false => Ok(None),
+                };
+                let response = match slot {
+                    Err(refused) => RestError::from(refused).into_response(),
+                    Ok(_slot) => match call(api, route, params, request).await {
+                        Ok(response) => response,
+                        Err(error) => error.into_response(),
+                    },
                 };
                 tracing::Span::current().record("http.response.status_code", response.status().as_u16());
                 response

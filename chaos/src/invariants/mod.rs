@@ -9,13 +9,14 @@ pub mod fires_accounted;
 pub mod idempotency;
 pub mod linearizable_reads;
 pub mod no_needless_elections;
+pub mod overload_answered;
 pub mod replica_digest;
 pub mod settled_runs;
 pub mod storage_errors_stop;
 pub mod triggered_runs;
 pub mod unique_runs;
 
-use crate::history::History;
+use crate::history::{FaultKind, History};
 use crate::report::Violation;
 use crate::settle::FinalState;
 use crate::workload::SteadyJob;
@@ -31,7 +32,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 12] = [
+pub const ALL: [Checker; 13] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -44,6 +45,7 @@ pub const ALL: [Checker; 12] = [
     (no_needless_elections::NAME, no_needless_elections::check),
     (linearizable_reads::NAME, linearizable_reads::check),
     (storage_errors_stop::NAME, storage_errors_stop::check),
+    (overload_answered::NAME, overload_answered::check),
 ];
 
 /// Runs every checker.
@@ -62,4 +64,27 @@ pub fn rfc3339(unix_ms: i64) -> String {
 /// A protobuf timestamp as Unix ms (0 when unset).
 pub fn unix_ms(t: &Option<kairos::proto::Timestamp>) -> i64 {
     t.as_ref().map_or(0, kairos::api::convert::timestamp_ms)
+}
+
+/// What the harness recorded a fault of one of `kinds` doing wrong (its
+/// victims' misbehaviour), as violations of checker `name`.
+fn misbehaviour_of(evidence: &Evidence, name: &'static str, kinds: &[FaultKind]) -> Vec<Violation> {
+    evidence
+        .history
+        .faults
+        .iter()
+        .filter(|fault| kinds.contains(&fault.kind))
+        .filter_map(|fault| {
+            let what = fault.misbehaviour.as_ref()?;
+            Some(
+                Violation::new(
+                    name,
+                    format!("{} of node(s) {:?}: {what}", fault.kind.name(), fault.nodes),
+                )
+                .nodes(fault.nodes.clone())
+                .time(format!("t={}ms", fault.start_ms))
+                .time(format!("t={}ms", fault.end_ms)),
+            )
+        })
+        .collect()
 }

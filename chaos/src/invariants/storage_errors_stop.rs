@@ -12,6 +12,7 @@
 //! not persist, and that it catches up once restarted, the other checkers
 //! judge (`acknowledged_writes`, `replica_digest`).
 
+use crate::history::FaultKind;
 use crate::report::Violation;
 
 use super::Evidence;
@@ -19,21 +20,5 @@ use super::Evidence;
 pub const NAME: &str = "storage_errors_stop";
 
 pub fn check(evidence: &Evidence) -> Vec<Violation> {
-    evidence
-        .history
-        .faults
-        .iter()
-        .filter_map(|fault| {
-            let what = fault.misbehaviour.as_ref()?;
-            Some(
-                Violation::new(
-                    NAME,
-                    format!("{} of node(s) {:?}: {what}", fault.kind.name(), fault.nodes),
-                )
-                .nodes(fault.nodes.clone())
-                .time(format!("t={}ms", fault.start_ms))
-                .time(format!("t={}ms", fault.end_ms)),
-            )
-        })
-        .collect()
+    super::misbehaviour_of(evidence, NAME, &[FaultKind::FsyncError, FaultKind::DiskFull])
 }

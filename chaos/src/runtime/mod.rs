@@ -118,6 +118,14 @@ impl Runtime {
         }
     }
 
+    /// Node `id`'s resident memory in KiB (process mode, while it runs).
+    pub fn rss_kib(&self, id: NodeId) -> Option<u64> {
+        match self {
+            Runtime::Process(c) => c.rss_kib(id),
+            Runtime::Docker(_) => None,
+        }
+    }
+
     /// The length of node `id`'s log now (process mode; 0 in docker mode).
     pub fn log_len(&self, id: NodeId) -> u64 {
         match self {

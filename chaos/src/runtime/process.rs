@@ -219,6 +219,14 @@ impl ProcessCluster {
         self.nodes.get_mut(&id).expect("known node").launch.binary = binary.to_path_buf();
     }
 
+    /// Node `id`'s resident memory in KiB (`VmRSS`), while it runs.
+    pub fn rss_kib(&self, id: NodeId) -> Option<u64> {
+        let pid = self.process(id)?.process().pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// How node `id`'s process ended, if the harness started it and it exited.
     pub fn exit_status(&self, id: NodeId) -> Option<std::process::ExitStatus> {
         self.process(id).and_then(|p| p.process().exit_status())
