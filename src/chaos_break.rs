@@ -34,6 +34,11 @@
 //! state machine runs them (as for `DuplicateFires`) — the duplicates a
 //! clock jump must never cause.
 //!
+//! [`ChaosBreak::NoFdatasync`] acknowledges the log once sled flushed it to
+//! the page cache, without `fdatasync`: a kill loses nothing, a power cut
+//! (`torn_write`) loses what was acknowledged since sled's own periodic
+//! fsync — what `acknowledged_writes` must catch.
+//!
 //! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
 //! set as high as a semaphore allows): a flood queues instead of being
 //! refused — what `overload_answered` must catch.
@@ -71,6 +76,23 @@ pub enum ChaosBreak {
     /// `--max-requests` is ignored: a flood of calls queues without bound
     /// instead of being refused past it.
     NoRequestLimit,
+    /// The log is acknowledged once sled wrote it to the page cache, without
+    /// `fdatasync`: it survives a process crash, not a power cut.
+    NoFdatasync,
+}
+
+/// Set when the process runs [`ChaosBreak::NoFdatasync`] (read by
+/// `crate::raft::durability`, which knows no node options).
+static NO_FDATASYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process skip `fdatasync` ([`ChaosBreak::NoFdatasync`]).
+pub fn skip_fdatasync() {
+    NO_FDATASYNC.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether this process skips `fdatasync`.
+pub fn skips_fdatasync() -> bool {
+    NO_FDATASYNC.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl ChaosBreak {

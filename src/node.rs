@@ -281,6 +281,10 @@ impl Node {
     /// new cluster if asked to. The tasks stop when `shutdown` is cancelled
     /// or [`Node::shutdown`] is called, which waits for them.
     pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
+        #[cfg(feature = "chaos-break")]
+        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoFdatasync) {
+            crate::chaos_break::skip_fdatasync();
+        }
         let (log_store, state_machine) =
             open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
         log_store.resign_leadership(options.id)?;

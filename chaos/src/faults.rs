@@ -398,6 +398,27 @@ async fn inject(
                 format!("wall clock jumps {}, then back to 0", offsets.join(", ")),
             )
         }
+        FaultKind::TornWrite => {
+            // One node loses power, or the whole cluster does, at a moment
+            // 1-3 s into the fault while the workload writes.
+            let victims = match rng.gen_bool(0.5) {
+                true => vec![ids[rng.gen_range(0..ids.len())]],
+                false => ids.clone(),
+            };
+            hold(rng, 1_000, 3_000).await;
+            for &victim in &victims {
+                runtime.kill(victim).await?;
+            }
+            let mut torn = Vec::new();
+            for &victim in &victims {
+                torn.push(format!("{victim}: {}", runtime.tear_unsynced(victim, rng)?));
+            }
+            hold(rng, 300, 1_500).await;
+            for &victim in &victims {
+                runtime.start(victim).await?;
+            }
+            (victims, format!("power cut; {}", torn.join("; ")))
+        }
         FaultKind::Overload => {
             let flood = crate::overload::flood(runtime, clients, rng).await;
             misbehaviour = flood.misbehaviour;

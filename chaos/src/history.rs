@@ -131,6 +131,10 @@ pub enum FaultKind {
     /// A node's wall clock jumps forward and back by 10 s to 90 s a few
     /// times, then returns to the real time.
     ClockJump,
+    /// A power cut to one node or to all: each is killed and the bytes its
+    /// files received since their last sync are torn or cut short, as the
+    /// cut would leave them (`src/torn.rs`); then they are started again.
+    TornWrite,
     /// More client requests than the cluster can serve, for a few seconds
     /// (creates, event publishes, watches; `src/overload.rs`).
     Overload,
@@ -141,7 +145,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 17] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -158,12 +162,16 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::ClockSkew,
         FaultKind::ClockJump,
+        FaultKind::TornWrite,
         FaultKind::Overload,
     ];
 
     /// Whether the kind needs the disk-fault library (`crate::preload`).
     pub fn needs_disk_library(self) -> bool {
-        matches!(self, FaultKind::FsyncError | FaultKind::SlowDisk)
+        matches!(
+            self,
+            FaultKind::FsyncError | FaultKind::SlowDisk | FaultKind::TornWrite
+        )
     }
 
     /// Whether the kind needs the clock-fault library (`crate::preload`).
@@ -190,6 +198,7 @@ impl FaultKind {
             FaultKind::DiskFull => "disk_full",
             FaultKind::ClockSkew => "clock_skew",
             FaultKind::ClockJump => "clock_jump",
+            FaultKind::TornWrite => "torn_write",
             FaultKind::Overload => "overload",
             FaultKind::Upgrade => "upgrade",
         }

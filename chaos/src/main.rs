@@ -30,6 +30,7 @@ mod runtime;
 mod settle;
 mod small_disk;
 mod timeline;
+mod torn;
 mod upgrade;
 mod workload;
 
@@ -213,6 +214,7 @@ enum BreakKind {
     RunOnAfterStorageErrors,
     TrustsWallClock,
     NoRequestLimit,
+    NoFdatasync,
 }
 
 impl BreakKind {
@@ -225,6 +227,7 @@ impl BreakKind {
             BreakKind::RunOnAfterStorageErrors => "run-on-after-storage-errors",
             BreakKind::TrustsWallClock => "trusts-wall-clock",
             BreakKind::NoRequestLimit => "no-request-limit",
+            BreakKind::NoFdatasync => "no-fdatasync",
         };
         ["--unsafe-chaos-break", value]
     }

@@ -5,7 +5,8 @@
 //! - the disk-fault library (`tests/testkit/disk_faults.c`): a node's
 //!   `fdatasync`/`fsync` fail with EIO while its `fail-sync` file exists,
 //!   and are slowed by the milliseconds in its `slow-sync` file while that
-//!   exists ([`SyncFaults`]);
+//!   exists, and it logs which bytes of the node's files no sync covered
+//!   yet, for `torn_write` ([`SyncFaults`], [`crate::torn`]);
 //! - the clock-fault library (`tests/testkit/clock_faults.c`): a node's
 //!   wall clock is off by the milliseconds in its `clock-offset-ms` file,
 //!   its monotonic clock untouched ([`ClockFaults`]).
@@ -85,14 +86,23 @@ pub struct NodeFaults {
 pub struct SyncFaults {
     fail: PathBuf,
     slow: PathBuf,
+    /// The library's log of writes and syncs (see [`crate::torn`]).
+    write_log: PathBuf,
+    /// Whose files' writes are logged: everything under the node's dir.
+    tracked_under: PathBuf,
 }
 
 impl SyncFaults {
     /// The switches of a node whose files live in `node_dir`.
     pub fn in_dir(node_dir: &Path) -> SyncFaults {
+        // The library compares the paths the kernel gives (absolute, no
+        // symbolic links).
+        let tracked_under = std::fs::canonicalize(node_dir).unwrap_or_else(|_| node_dir.to_path_buf());
         SyncFaults {
             fail: node_dir.join("fail-sync"),
             slow: node_dir.join("slow-sync"),
+            write_log: node_dir.join("unsynced-writes.log"),
+            tracked_under,
         }
     }
 
@@ -100,7 +110,22 @@ impl SyncFaults {
         vec![
             ("KAIROS_TEST_FAIL_SYNC_IF".into(), self.fail.display().to_string()),
             ("KAIROS_TEST_SLOW_SYNC_IF".into(), self.slow.display().to_string()),
+            (
+                "KAIROS_TEST_WRITE_LOG".into(),
+                self.write_log.display().to_string(),
+            ),
+            (
+                "KAIROS_TEST_WRITE_LOG_UNDER".into(),
+                format!("{}/", self.tracked_under.display()),
+            ),
         ]
+    }
+
+    /// What a power cut does to the node (stopped: killed by the caller):
+    /// tears the bytes no sync covered (see [`crate::torn`]), and starts the
+    /// next process's log afresh.
+    pub fn tear_unsynced(&self, rng: &mut rand::rngs::StdRng) -> Result<crate::torn::Torn> {
+        crate::torn::tear(&self.write_log, rng)
     }
 
     /// Syncs fail with EIO (`true`) or work again.

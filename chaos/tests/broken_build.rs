@@ -11,7 +11,10 @@
 //! `--break-build trusts-wall-clock`: the timer
 //! replays fires when the leader's clock steps back (`unique_runs`);
 //! `--break-build no-request-limit`: `--max-requests` is ignored, so a
-//! flood queues instead of being refused (`overload_answered`).
+//! flood queues instead of being refused (`overload_answered`);
+//! `--break-build no-fdatasync`: the log is acknowledged without
+//! `fdatasync`, so a power cut (`torn_write`) loses acknowledged writes and
+//! the replicas diverge (`audit_complete`, `replica_digest`).
 
 use std::process::Command;
 
@@ -201,6 +204,26 @@ fn a_build_without_a_request_bound_is_caught_queueing_a_flood_and_the_real_one_p
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
     assert!(
         report["faults_by_kind"]["overload"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_build_that_acknowledges_without_fdatasync_loses_writes_to_a_power_cut_and_the_real_one_does_not() {
+    let (code, report) = chaos_round(1, "torn_write", Some("no-fdatasync"));
+    assert_eq!(code, 1, "the build without fdatasync must fail the run: {report}");
+    let violations = report["violations"].as_array().unwrap();
+    assert!(
+        violations.iter().any(|v| v["invariant"] == "audit_complete"
+            || v["invariant"] == "replica_digest"
+            || v["invariant"] == "acknowledged_writes"),
+        "no lost write found: {violations:?}"
+    );
+
+    let (code, report) = chaos_round(1, "torn_write", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    assert!(
+        report["faults_by_kind"]["torn_write"].as_u64().unwrap() >= 1,
         "{report}"
     );
 }

@@ -105,6 +105,12 @@ impl Runtime {
         self.sync_faults(id)?.set_failing(failing)
     }
 
+    /// What a power cut does to stopped node `id`'s files: the bytes no
+    /// sync covered are torn (process mode, with the disk-fault library).
+    pub fn tear_unsynced(&mut self, id: NodeId, rng: &mut rand::rngs::StdRng) -> Result<crate::torn::Torn> {
+        self.sync_faults(id)?.tear_unsynced(rng)
+    }
+
     /// Node `id`'s fsyncs take `ms` longer, or their own time again.
     pub fn set_sync_slow(&mut self, id: NodeId, ms: Option<u64>) -> Result<()> {
         self.sync_faults(id)?.set_slow(ms)
