@@ -581,7 +581,9 @@ async fn drive(
     let fault_phase_ms = fault_start.elapsed().as_millis() as u64;
     let _ = workload.await;
 
-    let final_state = settle::settle(runtime, &clients, &log).await?;
+    // A cluster that cannot be settled and read fails the round (a
+    // violation), not the harness: the report still names what happened.
+    let settled = settle::settle(runtime, &clients, &log).await;
     stop.cancel();
     let _ = sampler.await;
     external.join().await;
@@ -591,10 +593,25 @@ async fn drive(
         faults,
         roles: roles.lock().expect("roles").clone(),
     };
-    let evidence = Evidence {
-        history: &history,
-        final_state: &final_state,
-        steady: &steady,
+    let violations = match &settled {
+        Ok(final_state) => {
+            let evidence = Evidence {
+                history: &history,
+                final_state,
+                steady: &steady,
+            };
+            let mut violations = invariants::check_all(&evidence);
+            violations.append(&mut upgrade_violations);
+            violations
+        }
+        Err(e) => vec![report::Violation::new(
+            invariants::settled_runs::NAME,
+            format!("the cluster could not be settled and read: {e:#}"),
+        )],
+    };
+    let (runs_checked, notes) = match &settled {
+        Ok(final_state) => (final_state.runs.len() as u64, final_state.notes.clone()),
+        Err(_) => (0, Vec::new()),
     };
     let mut report = Report {
         seed,
@@ -602,18 +619,14 @@ async fn drive(
         nodes: args.nodes,
         started_at,
         fault_phase_ms,
-        runs_checked: final_state.runs.len() as u64,
+        runs_checked,
         invariants: invariants::ALL
             .iter()
             .map(|(name, _)| name.to_string())
             .chain(args.upgrade.as_ref().map(|_| upgrade::INVARIANT.to_string()))
             .collect(),
-        violations: {
-            let mut violations = invariants::check_all(&evidence);
-            violations.append(&mut upgrade_violations);
-            violations
-        },
-        notes: final_state.notes.clone(),
+        violations,
+        notes,
         ..Default::default()
     };
     report.count(&history);
