@@ -14,7 +14,10 @@
 //! flood queues instead of being refused (`overload_answered`);
 //! `--break-build no-fdatasync`: the log is acknowledged without
 //! `fdatasync`, so a power cut (`torn_write`) loses acknowledged writes and
-//! the replicas diverge (`audit_complete`, `replica_digest`).
+//! the replicas diverge (`audit_complete`, `replica_digest`). Where a break
+//! is met by chance (a race it opens, torn data that may not be read), the
+//! broken round may take up to three seeds to be caught; the real build
+//! gets one round, which must pass.
 
 use std::process::Command;
 
@@ -56,6 +59,30 @@ fn chaos_round(seed: u64, faults: &str, break_build: Option<&str>) -> (i32, serd
     )
 }
 
+/// Runs the broken build's round with each of `seeds` in turn until one
+/// exits 1 with a violation `caught` accepts; returns that round's
+/// violations, or fails naming every round's. For breaks the harness meets
+/// by chance (a race the break opens, lost data that may or may not be
+/// read): one catch shows the checker can fail; the real build is judged
+/// on one round, which must pass.
+fn caught_within(
+    seeds: &[u64],
+    faults: &str,
+    break_build: &str,
+    caught: impl Fn(&serde_json::Value) -> bool,
+) {
+    let mut missed = Vec::new();
+    for &seed in seeds {
+        let (code, report) = chaos_round(seed, faults, Some(break_build));
+        let violations = report["violations"].as_array().cloned().unwrap_or_default();
+        if code == 1 && violations.iter().any(&caught) {
+            return;
+        }
+        missed.push(format!("seed {seed}: exit {code}, violations {violations:?}"));
+    }
+    panic!("--break-build {break_build} under {faults} was not caught: {missed:#?}");
+}
+
 #[test]
 fn the_broken_build_is_caught_and_the_real_one_passes() {
     let (code, report) = chaos_round(7, "none", Some("duplicate-fires"));
@@ -78,19 +105,15 @@ fn the_broken_build_is_caught_and_the_real_one_passes() {
 
 #[test]
 fn a_build_without_pre_vote_is_caught_deposing_the_leader_and_the_real_one_passes() {
-    let (code, report) = chaos_round(7, "flapping_follower", Some("no-pre-vote"));
-    assert_eq!(code, 1, "the build without pre-vote must fail the run: {report}");
-    let violations = report["violations"].as_array().unwrap();
-    assert!(
-        violations
-            .iter()
-            .any(|v| v["invariant"] == "no_needless_elections"
-                && v["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("flapping_follower of node(s)")),
-        "no needless-election violation: {violations:?}"
-    );
+    // The returning follower stands only if its election timer fires
+    // before it reads the leader's queued heartbeat: a race.
+    caught_within(&[7, 8, 9], "flapping_follower", "no-pre-vote", |v| {
+        v["invariant"] == "no_needless_elections"
+            && v["message"]
+                .as_str()
+                .unwrap()
+                .contains("flapping_follower of node(s)")
+    });
 
     let (code, report) = chaos_round(7, "flapping_follower", None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
@@ -210,16 +233,18 @@ fn a_build_without_a_request_bound_is_caught_queueing_a_flood_and_the_real_one_p
 
 #[test]
 fn a_build_that_acknowledges_without_fdatasync_loses_writes_to_a_power_cut_and_the_real_one_does_not() {
-    let (code, report) = chaos_round(1, "torn_write", Some("no-fdatasync"));
-    assert_eq!(code, 1, "the build without fdatasync must fail the run: {report}");
-    let violations = report["violations"].as_array().unwrap();
-    assert!(
-        violations.iter().any(|v| v["invariant"] == "audit_complete"
-            || v["invariant"] == "replica_digest"
-            || v["invariant"] == "acknowledged_writes"
-            || v["invariant"] == "settled_runs"),
-        "no lost write found: {violations:?}"
-    );
+    // Whether a cut lands while acknowledged writes are unsynced, and
+    // whether the torn ones are read again, is chance.
+    caught_within(&[1, 2, 3], "torn_write", "no-fdatasync", |v| {
+        [
+            "audit_complete",
+            "replica_digest",
+            "acknowledged_writes",
+            "settled_runs",
+        ]
+        .iter()
+        .any(|name| v["invariant"] == *name)
+    });
 
     let (code, report) = chaos_round(1, "torn_write", None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
