@@ -39,6 +39,11 @@
 //! (`torn_write`) loses what was acknowledged since sled's own periodic
 //! fsync — what `acknowledged_writes` must catch.
 //!
+//! [`ChaosBreak::NoLogMark`] ignores the log mark on start
+//! (`crate::raft::log_mark`): a node whose disk lost the tail of its log
+//! votes by what is left — a candidate lacking acknowledged writes can win,
+//! what `acknowledged_writes` must catch after a `lost_tail` fault.
+//!
 //! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
 //! set as high as a semaphore allows): a flood queues instead of being
 //! refused — what `overload_answered` must catch.
@@ -79,6 +84,9 @@ pub enum ChaosBreak {
     /// The log is acknowledged once sled wrote it to the page cache, without
     /// `fdatasync`: it survives a process crash, not a power cut.
     NoFdatasync,
+    /// The log mark is ignored on start: a node whose disk lost the tail of
+    /// its log votes by what is left of it.
+    NoLogMark,
 }
 
 /// Set when the process runs [`ChaosBreak::NoFdatasync`] (read by
@@ -93,6 +101,20 @@ pub fn skip_fdatasync() {
 /// Whether this process skips `fdatasync`.
 pub fn skips_fdatasync() -> bool {
     NO_FDATASYNC.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Set when the process runs [`ChaosBreak::NoLogMark`] (read by
+/// `crate::raft::log_store`).
+static IGNORE_LOG_MARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process ignore the log mark on start ([`ChaosBreak::NoLogMark`]).
+pub fn ignore_log_mark() {
+    IGNORE_LOG_MARK.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether this process ignores the log mark on start.
+pub fn ignores_log_mark() -> bool {
+    IGNORE_LOG_MARK.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl ChaosBreak {

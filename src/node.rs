@@ -274,6 +274,9 @@ pub struct Node {
     /// Set while this voter has heard from no leader for longer than its
     /// election timeout (see [`crate::raft::pre_vote`]).
     leader_silent: tokio::sync::watch::Sender<bool>,
+    /// While the log ends before an entry this node acknowledged (its disk
+    /// lost the tail): that entry's log id (see [`crate::raft::log_mark`]).
+    lost_tail: tokio::sync::watch::Receiver<Option<openraft::LogId<NodeId>>>,
 }
 
 impl Node {
@@ -284,6 +287,10 @@ impl Node {
         #[cfg(feature = "chaos-break")]
         if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoFdatasync) {
             crate::chaos_break::skip_fdatasync();
+        }
+        #[cfg(feature = "chaos-break")]
+        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoLogMark) {
+            crate::chaos_break::ignore_log_mark();
         }
         let (log_store, state_machine) =
             open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
@@ -312,6 +319,7 @@ impl Node {
         let election_timing = ElectionTiming::of(&config);
         let config = Arc::new(config);
         let log_reader = log_store.clone();
+        let lost_tail = log_store.lost_tail();
         let raft = Raft::new(
             options.id,
             config,
@@ -385,6 +393,7 @@ impl Node {
             chaos_break: options.chaos_break,
             raft_failure: Arc::default(),
             leader_silent: tokio::sync::watch::Sender::new(false),
+            lost_tail,
         });
         if pre_vote {
             node.tasks.spawn(stand_when_leader_lost(
@@ -675,7 +684,13 @@ impl Node {
         let view = ElectionHost::view(self)
             .await
             .ok_or_else(|| Error::unavailable("Raft has stopped"))?;
-        let own_last = self.log_reader.last_log_id().map_err(Error::internal)?;
+        // A log that lost its tail answers as if it still ended where the
+        // node acknowledged (see `crate::raft::log_mark`).
+        let own_last = self
+            .log_reader
+            .last_log_id()
+            .map_err(Error::internal)?
+            .max(*self.lost_tail.borrow());
         let answer =
             crate::raft::pre_vote::answer(&self.election_timing, self.id, &view, own_last.as_ref(), request);
         if answer.granted {
@@ -695,6 +710,32 @@ impl Node {
             );
         }
         Ok(answer)
+    }
+
+    /// Answers a candidate's vote request. A node whose log lost its tail
+    /// refuses a candidate whose log ends before the entry it acknowledged
+    /// last, as it would have with that tail (see [`crate::raft::log_mark`]);
+    /// otherwise openraft answers.
+    pub async fn vote(
+        &self,
+        request: openraft::raft::VoteRequest<NodeId>,
+    ) -> std::result::Result<
+        openraft::raft::VoteResponse<NodeId>,
+        openraft::error::RaftError<NodeId, openraft::error::Infallible>,
+    > {
+        let lost_tail = *self.lost_tail.borrow();
+        if let Some(acked) = lost_tail.filter(|&acked| request.last_log_id < Some(acked)) {
+            let vote = self.raft.metrics().borrow().vote;
+            tracing::info!(
+                node = self.id,
+                candidate = ?request.vote,
+                candidate_log = ?request.last_log_id,
+                acknowledged = %acked,
+                "vote refused: the candidate's log ends before entries this node acknowledged and its disk lost"
+            );
+            return Ok(openraft::raft::VoteResponse::new(vote, Some(acked), false));
+        }
+        self.raft.vote(request).await
     }
 
     /// The tasks this node owns; [`Node::shutdown`] waits for them. Parts
@@ -719,6 +760,12 @@ impl Node {
     pub fn readiness(&self) -> Result<(), String> {
         if let Some(failure) = self.raft_failure() {
             return Err(failure);
+        }
+        if let Some(acked) = *self.lost_tail.borrow() {
+            return Err(format!(
+                "the disk lost the tail of the Raft log up to {acked}, entries this node \
+                 acknowledged: catching up from the leader, not standing for election"
+            ));
         }
         let metrics = self.raft.metrics().borrow().clone();
         if let Err(fatal) = &metrics.running_state {
@@ -1395,6 +1442,7 @@ impl ElectionHost for Node {
     async fn view(&self) -> Option<ElectionView> {
         let (id, since_boot) = (self.id, self.booted.elapsed());
         let stepping_down = self.handover.stepping_down();
+        let lost_tail = self.lost_tail.borrow().is_some();
         self.raft
             .with_raft_state(move |state| {
                 let membership = state.membership_state.effective().membership();
@@ -1402,7 +1450,9 @@ impl ElectionHost for Node {
                 ElectionView {
                     state: state.server_state,
                     // A node handing its leadership over does not stand again.
-                    voter: membership.voter_ids().any(|v| v == id) && !stepping_down,
+                    // Nor does one whose log lost its tail (see
+                    // `crate::raft::log_mark`): it votes, it does not stand.
+                    voter: membership.voter_ids().any(|v| v == id) && !stepping_down && !lost_tail,
                     other_voters: membership
                         .voter_ids()
                         .filter(|&v| v != id)

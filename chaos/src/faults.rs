@@ -419,6 +419,35 @@ async fn inject(
             }
             (victims, format!("power cut; {}", torn.join("; ")))
         }
+        FaultKind::LostTail => {
+            // Leader L and follower A acknowledge writes while follower B
+            // is cut off; A's disk then loses what it wrote since, and L
+            // dies with it. A and B alone must not elect a leader without
+            // the writes (B lacks them, A lost them): the cluster waits
+            // for L, whose log holds them.
+            let leader = leader_or_any(clients, rng).await;
+            let mut followers: Vec<NodeId> = ids.iter().copied().filter(|&id| id != leader).collect();
+            followers.shuffle(rng);
+            let victim = followers[0];
+            // The leader's side is a bare majority, the victim in it.
+            let cut_off: Vec<NodeId> = followers[majority - 1..].to_vec();
+            let served: Vec<NodeId> = ids.iter().copied().filter(|id| !cut_off.contains(id)).collect();
+            runtime.partition(&[served, cut_off.clone()]).await?;
+            let from = runtime.write_log_len(victim)?;
+            hold(rng, 1_500, 3_000).await;
+            runtime.kill(leader).await?;
+            runtime.kill(victim).await?;
+            let lost = runtime.lose_writes_since(victim, from, rng)?;
+            runtime.heal().await?;
+            runtime.start(victim).await?;
+            // Long enough for the two to elect a leader if they would.
+            hold(rng, 2_500, 4_000).await;
+            runtime.start(leader).await?;
+            (
+                vec![victim, leader],
+                format!("{cut_off:?} cut off; node {victim}: {lost}; leader {leader} killed, back after the others"),
+            )
+        }
         FaultKind::Overload => {
             let flood = crate::overload::flood(runtime, clients, rng).await;
             misbehaviour = flood.misbehaviour;

@@ -135,6 +135,13 @@ pub enum FaultKind {
     /// files received since their last sync are torn or cut short, as the
     /// cut would leave them (`src/torn.rs`); then they are started again.
     TornWrite,
+    /// A disk that loses its last writes, synced or not: with one follower
+    /// cut off, the other's log loses the tail written since (while it
+    /// acknowledged writes with the leader), then it and the leader are
+    /// killed; it restarts with the cut-off follower, and the leader a few
+    /// seconds later (`src/torn.rs`). No leader may be elected without the
+    /// acknowledged writes.
+    LostTail,
     /// More client requests than the cluster can serve, for a few seconds
     /// (creates, event publishes, watches; `src/overload.rs`).
     Overload,
@@ -145,7 +152,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 18] = [
+    pub const ALL: [FaultKind; 19] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -163,6 +170,7 @@ impl FaultKind {
         FaultKind::ClockSkew,
         FaultKind::ClockJump,
         FaultKind::TornWrite,
+        FaultKind::LostTail,
         FaultKind::Overload,
     ];
 
@@ -170,7 +178,7 @@ impl FaultKind {
     pub fn needs_disk_library(self) -> bool {
         matches!(
             self,
-            FaultKind::FsyncError | FaultKind::SlowDisk | FaultKind::TornWrite
+            FaultKind::FsyncError | FaultKind::SlowDisk | FaultKind::TornWrite | FaultKind::LostTail
         )
     }
 
@@ -199,6 +207,7 @@ impl FaultKind {
             FaultKind::ClockSkew => "clock_skew",
             FaultKind::ClockJump => "clock_jump",
             FaultKind::TornWrite => "torn_write",
+            FaultKind::LostTail => "lost_tail",
             FaultKind::Overload => "overload",
             FaultKind::Upgrade => "upgrade",
         }

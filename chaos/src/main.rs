@@ -215,6 +215,7 @@ enum BreakKind {
     TrustsWallClock,
     NoRequestLimit,
     NoFdatasync,
+    NoLogMark,
 }
 
 impl BreakKind {
@@ -228,6 +229,7 @@ impl BreakKind {
             BreakKind::TrustsWallClock => "trusts-wall-clock",
             BreakKind::NoRequestLimit => "no-request-limit",
             BreakKind::NoFdatasync => "no-fdatasync",
+            BreakKind::NoLogMark => "no-log-mark",
         };
         ["--unsafe-chaos-break", value]
     }

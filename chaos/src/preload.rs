@@ -128,6 +128,19 @@ impl SyncFaults {
         crate::torn::tear(&self.write_log, rng)
     }
 
+    /// How far the library's write log reaches now (bytes), for
+    /// [`SyncFaults::lose_since`].
+    pub fn write_log_len(&self) -> u64 {
+        std::fs::metadata(&self.write_log).map_or(0, |m| m.len())
+    }
+
+    /// What a disk that loses its last writes does to the node (stopped:
+    /// killed by the caller): its log's writes since `from` (a
+    /// [`SyncFaults::write_log_len`]) are lost (see [`crate::torn::lose_since`]).
+    pub fn lose_since(&self, from: u64, rng: &mut rand::rngs::StdRng) -> Result<crate::torn::Lost> {
+        crate::torn::lose_since(&self.write_log, from, rng)
+    }
+
     /// Syncs fail with EIO (`true`) or work again.
     pub fn set_failing(&self, failing: bool) -> Result<()> {
         switch(&self.fail, failing.then(String::new))

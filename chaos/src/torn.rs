@@ -113,6 +113,92 @@ pub fn tear(write_log: &Path, rng: &mut StdRng) -> Result<Torn> {
     Ok(torn)
 }
 
+/// The name of sled's data file, the only file [`lose_since`] damages.
+const SLED_DATA_FILE: &str = "db";
+
+/// What [`lose_since`] did to one node's log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lost {
+    /// Writes to sled's data file since the mark, synced or not.
+    pub writes: usize,
+    /// Of those, the ones some later sync had covered.
+    pub synced: usize,
+    /// Bytes overwritten with garbage.
+    pub bytes: u64,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} writes to the log lost ({} of them synced), {} bytes",
+            self.writes, self.synced, self.bytes
+        )
+    }
+}
+
+/// What a disk that loses its last writes does to the node's log (the
+/// `lost_tail` fault; the node was killed): every write to sled's data
+/// file logged after byte `from` of `write_log`, synced or not, becomes
+/// random garbage — a lying disk, a lost cache, a bad last block. sled
+/// finds the first bad record by its CRC and ends the log there, losing
+/// entries the node acknowledged; the node must find out from its log mark
+/// (`src/raft/log_mark.rs` of the kairos crate) and must not vote by the
+/// shorter log. Other files (the mark among them) are left whole. The
+/// write log is removed, so the next process starts a new one.
+pub fn lose_since(write_log: &Path, from: u64, rng: &mut StdRng) -> Result<Lost> {
+    let log = match std::fs::read(write_log) {
+        Ok(log) => log,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lost::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", write_log.display())),
+    };
+    let recent = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default()).into_owned();
+    let mut lost = Lost::default();
+    let mut writes: Vec<(PathBuf, u64, u64)> = Vec::new();
+    for line in recent.lines() {
+        if let Some(path) = line.strip_prefix("S ") {
+            for (written_to, _, _) in &writes {
+                if written_to == Path::new(path) {
+                    lost.synced += 1;
+                }
+            }
+        } else if let Some(write) = line.strip_prefix("W ") {
+            let mut fields = write.splitn(3, ' ');
+            let (Some(Ok(offset)), Some(Ok(length)), Some(path)) = (
+                fields.next().map(str::parse::<u64>),
+                fields.next().map(str::parse::<u64>),
+                fields.next(),
+            ) else {
+                continue;
+            };
+            if Path::new(path)
+                .file_name()
+                .is_some_and(|name| name == SLED_DATA_FILE)
+            {
+                writes.push((path.into(), offset, length));
+            }
+        }
+    }
+    // A write synced twice was counted twice above; count each once.
+    lost.synced = lost.synced.min(writes.len());
+    for (path, offset, length) in &writes {
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
+            continue;
+        };
+        let end = (offset + length).min(file.metadata()?.len());
+        if *offset >= end {
+            continue;
+        }
+        let garbage: Vec<u8> = (*offset..end).map(|_| rng.gen()).collect();
+        file.write_all_at(&garbage, *offset)
+            .with_context(|| format!("damaging {}", path.display()))?;
+        lost.writes += 1;
+        lost.bytes += end - offset;
+    }
+    std::fs::remove_file(write_log).with_context(|| format!("removing {}", write_log.display()))?;
+    Ok(lost)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +215,34 @@ mod tests {
             vec![(1, 2)],
             "a path may hold spaces"
         );
+    }
+
+    #[test]
+    fn a_lost_tail_damages_only_the_log_written_since_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, mark) = (dir.path().join("db"), dir.path().join("raft-mark"));
+        std::fs::write(&data, vec![7u8; 300]).unwrap();
+        std::fs::write(&mark, vec![1u8; 64]).unwrap();
+        let log = dir.path().join("writes.log");
+        let before = format!("W 0 100 {d}\nS {d}\n", d = data.display());
+        let after = format!(
+            "W 100 100 {d}\nW 0 64 {m}\nS {d}\nS {m}\nW 200 50 {d}\n",
+            d = data.display(),
+            m = mark.display()
+        );
+        std::fs::write(&log, format!("{before}{after}")).unwrap();
+        let lost = lose_since(&log, before.len() as u64, &mut StdRng::seed_from_u64(1)).unwrap();
+        assert_eq!((lost.writes, lost.synced, lost.bytes), (2, 1, 150));
+        let now = std::fs::read(&data).unwrap();
+        assert_eq!(&now[..100], &[7u8; 100][..], "written before the mark");
+        assert_ne!(&now[100..200], &[7u8; 100][..], "synced after the mark: lost");
+        assert_eq!(&now[250..], &[7u8; 50][..], "never written");
+        assert_eq!(
+            std::fs::read(&mark).unwrap(),
+            vec![1u8; 64],
+            "the mark file is whole"
+        );
+        assert!(!log.exists());
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! flood queues instead of being refused (`overload_answered`);
 //! `--break-build no-fdatasync`: the log is acknowledged without
 //! `fdatasync`, so a power cut (`torn_write`) loses acknowledged writes and
-//! the replicas diverge (`audit_complete`, `replica_digest`). Where a break
+//! the replicas diverge (`audit_complete`, `replica_digest`);
+//! `--break-build no-log-mark`: a node whose disk lost the tail of its log
+//! votes by what is left, so a leader without acknowledged writes is
+//! elected (`acknowledged_writes`) after a `lost_tail`. Where a break
 //! is met by chance (a race it opens, torn data that may not be read), the
 //! broken round may take up to three seeds to be caught; the real build
 //! gets one round, which must pass.
@@ -250,6 +253,24 @@ fn a_build_that_acknowledges_without_fdatasync_loses_writes_to_a_power_cut_and_t
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
     assert!(
         report["faults_by_kind"]["torn_write"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_build_that_ignores_the_log_mark_elects_a_leader_without_acknowledged_writes_and_the_real_one_does_not() {
+    // Writes are acknowledged while one follower is cut off (the workload
+    // writes all along); their loss is read by the final check.
+    caught_within(&[1, 2, 3], "lost_tail", "no-log-mark", |v| {
+        ["acknowledged_writes", "audit_complete", "settled_runs"]
+            .iter()
+            .any(|name| v["invariant"] == *name)
+    });
+
+    let (code, report) = chaos_round(1, "lost_tail", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    assert!(
+        report["faults_by_kind"]["lost_tail"].as_u64().unwrap() >= 1,
         "{report}"
     );
 }

@@ -102,7 +102,7 @@ impl RaftService for PeerApi {
 
     async fn vote(&self, request: Request<pb::RaftPayload>) -> Result<Response<pb::RaftPayload>, Status> {
         let rpc = decode_payload(request)?;
-        payload(&self.node.raft.vote(rpc).await)
+        payload(&self.node.vote(rpc).await)
     }
 
     async fn install_snapshot(

@@ -127,18 +127,23 @@ impl Disk {
                 .stats
                 .log_fsync_seconds
                 .observe(started.elapsed().as_secs_f64()),
-            Err(e) => {
-                let reason: Arc<str> = format!("sync of {} failed: {e}", self.dir.display()).into();
-                self.failure.send_if_modified(|first| match first {
-                    None => {
-                        *first = Some(reason);
-                        true
-                    }
-                    Some(_) => false,
-                });
-            }
+            Err(e) => self.poison(format!("sync of {} failed: {e}", self.dir.display())),
         }
         synced
+    }
+
+    /// Records a failure to make something durable on this disk (a failed
+    /// sync, here or of a file beside sled's: see `crate::raft::log_mark`):
+    /// the first one is kept and every later [`Disk::sync`] fails with it.
+    pub fn poison(&self, reason: String) {
+        let reason: Arc<str> = reason.into();
+        self.failure.send_if_modified(|first| match first {
+            None => {
+                *first = Some(reason);
+                true
+            }
+            Some(_) => false,
+        });
     }
 
     /// `fdatasync` of sled's data file (skipped by the broken build

@@ -26,6 +26,12 @@
 //!   So the leader may lose, in a crash, entries its followers hold: a
 //!   restarted node therefore never resumes the term it led
 //!   ([`LogStore::resign_leadership`]) and must win a new one.
+//! - Every acknowledgement (of appends, of a vote) also waits for the log
+//!   mark ([`crate::raft::log_mark`]), written and synced after the log:
+//!   a disk that loses synced data cannot make the node forget a vote or
+//!   the entries it acknowledged. On open a lost vote is restored from the
+//!   mark, and a log that ends before the mark has lost its tail
+//!   ([`LogStore::lost_tail`]) until the leader's entries carry it past it.
 //! - The log has no holes: entries arrive in order, `truncate` removes a suffix,
 //!   `purge` a prefix, and `last_purged` is written before the prefix is removed
 //!   so a crash in between leaves a consistent (if longer) log.
@@ -43,6 +49,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
 
 use super::durability::{Disk, IDLE_SYNC};
+use super::log_mark::{LogMark, Marked};
 use super::{decode, encode, NodeId, StorageError, TypeConfig};
 use crate::codec::{self, FORMAT_VERSION};
 use crate::error::{Error, Result};
@@ -84,23 +91,32 @@ pub struct LogStore {
     committed_writes: Arc<Mutex<CommittedWrites>>,
     /// Makes appends durable and reports them, in order.
     syncer: Arc<Syncer>,
+    /// What this node may have acknowledged (see [`crate::raft::log_mark`]).
+    mark: Arc<LogMark>,
+    /// The log id the node acknowledged before its disk lost the log's
+    /// tail, while the log has not caught up with it (see [`LogStore::lost_tail`]).
+    lost_tail: Arc<tokio::sync::watch::Sender<Option<LogId<NodeId>>>>,
 }
+
+/// An append waiting for its sync: the id of its last entry and whom to tell.
+type WaitingAppend = (Option<LogId<NodeId>>, LogFlushed<TypeConfig>);
 
 /// Makes the log's appends durable in the order they were made: one thread
 /// takes every append waiting, syncs once ([`Disk::sync`]: sled flush, then
 /// `fdatasync`, which covers every write issued before it) and reports each
-/// of them flushed, oldest first. With no append for [`IDLE_SYNC`] it syncs
+/// of them flushed, oldest first, once the log mark records the last of
+/// them (see [`crate::raft::log_mark`]). With no append for [`IDLE_SYNC`] it syncs
 /// anyway, so a disk that fails while the node has nothing to write is
 /// found (the disk records the failure; see [`Disk::failure`]). The thread
 /// ends when the last [`LogStore`] clone is dropped, after the appends
 /// already submitted.
 struct Syncer {
-    queue: Mutex<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    queue: Mutex<std::sync::mpsc::Sender<WaitingAppend>>,
 }
 
 impl Syncer {
-    fn start(disk: Disk) -> std::io::Result<Syncer> {
-        let (queue, waiting) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    fn start(disk: Disk, mark: Arc<LogMark>) -> std::io::Result<Syncer> {
+        let (queue, waiting) = std::sync::mpsc::channel::<WaitingAppend>();
         std::thread::Builder::new()
             .name("kairos-log-sync".into())
             .spawn(move || {
@@ -116,8 +132,16 @@ impl Syncer {
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
                     let batch: Vec<_> = std::iter::once(first).chain(waiting.try_iter()).collect();
-                    let synced = disk.sync();
-                    for callback in batch {
+                    let acked = batch.iter().filter_map(|(last, _)| *last).max();
+                    // The mark after the log: never ahead of what the log
+                    // holds durably, never behind what is acknowledged.
+                    let synced = disk.sync().and_then(|()| match acked {
+                        Some(acked) => mark
+                            .record_acked(acked)
+                            .inspect_err(|e| disk.poison(e.to_string())),
+                        None => Ok(()),
+                    });
+                    for (_, callback) in batch {
                         let result = match &synced {
                             Ok(()) => Ok(()),
                             Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
@@ -131,12 +155,13 @@ impl Syncer {
         })
     }
 
-    /// Reports `callback` once everything written so far is durable.
-    fn submit(&self, callback: LogFlushed<TypeConfig>) {
+    /// Reports `callback` once everything written so far, up to `last`,
+    /// is durable and marked.
+    fn submit(&self, last: Option<LogId<NodeId>>, callback: LogFlushed<TypeConfig>) {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(unsent) = queue.send(callback) {
+        if let Err(unsent) = queue.send((last, callback)) {
             let gone = std::io::Error::other("the log syncer has stopped");
-            unsent.0.log_io_completed(Err(gone));
+            unsent.0 .1.log_io_completed(Err(gone));
         }
     }
 }
@@ -153,12 +178,18 @@ struct CommittedWrites {
 const COMMITTED_WRITE_EVERY: Duration = Duration::from_millis(100);
 
 impl LogStore {
-    /// Opens the log trees of `disk`.
+    /// Opens the log trees of `disk` and the log mark beside them: a vote
+    /// the disk lost is restored from the mark, and a log that lost its
+    /// tail is reported by [`LogStore::lost_tail`] (see the module notes).
     pub fn open(disk: Disk) -> Result<LogStore> {
         let log = disk.db.open_tree("raft_log").map_err(Error::internal)?;
         let meta = disk.db.open_tree("raft_meta").map_err(Error::internal)?;
         upgrade_format(&disk, &log, &meta)?;
-        let syncer = Arc::new(Syncer::start(disk.clone()).map_err(Error::internal)?);
+        let (mark, recorded) = LogMark::open(disk.dir())?;
+        #[cfg(feature = "chaos-break")]
+        let recorded = recorded.filter(|_| !crate::chaos_break::ignores_log_mark());
+        let mark = Arc::new(mark);
+        let syncer = Arc::new(Syncer::start(disk.clone(), mark.clone()).map_err(Error::internal)?);
         let store = LogStore {
             disk,
             log,
@@ -169,7 +200,10 @@ impl LogStore {
                 written_at: Instant::now(),
             })),
             syncer,
+            mark,
+            lost_tail: Arc::new(tokio::sync::watch::Sender::new(None)),
         };
+        store.check_against_mark(recorded)?;
         // Stored as openraft saves it, an `Option<LogId>`.
         let committed = store
             .read_meta::<Option<LogId<NodeId>>>(COMMITTED_KEY)
@@ -179,6 +213,66 @@ impl LogStore {
             .committed
             .store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Compares what sled recovered with what the mark `recorded` (see the
+    /// module notes of [`crate::raft::log_mark`]); a new mark starts from
+    /// the log.
+    fn check_against_mark(&self, recorded: Option<Marked>) -> Result<()> {
+        let vote: Option<Vote<NodeId>> = self.read_meta(VOTE_KEY).map_err(Error::internal)?;
+        let last = self.last_log_id().map_err(Error::internal)?;
+        let Some(recorded) = recorded else {
+            return self
+                .mark
+                .reset(Marked { vote, acked: last })
+                .map_err(|e| Error::internal(format!("start the log mark: {e}")));
+        };
+        if let Some(marked_vote) = recorded
+            .vote
+            .filter(|marked| vote.map_or(true, |vote| *marked > vote))
+        {
+            tracing::warn!(
+                lost = ?vote,
+                restored = %marked_vote,
+                "the disk lost this node's last vote: restored from the log mark"
+            );
+            self.write_meta(VOTE_KEY, &marked_vote).map_err(Error::internal)?;
+            self.disk.sync().map_err(Error::internal)?;
+        }
+        if let Some(acked) = recorded.acked.filter(|&acked| Some(acked) > last) {
+            tracing::warn!(
+                acknowledged = %acked,
+                log_ends_at = %last.map_or("the start".to_string(), |last| last.to_string()),
+                "the disk lost the tail of the Raft log, entries this node acknowledged: it \
+                 votes as if it still held them and does not stand for election until its \
+                 leader's entries carry it past them"
+            );
+            self.lost_tail.send_replace(Some(acked));
+        }
+        Ok(())
+    }
+
+    /// While the log ends before an entry this node acknowledged (its disk
+    /// lost the tail; see [`crate::raft::log_mark`]): that entry's log id.
+    /// `None` once the log reached it again, and for a log that lost nothing.
+    pub fn lost_tail(&self) -> tokio::sync::watch::Receiver<Option<LogId<NodeId>>> {
+        self.lost_tail.subscribe()
+    }
+
+    /// Ends the lost tail once the log holds `reached` at or past it.
+    fn caught_up_to(&self, reached: LogId<NodeId>) {
+        self.lost_tail.send_if_modified(|lost| match *lost {
+            Some(acked) if reached >= acked => {
+                tracing::info!(
+                    acknowledged = %acked,
+                    reached = %reached,
+                    "the log caught up past the tail its disk lost: votes and elections as usual"
+                );
+                *lost = None;
+                true
+            }
+            _ => false,
+        });
     }
 
     /// The committed index as last saved (0 before anything was committed).
@@ -245,6 +339,9 @@ impl LogStore {
         self.write_meta(VOTE_KEY, &Vote::new(term, id))
             .map_err(Error::internal)?;
         self.disk.sync().map_err(Error::internal)?;
+        self.mark
+            .record_vote(Vote::new(term, id))
+            .map_err(Error::internal)?;
         tracing::info!(
             node = id,
             term,
@@ -271,6 +368,13 @@ impl LogStore {
             .map_err(Error::internal)?;
         self.write_meta(VOTE_KEY, vote).map_err(Error::internal)?;
         self.disk.sync().map_err(Error::internal)?;
+        self.mark
+            .reset(Marked {
+                vote: Some(*vote),
+                acked: Some(last),
+            })
+            .map_err(Error::internal)?;
+        self.lost_tail.send_replace(None);
         self.committed.store(last.index, Ordering::Relaxed);
         Ok(())
     }
@@ -408,7 +512,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.write_meta(VOTE_KEY, vote)?;
         self.write_committed_if_due()?;
-        self.sync().await
+        self.sync().await?;
+        let (mark, disk, vote) = (self.mark.clone(), self.disk.clone(), *vote);
+        tokio::task::spawn_blocking(move || {
+            mark.record_vote(vote).inspect_err(|e| disk.poison(e.to_string()))
+        })
+        .await
+        .map_err(io_write)?
+        .map_err(io_write)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -445,15 +556,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // of the entries. Atomicity is not needed: sled recovers a prefix of
         // its writes, and a prefix of the appended entries is a log with no
         // holes (openraft then re-replicates the rest).
+        let mut last = None;
         for entry in entries {
             self.log
                 .insert(log_key(entry.log_id.index), encode(&entry).map_err(io_write)?)
                 .map_err(io_write)?;
+            last = Some(entry.log_id);
         }
         self.write_committed_if_due()?;
+        if let Some(last) = last {
+            self.caught_up_to(last);
+        }
         // Durable later, on the syncer's thread: the leader replicates the
         // entries meanwhile (see the vendored openraft's KAIROS PATCH).
-        self.syncer.submit(callback);
+        self.syncer.submit(last, callback);
         Ok(())
     }
 
@@ -473,6 +589,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.remove(key.map_err(io_read)?);
         }
         self.log.apply_batch(batch).map_err(io_write)?;
+        // A snapshot installed past the lost tail carries the log past it.
+        self.caught_up_to(log_id);
         Ok(())
     }
 }
@@ -504,6 +622,65 @@ mod tests {
             store.resign_leadership(1).unwrap();
             assert_eq!(store.read_vote().await.unwrap(), Some(vote));
         }
+    }
+
+    /// What a disk that loses synced data does: the last entries and the
+    /// vote are gone from sled after a restart. The mark restores the vote,
+    /// reports the lost tail until an append reaches it again, and a
+    /// restored data dir (`reset_to_snapshot`) starts a new mark.
+    #[tokio::test]
+    async fn a_lost_vote_is_restored_and_a_lost_tail_reported_until_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || LogStore::open(Disk::open(&dir.path().join("sled")).unwrap()).unwrap();
+        let mut store = open();
+        assert_eq!(*store.lost_tail().borrow(), None);
+        store.save_vote(&Vote::new_committed(4, 2)).await.unwrap();
+        store
+            .blocking_append((1..=6).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        drop(store);
+
+        // The disk loses entries 4..=6 and the vote.
+        let disk = Disk::open(&dir.path().join("sled")).unwrap();
+        let (log, meta) = (
+            disk.db.open_tree("raft_log").unwrap(),
+            disk.db.open_tree("raft_meta").unwrap(),
+        );
+        for index in 4..=6 {
+            log.remove(log_key(index)).unwrap();
+        }
+        meta.remove(VOTE_KEY).unwrap();
+        disk.sync().unwrap();
+        drop((log, meta, disk));
+
+        let mut store = open();
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new_committed(4, 2)));
+        let lost_tail = store.lost_tail();
+        assert_eq!(*lost_tail.borrow(), Some(log_id(6)));
+        store
+            .blocking_append([create_entry(4, "job-4b"), create_entry(5, "job-5b")])
+            .await
+            .unwrap();
+        assert_eq!(*lost_tail.borrow(), Some(log_id(6)), "index 5 is not past 6");
+        store.blocking_append([create_entry(6, "job-6b")]).await.unwrap();
+        assert_eq!(*lost_tail.borrow(), None, "caught up at index 6");
+        drop((store, lost_tail));
+
+        // Lost again, then the data dir is reset to a snapshot at index 2.
+        let disk = Disk::open(&dir.path().join("sled")).unwrap();
+        let log = disk.db.open_tree("raft_log").unwrap();
+        log.remove(log_key(6)).unwrap();
+        disk.sync().unwrap();
+        drop((log, disk));
+        let store = open();
+        assert_eq!(*store.lost_tail().borrow(), Some(log_id(6)));
+        store
+            .reset_to_snapshot(log_id(2), &Vote::new_committed(5, 1))
+            .unwrap();
+        assert_eq!(*store.lost_tail().borrow(), None);
+        drop(store);
+        assert_eq!(*open().lost_tail().borrow(), None, "the reset is the new mark");
     }
 
     /// A log as versions before format versions wrote it under `data_dir`:

@@ -42,6 +42,7 @@ pub mod batcher;
 pub mod durability;
 pub mod handover;
 pub mod legacy;
+pub mod log_mark;
 pub mod log_store;
 pub mod network;
 pub mod offline;

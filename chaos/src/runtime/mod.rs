@@ -111,6 +111,23 @@ impl Runtime {
         self.sync_faults(id)?.tear_unsynced(rng)
     }
 
+    /// How far node `id`'s write log reaches now (process mode, with the
+    /// disk-fault library).
+    pub fn write_log_len(&self, id: NodeId) -> Result<u64> {
+        Ok(self.sync_faults(id)?.write_log_len())
+    }
+
+    /// What a disk that loses its last writes does to stopped node `id`:
+    /// its log's writes since write-log byte `from` are lost.
+    pub fn lose_writes_since(
+        &mut self,
+        id: NodeId,
+        from: u64,
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<crate::torn::Lost> {
+        self.sync_faults(id)?.lose_since(from, rng)
+    }
+
     /// Node `id`'s fsyncs take `ms` longer, or their own time again.
     pub fn set_sync_slow(&mut self, id: NodeId, ms: Option<u64>) -> Result<()> {
         self.sync_faults(id)?.set_slow(ms)
