@@ -647,6 +647,12 @@ impl Node {
                 )));
             }
         }
+        if let Some(acked) = (candidate == self.id).then(|| *self.lost_tail.borrow()).flatten() {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} does not stand: its log lost entries up to {acked} and has not caught up",
+                self.id
+            )));
+        }
         self.raft.runtime_config().leader_lease(false);
         let (raft, stopping) = (self.raft.clone(), self.stopping.clone());
         self.tasks.spawn(async move {

@@ -448,6 +448,11 @@ async fn inject(
                 format!("{cut_off:?} cut off; node {victim}: {lost}; leader {leader} killed, back after the others"),
             )
         }
+        FaultKind::MembershipChange => {
+            let change = crate::membership::remove_and_add_back(runtime, clients, rng).await?;
+            misbehaviour = change.misbehaviour;
+            (change.nodes, change.detail)
+        }
         FaultKind::Overload => {
             let flood = crate::overload::flood(runtime, clients, rng).await;
             misbehaviour = flood.misbehaviour;

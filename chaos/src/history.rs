@@ -142,6 +142,10 @@ pub enum FaultKind {
     /// seconds later (`src/torn.rs`). No leader may be elected without the
     /// acknowledged writes.
     LostTail,
+    /// A follower is removed from the cluster and added back while the
+    /// workload runs; with even odds the leader is killed during the add
+    /// (`src/membership.rs`).
+    MembershipChange,
     /// More client requests than the cluster can serve, for a few seconds
     /// (creates, event publishes, watches; `src/overload.rs`).
     Overload,
@@ -152,7 +156,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 19] = [
+    pub const ALL: [FaultKind; 20] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -171,6 +175,7 @@ impl FaultKind {
         FaultKind::ClockJump,
         FaultKind::TornWrite,
         FaultKind::LostTail,
+        FaultKind::MembershipChange,
         FaultKind::Overload,
     ];
 
@@ -208,6 +213,7 @@ impl FaultKind {
             FaultKind::ClockJump => "clock_jump",
             FaultKind::TornWrite => "torn_write",
             FaultKind::LostTail => "lost_tail",
+            FaultKind::MembershipChange => "membership_change",
             FaultKind::Overload => "overload",
             FaultKind::Upgrade => "upgrade",
         }

@@ -21,6 +21,7 @@ mod external;
 mod faults;
 mod history;
 mod invariants;
+mod membership;
 mod overload;
 mod preload;
 mod proxy;

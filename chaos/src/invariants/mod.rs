@@ -8,6 +8,7 @@ pub mod durable_terms;
 pub mod fires_accounted;
 pub mod idempotency;
 pub mod linearizable_reads;
+pub mod membership_restored;
 pub mod no_needless_elections;
 pub mod overload_answered;
 pub mod replica_digest;
@@ -32,7 +33,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 13] = [
+pub const ALL: [Checker; 14] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -46,6 +47,7 @@ pub const ALL: [Checker; 13] = [
     (linearizable_reads::NAME, linearizable_reads::check),
     (storage_errors_stop::NAME, storage_errors_stop::check),
     (overload_answered::NAME, overload_answered::check),
+    (membership_restored::NAME, membership_restored::check),
 ];
 
 /// Runs every checker.
