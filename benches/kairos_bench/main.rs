@@ -56,6 +56,7 @@ mod create;
 mod dispatch;
 mod failover;
 mod scale;
+mod soak;
 mod support;
 
 use std::time::Duration;
@@ -66,6 +67,7 @@ use crate::create::{create, CreateArgs};
 use crate::dispatch::{dispatch, ExternalArgs, Side};
 use crate::failover::failover;
 use crate::scale::scale;
+use crate::soak::{soak, SoakArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "kairos-bench", about = "Load tool for Kairos")]
@@ -107,6 +109,9 @@ enum Scenario {
         #[arg(long, value_enum, default_value = "kill")]
         stop: crate::failover::StopMode,
     },
+    /// A long run at a fraction of the measured capacity: memory, open
+    /// files and disk over time.
+    Soak(SoakArgs),
     /// Many cron jobs: memory per job, disk, restart time.
     Scale {
         #[arg(long, default_value_t = 100_000)]
@@ -125,6 +130,7 @@ fn main() {
     runtime.block_on(async {
         match scenario {
             Scenario::Create(args) => create(args).await,
+            Scenario::Soak(args) => soak(args).await,
             Scenario::Dispatch {
                 jobs,
                 rate,

@@ -229,7 +229,7 @@ impl LogStore {
         };
         if let Some(marked_vote) = recorded
             .vote
-            .filter(|marked| vote.map_or(true, |vote| *marked > vote))
+            .filter(|marked| vote.is_none_or(|vote| *marked > vote))
         {
             tracing::warn!(
                 lost = ?vote,
