@@ -54,22 +54,43 @@ impl std::fmt::Display for Torn {
 /// file covered, by file: `(offset, length)` in the order they were made.
 fn unsynced_writes(log: &str) -> BTreeMap<PathBuf, Vec<(u64, u64)>> {
     let mut unsynced: BTreeMap<PathBuf, Vec<(u64, u64)>> = BTreeMap::new();
-    for line in log.lines() {
-        if let Some(path) = line.strip_prefix("S ") {
-            unsynced.remove(Path::new(path));
-        } else if let Some(write) = line.strip_prefix("W ") {
-            let mut fields = write.splitn(3, ' ');
-            let (Some(offset), Some(length), Some(path)) = (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let (Ok(offset), Ok(length)) = (offset.parse(), length.parse()) else {
-                continue;
-            };
-            unsynced.entry(path.into()).or_default().push((offset, length));
+    for line in log.lines().filter_map(Logged::parse) {
+        match line {
+            Logged::Sync(path) => {
+                unsynced.remove(path);
+            }
+            Logged::Write { path, offset, length } => {
+                unsynced.entry(path.into()).or_default().push((offset, length));
+            }
         }
     }
     unsynced
+}
+
+/// One line of the library's write log.
+enum Logged<'a> {
+    /// `W <offset> <length> <path>`: a `pwrite` about to be made.
+    Write {
+        path: &'a Path,
+        offset: u64,
+        length: u64,
+    },
+    /// `S <path>`: a sync about to be asked.
+    Sync(&'a Path),
+}
+
+impl Logged<'_> {
+    /// The line's meaning, or `None` for a line cut short by the kill.
+    fn parse(line: &str) -> Option<Logged<'_>> {
+        if let Some(path) = line.strip_prefix("S ") {
+            return Some(Logged::Sync(Path::new(path)));
+        }
+        let mut fields = line.strip_prefix("W ")?.splitn(3, ' ');
+        let offset = fields.next()?.parse().ok()?;
+        let length = fields.next()?.parse().ok()?;
+        let path = Path::new(fields.next()?);
+        Some(Logged::Write { path, offset, length })
+    }
 }
 
 /// Tears the writes `write_log` names that no sync covered (see the module
@@ -154,34 +175,25 @@ pub fn lose_since(write_log: &Path, from: u64, rng: &mut StdRng) -> Result<Lost>
     };
     let recent = String::from_utf8_lossy(log.get(from as usize..).unwrap_or_default()).into_owned();
     let mut lost = Lost::default();
-    let mut writes: Vec<(PathBuf, u64, u64)> = Vec::new();
-    for line in recent.lines() {
-        if let Some(path) = line.strip_prefix("S ") {
-            for (written_to, _, _) in &writes {
-                if written_to == Path::new(path) {
-                    lost.synced += 1;
+    // Each write to sled's data file since `from`, and whether a later
+    // sync of that file covered it.
+    let mut writes: Vec<(&Path, u64, u64, bool)> = Vec::new();
+    for line in recent.lines().filter_map(Logged::parse) {
+        match line {
+            Logged::Sync(synced) => {
+                for (path, _, _, covered) in &mut writes {
+                    *covered |= *path == synced;
                 }
             }
-        } else if let Some(write) = line.strip_prefix("W ") {
-            let mut fields = write.splitn(3, ' ');
-            let (Some(Ok(offset)), Some(Ok(length)), Some(path)) = (
-                fields.next().map(str::parse::<u64>),
-                fields.next().map(str::parse::<u64>),
-                fields.next(),
-            ) else {
-                continue;
-            };
-            if Path::new(path)
-                .file_name()
-                .is_some_and(|name| name == SLED_DATA_FILE)
-            {
-                writes.push((path.into(), offset, length));
+            Logged::Write { path, offset, length } => {
+                if path.file_name().is_some_and(|name| name == SLED_DATA_FILE) {
+                    writes.push((path, offset, length, false));
+                }
             }
         }
     }
-    // A write synced twice was counted twice above; count each once.
-    lost.synced = lost.synced.min(writes.len());
-    for (path, offset, length) in &writes {
+    lost.synced = writes.iter().filter(|(_, _, _, covered)| *covered).count();
+    for (path, offset, length, _) in &writes {
         let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) else {
             continue;
         };
