@@ -44,6 +44,12 @@
 //! votes by what is left — a candidate lacking acknowledged writes can win,
 //! what `acknowledged_writes` must catch after a `lost_tail` fault.
 //!
+//! [`ChaosBreak::StaysDownOnDamagedSnapshots`] refuses to start on a
+//! stored snapshot that fails its checksum, as the offline tools do,
+//! instead of dropping it and taking the state from the leader — what
+//! `damaged_snapshot_recovered` must catch after a `damaged_snapshot`
+//! fault.
+//!
 //! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
 //! set as high as a semaphore allows): a flood queues instead of being
 //! refused — what `overload_answered` must catch.
@@ -87,6 +93,9 @@ pub enum ChaosBreak {
     /// The log mark is ignored on start: a node whose disk lost the tail of
     /// its log votes by what is left of it.
     NoLogMark,
+    /// A node whose stored snapshot is damaged refuses to start (as offline
+    /// tools do) instead of taking the state back from its peers.
+    StaysDownOnDamagedSnapshots,
 }
 
 /// Set when the process runs [`ChaosBreak::NoFdatasync`] (read by
@@ -115,6 +124,22 @@ pub fn ignore_log_mark() {
 /// Whether this process ignores the log mark on start.
 pub fn ignores_log_mark() -> bool {
     IGNORE_LOG_MARK.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Set when the process runs [`ChaosBreak::StaysDownOnDamagedSnapshots`]
+/// (read by `crate::raft::open_storage_for_node`).
+static STAY_DOWN_ON_DAMAGED_SNAPSHOTS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes this process refuse to start on a damaged snapshot
+/// ([`ChaosBreak::StaysDownOnDamagedSnapshots`]).
+pub fn stay_down_on_damaged_snapshots() {
+    STAY_DOWN_ON_DAMAGED_SNAPSHOTS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether this process refuses to start on a damaged snapshot.
+pub fn stays_down_on_damaged_snapshots() -> bool {
+    STAY_DOWN_ON_DAMAGED_SNAPSHOTS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl ChaosBreak {

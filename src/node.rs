@@ -79,7 +79,7 @@ use crate::raft::proposer::{write_error, RaftProposer};
 use crate::raft::snapshot_policy::snapshot_by_changes;
 use crate::raft::state_machine::StateHandle;
 use crate::raft::stats::count_leader_changes;
-use crate::raft::{decode, encode, open_storage_measured, raft_config, NodeId, Raft, RaftTuning};
+use crate::raft::{decode, encode, open_storage_for_node, raft_config, NodeId, Raft, RaftTuning};
 use crate::scheduler::{Command, Request, Response};
 use crate::transport::PeerSecurity;
 
@@ -292,8 +292,12 @@ impl Node {
         if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoLogMark) {
             crate::chaos_break::ignore_log_mark();
         }
+        #[cfg(feature = "chaos-break")]
+        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::StaysDownOnDamagedSnapshots) {
+            crate::chaos_break::stay_down_on_damaged_snapshots();
+        }
         let (log_store, state_machine) =
-            open_storage_measured(&options.data_dir, options.metrics.raft_stats())?;
+            open_storage_for_node(&options.data_dir, options.metrics.raft_stats())?;
         log_store.resign_leadership(options.id)?;
         #[cfg(feature = "chaos-break")]
         let state_machine = state_machine.with_chaos_break(options.chaos_break);
@@ -1036,14 +1040,21 @@ impl Node {
     }
 
     /// Waits (bounded by `deadline`, and ended by the node's shutdown) until a
-    /// leader other than `failed` (the one just tried, if any) is known; at
-    /// once if one already is (the change may have come while the attempt
-    /// failed, as in a handover).
+    /// leader other than `failed` (the one just tried, if any) is known,
+    /// with its address; at once if one already is (the change may have
+    /// come while the attempt failed, as in a handover). A leader known by
+    /// its id alone (a node that took the vote before the membership, as
+    /// one that starts with an empty log does) is not yet one to try:
+    /// returning for it would spin the caller's retry loop.
     async fn wait_for_leader_change(&self, failed: Option<NodeId>, deadline: Instant) {
         let mut metrics = self.raft.metrics();
         let changed = async {
             loop {
-                let now = metrics.borrow_and_update().current_leader;
+                let now = {
+                    let m = metrics.borrow_and_update();
+                    m.current_leader
+                        .filter(|leader| m.membership_config.membership().get_node(leader).is_some())
+                };
                 if now.is_some() && now != failed {
                     return;
                 }

@@ -198,3 +198,115 @@ async fn snapshots_follow_the_number_of_requests_not_of_batch_entries() {
         .await;
     }
 }
+
+/// A follower's stored snapshot damaged while it is down (one byte changed,
+/// as a rotting sector would): on restart it detects it by checksum, sets
+/// the file aside, drops the log built on it and takes the state back from
+/// its leader, then serves every acknowledged job, with clients reading
+/// through it all along. The leader keeps its log (`--snapshot-keep-logs`),
+/// so it finds the follower's log shorter than it last saw it and must
+/// start replicating to it afresh (openraft's `loosen-follower-log-revert`;
+/// without it a debug build's leader panics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_snapshot_was_damaged_takes_the_state_back_from_its_leader() {
+    let mut cluster = TestCluster::start(3, &["--snapshot-logs=50", "--snapshot-keep-logs=10000"]);
+    cluster.wait_ready(READY).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..150u64 {
+        let id = format!("job-{i:03}");
+        if create(&cluster, 1 + i % 3, &id).await {
+            acked.insert(id);
+        }
+    }
+    assert_eq!(acked.len(), 150, "a healthy cluster acknowledges every create");
+    let leader = cluster.wait_leader(READY).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    wait_own_status(&cluster, follower, |node| {
+        (node.snapshot_index > 0)
+            .then_some(())
+            .ok_or_else(|| "no snapshot yet".to_string())
+    })
+    .await;
+
+    cluster.kill(follower);
+    let snapshot = cluster
+        .node(follower)
+        .data_dir
+        .join("sled")
+        .join("kairos-snapshot");
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&snapshot, bytes).unwrap();
+
+    for i in 150..200u64 {
+        let id = format!("job-{i:03}");
+        if create(&cluster, leader, &id).await {
+            acked.insert(id);
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        200,
+        "two of three nodes are a majority: writes go on"
+    );
+    let status = cluster.status(leader).await;
+    let committed = status.nodes.iter().find(|n| n.id == leader).unwrap().commit_index;
+
+    cluster.spawn(follower);
+    // Clients keep reading through it while it recovers: 4 readers, each
+    // until the node is ready or 30 s have passed.
+    let recovered = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (mut jobs, recovered) = (cluster.jobs(follower).await, recovered.clone());
+        readers.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + READY;
+            while !recovered.is_cancelled() && tokio::time::Instant::now() < deadline {
+                let mut request = tonic::Request::new(pb::ListJobsRequest {
+                    page_size: 10,
+                    consistency: pb::ReadConsistency::Linearizable as i32,
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(2));
+                if jobs.list_jobs(request).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }));
+    }
+    // Ready (200 on /readyz) only once its log is past what it acknowledged.
+    cluster.wait_ready(READY).await;
+    recovered.cancel();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    wait_applied(&cluster, follower, committed).await;
+    let ids = cluster
+        .list_ids(follower, pb::ReadConsistency::Linearizable)
+        .await;
+    assert!(
+        acked.is_subset(&ids),
+        "the recovered node misses {:?}",
+        acked.difference(&ids).collect::<Vec<_>>()
+    );
+    let leader_log = cluster.log(leader);
+    assert!(
+        !leader_log.contains("panicked"),
+        "the leader met the follower's shorter log and went on: {}",
+        leader_log
+            .lines()
+            .filter(|l| l.contains("panicked"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let log = cluster.log(follower);
+    assert!(
+        log.contains("the stored snapshot is damaged"),
+        "the node says why it dropped its state"
+    );
+    assert!(
+        snapshot.with_file_name("kairos-snapshot.damaged").exists(),
+        "the damaged file is kept aside"
+    );
+}

@@ -252,6 +252,26 @@ impl LogStore {
         Ok(())
     }
 
+    /// Drops every entry, the purge point and the committed index, keeping
+    /// the vote and the log mark: for a node whose stored snapshot was
+    /// damaged, so that the log built on it is of no use (see
+    /// [`super::open_storage_for_node`]). Durable on return. The log now
+    /// ends before what the node acknowledged, so it is in lost-tail mode
+    /// ([`LogStore::lost_tail`]) until its leader's snapshot and entries
+    /// carry it past the mark.
+    pub fn discard_all(&self) -> Result<()> {
+        self.log.clear().map_err(Error::internal)?;
+        for key in [LAST_PURGED_KEY, COMMITTED_KEY] {
+            self.meta.remove(key).map_err(Error::internal)?;
+        }
+        self.disk.sync().map_err(Error::internal)?;
+        self.committed.store(0, Ordering::Relaxed);
+        if let Some(acked) = self.mark.marked().acked {
+            self.lost_tail.send_replace(Some(acked));
+        }
+        Ok(())
+    }
+
     /// While the log ends before an entry this node acknowledged (its disk
     /// lost the tail; see [`crate::raft::log_mark`]): that entry's log id.
     /// `None` once the log reached it again, and for a log that lost nothing.

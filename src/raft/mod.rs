@@ -97,6 +97,54 @@ pub fn open_storage_measured(
     Ok((log, sm))
 }
 
+/// [`open_storage_measured`] for a node that is starting to serve, and can
+/// take back from its peers what its disk lost. A stored snapshot that
+/// fails its check (its disk damaged it after it was written) is not a
+/// reason to stay down: the file is set aside as `kairos-snapshot.damaged`,
+/// the log that was built on it is dropped, the vote and the log mark stay,
+/// and the node starts empty. Its log then ends before the entries it
+/// acknowledged, so it is in lost-tail mode (see [`log_mark`]): it votes
+/// only for candidates holding them and does not stand for election until
+/// its leader's snapshot and entries carry it past them. Nothing of the
+/// damaged state is read, served or sent. A single node, or a cluster
+/// whose every copy is damaged, waits unready for an operator's restore.
+///
+/// Offline tools ([`open_storage`]) refuse a damaged snapshot instead.
+pub fn open_storage_for_node(
+    data_dir: &Path,
+    stats: stats::RaftStats,
+) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
+    let disk = durability::Disk::open(&data_dir.join("sled"))?.with_stats(stats);
+    let log = log_store::LogStore::open(disk.clone())?;
+    let refused = match state_machine::StateMachineStore::open(disk.clone()) {
+        Ok(sm) => return Ok((log, sm)),
+        Err(refused) => refused,
+    };
+    let snapshot = snapshot_file::SnapshotFile::in_dir(disk.dir());
+    let damage = snapshot
+        .damage()
+        .map_err(|e| Error::internal(format!("checking the snapshot after `{refused}`: {e}")))?;
+    let Some(damage) = damage else {
+        return Err(refused);
+    };
+    #[cfg(feature = "chaos-break")]
+    if crate::chaos_break::stays_down_on_damaged_snapshots() {
+        return Err(refused);
+    }
+    let aside = snapshot
+        .set_aside()
+        .map_err(|e| Error::internal(format!("setting the damaged snapshot aside: {e}")))?;
+    log.discard_all()?;
+    tracing::error!(
+        damage = %damage,
+        set_aside_as = %aside.display(),
+        "the stored snapshot is damaged: this node dropped it and the log built on it, \
+         and takes both from its leader"
+    );
+    let sm = state_machine::StateMachineStore::open(disk)?;
+    Ok((log, sm))
+}
+
 /// Builds the openraft configuration of a node.
 pub fn raft_config(tuning: &RaftTuning) -> Result<openraft::Config> {
     let config = openraft::Config {
@@ -156,3 +204,128 @@ impl Default for RaftTuning {
 
 #[cfg(test)]
 mod suite_tests;
+
+#[cfg(test)]
+mod recovery_tests {
+    use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+    use openraft::{SnapshotMeta, StoredMembership, Vote};
+
+    use super::snapshot_file::SnapshotFile;
+    use super::suite_tests::{create_entry, log_id};
+    use super::*;
+
+    /// A node whose log holds entries 1..=5 (acknowledged, so marked) and
+    /// the vote of term 3, beside a stored snapshot up to index 3 whose
+    /// bytes are `file`.
+    async fn node_dir_with_snapshot(dir: &Path, file: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        let (mut log, _) = open_storage(dir).unwrap();
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        log.blocking_append((1..=5).map(|i| create_entry(i, &format!("job-{i}"))))
+            .await
+            .unwrap();
+        drop(log);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(3)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "s-3".into(),
+        };
+        let sled = dir.join("sled");
+        SnapshotFile::in_dir(&sled)
+            .store(&meta, b"the state up to index 3")
+            .unwrap();
+        let path = sled.join("kairos-snapshot");
+        std::fs::write(&path, file(std::fs::read(&path).unwrap())).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_node_drops_a_damaged_snapshot_and_its_log_and_waits_for_its_leader() {
+        for (how, damage) in [
+            (
+                "a flipped byte",
+                Box::new(|mut b: Vec<u8>| {
+                    let n = b.len();
+                    b[n - 8] ^= 0x40;
+                    b
+                }) as Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>,
+            ),
+            (
+                "a lost tail",
+                Box::new(|mut b: Vec<u8>| {
+                    b.truncate(b.len() / 2);
+                    b
+                }),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            node_dir_with_snapshot(dir.path(), damage).await;
+            let sled = dir.path().join("sled");
+
+            // The offline tools refuse it.
+            let refused = open_storage(dir.path()).err().expect("refused");
+            assert!(
+                refused.to_string().contains("kairos-snapshot"),
+                "{how}: {refused}"
+            );
+
+            let (mut log, mut sm) = open_storage_for_node(dir.path(), Default::default()).unwrap();
+            assert!(!sled.join("kairos-snapshot").exists(), "{how}");
+            assert!(sled.join("kairos-snapshot.damaged").exists(), "{how}");
+            assert_eq!(
+                log.read_vote().await.unwrap(),
+                Some(Vote::new_committed(3, 2)),
+                "{how}"
+            );
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(
+                (state.last_purged_log_id, state.last_log_id),
+                (None, None),
+                "{how}"
+            );
+            assert_eq!(log.read_committed().await.unwrap(), None, "{how}");
+            assert_eq!(
+                *log.lost_tail().borrow(),
+                Some(log_id(5)),
+                "{how}: votes as if it held 5"
+            );
+            assert_eq!(sm.applied_state().await.unwrap().0, None, "{how}: an empty state");
+            assert!(sm.get_current_snapshot().await.unwrap().is_none(), "{how}");
+            drop((log, sm));
+
+            // Started again, it is an empty node still behind its mark.
+            let (log, _) = open_storage_for_node(dir.path(), Default::default()).unwrap();
+            assert_eq!(*log.lost_tail().borrow(), Some(log_id(5)), "{how}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_snapshot_that_does_not_decode_or_is_of_a_newer_format_is_refused_not_dropped() {
+        for (how, file) in [
+            (
+                "undecodable",
+                Box::new(|b: Vec<u8>| b) as Box<dyn FnOnce(Vec<u8>) -> Vec<u8>>,
+            ),
+            (
+                "newer format",
+                Box::new(|mut b: Vec<u8>| {
+                    b[5..8].copy_from_slice(b"999");
+                    b
+                }),
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            node_dir_with_snapshot(dir.path(), file).await;
+            let refused = open_storage_for_node(dir.path(), Default::default())
+                .err()
+                .expect("refused");
+            assert!(
+                refused.to_string().to_lowercase().contains("snapshot"),
+                "{how}: {refused}"
+            );
+            assert!(dir.path().join("sled/kairos-snapshot").exists(), "{how}: kept");
+            assert!(
+                open_storage(dir.path()).is_err(),
+                "{how}: the offline tools refuse it too"
+            );
+        }
+    }
+}

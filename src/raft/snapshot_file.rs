@@ -235,7 +235,10 @@ impl SnapshotFile {
         };
         // The checksum covers everything before it: header and data.
         let mut input = Checksummed::new(BufReader::with_capacity(1 << 20, file));
-        let (meta, data_len, format) = read_header(&mut input).map_err(|e| corrupt(&e.to_string()))?;
+        let (meta, data_len, format) = read_header(&mut input).map_err(|e| match e.kind() {
+            io::ErrorKind::Unsupported => self.named(e),
+            _ => corrupt(&e.to_string()),
+        })?;
         let mut data = (&mut input).take(data_len);
         let value = decode(format, &mut data)?;
         io::copy(&mut data, &mut io::sink())?;
@@ -255,6 +258,30 @@ impl SnapshotFile {
             return Err(corrupt("longer than its header says"));
         }
         Ok(Some((meta, value)))
+    }
+
+    /// Why the stored snapshot is damaged (it does not start as a snapshot
+    /// file, or its lengths or checksum do not hold), reading it through
+    /// without decoding; `None` when it is whole or there is none. A file
+    /// of a format version this build does not know is an error, not
+    /// damage: a newer build wrote it.
+    pub fn damage(&self) -> io::Result<Option<String>> {
+        match self.read_with(|_, data| io::copy(data, &mut io::sink())) {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::UnexpectedEof => {
+                Ok(Some(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the stored snapshot to `kairos-snapshot.damaged` (replacing an
+    /// earlier one there), durably; returns where it went.
+    pub fn set_aside(&self) -> io::Result<PathBuf> {
+        let aside = self.dir.join("kairos-snapshot.damaged");
+        fs::rename(&self.path, &aside)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(aside)
     }
 
     fn open(&self) -> io::Result<Option<File>> {
@@ -324,8 +351,13 @@ fn read_header(reader: &mut impl Read) -> io::Result<(Meta, u64, Format)> {
         .filter(|d| prefix == MAGIC_PREFIX && d.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|d| d.parse::<u16>().ok())
         .ok_or_else(|| invalid("not a Kairos snapshot file (bad magic)".into()))?;
-    let format = Format::of_version(version)
-        .ok_or_else(|| invalid(codec::version_error("the snapshot file", version).to_string()))?;
+    // Unsupported, not InvalidData: a newer build's file is not damaged.
+    let format = Format::of_version(version).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            codec::version_error("the snapshot file", version).to_string(),
+        )
+    })?;
     let mut len4 = [0u8; 4];
     reader.read_exact(&mut len4)?;
     let meta_len = u32::from_le_bytes(len4);
