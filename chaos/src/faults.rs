@@ -448,6 +448,11 @@ async fn inject(
                 format!("{cut_off:?} cut off; node {victim}: {lost}; leader {leader} killed, back after the others"),
             )
         }
+        FaultKind::DamagedSnapshot => {
+            let damaged = crate::damaged_snapshot::damage_and_restart(runtime, clients, rng).await?;
+            misbehaviour = damaged.misbehaviour;
+            (damaged.nodes, damaged.detail)
+        }
         FaultKind::MembershipChange => {
             let change = crate::membership::remove_and_add_back(runtime, clients, rng).await?;
             misbehaviour = change.misbehaviour;

@@ -142,6 +142,10 @@ pub enum FaultKind {
     /// seconds later (`src/torn.rs`). No leader may be elected without the
     /// acknowledged writes.
     LostTail,
+    /// A follower's stored snapshot is damaged while it is down (cut short,
+    /// or a byte changed): it must set it aside and take the state from
+    /// the leader (`src/damaged_snapshot.rs`).
+    DamagedSnapshot,
     /// A follower is removed from the cluster and added back while the
     /// workload runs; with even odds the leader is killed during the add
     /// (`src/membership.rs`).
@@ -156,7 +160,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 20] = [
+    pub const ALL: [FaultKind; 21] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::KillMajority,
@@ -175,6 +179,7 @@ impl FaultKind {
         FaultKind::ClockJump,
         FaultKind::TornWrite,
         FaultKind::LostTail,
+        FaultKind::DamagedSnapshot,
         FaultKind::MembershipChange,
         FaultKind::Overload,
     ];
@@ -213,6 +218,7 @@ impl FaultKind {
             FaultKind::ClockJump => "clock_jump",
             FaultKind::TornWrite => "torn_write",
             FaultKind::LostTail => "lost_tail",
+            FaultKind::DamagedSnapshot => "damaged_snapshot",
             FaultKind::MembershipChange => "membership_change",
             FaultKind::Overload => "overload",
             FaultKind::Upgrade => "upgrade",

@@ -17,6 +17,7 @@
 //! judge, [`report`] and [`timeline`] tell.
 
 mod client;
+mod damaged_snapshot;
 mod external;
 mod faults;
 mod history;
@@ -217,6 +218,7 @@ enum BreakKind {
     NoRequestLimit,
     NoFdatasync,
     NoLogMark,
+    StaysDownOnDamagedSnapshots,
 }
 
 impl BreakKind {
@@ -231,6 +233,7 @@ impl BreakKind {
             BreakKind::NoRequestLimit => "no-request-limit",
             BreakKind::NoFdatasync => "no-fdatasync",
             BreakKind::NoLogMark => "no-log-mark",
+            BreakKind::StaysDownOnDamagedSnapshots => "stays-down-on-damaged-snapshots",
         };
         ["--unsafe-chaos-break", value]
     }
@@ -392,6 +395,9 @@ fn campaign_summary(reports: &[Report]) -> String {
 /// a round's Raft log and snapshots several times over.
 const SMALL_DISK_MIB: u64 = 256;
 
+/// `--snapshot-logs` of the nodes in a round with `damaged_snapshot`.
+const DAMAGED_SNAPSHOT_LOGS: u64 = 200;
+
 async fn run_round(
     args: &RunArgs,
     kinds: &[FaultKind],
@@ -415,6 +421,11 @@ async fn run_round(
         extra_args.push(format!("--max-watches={}", overload::MAX_WATCHES));
         extra_args.push(format!("--max-requests={}", overload::MAX_REQUESTS));
     }
+    if kinds.contains(&FaultKind::DamagedSnapshot) {
+        // Snapshots every 200 changes rather than 10,000, so that the
+        // followers hold one to damage early in a round.
+        extra_args.push(format!("--snapshot-logs={DAMAGED_SNAPSHOT_LOGS}"));
+    }
     if let Some(kind) = args.break_build {
         extra_args.extend(kind.agent_args().map(String::from));
     }
@@ -428,17 +439,17 @@ async fn run_round(
     if nodes_dir.exists() {
         std::fs::remove_dir_all(&nodes_dir).with_context(|| format!("clearing {}", nodes_dir.display()))?;
     }
+    // The fault libraries, preloaded only when their faults are wanted.
+    let libraries = preload::Libraries::build(
+        &dir.join("preload"),
+        kinds.iter().any(|k| k.needs_disk_library()),
+        kinds.iter().any(|k| k.needs_clock_library()),
+    );
+    // Each node's data on a small filesystem of its own, only when the disk
+    // is to fill up.
+    let small_disk_mib = kinds.contains(&FaultKind::DiskFull).then_some(SMALL_DISK_MIB);
     let mut runtime = match args.runtime {
         RuntimeKind::Process => {
-            // The fault libraries, preloaded only when their faults are wanted.
-            let libraries = preload::Libraries::build(
-                &dir.join("preload"),
-                kinds.iter().any(|k| k.needs_disk_library()),
-                kinds.iter().any(|k| k.needs_clock_library()),
-            );
-            // Each node's data on a small filesystem of its own, only when
-            // the disk is to fill up.
-            let small_disk_mib = kinds.contains(&FaultKind::DiskFull).then_some(SMALL_DISK_MIB);
             let mut cluster = ProcessCluster::create(ProcessOptions {
                 nodes: args.nodes,
                 kairos_bin: kairos_bin.to_path_buf(),
@@ -462,6 +473,9 @@ async fn run_round(
                 cookie,
                 extra_args,
                 extra_env,
+                data_root: nodes_dir.clone(),
+                libraries,
+                small_disk_mib,
             })
             .await?;
             cluster.start_all().await?;

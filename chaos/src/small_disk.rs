@@ -9,11 +9,36 @@
 //! disk is unmounted (lazily, so a process still exiting cannot hold it)
 //! when the harness drops it, at the end of the round.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
+
+/// Each node's small filesystem, at `data_root/node-<id>/disk`, when `mib`
+/// asks for them and the harness may mount: all or none (a refused mount
+/// leaves `disk_full` out with a warning). Both runtimes keep node `id`'s
+/// data on the one it gets.
+pub fn mount_each(data_root: &Path, nodes: u64, mib: Option<u64>) -> BTreeMap<u64, SmallDisk> {
+    let Some(mib) = mib else {
+        return BTreeMap::new();
+    };
+    let mut disks = BTreeMap::new();
+    for id in 1..=nodes {
+        let mount = data_root.join(format!("node-{id}")).join("disk");
+        match SmallDisk::mount(&mount, mib) {
+            Ok(disk) => {
+                disks.insert(id, disk);
+            }
+            Err(e) => {
+                tracing::warn!("disk_full not injected: {e:#}");
+                return BTreeMap::new();
+            }
+        }
+    }
+    disks
+}
 
 /// One node's size-limited filesystem.
 #[derive(Debug)]

@@ -17,7 +17,10 @@
 //! the replicas diverge (`audit_complete`, `replica_digest`);
 //! `--break-build no-log-mark`: a node whose disk lost the tail of its log
 //! votes by what is left, so a leader without acknowledged writes is
-//! elected (`acknowledged_writes`) after a `lost_tail`. Where a break
+//! elected (`acknowledged_writes`) after a `lost_tail`;
+//! `--break-build stays-down-on-damaged-snapshots`: a node whose stored
+//! snapshot is damaged refuses to start instead of taking the state from
+//! its leader (`damaged_snapshot_recovered`). Where a break
 //! is met by chance (a race it opens, torn data that may not be read), the
 //! broken round may take up to three seeds to be caught; the real build
 //! gets one round, which must pass.
@@ -28,7 +31,8 @@ use kairos_testkit::kairos_bin;
 
 /// Runs one short round with `faults` (one fault at most: the first is
 /// injected at once and the round's 8 s are over before the next);
-/// returns the exit code and the report.
+/// returns the exit code and the report, with the history's faults added
+/// as `faults` (kind, nodes, detail).
 fn chaos_round(seed: u64, faults: &str, break_build: Option<&str>) -> (i32, serde_json::Value) {
     let out = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_kairos-chaos"));
@@ -56,10 +60,12 @@ fn chaos_round(seed: u64, faults: &str, break_build: Option<&str>) -> (i32, serd
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    (
-        output.status.code().unwrap_or(-1),
-        serde_json::from_str(&report).unwrap(),
-    )
+    let mut report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    if let Ok(history) = std::fs::read_to_string(out.path().join("history.json")) {
+        let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+        report["faults"] = history["faults"].clone();
+    }
+    (output.status.code().unwrap_or(-1), report)
 }
 
 /// Runs the broken build's round with each of `seeds` in turn until one
@@ -272,5 +278,27 @@ fn a_build_that_ignores_the_log_mark_elects_a_leader_without_acknowledged_writes
     assert!(
         report["faults_by_kind"]["lost_tail"].as_u64().unwrap() >= 1,
         "{report}"
+    );
+}
+
+#[test]
+fn a_build_that_stays_down_on_a_damaged_snapshot_is_caught_and_the_real_one_recovers() {
+    let (code, report) = chaos_round(1, "damaged_snapshot", Some("stays-down-on-damaged-snapshots"));
+    assert_eq!(code, 1, "the broken build must fail the run: {report}");
+    let violations = report["violations"].as_array().unwrap();
+    assert!(
+        violations
+            .iter()
+            .any(|v| v["invariant"] == "damaged_snapshot_recovered"
+                && v["message"].as_str().unwrap().contains("exited")),
+        "no violation naming the node that stayed down: {violations:?}"
+    );
+
+    let (code, report) = chaos_round(1, "damaged_snapshot", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    let detail = report["faults"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("back at the leader's commit index"),
+        "the fault damaged a snapshot and the node came back: {detail:?}"
     );
 }

@@ -4,6 +4,7 @@
 
 pub mod acknowledged_writes;
 pub mod audit_complete;
+pub mod damaged_snapshot_recovered;
 pub mod durable_terms;
 pub mod fires_accounted;
 pub mod idempotency;
@@ -33,7 +34,7 @@ pub struct Evidence<'a> {
 pub type Checker = (&'static str, fn(&Evidence) -> Vec<Violation>);
 
 /// Every checker.
-pub const ALL: [Checker; 14] = [
+pub const ALL: [Checker; 15] = [
     (acknowledged_writes::NAME, acknowledged_writes::check),
     (unique_runs::NAME, unique_runs::check),
     (idempotency::NAME, idempotency::check),
@@ -48,6 +49,10 @@ pub const ALL: [Checker; 14] = [
     (storage_errors_stop::NAME, storage_errors_stop::check),
     (overload_answered::NAME, overload_answered::check),
     (membership_restored::NAME, membership_restored::check),
+    (
+        damaged_snapshot_recovered::NAME,
+        damaged_snapshot_recovered::check,
+    ),
 ];
 
 /// Runs every checker.

@@ -10,6 +10,9 @@
 //! | partition | cut the proxies between the sides | disconnect the smaller side from the network |
 //! | cut single links (bridge) | cut two proxies | not possible (one network) |
 //! | slow or lossy links | proxy delay / connection breaks | not possible (no `tc` in a scratch image) |
+//! | clock, fsync, slow disk | the fault libraries, preloaded | the same libraries, in the image and preloaded |
+//! | torn write, lost tail | the harness edits a killed node's files | the same: the node's dir is mounted at the same path |
+//! | full disk | each node's data on a small tmpfs | the same tmpfs, mounted into the container |
 
 pub mod docker;
 pub mod process;
@@ -91,13 +94,15 @@ impl Runtime {
         matches!(self, Runtime::Process(_))
     }
 
-    /// Whether the nodes run with the disk-fault library (process mode,
-    /// with a C compiler to build it).
+    /// Node `id`'s `--data-dir`, as the harness reaches it.
+    pub fn data_dir(&self, id: NodeId) -> std::path::PathBuf {
+        delegate!(self, c => c.data_dir(id))
+    }
+
+    /// Whether the nodes run with the disk-fault library (a C compiler was
+    /// there to build it).
     pub fn supports_disk_faults(&self) -> bool {
-        match self {
-            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.sync_faults(id).is_some()),
-            Runtime::Docker(_) => false,
-        }
+        self.ids().first().is_some_and(|&id| self.sync_faults(id).is_ok())
     }
 
     /// Node `id`'s fsyncs fail with EIO (`true`) or work again.
@@ -106,13 +111,12 @@ impl Runtime {
     }
 
     /// What a power cut does to stopped node `id`'s files: the bytes no
-    /// sync covered are torn (process mode, with the disk-fault library).
+    /// sync covered are torn (with the disk-fault library).
     pub fn tear_unsynced(&mut self, id: NodeId, rng: &mut rand::rngs::StdRng) -> Result<crate::torn::Torn> {
         self.sync_faults(id)?.tear_unsynced(rng)
     }
 
-    /// How far node `id`'s write log reaches now (process mode, with the
-    /// disk-fault library).
+    /// How far node `id`'s write log reaches now (with the disk-fault library).
     pub fn write_log_len(&self, id: NodeId) -> Result<u64> {
         Ok(self.sync_faults(id)?.write_log_len())
     }
@@ -133,85 +137,59 @@ impl Runtime {
         self.sync_faults(id)?.set_slow(ms)
     }
 
-    /// How node `id`'s process ended, if it exited by itself (process mode).
+    /// How node `id`'s process ended, if it is not running (a process the
+    /// harness started that exited; a stopped container).
     pub fn exit_status(&self, id: NodeId) -> Option<std::process::ExitStatus> {
-        match self {
-            Runtime::Process(c) => c.exit_status(id),
-            Runtime::Docker(_) => None,
-        }
+        delegate!(self, c => c.exit_status(id))
     }
 
-    /// Node `id`'s resident memory in KiB (process mode, while it runs).
+    /// Node `id`'s resident memory in KiB, while it runs.
     pub fn rss_kib(&self, id: NodeId) -> Option<u64> {
-        match self {
-            Runtime::Process(c) => c.rss_kib(id),
-            Runtime::Docker(_) => None,
-        }
+        delegate!(self, c => c.rss_kib(id))
     }
 
-    /// The length of node `id`'s log now (process mode; 0 in docker mode).
+    /// The length of node `id`'s log now.
     pub fn log_len(&self, id: NodeId) -> u64 {
-        match self {
-            Runtime::Process(c) => c.log_len(id),
-            Runtime::Docker(_) => 0,
-        }
+        delegate!(self, c => c.log_len(id))
     }
 
-    /// What node `id` logged since its log was `from` long (process mode).
+    /// What node `id` logged since its log was `from` long.
     pub fn log_since(&self, id: NodeId, from: u64) -> String {
-        match self {
-            Runtime::Process(c) => c.log_since(id, from),
-            Runtime::Docker(_) => String::new(),
-        }
+        delegate!(self, c => c.log_since(id, from))
     }
 
     /// Whether each node's data lives on a small filesystem the harness can
-    /// fill (process mode, where mounting is allowed).
+    /// fill (where mounting is allowed).
     pub fn supports_disk_full(&self) -> bool {
-        match self {
-            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.small_disk(id).is_some()),
-            Runtime::Docker(_) => false,
-        }
+        self.ids()
+            .first()
+            .is_some_and(|&id| delegate!(self, c => c.small_disk(id)).is_some())
     }
 
     /// Fills node `id`'s filesystem to the last block, or frees it again.
     pub fn set_disk_full(&mut self, id: NodeId, full: bool) -> Result<()> {
-        match self {
-            Runtime::Process(c) => c
-                .small_disk(id)
-                .context("the nodes' data is not on a filesystem of the harness")?
-                .set_full(full),
-            Runtime::Docker(_) => anyhow::bail!("docker runtime: the disk is not filled"),
-        }
+        delegate!(self, c => c.small_disk(id))
+            .context("the nodes' data is not on a filesystem of the harness")?
+            .set_full(full)
     }
 
-    /// Whether the nodes run with the clock-fault library (process mode,
-    /// with a C compiler to build it).
+    /// Whether the nodes run with the clock-fault library (a C compiler was
+    /// there to build it).
     pub fn supports_clock_faults(&self) -> bool {
-        match self {
-            Runtime::Process(c) => c.ids().first().is_some_and(|&id| c.clock_faults(id).is_some()),
-            Runtime::Docker(_) => false,
-        }
+        self.ids()
+            .first()
+            .is_some_and(|&id| delegate!(self, c => c.clock_faults(id)).is_some())
     }
 
     /// Node `id`'s wall clock reads `ms` off the real time (0: the real time).
     pub fn set_clock_offset(&mut self, id: NodeId, ms: i64) -> Result<()> {
-        match self {
-            Runtime::Process(c) => c
-                .clock_faults(id)
-                .context("the nodes run without the clock-fault library")?
-                .set_offset(ms),
-            Runtime::Docker(_) => anyhow::bail!("docker runtime: clock faults are not injected"),
-        }
+        delegate!(self, c => c.clock_faults(id))
+            .context("the nodes run without the clock-fault library")?
+            .set_offset(ms)
     }
 
     fn sync_faults(&self, id: NodeId) -> Result<&crate::preload::SyncFaults> {
-        match self {
-            Runtime::Process(c) => c
-                .sync_faults(id)
-                .context("the nodes run without the disk-fault library"),
-            Runtime::Docker(_) => anyhow::bail!("docker runtime: disk faults are not injected"),
-        }
+        delegate!(self, c => c.sync_faults(id)).context("the nodes run without the disk-fault library")
     }
 
     /// Cuts the links between the given pairs only (both directions).

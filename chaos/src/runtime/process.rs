@@ -64,28 +64,6 @@ pub struct ProcessCluster {
     proxies: CancellationToken,
 }
 
-/// The nodes' small filesystems, when asked for and the harness may mount:
-/// all or none (a refused mount leaves `disk_full` out with a warning).
-fn small_disks(options: &ProcessOptions) -> Result<BTreeMap<NodeId, SmallDisk>> {
-    let Some(mib) = options.small_disk_mib else {
-        return Ok(BTreeMap::new());
-    };
-    let mut disks = BTreeMap::new();
-    for id in 1..=options.nodes {
-        let mount = options.data_root.join(format!("node-{id}")).join("disk");
-        match SmallDisk::mount(&mount, mib) {
-            Ok(disk) => {
-                disks.insert(id, disk);
-            }
-            Err(e) => {
-                tracing::warn!("disk_full not injected: {e:#}");
-                return Ok(BTreeMap::new());
-            }
-        }
-    }
-    Ok(disks)
-}
-
 /// A loopback address for a node to bind, from below the ephemeral range
 /// (see [`kairos_testkit::free_port`]): a kernel-chosen port could be taken
 /// by an outgoing connection before the node binds it.
@@ -97,7 +75,8 @@ impl ProcessCluster {
     /// Picks ports and starts every proxy; nodes start with [`ProcessCluster::start_all`].
     pub async fn create(options: ProcessOptions) -> Result<ProcessCluster> {
         let mut specs = BTreeMap::new();
-        let mut disks = small_disks(&options)?;
+        let mut disks =
+            crate::small_disk::mount_each(&options.data_root, options.nodes, options.small_disk_mib);
         for id in 1..=options.nodes {
             let node_dir = options.data_root.join(format!("node-{id}"));
             std::fs::create_dir_all(&node_dir).with_context(|| format!("creating {}", node_dir.display()))?;
@@ -280,6 +259,17 @@ impl ProcessCluster {
             Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(_) => String::new(),
         }
+    }
+
+    /// Node `id`'s `--data-dir`.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.nodes
+            .get(&id)
+            .expect("known node")
+            .launch
+            .agent
+            .data_dir
+            .clone()
     }
 
     /// Node `id`'s filesystem, if the harness mounted one for it.

@@ -4,10 +4,12 @@
 //! the `kairos agent` arguments and environment of [`agent_spec`] (the image's
 //! entrypoint is `/kairos`; the cookie is in the environment, never an
 //! argument), the run's label, the extra environment, a fixed address on the
-//! run's network and the sysctl `net.ipv4.ip_nonlocal_bind=1`. After that it
-//! is only killed ([`kill`], SIGKILL), started again ([`start`]: same
-//! container, so same arguments and same `/data`), frozen ([`pause`],
-//! [`unpause`]) and finally removed by force ([`remove`]).
+//! run's network, the sysctl `net.ipv4.ip_nonlocal_bind=1`, and the node's
+//! host directory mounted at the same path (its data dir is in there).
+//! After that it is only killed ([`kill`], SIGKILL, returning once the
+//! process is gone), started again ([`start`]: same container, so same
+//! arguments and same data), frozen ([`pause`], [`unpause`]) and finally
+//! removed by force ([`remove`]).
 //!
 //! Errors name the operation and the container, then the daemon's answer.
 //!
@@ -20,11 +22,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
+    ContainerCreateBody, ContainerState, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkingConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
@@ -60,18 +63,26 @@ pub(super) struct Spec<'a> {
     pub(super) env: &'a [(String, String)],
     /// The arguments after the entrypoint: [`agent_args`].
     pub(super) args: Vec<String>,
+    /// The node's host directory, mounted read-write at the same path.
+    pub(super) shared_dir: &'a Path,
 }
 
 /// The `kairos agent` of `node`, listening on its own address, in a cluster
-/// of `nodes` (their peer addresses), with its data in the container's
-/// `/data`; `extra` is appended to its arguments. Arguments and environment
+/// of `nodes` (their peer addresses), with its data in `data_dir` (a path
+/// the container and the host share); `extra` is appended to its arguments. Arguments and environment
 /// are the launcher's ([`AgentSpec::agent_args`], [`AgentSpec::agent_env`]),
 /// as for every other node.
-pub(super) fn agent_spec(node: &Node, nodes: &[Node], cookie: &str, extra: &[String]) -> AgentSpec {
+pub(super) fn agent_spec(
+    node: &Node,
+    nodes: &[Node],
+    data_dir: &Path,
+    cookie: &str,
+    extra: &[String],
+) -> AgentSpec {
     let at = |ip: std::net::Ipv4Addr, port: u16| SocketAddr::from((ip, port));
     AgentSpec {
         id: node.id,
-        data_dir: PathBuf::from("/data"),
+        data_dir: data_dir.to_path_buf(),
         grpc_addr: at(node.ip, GRPC_PORT),
         peer_addr: at(node.ip, PEER_PORT),
         http_addr: at(node.ip, HTTP_PORT),
@@ -105,6 +116,7 @@ fn create_body(node: &Node, spec: Spec<'_>) -> ContainerCreateBody {
         )])),
         host_config: Some(HostConfig {
             network_mode: Some(spec.network.to_string()),
+            binds: Some(vec![format!("{dir}:{dir}", dir = spec.shared_dir.display())]),
             sysctls: Some(HashMap::from([(sysctl.to_string(), value.to_string())])),
             ..Default::default()
         }),
@@ -136,15 +148,44 @@ pub(super) async fn start(docker: &Docker, name: &str) -> Result<()> {
         .with_context(|| format!("starting container {name}"))
 }
 
-/// SIGKILL to the container's process; a container that is not running is left as it is.
+/// SIGKILL to the container's process, returning once the container has
+/// stopped (its files are then the harness's to tear); a container that is
+/// not running is left as it is.
 pub(super) async fn kill(docker: &Docker, name: &str) -> Result<()> {
     let options = KillContainerOptions {
         signal: KILL_SIGNAL.to_string(),
     };
     match docker.kill_container(name, Some(options)).await {
-        Err(err) if is_status(&err, 409) => Ok(()),
-        result => result.with_context(|| format!("killing container {name}")),
+        Err(err) if is_status(&err, 409) => return Ok(()),
+        result => result.with_context(|| format!("killing container {name}"))?,
     }
+    // The daemon answers once the signal is sent; the process may still be
+    // finishing a write. A killed process is gone within milliseconds.
+    for _ in 0..KILL_POLLS {
+        if !state(docker, name).await?.running.unwrap_or(false) {
+            return Ok(());
+        }
+        tokio::time::sleep(KILL_POLL).await;
+    }
+    anyhow::bail!(
+        "container {name} still runs {:?} after SIGKILL",
+        KILL_POLL * KILL_POLLS
+    )
+}
+
+/// How often, and how many times, [`kill`] looks whether the container stopped.
+const KILL_POLL: Duration = Duration::from_millis(20);
+const KILL_POLLS: u32 = 500;
+
+/// The container's state (running, exit code, process id).
+pub(super) async fn state(docker: &Docker, name: &str) -> Result<ContainerState> {
+    let inspect = docker
+        .inspect_container(name, None)
+        .await
+        .with_context(|| format!("inspecting container {name}"))?;
+    inspect
+        .state
+        .with_context(|| format!("the daemon gave no state for container {name}"))
 }
 
 /// Freezes every process of the container.
@@ -165,11 +206,7 @@ pub(super) async fn unpause(docker: &Docker, name: &str) -> Result<()> {
 
 /// Whether the container runs (paused counts as running).
 pub(super) async fn is_running(docker: &Docker, name: &str) -> Result<bool> {
-    let inspect = docker
-        .inspect_container(name, None)
-        .await
-        .with_context(|| format!("inspecting container {name}"))?;
-    Ok(inspect.state.and_then(|s| s.running).unwrap_or(false))
+    Ok(state(docker, name).await?.running.unwrap_or(false))
 }
 
 /// The container's stdout and stderr, in the order they were written.
@@ -219,12 +256,13 @@ mod tests {
         let spec = agent_spec(
             &nodes[1],
             &nodes,
+            Path::new("/run/chaos/node-2/data"),
             "a-chaos-cookie-of-enough-bytes",
             &["--workers".into(), "4".into()],
         );
         let joined = spec.agent_args().join(" ");
         assert!(
-            joined.starts_with("agent --node-id=2 --data-dir=/data "),
+            joined.starts_with("agent --node-id=2 --data-dir=/run/chaos/node-2/data "),
             "{joined}"
         );
         assert!(joined.contains("--grpc-addr=172.18.0.12:7101"), "{joined}");
@@ -250,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn container_joins_the_network_at_the_node_address_with_nonlocal_bind() {
+    fn container_joins_the_network_at_the_node_address_with_nonlocal_bind_and_its_host_dir() {
         let nodes = nodes();
         let env = [("RUST_LOG".to_string(), "info".to_string())];
         let spec = Spec {
@@ -259,6 +297,7 @@ mod tests {
             label: ("kairos-chaos", "r"),
             env: &env,
             args: vec!["agent".into()],
+            shared_dir: Path::new("/run/chaos/node-1"),
         };
         let body = create_body(&nodes[0], spec);
         assert_eq!(body.image.as_deref(), Some("kchaos-r-image:latest"));
@@ -267,6 +306,10 @@ mod tests {
         assert_eq!(body.labels.unwrap()["kairos-chaos"], "r");
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("kchaos-r"));
+        assert_eq!(
+            host.binds,
+            Some(vec!["/run/chaos/node-1:/run/chaos/node-1".to_string()])
+        );
         assert_eq!(host.sysctls.unwrap()["net.ipv4.ip_nonlocal_bind"], "1");
         let endpoints = body.networking_config.unwrap().endpoints_config.unwrap();
         let address = endpoints["kchaos-r"]

@@ -4,7 +4,9 @@
 //! image is a root filesystem holding `/kairos`, the shared libraries and
 //! the dynamic loader that `ldd` resolves for it (each at its host path, so
 //! the loader finds them where the binary was linked to look), and empty
-//! `/data` and `/tmp` (world-writable, sticky) directories. [`build`] writes
+//! `/data` and `/tmp` (world-writable, sticky) directories. The fault
+//! libraries a round preloads go in the same way: each at its host path,
+//! with what `ldd` resolves for it. [`build`] writes
 //! it as a ustar archive with the [`tar`] crate (every entry root-owned,
 //! mode 0755) into the work directory, streams that file to the daemon's
 //! image import with the change `ENTRYPOINT ["/kairos"]`, and deletes it.
@@ -51,9 +53,28 @@ enum RootfsEntry {
     },
 }
 
-/// Makes the image `tag` from `binary`, using `work_dir` for the archive.
-pub(super) async fn build(docker: &Docker, binary: &Path, work_dir: &Path, tag: &str) -> Result<()> {
-    let libraries = shared_libraries(binary).await?;
+/// Makes the image `tag` from `binary` and the libraries to preload
+/// (`preloads`, absolute paths), using `work_dir` for the archive.
+pub(super) async fn build(
+    docker: &Docker,
+    binary: &Path,
+    preloads: &[PathBuf],
+    work_dir: &Path,
+    tag: &str,
+) -> Result<()> {
+    let mut libraries = shared_libraries(binary).await?;
+    for preload in preloads {
+        anyhow::ensure!(
+            preload.is_absolute(),
+            "the library to preload {} is not an absolute path",
+            preload.display()
+        );
+        for library in std::iter::once(preload.clone()).chain(shared_libraries(preload).await?) {
+            if !libraries.contains(&library) {
+                libraries.push(library);
+            }
+        }
+    }
     let tarball = work_dir.join("rootfs.tar");
     let entries = rootfs_entries(binary, &libraries);
     let target = tarball.clone();
@@ -150,7 +171,7 @@ fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
 
 /// `/kairos`, the libraries at their own paths, the directories above them, `/data` and `/tmp`.
 fn rootfs_entries(binary: &Path, libraries: &[PathBuf]) -> Vec<RootfsEntry> {
-    let mut dirs: BTreeSet<String> = ["data".to_string()].into_iter().collect();
+    let mut dirs: BTreeSet<String> = ["data".to_string(), "tmp".to_string()].into_iter().collect();
     let mut files = vec![RootfsEntry::File {
         path: "kairos".into(),
         mode: ENTRY_MODE,
@@ -170,18 +191,15 @@ fn rootfs_entries(binary: &Path, libraries: &[PathBuf]) -> Vec<RootfsEntry> {
             source: library.clone(),
         });
     }
-    // Parents sort before their children.
+    // Parents sort before their children; `/tmp` has its own mode (also
+    // when a library to preload lives under it).
     let mut entries: Vec<RootfsEntry> = dirs
         .into_iter()
-        .map(|path| RootfsEntry::Dir {
-            path,
-            mode: ENTRY_MODE,
+        .map(|path| {
+            let mode = if path == "tmp" { TMP_MODE } else { ENTRY_MODE };
+            RootfsEntry::Dir { path, mode }
         })
         .collect();
-    entries.push(RootfsEntry::Dir {
-        path: "tmp".into(),
-        mode: TMP_MODE,
-    });
     entries.extend(files);
     entries
 }
@@ -292,6 +310,28 @@ mod tests {
                 "kairos",
                 "lib/x86_64-linux-gnu/libc.so.6",
                 "lib64/ld.so"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_library_under_tmp_leaves_one_sticky_tmp_before_its_children() {
+        let libraries = [PathBuf::from("/tmp/round/preload/libdisk_faults.so")];
+        let entries = rootfs_entries(Path::new("/bin/kairos"), &libraries);
+        let dirs: Vec<(&str, u32)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                RootfsEntry::Dir { path, mode } => Some((path.as_str(), *mode)),
+                RootfsEntry::File { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("data", ENTRY_MODE),
+                ("tmp", TMP_MODE),
+                ("tmp/round", ENTRY_MODE),
+                ("tmp/round/preload", ENTRY_MODE)
             ]
         );
     }

@@ -23,9 +23,21 @@
 //!   `--initial-cluster` names every node's peer address. The host reaches these addresses directly over the
 //!   Linux bridge, and the containers reach the host at the network's gateway
 //!   ([`DockerCluster::webhook_host`]).
-//! - **Data survives kill + start** ([`container`]). `--data-dir /data` lives
-//!   in the container's own filesystem; starting the container again brings
-//!   it back with the same arguments and the same data.
+//! - **Data survives kill + start, and the harness can reach it**
+//!   ([`container`]). Each node's directory on the host
+//!   (`<data_root>/node-<id>`) is mounted into its container at the same
+//!   path, and its `--data-dir` is in there (on the node's small
+//!   filesystem in a round with `disk_full`, see [`crate::small_disk`]).
+//!   Starting the container again brings back the same arguments and data.
+//!   The paths being the same inside and out, the fault libraries'
+//!   switches and write log ([`crate::preload`]) mean the same file to the
+//!   node and to the harness, and a stopped node's files can be torn
+//!   ([`crate::torn`]) from the host as in process mode.
+//! - **Fault libraries in the image** ([`image`]). The libraries a round
+//!   preloads are put into the image at their host paths, with what `ldd`
+//!   resolves for them, and `LD_PRELOAD` names them in each container's
+//!   environment: clock, fsync, slow-disk, torn-write and lost-tail faults
+//!   work as in process mode.
 //! - **Partition by disconnect.** The nodes off the largest side are
 //!   disconnected from the network and reconnected with their own IP by
 //!   [`DockerCluster::heal`]. Containers run with the sysctl
@@ -61,7 +73,7 @@ mod container;
 mod image;
 mod network;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::net::Ipv4Addr;
@@ -72,6 +84,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use bollard::Docker;
 
 use super::NodeId;
+use crate::preload::{ClockFaults, Libraries, NodeFaults, SyncFaults};
+use crate::small_disk::SmallDisk;
 
 /// Limit for an ordinary request to the daemon.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -99,6 +113,29 @@ pub struct DockerOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables of every container.
     pub extra_env: Vec<(String, String)>,
+    /// The host directory of the nodes' files: node `id`'s are under
+    /// `node-<id>/`, which its container mounts at the same path.
+    pub data_root: PathBuf,
+    /// The fault libraries preloaded into every node.
+    pub libraries: Libraries,
+    /// Each node's data on a tmpfs of this many MiB ([`SmallDisk`], for
+    /// `disk_full`), where the harness may mount.
+    pub small_disk_mib: Option<u64>,
+}
+
+/// One node's files on the host.
+#[derive(Debug)]
+struct NodeFiles {
+    /// `<data_root>/node-<id>`, absolute; mounted into the container at the same path.
+    dir: PathBuf,
+    /// The node's `--data-dir`, under `dir`.
+    data_dir: PathBuf,
+    /// Its switches of the preloaded fault libraries.
+    faults: NodeFaults,
+    /// The environment that preloads them.
+    preload_env: Vec<(String, String)>,
+    /// Its small filesystem, in a round with `disk_full`.
+    disk: Option<SmallDisk>,
 }
 
 /// One node's container.
@@ -126,6 +163,9 @@ pub struct DockerCluster {
     gateway: Ipv4Addr,
     /// Ascending by id; planned once the network's subnet is known.
     nodes: Vec<Node>,
+    /// Each node's files on the host. Dropped (small disks unmounted)
+    /// after the containers are removed.
+    files: BTreeMap<NodeId, NodeFiles>,
     /// Holds the rootfs tarball while the image is built.
     work_dir: Option<PathBuf>,
     /// Set before the request that may create the image; cleared by cleanup.
@@ -159,6 +199,7 @@ impl DockerCluster {
             network: format!("kchaos-{run_id}"),
             gateway: Ipv4Addr::UNSPECIFIED,
             nodes: Vec::new(),
+            files: BTreeMap::new(),
             work_dir: None,
             image_may_exist: false,
             network_may_exist: false,
@@ -170,8 +211,15 @@ impl DockerCluster {
             .with_context(|| format!("creating work directory {}", work_dir.display()))?;
         cluster.work_dir = Some(work_dir.clone());
         cluster.image_may_exist = true;
+        cluster.files = node_files(&cluster.opts)?;
+        let preloads: Vec<PathBuf> = [&cluster.opts.libraries.disk, &cluster.opts.libraries.clock]
+            .into_iter()
+            .flatten()
+            .map(|library| std::fs::canonicalize(library).unwrap_or_else(|_| library.clone()))
+            .collect();
         let importer = cluster.docker.clone().with_timeout(IMPORT_TIMEOUT);
-        image::build(&importer, &cluster.opts.kairos_bin, &work_dir, &cluster.image).await?;
+        let binary = &cluster.opts.kairos_bin;
+        image::build(&importer, binary, &preloads, &work_dir, &cluster.image).await?;
         cluster.create_network().await?;
         Ok(cluster)
     }
@@ -180,15 +228,24 @@ impl DockerCluster {
     pub async fn start_all(&mut self) -> Result<()> {
         self.containers_may_exist = true;
         for node in &self.nodes {
-            let agent = container::agent_spec(node, &self.nodes, &self.opts.cookie, &self.opts.extra_args);
+            let files = &self.files[&node.id];
+            let agent = container::agent_spec(
+                node,
+                &self.nodes,
+                &files.data_dir,
+                &self.opts.cookie,
+                &self.opts.extra_args,
+            );
             let mut env = agent.agent_env();
             env.extend(self.opts.extra_env.iter().cloned());
+            env.extend(files.preload_env.iter().cloned());
             let spec = container::Spec {
                 image: &self.image,
                 network: &self.network,
                 label: (LABEL_KEY, &self.opts.run_id),
                 env: &env,
                 args: agent.agent_args(),
+                shared_dir: &files.dir,
             };
             container::run(&self.docker, node, spec)
                 .await
@@ -282,13 +339,82 @@ impl DockerCluster {
         Ok(())
     }
 
-    /// Removes every container, the network, the image and the work directory.
+    /// Removes every container, the network, the image and the work
+    /// directory, and unmounts the small disks (the nodes' data stays).
     /// Best effort (failures are printed), never panics; safe to call twice.
     pub async fn shutdown(&mut self) {
         for leftover in self.take_leftovers() {
             leftover.remove(&self.docker).await;
         }
+        self.files.clear();
         self.remove_work_dir();
+    }
+
+    /// Node `id`'s switches of the disk-fault library, if it is preloaded.
+    pub fn sync_faults(&self, id: NodeId) -> Option<&SyncFaults> {
+        self.files.get(&id)?.faults.sync.as_ref()
+    }
+
+    /// Node `id`'s switch of the clock-fault library, if it is preloaded.
+    pub fn clock_faults(&self, id: NodeId) -> Option<&ClockFaults> {
+        self.files.get(&id)?.faults.clock.as_ref()
+    }
+
+    /// Node `id`'s `--data-dir` (the same path inside its container).
+    ///
+    /// Panics if `id` is not a node of this cluster.
+    pub fn data_dir(&self, id: NodeId) -> PathBuf {
+        self.files[&id].data_dir.clone()
+    }
+
+    /// Node `id`'s filesystem, if the harness mounted one for it.
+    pub fn small_disk(&self, id: NodeId) -> Option<&SmallDisk> {
+        self.files.get(&id)?.disk.as_ref()
+    }
+
+    /// How node `id`'s container ended, if it stopped (killed, or exited by
+    /// itself): its exit code, or the signal that ended it (Docker reports
+    /// 128 + the signal).
+    pub fn exit_status(&self, id: NodeId) -> Option<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        let name = self.node(id)?.container.clone();
+        let state = blocking(QUICK_TIMEOUT, move |docker| async move {
+            container::state(&docker, &name).await
+        })
+        .ok()?;
+        if state.running.unwrap_or(true) {
+            return None;
+        }
+        let code = state.exit_code.unwrap_or(0).clamp(0, 255) as i32;
+        Some(match code {
+            129..=159 => std::process::ExitStatus::from_raw(code - 128),
+            code => std::process::ExitStatus::from_raw(code << 8),
+        })
+    }
+
+    /// Node `id`'s resident memory in KiB (`VmRSS` of its container's
+    /// process, read from the host's `/proc`), while it runs.
+    pub fn rss_kib(&self, id: NodeId) -> Option<u64> {
+        let name = self.node(id)?.container.clone();
+        let state = blocking(QUICK_TIMEOUT, move |docker| async move {
+            container::state(&docker, &name).await
+        })
+        .ok()?;
+        let pid = state.pid.filter(|&pid| pid > 0)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The length of node `id`'s log now (where a later read starts).
+    pub fn log_len(&self, id: NodeId) -> u64 {
+        self.log(id).len() as u64
+    }
+
+    /// What node `id` logged after the first `from` bytes of its log.
+    pub fn log_since(&self, id: NodeId, from: u64) -> String {
+        let log = self.log(id);
+        log.get(from as usize..).unwrap_or_default().to_string()
     }
 
     /// The node's log (stdout and stderr, interleaved as written); empty on error.
@@ -412,6 +538,38 @@ impl Leftover {
             eprintln!("docker runtime cleanup: {err:#}");
         }
     }
+}
+
+/// Each node's directory under `opts.data_root` (made absolute: it is
+/// mounted at the same path inside the container), its data dir (on a small
+/// filesystem when asked for), and its switches of the fault libraries.
+fn node_files(opts: &DockerOptions) -> Result<BTreeMap<NodeId, NodeFiles>> {
+    std::fs::create_dir_all(&opts.data_root)
+        .with_context(|| format!("creating {}", opts.data_root.display()))?;
+    let data_root = std::fs::canonicalize(&opts.data_root)
+        .with_context(|| format!("resolving {}", opts.data_root.display()))?;
+    let mut disks = crate::small_disk::mount_each(&data_root, opts.nodes, opts.small_disk_mib);
+    let mut files = BTreeMap::new();
+    for id in 1..=opts.nodes {
+        let dir = data_root.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let disk = disks.remove(&id);
+        let data_dir = disk
+            .as_ref()
+            .map_or_else(|| dir.join("data"), SmallDisk::data_dir);
+        let (faults, preload_env) = opts.libraries.for_node(&dir);
+        files.insert(
+            id,
+            NodeFiles {
+                dir,
+                data_dir,
+                faults,
+                preload_env,
+                disk,
+            },
+        );
+    }
+    Ok(files)
 }
 
 // ---------------------------------------------------------------------------
@@ -539,12 +697,16 @@ mod tests {
                 cookie: String::new(),
                 extra_args: Vec::new(),
                 extra_env: Vec::new(),
+                data_root: PathBuf::from("/nonexistent"),
+                libraries: Libraries::default(),
+                small_disk_mib: None,
             },
             docker: Docker::connect_with_defaults().expect("a client (no request is sent)"),
             image: image_tag("r"),
             network: "kchaos-r".into(),
             gateway: Ipv4Addr::UNSPECIFIED,
             nodes: Vec::new(),
+            files: BTreeMap::new(),
             work_dir: None,
             image_may_exist: true,
             network_may_exist: true,
