@@ -96,6 +96,9 @@ const ADDRESS_BOOK_ROUND: Duration = Duration::from_secs(1);
 const ADDRESS_BOOK_REFRESH_ROUNDS: u32 = 10;
 /// How long a joining node may take to answer the leader's check.
 const JOIN_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a node starting a new cluster waits for each other member to
+/// say whether it knows a leader already (see `Node::formed_without_me`).
+const BOOTSTRAP_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a voter told of a handover votes without the leader lease at
 /// most, if no leader of a later term shows up (see [`Node::timeout_now`]).
 const LEASE_WAIVER_LIMIT: Duration = Duration::from_secs(5);
@@ -364,6 +367,11 @@ impl Node {
             options.metrics.raft_stats().leader_changes,
             stopping.clone(),
         ));
+        tasks.spawn(crate::raft::joint::finish_inherited_joint_configs(
+            raft.clone(),
+            options.id,
+            stopping.clone(),
+        ));
         let node = Arc::new(Node {
             id: options.id,
             raft,
@@ -444,6 +452,30 @@ impl Node {
         Ok(node)
     }
 
+    /// A member of the new cluster `members` that already knows a leader,
+    /// and that leader: the cluster formed while this node was not up yet.
+    /// Initializing then would stand for election in the first term with
+    /// this node's id, which outranks a leader of that term with a lower id
+    /// (openraft orders leaders by term, then node id): the leader would
+    /// step down for an election nobody needed. The leader replicates the
+    /// membership to this node instead. Members that do not answer within
+    /// [`BOOTSTRAP_PROBE_TIMEOUT`] (they are starting too) count as knowing
+    /// none, and the node initializes as before.
+    async fn formed_without_me(&self, members: &BTreeMap<NodeId, String>) -> Option<(NodeId, NodeId)> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut probes: FuturesUnordered<_> = members
+            .iter()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, addr)| async move { (*id, self.probe(addr, BOOTSTRAP_PROBE_TIMEOUT).await) })
+            .collect();
+        while let Some((peer, report)) = probes.next().await {
+            if let Some(leader) = report.ok().and_then(|report| report.leader) {
+                return Some((peer, leader));
+            }
+        }
+        None
+    }
+
     async fn bootstrap(&self, options: &NodeOptions) -> Result<()> {
         let initialized = self.raft.is_initialized().await.map_err(Error::internal)?;
         if initialized {
@@ -465,6 +497,15 @@ impl Node {
                 "--initial-cluster does not contain this node's id {}",
                 self.id
             )));
+        }
+        if let Some((peer, leader)) = self.formed_without_me(&options.initial_cluster).await {
+            tracing::info!(
+                node = self.id,
+                peer,
+                leader,
+                "the new cluster already has a leader: joining it instead of initializing"
+            );
+            return Ok(());
         }
         let members: BTreeMap<NodeId, BasicNode> = options
             .initial_cluster
@@ -1470,6 +1511,7 @@ impl ElectionHost for Node {
                     // Nor does one whose log lost its tail (see
                     // `crate::raft::log_mark`): it votes, it does not stand.
                     voter: membership.voter_ids().any(|v| v == id) && !stepping_down && !lost_tail,
+                    configs: membership.get_joint_config().clone(),
                     other_voters: membership
                         .voter_ids()
                         .filter(|&v| v != id)

@@ -310,3 +310,36 @@ async fn a_follower_whose_snapshot_was_damaged_takes_the_state_back_from_its_lea
         "the damaged file is kept aside"
     );
 }
+
+/// A member of a new cluster that starts after the others elected their
+/// leader joins without an election. Initializing would make it stand in
+/// the first term with the highest id, which outranks the leader of that
+/// term, and the leader would step down for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_starts_after_the_new_cluster_elected_joins_without_an_election() {
+    let mut cluster = TestCluster::unstarted(3, &[]);
+    cluster.spawn(1);
+    cluster.spawn(2);
+    let leader = cluster.wait_leader(READY).await;
+    let term_of =
+        |status: &pb::ClusterStatus, id: u64| status.nodes.iter().find(|n| n.id == id).unwrap().term;
+    let term = term_of(&cluster.status(leader).await, leader);
+    assert!(create(&cluster, leader, "before-3").await);
+
+    cluster.spawn(3);
+    cluster.wait_ready(READY).await;
+    let status = cluster.status(leader).await;
+    wait_applied(
+        &cluster,
+        3,
+        status.nodes.iter().find(|n| n.id == leader).unwrap().commit_index,
+    )
+    .await;
+    let status = cluster.status(leader).await;
+    assert_eq!(status.leader_id, leader, "the leader kept its place");
+    assert_eq!(term_of(&status, leader), term, "no election when node 3 joined");
+    assert!(
+        cluster.log(3).contains("already has a leader"),
+        "node 3 says why it did not initialize"
+    );
+}

@@ -41,6 +41,7 @@
 pub mod batcher;
 pub mod durability;
 pub mod handover;
+pub mod joint;
 pub mod legacy;
 pub mod log_mark;
 pub mod log_store;
@@ -91,10 +92,16 @@ pub fn open_storage_measured(
     data_dir: &Path,
     stats: stats::RaftStats,
 ) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
-    let disk = durability::Disk::open(&data_dir.join("sled"))?.with_stats(stats);
-    let log = log_store::LogStore::open(disk.clone())?;
+    let (disk, log) = open_log(data_dir, stats)?;
     let sm = state_machine::StateMachineStore::open(disk)?;
     Ok((log, sm))
+}
+
+/// The node's sled database under `data_dir` and the log store in it.
+fn open_log(data_dir: &Path, stats: stats::RaftStats) -> Result<(durability::Disk, log_store::LogStore)> {
+    let disk = durability::Disk::open(&data_dir.join("sled"))?.with_stats(stats);
+    let log = log_store::LogStore::open(disk.clone())?;
+    Ok((disk, log))
 }
 
 /// [`open_storage_measured`] for a node that is starting to serve, and can
@@ -114,8 +121,7 @@ pub fn open_storage_for_node(
     data_dir: &Path,
     stats: stats::RaftStats,
 ) -> Result<(log_store::LogStore, state_machine::StateMachineStore)> {
-    let disk = durability::Disk::open(&data_dir.join("sled"))?.with_stats(stats);
-    let log = log_store::LogStore::open(disk.clone())?;
+    let (disk, log) = open_log(data_dir, stats)?;
     let refused = match state_machine::StateMachineStore::open(disk.clone()) {
         Ok(sm) => return Ok((log, sm)),
         Err(refused) => refused,

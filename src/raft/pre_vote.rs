@@ -29,7 +29,13 @@
 //! 3. **Stand.** With a majority (its own agreement included) it starts a
 //!    real election (`Raft::trigger().elect()`); otherwise it waits another
 //!    random election timeout and asks again. Its term has not moved, so
-//!    when it hears from the leader again it simply follows.
+//!    when it hears from the leader again it simply follows. In a joint
+//!    membership (a change between its two steps) the majority is counted
+//!    in each of its configs, as the real election counts it
+//!    ([`majority_in_every`]): a pre-vote won over the union of the voters
+//!    alone let a node stand again and again in elections it could not
+//!    win, refreshing every vote it touched, and so kept the one node that
+//!    could win from passing its own pre-vote.
 //!
 //! The pre-vote is advice only: the real election still needs a higher
 //! term, a log at least as long, and the voters' lease, so a wrong answer
@@ -113,6 +119,9 @@ pub struct ElectionView {
     pub voter: bool,
     /// The other voters and their peer addresses.
     pub other_voters: Vec<(NodeId, String)>,
+    /// The voter sets of its membership: one, or two while the membership
+    /// is joint (every decision then needs a majority of each).
+    pub configs: Vec<std::collections::BTreeSet<NodeId>>,
     /// The term of its vote.
     pub term: u64,
     /// Its vote is for a leader that won (it knows a leader of that term).
@@ -322,8 +331,7 @@ async fn pre_vote_round<H: ElectionHost>(host: &H, timing: &ElectionTiming, view
         last_log_id: host.last_log_id(),
     };
     let voters = view.other_voters.len() + 1;
-    let majority = voters / 2 + 1;
-    let mut agreed = 1;
+    let mut agreed = std::collections::BTreeSet::from([host.id()]);
     let mut refusals = Vec::new();
     let mut asks: FuturesUnordered<_> = view
         .other_voters
@@ -333,22 +341,26 @@ async fn pre_vote_round<H: ElectionHost>(host: &H, timing: &ElectionTiming, view
             async move { (*id, host.ask(*id, addr, request, timing.timeout_min).await) }
         })
         .collect();
-    while agreed < majority {
+    while !majority_in_every(&view.configs, &agreed) {
         let Some((id, outcome)) = asks.next().await else {
             break;
         };
         match outcome {
-            Ok(None) => agreed += 1,
-            Ok(Some(response)) if response.granted => agreed += 1,
+            Ok(None) => {
+                agreed.insert(id);
+            }
+            Ok(Some(response)) if response.granted => {
+                agreed.insert(id);
+            }
             Ok(Some(response)) => refusals.push(format!("node {id}: {}", response.reason)),
             Err(e) => refusals.push(format!("node {id}: {e}")),
         }
     }
-    if agreed >= majority {
+    if majority_in_every(&view.configs, &agreed) {
         tracing::info!(
             node = host.id(),
             term = request.term,
-            agreed,
+            agreed = agreed.len(),
             voters,
             "pre-vote won: standing for election"
         );
@@ -357,6 +369,19 @@ async fn pre_vote_round<H: ElectionHost>(host: &H, timing: &ElectionTiming, view
         tracing::debug!(node = host.id(), term = request.term, ?refusals, "pre-vote lost");
         false
     }
+}
+
+/// Whether `agreed` holds a majority of every voter set in `configs` (of
+/// the one set of a uniform membership, of both of a joint one). No
+/// configs at all is no majority.
+pub fn majority_in_every(
+    configs: &[std::collections::BTreeSet<NodeId>],
+    agreed: &std::collections::BTreeSet<NodeId>,
+) -> bool {
+    !configs.is_empty()
+        && configs
+            .iter()
+            .all(|config| config.intersection(agreed).count() > config.len() / 2)
 }
 
 #[cfg(test)]
@@ -377,11 +402,28 @@ mod tests {
             state: ServerState::Follower,
             voter: true,
             other_voters: vec![(2, "b".into()), (3, "c".into())],
+            configs: vec![[1, 2, 3].into()],
             term: 7,
             vote_committed: true,
             leader: Some(2),
             since_vote_touched: since_ms.map(Duration::from_millis),
         }
+    }
+
+    #[test]
+    fn a_joint_membership_needs_a_majority_of_each_config() {
+        let uniform = vec![[1, 2, 3].into()];
+        assert!(majority_in_every(&uniform, &[1, 2].into()));
+        assert!(!majority_in_every(&uniform, &[1].into()));
+        // Node 1 added back while {2, 3} voted, cut between the two steps.
+        let joint = vec![[2, 3].into(), [1, 2, 3].into()];
+        assert!(
+            !majority_in_every(&joint, &[1, 2].into()),
+            "2 of 3 overall, 1 of the old pair"
+        );
+        assert!(majority_in_every(&joint, &[2, 3].into()));
+        assert!(majority_in_every(&joint, &[1, 2, 3].into()));
+        assert!(!majority_in_every(&[], &[1].into()));
     }
 
     fn log_id(term: u64, index: u64) -> LogId<NodeId> {
