@@ -30,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::client::Clients;
+use crate::faults::Judged;
 use crate::runtime::{NodeId, Runtime};
 
 /// How long the fault waits for a follower to hold a snapshot.
@@ -44,22 +45,15 @@ const MAGIC_LEN: u64 = 8;
 /// Longest wait for one status call.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// What the fault did, and what the victim did wrong, if anything.
-pub struct DamagedSnapshot {
-    pub nodes: Vec<NodeId>,
-    pub detail: String,
-    pub misbehaviour: Option<String>,
-}
-
 /// Damages a follower's snapshot while it is down and judges whether it
 /// came back with the leader's state.
 pub async fn damage_and_restart(
     runtime: &mut Runtime,
     clients: &Clients,
     rng: &mut StdRng,
-) -> anyhow::Result<DamagedSnapshot> {
+) -> anyhow::Result<Judged> {
     let Some((victim, leader, snapshot_index)) = follower_with_snapshot(clients, rng).await else {
-        return Ok(DamagedSnapshot {
+        return Ok(Judged {
             nodes: Vec::new(),
             detail: format!("no follower held a snapshot within {SNAPSHOT_WAIT:?}: nothing damaged"),
             misbehaviour: None,
@@ -111,7 +105,7 @@ pub async fn damage_and_restart(
         ),
         Some(_) => detail,
     };
-    Ok(DamagedSnapshot {
+    Ok(Judged {
         nodes: vec![victim],
         detail,
         misbehaviour,

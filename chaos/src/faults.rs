@@ -38,6 +38,15 @@ const CLOCK_STEP: Duration = Duration::from_millis(100);
 /// How long a node whose fsync fails, or whose disk is full, may take to stop.
 const STOP_ON_STORAGE_ERROR: Duration = Duration::from_secs(10);
 
+/// What a fault that judges the cluster's answer itself did: the nodes it
+/// hit, its detail, and what the cluster did wrong, if anything (which the
+/// fault kind's checker reports, see `invariants::misbehaviour_of`).
+pub struct Judged {
+    pub nodes: Vec<NodeId>,
+    pub detail: String,
+    pub misbehaviour: Option<String>,
+}
+
 /// The kinds `runtime` can inject, among `wanted`.
 pub fn supported(runtime: &Runtime, wanted: &[FaultKind]) -> Vec<FaultKind> {
     wanted

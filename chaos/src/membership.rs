@@ -25,6 +25,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::client::{request, Clients};
+use crate::faults::Judged;
 use crate::runtime::{NodeId, Runtime};
 
 /// How long the cluster has to take the victim back as a voter.
@@ -33,20 +34,13 @@ const RESTORED_WITHIN: Duration = Duration::from_secs(30);
 /// Longest wait for one membership call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the fault did, and what the cluster did wrong, if anything.
-pub struct MembershipChange {
-    pub nodes: Vec<NodeId>,
-    pub detail: String,
-    pub misbehaviour: Option<String>,
-}
-
 /// Removes a follower, adds it back (killing the leader during the add,
 /// with even odds) and judges whether the membership was restored.
 pub async fn remove_and_add_back(
     runtime: &mut Runtime,
     clients: &Clients,
     rng: &mut StdRng,
-) -> anyhow::Result<MembershipChange> {
+) -> anyhow::Result<Judged> {
     let Some(leader) = clients.wait_leader(RESTORED_WITHIN).await else {
         anyhow::bail!("membership_change: no leader to ask");
     };
@@ -66,7 +60,7 @@ pub async fn remove_and_add_back(
     })
     .await;
     if let Err(e) = removed {
-        return Ok(MembershipChange {
+        return Ok(Judged {
             nodes: vec![victim],
             detail: format!("remove node {victim}: {e}"),
             misbehaviour: Some(format!("node {victim} could not be removed: {e}")),
@@ -113,7 +107,7 @@ pub async fn remove_and_add_back(
             voters_restored(clients, &clients.ids()).await.err()
         }
     };
-    Ok(MembershipChange {
+    Ok(Judged {
         nodes,
         detail: steps.join("; "),
         misbehaviour,
