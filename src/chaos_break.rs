@@ -50,6 +50,14 @@
 //! `damaged_snapshot_recovered` must catch after a `damaged_snapshot`
 //! fault.
 //!
+//! [`ChaosBreak::SyncsInRaftLoop`] makes every log append wait for its
+//! `fdatasync` before it returns to openraft, as a log store without a
+//! separate syncer does: while the disk is slow, the leader's Raft loop
+//! waits on it and sends no heartbeats, the followers' timers run out and
+//! an election follows — what `no_needless_elections` must catch under
+//! `slow_disk`. (The real log store returns at once and reports the
+//! append durable from its syncer thread; `crate::raft::log_store`.)
+//!
 //! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
 //! set as high as a semaphore allows): a flood queues instead of being
 //! refused — what `overload_answered` must catch.
@@ -96,50 +104,26 @@ pub enum ChaosBreak {
     /// A node whose stored snapshot is damaged refuses to start (as offline
     /// tools do) instead of taking the state back from its peers.
     StaysDownOnDamagedSnapshots,
+    /// Every append waits for its `fdatasync` inside Raft's loop instead of
+    /// handing it to the log's syncer thread: a slow disk stalls the node's
+    /// heartbeats.
+    SyncsInRaftLoop,
 }
 
-/// Set when the process runs [`ChaosBreak::NoFdatasync`] (read by
-/// `crate::raft::durability`, which knows no node options).
-static NO_FDATASYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The break this process runs, for the storage code that knows no node
+/// options (`crate::raft::durability`, `crate::raft::log_store`,
+/// `crate::raft::open_storage_for_node`). Set once, by [`Node::start`].
+static PROCESS_BREAK: std::sync::OnceLock<ChaosBreak> = std::sync::OnceLock::new();
 
-/// Makes this process skip `fdatasync` ([`ChaosBreak::NoFdatasync`]).
-pub fn skip_fdatasync() {
-    NO_FDATASYNC.store(true, std::sync::atomic::Ordering::SeqCst);
+/// Records that this process runs `kind` (the first call wins: one
+/// process runs one break).
+pub fn set_process_break(kind: ChaosBreak) {
+    let _ = PROCESS_BREAK.set(kind);
 }
 
-/// Whether this process skips `fdatasync`.
-pub fn skips_fdatasync() -> bool {
-    NO_FDATASYNC.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Set when the process runs [`ChaosBreak::NoLogMark`] (read by
-/// `crate::raft::log_store`).
-static IGNORE_LOG_MARK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes this process ignore the log mark on start ([`ChaosBreak::NoLogMark`]).
-pub fn ignore_log_mark() {
-    IGNORE_LOG_MARK.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Whether this process ignores the log mark on start.
-pub fn ignores_log_mark() -> bool {
-    IGNORE_LOG_MARK.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Set when the process runs [`ChaosBreak::StaysDownOnDamagedSnapshots`]
-/// (read by `crate::raft::open_storage_for_node`).
-static STAY_DOWN_ON_DAMAGED_SNAPSHOTS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Makes this process refuse to start on a damaged snapshot
-/// ([`ChaosBreak::StaysDownOnDamagedSnapshots`]).
-pub fn stay_down_on_damaged_snapshots() {
-    STAY_DOWN_ON_DAMAGED_SNAPSHOTS.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Whether this process refuses to start on a damaged snapshot.
-pub fn stays_down_on_damaged_snapshots() -> bool {
-    STAY_DOWN_ON_DAMAGED_SNAPSHOTS.load(std::sync::atomic::Ordering::SeqCst)
+/// Whether this process runs `kind`.
+pub fn process_runs(kind: ChaosBreak) -> bool {
+    PROCESS_BREAK.get() == Some(&kind)
 }
 
 impl ChaosBreak {

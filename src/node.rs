@@ -288,16 +288,8 @@ impl Node {
     /// or [`Node::shutdown`] is called, which waits for them.
     pub async fn start(options: &NodeOptions, shutdown: CancellationToken) -> Result<Arc<Node>> {
         #[cfg(feature = "chaos-break")]
-        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoFdatasync) {
-            crate::chaos_break::skip_fdatasync();
-        }
-        #[cfg(feature = "chaos-break")]
-        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::NoLogMark) {
-            crate::chaos_break::ignore_log_mark();
-        }
-        #[cfg(feature = "chaos-break")]
-        if options.chaos_break == Some(crate::chaos_break::ChaosBreak::StaysDownOnDamagedSnapshots) {
-            crate::chaos_break::stay_down_on_damaged_snapshots();
+        if let Some(kind) = options.chaos_break {
+            crate::chaos_break::set_process_break(kind);
         }
         let (log_store, state_machine) =
             open_storage_for_node(&options.data_dir, options.metrics.raft_stats())?;

@@ -219,6 +219,7 @@ enum BreakKind {
     NoFdatasync,
     NoLogMark,
     StaysDownOnDamagedSnapshots,
+    SyncsInRaftLoop,
 }
 
 impl BreakKind {
@@ -234,6 +235,7 @@ impl BreakKind {
             BreakKind::NoFdatasync => "no-fdatasync",
             BreakKind::NoLogMark => "no-log-mark",
             BreakKind::StaysDownOnDamagedSnapshots => "stays-down-on-damaged-snapshots",
+            BreakKind::SyncsInRaftLoop => "syncs-in-raft-loop",
         };
         ["--unsafe-chaos-break", value]
     }

@@ -10,6 +10,11 @@
 //! (`storage_errors_stop`), and so does one whose disk filled up;
 //! `--break-build trusts-wall-clock`: the timer
 //! replays fires when the leader's clock steps back (`unique_runs`);
+//! `--break-build syncs-in-raft-loop`: each log append waits for its
+//! `fdatasync` inside Raft's loop, so a slow disk on the leader stalls its
+//! heartbeats and costs an election (`no_needless_elections`); the
+//! trusts-wall-clock build is also caught by a `clock_skew` of the leader,
+//! set right at the heal (`unique_runs`);
 //! `--break-build no-request-limit`: `--max-requests` is ignored, so a
 //! flood queues instead of being refused (`overload_answered`);
 //! `--break-build no-fdatasync`: the log is acknowledged without
@@ -191,6 +196,52 @@ fn a_timer_that_trusts_its_wall_clock_is_caught_replaying_fires_and_the_real_one
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
     assert!(
         report["faults_by_kind"]["clock_jump"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+#[test]
+fn a_timer_that_trusts_its_wall_clock_is_caught_when_a_skewed_leader_is_set_right_and_the_real_one_passes() {
+    // Seed SKEW_SEED runs the leader's clock ahead for a few seconds, then
+    // sets it right in one step: back, past the fires it made early.
+    let (code, report) = chaos_round(SKEW_SEED, "clock_skew", Some("trusts-wall-clock"));
+    assert_eq!(
+        code, 1,
+        "the build that trusts its clock must fail the run: {report}"
+    );
+    let violations = report["violations"].as_array().unwrap();
+    assert!(
+        violations
+            .iter()
+            .any(|v| v["invariant"] == "unique_runs"
+                && v["message"].as_str().unwrap().contains("for one fire")),
+        "no duplicate run after the skewed clock was set right: {violations:?}"
+    );
+
+    let (code, report) = chaos_round(SKEW_SEED, "clock_skew", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    assert!(
+        report["faults_by_kind"]["clock_skew"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+/// A seed whose `clock_skew` puts the leader's clock ahead.
+const SKEW_SEED: u64 = 7;
+
+#[test]
+fn a_build_that_syncs_inside_its_raft_loop_loses_its_leader_to_a_slow_disk_and_the_real_one_does_not() {
+    // The leader's loop waits on each slow fdatasync; whether a follower's
+    // timer runs out meanwhile depends on how the syncs line up: a race.
+    caught_within(&[8, 9, 10], "slow_disk", "syncs-in-raft-loop", |v| {
+        v["invariant"] == "no_needless_elections"
+            && v["message"].as_str().unwrap().contains("slow_disk of node(s)")
+    });
+
+    let (code, report) = chaos_round(8, "slow_disk", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    assert!(
+        report["faults_by_kind"]["slow_disk"].as_u64().unwrap() >= 1,
         "{report}"
     );
 }

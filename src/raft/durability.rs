@@ -150,7 +150,7 @@ impl Disk {
     /// `NoFdatasync`, see `crate::chaos_break`).
     fn sync_data(&self) -> std::io::Result<()> {
         #[cfg(feature = "chaos-break")]
-        if crate::chaos_break::skips_fdatasync() {
+        if crate::chaos_break::process_runs(crate::chaos_break::ChaosBreak::NoFdatasync) {
             return Ok(());
         }
         self.data_file.sync_data()

@@ -187,7 +187,8 @@ impl LogStore {
         upgrade_format(&disk, &log, &meta)?;
         let (mark, recorded) = LogMark::open(disk.dir())?;
         #[cfg(feature = "chaos-break")]
-        let recorded = recorded.filter(|_| !crate::chaos_break::ignores_log_mark());
+        let recorded =
+            recorded.filter(|_| !crate::chaos_break::process_runs(crate::chaos_break::ChaosBreak::NoLogMark));
         let mark = Arc::new(mark);
         let syncer = Arc::new(Syncer::start(disk.clone(), mark.clone()).map_err(Error::internal)?);
         let store = LogStore {
@@ -586,6 +587,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write_committed_if_due()?;
         if let Some(last) = last {
             self.caught_up_to(last);
+        }
+        #[cfg(feature = "chaos-break")]
+        if crate::chaos_break::process_runs(crate::chaos_break::ChaosBreak::SyncsInRaftLoop) {
+            self.sync().await?;
         }
         // Durable later, on the syncer's thread: the leader replicates the
         // entries meanwhile (see the vendored openraft's KAIROS PATCH).

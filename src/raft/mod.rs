@@ -134,7 +134,7 @@ pub fn open_storage_for_node(
         return Err(refused);
     };
     #[cfg(feature = "chaos-break")]
-    if crate::chaos_break::stays_down_on_damaged_snapshots() {
+    if crate::chaos_break::process_runs(crate::chaos_break::ChaosBreak::StaysDownOnDamagedSnapshots) {
         return Err(refused);
     }
     let aside = snapshot

@@ -1,16 +1,18 @@
-//! Property: **a fault that touched only followers, or only a node's
-//! wall clock, leaves the leader in place**. When a follower that was
+//! Property: **a fault that touched only followers, a node's wall clock,
+//! its disk's speed or its load leaves the leader in place**. When a follower that was
 //! paused and continued again and again (`flapping_follower`) returns, the
 //! leader and its term must be the ones from before the fault. A node that
 //! raises its term on return (plain Raft without a pre-vote: its election
 //! timer is overdue when it wakes) makes the healthy leader step down, and
 //! a flapping node would churn the cluster for as long as it flaps; Kairos
 //! asks a pre-vote first (`src/raft/pre_vote.rs` of the kairos crate).
+//! The same holds for a follower killed and restarted (`kill_follower`).
 //! A skewed or jumping wall clock (`clock_skew`, `clock_jump`), on the
 //! leader or a follower, must not cost an election either: Raft's timeouts
-//! and the leader's lease run on the monotonic clock. (A killed and
-//! restarted follower is not watched yet: one docker round saw the term
-//! rise after one, unexplained.)
+//! and the leader's lease run on the monotonic clock. Nor may an overload
+//! (the heartbeats must not starve) or a slow disk (`slow_disk`: the log
+//! syncs on its own thread, never inside Raft's loop, so a leader whose
+//! `fdatasync` stalls still sends heartbeats).
 //!
 //! The harness reads the leader and term (the highest-term node that
 //! reports itself leader) when it injects such a fault and again two
