@@ -173,13 +173,9 @@ struct RunArgs {
     /// `chaos.ext`, of which two more steady jobs are created; 0: none.
     #[arg(long, default_value_t = 2)]
     external_workers: usize,
-    /// Run the deliberately broken build: the checkers must fail.
-    /// `duplicate-fires` (the default): every fire runs twice;
-    /// `no-pre-vote`: elections without a pre-vote, so a returning
-    /// follower unseats the leader; `stale-reads`: reads without the read
-    /// barrier; `run-on-after-storage-errors`: a node whose fsync failed
-    /// keeps running; `trusts-wall-clock`: the timer replays fires when the
-    /// leader's clock steps back.
+    /// Run a deliberately broken build (default `duplicate-fires`): the
+    /// checkers must fail. Needs a kairos built with the `chaos-break`
+    /// feature; chaos/README.md tells which fault catches which break.
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "duplicate-fires")]
     break_build: Option<BreakKind>,
     /// The upgrade scenario's builds (`kairos-chaos upgrade`), instead of faults.
@@ -210,15 +206,25 @@ fn parse_faults(value: &str) -> anyhow::Result<Vec<FaultKind>> {
 /// agent's `--unsafe-chaos-break` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BreakKind {
+    /// Every fire runs twice.
     DuplicateFires,
+    /// Elections without a pre-vote: a returning follower unseats the leader.
     NoPreVote,
+    /// Reads without the read barrier.
     StaleReads,
+    /// A node whose fsync failed, or whose disk filled, keeps running.
     RunOnAfterStorageErrors,
+    /// The timer replays fires when the leader's clock steps back.
     TrustsWallClock,
+    /// `--max-requests` is ignored: a flood queues without bound.
     NoRequestLimit,
+    /// The log is acknowledged without `fdatasync`.
     NoFdatasync,
+    /// The log mark is ignored: a node that lost its log's tail votes.
     NoLogMark,
+    /// A node with a damaged snapshot refuses to start.
     StaysDownOnDamagedSnapshots,
+    /// Log appends wait for `fdatasync` inside Raft's loop.
     SyncsInRaftLoop,
 }
 
