@@ -629,10 +629,15 @@ async fn drive(
             violations.append(&mut upgrade_violations);
             violations
         }
-        Err(e) => vec![report::Violation::new(
-            invariants::settled_runs::NAME,
-            format!("the cluster could not be settled and read: {e:#}"),
-        )],
+        Err(e) => {
+            let mut violations = vec![report::Violation::new(
+                invariants::settled_runs::NAME,
+                format!("the cluster could not be settled and read: {e:#}"),
+            )];
+            violations.append(&mut invariants::check_history_alone(&history, &steady));
+            violations.append(&mut upgrade_violations);
+            violations
+        }
     };
     let (runs_checked, notes) = match &settled {
         Ok(final_state) => (final_state.runs.len() as u64, final_state.notes.clone()),

@@ -182,17 +182,27 @@ fn is_open(run: &pb::Run) -> bool {
 }
 
 /// Reads jobs, runs and counters through the leader (retrying on errors).
+/// While no node reports itself leader, each attempt asks the next node in
+/// turn: the reads are linearizable wherever they are served, and a node
+/// that stayed down must not be asked twenty times.
 async fn read_state(clients: &Clients) -> anyhow::Result<FinalState> {
+    let ids = clients.ids();
     let mut last_error = None;
-    for _ in 0..20 {
-        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+    for attempt in 0..20 {
+        let node = match clients.leader().await {
+            Some(leader) => leader,
+            None => ids[attempt % ids.len()],
+        };
         match read_state_once(clients, node).await {
             Ok(state) => return Ok(state),
-            Err(e) => last_error = Some(e),
+            Err(e) => last_error = Some(format!("node {node}: {e}")),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Err(anyhow::anyhow!("could not read the final state: {last_error:?}"))
+    Err(anyhow::anyhow!(
+        "could not read the final state in 20 attempts; the last, {}",
+        last_error.unwrap_or_default()
+    ))
 }
 
 async fn read_state_once(clients: &Clients, node: u64) -> Result<FinalState, tonic::Status> {

@@ -38,8 +38,20 @@ use kairos_testkit::kairos_bin;
 /// injected at once and the round's 8 s are over before the next);
 /// returns the exit code and the report, with the history's faults added
 /// as `faults` (kind, nodes, detail).
+/// With `KAIROS_CHAOS_TEST_OUT=DIR` each round's directory (node logs,
+/// history, report) is kept under DIR instead of being removed.
 fn chaos_round(seed: u64, faults: &str, break_build: Option<&str>) -> (i32, serde_json::Value) {
-    let out = tempfile::tempdir().unwrap();
+    let out = match std::env::var_os("KAIROS_CHAOS_TEST_OUT") {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).unwrap();
+            tempfile::Builder::new()
+                .prefix(&format!("{faults}-{seed}-{}-", break_build.unwrap_or("real")))
+                .disable_cleanup(true)
+                .tempdir_in(dir)
+                .unwrap()
+        }
+        None => tempfile::tempdir().unwrap(),
+    };
     let mut command = Command::new(env!("CARGO_BIN_EXE_kairos-chaos"));
     command
         .args([

@@ -60,6 +60,38 @@ pub fn check_all(evidence: &Evidence) -> Vec<Violation> {
     ALL.iter().flat_map(|(_, check)| check(evidence)).collect()
 }
 
+/// The checkers that judge the history alone, never the final state: they
+/// still run when the cluster could not be settled and read (a broken
+/// build that left a majority down, say), so that what the faults saw is
+/// reported and not hidden behind the failed settle.
+pub const FROM_HISTORY_ALONE: [Checker; 7] = [
+    (durable_terms::NAME, durable_terms::check),
+    (no_needless_elections::NAME, no_needless_elections::check),
+    (linearizable_reads::NAME, linearizable_reads::check),
+    (storage_errors_stop::NAME, storage_errors_stop::check),
+    (overload_answered::NAME, overload_answered::check),
+    (membership_restored::NAME, membership_restored::check),
+    (
+        damaged_snapshot_recovered::NAME,
+        damaged_snapshot_recovered::check,
+    ),
+];
+
+/// Runs the [`FROM_HISTORY_ALONE`] checkers, for a round whose final state
+/// could not be read.
+pub fn check_history_alone(history: &History, steady: &[SteadyJob]) -> Vec<Violation> {
+    let final_state = FinalState::default();
+    let evidence = Evidence {
+        history,
+        final_state: &final_state,
+        steady,
+    };
+    FROM_HISTORY_ALONE
+        .iter()
+        .flat_map(|(_, check)| check(&evidence))
+        .collect()
+}
+
 /// A Unix ms time as RFC 3339 (ms precision).
 pub fn rfc3339(unix_ms: i64) -> String {
     chrono::DateTime::<chrono::Utc>::from_timestamp_millis(unix_ms).map_or_else(
@@ -94,4 +126,33 @@ fn misbehaviour_of(evidence: &Evidence, name: &'static str, kinds: &[FaultKind])
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Fault;
+
+    #[test]
+    fn a_round_that_could_not_be_settled_still_reports_what_its_faults_saw() {
+        let stayed_down = Fault {
+            kind: FaultKind::DamagedSnapshot,
+            nodes: vec![3],
+            start_ms: 1_000,
+            end_ms: 7_000,
+            detail: "node 3: snapshot cut".into(),
+            leadership: None,
+            misbehaviour: Some("exited after its snapshot was damaged".into()),
+        };
+        let history = History {
+            faults: vec![stayed_down],
+            ..History::default()
+        };
+        let violations = check_history_alone(&history, &[]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].invariant, damaged_snapshot_recovered::NAME);
+        // An empty history breaks none of them: no checker reads the
+        // (empty) final state as evidence.
+        assert!(check_history_alone(&History::default(), &[]).is_empty());
+    }
 }
