@@ -341,6 +341,11 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("chaos-out/{first_seed}")));
+    // Absolute, because docker mode mounts each node's directory into its
+    // container at the same path and preloads the fault libraries from
+    // there: a relative path means nothing inside the container (the
+    // libraries were silently not loaded, and no disk or clock fault took).
+    let out = std::path::absolute(&out).with_context(|| format!("resolving {}", out.display()))?;
     let mut total_violations = 0;
     let mut campaign = Vec::new();
     for round in 0..args.rounds {
@@ -368,6 +373,14 @@ async fn run(args: RunArgs) -> anyhow::Result<usize> {
         std::fs::write(out.join("campaign.txt"), summary)?;
     }
     Ok(total_violations)
+}
+
+/// The dynamic loader's complaint in a node's log that an `LD_PRELOAD`
+/// library could not be loaded, if it is there.
+fn unloaded_fault_library(node_log: &str) -> Option<&str> {
+    node_log
+        .lines()
+        .find(|line| line.starts_with("ERROR: ld.so:") && line.contains("cannot be preloaded"))
 }
 
 /// One line per round and the totals of a campaign.
@@ -555,6 +568,13 @@ async fn drive(
         .wait_leader(Duration::from_secs(60))
         .await
         .context("no leader within 60 s of starting the cluster")?;
+    // A fault library the dynamic loader could not load leaves its faults
+    // without effect, and every checker would pass: stop the round.
+    for id in runtime.ids() {
+        if let Some(line) = unloaded_fault_library(&runtime.log_since(id, 0)) {
+            anyhow::bail!("node {id} did not load a fault library, so its faults would not take: {line}");
+        }
+    }
     let roles = Arc::new(Mutex::new(Vec::new()));
     let sampler = tokio::spawn(settle::sample_roles(
         clients.clone(),
@@ -662,4 +682,20 @@ async fn drive(
     report.count(&history);
     report.total_ms = started.elapsed().as_millis() as u64;
     Ok((report, history))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_library_the_loader_refused_is_found_in_the_node_log() {
+        let refused = "ERROR: ld.so: object 'target/chaos-ci/docker/preload/libdisk_faults.so' \
+                       from LD_PRELOAD cannot be preloaded (cannot open shared object file): ignored.";
+        let log =
+            format!("{refused}\n2026-12-07T16:04:46Z  INFO openraft::storage::helper: get_initial_state\n");
+        assert_eq!(unloaded_fault_library(&log), Some(refused));
+        let loaded = "2026-12-07T16:04:46Z  INFO kairos: listening\n2026-12-07T16:04:47Z  WARN a peer said: cannot be preloaded\n";
+        assert_eq!(unloaded_fault_library(loaded), None);
+    }
 }
