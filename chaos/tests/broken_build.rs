@@ -190,33 +190,21 @@ fn a_build_that_runs_on_after_a_failed_fsync_is_caught_and_the_real_one_passes()
 #[test]
 fn a_timer_that_trusts_its_wall_clock_is_caught_replaying_fires_and_the_real_one_passes() {
     // Seed 7 moves the leader's clock: forward, then back past the real time.
-    let (code, report) = chaos_round(7, "clock_jump", Some("trusts-wall-clock"));
-    assert_eq!(
-        code, 1,
-        "the build that trusts its clock must fail the run: {report}"
-    );
-    let violations = report["violations"].as_array().unwrap();
-    assert!(
-        violations
-            .iter()
-            .any(|v| v["invariant"] == "unique_runs"
-                && v["message"].as_str().unwrap().contains("for one fire")),
-        "no duplicate run after the clock stepped back: {violations:?}"
-    );
-
-    let (code, report) = chaos_round(7, "clock_jump", None);
-    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
-    assert!(
-        report["faults_by_kind"]["clock_jump"].as_u64().unwrap() >= 1,
-        "{report}"
-    );
+    trusting_the_wall_clock_is_caught_under("clock_jump", 7);
 }
 
 #[test]
 fn a_timer_that_trusts_its_wall_clock_is_caught_when_a_skewed_leader_is_set_right_and_the_real_one_passes() {
-    // Seed SKEW_SEED runs the leader's clock ahead for a few seconds, then
-    // sets it right in one step: back, past the fires it made early.
-    let (code, report) = chaos_round(SKEW_SEED, "clock_skew", Some("trusts-wall-clock"));
+    // Seed 7 runs the leader's clock ahead for a few seconds, then sets it
+    // right in one step: back, past the fires it made early.
+    trusting_the_wall_clock_is_caught_under("clock_skew", 7);
+}
+
+/// The `trusts-wall-clock` build replays fires under the clock fault
+/// `kind` of `seed` (a step back of the leader's clock), and the real
+/// build passes the same round.
+fn trusting_the_wall_clock_is_caught_under(kind: &str, seed: u64) {
+    let (code, report) = chaos_round(seed, kind, Some("trusts-wall-clock"));
     assert_eq!(
         code, 1,
         "the build that trusts its clock must fail the run: {report}"
@@ -227,19 +215,13 @@ fn a_timer_that_trusts_its_wall_clock_is_caught_when_a_skewed_leader_is_set_righ
             .iter()
             .any(|v| v["invariant"] == "unique_runs"
                 && v["message"].as_str().unwrap().contains("for one fire")),
-        "no duplicate run after the skewed clock was set right: {violations:?}"
+        "no duplicate run after the leader's clock stepped back under {kind}: {violations:?}"
     );
 
-    let (code, report) = chaos_round(SKEW_SEED, "clock_skew", None);
+    let (code, report) = chaos_round(seed, kind, None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
-    assert!(
-        report["faults_by_kind"]["clock_skew"].as_u64().unwrap() >= 1,
-        "{report}"
-    );
+    assert!(report["faults_by_kind"][kind].as_u64().unwrap() >= 1, "{report}");
 }
-
-/// A seed whose `clock_skew` puts the leader's clock ahead.
-const SKEW_SEED: u64 = 7;
 
 #[test]
 fn a_build_that_syncs_inside_its_raft_loop_loses_its_leader_to_a_slow_disk_and_the_real_one_does_not() {
