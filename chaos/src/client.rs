@@ -139,6 +139,19 @@ impl Clients {
         best
     }
 
+    /// The node for attempt `attempt` of a retried call: the leader, or,
+    /// while no node reports itself leader, each node in turn, so that a
+    /// node that stayed down is not the one asked every time.
+    pub async fn leader_or_next(&self, attempt: usize) -> u64 {
+        match self.leader().await {
+            Some(leader) => leader,
+            None => {
+                let ids = self.ids();
+                ids[attempt % ids.len()]
+            }
+        }
+    }
+
     /// Waits (bounded by `timeout`) until some node is leader; returns it.
     pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -91,8 +91,8 @@ pub async fn heal_all(runtime: &mut Runtime, clients: &Clients) -> anyhow::Resul
 /// Pauses `id` through the leader, retrying (bounded) until acknowledged;
 /// every attempt is recorded.
 async fn pause_job(clients: &Clients, id: &str, log: &OpLog) -> Option<i64> {
-    for _ in 0..20 {
-        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+    for attempt in 0..20 {
+        let node = clients.leader_or_next(attempt).await;
         let start_ms = log.now_ms();
         let trace_id = log.next_trace_id();
         let reply = clients
@@ -181,18 +181,13 @@ fn is_open(run: &pb::Run) -> bool {
     .any(|s| *s as i32 == run.status)
 }
 
-/// Reads jobs, runs and counters through the leader (retrying on errors).
-/// While no node reports itself leader, each attempt asks the next node in
-/// turn: the reads are linearizable wherever they are served, and a node
-/// that stayed down must not be asked twenty times.
+/// Reads jobs, runs and counters through the leader (retrying on errors;
+/// while there is none, through each node in turn: the reads are
+/// linearizable wherever they are served).
 async fn read_state(clients: &Clients) -> anyhow::Result<FinalState> {
-    let ids = clients.ids();
     let mut last_error = None;
     for attempt in 0..20 {
-        let node = match clients.leader().await {
-            Some(leader) => leader,
-            None => ids[attempt % ids.len()],
-        };
+        let node = clients.leader_or_next(attempt).await;
         match read_state_once(clients, node).await {
             Ok(state) => return Ok(state),
             Err(e) => last_error = Some(format!("node {node}: {e}")),
@@ -370,8 +365,8 @@ async fn read_audit(clients: &Clients) -> AuditEvidence {
         }
     }
     let mut last_error = String::from("no node to read from");
-    for _ in 0..5 {
-        let node = clients.leader().await.unwrap_or(clients.ids()[0]);
+    for attempt in 0..5 {
+        let node = clients.leader_or_next(attempt).await;
         match list_audit(clients, node).await {
             Ok((entries, first_seq)) => {
                 evidence.entries = entries;
