@@ -58,6 +58,13 @@
 //! `slow_disk`. (The real log store returns at once and reports the
 //! append durable from its syncer thread; `crate::raft::log_store`.)
 //!
+//! [`ChaosBreak::NoJointFinisher`] does not start the task that finishes
+//! a joint membership a leader inherited (`crate::raft::joint`): a change
+//! whose leader died between its two steps stays joint, and an `AddNode`
+//! asked again sees its node among the voters and does nothing — what
+//! `membership_restored` must catch after a `membership_change` that
+//! kills the leader inside the joint step.
+//!
 //! [`ChaosBreak::NoRequestLimit`] ignores `--max-requests` (the bound is
 //! set as high as a semaphore allows): a flood queues instead of being
 //! refused — what `overload_answered` must catch.
@@ -108,6 +115,10 @@ pub enum ChaosBreak {
     /// handing it to the log's syncer thread: a slow disk stalls the node's
     /// heartbeats.
     SyncsInRaftLoop,
+    /// A leader leaves a joint membership it inherited as it found it
+    /// instead of finishing it: a change whose leader died between its two
+    /// steps stays joint.
+    NoJointFinisher,
 }
 
 /// The break this process runs, for the storage code that knows no node

@@ -47,7 +47,7 @@
 //! carrying a `request_id` (the CLI always sends one) and shows up as `ABORTED`
 //! or `NOT_FOUND` for a retried update or delete that had in fact succeeded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -359,11 +359,18 @@ impl Node {
             options.metrics.raft_stats().leader_changes,
             stopping.clone(),
         ));
-        tasks.spawn(crate::raft::joint::finish_inherited_joint_configs(
-            raft.clone(),
-            options.id,
-            stopping.clone(),
-        ));
+        #[cfg(feature = "chaos-break")]
+        let finishes_joint_configs =
+            !crate::chaos_break::process_runs(crate::chaos_break::ChaosBreak::NoJointFinisher);
+        #[cfg(not(feature = "chaos-break"))]
+        let finishes_joint_configs = true;
+        if finishes_joint_configs {
+            tasks.spawn(crate::raft::joint::finish_inherited_joint_configs(
+                raft.clone(),
+                options.id,
+                stopping.clone(),
+            ));
+        }
         let node = Arc::new(Node {
             id: options.id,
             raft,
@@ -972,6 +979,19 @@ impl Node {
             .nodes()
             .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
             .collect()
+    }
+
+    /// The voter sets of the membership this node holds: one, or two while
+    /// a change stands between its steps (a joint configuration).
+    pub fn voter_sets(&self) -> Vec<BTreeSet<NodeId>> {
+        let metrics = self.raft.metrics();
+        let joint_config = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .clone();
+        joint_config
     }
 
     fn leader(&self) -> Option<(NodeId, String)> {

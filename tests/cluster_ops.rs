@@ -21,8 +21,13 @@ fn cli(cluster: &TestCluster, endpoints: &str, args: &[&str]) -> std::process::O
         .unwrap()
 }
 
+/// The voters of `status`, once checked against its voter sets: a change
+/// that returned has left one set (no joint configuration) of exactly them.
 fn voters(status: &pb::ClusterStatus) -> Vec<u64> {
-    status.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect()
+    let voters: Vec<u64> = status.nodes.iter().filter(|n| n.voter).map(|n| n.id).collect();
+    let sets: Vec<&Vec<u64>> = status.voter_sets.iter().map(|set| &set.ids).collect();
+    assert_eq!(sets, vec![&voters], "one voter set, the voters: {status:?}");
+    voters
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

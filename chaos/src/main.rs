@@ -226,6 +226,8 @@ enum BreakKind {
     StaysDownOnDamagedSnapshots,
     /// Log appends wait for `fdatasync` inside Raft's loop.
     SyncsInRaftLoop,
+    /// A leader leaves a joint membership it inherited unfinished.
+    NoJointFinisher,
 }
 
 impl BreakKind {
@@ -242,6 +244,7 @@ impl BreakKind {
             BreakKind::NoLogMark => "no-log-mark",
             BreakKind::StaysDownOnDamagedSnapshots => "stays-down-on-damaged-snapshots",
             BreakKind::SyncsInRaftLoop => "syncs-in-raft-loop",
+            BreakKind::NoJointFinisher => "no-joint-finisher",
         };
         ["--unsafe-chaos-break", value]
     }

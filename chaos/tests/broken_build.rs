@@ -25,7 +25,10 @@
 //! elected (`acknowledged_writes`) after a `lost_tail`;
 //! `--break-build stays-down-on-damaged-snapshots`: a node whose stored
 //! snapshot is damaged refuses to start instead of taking the state from
-//! its leader (`damaged_snapshot_recovered`). Where a break
+//! its leader (`damaged_snapshot_recovered`);
+//! `--break-build no-joint-finisher`: a leader leaves a joint membership
+//! it inherited unfinished, so a re-add whose leader was killed inside the
+//! joint step stays joint (`membership_restored`). Where a break
 //! is met by chance (a race it opens, torn data that may not be read), the
 //! broken round may take up to three seeds to be caught; the real build
 //! gets one round, which must pass.
@@ -345,5 +348,27 @@ fn a_build_that_stays_down_on_a_damaged_snapshot_is_caught_and_the_real_one_reco
     assert!(
         detail.contains("back at the leader's commit index"),
         "the fault damaged a snapshot and the node came back: {detail:?}"
+    );
+}
+
+#[test]
+fn a_build_that_leaves_an_inherited_joint_membership_is_caught_and_the_real_one_finishes_it() {
+    // Seed 1's first fault kills the leader while it holds the joint
+    // configuration of a re-add; seeds 2 and 3 kill it at a random moment
+    // of the add, which sometimes lands in the joint step.
+    caught_within(&[1, 2, 3], "membership_change", "no-joint-finisher", |v| {
+        v["invariant"] == "membership_restored"
+            && v["message"]
+                .as_str()
+                .unwrap()
+                .contains("holds the joint configuration")
+    });
+
+    let (code, report) = chaos_round(1, "membership_change", None);
+    assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
+    let detail = report["faults"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("killed holding the joint configuration") && detail.contains("added node"),
+        "the leader was killed inside the joint step and the node was added back: {detail:?}"
     );
 }

@@ -82,6 +82,14 @@ impl Api {
             term: own.term,
             nodes,
             cluster_version: self.node.cluster_version().current().to_string(),
+            voter_sets: self
+                .node
+                .voter_sets()
+                .into_iter()
+                .map(|set| pb::VoterSet {
+                    ids: set.into_iter().collect(),
+                })
+                .collect(),
         }
     }
 

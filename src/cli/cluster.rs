@@ -104,6 +104,18 @@ fn print_status(status: &pb::ClusterStatus) {
         ],
         &rows,
     );
+    if let [old, new] = status.voter_sets.as_slice() {
+        let ids = |set: &pb::VoterSet| {
+            let ids: Vec<String> = set.ids.iter().map(u64::to_string).collect();
+            format!("{{{}}}", ids.join(", "))
+        };
+        output::outln!(
+            "membership: joint {} -> {} (a change between its two steps: elections and commits need a majority of each; \
+             the leader finishes a joint membership that stands for 2 s)",
+            ids(old),
+            ids(new)
+        );
+    }
     let insecure: Vec<String> = status
         .nodes
         .iter()

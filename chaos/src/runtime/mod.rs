@@ -200,6 +200,15 @@ impl Runtime {
         }
     }
 
+    /// Delays every byte on the links between the given pairs only (both
+    /// directions) by `delay_ms`.
+    pub async fn slow_links(&mut self, pairs: &[(NodeId, NodeId)], delay_ms: u64) -> Result<()> {
+        match self {
+            Runtime::Process(c) => c.slow_links(pairs, delay_ms),
+            Runtime::Docker(_) => anyhow::bail!("docker runtime: single links cannot be slowed"),
+        }
+    }
+
     /// Delays every byte on every peer link by `delay_ms`, and breaks each
     /// link's connections with probability `break_per_mille` per chunk.
     pub async fn degrade_links(&mut self, delay_ms: u64, break_per_mille: u32) -> Result<()> {

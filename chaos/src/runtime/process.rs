@@ -308,6 +308,17 @@ impl ProcessCluster {
         Ok(())
     }
 
+    pub fn slow_links(&mut self, pairs: &[(NodeId, NodeId)], delay_ms: u64) -> Result<()> {
+        for &(a, b) in pairs {
+            for key in [(a, b), (b, a)] {
+                if let Some(controls) = self.links.get(&key) {
+                    controls.iter().for_each(|c| c.set_degraded(delay_ms, 0));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn degrade_links(&mut self, delay_ms: u64, break_per_mille: u32) -> Result<()> {
         for controls in self.links.values() {
             controls
