@@ -14,9 +14,10 @@
 //!    stays are slowed by [`JOINT_STEP_DELAY_MS`] (a joint configuration
 //!    commits only once that voter answers) and the leader is killed the
 //!    moment it holds the joint configuration of old and new voters:
-//!    before it can commit it, and so before the second step. The next leader inherits the joint
-//!    configuration and must finish it (`src/raft/joint.rs`); an add asked
-//!    again sees the victim among the voters already and does nothing. In
+//!    before it can commit it, and so before the second step. The next
+//!    leader inherits the joint configuration and must finish it
+//!    (`src/raft/joint.rs`); an add asked again sees the victim among the
+//!    voters already and does nothing. In
 //!    both disturbed cases the killed leader starts again 1–2 s later and
 //!    the add is asked again until it succeeds.
 //!
@@ -168,11 +169,24 @@ pub async fn remove_and_add_back(
     })
 }
 
+/// The cluster as `node` sees it: with every member asked, or (`local_only`)
+/// its own view alone.
+async fn status(
+    clients: &Clients,
+    node: NodeId,
+    local_only: bool,
+) -> Result<pb::ClusterStatus, tonic::Status> {
+    let mut call = request(pb::ClusterStatusRequest {
+        local_only,
+        with_digest: false,
+    });
+    call.set_timeout(CALL_TIMEOUT);
+    Ok(clients.cluster(node).status(call).await?.into_inner())
+}
+
 /// The members as `node` sees them (their ids and peer addresses).
 async fn members(clients: &Clients, node: NodeId) -> anyhow::Result<Vec<pb::NodeStatus>> {
-    let mut call = request(pb::ClusterStatusRequest::default());
-    call.set_timeout(CALL_TIMEOUT);
-    Ok(clients.cluster(node).status(call).await?.into_inner().nodes)
+    Ok(status(clients, node, false).await?.nodes)
 }
 
 /// Whether `node` comes to hold a joint configuration (two voter sets)
@@ -180,15 +194,11 @@ async fn members(clients: &Clients, node: NodeId) -> anyhow::Result<Vec<pb::Node
 async fn holds_joint_configuration(clients: &Clients, node: NodeId, within: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        let mut call = request(pb::ClusterStatusRequest {
-            local_only: true,
-            with_digest: false,
-        });
-        call.set_timeout(CALL_TIMEOUT);
-        if let Ok(status) = clients.cluster(node).status(call).await {
-            if status.into_inner().voter_sets.len() > 1 {
-                return true;
-            }
+        if status(clients, node, true)
+            .await
+            .is_ok_and(|status| status.voter_sets.len() > 1)
+        {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -225,15 +235,8 @@ async fn voters_restored(clients: &Clients, ids: &[NodeId]) -> Result<(), String
     let mut seen = String::from("no leader answered");
     while tokio::time::Instant::now() < deadline {
         if let Some(leader) = clients.leader().await {
-            let mut call = request(pb::ClusterStatusRequest::default());
-            call.set_timeout(CALL_TIMEOUT);
-            if let Ok(status) = clients.cluster(leader).status(call).await {
-                let sets: Vec<Vec<NodeId>> = status
-                    .into_inner()
-                    .voter_sets
-                    .into_iter()
-                    .map(|s| s.ids)
-                    .collect();
+            if let Ok(status) = status(clients, leader, false).await {
+                let sets: Vec<Vec<NodeId>> = status.voter_sets.into_iter().map(|s| s.ids).collect();
                 if let [voters] = sets.as_slice() {
                     if ids.iter().all(|id| voters.contains(id)) {
                         return Ok(());

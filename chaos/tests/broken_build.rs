@@ -112,6 +112,11 @@ fn caught_within(
     panic!("--break-build {break_build} under {faults} was not caught: {missed:#?}");
 }
 
+/// Whether a violation is of `invariant` with a message containing `text`.
+fn violation_of(invariant: &'static str, text: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |v| v["invariant"] == invariant && v["message"].as_str().unwrap_or_default().contains(text)
+}
+
 #[test]
 fn the_broken_build_is_caught_and_the_real_one_passes() {
     let (code, report) = chaos_round(7, "none", Some("duplicate-fires"));
@@ -136,13 +141,12 @@ fn the_broken_build_is_caught_and_the_real_one_passes() {
 fn a_build_without_pre_vote_is_caught_deposing_the_leader_and_the_real_one_passes() {
     // The returning follower stands only if its election timer fires
     // before it reads the leader's queued heartbeat: a race.
-    caught_within(&[7, 8, 9], "flapping_follower", "no-pre-vote", |v| {
-        v["invariant"] == "no_needless_elections"
-            && v["message"]
-                .as_str()
-                .unwrap()
-                .contains("flapping_follower of node(s)")
-    });
+    caught_within(
+        &[7, 8, 9],
+        "flapping_follower",
+        "no-pre-vote",
+        violation_of("no_needless_elections", "flapping_follower of node(s)"),
+    );
 
     let (code, report) = chaos_round(7, "flapping_follower", None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
@@ -230,10 +234,12 @@ fn trusting_the_wall_clock_is_caught_under(kind: &str, seed: u64) {
 fn a_build_that_syncs_inside_its_raft_loop_loses_its_leader_to_a_slow_disk_and_the_real_one_does_not() {
     // The leader's loop waits on each slow fdatasync; whether a follower's
     // timer runs out meanwhile depends on how the syncs line up: a race.
-    caught_within(&[8, 9, 10], "slow_disk", "syncs-in-raft-loop", |v| {
-        v["invariant"] == "no_needless_elections"
-            && v["message"].as_str().unwrap().contains("slow_disk of node(s)")
-    });
+    caught_within(
+        &[8, 9, 10],
+        "slow_disk",
+        "syncs-in-raft-loop",
+        violation_of("no_needless_elections", "slow_disk of node(s)"),
+    );
 
     let (code, report) = chaos_round(8, "slow_disk", None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);
@@ -337,8 +343,7 @@ fn a_build_that_stays_down_on_a_damaged_snapshot_is_caught_and_the_real_one_reco
     assert!(
         violations
             .iter()
-            .any(|v| v["invariant"] == "damaged_snapshot_recovered"
-                && v["message"].as_str().unwrap().contains("exited")),
+            .any(violation_of("damaged_snapshot_recovered", "exited")),
         "no violation naming the node that stayed down: {violations:?}"
     );
 
@@ -356,13 +361,12 @@ fn a_build_that_leaves_an_inherited_joint_membership_is_caught_and_the_real_one_
     // Seed 1's first fault kills the leader while it holds the joint
     // configuration of a re-add; seeds 2 and 3 kill it at a random moment
     // of the add, which sometimes lands in the joint step.
-    caught_within(&[1, 2, 3], "membership_change", "no-joint-finisher", |v| {
-        v["invariant"] == "membership_restored"
-            && v["message"]
-                .as_str()
-                .unwrap()
-                .contains("holds the joint configuration")
-    });
+    caught_within(
+        &[1, 2, 3],
+        "membership_change",
+        "no-joint-finisher",
+        violation_of("membership_restored", "holds the joint configuration"),
+    );
 
     let (code, report) = chaos_round(1, "membership_change", None);
     assert_eq!(code, 0, "the real build must pass: {}", report["violations"]);

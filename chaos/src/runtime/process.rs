@@ -297,25 +297,26 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// The controls of every link between the given pairs, both directions.
+    fn links_between<'a>(
+        &'a self,
+        pairs: &'a [(NodeId, NodeId)],
+    ) -> impl Iterator<Item = &'a Arc<LinkControl>> {
+        pairs
+            .iter()
+            .flat_map(|&(a, b)| [(a, b), (b, a)])
+            .filter_map(|key| self.links.get(&key))
+            .flatten()
+    }
+
     pub fn cut_links(&mut self, pairs: &[(NodeId, NodeId)]) -> Result<()> {
-        for &(a, b) in pairs {
-            for key in [(a, b), (b, a)] {
-                if let Some(controls) = self.links.get(&key) {
-                    controls.iter().for_each(|c| c.set_cut(true));
-                }
-            }
-        }
+        self.links_between(pairs).for_each(|c| c.set_cut(true));
         Ok(())
     }
 
     pub fn slow_links(&mut self, pairs: &[(NodeId, NodeId)], delay_ms: u64) -> Result<()> {
-        for &(a, b) in pairs {
-            for key in [(a, b), (b, a)] {
-                if let Some(controls) = self.links.get(&key) {
-                    controls.iter().for_each(|c| c.set_degraded(delay_ms, 0));
-                }
-            }
-        }
+        self.links_between(pairs)
+            .for_each(|c| c.set_degraded(delay_ms, 0));
         Ok(())
     }
 
